@@ -1,0 +1,26 @@
+"""modelfusion: fuse several trained models into one better predictor or one better model."""
+
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    IncompatibleModelsError,
+    InvalidInputError,
+    MissingExtraError,
+    ModelFusionError,
+    NotFittedError,
+    UnknownNameError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "ModelFusionError",
+    "CheckpointError",
+    "ConfigError",
+    "IncompatibleModelsError",
+    "InvalidInputError",
+    "MissingExtraError",
+    "NotFittedError",
+    "UnknownNameError",
+]

@@ -1,0 +1,129 @@
+"""The `modelfusion` command: a thin layer over the Python API (each command names its equivalent)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .errors import ConfigError, ModelFusionError
+
+app = typer.Typer(
+    help="Fuse several trained models into one better predictor or one better model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+# Rich wraps tables at 80 columns when output is not a terminal; the leaderboard needs about 100.
+console = Console(width=None if sys.stdout.isatty() else 110)
+err_console = Console(stderr=True)
+
+
+def _command(fn):
+    """Register `fn` as a command whose ModelFusionErrors print as one line and exit with code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ModelFusionError as err:
+            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return app.command()(wrapper)
+
+
+@_command
+def demo(
+    dataset: Annotated[str, typer.Option(help="embedded dataset: digits, breast_cancer, wine, diabetes, mnist1d")] = "digits",
+    seed: Annotated[int, typer.Option(help="seed of the split and of every member")] = 0,
+    out: Annotated[Path, typer.Option(help="folder for members, predictions and results.json")] = Path("runs/demo"),
+    epochs: Annotated[int, typer.Option(help="training epochs of the torch members")] = 40,
+    mlps: Annotated[int, typer.Option(help="number of MLP members (different seeds)")] = 3,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train diverse members on embedded data, fuse them, print the test leaderboard.
+
+    Python: `modelfusion.demo.run_demo(dataset, seed=..., out=...)`.
+    """
+    from .demo import run_demo
+
+    run_demo(dataset, seed=seed, out=out, epochs=epochs, n_mlps=mlps, progress=progress, console=console)
+
+
+def _parse_json_option(value: str | None, option: str) -> dict | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{option} must be a JSON object, e.g. '{{\"hidden\": [128]}}' ({err})") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{option} must be a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+@_command
+def predict(
+    checkpoints: Annotated[list[Path], typer.Argument(help="member checkpoints (see `modelfusion.io` for formats)")],
+    dataset: Annotated[str, typer.Option(help="embedded dataset to predict on")] = "digits",
+    seed: Annotated[int, typer.Option(help="seed of the dataset split")] = 0,
+    split: Annotated[str, typer.Option(help="split to predict: train, val or test")] = "test",
+    out: Annotated[Path, typer.Option(help="where to save the Predictions (.safetensors)")] = Path("predictions.safetensors"),
+    factory: Annotated[str | None, typer.Option(help="model factory package.module:function for weights-only files")] = None,
+    factory_kwargs: Annotated[str | None, typer.Option(help="JSON object of the factory's arguments")] = None,
+    task: Annotated[str | None, typer.Option(help="classification or regression (default: from the file)")] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="allow pickled checkpoints (runs code from the file)")] = False,
+    trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
+) -> None:
+    """Run each member once on a split and save their outputs as Predictions.
+
+    Python: `load_member(...)` for each file, then `collect_predictions(members, X, y, split).save(out)`.
+    """
+    from .datasets import load_dataset
+    from .io import load_member
+    from .predictions import collect_predictions
+
+    kwargs = _parse_json_option(factory_kwargs, "--factory-kwargs")
+    members = [
+        load_member(path, factory=factory, factory_kwargs=kwargs, task=task, trust_pickle=trust_pickle,
+                    trusted_types=trust_type or ())
+        for path in checkpoints
+    ]
+    part = load_dataset(dataset, seed=seed).split(split)
+    preds = collect_predictions(members, part.X, part.y, split)
+    preds.save(out)
+    console.print(f"saved predictions of {preds.num_members} members on {len(part)} {split} samples -> {out}")
+
+
+@_command
+def evaluate(
+    predictions: Annotated[Path, typer.Argument(help="a saved Predictions file (from `modelfusion predict`)")],
+    seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON here")] = None,
+) -> None:
+    """Score each member of a Predictions file: leaderboard with bootstrap CIs, and diversity.
+
+    Python: `modelfusion.evaluate.evaluate(Predictions.load(path))`.
+    """
+    from ._atomic import write_json
+    from .evaluate import evaluate as evaluate_predictions
+    from .predictions import Predictions
+    from .report import print_leaderboard
+
+    report = evaluate_predictions(Predictions.load(predictions), seed=seed)
+    print_leaderboard(report, console)
+    if json_out is not None:
+        write_json(json_out, report.to_dict())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

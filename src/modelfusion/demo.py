@@ -1,0 +1,161 @@
+"""The main job: train a diverse set of members on embedded data, fuse them, and show the leaderboard.
+
+Heterogeneous members (the classic "linear model + trees + neural networks" recipe) make errors that
+differ, which is what fusion feeds on. Everything fitted sees train (members) or validation (early
+stopping, combiners) data only; the test split is used once, for the leaderboard.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.linear_model import LogisticRegression, Ridge
+
+from . import __version__
+from ._atomic import write_json
+from .datasets import Dataset, load_dataset
+from .ensemble import make_combiner
+from .evaluate import evaluate
+from .io import save_member
+from .io.factory import build_model
+from .members import Member, SklearnMember, TorchMember
+from .predictions import collect_predictions
+from .report import print_leaderboard
+from .training import train_model
+
+__all__ = ["run_demo", "member_recipes", "Recipe"]
+
+DEMO_COMBINERS = ("mean_prob",)
+
+
+@dataclass
+class Recipe:
+    """How to build and train one member: a torch factory with its arguments, or a scikit-learn estimator."""
+
+    name: str
+    factory: str | None = None
+    factory_kwargs: dict = field(default_factory=dict)
+    seed: int = 0
+    estimator: Callable[[], object] | None = None
+
+
+def member_recipes(data: Dataset, *, seed: int = 0, n_mlps: int = 3) -> list[Recipe]:
+    """The demo's members for `data`: MLPs with different seeds, a CNN when the data has an image form,
+    a linear model and a random forest."""
+    classification = data.task == "classification"
+    outputs = data.num_classes if classification else 1
+    mlp_kwargs = {"in_features": data.num_features, "num_outputs": outputs, "hidden": [128]}
+    if not classification:
+        y = data.train.y
+        mlp_kwargs.update(hidden=[64], target_mean=float(y.mean()), target_std=float(y.std()))
+    recipes = [
+        Recipe(f"mlp_{i}", "modelfusion.models:mlp", dict(mlp_kwargs), seed=seed * 1000 + i) for i in range(n_mlps)
+    ]
+    if classification and data.image_shape is not None:
+        if len(data.image_shape) == 3:
+            cnn = ("modelfusion.models:cnn2d", {"image_shape": list(data.image_shape), "num_outputs": outputs})
+        else:
+            cnn = ("modelfusion.models:cnn1d", {"length": data.image_shape[-1], "num_outputs": outputs})
+        recipes.append(Recipe("cnn", *cnn, seed=seed * 1000 + 100))
+    if classification:
+        recipes += [
+            Recipe("logreg", estimator=lambda: LogisticRegression(C=1.0, max_iter=2000)),
+            Recipe("random_forest", estimator=lambda: RandomForestClassifier(300, random_state=seed, n_jobs=-1)),
+        ]
+    else:
+        recipes += [
+            Recipe("ridge", estimator=lambda: Ridge(alpha=1.0)),
+            Recipe(
+                "random_forest",
+                estimator=lambda: RandomForestRegressor(300, min_samples_leaf=5, random_state=seed, n_jobs=-1),
+            ),
+        ]
+    return recipes
+
+
+def _train_member(recipe: Recipe, data: Dataset, epochs: int) -> Member:
+    if recipe.estimator is not None:
+        estimator = recipe.estimator().fit(data.train.X.numpy(), data.train.y.numpy())
+        return SklearnMember(estimator, name=recipe.name)
+    with torch.random.fork_rng():
+        torch.manual_seed(recipe.seed)
+        model = build_model(recipe.factory, recipe.factory_kwargs)
+    model = train_model(model, data.train, data.val, task=data.task, epochs=epochs, seed=recipe.seed)
+    return TorchMember(model, name=recipe.name, task=data.task)
+
+
+def run_demo(
+    dataset: str = "digits",
+    *,
+    seed: int = 0,
+    out: str | Path = "runs/demo",
+    epochs: int = 40,
+    n_mlps: int = 3,
+    progress: bool = True,
+    console: Console | None = None,
+) -> dict:
+    """Train members on `dataset`, fuse them on validation, score on test, print and save the results.
+
+    Writes under `out`: `members/` (safetensors / skops), `predictions/{val,test}.safetensors` and
+    `results.json`. Returns the content of `results.json`.
+
+    Example:
+        >>> results = run_demo("digits", out="runs/demo")
+        >>> results["test"]["best_member"]
+    """
+    console = console or Console()
+    start = time.perf_counter()
+    out = Path(out)
+    data = load_dataset(dataset, seed=seed)
+    console.print(f"[bold]modelfusion demo[/bold]  {data.summary()}")
+
+    members, member_info = [], []
+    for recipe in member_recipes(data, seed=seed, n_mlps=n_mlps):
+        t0 = time.perf_counter()
+        member = _train_member(recipe, data, epochs)
+        seconds = time.perf_counter() - t0
+        path = save_member(member, out / "members" / recipe.name, factory=recipe.factory, factory_kwargs=recipe.factory_kwargs)
+        members.append(member)
+        member_info.append({"name": recipe.name, "file": str(path.relative_to(out)), "train_seconds": round(seconds, 3)})
+        console.print(f"  trained {recipe.name:<14} in {seconds:5.1f}s -> {path}")
+
+    val = collect_predictions(members, data.val.X, data.val.y, "val", progress=progress)
+    test = collect_predictions(members, data.test.X, data.test.y, "test", progress=progress)
+    val.save(out / "predictions" / "val.safetensors")
+    test.save(out / "predictions" / "test.safetensors")
+
+    fused, combiners = {}, {}
+    for name in DEMO_COMBINERS:
+        combiner = make_combiner(name).fit(val)
+        fused[name] = combiner.predict_proba(test) if data.task == "classification" else combiner.predict(test)
+        combiners[name] = repr(combiner)
+    report = evaluate(test, fused, seed=seed)
+    print_leaderboard(report, console)
+    if data.task == "classification":
+        d = report.diversity
+        console.print(
+            f"oracle accuracy {d['oracle_accuracy']:.1%}, mean pairwise disagreement {d['mean_disagreement']:.3f}, "
+            f"mean error correlation {d['mean_error_correlation']:.3f}"
+        )
+
+    results = {
+        "modelfusion_version": __version__,
+        "dataset": {"name": data.name, "seed": seed, "task": data.task, "source": data.source,
+                    "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")}},
+        "settings": {"epochs": epochs, "n_mlps": n_mlps},
+        "members": member_info,
+        "combiners": combiners,
+        "test": report.to_dict(),
+        "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "wall_seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(out / "results.json", results)
+    console.print(f"results -> {out / 'results.json'}  ({results['wall_seconds']:.1f}s)")
+    return results

@@ -1,0 +1,18 @@
+"""Output fusion: combiners that fuse members' `Predictions`, registered by name."""
+
+from __future__ import annotations
+
+from ..registry import Registry
+from .base import Combiner
+from .mean import MeanProbability
+
+__all__ = ["COMBINERS", "Combiner", "make_combiner", "MeanProbability"]
+
+COMBINERS: Registry[type[Combiner]] = Registry("combiner")
+for _cls in (MeanProbability,):
+    COMBINERS.register(_cls.name)(_cls)
+
+
+def make_combiner(name: str, **params) -> Combiner:
+    """Build the combiner registered as `name` with `params`; an unknown name lists the valid ones."""
+    return COMBINERS[name](**params)

@@ -1,0 +1,49 @@
+"""Errors raised on purpose. Every one is a `ModelFusionError`; the CLI prints it on one line and exits 2."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ModelFusionError",
+    "CheckpointError",
+    "IncompatibleModelsError",
+    "InvalidInputError",
+    "ConfigError",
+    "UnknownNameError",
+    "NotFittedError",
+    "MissingExtraError",
+]
+
+
+class ModelFusionError(Exception):
+    """Base of every error modelfusion raises on purpose: the message says what is wrong and what to do."""
+
+
+class CheckpointError(ModelFusionError):
+    """A checkpoint is missing, corrupt, of an unknown format, unsafe to load, or does not fit its model."""
+
+
+class IncompatibleModelsError(ModelFusionError):
+    """Members or models that cannot be fused together (class order, output shape, architecture)."""
+
+
+class InvalidInputError(ModelFusionError, ValueError):
+    """Bad data: wrong shapes, NaN/inf values, empty inputs."""
+
+
+class ConfigError(ModelFusionError, ValueError):
+    """A bad configuration value or option."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name that is not in a registry (dataset, method, combiner)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NotFittedError(ModelFusionError, RuntimeError):
+    """A fitted object was used before `fit`."""
+
+
+class MissingExtraError(ModelFusionError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra."""

@@ -1,0 +1,99 @@
+"""Small model factories for the embedded data, referenced by checkpoints as `modelfusion.models:NAME`.
+
+Every model takes flat features `[N, F]`; the CNNs reshape to their image shape inside, so CNNs, MLPs and
+scikit-learn estimators can all be fed the same `X` and fused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["mlp", "cnn2d", "cnn1d", "OutputScale"]
+
+
+class OutputScale(nn.Module):
+    """`y = x * scale + shift`: lets a regression network predict standardized targets in original units."""
+
+    def __init__(self, shift: float = 0.0, scale: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.tensor(float(shift)))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+def mlp(
+    in_features: int,
+    num_outputs: int,
+    hidden: Sequence[int] = (128,),
+    dropout: float = 0.0,
+    target_mean: float | None = None,
+    target_std: float | None = None,
+) -> nn.Sequential:
+    """A ReLU multi-layer perceptron; with `target_mean`/`target_std` its output is a regression value."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    layers.append(nn.Linear(width, num_outputs))
+    if target_mean is not None or target_std is not None:
+        layers.append(OutputScale(target_mean or 0.0, target_std or 1.0))
+    return nn.Sequential(*layers)
+
+
+def cnn2d(
+    image_shape: Sequence[int] = (1, 8, 8),
+    num_outputs: int = 10,
+    channels: Sequence[int] = (32, 64),
+    hidden: int = 128,
+) -> nn.Sequential:
+    """A small 2-D CNN (3x3 convs, BatchNorm, one 2x2 max-pool) for 8x8 digits given as flat 64 features."""
+    in_channels, height, width = image_shape
+    c1, c2 = channels
+    return nn.Sequential(
+        nn.Unflatten(1, tuple(image_shape)),
+        nn.Conv2d(in_channels, c1, 3, padding=1),
+        nn.BatchNorm2d(c1),
+        nn.ReLU(),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.BatchNorm2d(c2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(c2 * (height // 2) * (width // 2), hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, num_outputs),
+    )
+
+
+def cnn1d(
+    length: int = 40,
+    num_outputs: int = 10,
+    channels: int = 32,
+    hidden: int = 0,
+) -> nn.Sequential:
+    """The 1-D CNN of the mnist1d paper: three strided conv layers, then a linear classifier."""
+    layers: list[nn.Module] = [
+        nn.Unflatten(1, (1, length)),
+        nn.Conv1d(1, channels, 5, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+    ]
+    with torch.no_grad():
+        width = nn.Sequential(*layers)(torch.zeros(1, length)).shape[1]
+    if hidden:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, num_outputs))
+    return nn.Sequential(*layers)

@@ -1,0 +1,203 @@
+"""`Predictions`: every member's outputs on one split, computed once and reused by all combiners and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ._atomic import atomic_path
+from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError
+from .members import Member, check_members
+
+__all__ = ["Predictions", "collect_predictions"]
+
+_METADATA_KEY = "modelfusion.predictions"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Outputs of K members on the N samples of one split.
+
+    Attributes:
+        outputs: logits `[K, N, C]` float32 (classification) or values `[K, N]` float32 (regression).
+        labels: targets `[N]` (int64 labels or float32 values), or None when unknown.
+        member_names: K unique names, in the order of `outputs`.
+        task: "classification" or "regression".
+        split: the split these predictions were made on ("val", "test", ...).
+        classes: the label of each output column (classification).
+    """
+
+    outputs: torch.Tensor
+    labels: torch.Tensor | None
+    member_names: tuple[str, ...]
+    task: str
+    split: str
+    classes: tuple | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "member_names", tuple(self.member_names))
+        expected_ndim = 3 if self.task == "classification" else 2
+        if self.task not in ("classification", "regression"):
+            raise InvalidInputError(f"task must be 'classification' or 'regression', got {self.task!r}")
+        if self.outputs.ndim != expected_ndim:
+            raise InvalidInputError(
+                f"{self.task} outputs must have {expected_ndim} dims ([K, N{', C' if expected_ndim == 3 else ''}]),"
+                f" got shape {tuple(self.outputs.shape)}"
+            )
+        if len(self.member_names) != self.outputs.shape[0]:
+            raise InvalidInputError(
+                f"got {len(self.member_names)} member names for {self.outputs.shape[0]} members' outputs"
+            )
+        for name, out in zip(self.member_names, self.outputs):
+            _check_finite(out, name)
+        if self.labels is not None and len(self.labels) != self.outputs.shape[1]:
+            raise InvalidInputError(f"got {len(self.labels)} labels for {self.outputs.shape[1]} samples")
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+
+    @property
+    def num_members(self) -> int:
+        return self.outputs.shape[0]
+
+    @property
+    def num_samples(self) -> int:
+        return self.outputs.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return self.outputs.shape[2] if self.task == "classification" else 0
+
+    def probabilities(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Softmax of the logits, `[K, N, C]` (classification only), computed in float64."""
+        if self.task != "classification":
+            raise InvalidInputError("probabilities exist only for classification predictions")
+        return torch.softmax(self.outputs.double(), dim=-1).to(dtype)
+
+    def select(self, names: Sequence[str]) -> Predictions:
+        """The predictions of the named members only, in the given order."""
+        missing = [n for n in names if n not in self.member_names]
+        if missing:
+            raise InvalidInputError(f"no member named {missing}; members are {list(self.member_names)}")
+        index = [self.member_names.index(n) for n in names]
+        return Predictions(self.outputs[index], self.labels, tuple(names), self.task, self.split, self.classes)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save as one safetensors file whose header holds the JSON metadata; written atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors = {"outputs": self.outputs.contiguous()}
+        if self.labels is not None:
+            tensors["labels"] = self.labels.contiguous()
+        meta = {
+            "member_names": list(self.member_names),
+            "task": self.task,
+            "split": self.split,
+            "classes": list(self.classes) if self.classes is not None else None,
+        }
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Predictions:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such predictions file")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+        if _METADATA_KEY not in header or "outputs" not in tensors:
+            raise CheckpointError(f"{path} is a safetensors file but not a saved Predictions (no metadata)")
+        meta = json.loads(header[_METADATA_KEY])
+        return cls(
+            outputs=tensors["outputs"],
+            labels=tensors.get("labels"),
+            member_names=tuple(meta["member_names"]),
+            task=meta["task"],
+            split=meta["split"],
+            classes=meta.get("classes"),
+        )
+
+
+def _check_finite(out: torch.Tensor, name: str) -> None:
+    finite = torch.isfinite(out)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise InvalidInputError(
+            f"member {name!r} produced {bad} NaN/inf values out of {out.numel()}; check its weights and inputs"
+        )
+
+
+def _check_output(member: Member, out: torch.Tensor, n: int) -> torch.Tensor:
+    expected = (n, member.num_outputs) if member.task == "classification" else (n,)
+    if tuple(out.shape) != expected:
+        raise IncompatibleModelsError(
+            f"member {member.name!r} returned shape {tuple(out.shape)} for {n} samples, expected {expected}"
+        )
+    _check_finite(out, member.name)
+    return out.float()
+
+
+def collect_predictions(
+    members: Sequence[Member],
+    X: torch.Tensor,
+    y: torch.Tensor | None = None,
+    split: str = "test",
+    *,
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> Predictions:
+    """Run each member once over `X` in batches and gather the outputs.
+
+    Args:
+        members: members to run (checked for one task, equal class count and order, unique names).
+        X: inputs `[N, ...]`.
+        y: targets `[N]`, kept with the predictions for scoring.
+        split: the name recorded with the predictions.
+        batch_size: samples per forward call.
+        progress: show a progress bar over batches.
+
+    Example:
+        >>> preds = collect_predictions(members, data.test.X, data.test.y, "test")
+        >>> preds.outputs.shape  # [K, N, C]
+    """
+    members = check_members(members)
+    X = torch.as_tensor(X)
+    n = len(X)
+    if n == 0:
+        raise InvalidInputError("no samples to predict on (X is empty)")
+    if y is not None and len(y) != n:
+        raise InvalidInputError(f"got {len(y)} targets for {n} samples")
+    starts = range(0, n, batch_size)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    outputs = []
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task_id = bar.add_task(f"predicting {split}", total=len(members) * len(starts))
+        for member in members:
+            parts = []
+            for start in starts:
+                batch = X[start : start + batch_size]
+                parts.append(_check_output(member, torch.as_tensor(member.predict(batch)), len(batch)))
+                bar.advance(task_id)
+            outputs.append(torch.cat(parts))
+    first = members[0]
+    return Predictions(
+        outputs=torch.stack(outputs),
+        labels=None if y is None else torch.as_tensor(y),
+        member_names=tuple(m.name for m in members),
+        task=first.task,
+        split=split,
+        classes=first.classes,
+    )

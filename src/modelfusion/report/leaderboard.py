@@ -1,0 +1,48 @@
+"""The leaderboard: members and fusions ranked on one split, with intervals and tests against the best member."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ..evaluate import Report, Row
+
+__all__ = ["leaderboard_table", "print_leaderboard"]
+
+
+def leaderboard_table(report: Report) -> Table:
+    """A rich table of `report`, best first."""
+    pct = f"{report.confidence:.0%}"
+    title = f"Leaderboard: {report.split} split, {report.num_samples} samples"
+    table = Table(title=title, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("model")
+    table.add_column("kind")
+    if report.task == "classification":
+        columns = [(f"accuracy [{pct} CI]", "accuracy", 100, ".1f"), ("NLL", "nll", 1, ".3f"), ("ECE", "ece", 1, ".3f")]
+        test = "McNemar p vs best"
+    else:
+        columns = [(f"RMSE [{pct} CI]", "rmse", 1, ".2f"), ("MAE", "mae", 1, ".2f"), ("R2", "r2", 1, ".3f")]
+        test = "bootstrap p vs best"
+    for header, *_ in columns:
+        table.add_column(header, justify="right")
+    table.add_column(test, justify="right")
+    for rank, row in enumerate(report.ranked(), start=1):
+        cells = []
+        for i, (_, key, scale, fmt) in enumerate(columns):
+            value = format(row.metrics[key] * scale, fmt)
+            if i == 0 and key in row.ci:
+                low, high = (format(b * scale, fmt) for b in row.ci[key])
+                value = f"{value} [{low}, {high}]"
+            cells.append(value)
+        if row.vs_best_member is not None:
+            p = row.vs_best_member["p_value"]
+            versus = f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
+        else:
+            versus = "(best member)" if row.name == report.best_member else ""
+        table.add_row(str(rank), row.name, row.kind, *cells, versus)
+    return table
+
+
+def print_leaderboard(report: Report, console: Console | None = None) -> None:
+    (console or Console()).print(leaderboard_table(report))

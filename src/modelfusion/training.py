@@ -1,0 +1,64 @@
+"""A plain, seeded training loop for the small torch members of the demo, tests and benchmarks."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .datasets import Split
+
+__all__ = ["train_model"]
+
+
+def train_model(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    *,
+    task: str = "classification",
+    epochs: int = 30,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> nn.Module:
+    """Train `model` in place with AdamW and return it with the weights of its best validation epoch.
+
+    The validation split only chooses the epoch (early stopping); the test split is never seen.
+    The same seed gives the same weights: batch order comes from a seeded generator, and dropout draws from
+    the global generator reseeded inside `fork_rng`, so the caller's random state is left as it was.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed)
+
+
+def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    best_loss, best_state = float("inf"), copy.deepcopy(model.state_dict())
+    n = len(train)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+                continue  # BatchNorm cannot train on a batch of one
+            optimizer.zero_grad()
+            out = model(train.X[idx])
+            loss = loss_fn(out.squeeze(-1) if task == "regression" else out, train.y[idx])
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            out = model(val.X)
+            val_loss = loss_fn(out.squeeze(-1) if task == "regression" else out, val.y).item()
+        if val_loss < best_loss:
+            best_loss, best_state = val_loss, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    model.eval()
+    return model
