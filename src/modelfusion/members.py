@@ -76,9 +76,7 @@ class TorchMember:
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:
         X = torch.as_tensor(X)
-        was_training = getattr(self.module, "training", False)
-        if hasattr(self.module, "eval"):
-            self.module.eval()
+        was_training = _set_training(self.module, False)
         try:
             with torch.no_grad():
                 outputs = [
@@ -86,8 +84,7 @@ class TorchMember:
                     for i in range(0, len(X), self.batch_size)
                 ]
         finally:
-            if was_training:
-                self.module.train()
+            _set_training(self.module, was_training)
         out = torch.cat(outputs) if outputs else torch.empty(0, self.num_outputs)
         if self.task == "regression" and out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
@@ -97,14 +94,31 @@ class TorchMember:
         return f"TorchMember({self.name!r}, {type(self.module).__name__}, task={self.task})"
 
 
+def _set_training(module, mode: bool) -> bool:
+    """Switch train/eval mode and return the previous mode. `torch.export` modules keep the mode they were
+    exported in and refuse the switch, which is fine: they were traced in eval mode."""
+    previous = bool(getattr(module, "training", False))
+    if previous != mode:
+        try:
+            module.train(mode)
+        except NotImplementedError:
+            pass
+    return previous
+
+
 def _infer_num_outputs(module: nn.Module) -> int:
-    """The width of the last Linear layer, for modules that end in one (the common case)."""
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise InvalidInputError(
-            f"cannot infer the number of classes of {type(module).__name__}; pass num_outputs= or classes="
-        )
-    return linears[-1].out_features
+    """The width of the last Linear layer, for modules that end in one (the common case).
+
+    TorchScript keeps the layer's original class name instead of the class itself.
+    """
+    linears = [
+        m for m in module.modules() if isinstance(m, nn.Linear) or getattr(m, "original_name", None) == "Linear"
+    ]
+    if linears:
+        return int(linears[-1].weight.shape[0])
+    raise InvalidInputError(
+        f"cannot infer the number of classes of {type(module).__name__}; pass num_outputs= or classes="
+    )
 
 
 class SklearnMember:

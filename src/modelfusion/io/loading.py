@@ -118,9 +118,10 @@ def _load_torch_file(path: Path, factory, factory_kwargs, trust_pickle: bool) ->
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
+        # The safe unpickler names the class it refused ("Unsupported global"): a fully pickled model.
+        # Any other unpickling failure is a damaged file.
+        if "Unsupported global" not in str(err):
             raise _unreadable(path, "a PyTorch checkpoint", err) from None
-        # The safe unpickler met an object that is not a tensor container: a fully pickled model.
         if not trust_pickle:
             raise _pickle_refused(path) from None
         obj = _wrap_errors(path, "a pickled model", lambda: torch.load(str(path), weights_only=False))
@@ -132,6 +133,17 @@ def _load_torch_file(path: Path, factory, factory_kwargs, trust_pickle: bool) ->
     spec, stored_kwargs = _needs_factory(path, factory, {})
     model = build_model(spec, factory_kwargs if factory_kwargs is not None else stored_kwargs)
     return LoadedModel(load_state_dict_checked(model, state, str(path)), "state_dict")
+
+
+def _exported_metadata(program) -> dict:
+    """An exported graph has no layers to read its output width from; run it once on its own example input."""
+    example = getattr(program, "example_inputs", None)
+    if not example:
+        return {}
+    args, kwargs = example
+    with torch.no_grad():
+        out = program.module()(*args, **kwargs)
+    return {"num_outputs": int(out.shape[-1])} if isinstance(out, torch.Tensor) and out.ndim == 2 else {}
 
 
 def _load_skops(path: Path, trusted_types: Sequence[str]) -> LoadedModel:
@@ -207,7 +219,7 @@ def load_model(
         return LoadedModel(_wrap_errors(path, "TorchScript", lambda: torch.jit.load(str(path))), "torchscript")
     if suffix == ".pt2":
         program = _wrap_errors(path, "a torch.export program", lambda: torch.export.load(str(path)))
-        return LoadedModel(program.module(), "torch.export")
+        return LoadedModel(program.module(), "torch.export", _exported_metadata(program))
     if suffix == ".skops":
         return _load_skops(path, trusted_types)
     if suffix in PICKLE_SUFFIXES:
@@ -247,7 +259,8 @@ def load_member(
             loaded.model,
             name=name,
             task=task or meta.get("task", "classification"),
-            classes=classes if classes is not None else meta.get("classes"),
+            classes=classes if classes is not None else meta.get("classes") or None,
+            num_outputs=meta.get("num_outputs"),
             batch_size=batch_size,
         )
     if hasattr(loaded.model, "fit"):
