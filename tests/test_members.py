@@ -44,7 +44,9 @@ def test_decision_function_fallback_binary_and_multiclass(digits):
     # softmax([0, s]) is sigmoid(s): the positive class wins exactly where the score is positive.
     np.testing.assert_array_equal(probs.argmax(1).numpy(), (scores > 0).astype(int))
     multi = SklearnMember(LinearSVC().fit(X, y))
-    np.testing.assert_array_equal(multi.predict(digits.test.X).argmax(1).numpy(), multi.estimator.predict(digits.test.X.numpy()))
+    np.testing.assert_array_equal(
+        multi.predict(digits.test.X).argmax(1).numpy(), multi.estimator.predict(digits.test.X.numpy())
+    )
 
 
 def test_sklearn_regressor_and_unfitted_estimator():

@@ -39,7 +39,9 @@ def _command(fn):
 
 @_command
 def demo(
-    dataset: Annotated[str, typer.Option(help="embedded dataset: digits, breast_cancer, wine, diabetes, mnist1d")] = "digits",
+    dataset: Annotated[
+        str, typer.Option(help="embedded dataset: digits, breast_cancer, wine, diabetes, mnist1d")
+    ] = "digits",
     seed: Annotated[int, typer.Option(help="seed of the split and of every member")] = 0,
     out: Annotated[Path, typer.Option(help="folder for members, predictions and results.json")] = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(help="training epochs of the torch members")] = 40,
@@ -73,8 +75,12 @@ def predict(
     dataset: Annotated[str, typer.Option(help="embedded dataset to predict on")] = "digits",
     seed: Annotated[int, typer.Option(help="seed of the dataset split")] = 0,
     split: Annotated[str, typer.Option(help="split to predict: train, val or test")] = "test",
-    out: Annotated[Path, typer.Option(help="where to save the Predictions (.safetensors)")] = Path("predictions.safetensors"),
-    factory: Annotated[str | None, typer.Option(help="model factory package.module:function for weights-only files")] = None,
+    out: Annotated[Path, typer.Option(help="where to save the Predictions (.safetensors)")] = Path(
+        "predictions.safetensors"
+    ),
+    factory: Annotated[
+        str | None, typer.Option(help="model factory package.module:function for weights-only files")
+    ] = None,
     factory_kwargs: Annotated[str | None, typer.Option(help="JSON object of the factory's arguments")] = None,
     task: Annotated[str | None, typer.Option(help="classification or regression (default: from the file)")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="allow pickled checkpoints (runs code from the file)")] = False,
@@ -90,8 +96,14 @@ def predict(
 
     kwargs = _parse_json_option(factory_kwargs, "--factory-kwargs")
     members = [
-        load_member(path, factory=factory, factory_kwargs=kwargs, task=task, trust_pickle=trust_pickle,
-                    trusted_types=trust_type or ())
+        load_member(
+            path,
+            factory=factory,
+            factory_kwargs=kwargs,
+            task=task,
+            trust_pickle=trust_pickle,
+            trusted_types=trust_type or (),
+        )
         for path in checkpoints
     ]
     part = load_dataset(dataset, seed=seed).split(split)

@@ -113,7 +113,10 @@ def _from_sklearn(bunch, task: Task, image_shape=None, source="") -> _RawData:
 @DATASETS.register("digits")
 def _digits() -> _RawData:
     return _from_sklearn(
-        sk_datasets.load_digits(), "classification", (1, 8, 8), "scikit-learn load_digits (UCI optdigits, 8x8)"
+        sk_datasets.load_digits(),
+        "classification",
+        (1, 8, 8),
+        "scikit-learn load_digits (UCI optdigits, 8x8)",
     )
 
 

@@ -60,7 +60,10 @@ def member_recipes(data: Dataset, *, seed: int = 0, n_mlps: int = 3) -> list[Rec
     ]
     if classification and data.image_shape is not None:
         if len(data.image_shape) == 3:
-            cnn = ("modelfusion.models:cnn2d", {"image_shape": list(data.image_shape), "num_outputs": outputs})
+            cnn = (
+                "modelfusion.models:cnn2d",
+                {"image_shape": list(data.image_shape), "num_outputs": outputs},
+            )
         else:
             cnn = ("modelfusion.models:cnn1d", {"length": data.image_shape[-1], "num_outputs": outputs})
         recipes.append(Recipe("cnn", *cnn, seed=seed * 1000 + 100))
@@ -121,9 +124,16 @@ def run_demo(
         t0 = time.perf_counter()
         member = _train_member(recipe, data, epochs)
         seconds = time.perf_counter() - t0
-        path = save_member(member, out / "members" / recipe.name, factory=recipe.factory, factory_kwargs=recipe.factory_kwargs)
+        path = save_member(
+            member,
+            out / "members" / recipe.name,
+            factory=recipe.factory,
+            factory_kwargs=recipe.factory_kwargs,
+        )
         members.append(member)
-        member_info.append({"name": recipe.name, "file": str(path.relative_to(out)), "train_seconds": round(seconds, 3)})
+        member_info.append(
+            {"name": recipe.name, "file": str(path.relative_to(out)), "train_seconds": round(seconds, 3)}
+        )
         console.print(f"  trained {recipe.name:<14} in {seconds:5.1f}s -> {path}")
 
     val = collect_predictions(members, data.val.X, data.val.y, "val", progress=progress)
@@ -147,13 +157,22 @@ def run_demo(
 
     results = {
         "modelfusion_version": __version__,
-        "dataset": {"name": data.name, "seed": seed, "task": data.task, "source": data.source,
-                    "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")}},
+        "dataset": {
+            "name": data.name,
+            "seed": seed,
+            "task": data.task,
+            "source": data.source,
+            "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")},
+        },
         "settings": {"epochs": epochs, "n_mlps": n_mlps},
         "members": member_info,
         "combiners": combiners,
         "test": report.to_dict(),
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
         "wall_seconds": round(time.perf_counter() - start, 2),
     }
     write_json(out / "results.json", results)

@@ -111,9 +111,7 @@ def _infer_num_outputs(module: nn.Module) -> int:
 
     TorchScript keeps the layer's original class name instead of the class itself.
     """
-    linears = [
-        m for m in module.modules() if isinstance(m, nn.Linear) or getattr(m, "original_name", None) == "Linear"
-    ]
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear) or getattr(m, "original_name", None) == "Linear"]
     if linears:
         return int(linears[-1].weight.shape[0])
     raise InvalidInputError(

@@ -54,7 +54,7 @@ class Predictions:
             raise InvalidInputError(
                 f"got {len(self.member_names)} member names for {self.outputs.shape[0]} members' outputs"
             )
-        for name, out in zip(self.member_names, self.outputs):
+        for name, out in zip(self.member_names, self.outputs, strict=True):
             _check_finite(out, name)
         if self.labels is not None and len(self.labels) != self.outputs.shape[1]:
             raise InvalidInputError(f"got {len(self.labels)} labels for {self.outputs.shape[1]} samples")

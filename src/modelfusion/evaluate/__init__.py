@@ -23,7 +23,13 @@ from .metrics import (
     per_sample_regression,
     regression_metrics,
 )
-from .stats import bootstrap_counts, bootstrap_means, mcnemar_exact, paired_bootstrap_test, percentile_interval
+from .stats import (
+    bootstrap_counts,
+    bootstrap_means,
+    mcnemar_exact,
+    paired_bootstrap_test,
+    percentile_interval,
+)
 
 __all__ = [
     "evaluate",
@@ -166,7 +172,9 @@ def evaluate(
     member_rows = [r for r in rows if r.kind == "member"]
     if best_member is None:
         tie_break = "nll" if classification else "mae"
-        best_member = sorted(member_rows, key=lambda r: ((-1 if higher else 1) * r.metrics[metric], r.metrics[tie_break]))[0].name
+        best_member = sorted(
+            member_rows, key=lambda r: ((-1 if higher else 1) * r.metrics[metric], r.metrics[tie_break])
+        )[0].name
     elif best_member not in preds.member_names:
         raise InvalidInputError(f"best_member {best_member!r} is not a member; members are {list(preds.member_names)}")
     best = per_sample[best_member]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["oracle_accuracy", "disagreement_matrix", "error_correlation_matrix", "mean_off_diagonal", "diversity"]
+__all__ = [
+    "oracle_accuracy",
+    "disagreement_matrix",
+    "error_correlation_matrix",
+    "mean_off_diagonal",
+    "diversity",
+]
 
 
 def oracle_accuracy(member_proba: np.ndarray, y: np.ndarray) -> float:

@@ -41,9 +41,7 @@ def per_sample_classification(proba: np.ndarray, y: np.ndarray) -> dict[str, np.
     }
 
 
-def classification_metrics(
-    proba: np.ndarray, y: np.ndarray, *, n_bins: int = 15, top_k: int = 3
-) -> dict[str, float]:
+def classification_metrics(proba: np.ndarray, y: np.ndarray, *, n_bins: int = 15, top_k: int = 3) -> dict[str, float]:
     """Accuracy, NLL, multi-class Brier (sum over classes), ECE, macro-F1 and top-k accuracy.
 
     Args:

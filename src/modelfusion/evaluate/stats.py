@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-__all__ = ["bootstrap_counts", "bootstrap_means", "percentile_interval", "mcnemar_exact", "paired_bootstrap_test"]
+__all__ = [
+    "bootstrap_counts",
+    "bootstrap_means",
+    "percentile_interval",
+    "mcnemar_exact",
+    "paired_bootstrap_test",
+]
 
 
 def bootstrap_counts(n: int, *, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:

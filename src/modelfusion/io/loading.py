@@ -224,7 +224,9 @@ def load_model(
         return _load_skops(path, trusted_types)
     if suffix in PICKLE_SUFFIXES:
         return _load_pickle(path, trust_pickle)
-    raise CheckpointError(f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; supported: {', '.join(SUFFIXES)}")
+    raise CheckpointError(
+        f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; supported: {', '.join(SUFFIXES)}"
+    )
 
 
 def load_member(
@@ -250,7 +252,11 @@ def load_member(
         torch.Size([360, 10])
     """
     loaded = load_model(
-        path, factory=factory, factory_kwargs=factory_kwargs, trust_pickle=trust_pickle, trusted_types=trusted_types
+        path,
+        factory=factory,
+        factory_kwargs=factory_kwargs,
+        trust_pickle=trust_pickle,
+        trusted_types=trusted_types,
     )
     meta = loaded.metadata
     name = name or meta.get("name") or Path(path).stem

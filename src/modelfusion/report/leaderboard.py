@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ..evaluate import Report, Row
+from ..evaluate import Report
 
 __all__ = ["leaderboard_table", "print_leaderboard"]
 
@@ -19,7 +19,11 @@ def leaderboard_table(report: Report) -> Table:
     table.add_column("model")
     table.add_column("kind")
     if report.task == "classification":
-        columns = [(f"accuracy [{pct} CI]", "accuracy", 100, ".1f"), ("NLL", "nll", 1, ".3f"), ("ECE", "ece", 1, ".3f")]
+        columns = [
+            (f"accuracy [{pct} CI]", "accuracy", 100, ".1f"),
+            ("NLL", "nll", 1, ".3f"),
+            ("ECE", "ece", 1, ".3f"),
+        ]
         test = "McNemar p vs best"
     else:
         columns = [(f"RMSE [{pct} CI]", "rmse", 1, ".2f"), ("MAE", "mae", 1, ".2f"), ("R2", "r2", 1, ".3f")]

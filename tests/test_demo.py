@@ -1,0 +1,93 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from modelfusion.cli import app
+from modelfusion.io import load_member
+from modelfusion.predictions import Predictions
+
+
+def _run_cli(args):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_demo_classification_end_to_end(tmp_path, digits):
+    out = tmp_path / "demo"
+    printed = _run_cli(["demo", "--out", str(out), "--epochs", "8", "--mlps", "2", "--no-progress"])
+    assert "Leaderboard" in printed and "mean_prob" in printed and "McNemar" in printed
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for r in results["test"]["rows"]}
+    members = [r for r in rows.values() if r["kind"] == "member"]
+    assert {r["name"] for r in members} == {"mlp_0", "mlp_1", "cnn", "logreg", "random_forest"}
+    mean_member = sum(r["metrics"]["accuracy"] for r in members) / len(members)
+    fusion = rows["mean_prob"]
+    assert fusion["metrics"]["accuracy"] >= mean_member
+    assert fusion["vs_best_member"]["against"] == results["test"]["best_member"]
+    assert results["dataset"]["sizes"] == {"train": 1077, "val": 360, "test": 360}
+
+    # Saved members reload without flags and reproduce the saved test predictions exactly.
+    test_preds = Predictions.load(out / "predictions" / "test.safetensors")
+    for info in results["members"]:
+        member = load_member(out / info["file"])
+        k = test_preds.member_names.index(info["name"])
+        assert (member.predict(digits.test.X) == test_preds.outputs[k]).all(), info["name"]
+
+    # The saved predictions feed `modelfusion evaluate`.
+    printed = _run_cli(["evaluate", str(out / "predictions" / "test.safetensors"), "--json", str(tmp_path / "r.json")])
+    assert "cnn" in printed and json.loads((tmp_path / "r.json").read_text())["split"] == "test"
+
+
+def test_demo_regression_end_to_end(tmp_path):
+    out = tmp_path / "reg"
+    printed = _run_cli(["demo", "--dataset", "diabetes", "--out", str(out), "--epochs", "20", "--no-progress"])
+    assert "RMSE" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["test"]["task"] == "regression"
+    rows = {r["name"]: r for r in results["test"]["rows"]}
+    assert {"ridge", "random_forest", "mlp_0", "mean_prob"} <= set(rows)
+    assert rows["mean_prob"]["vs_best_member"]["test"] == "paired_bootstrap"
+    assert all(r["metrics"]["rmse"] < 80 for r in rows.values())  # the target's std is about 77
+
+
+def test_predict_command_on_saved_members(tmp_path):
+    out = tmp_path / "demo"
+    _run_cli(["demo", "--out", str(out), "--epochs", "2", "--mlps", "1", "--no-progress"])
+    files = [str(out / "members" / name) for name in ("mlp_0.safetensors", "logreg.skops")]
+    _run_cli(["predict", *files, "--split", "val", "--out", str(tmp_path / "val.safetensors")])
+    preds = Predictions.load(tmp_path / "val.safetensors")
+    saved = Predictions.load(out / "predictions" / "val.safetensors").select(["mlp_0", "logreg"])
+    assert preds.member_names == ("mlp_0", "logreg")
+    assert (preds.outputs == saved.outputs).all()
+
+
+@pytest.mark.slow
+def test_console_script_runs_the_default_demo(tmp_path):
+    """The installed `modelfusion` command, as `make demo` runs it, with the default settings."""
+    script = Path(sys.executable).parent / "modelfusion"
+    env = {**os.environ, "COLUMNS": "120"}
+    result = subprocess.run(
+        [str(script), "demo", "--out", str(tmp_path / "demo"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    accuracies = {r["name"]: r["metrics"]["accuracy"] for r in results["test"]["rows"]}
+    assert accuracies["cnn"] > 0.95 and accuracies["mean_prob"] > 0.95
+
+
+def test_bad_dataset_exits_2_with_one_line():
+    result = CliRunner().invoke(app, ["demo", "--dataset", "mnist2d"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: unknown dataset 'mnist2d'; valid names: breast_cancer, diabetes, digits, mnist1d, wine"
+    )
