@@ -21,13 +21,13 @@ def _run_cli(args):
 def test_demo_classification_end_to_end(tmp_path, digits):
     out = tmp_path / "demo"
     printed = _run_cli(["demo", "--out", str(out), "--epochs", "8", "--mlps", "2", "--no-progress"])
-    assert "Leaderboard" in printed and "mean_prob" in printed and "McNemar" in printed
+    assert "Leaderboard" in printed and "│ mean " in printed and "McNemar" in printed
     results = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in results["test"]["rows"]}
     members = [r for r in rows.values() if r["kind"] == "member"]
     assert {r["name"] for r in members} == {"mlp_0", "mlp_1", "cnn", "logreg", "random_forest"}
     mean_member = sum(r["metrics"]["accuracy"] for r in members) / len(members)
-    fusion = rows["mean_prob"]
+    fusion = rows["mean"]
     assert fusion["metrics"]["accuracy"] >= mean_member
     assert fusion["vs_best_member"]["against"] == results["test"]["best_member"]
     assert results["dataset"]["sizes"] == {"train": 1077, "val": 360, "test": 360}
@@ -51,8 +51,8 @@ def test_demo_regression_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["test"]["task"] == "regression"
     rows = {r["name"]: r for r in results["test"]["rows"]}
-    assert {"ridge", "random_forest", "mlp_0", "mean_prob"} <= set(rows)
-    assert rows["mean_prob"]["vs_best_member"]["test"] == "paired_bootstrap"
+    assert {"ridge", "random_forest", "mlp_0", "mean"} <= set(rows)
+    assert rows["mean"]["vs_best_member"]["test"] == "paired_bootstrap"
     assert all(r["metrics"]["rmse"] < 80 for r in rows.values())  # the target's std is about 77
 
 
@@ -82,7 +82,7 @@ def test_console_script_runs_the_default_demo(tmp_path):
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     accuracies = {r["name"]: r["metrics"]["accuracy"] for r in results["test"]["rows"]}
-    assert accuracies["cnn"] > 0.95 and accuracies["mean_prob"] > 0.95
+    assert accuracies["cnn"] > 0.95 and accuracies["mean"] > 0.95
 
 
 def test_bad_dataset_exits_2_with_one_line():

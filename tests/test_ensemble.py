@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from modelfusion import IncompatibleModelsError, InvalidInputError, NotFittedError, UnknownNameError
-from modelfusion.ensemble import COMBINERS, MeanProbability, make_combiner
+from modelfusion.ensemble import COMBINERS, Mean, make_combiner
 from modelfusion.predictions import Predictions
 
 
@@ -12,19 +12,19 @@ def _classification(split="val"):
     return Predictions(probs.log(), torch.tensor([0, 1]), ("a", "b"), "classification", split)
 
 
-def test_mean_probability_hand_worked():
-    fused = MeanProbability().fit(_classification()).predict_proba(_classification("test"))
+def test_meanability_hand_worked():
+    fused = Mean().fit(_classification()).predict_proba(_classification("test"))
     torch.testing.assert_close(fused, torch.tensor([[0.7, 0.3], [0.3, 0.7]]))
-    assert MeanProbability().fit(_classification()).predict(_classification()).tolist() == [0, 1]
+    assert Mean().fit(_classification()).predict(_classification()).tolist() == [0, 1]
 
 
 def test_mean_regression():
     preds = Predictions(
         torch.tensor([[1.0, 2.0], [3.0, 6.0]]), torch.tensor([2.0, 4.0]), ("a", "b"), "regression", "val"
     )
-    assert MeanProbability().fit(preds).predict(preds).tolist() == [2.0, 4.0]
+    assert Mean().fit(preds).predict(preds).tolist() == [2.0, 4.0]
     with pytest.raises(InvalidInputError, match="fitted for regression; use predict"):
-        MeanProbability().fit(preds).predict_proba(preds)
+        Mean().fit(preds).predict_proba(preds)
 
 
 @pytest.mark.parametrize("name", COMBINERS.names())
@@ -42,10 +42,10 @@ def test_every_registered_combiner_fits_and_predicts(name, digits_members, digit
 
 def test_contract_errors():
     with pytest.raises(NotFittedError, match="not fitted yet; call fit"):
-        MeanProbability().predict_proba(_classification())
-    fitted = MeanProbability().fit(_classification())
+        Mean().predict_proba(_classification())
+    fitted = Mean().fit(_classification())
     other = Predictions(torch.zeros(2, 2, 2), None, ("a", "c"), "classification", "test")
     with pytest.raises(IncompatibleModelsError, match=r"fitted on members \['a', 'b'\] but got \['a', 'c'\]"):
         fitted.predict_proba(other)
-    with pytest.raises(UnknownNameError, match="unknown combiner 'avg'; valid names: mean_prob"):
+    with pytest.raises(UnknownNameError, match="unknown combiner 'avg'; valid names: mean"):
         make_combiner("avg")

@@ -32,7 +32,7 @@ from .training import train_model
 
 __all__ = ["run_demo", "member_recipes", "Recipe"]
 
-DEMO_COMBINERS = ("mean_prob",)
+DEMO_COMBINERS = ("mean",)
 
 
 @dataclass
@@ -148,12 +148,6 @@ def run_demo(
         combiners[name] = repr(combiner)
     report = evaluate(test, fused, seed=seed)
     print_leaderboard(report, console)
-    if data.task == "classification":
-        d = report.diversity
-        console.print(
-            f"oracle accuracy {d['oracle_accuracy']:.1%}, mean pairwise disagreement {d['mean_disagreement']:.3f}, "
-            f"mean error correlation {d['mean_error_correlation']:.3f}"
-        )
 
     results = {
         "modelfusion_version": __version__,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ._atomic import atomic_path
@@ -183,7 +184,11 @@ def collect_predictions(
     starts = range(0, n, batch_size)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     outputs = []
-    with Progress(*columns, disable=not progress, transient=True) as bar:
+    # Progress goes to stderr, and only to a terminal: piped output and logs stay clean.
+    bar_console = Console(stderr=True)
+    with Progress(
+        *columns, console=bar_console, disable=not (progress and bar_console.is_terminal), transient=True
+    ) as bar:
         task_id = bar.add_task(f"predicting {split}", total=len(members) * len(starts))
         for member in members:
             parts = []

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from ..registry import Registry
 from .base import Combiner
-from .mean import MeanProbability
+from .mean import Mean
 
-__all__ = ["COMBINERS", "Combiner", "make_combiner", "MeanProbability"]
+__all__ = ["COMBINERS", "Combiner", "make_combiner", "Mean"]
 
 COMBINERS: Registry[type[Combiner]] = Registry("combiner")
-for _cls in (MeanProbability,):
+for _cls in (Mean,):
     COMBINERS.register(_cls.name)(_cls)
 
 

@@ -7,16 +7,16 @@ import torch
 from ..predictions import Predictions
 from .base import Combiner
 
-__all__ = ["MeanProbability"]
+__all__ = ["Mean"]
 
 
-class MeanProbability(Combiner):
+class Mean(Combiner):
     """Mean of the members' probabilities (classification) or values (regression).
 
     The plain ensemble average (e.g. Lakshminarayanan et al., 2017, "Deep Ensembles"): nothing to fit.
     """
 
-    name = "mean_prob"
+    name = "mean"
 
     def _combine(self, preds: Predictions) -> torch.Tensor:
         if preds.task == "classification":

@@ -130,8 +130,8 @@ def evaluate(
         A `Report` with one `Row` per member and fusion, the best member and diversity diagnostics.
 
     Example:
-        >>> report = evaluate(test_preds, {"mean_prob": fused_proba})
-        >>> report.row("mean_prob").vs_best_member["p_value"]
+        >>> report = evaluate(test_preds, {"mean": fused_proba})
+        >>> report.row("mean").vs_best_member["p_value"]
     """
     if preds.labels is None:
         raise InvalidInputError(f"predictions on split {preds.split!r} have no labels; nothing to score against")

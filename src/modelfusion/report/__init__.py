@@ -1,5 +1,5 @@
 """Presenting results: the leaderboard table (HTML reports come later)."""
 
-from .leaderboard import leaderboard_table, print_leaderboard
+from .leaderboard import diversity_summary, leaderboard_table, print_leaderboard
 
-__all__ = ["leaderboard_table", "print_leaderboard"]
+__all__ = ["leaderboard_table", "print_leaderboard", "diversity_summary"]

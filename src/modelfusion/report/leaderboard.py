@@ -7,7 +7,7 @@ from rich.table import Table
 
 from ..evaluate import Report
 
-__all__ = ["leaderboard_table", "print_leaderboard"]
+__all__ = ["leaderboard_table", "print_leaderboard", "diversity_summary"]
 
 
 def leaderboard_table(report: Report) -> Table:
@@ -48,5 +48,20 @@ def leaderboard_table(report: Report) -> Table:
     return table
 
 
+def diversity_summary(report: Report) -> str:
+    """One line on how differently the members err: the room a fusion has to improve on them."""
+    d = report.diversity
+    correlation = f"mean error correlation {d['mean_error_correlation']:.3f}"
+    if report.task != "classification":
+        return correlation
+    return (
+        f"oracle accuracy {d['oracle_accuracy']:.1%}, mean pairwise disagreement {d['mean_disagreement']:.3f}, "
+        + correlation
+    )
+
+
 def print_leaderboard(report: Report, console: Console | None = None) -> None:
-    (console or Console()).print(leaderboard_table(report))
+    """Print the leaderboard table and the diversity line."""
+    console = console or Console()
+    console.print(leaderboard_table(report))
+    console.print(diversity_summary(report), highlight=False)
