@@ -23,6 +23,7 @@ def test_mean_regression():
         torch.tensor([[1.0, 2.0], [3.0, 6.0]]), torch.tensor([2.0, 4.0]), ("a", "b"), "regression", "val"
     )
     assert Mean().fit(preds).predict(preds).tolist() == [2.0, 4.0]
+    assert Mean().fit(preds).fuse(preds).tolist() == [2.0, 4.0]
     with pytest.raises(InvalidInputError, match="fitted for regression; use predict"):
         Mean().fit(preds).predict_proba(preds)
 

@@ -144,7 +144,7 @@ def run_demo(
     fused, combiners = {}, {}
     for name in DEMO_COMBINERS:
         combiner = make_combiner(name).fit(val)
-        fused[name] = combiner.predict_proba(test) if data.task == "classification" else combiner.predict(test)
+        fused[name] = combiner.fuse(test)
         combiners[name] = repr(combiner)
     report = evaluate(test, fused, seed=seed)
     print_leaderboard(report, console)

@@ -186,7 +186,7 @@ def as_member(obj, *, name: str | None = None, task: Task | None = None, **kwarg
     """Wrap `obj` as a member: members pass through, `nn.Module`s and scikit-learn estimators get adapters."""
     if isinstance(obj, (TorchMember, SklearnMember)):
         return obj
-    if isinstance(obj, nn.Module) or isinstance(obj, torch.jit.ScriptModule):
+    if isinstance(obj, nn.Module):  # TorchScript modules included
         return TorchMember(obj, name=name or type(obj).__name__, task=task or "classification", **kwargs)
     if hasattr(obj, "fit") and (hasattr(obj, "predict") or hasattr(obj, "predict_proba")):
         return SklearnMember(obj, name=name, task=task)

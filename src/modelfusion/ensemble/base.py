@@ -64,6 +64,11 @@ class Combiner:
         fused = self._combine(preds)
         return fused.argmax(dim=1) if self.task_ == "classification" else fused
 
+    def fuse(self, preds: Predictions) -> torch.Tensor:
+        """What `evaluate` scores: probabilities `[N, C]` (classification) or values `[N]` (regression)."""
+        self._check_fitted(preds)
+        return self._combine(preds)
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
         return f"{type(self).__name__}({params})"
