@@ -51,6 +51,8 @@ class Predictions:
                 f"{self.task} outputs must have {expected_ndim} dims ([K, N{', C' if expected_ndim == 3 else ''}]),"
                 f" got shape {tuple(self.outputs.shape)}"
             )
+        if self.outputs.shape[0] == 0:
+            raise InvalidInputError("predictions of no members; pass at least one member's outputs")
         if len(self.member_names) != self.outputs.shape[0]:
             raise InvalidInputError(
                 f"got {len(self.member_names)} member names for {self.outputs.shape[0]} members' outputs"

@@ -24,6 +24,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._aliases: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -34,15 +35,21 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def alias(self, alias: str, name: str) -> None:
+        """Let `alias` look up `name`: for two names of one method. Aliases stay out of `names()`."""
+        if name not in self._items or alias in self._items or alias in self._aliases:
+            raise ValueError(f"cannot alias {alias!r} to {name!r} in the {self.kind} registry")
+        self._aliases[alias] = name
+
     def __getitem__(self, name: str) -> T:
         try:
-            return self._items[name]
+            return self._items[self._aliases.get(name, name)]
         except KeyError:
-            valid = ", ".join(sorted(self._items))
+            valid = ", ".join(sorted([*self._items, *self._aliases]))
             raise UnknownNameError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))

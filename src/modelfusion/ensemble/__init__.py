@@ -1,18 +1,77 @@
-"""Output fusion: combiners that fuse members' `Predictions`, registered by name."""
+"""Output fusion: combiners that fuse members' `Predictions`, one registry by name.
+
+| name | what it does | fitted on validation |
+|---|---|---|
+| `mean` | mean of probabilities (values for regression) | nothing |
+| `mean_logit` (= `geometric_mean`) | softmax of the mean logit | nothing |
+| `median` | median of values (regression) | nothing |
+| `weighted` | weighted mean; NLL-optimal weights (NNLS for regression) | weights |
+| `soft_vote`, `hard_vote` | voting with fixed weights, hard ties broken by summed probability | nothing |
+| `stacking` | a scikit-learn meta-learner over member outputs, cross-fitted | meta-learner |
+| `greedy_selection` | Caruana et al. (2004) ensemble selection with replacement | selection counts |
+| `temperature` | temperature per member, a base combiner, temperature of the fused output | temperatures |
+"""
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from ..registry import Registry
 from .base import Combiner
-from .mean import Mean
+from .mean import Mean, MeanLogit, Median
+from .selection import GreedySelection
+from .stacking import Stacking
+from .temperature import TemperatureScaling
+from .voting import HardVote, SoftVote, Voting
+from .weighted import WeightedAverage
 
-__all__ = ["COMBINERS", "Combiner", "make_combiner", "Mean"]
+__all__ = [
+    "COMBINERS",
+    "Combiner",
+    "make_combiner",
+    "combiners_for",
+    "Mean",
+    "MeanLogit",
+    "Median",
+    "WeightedAverage",
+    "SoftVote",
+    "HardVote",
+    "Voting",
+    "Stacking",
+    "GreedySelection",
+    "TemperatureScaling",
+]
 
 COMBINERS: Registry[type[Combiner]] = Registry("combiner")
-for _cls in (Mean,):
+for _cls in (
+    Mean,
+    MeanLogit,
+    Median,
+    WeightedAverage,
+    SoftVote,
+    HardVote,
+    Stacking,
+    GreedySelection,
+    TemperatureScaling,
+):
     COMBINERS.register(_cls.name)(_cls)
+COMBINERS.alias("geometric_mean", "mean_logit")
+TemperatureScaling.registry = COMBINERS
 
 
 def make_combiner(name: str, **params) -> Combiner:
-    """Build the combiner registered as `name` with `params`; an unknown name lists the valid ones."""
-    return COMBINERS[name](**params)
+    """Build the combiner registered as `name` with `params`; an unknown name lists the valid ones.
+
+    Example:
+        >>> combiner = make_combiner("weighted", shrinkage=0.1).fit(val_preds)
+        >>> proba = combiner.predict_proba(test_preds)
+    """
+    cls = COMBINERS[name]
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise ConfigError(f"combiner {name!r}: bad parameters {params} ({err})") from None
+
+
+def combiners_for(task: str) -> list[str]:
+    """Names of every combiner that supports `task`."""
+    return [name for name in COMBINERS.names() if task in COMBINERS[name].tasks]

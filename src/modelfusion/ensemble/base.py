@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from ..errors import IncompatibleModelsError, InvalidInputError, NotFittedError
@@ -17,27 +19,44 @@ class Combiner:
 
     `__init__` only stores arguments; `fit(preds_val)` validates and learns (attributes ending in `_`);
     `predict_proba(preds)` / `predict(preds)` apply it to predictions of the same members on any split.
-    Subclasses set `name` and `tasks` and implement `_fit` (optional) and `_combine`.
+
+    Subclasses set `name` and `tasks`, implement `_fit` when they learn something, and `_fuse`, which maps
+    member outputs (logits `[K, N, C]` or values `[K, N]`) to probabilities `[N, C]` or values `[N]` with torch
+    operations, so that `EnsembleModule` can run (and `torch.export` trace) the same code.
     """
 
     name: ClassVar[str]
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    uses_features: ClassVar[bool] = False  # True when fit/predict may also take the original inputs X
 
-    def fit(self, preds: Predictions, y: torch.Tensor | None = None) -> Combiner:
+    # -- fitting -------------------------------------------------------------------------------------
+    def fit(self, preds: Predictions, y: torch.Tensor | None = None, *, X: torch.Tensor | None = None) -> Combiner:
         """Learn from validation predictions; `y` defaults to `preds.labels`."""
         if preds.task not in self.tasks:
-            raise InvalidInputError(f"combiner {self.name!r} supports {self.tasks}, not {preds.task}")
+            raise InvalidInputError(
+                f"combiner {self.name!r} supports {' and '.join(self.tasks)}, not {preds.task}; pick another method"
+            )
         y = preds.labels if y is None else torch.as_tensor(y)
-        if y is not None and len(y) != preds.num_samples:
+        if y is None:
+            raise InvalidInputError(f"combiner {self.name!r}: the validation predictions have no labels to fit on")
+        if len(y) != preds.num_samples:
             raise InvalidInputError(f"got {len(y)} targets for {preds.num_samples} samples")
-        self.member_names_ = preds.member_names
-        self.task_ = preds.task
-        self.classes_ = preds.classes
-        self._fit(preds, y)
+        return self._fit_outputs(preds.outputs.double(), y, X, preds.member_names, preds.task, preds.classes)
+
+    def _fit_outputs(self, outputs, y, X, member_names, task, classes) -> Combiner:
+        """`fit` on raw outputs, for combiners that fit another combiner on transformed outputs."""
+        self.member_names_ = tuple(member_names)
+        self.task_ = task
+        self.classes_ = classes
+        self._fit(outputs, y, X)
         return self
 
-    def _fit(self, preds: Predictions, y: torch.Tensor | None) -> None:
-        """Learn parameters; combiners with nothing to learn keep this default."""
+    def _fit(self, outputs: torch.Tensor, y: torch.Tensor, X: torch.Tensor | None) -> None:
+        """Learn parameters from validation outputs; combiners with nothing to learn keep this default."""
+
+    # -- predicting ----------------------------------------------------------------------------------
+    def _fuse(self, outputs: torch.Tensor, X: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
 
     def _check_fitted(self, preds: Predictions) -> None:
         if not hasattr(self, "member_names_"):
@@ -48,27 +67,45 @@ class Combiner:
                 f"{list(preds.member_names)}; predict with the same members in the same order"
             )
 
-    def _combine(self, preds: Predictions) -> torch.Tensor:
-        raise NotImplementedError
-
-    def predict_proba(self, preds: Predictions) -> torch.Tensor:
-        """Fused class probabilities `[N, C]`."""
-        self._check_fitted(preds)
-        if self.task_ != "classification":
-            raise InvalidInputError(f"combiner {self.name!r} was fitted for regression; use predict()")
-        return self._combine(preds)
-
-    def predict(self, preds: Predictions) -> torch.Tensor:
-        """Fused labels `[N]` (classification) or values `[N]` (regression)."""
-        self._check_fitted(preds)
-        fused = self._combine(preds)
-        return fused.argmax(dim=1) if self.task_ == "classification" else fused
-
-    def fuse(self, preds: Predictions) -> torch.Tensor:
+    def fuse(self, preds: Predictions, *, X: torch.Tensor | None = None) -> torch.Tensor:
         """What `evaluate` scores: probabilities `[N, C]` (classification) or values `[N]` (regression)."""
         self._check_fitted(preds)
-        return self._combine(preds)
+        return self._fuse(preds.outputs.double(), X).float()
+
+    def predict_proba(self, preds: Predictions, *, X: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused class probabilities `[N, C]`."""
+        if getattr(self, "task_", None) == "regression":
+            raise InvalidInputError(f"combiner {self.name!r} was fitted for regression; use predict()")
+        return self.fuse(preds, X=X)
+
+    def predict(self, preds: Predictions, *, X: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused labels `[N]` (classification) or values `[N]` (regression)."""
+        fused = self.fuse(preds, X=X)
+        return fused.argmax(dim=1) if self.task_ == "classification" else fused
+
+    # -- parameters ----------------------------------------------------------------------------------
+    def get_params(self) -> dict:
+        """The constructor arguments, as stored by `__init__` (scikit-learn's convention)."""
+        parameters = inspect.signature(type(self).__init__).parameters.values()
+        named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return {p.name: getattr(self, p.name) for p in parameters if p.kind in named and p.name != "self"}
+
+    def fitted_state(self) -> dict:
+        """Every fitted attribute (name ending in `_`)."""
+        if not hasattr(self, "member_names_"):
+            raise NotFittedError(f"combiner {self.name!r} is not fitted yet; nothing to save")
+        return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+
+def probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    """Softmax over classes of member logits `[K, N, C]`."""
+    return torch.softmax(outputs, dim=-1)
+
+
+def true_class_columns(values: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`values[..., n, y_n]` for every leading index: `[..., N, C]` -> `[..., N]`."""
+    return np.take_along_axis(values, y.reshape(*([1] * (values.ndim - 2)), -1, 1), axis=-1)[..., 0]
