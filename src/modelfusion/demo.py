@@ -91,7 +91,9 @@ def _train_member(recipe: Recipe, data: Dataset, epochs: int) -> Member:
         torch.manual_seed(recipe.seed)
         model = build_model(recipe.factory, recipe.factory_kwargs)
     model = train_model(model, data.train, data.val, task=data.task, epochs=epochs, seed=recipe.seed)
-    return TorchMember(model, name=recipe.name, task=data.task)
+    return TorchMember(
+        model, name=recipe.name, task=data.task, factory=recipe.factory, factory_kwargs=recipe.factory_kwargs
+    )
 
 
 def run_demo(
@@ -124,12 +126,7 @@ def run_demo(
         t0 = time.perf_counter()
         member = _train_member(recipe, data, epochs)
         seconds = time.perf_counter() - t0
-        path = save_member(
-            member,
-            out / "members" / recipe.name,
-            factory=recipe.factory,
-            factory_kwargs=recipe.factory_kwargs,
-        )
+        path = save_member(member, out / "members" / recipe.name)
         members.append(member)
         member_info.append(
             {"name": recipe.name, "file": str(path.relative_to(out)), "train_seconds": round(seconds, 3)}

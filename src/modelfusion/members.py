@@ -56,11 +56,16 @@ class TorchMember:
         classes: Sequence | None = None,
         batch_size: int = 1024,
         device: str | torch.device = "cpu",
+        factory: str | None = None,
+        factory_kwargs: dict | None = None,
     ) -> None:
         _check_task(task, name)
         if not callable(module):
             raise InvalidInputError(f"member {name!r}: expected an nn.Module, got {type(module).__name__}")
         self.module = module
+        # How to rebuild the module from weights (`package.module:function` + kwargs), when known.
+        self.factory = factory
+        self.factory_kwargs = dict(factory_kwargs or {})
         self.name = name
         self.task = task
         self.batch_size = batch_size

@@ -18,7 +18,9 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .base import Combiner
 from .mean import Mean, MeanLogit, Median
+from .module import EnsembleModule
 from .selection import GreedySelection
+from .serialize import load_combiner, save_combiner
 from .stacking import Stacking
 from .temperature import TemperatureScaling
 from .voting import HardVote, SoftVote, Voting
@@ -29,6 +31,9 @@ __all__ = [
     "Combiner",
     "make_combiner",
     "combiners_for",
+    "EnsembleModule",
+    "save_combiner",
+    "load_combiner",
     "Mean",
     "MeanLogit",
     "Median",

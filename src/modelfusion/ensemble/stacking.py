@@ -147,7 +147,7 @@ def _linear_head(meta, features: np.ndarray, num_classes: int) -> dict | None:
     }
     if num_classes:
         head["classes"] = torch.as_tensor(np.asarray(meta.classes_, dtype=np.int64))
-        head["num_classes"] = torch.tensor(num_classes)
+        head["num_classes"] = num_classes
         expected = _full_proba(meta.predict_proba(features), meta.classes_, num_classes)
     else:
         expected = meta.predict(features)
@@ -163,5 +163,4 @@ def _apply_linear_head(head: dict, features: torch.Tensor, classification: bool)
     if scores.shape[1] == 1:  # binary: one decision value for the positive class
         scores = torch.cat([torch.zeros_like(scores), scores], dim=1)
     proba = torch.softmax(scores, dim=1)
-    full = torch.zeros(len(features), int(head["num_classes"]), dtype=features.dtype)
-    return full.index_copy(1, head["classes"], proba)
+    return features.new_zeros((features.shape[0], head["num_classes"])).index_copy(1, head["classes"], proba)

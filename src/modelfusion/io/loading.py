@@ -18,7 +18,7 @@ from ..errors import CheckpointError, ModelFusionError
 from ..members import Member, SklearnMember, TorchMember
 from .factory import TRUSTED_FACTORY_PREFIXES, build_model, load_state_dict_checked
 
-__all__ = ["LoadedModel", "load_model", "load_member", "SUFFIXES", "METADATA_KEY"]
+__all__ = ["LoadedModel", "load_model", "load_member", "load_skops", "SUFFIXES", "METADATA_KEY"]
 
 METADATA_KEY = "modelfusion"  # key of our JSON in a safetensors header
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin")
@@ -47,14 +47,14 @@ def _pickle_refused(path: Path) -> CheckpointError:
     )
 
 
-def _unreadable(path: Path, fmt: str, err: Exception) -> CheckpointError:
+def _unreadable(path: Path | str, fmt: str, err: Exception) -> CheckpointError:
     reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     return CheckpointError(
         f"{path}: cannot read it as {fmt} ({reason}); the file may be corrupt, truncated or of another format"
     )
 
 
-def _wrap_errors(path: Path, fmt: str, read: Callable[[], Any]) -> Any:
+def _wrap_errors(path: Path | str, fmt: str, read: Callable[[], Any]) -> Any:
     """Run `read`, turning any low-level failure into one CheckpointError that names the file."""
     try:
         return read()
@@ -146,18 +146,24 @@ def _exported_metadata(program) -> dict:
     return {"num_outputs": int(out.shape[-1])} if isinstance(out, torch.Tensor) and out.ndim == 2 else {}
 
 
-def _load_skops(path: Path, trusted_types: Sequence[str]) -> LoadedModel:
+def load_skops(source: Path | bytes, trusted_types: Sequence[str] = (), label: str | None = None):
+    """Read a scikit-learn estimator from a skops file or bytes with skops' safe loader.
+
+    Classes of scikit-learn itself are trusted; any other type must be named in `trusted_types`.
+    """
     import skops.io as sio
 
-    untrusted = _wrap_errors(path, "a skops file", lambda: sio.get_untrusted_types(file=path))
+    label = label or str(source)
+    where = {"data": source} if isinstance(source, bytes) else {"file": source}
+    untrusted = _wrap_errors(label, "a skops file", lambda: sio.get_untrusted_types(**where))
     refused = [t for t in untrusted if t not in trusted_types and not _is_sklearn_class(t)]
     if refused:
         raise CheckpointError(
-            f"{path} contains types that are not known to be safe: {', '.join(refused)}. If you trust the file, "
+            f"{label} contains types that are not known to be safe: {', '.join(refused)}. If you trust the file, "
             "pass trusted_types=[...] with those names (CLI: --trust-type NAME for each)"
         )
-    estimator = _wrap_errors(path, "a skops file", lambda: sio.load(path, trusted=list(untrusted)))
-    return LoadedModel(estimator, "skops")
+    load = sio.loads if isinstance(source, bytes) else sio.load
+    return _wrap_errors(label, "a skops file", lambda: load(source, trusted=list(untrusted)))
 
 
 def _is_sklearn_class(name: str) -> bool:
@@ -221,7 +227,7 @@ def load_model(
         program = _wrap_errors(path, "a torch.export program", lambda: torch.export.load(str(path)))
         return LoadedModel(program.module(), "torch.export", _exported_metadata(program))
     if suffix == ".skops":
-        return _load_skops(path, trusted_types)
+        return LoadedModel(load_skops(path, trusted_types), "skops")
     if suffix in PICKLE_SUFFIXES:
         return _load_pickle(path, trust_pickle)
     raise CheckpointError(
@@ -261,6 +267,8 @@ def load_member(
     meta = loaded.metadata
     name = name or meta.get("name") or Path(path).stem
     if isinstance(loaded.model, nn.Module):
+        spec = factory if isinstance(factory, str) else meta.get("factory")
+        kwargs = factory_kwargs if factory_kwargs is not None else meta.get("factory_kwargs")
         return TorchMember(
             loaded.model,
             name=name,
@@ -268,6 +276,8 @@ def load_member(
             classes=classes if classes is not None else meta.get("classes") or None,
             num_outputs=meta.get("num_outputs"),
             batch_size=batch_size,
+            factory=spec if loaded.format in ("safetensors", "state_dict") else None,
+            factory_kwargs=kwargs,
         )
     if hasattr(loaded.model, "fit"):
         return SklearnMember(loaded.model, name=name, task=task)

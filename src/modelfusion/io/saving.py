@@ -27,8 +27,9 @@ def save_member(
     """Save a member atomically; `load_member(path)` reads it back.
 
     Torch members are written as a safetensors state dict whose header records the member's name, task,
-    classes and (when given) the `package.module:function` factory and its arguments, so the file can be
-    reloaded without extra flags when the factory is modelfusion's own. Scikit-learn members go to skops.
+    classes and (when given here or known to the member) the `package.module:function` factory and its
+    arguments, so the file can be reloaded without extra flags when the factory is modelfusion's own.
+    Scikit-learn members go to skops.
 
     Returns:
         The path written (`.safetensors` or `.skops` appended when `path` has no suffix).
@@ -49,8 +50,10 @@ def save_member(
         raise InvalidInputError(f"cannot save member {member.name!r} of type {type(member).__name__}")
     path = path if path.suffix else path.with_suffix(".safetensors")
     metadata = {"name": member.name, "task": member.task, "classes": list(member.classes or [])}
+    factory = factory or member.factory
     if factory is not None:
-        metadata.update(factory=factory, factory_kwargs=dict(factory_kwargs or {}))
+        kwargs = factory_kwargs if factory_kwargs is not None else member.factory_kwargs
+        metadata.update(factory=factory, factory_kwargs=dict(kwargs or {}))
     # Cloning breaks storage sharing (tied weights), which safetensors refuses to write.
     state = {k: v.detach().cpu().clone().contiguous() for k, v in member.module.state_dict().items()}
     with atomic_path(path) as tmp:
