@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from modelfusion.cli import app
+from modelfusion.ensemble import combiners_for
 from modelfusion.io import load_member
 from modelfusion.predictions import Predictions
 
@@ -26,6 +27,8 @@ def test_demo_classification_end_to_end(tmp_path, digits):
     rows = {r["name"]: r for r in results["test"]["rows"]}
     members = [r for r in rows.values() if r["kind"] == "member"]
     assert {r["name"] for r in members} == {"mlp_0", "mlp_1", "cnn", "logreg", "random_forest"}
+    assert {r["name"] for r in rows.values() if r["kind"] == "fusion"} == set(combiners_for("classification"))
+    assert {p.stem for p in (out / "combiners").iterdir()} == set(combiners_for("classification"))
     mean_member = sum(r["metrics"]["accuracy"] for r in members) / len(members)
     fusion = rows["mean"]
     assert fusion["metrics"]["accuracy"] >= mean_member
@@ -91,3 +94,36 @@ def test_bad_dataset_exits_2_with_one_line():
     assert result.output.strip() == (
         "error: unknown dataset 'mnist2d'; valid names: breast_cancer, diabetes, digits, mnist1d, wine"
     )
+
+
+def test_ensemble_command_from_checkpoints_and_from_predictions(tmp_path, digits):
+    from modelfusion.ensemble import load_combiner
+
+    demo = tmp_path / "demo"
+    _run_cli(["demo", "--out", str(demo), "--epochs", "2", "--mlps", "2", "--no-progress"])
+    members = [str(demo / "members" / f) for f in ("mlp_0.safetensors", "mlp_1.safetensors", "logreg.skops")]
+    out = tmp_path / "ens"
+    printed = _run_cli(["ensemble", *members, "--method", "weighted", "--method", "stacking", "--out", str(out)])
+    assert "│ weighted" in printed and "│ stacking" in printed and "McNemar" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["combiners"]) == {"weighted", "stacking"}
+    assert "cv_score" in results["combiners"]["stacking"] and len(results["combiners"]["weighted"]["weights"]) == 3
+    weighted = load_combiner(out / "combiners" / "weighted.safetensors")
+    test = Predictions.load(demo / "predictions" / "test.safetensors").select(["mlp_0", "mlp_1", "logreg"])
+    fused = weighted.predict_proba(test)
+    row = next(r for r in results["test"]["rows"] if r["name"] == "weighted")
+    assert row["metrics"]["accuracy"] == pytest.approx((fused.argmax(1) == test.labels).float().mean().item())
+
+    preds = ["--val-preds", str(demo / "predictions" / "val.safetensors")]
+    preds += ["--test-preds", str(demo / "predictions" / "test.safetensors")]
+    _run_cli(["ensemble", *preds, "--out", str(tmp_path / "all")])
+    saved = {p.stem for p in (tmp_path / "all" / "combiners").iterdir()}
+    assert saved == set(combiners_for("classification"))
+
+
+def test_ensemble_command_errors(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["ensemble", "--method", "wieghted", "--val-preds", "x", "--test-preds", "y"])
+    assert result.exit_code == 2 and "unknown combiner 'wieghted'; valid names:" in result.output
+    result = runner.invoke(app, ["ensemble", "--val-preds", str(tmp_path / "v.safetensors")])
+    assert result.exit_code == 2 and "both --val-preds and --test-preds" in result.output

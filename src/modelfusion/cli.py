@@ -113,6 +113,60 @@ def predict(
 
 
 @_command
+def ensemble(
+    checkpoints: Annotated[
+        list[Path] | None, typer.Argument(help="member checkpoints (or use --val-preds/--test-preds)")
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="embedded dataset the members were trained for")] = "digits",
+    seed: Annotated[int, typer.Option(help="seed of the dataset split and of the bootstrap")] = 0,
+    method: Annotated[list[str] | None, typer.Option(help="combiner name (repeat it), or 'all'")] = None,
+    val_preds: Annotated[Path | None, typer.Option(help="saved validation Predictions instead of checkpoints")] = None,
+    test_preds: Annotated[Path | None, typer.Option(help="saved test Predictions instead of checkpoints")] = None,
+    out: Annotated[Path, typer.Option(help="folder for combiners/ and results.json")] = Path("runs/ensemble"),
+    factory: Annotated[
+        str | None, typer.Option(help="model factory package.module:function for weights-only files")
+    ] = None,
+    factory_kwargs: Annotated[str | None, typer.Option(help="JSON object of the factory's arguments")] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="allow pickled checkpoints (runs code from the file)")] = False,
+    trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
+) -> None:
+    """Fit combiners on validation predictions, print the test leaderboard, save combiners and results.json.
+
+    Python: `modelfusion.ensemble.fuse_and_evaluate(val_preds, test_preds, methods).save(out)`.
+    """
+    from .datasets import load_dataset
+    from .ensemble import COMBINERS, fuse_and_evaluate
+    from .io import load_member
+    from .predictions import Predictions, collect_predictions
+    from .report import print_leaderboard
+
+    methods = method or ["all"]
+    for name in methods if methods != ["all"] else []:
+        COMBINERS[name]  # an unknown name fails here, before any member runs
+    if checkpoints and (val_preds or test_preds):
+        raise ConfigError("give member checkpoints or --val-preds/--test-preds, not both")
+    if checkpoints:
+        kwargs = _parse_json_option(factory_kwargs, "--factory-kwargs")
+        members = [
+            load_member(
+                path, factory=factory, factory_kwargs=kwargs, trust_pickle=trust_pickle, trusted_types=trust_type or ()
+            )
+            for path in checkpoints
+        ]
+        data = load_dataset(dataset, seed=seed)
+        val = collect_predictions(members, data.val.X, data.val.y, "val")
+        test = collect_predictions(members, data.test.X, data.test.y, "test")
+    elif val_preds and test_preds:
+        val, test = Predictions.load(val_preds), Predictions.load(test_preds)
+    else:
+        raise ConfigError("give member checkpoints, or both --val-preds and --test-preds")
+    run = fuse_and_evaluate(val, test, "all" if methods == ["all"] else methods, seed=seed)
+    print_leaderboard(run.report, console)
+    run.save(out)
+    console.print(f"combiners and results.json -> {out}")
+
+
+@_command
 def evaluate(
     predictions: Annotated[Path, typer.Argument(help="a saved Predictions file (from `modelfusion predict`)")],
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,

@@ -21,8 +21,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from . import __version__
 from ._atomic import write_json
 from .datasets import Dataset, load_dataset
-from .ensemble import make_combiner
-from .evaluate import evaluate
+from .ensemble import fuse_and_evaluate, save_combiner
 from .io import save_member
 from .io.factory import build_model
 from .members import Member, SklearnMember, TorchMember
@@ -31,8 +30,6 @@ from .report import print_leaderboard
 from .training import train_model
 
 __all__ = ["run_demo", "member_recipes", "Recipe"]
-
-DEMO_COMBINERS = ("mean",)
 
 
 @dataclass
@@ -106,10 +103,10 @@ def run_demo(
     progress: bool = True,
     console: Console | None = None,
 ) -> dict:
-    """Train members on `dataset`, fuse them on validation, score on test, print and save the results.
+    """Train members on `dataset`, fit every combiner on validation, score on test, print and save.
 
-    Writes under `out`: `members/` (safetensors / skops), `predictions/{val,test}.safetensors` and
-    `results.json`. Returns the content of `results.json`.
+    Writes under `out`: `members/` (safetensors / skops), `predictions/{val,test}.safetensors`,
+    `combiners/NAME.safetensors` and `results.json`. Returns the content of `results.json`.
 
     Example:
         >>> results = run_demo("digits", out="runs/demo")
@@ -138,13 +135,10 @@ def run_demo(
     val.save(out / "predictions" / "val.safetensors")
     test.save(out / "predictions" / "test.safetensors")
 
-    fused, combiners = {}, {}
-    for name in DEMO_COMBINERS:
-        combiner = make_combiner(name).fit(val)
-        fused[name] = combiner.fuse(test)
-        combiners[name] = repr(combiner)
-    report = evaluate(test, fused, seed=seed)
-    print_leaderboard(report, console)
+    run = fuse_and_evaluate(val, test, "all", seed=seed)
+    print_leaderboard(run.report, console)
+    for name, combiner in run.combiners.items():
+        save_combiner(combiner, out / "combiners" / f"{name}.safetensors")
 
     results = {
         "modelfusion_version": __version__,
@@ -157,8 +151,7 @@ def run_demo(
         },
         "settings": {"epochs": epochs, "n_mlps": n_mlps},
         "members": member_info,
-        "combiners": combiners,
-        "test": report.to_dict(),
+        **run.summary(),
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,

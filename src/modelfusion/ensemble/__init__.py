@@ -25,6 +25,7 @@ from .stacking import Stacking
 from .temperature import TemperatureScaling
 from .voting import HardVote, SoftVote, Voting
 from .weighted import WeightedAverage
+from .workflow import EnsembleRun, fuse_and_evaluate
 
 __all__ = [
     "COMBINERS",
@@ -34,6 +35,8 @@ __all__ = [
     "EnsembleModule",
     "save_combiner",
     "load_combiner",
+    "fuse_and_evaluate",
+    "EnsembleRun",
     "Mean",
     "MeanLogit",
     "Median",

@@ -1,0 +1,104 @@
+"""Fit many combiners on validation predictions, score them on test: the `modelfusion ensemble` job."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .._atomic import write_json
+from ..errors import IncompatibleModelsError
+from ..evaluate import Report, evaluate
+from ..predictions import Predictions
+from .base import Combiner
+from .serialize import save_combiner
+
+__all__ = ["EnsembleRun", "fuse_and_evaluate"]
+
+
+@dataclass
+class EnsembleRun:
+    """Fitted combiners, the test report that scores them beside the members, and fit times."""
+
+    combiners: dict[str, Combiner]
+    report: Report
+    fit_seconds: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-able: each combiner's parameters, fit time and (stacking) cross-validated score, plus the report."""
+        combiners = {}
+        for name, combiner in self.combiners.items():
+            entry = {"class": type(combiner).__name__, "params": _jsonable(combiner.get_params())}
+            entry["fit_seconds"] = round(self.fit_seconds[name], 4)
+            for attr in ("cv_score_", "weights_", "member_temperatures_", "fused_temperature_"):
+                if hasattr(combiner, attr):
+                    entry[attr.rstrip("_")] = _jsonable(getattr(combiner, attr))
+            combiners[name] = entry
+        return {"combiners": combiners, "test": self.report.to_dict()}
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Write `combiners/NAME.safetensors` and `results.json` under `out`."""
+        out = Path(out)
+        for name, combiner in self.combiners.items():
+            save_combiner(combiner, out / "combiners" / f"{name}.safetensors")
+        write_json(out / "results.json", self.summary())
+        return out
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    return repr(value)
+
+
+def fuse_and_evaluate(
+    val: Predictions,
+    test: Predictions,
+    methods: Sequence[str] | str = "all",
+    *,
+    params: dict[str, dict] | None = None,
+    X_val: torch.Tensor | None = None,
+    X_test: torch.Tensor | None = None,
+    seed: int = 0,
+) -> EnsembleRun:
+    """Fit each combiner on `val`, fuse `test`, and score members and fusions together.
+
+    Args:
+        val: member predictions with labels on the validation split (the only data anything is fitted on).
+        test: predictions of the same members on the test split (only scored).
+        methods: combiner names, or "all" for every combiner that supports the task.
+        params: per-method constructor arguments, e.g. `{"weighted": {"shrinkage": 0.1}}`.
+        X_val, X_test: original inputs, for combiners that use them (stacking with passthrough).
+        seed: seed of the bootstrap in the report.
+
+    Example:
+        >>> run = fuse_and_evaluate(val_preds, test_preds, "all")
+        >>> run.report.ranked()[0].name
+    """
+    from . import combiners_for, make_combiner
+
+    if val.member_names != test.member_names:
+        raise IncompatibleModelsError(
+            f"validation predictions are of members {list(val.member_names)} but test predictions of "
+            f"{list(test.member_names)}; both must come from the same members in the same order"
+        )
+    names = combiners_for(val.task) if methods == "all" else list(methods)
+    params = params or {}
+    combiners, fused, seconds = {}, {}, {}
+    for name in names:
+        start = time.perf_counter()
+        combiner = make_combiner(name, **params.get(name, {})).fit(val, X=X_val)
+        seconds[name] = time.perf_counter() - start
+        combiners[name] = combiner
+        fused[name] = combiner.fuse(test, X=X_test)
+    return EnsembleRun(combiners, evaluate(test, fused, seed=seed), seconds)
