@@ -53,8 +53,8 @@ def main() -> None:
             for batch in (1, 64, 1024):
                 x = torch.randn(batch, 64)
                 with torch.no_grad():
-                    loop_ms = median_ms(lambda: loop(x), args.repeats)
-                    vmap_ms = median_ms(lambda: vmapped(x), args.repeats)
+                    loop_ms = median_ms(lambda m=loop, x=x: m(x), args.repeats)
+                    vmap_ms = median_ms(lambda m=vmapped, x=x: m(x), args.repeats)
                 print(f"| {num_members} | {arch} | {batch} | {loop_ms:.3f} | {vmap_ms:.3f} | {loop_ms / vmap_ms:.2f} |")
 
 
