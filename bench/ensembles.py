@@ -126,20 +126,7 @@ def run_one(dataset: str, seed: int, python: Path | None) -> dict:
     sk_test = collect_predictions(sk_members, data.test.X, data.test.y, "test", progress=False)
     results.update(ours(sk_val, sk_test, "ours, 5 scikit-learn members", sk_seconds))
 
-    both_val = Predictions(
-        torch.cat([net_val.outputs, sk_val.outputs]),
-        data.val.y,
-        net_val.member_names + sk_val.member_names,
-        "classification",
-        "val",
-    )
-    both_test = Predictions(
-        torch.cat([net_test.outputs, sk_test.outputs]),
-        data.test.y,
-        net_test.member_names + sk_test.member_names,
-        "classification",
-        "test",
-    )
+    both_val, both_test = net_val.join(sk_val), net_test.join(sk_test)
     results.update(ours(both_val, both_test, "ours, 10 members (both pools)", net_seconds + sk_seconds))
 
     for name, reference in (

@@ -86,3 +86,14 @@ def test_bad_inputs(tmp_path, digits_members, digits):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(CheckpointError, match="not a saved Predictions"):
         Predictions.load(tmp_path / "other.safetensors")
+
+
+def test_join_puts_two_pools_side_by_side(digits_members, digits):
+    a = collect_predictions(digits_members[:1], digits.val.X, digits.val.y, "val", progress=False)
+    b = collect_predictions(digits_members[1:], digits.val.X, digits.val.y, "val", progress=False)
+    joined = a.join(b)
+    assert joined.member_names == ("mlp", "logreg", "forest")
+    assert torch.equal(joined.outputs[1:], b.outputs)
+    other_split = collect_predictions(digits_members[1:], digits.test.X, digits.test.y, "test", progress=False)
+    with pytest.raises(IncompatibleModelsError, match="same split"):
+        a.join(other_split)

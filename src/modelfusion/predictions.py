@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ._atomic import atomic_path
+from ._safetensors import read_tensors, write_tensors
 from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError
 from .members import Member, check_members
 
@@ -92,38 +91,22 @@ class Predictions:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save as one safetensors file whose header holds the JSON metadata; written atomically."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = {"outputs": self.outputs.contiguous()}
+        tensors = {"outputs": self.outputs}
         if self.labels is not None:
-            tensors["labels"] = self.labels.contiguous()
+            tensors["labels"] = self.labels
         meta = {
             "member_names": list(self.member_names),
             "task": self.task,
             "split": self.split,
             "classes": list(self.classes) if self.classes is not None else None,
         }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(meta)})
-        return path
+        return write_tensors(path, tensors, key=_METADATA_KEY, description=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Predictions:
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.exists():
-            raise CheckpointError(f"{path}: no such predictions file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-        if _METADATA_KEY not in header or "outputs" not in tensors:
+        tensors, meta = read_tensors(path, key=_METADATA_KEY, what="predictions file")
+        if meta is None or "outputs" not in tensors:
             raise CheckpointError(f"{path} is a safetensors file but not a saved Predictions (no metadata)")
-        meta = json.loads(header[_METADATA_KEY])
         return cls(
             outputs=tensors["outputs"],
             labels=tensors.get("labels"),
@@ -132,6 +115,20 @@ class Predictions:
             split=meta["split"],
             classes=meta.get("classes"),
         )
+
+    def join(self, other: Predictions) -> Predictions:
+        """The members of both, on the same samples (same split, task, labels and classes)."""
+        same_labels = (self.labels is None) == (other.labels is None) and (
+            self.labels is None or torch.equal(self.labels, other.labels)
+        )
+        if (self.task, self.split, self.classes) != (other.task, other.split, other.classes) or not same_labels:
+            raise IncompatibleModelsError(
+                "can only join predictions of the same split, task, classes and labels; got "
+                f"{self.split}/{self.task} and {other.split}/{other.task}"
+            )
+        outputs = torch.cat([self.outputs, other.outputs])
+        names = self.member_names + other.member_names
+        return Predictions(outputs, self.labels, names, self.task, self.split, self.classes)
 
 
 def _check_finite(out: torch.Tensor, name: str) -> None:

@@ -6,7 +6,6 @@ tensor and read back with skops' safe loader, so loading a combiner never runs c
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._atomic import atomic_path
+from .._safetensors import read_tensors, write_tensors
 from ..errors import CheckpointError
 from .base import Combiner
 
@@ -95,30 +94,13 @@ def combiner_from_tensors(tensors: dict[str, torch.Tensor], description: dict) -
 
 def save_combiner(combiner: Combiner, path: str | os.PathLike) -> Path:
     """Save a fitted combiner as one safetensors file (atomically); `load_combiner` reads it back."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     tensors, description = combiner_to_tensors(combiner)
-    if not tensors:  # safetensors needs at least one tensor to hold the header
-        tensors["_empty"] = torch.zeros(0)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(description)})
-    return path
+    return write_tensors(path, tensors, key=_METADATA_KEY, description=description)
 
 
 def load_combiner(path: str | os.PathLike) -> Combiner:
     """Read a combiner written by `save_combiner`."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such combiner file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-    if _METADATA_KEY not in header:
+    tensors, description = read_tensors(path, key=_METADATA_KEY, what="combiner file")
+    if description is None:
         raise CheckpointError(f"{path} is a safetensors file but not a saved combiner")
-    return combiner_from_tensors(tensors, json.loads(header[_METADATA_KEY]))
+    return combiner_from_tensors(tensors, description)

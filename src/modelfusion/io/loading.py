@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import zipfile
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._safetensors import read_tensors
 from ..errors import CheckpointError, ModelFusionError
 from ..members import Member, SklearnMember, TorchMember
 from .factory import TRUSTED_FACTORY_PREFIXES, build_model, load_state_dict_checked
@@ -79,16 +79,6 @@ def _needs_factory(path: Path, factory, metadata: Mapping) -> tuple[Any, dict]:
         f"{path} holds only weights; pass the model factory that builds its model as "
         "factory='package.module:function' (CLI: --factory), with factory_kwargs for its arguments"
     )
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
-        state = {name: f.get_tensor(name) for name in f.keys()}
-    metadata = json.loads(header[METADATA_KEY]) if METADATA_KEY in header else {}
-    return state, metadata
 
 
 def _is_torchscript_zip(path: Path) -> bool:
@@ -215,7 +205,8 @@ def load_model(
         raise CheckpointError(f"{path} is a folder; pass the checkpoint file inside it")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        state, metadata = _wrap_errors(path, "safetensors", lambda: _read_safetensors(path))
+        state, metadata = read_tensors(path, key=METADATA_KEY, what="checkpoint")
+        metadata = metadata or {}
         spec, stored_kwargs = _needs_factory(path, factory, metadata)
         model = build_model(spec, factory_kwargs if factory_kwargs is not None else stored_kwargs)
         return LoadedModel(load_state_dict_checked(model, state, str(path)), "safetensors", metadata)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from .._atomic import atomic_path
+from .._safetensors import write_tensors
 from ..errors import InvalidInputError
 from ..members import Member, SklearnMember, TorchMember
 from .loading import METADATA_KEY
@@ -34,8 +34,6 @@ def save_member(
     Returns:
         The path written (`.safetensors` or `.skops` appended when `path` has no suffix).
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if isinstance(member, nn.Module):
         member = TorchMember(member, name=path.stem)
@@ -55,7 +53,5 @@ def save_member(
         kwargs = factory_kwargs if factory_kwargs is not None else member.factory_kwargs
         metadata.update(factory=factory, factory_kwargs=dict(kwargs or {}))
     # Cloning breaks storage sharing (tied weights), which safetensors refuses to write.
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in member.module.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(metadata)})
-    return path
+    state = {k: v.detach().cpu().clone() for k, v in member.module.state_dict().items()}
+    return write_tensors(path, state, key=METADATA_KEY, description=metadata)
