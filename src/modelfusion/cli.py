@@ -167,6 +167,23 @@ def ensemble(
 
 
 @_command
+def merge(
+    config: Annotated[Path, typer.Argument(help="merge config (YAML, mergekit's common keys)")],
+    out_dir: Annotated[Path, typer.Argument(help="output folder for the merged safetensors")],
+    dry_run: Annotated[bool, typer.Option(help="check compatibility and print the plan; write nothing")] = False,
+) -> None:
+    """Merge same-architecture safetensors checkpoints tensor by tensor, as a config says.
+
+    Python: `modelfusion.merge.merge(config, out_dir, dry_run=...)`.
+    """
+    from .merge import merge as run_merge
+
+    plan = run_merge(config, out_dir, dry_run=dry_run)
+    if dry_run:
+        console.print(plan.describe(), highlight=False)
+
+
+@_command
 def evaluate(
     predictions: Annotated[Path, typer.Argument(help="a saved Predictions file (from `modelfusion predict`)")],
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,

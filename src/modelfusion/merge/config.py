@@ -1,0 +1,150 @@
+"""Merge configs: the common subset of mergekit's YAML, validated with pydantic.
+
+```yaml
+merge_method: ties
+base_model: ./base
+models:
+  - model: ./finetune_a
+    parameters: {weight: 1.0, density: 0.5}
+  - model: ./finetune_b
+    parameters: {weight: 0.5, density: 0.5}
+parameters: {normalize: true}
+dtype: float32
+```
+
+Existing mergekit configs with these keys run unchanged. What we do not support yet (`slices`,
+per-layer gradients of a parameter, tokenizer surgery) is refused with a clear message; unknown keys are
+errors that name the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from ..errors import ConfigError
+from .methods import METHODS
+
+__all__ = ["MergeConfig", "ModelEntry", "load_config"]
+
+# mergekit's name for a parameter -> ours, where they differ.
+_RENAMED = {"lambda": "lambda_"}
+_PER_MODEL = ("weight", "density")
+_NOT_YET = {
+    "slices": "slices (merging layer ranges of different models) are not supported yet; merge whole models",
+    "tokenizer_source": "tokenizer_source is not supported yet; the base model's tokenizer files are copied",
+    "tokenizer": "tokenizer settings are not supported yet; the base model's tokenizer files are copied",
+    "chat_template": "chat_template is not supported yet; the base model's tokenizer files are copied",
+}
+Scalar = float | int | bool | str
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    parameters: dict[str, Any] = {}
+
+    @field_validator("parameters")
+    @classmethod
+    def _scalars_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_scalars(value)
+
+
+class MergeConfig(BaseModel):
+    """A merge: method, models, base, parameters and output dtype."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    merge_method: str
+    models: list[ModelEntry] = []
+    base_model: str | None = None
+    parameters: dict[str, Any] = {}
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    out_dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    random_seed: int = 0
+    shard_size: str | int = "5GB"
+
+    @field_validator("merge_method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        METHODS[value]  # an unknown name raises UnknownNameError listing the valid ones
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _scalars_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_scalars(value)
+
+    def resolve(self, root: Path) -> tuple[list[Path], Path | None, dict]:
+        """Model paths (relative to the config's folder), the base, and the method's keyword arguments."""
+
+        def path(name: str) -> Path:
+            candidate = Path(name).expanduser()
+            return candidate if candidate.is_absolute() else root / candidate
+
+        base = path(self.base_model) if self.base_model else None
+        entries = [m for m in self.models if base is None or path(m.model) != base or self.merge_method == "linear"]
+        if not entries:
+            raise ConfigError("the config lists no models to merge (besides the base)")
+        params = {_RENAMED.get(k, k): v for k, v in self.parameters.items()}
+        for key in _PER_MODEL:
+            values = [m.parameters.get(key) for m in entries]
+            if any(v is not None for v in values):
+                if any(v is None for v in values) and key not in params:
+                    missing = [m.model for m, v in zip(entries, values, strict=True) if v is None]
+                    raise ConfigError(f"parameter {key!r} is set for some models but not for {missing}")
+                default = params.pop(key, None)
+                params[key] = [default if v is None else v for v in values]
+        for entry in entries:
+            unknown = set(entry.parameters) - set(_PER_MODEL)
+            if unknown:
+                raise ConfigError(
+                    f"model {entry.model}: per-model parameters {sorted(unknown)} are not supported; "
+                    f"per-model parameters are {list(_PER_MODEL)}, others go under the top-level parameters"
+                )
+        if "rescale" in params and isinstance(params["rescale"], bool):
+            # mergekit's `rescale: true` restores the L1 norm; false turns rescaling off
+            params["rescale"] = "l1" if params["rescale"] else None
+        return [path(m.model) for m in entries], base, params
+
+
+def _check_scalars(parameters: dict[str, Any]) -> dict[str, Any]:
+    for key, value in parameters.items():
+        if isinstance(value, list | dict):
+            raise ValueError(
+                f"parameter {key!r} has a list or mapping value: gradients and per-tensor filters are not "
+                "supported yet; give one number"
+            )
+    return parameters
+
+
+def load_config(path: str | os.PathLike) -> MergeConfig:
+    """Read and validate a YAML merge config; every problem is one `ConfigError` naming the field."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a merge config is a mapping with merge_method, models, ...")
+    for key, message in _NOT_YET.items():
+        if key in raw:
+            raise ConfigError(f"{path}: {message}")
+    try:
+        return MergeConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for error in err.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown key {where!r}")
+            else:
+                problems.append(f"{where}: {error['msg']}")
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None

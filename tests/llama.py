@@ -1,0 +1,57 @@
+"""Tiny Llama-style safetensors checkpoints, generated locally for merge tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def llama_state_dict(*, hidden: int = 16, layers: int = 2, vocab: int = 50, intermediate: int = 32, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def weight(*shape):
+        return torch.randn(*shape, generator=generator) * 0.1
+
+    state = {"model.embed_tokens.weight": weight(vocab, hidden)}
+    for i in range(layers):
+        prefix = f"model.layers.{i}."
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            state[prefix + f"self_attn.{name}.weight"] = weight(hidden, hidden)
+        state[prefix + "mlp.gate_proj.weight"] = weight(intermediate, hidden)
+        state[prefix + "mlp.up_proj.weight"] = weight(intermediate, hidden)
+        state[prefix + "mlp.down_proj.weight"] = weight(hidden, intermediate)
+        state[prefix + "input_layernorm.weight"] = 1 + weight(hidden)
+        state[prefix + "post_attention_layernorm.weight"] = 1 + weight(hidden)
+    state["model.norm.weight"] = 1 + weight(hidden)
+    state["lm_head.weight"] = weight(vocab, hidden)
+    return state
+
+
+def fine_tune(base: dict, *, scale: float = 0.01, seed: int = 1) -> dict:
+    """base + small noise, as a fine-tune of it."""
+    generator = torch.Generator().manual_seed(seed)
+    return {k: v + torch.randn(v.shape, generator=generator) * scale for k, v in base.items()}
+
+
+def write_checkpoint(folder: Path, state: dict, *, shards: int = 1, dtype=torch.float32) -> Path:
+    """A Hugging Face-style folder: config.json and model.safetensors, or shards with an index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.to(dtype).contiguous() for k, v in state.items()}
+    hidden = state["model.norm.weight"].shape[0]
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": hidden, "torch_dtype": str(dtype).split(".")[1]}
+    (folder / "config.json").write_text(json.dumps(config))
+    if shards == 1:
+        save_file(state, str(folder / "model.safetensors"))
+        return folder
+    names = list(state)
+    weight_map = {}
+    for i in range(shards):
+        part = names[i::shards]
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: state[k] for k in part}, str(folder / file))
+        weight_map.update(dict.fromkeys(part, file))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
