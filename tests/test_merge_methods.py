@@ -128,5 +128,7 @@ def test_every_method_runs_on_a_small_model(name):
 def test_merge_state_dicts_reports_every_mismatch():
     a = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)).state_dict()
     b = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2)).state_dict()
-    with pytest.raises(IncompatibleModelsError, match=r"(?s)3 problems.*0\.weight: shape \(8, 4\) in model 0 but \(6, 4\)"):
+    with pytest.raises(
+        IncompatibleModelsError, match=r"(?s)3 problems.*0\.weight: shape \(8, 4\) in model 0 but \(6, 4\)"
+    ):
         merge_state_dicts([a, b], "linear")
