@@ -8,6 +8,7 @@ from pathlib import Path
 from .config import MergeConfig, load_config
 from .engine import Checkpoint, MergePlan, merge_checkpoints
 from .methods import METHODS
+from .soups import GreedySoup, greedy_soup, uniform_soup
 from .state_dicts import merge_state_dicts
 
 __all__ = [
@@ -19,6 +20,9 @@ __all__ = [
     "MergePlan",
     "load_config",
     "Checkpoint",
+    "uniform_soup",
+    "greedy_soup",
+    "GreedySoup",
 ]
 
 
