@@ -40,8 +40,21 @@ def write_checkpoint(folder: Path, state: dict, *, shards: int = 1, dtype=torch.
     """A Hugging Face-style folder: config.json and model.safetensors, or shards with an index."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.to(dtype).contiguous() for k, v in state.items()}
-    hidden = state["model.norm.weight"].shape[0]
-    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": hidden, "torch_dtype": str(dtype).split(".")[1]}
+    vocab, hidden = state["model.embed_tokens.weight"].shape
+    layers = len({k.split(".")[2] for k in state if k.startswith("model.layers.")})
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": state["model.layers.0.mlp.up_proj.weight"].shape[0],
+        "num_hidden_layers": layers,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "vocab_size": vocab,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "torch_dtype": str(dtype).split(".")[1],
+    }
     (folder / "config.json").write_text(json.dumps(config))
     if shards == 1:
         save_file(state, str(folder / "model.safetensors"))

@@ -1,0 +1,123 @@
+"""Golden outputs from mergekit for the differential tests (tests/test_merge_golden.py).
+
+    .venv/bin/python bench/mergekit_golden.py
+
+Writes tiny Llama-style checkpoints (a base and three fine-tunes) and mergekit configs under
+tests/golden/mergekit/, runs mergekit on each config in its own venv (bench/.venv-mergekit, created here:
+torch==2.13.0, then mergekit), and keeps mergekit's merged tensors next to them. mergekit is never a
+dependency of the package or the tests: the small golden files are committed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.llama import fine_tune, llama_state_dict, write_checkpoint  # noqa: E402
+
+VENV = ROOT / "bench" / ".venv-mergekit"
+GOLDEN = ROOT / "tests" / "golden" / "mergekit"
+CONFIGS = {
+    "linear": """merge_method: linear
+models:
+  - {model: ft0, parameters: {weight: 1.0}}
+  - {model: ft1, parameters: {weight: 0.5}}
+  - {model: ft2, parameters: {weight: 0.25}}
+dtype: float32
+""",
+    "slerp": """merge_method: slerp
+base_model: base
+models:
+  - {model: base}
+  - {model: ft0}
+parameters: {t: 0.3}
+dtype: float32
+""",
+    "task_arithmetic": """merge_method: task_arithmetic
+base_model: base
+models:
+  - {model: ft0, parameters: {weight: 1.0}}
+  - {model: ft1, parameters: {weight: 0.6}}
+  - {model: ft2, parameters: {weight: 0.3}}
+parameters: {lambda: 0.8}
+dtype: float32
+""",
+    "ties": """merge_method: ties
+base_model: base
+models:
+  - {model: ft0, parameters: {weight: 1.0, density: 0.5}}
+  - {model: ft1, parameters: {weight: 0.7, density: 0.3}}
+  - {model: ft2, parameters: {weight: 0.4, density: 0.7}}
+parameters: {normalize: true}
+dtype: float32
+""",
+    "breadcrumbs": """merge_method: breadcrumbs
+base_model: base
+models:
+  - {model: ft0, parameters: {weight: 1.0, density: 0.8}}
+  - {model: ft1, parameters: {weight: 0.5, density: 0.8}}
+parameters: {gamma: 0.05}
+dtype: float32
+""",
+    "dare_linear": """merge_method: dare_linear
+base_model: base
+models:
+  - {model: ft0, parameters: {weight: 1.0, density: 0.5}}
+  - {model: ft1, parameters: {weight: 1.0, density: 0.5}}
+dtype: float32
+""",
+}
+
+
+def ensure_venv() -> Path:
+    tool = VENV / "bin" / "mergekit-yaml"
+    if not tool.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt")]
+        subprocess.run([*pip, "torch==2.13.0"], check=True)
+        subprocess.run([*pip, "mergekit"], check=True)
+    return tool
+
+
+def main() -> None:
+    tool = ensure_venv()
+    if GOLDEN.exists():
+        shutil.rmtree(GOLDEN)
+    base = llama_state_dict(seed=0)
+    write_checkpoint(GOLDEN / "base", base)
+    for i in range(3):
+        write_checkpoint(GOLDEN / f"ft{i}", fine_tune(base, scale=0.02, seed=i + 1))
+    for name, text in CONFIGS.items():
+        config = GOLDEN / f"{name}.yaml"
+        config.write_text(text)
+        out = GOLDEN / f"out_{name}"
+        # mergekit reads a relative model path as a hub repository: give it absolute paths, offline.
+        absolute = GOLDEN / f"{name}.absolute.yaml"
+        absolute.write_text(re.sub(r"(model|base_model): (base|ft\d)", rf"\1: {GOLDEN}/\2", text))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        result = subprocess.run(
+            [str(tool), str(absolute), str(out), "--no-copy-tokenizer", "--random-seed", "0"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        absolute.unlink()
+        if result.returncode != 0:
+            raise SystemExit(f"mergekit failed on {name}:\n{result.stderr[-3000:]}")
+        merged = sorted(out.glob("*.safetensors"))
+        if len(merged) != 1:
+            raise SystemExit(f"expected one output file from mergekit for {name}, got {merged}")
+        shutil.move(str(merged[0]), GOLDEN / f"{name}.mergekit.safetensors")
+        shutil.rmtree(out)
+        print(f"{name}: golden written")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Our merges against mergekit 0.1.5's on the same YAML and tiny Llama-style checkpoints.
+
+The golden outputs come from bench/mergekit_golden.py (mergekit in its own venv); mergekit is not needed here.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modelfusion.merge import merge
+
+GOLDEN = Path(__file__).parent / "golden" / "mergekit"
+
+
+@pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "ties", "breadcrumbs"])
+def test_deterministic_methods_equal_mergekit(method, tmp_path):
+    merge(GOLDEN / f"{method}.yaml", tmp_path / "out", progress=False)
+    ours = load_file(str(tmp_path / "out" / "model.safetensors"))
+    theirs = load_file(str(GOLDEN / f"{method}.mergekit.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        assert ours[name].dtype == theirs[name].dtype
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-6, msg=f"{method}: {name}")
+
+
+def test_dare_matches_mergekit_statistics(tmp_path):
+    """DARE draws differ (mergekit uses one global stream), so compare what the draws should preserve."""
+    merge(GOLDEN / "dare_linear.yaml", tmp_path / "out", progress=False)
+    ours = load_file(str(tmp_path / "out" / "model.safetensors"))
+    theirs = load_file(str(GOLDEN / "dare_linear.mergekit.safetensors"))
+    base = load_file(str(GOLDEN / "base" / "model.safetensors"))
+    ours_delta = torch.cat([(ours[k] - base[k]).flatten() for k in base])
+    theirs_delta = torch.cat([(theirs[k] - base[k]).flatten() for k in base])
+    # With density 0.5 for both models, an entry keeps the base value when both drop it: 1/4 of entries.
+    unchanged_ours = (ours_delta == 0).float().mean().item()
+    unchanged_theirs = (theirs_delta == 0).float().mean().item()
+    assert unchanged_ours == pytest.approx(0.25, abs=0.02) and unchanged_theirs == pytest.approx(0.25, abs=0.02)
+    # Both rescale so that the merged task vector is the sum of the models' task vectors in expectation:
+    # its projection on that sum is about 1 (ours rescales by 1/density, mergekit restores the L1 norm).
+    tunes = [load_file(str(GOLDEN / f"ft{i}" / "model.safetensors")) for i in (0, 1)]
+    expected = torch.cat([(tunes[0][k] + tunes[1][k] - 2 * base[k]).flatten() for k in base])
+    for delta in (ours_delta, theirs_delta):
+        assert (delta @ expected / (expected @ expected)).item() == pytest.approx(1.0, abs=0.05)
+    assert ours_delta.abs().mean().item() == pytest.approx(theirs_delta.abs().mean().item(), rel=0.1)
