@@ -31,7 +31,18 @@ __all__ = ["Checkpoint", "MergePlan", "merge_checkpoints", "parse_size"]
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
 # Small files worth carrying from the base model: configuration and tokenizer, never weights.
 _COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".md")
 _COPY_MAX_BYTES = 64 * 2**20
@@ -134,48 +145,93 @@ class MergePlan:
         return "\n".join(lines)
 
 
-class _ShardWriter:
-    """Collects merged tensors and writes a shard each time `max_bytes` would be exceeded."""
+_DTYPE_CODES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
-    def __init__(self, folder: Path, max_bytes: int, metadata: dict[str, str]) -> None:
-        self.folder, self.max_bytes, self.metadata = folder, max_bytes, metadata
-        self.pending: dict[str, torch.Tensor] = {}
-        self.pending_bytes = 0
-        self.shards: list[tuple[Path, list[str]]] = []
-        self.total_bytes = 0
 
-    def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.pending and self.pending_bytes + size > self.max_bytes:
-            self.flush()
-        self.pending[name] = tensor.contiguous()
-        self.pending_bytes += size
-        self.total_bytes += size
+class _StreamingWriter:
+    """Writes safetensors shards whose headers are planned before any tensor is merged.
 
-    def flush(self) -> None:
-        from safetensors.torch import save_file
+    Every output name, shape and dtype is known from the input headers, so each shard's header (with the
+    byte offsets of its tensors) is written first and each merged tensor is appended as soon as it exists:
+    the writer never holds more than the tensor it is writing.
+    """
 
-        if not self.pending:
-            return
-        path = self.folder / f"shard-{len(self.shards):05d}.tmp"
-        save_file(self.pending, str(path), metadata=self.metadata)
-        self.shards.append((path, list(self.pending)))
-        self.pending, self.pending_bytes = {}, 0
+    def __init__(
+        self,
+        folder: Path,
+        layout: dict[str, tuple[tuple[int, ...], torch.dtype]],
+        max_bytes: int,
+        metadata: dict[str, str],
+    ) -> None:
+        self.folder, self.layout, self.metadata = folder, layout, metadata
+        self.shards: list[list[str]] = [[]]
+        size = 0
+        for name, (shape, dtype) in layout.items():
+            nbytes = _numel(shape) * dtype.itemsize
+            if self.shards[-1] and size + nbytes > max_bytes:
+                self.shards.append([])
+                size = 0
+            self.shards[-1].append(name)
+            size += nbytes
+        self.total_bytes = sum(_numel(shape) * dtype.itemsize for shape, dtype in layout.values())
+        count = len(self.shards)
+        self.files = (
+            [SINGLE_NAME] if count == 1 else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+        )
+        self.shard_of = {name: i for i, names in enumerate(self.shards) for name in names}
+        self._handle = None
+        self._open_index = -1
+        self._expected: list[str] = []
+
+    def _open(self, index: int) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        header: dict = {"__metadata__": self.metadata}
+        offset = 0
+        for name in self.shards[index]:
+            shape, dtype = self.layout[name]
+            nbytes = _numel(shape) * dtype.itemsize
+            header[name] = {
+                "dtype": _DTYPE_CODES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+        self._handle = open(self.folder / self.files[index], "wb")  # noqa: SIM115 - closed in _open/finish
+        self._handle.write(len(encoded).to_bytes(8, "little") + encoded)
+        self._open_index = index
+        self._expected = list(self.shards[index])
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        index = self.shard_of[name]
+        if index != self._open_index:
+            self._open(index)
+        shape, dtype = self.layout[name]
+        if self._expected[0] != name or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            raise RuntimeError(f"merge wrote {name} {tuple(tensor.shape)} {tensor.dtype} out of its planned place")
+        self._expected.pop(0)
+        self._handle.write(tensor.contiguous().view(torch.uint8).numpy().data if tensor.numel() else b"")
 
     def finish(self) -> None:
-        """Name the shards as Hugging Face does, and write the index when there is more than one."""
-        self.flush()
-        if len(self.shards) == 1:
-            self.shards[0][0].rename(self.folder / SINGLE_NAME)
-            return
-        count = len(self.shards)
-        weight_map = {}
-        for i, (path, names) in enumerate(self.shards, start=1):
-            final = f"model-{i:05d}-of-{count:05d}.safetensors"
-            path.rename(self.folder / final)
-            weight_map.update(dict.fromkeys(names, final))
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-        (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        if self._handle is not None:
+            self._handle.close()
+        if len(self.files) > 1:
+            weight_map = {name: self.files[self.shard_of[name]] for name in self.layout}
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
 def _copy_small_files(source: Path, target: Path, out_dtype: str | None) -> None:
@@ -250,7 +306,13 @@ def merge_checkpoints(
         return plan
 
     random = takes_seed(merge)
-    target_dtype = DTYPES[out_dtype] if out_dtype else None
+    source_inventory = (base_checkpoint or inputs[0]).inventory()
+    layout = {}
+    for name, (shape, dtype) in reference.items():
+        dtype = _torch_dtype(source_inventory[name][1])
+        if out_dtype is not None and dtype.is_floating_point:
+            dtype = DTYPES[out_dtype]
+        layout[name] = (shape, dtype)
     metadata = {"format": "pt", "modelfusion.merge": json.dumps({"method": method, "params": _jsonable(params)})}
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     bar_console = Console(stderr=True)
@@ -260,20 +322,18 @@ def merge_checkpoints(
             *columns, console=bar_console, disable=not (progress and bar_console.is_terminal), transient=True
         ) as bar,
     ):
-        writer = _ShardWriter(tmp, parse_size(shard_size), metadata)
+        writer = _StreamingWriter(tmp, layout, parse_size(shard_size), metadata)
         task = bar.add_task(f"merging ({method})", total=len(reference))
-        for name in reference:
+        for name, (_, dtype) in layout.items():
             tensors = [c.read(name) for c in inputs]
             base_tensor = base_checkpoint.read(name) if base_checkpoint else None
             if tensors[0].is_floating_point():
                 extra = {"seed": tensor_seed(seed, name)} if random else {}
                 merged = merge(tensors, base_tensor, **params, **extra)
             else:  # integer buffers are copied, not averaged
-                merged = (base_tensor if base_tensor is not None else tensors[0]).clone()
-            if target_dtype is not None and merged.is_floating_point():
-                merged = merged.to(target_dtype)
-            writer.add(name, merged)
-            del tensors, base_tensor
+                merged = base_tensor if base_tensor is not None else tensors[0]
+            writer.write(name, merged.to(dtype))
+            del tensors, base_tensor, merged
             bar.advance(task)
         writer.finish()
         source = base_checkpoint or inputs[0]
@@ -281,6 +341,13 @@ def merge_checkpoints(
             _copy_small_files(source.folder, tmp, out_dtype)
     (console or Console(stderr=True)).print(f"merged {len(reference)} tensors -> {out_dir}", highlight=False)
     return plan
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise CheckpointError(f"tensors of dtype {name!r} cannot be merged")
+    return dtype
 
 
 def _numel(shape: tuple[int, ...]) -> int:
