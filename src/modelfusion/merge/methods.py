@@ -107,8 +107,8 @@ def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, 
 
 
 def _keep_top(magnitude: torch.Tensor, k: int) -> torch.Tensor:
-    """Mask of the k largest entries. A threshold from `kthvalue` finds them in linear time; only when ties
-    at the threshold would keep more than k does it fall back to `topk` (mergekit sorts every tensor)."""
+    """Mask of the k largest entries, found with a `kthvalue` threshold in linear time (mergekit sorts every
+    tensor). Entries tied at the threshold are taken in index order, as a stable descending sort would."""
     n = magnitude.numel()
     if k >= n:
         return torch.ones_like(magnitude, dtype=torch.bool)
@@ -116,10 +116,10 @@ def _keep_top(magnitude: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(magnitude, dtype=torch.bool)
     flat = magnitude.reshape(-1)
     threshold = flat.kthvalue(n - k + 1).values
-    mask = flat >= threshold
-    if int(mask.sum()) != k:
-        mask = torch.zeros_like(flat, dtype=torch.bool)
-        mask[flat.topk(k).indices] = True
+    mask = flat > threshold
+    missing = k - int(mask.sum())
+    if missing:
+        mask[(flat == threshold).nonzero().flatten()[:missing]] = True
     return mask.reshape(magnitude.shape)
 
 
@@ -215,9 +215,10 @@ def task_arithmetic(
     weights = weights.to(dtype).reshape(count, *([1] * base.ndim))
     weighted = deltas * weights
     if consensus == "sum":
-        elected = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(dtype)
-        agree = weighted.sign() == elected
-        mixed = (weighted * agree).sum(dim=0)
+        # An entry agrees when it is non-zero with the elected sign (a zero sum elects +).
+        positive = weighted.sum(dim=0) >= 0
+        agree = torch.where(positive, weighted > 0, weighted < 0)
+        mixed = torch.where(agree, weighted, 0).sum(dim=0)
         divisor = (weights * agree).sum(dim=0)
         divisor[divisor == 0] = 1
     elif consensus is None:

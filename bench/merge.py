@@ -1,0 +1,196 @@
+"""Merging speed and memory: `modelfusion merge` against mergekit on generated Llama-style checkpoints.
+
+    .venv/bin/python bench/merge.py [--sizes 40M,170M,500M] [--mergekit-sizes 170M] [--workdir /tmp/mf-merge]
+
+For each size: a base and three fine-tunes (base + small noise), fp32, as Hugging Face folders. Each method
+(linear, task arithmetic, TIES, breadcrumbs) runs through `modelfusion merge` and, at --mergekit-sizes,
+through `mergekit-yaml --no-copy-tokenizer` (its own venv, bench/.venv-mergekit, created by
+bench/mergekit_golden.py or here), on the same YAML. Each run is timed (wall), its peak RSS taken from the
+kernel (wait4), and its anonymous memory (RssAnon: not counting memory-mapped input pages) sampled from /proc.
+Also: the floor (reading every input once; a plain safetensors loop that averages tensor by tensor), the
+largest difference between our output and mergekit's, and the start-up time of both commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.llama import fine_tune, llama_state_dict, write_checkpoint  # noqa: E402
+
+MERGEKIT = ROOT / "bench" / ".venv-mergekit" / "bin" / "mergekit-yaml"
+OURS = ROOT / ".venv" / "bin" / "modelfusion"
+SIZES = {  # name -> (hidden, layers, vocab, intermediate)
+    "40M": (512, 4, 32000, 1376),
+    "170M": (1024, 8, 32000, 2752),
+    "500M": (1536, 16, 32000, 4096),
+}
+_DTYPE = "dtype: float32\n"
+CONFIGS = {
+    "linear": "merge_method: linear\nmodels:\n{models_weighted}\n" + _DTYPE,
+    "task_arithmetic": "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n{models_weighted}\n" + _DTYPE,
+    "ties": "merge_method: ties\nbase_model: {base}\nmodels:\n{models_dense}\nparameters: {{normalize: true}}\n"
+    + _DTYPE,
+    "breadcrumbs": "merge_method: breadcrumbs\nbase_model: {base}\nmodels:\n{models_crumbs}\n"
+    "parameters: {{gamma: 0.01}}\n" + _DTYPE,
+}
+
+
+def measure(command: list[str], env: dict | None = None) -> dict:
+    """Wall time, peak RSS (kernel's maxrss) and peak RssAnon (sampled every 20 ms) of one command."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    peak_anon = [0]
+
+    def sample():
+        status = Path(f"/proc/{process.pid}/status")
+        while True:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        peak_anon[0] = max(peak_anon[0], int(line.split()[1]))
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                return
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    stderr = process.stderr.read().decode(errors="replace")
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
+    return {"seconds": wall, "max_rss_mb": usage.ru_maxrss / 1024, "peak_anon_mb": peak_anon[0] / 1024}
+
+
+def make_models(folder: Path, size: str) -> Path:
+    hidden, layers, vocab, intermediate = SIZES[size]
+    root = folder / size
+    if (root / "ft2" / "model.safetensors").exists():
+        return root
+    base = llama_state_dict(hidden=hidden, layers=layers, vocab=vocab, intermediate=intermediate, seed=0)
+    write_checkpoint(root / "base", base)
+    for i in range(3):
+        write_checkpoint(root / f"ft{i}", fine_tune(base, scale=0.01, seed=i + 1))
+        print(f"  wrote {root / f'ft{i}'}", flush=True)
+    return root
+
+
+def write_configs(root: Path) -> dict[str, Path]:
+    models = [root / f"ft{i}" for i in range(3)]
+    lists = {
+        "models_weighted": "\n".join(
+            f"  - {{model: {m}, parameters: {{weight: {w}}}}}" for m, w in zip(models, (1.0, 0.6, 0.3), strict=True)
+        ),
+        "models_dense": "\n".join(f"  - {{model: {m}, parameters: {{weight: 1.0, density: 0.3}}}}" for m in models),
+        "models_crumbs": "\n".join(f"  - {{model: {m}, parameters: {{weight: 1.0, density: 0.9}}}}" for m in models),
+    }
+    paths = {}
+    for name, template in CONFIGS.items():
+        path = root / f"{name}.yaml"
+        path.write_text(template.format(base=root / "base", **lists))
+        paths[name] = path
+    return paths
+
+
+def read_all(root: Path) -> float:
+    start = time.perf_counter()
+    for model in ("base", "ft0", "ft1", "ft2"):
+        with safe_open(str(root / model / "model.safetensors"), framework="pt") as f:
+            for name in f.keys():
+                f.get_tensor(name)
+    return time.perf_counter() - start
+
+
+PLAIN_LOOP = """
+import sys
+from safetensors import safe_open
+from safetensors.torch import save_file
+files = [safe_open(p, framework="pt") for p in sys.argv[2:]]
+out = {}
+for name in files[0].keys():
+    out[name] = sum(f.get_tensor(name) for f in files) / len(files)
+save_file(out, sys.argv[1])
+"""
+
+
+def max_difference(a: Path, b: Path) -> float:
+    worst = 0.0
+    with safe_open(str(a), framework="pt") as fa, safe_open(str(b), framework="pt") as fb:
+        for name in fa.keys():
+            worst = max(worst, (fa.get_tensor(name) - fb.get_tensor(name)).abs().max().item())
+    return worst
+
+
+def output_file(folder: Path) -> Path:
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) != 1:
+        raise SystemExit(f"{folder}: expected one safetensors file, got {files}")
+    return files[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="40M,170M,500M")
+    parser.add_argument("--mergekit-sizes", default="170M")
+    parser.add_argument("--methods", default=",".join(CONFIGS))
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/modelfusion-merge-bench"))
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores")
+    for tool, command in (("modelfusion", [str(OURS), "--help"]), ("mergekit-yaml", [str(MERGEKIT), "--help"])):
+        if Path(command[0]).exists():
+            print(f"{tool} --help: {measure(command, env)['seconds']:.2f} s")
+    print("| size | method | tool | seconds | peak RSS MB | peak RssAnon MB | max abs diff vs mergekit |")
+    print("|---|---|---|---|---|---|---|")
+    for size in args.sizes.split(","):
+        root = make_models(args.workdir, size)
+        configs = write_configs(root)
+        read_all(root)  # warm the page cache
+        floor = read_all(root)
+        inputs = [str(root / m / "model.safetensors") for m in ("ft0", "ft1", "ft2")]
+        plain = measure([sys.executable, "-c", PLAIN_LOOP, str(root / "plain.safetensors"), *inputs], env)
+        print(f"| {size} | read all 4 inputs once | - | {floor:.2f} | | | |")
+        print(
+            f"| {size} | linear | plain safetensors loop | {plain['seconds']:.1f} | {plain['max_rss_mb']:.0f} | "
+            f"{plain['peak_anon_mb']:.0f} | |",
+            flush=True,
+        )
+        for method in args.methods.split(","):
+            ours_out = root / f"out_ours_{method}"
+            ours = measure([str(OURS), "merge", str(configs[method]), str(ours_out)], env)
+            difference = ""
+            row = None
+            if size in args.mergekit_sizes.split(",") and MERGEKIT.exists():
+                theirs_out = root / f"out_mergekit_{method}"
+                theirs = measure([str(MERGEKIT), str(configs[method]), str(theirs_out), "--no-copy-tokenizer"], env)
+                difference = f"{max_difference(output_file(ours_out), output_file(theirs_out)):.1e}"
+                row = (
+                    f"| {size} | {method} | mergekit | {theirs['seconds']:.1f} | {theirs['max_rss_mb']:.0f} | "
+                    f"{theirs['peak_anon_mb']:.0f} | |"
+                )
+                ratio = f" ({ours['seconds'] / theirs['seconds']:.2f}x mergekit's time)"
+            else:
+                ratio = ""
+            print(
+                f"| {size} | {method} | modelfusion{ratio} | {ours['seconds']:.1f} | {ours['max_rss_mb']:.0f} | "
+                f"{ours['peak_anon_mb']:.0f} | {difference} |",
+                flush=True,
+            )
+            if row:
+                print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
