@@ -73,12 +73,14 @@ def linear(
     """
     _check_shapes(tensors, None)
     weights = _per_model("weight", weight, len(tensors), 1.0)
+    if normalize and abs(sum(weights)) < 1e-12:
+        raise ConfigError(f"linear merge with normalize: the weights {weights} sum to zero")
     dtype = _compute_dtype(tensors)
-    total = sum(w * t.to(dtype) for w, t in zip(weights, tensors, strict=True))
+    total = torch.mul(tensors[0].to(dtype), weights[0])  # accumulated in place: one output-sized buffer
+    for w, t in zip(weights[1:], tensors[1:], strict=True):
+        total.add_(t.to(dtype), alpha=w)
     if normalize:
-        if abs(sum(weights)) < 1e-12:
-            raise ConfigError(f"linear merge with normalize: the weights {weights} sum to zero")
-        total = total / sum(weights)
+        total.div_(sum(weights))
     return total.to(tensors[0].dtype)
 
 
@@ -204,6 +206,14 @@ def task_arithmetic(
     dtype = _compute_dtype([base, *tensors])
     base_c = base.to(dtype)
     generator = torch.Generator().manual_seed(seed) if sparsification == "random" else None
+    if consensus is None and sparsification is None:
+        # Plain task arithmetic needs no stack of K deltas: accumulate w_i (x_i - base) in place.
+        mixed = torch.zeros_like(base_c)
+        for w, x in zip(weights.tolist(), tensors, strict=True):
+            mixed.add_(x.to(dtype) - base_c, alpha=w)
+        if normalize and abs(float(weights.sum())) >= 1e-8:
+            mixed.div_(float(weights.sum()))
+        return mixed.mul_(lambda_).add_(base_c).to(base.dtype)
     deltas = torch.stack(
         [
             sparsify(x.to(dtype) - base_c, d, sparsification, gamma=gamma, rescale=rescale, generator=generator)
