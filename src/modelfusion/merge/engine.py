@@ -140,7 +140,7 @@ class MergePlan:
         lines += [f"  model {i}: {path}" for i, path in enumerate(self.models)]
         lines.append(f"  parameters: {self.params or '{}'}")
         lines.append(f"  output dtype: {self.out_dtype or 'as the inputs'}")
-        lines.append(f"  {self.num_tensors} tensors, {self.input_bytes / 1e6:.1f} MB read from each input")
+        lines.append(f"  {self.num_tensors} tensors, {self.input_bytes / 1e6:.2f} MB read from each input")
         lines.append("  compatibility: " + ("OK" if not self.warnings else "; ".join(self.warnings)))
         return "\n".join(lines)
 
