@@ -136,8 +136,8 @@ class MergePlan:
     def describe(self) -> str:
         lines = [f"merge method {self.method!r} over {len(self.models)} models"]
         if self.base is not None:
-            lines.append(f"  base: {self.base}")
-        lines += [f"  model {i}: {path}" for i, path in enumerate(self.models)]
+            lines.append(f"  base: {_shown(self.base)}")
+        lines += [f"  model {i}: {_shown(path)}" for i, path in enumerate(self.models)]
         lines.append(f"  parameters: {self.params or '{}'}")
         lines.append(f"  output dtype: {self.out_dtype or 'as the inputs'}")
         lines.append(f"  {self.num_tensors} tensors, {self.input_bytes / 1e6:.2f} MB read from each input")
@@ -157,6 +157,14 @@ _DTYPE_CODES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+
+
+def _shown(path: Path) -> Path:
+    """A path relative to the working folder when it is inside it, as the user would type it."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 class _StreamingWriter:
