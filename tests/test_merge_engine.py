@@ -193,3 +193,28 @@ def test_cli_merge_and_dry_run(llama, tmp_path):
     config.write_text(CONFIG.replace("merge_method", "merge_methd"))
     result = CliRunner().invoke(app, ["merge", str(config), str(tmp_path / "again")])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "unknown key 'merge_methd'" in result.output
+
+
+@pytest.mark.parametrize("method, params", [("linear", {"weight": [1, 2, 1]}), ("task_arithmetic", {"lambda_": 0.5})])
+def test_entrywise_methods_stream_blocks_of_rows(llama, tmp_path, monkeypatch, method, params):
+    """Tensors bigger than a block are merged a few rows at a time, with the same result."""
+    root, base, tunes = llama
+    monkeypatch.setattr(engine_module, "_CHUNK_BYTES", 256)  # 4 rows of 16 floats per block
+    reads = []
+    original = Checkpoint.read
+    monkeypatch.setattr(
+        Checkpoint, "read", lambda self, name, rows=None: reads.append(rows) or original(self, name, rows)
+    )
+    merge_checkpoints(
+        [root / f"ft{i}" for i in range(3)],
+        tmp_path / "out",
+        method,
+        base=None if method == "linear" else root / "base",
+        params=params,
+        progress=False,
+    )
+    assert any(r is not None and r.stop - r.start == 4 for r in reads)
+    expected = merge_state_dicts(tunes, method, base=None if method == "linear" else base, **params)
+    merged = load_file(str(tmp_path / "out" / "model.safetensors"))
+    for name in expected:
+        torch.testing.assert_close(merged[name], expected[name], rtol=0, atol=1e-7)

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .._atomic import atomic_dir
 from ..errors import CheckpointError, ConfigError
 from .compat import TensorInfo, check_compatible, compatibility_problems
-from .methods import METHODS, takes_seed
+from .methods import METHODS, is_elementwise, takes_seed
 from .state_dicts import tensor_seed
 
 __all__ = ["Checkpoint", "MergePlan", "merge_checkpoints", "parse_size"]
@@ -46,6 +46,7 @@ _SAFETENSORS_DTYPES = {
 # Small files worth carrying from the base model: configuration and tokenizer, never weights.
 _COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".md")
 _COPY_MAX_BYTES = 64 * 2**20
+_CHUNK_BYTES = 32 * 2**20  # rows per block for entry-wise methods, in float32 bytes
 
 
 def parse_size(size: str | int) -> int:
@@ -116,8 +117,10 @@ class Checkpoint:
             info[name] = (tuple(tensor_slice.get_shape()), _SAFETENSORS_DTYPES.get(dtype, dtype.lower()))
         return info
 
-    def read(self, name: str) -> torch.Tensor:
-        return self._handles[self._where[name]].get_tensor(name)
+    def read(self, name: str, rows: slice | None = None) -> torch.Tensor:
+        """The tensor `name`, or only its rows `rows` (read from the memory map, not the whole tensor)."""
+        handle = self._handles[self._where[name]]
+        return handle.get_tensor(name) if rows is None else handle.get_slice(name)[rows]
 
 
 @dataclass
@@ -201,6 +204,7 @@ class _StreamingWriter:
         self._handle = None
         self._open_index = -1
         self._expected: list[str] = []
+        self._remaining = 0  # bytes of the current tensor still to come (tensors may arrive in row chunks)
 
     def _open(self, index: int) -> None:
         if self._handle is not None:
@@ -228,10 +232,16 @@ class _StreamingWriter:
         if index != self._open_index:
             self._open(index)
         shape, dtype = self.layout[name]
-        if self._expected[0] != name or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+        if not self._remaining:  # the first part of a new tensor
+            self._remaining = _numel(shape) * dtype.itemsize
+        if self._expected[0] != name or tuple(tensor.shape[1:]) != shape[1:] or tensor.dtype != dtype:
             raise RuntimeError(f"merge wrote {name} {tuple(tensor.shape)} {tensor.dtype} out of its planned place")
-        self._expected.pop(0)
-        self._handle.write(tensor.contiguous().view(torch.uint8).numpy().data if tensor.numel() else b"")
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._handle.write(data.data)
+        self._remaining -= data.nbytes
+        if self._remaining <= 0:
+            self._expected.pop(0)
+            self._remaining = 0
 
     def finish(self) -> None:
         if self._handle is not None:
@@ -314,6 +324,7 @@ def merge_checkpoints(
         return plan
 
     random = takes_seed(merge)
+    elementwise = is_elementwise(method, params)
     source_inventory = (base_checkpoint or inputs[0]).inventory()
     layout = {}
     for name, (shape, dtype) in reference.items():
@@ -332,16 +343,20 @@ def merge_checkpoints(
     ):
         writer = _StreamingWriter(tmp, layout, parse_size(shard_size), metadata)
         task = bar.add_task(f"merging ({method})", total=len(reference))
-        for name, (_, dtype) in layout.items():
-            tensors = [c.read(name) for c in inputs]
-            base_tensor = base_checkpoint.read(name) if base_checkpoint else None
-            if tensors[0].is_floating_point():
-                extra = {"seed": tensor_seed(seed, name)} if random else {}
-                merged = merge(tensors, base_tensor, **params, **extra)
-            else:  # integer buffers are copied, not averaged
-                merged = base_tensor if base_tensor is not None else tensors[0]
-            writer.write(name, merged.to(dtype))
-            del tensors, base_tensor, merged
+        for name, (shape, dtype) in layout.items():
+            row_bytes = _numel(shape[1:]) * 4 if shape else 4
+            # Entry-wise methods see a block of rows at a time: memory stays flat however big the tensor.
+            step = max(1, _CHUNK_BYTES // max(row_bytes, 1)) if elementwise and len(shape) >= 1 else None
+            for rows in [slice(i, i + step) for i in range(0, shape[0], step)] if step else [None]:
+                tensors = [c.read(name, rows) for c in inputs]
+                base_tensor = base_checkpoint.read(name, rows) if base_checkpoint else None
+                if tensors[0].is_floating_point():
+                    extra = {"seed": tensor_seed(seed, name)} if random else {}
+                    merged = merge(tensors, base_tensor, **params, **extra)
+                else:  # integer buffers are copied, not averaged
+                    merged = base_tensor if base_tensor is not None else tensors[0]
+                writer.write(name, merged.to(dtype))
+                del tensors, base_tensor, merged
             bar.advance(task)
         writer.finish()
         source = base_checkpoint or inputs[0]

@@ -25,6 +25,7 @@ __all__ = [
     "model_stock",
     "sparsify",
     "takes_seed",
+    "is_elementwise",
 ]
 
 MergeMethod = Callable[..., torch.Tensor]
@@ -332,3 +333,11 @@ def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = Non
 def takes_seed(method: MergeMethod) -> bool:
     """Whether a method draws random numbers (and so takes a `seed`)."""
     return "seed" in inspect.signature(method).parameters
+
+
+def is_elementwise(name: str, params: dict) -> bool:
+    """Whether each output entry depends only on the same entry of the inputs, so a tensor can be merged a
+    block of rows at a time (SLERP, model stock and sparsified task vectors need whole-tensor statistics)."""
+    if name == "linear":
+        return True
+    return name == "task_arithmetic" and not params.get("sparsification") and not params.get("consensus")
