@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .._atomic import write_json
+from .._atomic import jsonable, write_json
 from ..errors import IncompatibleModelsError
 from ..evaluate import Report, evaluate
 from ..predictions import Predictions
@@ -32,11 +32,11 @@ class EnsembleRun:
         """JSON-able: each combiner's parameters, fit time and (stacking) cross-validated score, plus the report."""
         combiners = {}
         for name, combiner in self.combiners.items():
-            entry = {"class": type(combiner).__name__, "params": _jsonable(combiner.get_params())}
+            entry = {"class": type(combiner).__name__, "params": jsonable(combiner.get_params())}
             entry["fit_seconds"] = round(self.fit_seconds[name], 4)
             for attr in ("cv_score_", "weights_", "member_temperatures_", "fused_temperature_"):
                 if hasattr(combiner, attr):
-                    entry[attr.rstrip("_")] = _jsonable(getattr(combiner, attr))
+                    entry[attr.rstrip("_")] = jsonable(getattr(combiner, attr))
             combiners[name] = entry
         return {"combiners": combiners, "test": self.report.to_dict()}
 
@@ -47,18 +47,6 @@ class EnsembleRun:
             save_combiner(combiner, out / "combiners" / f"{name}.safetensors")
         write_json(out / "results.json", self.summary())
         return out
-
-
-def _jsonable(value):
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, int | float | str | bool) or value is None:
-        return value
-    return repr(value)
 
 
 def fuse_and_evaluate(

@@ -10,6 +10,7 @@ renamed at the end, so an interrupted merge leaves nothing half-written.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .._atomic import atomic_dir
+from .._atomic import atomic_dir, jsonable
 from ..errors import CheckpointError, ConfigError
 from .compat import TensorInfo, check_compatible, compatibility_problems
 from .methods import METHODS, is_elementwise, takes_seed
@@ -189,13 +190,13 @@ class _StreamingWriter:
         self.shards: list[list[str]] = [[]]
         size = 0
         for name, (shape, dtype) in layout.items():
-            nbytes = _numel(shape) * dtype.itemsize
+            nbytes = math.prod(shape) * dtype.itemsize
             if self.shards[-1] and size + nbytes > max_bytes:
                 self.shards.append([])
                 size = 0
             self.shards[-1].append(name)
             size += nbytes
-        self.total_bytes = sum(_numel(shape) * dtype.itemsize for shape, dtype in layout.values())
+        self.total_bytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in layout.values())
         count = len(self.shards)
         self.files = (
             [SINGLE_NAME] if count == 1 else [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
@@ -213,7 +214,7 @@ class _StreamingWriter:
         offset = 0
         for name in self.shards[index]:
             shape, dtype = self.layout[name]
-            nbytes = _numel(shape) * dtype.itemsize
+            nbytes = math.prod(shape) * dtype.itemsize
             header[name] = {
                 "dtype": _DTYPE_CODES[dtype],
                 "shape": list(shape),
@@ -233,7 +234,7 @@ class _StreamingWriter:
             self._open(index)
         shape, dtype = self.layout[name]
         if not self._remaining:  # the first part of a new tensor
-            self._remaining = _numel(shape) * dtype.itemsize
+            self._remaining = math.prod(shape) * dtype.itemsize
         if self._expected[0] != name or tuple(tensor.shape[1:]) != shape[1:] or tensor.dtype != dtype:
             raise RuntimeError(f"merge wrote {name} {tuple(tensor.shape)} {tensor.dtype} out of its planned place")
         data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
@@ -316,7 +317,7 @@ def merge_checkpoints(
         out_dtype=out_dtype,
         num_tensors=len(reference),
         input_bytes=sum(
-            _numel(shape) * DTYPES.get(dtype, torch.float32).itemsize for shape, dtype in reference.values()
+            math.prod(shape) * DTYPES.get(dtype, torch.float32).itemsize for shape, dtype in reference.values()
         ),
         warnings=compatibility_problems(inventories),
     )
@@ -332,7 +333,7 @@ def merge_checkpoints(
         if out_dtype is not None and dtype.is_floating_point:
             dtype = DTYPES[out_dtype]
         layout[name] = (shape, dtype)
-    metadata = {"format": "pt", "modelfusion.merge": json.dumps({"method": method, "params": _jsonable(params)})}
+    metadata = {"format": "pt", "modelfusion.merge": json.dumps({"method": method, "params": jsonable(params)})}
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     bar_console = Console(stderr=True)
     with (
@@ -344,7 +345,7 @@ def merge_checkpoints(
         writer = _StreamingWriter(tmp, layout, parse_size(shard_size), metadata)
         task = bar.add_task(f"merging ({method})", total=len(reference))
         for name, (shape, dtype) in layout.items():
-            row_bytes = _numel(shape[1:]) * 4 if shape else 4
+            row_bytes = math.prod(shape[1:]) * 4 if shape else 4
             # Entry-wise methods see a block of rows at a time: memory stays flat however big the tensor.
             step = max(1, _CHUNK_BYTES // max(row_bytes, 1)) if elementwise and len(shape) >= 1 else None
             for rows in [slice(i, i + step) for i in range(0, shape[0], step)] if step else [None]:
@@ -371,18 +372,3 @@ def _torch_dtype(name: str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise CheckpointError(f"tensors of dtype {name!r} cannot be merged")
     return dtype
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value if isinstance(value, int | float | str | bool) or value is None else repr(value)
