@@ -195,9 +195,19 @@ def test_cli_merge_and_dry_run(llama, tmp_path):
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "unknown key 'merge_methd'" in result.output
 
 
-@pytest.mark.parametrize("method, params", [("linear", {"weight": [1, 2, 1]}), ("task_arithmetic", {"lambda_": 0.5})])
-def test_entrywise_methods_stream_blocks_of_rows(llama, tmp_path, monkeypatch, method, params):
-    """Tensors bigger than a block are merged a few rows at a time, with the same result."""
+@pytest.mark.parametrize(
+    "method, params",
+    [
+        ("linear", {"weight": [1, 2, 1]}),
+        ("task_arithmetic", {"lambda_": 0.5}),
+        ("ties", {"density": 0.3}),
+        ("breadcrumbs", {"density": 0.8, "gamma": 0.05}),
+        ("task_arithmetic", {"sparsification": "magnitude", "density": 0.4, "rescale": "l1"}),
+    ],
+)
+def test_methods_stream_blocks_of_rows(llama, tmp_path, monkeypatch, method, params):
+    """Tensors bigger than a block are merged a few rows at a time, with the same result: entry-wise methods
+    directly, trimmed task vectors after one pass that ranks the whole |delta| of one model at a time."""
     root, base, tunes = llama
     monkeypatch.setattr(engine_module, "_CHUNK_BYTES", 256)  # 4 rows of 16 floats per block
     reads = []

@@ -7,7 +7,7 @@ from torch import nn
 
 from modelfusion import ConfigError, IncompatibleModelsError, UnknownNameError
 from modelfusion.merge import METHODS, merge_state_dicts
-from modelfusion.merge.methods import _keep_top, sparsify
+from modelfusion.merge.methods import _Cut, sparsify
 
 
 def t(*values):
@@ -61,11 +61,10 @@ def test_ties_hand_worked():
 
 def test_dare_keeps_the_expected_share_and_rescales():
     delta = torch.ones(200_000)
-    generator = torch.Generator().manual_seed(0)
-    kept = sparsify(delta, 0.3, "random", rescale="inverse_density", generator=generator)
+    kept = sparsify(delta, 0.3, "random", rescale="inverse_density", seed=0)
     assert (kept != 0).float().mean().item() == pytest.approx(0.3, abs=0.005)
     assert kept.mean().item() == pytest.approx(1.0, abs=0.02)  # unbiased: E[mask / density] = 1
-    l1 = sparsify(delta, 0.3, "random", rescale="l1", generator=torch.Generator().manual_seed(0))
+    l1 = sparsify(delta, 0.3, "random", rescale="l1", seed=0)
     assert l1.abs().sum().item() == pytest.approx(delta.abs().sum().item(), rel=1e-5)
     base = torch.zeros(1000)
     x = torch.randn(1000)
@@ -85,7 +84,7 @@ def test_selection_matches_a_full_sort_even_with_ties():
     generator = torch.Generator().manual_seed(0)
     for values in (torch.randn(10_000, generator=generator).abs(), torch.randint(0, 5, (1000,)).float()):
         for k in (1, 17, 500, 999):
-            mask = _keep_top(values, k)
+            mask = _Cut(values, k).mask(values)
             assert int(mask.sum()) == k
             threshold = values.sort(descending=True).values[k - 1]
             assert bool((values[mask] >= threshold).all()) and bool((values[~mask] <= threshold).all())
@@ -132,3 +131,11 @@ def test_merge_state_dicts_reports_every_mismatch():
         IncompatibleModelsError, match=r"(?s)3 problems.*0\.weight: shape \(8, 4\) in model 0 but \(6, 4\)"
     ):
         merge_state_dicts([a, b], "linear")
+
+
+def test_cut_gives_the_same_selection_block_by_block():
+    values = torch.randint(0, 7, (1000,)).float()  # many ties at the threshold
+    whole = _Cut(values, 333).mask(values)
+    cut = _Cut(values, 333)
+    blocks = torch.cat([cut.mask(block) for block in values.split(128)])
+    assert torch.equal(blocks, whole) and int(whole.sum()) == 333

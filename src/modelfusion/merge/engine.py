@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .._atomic import atomic_dir, jsonable
 from ..errors import CheckpointError, ConfigError
 from .compat import TensorInfo, check_compatible, compatibility_problems
-from .methods import METHODS, is_elementwise, takes_seed
+from .methods import METHODS, takes_seed, task_arithmetic_blocks, task_arithmetic_options
 from .state_dicts import tensor_seed
 
 __all__ = ["Checkpoint", "MergePlan", "merge_checkpoints", "parse_size"]
@@ -325,7 +325,11 @@ def merge_checkpoints(
         return plan
 
     random = takes_seed(merge)
-    elementwise = is_elementwise(method, params)
+    options = task_arithmetic_options(merge, params)
+    # The task-arithmetic family streams blocks of rows (ranking statistics come from one whole |delta| at a
+    # time); random drops (DARE) draw for whole tensors, so that a seed gives the same merge in memory.
+    streamed = options is not None and options.get("sparsification") != "random" and base_checkpoint is not None
+    blockwise = method == "linear" or streamed
     source_inventory = (base_checkpoint or inputs[0]).inventory()
     layout = {}
     for name, (shape, dtype) in reference.items():
@@ -346,12 +350,25 @@ def merge_checkpoints(
         task = bar.add_task(f"merging ({method})", total=len(reference))
         for name, (shape, dtype) in layout.items():
             row_bytes = math.prod(shape[1:]) * 4 if shape else 4
-            # Entry-wise methods see a block of rows at a time: memory stays flat however big the tensor.
-            step = max(1, _CHUNK_BYTES // max(row_bytes, 1)) if elementwise and len(shape) >= 1 else None
-            for rows in [slice(i, i + step) for i in range(0, shape[0], step)] if step else [None]:
+            step = max(1, _CHUNK_BYTES // max(row_bytes, 1)) if blockwise and len(shape) >= 1 else None
+            blocks = [slice(i, i + step) for i in range(0, shape[0], step)] if step else [None]
+            floating = dtype.is_floating_point
+            if streamed and floating:
+                merged_blocks = task_arithmetic_blocks(
+                    lambda i, rows, name=name: inputs[i].read(name, rows),
+                    lambda rows, name=name: base_checkpoint.read(name, rows),
+                    blocks,
+                    len(inputs),
+                    **{**options, "seed": tensor_seed(seed, name)},
+                )
+                for block in merged_blocks:
+                    writer.write(name, block.to(dtype))
+                bar.advance(task)
+                continue
+            for rows in blocks:
                 tensors = [c.read(name, rows) for c in inputs]
                 base_tensor = base_checkpoint.read(name, rows) if base_checkpoint else None
-                if tensors[0].is_floating_point():
+                if floating:
                     extra = {"seed": tensor_seed(seed, name)} if random else {}
                     merged = merge(tensors, base_tensor, **params, **extra)
                 else:  # integer buffers are copied, not averaged

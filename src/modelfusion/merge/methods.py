@@ -9,7 +9,7 @@ Arithmetic runs in float32 (float64 when an input is float64); the result has th
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -25,7 +25,9 @@ __all__ = [
     "model_stock",
     "sparsify",
     "takes_seed",
-    "is_elementwise",
+    "task_arithmetic_options",
+    "task_arithmetic_blocks",
+    "task_vector_blocks",
 ]
 
 MergeMethod = Callable[..., torch.Tensor]
@@ -109,21 +111,49 @@ def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, 
     return result.reshape(base.shape).to(base.dtype)
 
 
-def _keep_top(magnitude: torch.Tensor, k: int) -> torch.Tensor:
-    """Mask of the k largest entries, found with a `kthvalue` threshold in linear time (mergekit sorts every
-    tensor). Entries tied at the threshold are taken in index order, as a stable descending sort would."""
+class _Cut:
+    """Selects the k largest entries of a tensor that is then seen block by block, in index order.
+
+    A `kthvalue` threshold finds them in linear time (mergekit sorts every tensor); entries tied at the
+    threshold are taken in index order, as a stable descending sort would. `mask` is stateful: call it on
+    the blocks in order.
+    """
+
+    def __init__(self, magnitude: torch.Tensor, k: int) -> None:
+        flat = magnitude.reshape(-1)
+        n = flat.numel()
+        self.keep_all, self.keep_none, self.taken = k >= n, k <= 0, 0
+        if not (self.keep_all or self.keep_none):
+            self.threshold = flat.kthvalue(n - k + 1).values
+            self.ties = k - int((flat > self.threshold).sum())
+
+    def mask(self, block: torch.Tensor) -> torch.Tensor:
+        if self.keep_all or self.keep_none:
+            return torch.full_like(block, self.keep_all, dtype=torch.bool)
+        mask = block > self.threshold
+        if self.taken < self.ties:
+            equal = (block.reshape(-1) == self.threshold).nonzero().flatten()[: self.ties - self.taken]
+            mask.view(-1)[equal] = True
+            self.taken += len(equal)
+        return mask
+
+
+def _selection(magnitude: torch.Tensor | None, density: float, method: str, gamma: float, generator_seed: int):
+    """A stateful `block magnitude -> keep mask` for one task vector (see `sparsify`)."""
+    if method == "random":
+        generator = torch.Generator().manual_seed(generator_seed)
+        return lambda block: torch.rand(block.shape, generator=generator, dtype=torch.float64) < density
     n = magnitude.numel()
-    if k >= n:
-        return torch.ones_like(magnitude, dtype=torch.bool)
-    if k <= 0:
-        return torch.zeros_like(magnitude, dtype=torch.bool)
-    flat = magnitude.reshape(-1)
-    threshold = flat.kthvalue(n - k + 1).values
-    mask = flat > threshold
-    missing = k - int(mask.sum())
-    if missing:
-        mask[(flat == threshold).nonzero().flatten()[:missing]] = True
-    return mask.reshape(magnitude.shape)
+    if method == "magnitude":
+        return _Cut(magnitude, max(1, int(density * n))).mask
+    if method == "breadcrumbs":
+        keep, top = int(n * density), int(n * gamma)
+        bottom = n - keep - top
+        if bottom < 0:
+            bottom, top = 0, n - keep
+        kept, dropped = _Cut(magnitude, n - bottom), _Cut(magnitude, top)
+        return lambda block: kept.mask(block) & ~dropped.mask(block)
+    raise ConfigError(f"unknown sparsification {method!r}; valid: magnitude, random, breadcrumbs")
 
 
 def sparsify(
@@ -133,7 +163,7 @@ def sparsify(
     *,
     gamma: float = 0.01,
     rescale: str | None = None,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """Zero out most of a task vector.
 
@@ -144,37 +174,54 @@ def sparsify(
             `density` remain; Davari and Belilovsky, 2023).
         rescale: None, "inverse_density" (DARE's 1 / density, Yu et al., 2024) or "l1" (restore the L1 norm,
             as mergekit does).
-        generator: seeded generator for "random".
+        seed: seed of the "random" draws.
     """
-    if density >= 1:
-        return delta
+    blocks = task_vector_blocks(lambda rows: delta, [None], density, method, gamma=gamma, rescale=rescale, seed=seed)
+    return next(blocks)
+
+
+def task_vector_blocks(
+    read_delta: Callable[[slice | None], torch.Tensor],
+    blocks: Sequence[slice | None],
+    density: float,
+    method: str | None,
+    *,
+    gamma: float = 0.01,
+    rescale: str | None = None,
+    seed: int = 0,
+) -> Iterator[torch.Tensor]:
+    """One sparsified task vector, block by block: `read_delta(rows)` gives its rows (None: all of it).
+
+    Selections that rank magnitudes see the whole |delta| once (built block by block, one tensor in memory),
+    then every block is masked with the same thresholds, so the result does not depend on the blocks.
+    """
+    if method is None or density >= 1:
+        yield from (read_delta(rows) for rows in blocks)
+        return
     if not 0 < density <= 1:
         raise ConfigError(f"density must be in (0, 1], got {density}")
-    n = delta.numel()
-    magnitude = delta.abs()
-    if method == "magnitude":
-        mask = _keep_top(magnitude, max(1, int(density * n)))
-    elif method == "random":
-        mask = torch.rand(delta.shape, generator=generator, dtype=torch.float64) < density
-    elif method == "breadcrumbs":
-        keep = int(n * density)
-        top = int(n * gamma)
-        bottom = n - keep - top
-        if bottom < 0:
-            bottom, top = 0, n - keep
-        mask = _keep_top(magnitude, n - bottom) & ~_keep_top(magnitude, top)
-    else:
-        raise ConfigError(f"unknown sparsification {method!r}; valid: magnitude, random, breadcrumbs")
-    kept = delta * mask
-    if rescale == "inverse_density":
-        kept = kept / density
-    elif rescale == "l1":
-        before, after = delta.abs().sum(), kept.abs().sum()
-        if before >= 1e-8 and after >= 1e-8:
-            kept = kept * (before / after)
-    elif rescale is not None:
+    if rescale not in (None, "inverse_density", "l1"):
         raise ConfigError(f"unknown rescale {rescale!r}; valid: inverse_density, l1, or none")
-    return kept
+    magnitude = None
+    if method != "random":
+        parts = [read_delta(rows).abs().reshape(-1) for rows in blocks]
+        magnitude = parts[0] if len(parts) == 1 else torch.cat(parts)
+        del parts
+    scale = 1.0 / density if rescale == "inverse_density" else 1.0
+    if rescale == "l1":
+        select = _selection(magnitude, density, method, gamma, seed)
+        before = after = 0.0
+        for rows in blocks:
+            block = read_delta(rows).abs()
+            before += float(block.sum())
+            after += float((block * select(block)).sum())
+        scale = before / after if before >= 1e-8 and after >= 1e-8 else 1.0
+    select = _selection(magnitude, density, method, gamma, seed)
+    del magnitude
+    for rows in blocks:
+        delta = read_delta(rows)
+        kept = delta * select(delta.abs())
+        yield kept * scale if scale != 1.0 else kept
 
 
 @METHODS.register("task_arithmetic")
@@ -201,46 +248,86 @@ def task_arithmetic(
     """
     base = _need_base(base, "task_arithmetic")
     _check_shapes(tensors, base)
-    count = len(tensors)
-    weights = torch.tensor(_per_model("weight", weight, count, 1.0))
-    densities = _per_model("density", density, count, 1.0)
-    dtype = _compute_dtype([base, *tensors])
-    base_c = base.to(dtype)
-    generator = torch.Generator().manual_seed(seed) if sparsification == "random" else None
-    if consensus is None and sparsification is None:
-        # Plain task arithmetic needs no stack of K deltas: accumulate w_i (x_i - base) in place.
-        mixed = torch.zeros_like(base_c)
-        for w, x in zip(weights.tolist(), tensors, strict=True):
-            mixed.add_(x.to(dtype) - base_c, alpha=w)
-        if normalize and abs(float(weights.sum())) >= 1e-8:
-            mixed.div_(float(weights.sum()))
-        return mixed.mul_(lambda_).add_(base_c).to(base.dtype)
-    deltas = torch.stack(
-        [
-            sparsify(x.to(dtype) - base_c, d, sparsification, gamma=gamma, rescale=rescale, generator=generator)
-            if sparsification
-            else x.to(dtype) - base_c
-            for x, d in zip(tensors, densities, strict=True)
-        ]
-    )  # [K, ...]
-    weights = weights.to(dtype).reshape(count, *([1] * base.ndim))
-    weighted = deltas * weights
-    if consensus == "sum":
-        # An entry agrees when it is non-zero with the elected sign (a zero sum elects +).
-        positive = weighted.sum(dim=0) >= 0
-        agree = torch.where(positive, weighted > 0, weighted < 0)
-        mixed = torch.where(agree, weighted, 0).sum(dim=0)
-        divisor = (weights * agree).sum(dim=0)
-        divisor[divisor == 0] = 1
-    elif consensus is None:
-        mixed = weighted.sum(dim=0)
-        divisor = weights.sum(dim=0).expand_as(mixed).clone()
-        divisor[divisor.abs() < 1e-8] = 1
-    else:
+    blocks = task_arithmetic_blocks(
+        lambda i, rows: tensors[i],
+        lambda rows: base,
+        [None],
+        len(tensors),
+        weight=weight,
+        density=density,
+        lambda_=lambda_,
+        normalize=normalize,
+        sparsification=sparsification,
+        consensus=consensus,
+        gamma=gamma,
+        rescale=rescale,
+        seed=seed,
+    )
+    return next(blocks)
+
+
+def task_arithmetic_blocks(
+    read: Callable[[int, slice | None], torch.Tensor],
+    read_base: Callable[[slice | None], torch.Tensor],
+    blocks: Sequence[slice | None],
+    count: int,
+    *,
+    weight=None,
+    density=None,
+    lambda_: float = 1.0,
+    normalize: bool = False,
+    sparsification: str | None = None,
+    consensus: str | None = None,
+    gamma: float = 0.01,
+    rescale: str | None = None,
+    seed: int = 0,
+) -> Iterator[torch.Tensor]:
+    """`task_arithmetic` over blocks of rows, for the streaming engine: `read(i, rows)` gives model i's rows
+    and `read_base(rows)` the base's. Yields the merged rows of each block in turn."""
+    if consensus not in (None, "sum"):
         raise ConfigError(f"unknown consensus {consensus!r}; valid: sum, or none")
-    if normalize:
-        mixed = mixed / divisor
-    return (base_c + lambda_ * mixed).to(base.dtype)
+    weights = _per_model("weight", weight, count, 1.0)
+    densities = _per_model("density", density, count, 1.0)
+
+    def delta(i: int, rows: slice | None) -> torch.Tensor:
+        x, b = read(i, rows), read_base(rows)
+        dtype = _compute_dtype([x, b])
+        return x.to(dtype) - b.to(dtype)
+
+    vectors = [
+        task_vector_blocks(
+            lambda rows, i=i: delta(i, rows),
+            blocks,
+            densities[i],
+            sparsification,
+            gamma=gamma,
+            rescale=rescale,
+            seed=seed * 1_000_003 + i,
+        )
+        for i in range(count)
+    ]
+    total = sum(weights)
+    for rows in blocks:
+        deltas = [next(vector) for vector in vectors]
+        base = read_base(rows)
+        if consensus is None:
+            mixed = torch.zeros_like(deltas[0])
+            for w, d in zip(weights, deltas, strict=True):
+                mixed.add_(d, alpha=w)
+            if normalize and abs(total) >= 1e-8:
+                mixed.div_(total)
+        else:
+            w = torch.tensor(weights, dtype=deltas[0].dtype).reshape(count, *([1] * deltas[0].ndim))
+            weighted = torch.stack(deltas) * w
+            # An entry agrees when it is non-zero with the elected sign (a zero sum elects +).
+            positive = weighted.sum(dim=0) >= 0
+            agree = torch.where(positive, weighted > 0, weighted < 0)
+            mixed = torch.where(agree, weighted, 0).sum(dim=0)
+            if normalize:
+                divisor = (w * agree).sum(dim=0)
+                divisor[divisor == 0] = 1
+                mixed = mixed / divisor
+        yield (base.to(mixed.dtype) + lambda_ * mixed).to(base.dtype)
 
 
 def _variant(name: str, doc: str, **fixed) -> None:
@@ -248,21 +335,28 @@ def _variant(name: str, doc: str, **fixed) -> None:
     defaults = {k: v for k, v in fixed.items() if k in ("normalize", "rescale")}
     locked = {k: v for k, v in fixed.items() if k not in defaults}
 
-    def method(tensors, base=None, **params):
+    def resolve(params: dict) -> dict:
         for key in locked:
             if key in params:
                 raise ConfigError(
                     f"merge method {name!r} fixes {key}={locked[key]!r}; use task_arithmetic to change it"
                 )
-        return task_arithmetic(tensors, base, **{**defaults, **params, **locked})
+        return {**defaults, **params, **locked}
+
+    def method(tensors, base=None, **params):
+        return task_arithmetic(tensors, base, **resolve(params))
 
     method.__name__ = name
     method.__doc__ = doc
+    method.task_arithmetic_options = resolve
     signature = inspect.signature(task_arithmetic)
     method.__signature__ = signature.replace(
         parameters=[p for p in signature.parameters.values() if p.name not in locked]
     )
     METHODS.register(name)(method)
+
+
+task_arithmetic.task_arithmetic_options = dict
 
 
 _variant(
@@ -335,9 +429,7 @@ def takes_seed(method: MergeMethod) -> bool:
     return "seed" in inspect.signature(method).parameters
 
 
-def is_elementwise(name: str, params: dict) -> bool:
-    """Whether each output entry depends only on the same entry of the inputs, so a tensor can be merged a
-    block of rows at a time (SLERP, model stock and sparsified task vectors need whole-tensor statistics)."""
-    if name == "linear":
-        return True
-    return name == "task_arithmetic" and not params.get("sparsification") and not params.get("consensus")
+def task_arithmetic_options(method: MergeMethod, params: dict) -> dict | None:
+    """The full `task_arithmetic` arguments behind a method of that family (None for other methods)."""
+    resolve = getattr(method, "task_arithmetic_options", None)
+    return resolve(params) if resolve is not None else None
