@@ -47,7 +47,7 @@ _SAFETENSORS_DTYPES = {
 # Small files worth carrying from the base model: configuration and tokenizer, never weights.
 _COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".md")
 _COPY_MAX_BYTES = 64 * 2**20
-_CHUNK_BYTES = 32 * 2**20  # rows per block for entry-wise methods, in float32 bytes
+_CHUNK_BYTES = 8 * 2**20  # float32 bytes per block of rows: small enough that a block's temporaries stay small
 
 
 def parse_size(size: str | int) -> int:
@@ -360,6 +360,7 @@ def merge_checkpoints(
                     blocks,
                     len(inputs),
                     **{**options, "seed": tensor_seed(seed, name)},
+                    numel=math.prod(shape),
                 )
                 for block in merged_blocks:
                     writer.write(name, block.to(dtype))

@@ -189,8 +189,10 @@ def task_vector_blocks(
     gamma: float = 0.01,
     rescale: str | None = None,
     seed: int = 0,
+    numel: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """One sparsified task vector, block by block: `read_delta(rows)` gives its rows (None: all of it).
+    """One sparsified task vector, block by block: `read_delta(rows)` gives its rows (None: all of it);
+    `numel`, the size of the whole tensor, is needed when there is more than one block.
 
     Selections that rank magnitudes see the whole |delta| once (built block by block, one tensor in memory),
     then every block is masked with the same thresholds, so the result does not depend on the blocks.
@@ -204,9 +206,16 @@ def task_vector_blocks(
         raise ConfigError(f"unknown rescale {rescale!r}; valid: inverse_density, l1, or none")
     magnitude = None
     if method != "random":
-        parts = [read_delta(rows).abs().reshape(-1) for rows in blocks]
-        magnitude = parts[0] if len(parts) == 1 else torch.cat(parts)
-        del parts
+        if len(blocks) == 1:
+            magnitude = read_delta(blocks[0]).abs().reshape(-1)
+        else:  # filled block by block into one buffer: no list of parts to concatenate
+            start = 0
+            for rows in blocks:
+                part = read_delta(rows).abs().reshape(-1)
+                if magnitude is None:
+                    magnitude = torch.empty(numel, dtype=part.dtype)
+                magnitude[start : start + part.numel()] = part
+                start += part.numel()
     scale = 1.0 / density if rescale == "inverse_density" else 1.0
     if rescale == "l1":
         select = _selection(magnitude, density, method, gamma, seed)
@@ -281,9 +290,10 @@ def task_arithmetic_blocks(
     gamma: float = 0.01,
     rescale: str | None = None,
     seed: int = 0,
+    numel: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """`task_arithmetic` over blocks of rows, for the streaming engine: `read(i, rows)` gives model i's rows
-    and `read_base(rows)` the base's. Yields the merged rows of each block in turn."""
+    and `read_base(rows)` the base's; `numel` is the tensor's size. Yields the merged rows of each block."""
     if consensus not in (None, "sum"):
         raise ConfigError(f"unknown consensus {consensus!r}; valid: sum, or none")
     weights = _per_model("weight", weight, count, 1.0)
@@ -303,6 +313,7 @@ def task_arithmetic_blocks(
             gamma=gamma,
             rescale=rescale,
             seed=seed * 1_000_003 + i,
+            numel=numel,
         )
         for i in range(count)
     ]
