@@ -139,3 +139,14 @@ def test_cut_gives_the_same_selection_block_by_block():
     cut = _Cut(values, 333)
     blocks = torch.cat([cut.mask(block) for block in values.split(128)])
     assert torch.equal(blocks, whole) and int(whole.sum()) == 333
+
+
+def test_kth_largest_is_exact_on_large_tensors():
+    from modelfusion.merge.methods import _kth_largest
+
+    generator = torch.Generator().manual_seed(0)
+    cases = [torch.randn(3_000_000, generator=generator).abs(), torch.randint(0, 9, (2_000_000,)).float()]
+    for values in cases:
+        n = values.numel()
+        for k in (1, 1000, n // 3, n - 5):
+            assert _kth_largest(values, k).item() == values.kthvalue(n - k + 1).values.item()

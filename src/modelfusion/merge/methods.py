@@ -111,6 +111,26 @@ def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, 
     return result.reshape(base.shape).to(base.dtype)
 
 
+def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest value, exactly. Large tensors first narrow the search to a band around an estimate
+    from a fixed sample (two vectorized passes), then select within the band: much faster than `kthvalue`
+    over everything, with the same answer whatever the sample."""
+    n = flat.numel()
+    if n < 1 << 20:
+        return flat.kthvalue(n - k + 1).values
+    sample = flat[torch.randint(0, n, (1 << 16,), generator=torch.Generator().manual_seed(0))].double()
+    quantile = 1 - k / n
+    low, high = torch.quantile(
+        sample, torch.tensor([max(quantile - 0.01, 0.0), min(quantile + 0.01, 1.0)], dtype=torch.float64)
+    )
+    above = int((flat > high).sum())
+    band = flat[(flat >= low) & (flat <= high)]
+    rank = k - above  # the answer's rank from the top inside the band
+    if 1 <= rank <= band.numel():
+        return band.kthvalue(band.numel() - rank + 1).values
+    return flat.kthvalue(n - k + 1).values  # the estimate missed: select over everything
+
+
 class _Cut:
     """Selects the k largest entries of a tensor that is then seen block by block, in index order.
 
@@ -124,7 +144,7 @@ class _Cut:
         n = flat.numel()
         self.keep_all, self.keep_none, self.taken = k >= n, k <= 0, 0
         if not (self.keep_all or self.keep_none):
-            self.threshold = flat.kthvalue(n - k + 1).values
+            self.threshold = _kth_largest(flat, k)
             self.ties = k - int((flat > self.threshold).sum())
 
     def mask(self, block: torch.Tensor) -> torch.Tensor:
