@@ -9,6 +9,7 @@ renamed at the end, so an interrupted merge leaves nothing half-written.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -267,6 +268,21 @@ def _copy_small_files(source: Path, target: Path, out_dtype: str | None) -> None
             shutil.copy2(file, target / file.name)
 
 
+def _return_freed_memory_promptly() -> None:
+    """Have glibc serve large buffers with mmap so that each freed tensor goes straight back to the OS.
+
+    glibc raises its mmap threshold after big frees and then keeps freed tensors in its heap; over a merge
+    of thousands of tensors that shows up as ~200 MB of resident memory no tensor uses (measured on the
+    500M-parameter TIES merge of bench/merge.py). A fixed 1 MB threshold stops that. No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    libc.mallopt(m_mmap_threshold, 1 << 20)
+
+
 def merge_checkpoints(
     models: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -323,6 +339,7 @@ def merge_checkpoints(
     )
     if dry_run:
         return plan
+    _return_freed_memory_promptly()
 
     random = takes_seed(merge)
     options = task_arithmetic_options(merge, params)
