@@ -318,9 +318,17 @@ def task_arithmetic_blocks(
         raise ConfigError(f"unknown consensus {consensus!r}; valid: sum, or none")
     weights = _per_model("weight", weight, count, 1.0)
     densities = _per_model("density", density, count, 1.0)
+    cached: dict = {}
+
+    def base_rows(rows: slice | None) -> torch.Tensor:
+        """The base's rows, read once per block however many task vectors need them."""
+        key = None if rows is None else (rows.start, rows.stop)
+        if cached.get("key", ...) != key:
+            cached["key"], cached["value"] = key, read_base(rows)
+        return cached["value"]
 
     def delta(i: int, rows: slice | None) -> torch.Tensor:
-        x, b = read(i, rows), read_base(rows)
+        x, b = read(i, rows), base_rows(rows)
         dtype = _compute_dtype([x, b])
         return x.to(dtype) - b.to(dtype)
 
@@ -340,7 +348,7 @@ def task_arithmetic_blocks(
     total = sum(weights)
     for rows in blocks:
         deltas = [next(vector) for vector in vectors]
-        base = read_base(rows)
+        base = base_rows(rows)
         if consensus is None:
             mixed = torch.zeros_like(deltas[0])
             for w, d in zip(weights, deltas, strict=True):

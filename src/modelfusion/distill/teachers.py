@@ -1,0 +1,118 @@
+"""Teachers: where the soft targets come from. Live models (one, several, or a fitted combiner's fusion) or
+offline logits from a saved `Predictions` of the training split (no teacher forward pass while training)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..ensemble import Combiner, EnsembleModule
+from ..errors import ConfigError, InvalidInputError
+from ..members import TorchMember
+from ..predictions import Predictions
+
+__all__ = ["Teacher", "ModelTeacher", "OfflineTeacher"]
+
+
+class Teacher:
+    """Soft targets for a batch: `logits(X, index)` with `index` the batch's positions in the training split.
+
+    `augmentable` says whether the teacher can follow augmented inputs (a live model can; a table of logits
+    computed on the original inputs cannot).
+    """
+
+    augmentable: bool = True
+
+    def logits(self, X: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _check_weights(weights: Sequence[float] | None, count: int) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    if weights.shape != (count,) or (weights < 0).any() or weights.sum() <= 0:
+        raise ConfigError(f"teacher weights must be {count} non-negative numbers with a positive sum")
+    return weights / weights.sum()
+
+
+def _weighted_log_mean(logits: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """log of the (weighted) mean of the members' probabilities: `[K, N, C]` -> `[N, C]`."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    if weights is None:
+        return torch.logsumexp(log_probs, dim=0) - torch.log(torch.tensor(float(len(logits))))
+    return torch.logsumexp(log_probs + torch.log(weights.to(log_probs.dtype))[:, None, None], dim=0)
+
+
+class ModelTeacher(Teacher):
+    """One model, or several fused by the mean of their probabilities (optionally weighted) or by a fitted
+    combiner from `modelfusion.ensemble`. Runs in eval mode without gradients."""
+
+    def __init__(
+        self,
+        models: nn.Module | Sequence[nn.Module | TorchMember],
+        *,
+        weights: Sequence[float] | None = None,
+        combiner: Combiner | None = None,
+    ) -> None:
+        models = [models] if isinstance(models, nn.Module) else list(models)
+        if not models:
+            raise InvalidInputError("a teacher needs at least one model")
+        if combiner is not None and weights is not None:
+            raise ConfigError("give the teacher either weights or a fitted combiner, not both")
+        modules = [m.module if isinstance(m, TorchMember) else m for m in models]
+        self.ensemble = EnsembleModule(models, combiner) if combiner is not None else None
+        self.models = nn.ModuleList(modules)
+        self.weights = _check_weights(weights, len(modules))
+
+    @torch.no_grad()
+    def logits(self, X: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        if self.ensemble is not None:
+            return self.ensemble.eval()(X)
+        outputs = torch.stack([m.eval()(X) for m in self.models])
+        if len(outputs) == 1 and self.weights is None:
+            return outputs[0]
+        return _weighted_log_mean(outputs, self.weights)
+
+
+class OfflineTeacher(Teacher):
+    """Teacher logits read from a saved `Predictions` of the training split, fused once.
+
+    No teacher runs during training, which makes epochs as cheap as the student's forward pass; the price is
+    that the targets belong to the original inputs, so this teacher cannot be combined with data augmentation.
+    """
+
+    augmentable = False
+
+    def __init__(
+        self,
+        predictions: Predictions | str | os.PathLike,
+        *,
+        weights: Sequence[float] | None = None,
+        combiner: Combiner | None = None,
+    ) -> None:
+        if not isinstance(predictions, Predictions):
+            predictions = Predictions.load(predictions)
+        if predictions.task != "classification":
+            raise InvalidInputError("offline distillation needs classification predictions (logits)")
+        if combiner is not None:
+            if weights is not None:
+                raise ConfigError("give the teacher either weights or a fitted combiner, not both")
+            fused = combiner.fuse(predictions).double()
+            self.table = torch.log(fused.clamp_min(torch.finfo(torch.float64).tiny)).float()
+        elif predictions.num_members == 1 and weights is None:
+            self.table = predictions.outputs[0]
+        else:
+            weights = _check_weights(weights, predictions.num_members)
+            self.table = _weighted_log_mean(predictions.outputs.double(), weights).float()
+        self.split = predictions.split
+
+    def logits(self, X: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        if index is None:
+            raise InvalidInputError("an offline teacher needs the batch's sample indices in the training split")
+        if len(X) != len(index):
+            raise InvalidInputError(f"got {len(index)} indices for a batch of {len(X)}")
+        return self.table[index]
