@@ -1,6 +1,17 @@
-"""Knowledge distillation: losses and teachers (the training loop and multi-process runs come next)."""
+"""Knowledge distillation: losses, teachers and a seeded training loop (multi-process runs come next)."""
 
 from .losses import LOSSES, FeatureHints, hinton_kd, logit_mse
 from .teachers import ModelTeacher, OfflineTeacher, Teacher
+from .training import DistillResult, distill
 
-__all__ = ["LOSSES", "hinton_kd", "logit_mse", "FeatureHints", "Teacher", "ModelTeacher", "OfflineTeacher"]
+__all__ = [
+    "LOSSES",
+    "hinton_kd",
+    "logit_mse",
+    "FeatureHints",
+    "Teacher",
+    "ModelTeacher",
+    "OfflineTeacher",
+    "distill",
+    "DistillResult",
+]

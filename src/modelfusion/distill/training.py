@@ -1,0 +1,169 @@
+"""The distillation loop: plain PyTorch, seeded, with early stopping, atomic checkpoints and resume."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from .._atomic import atomic_path
+from ..datasets import Split
+from ..errors import CheckpointError, ConfigError
+from .losses import LOSSES
+from .teachers import Teacher
+
+__all__ = ["distill", "DistillResult"]
+
+CHECKPOINT_NAME = "distill_checkpoint.pt"
+
+
+@dataclass
+class DistillResult:
+    """The student (weights of its best validation epoch) and one history entry per epoch."""
+
+    student: nn.Module
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def _evaluate(student: nn.Module, split: Split) -> dict[str, float]:
+    student.eval()
+    with torch.no_grad():
+        logits = student(split.X)
+    return {
+        "val_nll": F.cross_entropy(logits, split.y).item(),
+        "val_accuracy": (logits.argmax(1) == split.y).float().mean().item(),
+    }
+
+
+def distill(
+    student: nn.Module,
+    teacher: Teacher,
+    train: Split,
+    val: Split,
+    *,
+    loss: str = "hinton",
+    loss_params: dict | None = None,
+    epochs: int = 40,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 64,
+    mixup: float = 0.0,
+    patience: int | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> DistillResult:
+    """Train `student` to match `teacher` on `train`, choosing the epoch on `val` (never on test).
+
+    AdamW with a cosine schedule over all steps. With `mixup > 0`, each batch is mixed with a shuffled copy of
+    itself (weight ~ Beta(mixup, mixup)) and the teacher labels the mixed inputs: more transfer data than the
+    training set has; it needs a live teacher and a pure distillation loss (`alpha=1`).
+
+    Args:
+        student: trained in place; the returned one has its best validation epoch's weights.
+        teacher: a `ModelTeacher` or `OfflineTeacher`.
+        train, val: the splits (an offline teacher's logits must be of `train`, in order).
+        loss: "hinton" or "mse" (`LOSSES`), with `loss_params` (e.g. temperature, alpha).
+        patience: stop after this many epochs without a better validation NLL (None: run every epoch).
+        seed: the same seed gives the same student.
+        checkpoint_dir: where to write a checkpoint after each epoch (atomically); `resume=True` continues
+            from it with the same result as an uninterrupted run.
+
+    Returns:
+        A `DistillResult` with the student and its history (loss parts, validation NLL and accuracy per epoch).
+    """
+    loss_fn = LOSSES[loss]
+    loss_params = dict(loss_params or {})
+    if mixup and not teacher.augmentable:
+        raise ConfigError(
+            "an offline teacher's logits belong to the original inputs, so it cannot be combined with data "
+            "augmentation (mixup); use a live ModelTeacher or mixup=0"
+        )
+    if mixup and loss_params.get("alpha", 1.0 if loss == "mse" else 0.5) != 1.0:
+        raise ConfigError("mixup labels the mixed inputs with the teacher only: set loss_params alpha=1")
+    if len(train) == 0 or epochs < 1:
+        raise ConfigError("distillation needs training samples and at least one epoch")
+
+    steps_per_epoch = -(-len(train) // batch_size)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    state = {"epoch": 0, "best_nll": float("inf"), "best_epoch": 0, "history": [], "best_student": None}
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if resume:
+        if checkpoint is None or not checkpoint.exists():
+            raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {checkpoint_dir}")
+        saved = torch.load(checkpoint, weights_only=True)
+        student.load_state_dict(saved["student"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        state = {k: saved[k] for k in state}
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
+        task = bar.add_task("distilling", total=epochs, completed=state["epoch"])
+        while state["epoch"] < epochs:
+            student.train()
+            sums: dict[str, float] = {}
+            order = torch.randperm(len(train), generator=generator)
+            for start in range(0, len(train), batch_size):
+                index = order[start : start + batch_size]
+                x, y = train.X[index], train.y[index]
+                if mixup:
+                    weight = _beta(mixup, generator)
+                    x = weight * x + (1 - weight) * x[torch.randperm(len(x), generator=generator)]
+                    index = None
+                target = teacher.logits(x, index)
+                parts = loss_fn(student(x), target, None if mixup else y, **loss_params)
+                optimizer.zero_grad()
+                parts["total"].backward()
+                optimizer.step()
+                scheduler.step()
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + value.item() * len(x)
+            record = {"epoch": state["epoch"] + 1, **{k: v / len(train) for k, v in sums.items()}}
+            record.update(_evaluate(student, val))
+            state["history"].append(record)
+            if record["val_nll"] < state["best_nll"]:
+                state["best_nll"], state["best_epoch"] = record["val_nll"], record["epoch"]
+                state["best_student"] = copy.deepcopy(student.state_dict())
+            state["epoch"] += 1
+            bar.update(
+                task,
+                advance=1,
+                description=f"distilling  loss {record['total']:.3f}  val acc {record['val_accuracy']:.3f}",
+            )
+            if checkpoint is not None:
+                saved = {
+                    **state,
+                    "student": student.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                }
+                with atomic_path(checkpoint) as tmp:
+                    torch.save(saved, tmp)
+            if patience is not None and state["epoch"] - state["best_epoch"] >= patience:
+                break
+    student.load_state_dict(state["best_student"])
+    return DistillResult(student.eval(), state["history"], state["best_epoch"])
+
+
+def _beta(concentration: float, generator: torch.Generator) -> float:
+    """A Beta(c, c) draw by inverse-CDF sampling of a uniform from the seeded generator (scipy's
+    `betaincinv`), so mixup weights follow the training seed and survive a resume."""
+    from scipy.special import betaincinv
+
+    uniform = torch.rand(1, generator=generator, dtype=torch.float64).item()
+    return float(betaincinv(concentration, concentration, uniform))

@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from modelfusion import CheckpointError, ConfigError
+from modelfusion.distill import ModelTeacher, OfflineTeacher, distill
+from modelfusion.members import TorchMember
+from modelfusion.models import mlp
+from modelfusion.predictions import collect_predictions
+
+
+def _student(seed=0):
+    torch.manual_seed(seed)
+    return mlp(64, 10, hidden=[16])
+
+
+def test_distill_learns_from_the_teacher_and_is_deterministic(trained_mlp, digits):
+    teacher = ModelTeacher(trained_mlp)
+    run = distill(
+        _student(),
+        teacher,
+        digits.train,
+        digits.val,
+        epochs=4,
+        lr=1e-2,
+        seed=3,
+        progress=False,
+        loss_params={"temperature": 2.0, "alpha": 0.5},
+    )
+    assert [h["epoch"] for h in run.history] == [1, 2, 3, 4]
+    assert {"total", "kd", "task", "val_nll", "val_accuracy"} <= set(run.history[0])
+    assert run.history[-1]["val_accuracy"] > 0.8
+    again = distill(
+        _student(),
+        teacher,
+        digits.train,
+        digits.val,
+        epochs=4,
+        lr=1e-2,
+        seed=3,
+        progress=False,
+        loss_params={"temperature": 2.0, "alpha": 0.5},
+    )
+    for a, b in zip(run.student.state_dict().values(), again.student.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+class FailingTeacher(ModelTeacher):
+    """Stops the run after a number of batches, like a killed process."""
+
+    def __init__(self, model, batches):
+        super().__init__(model)
+        self.batches = batches
+
+    def logits(self, X, index=None):
+        self.batches -= 1
+        if self.batches < 0:
+            raise KeyboardInterrupt
+        return super().logits(X, index)
+
+
+def test_resume_gives_the_uninterrupted_result(trained_mlp, digits, tmp_path):
+    settings = dict(epochs=3, seed=1, progress=False, loss="mse", mixup=0.4)
+    whole = distill(_student(), ModelTeacher(trained_mlp), digits.train, digits.val, **settings)
+    per_epoch = -(-len(digits.train) // 64)
+    with pytest.raises(KeyboardInterrupt):
+        distill(
+            _student(),
+            FailingTeacher(trained_mlp, per_epoch + 5),
+            digits.train,
+            digits.val,
+            checkpoint_dir=tmp_path,
+            **settings,
+        )
+    assert [p.name for p in tmp_path.iterdir()] == ["distill_checkpoint.pt"]  # no temporary file left
+    resumed = distill(
+        _student(),
+        ModelTeacher(trained_mlp),
+        digits.train,
+        digits.val,
+        checkpoint_dir=tmp_path,
+        resume=True,
+        **settings,
+    )
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for a, b in zip(whole.student.state_dict().values(), resumed.student.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_offline_teacher_and_its_limits(trained_mlp, digits, tmp_path):
+    train_preds = collect_predictions(
+        [TorchMember(trained_mlp, name="t")], digits.train.X, digits.train.y, "train", progress=False
+    )
+    offline = OfflineTeacher(train_preds)
+    run = distill(_student(), offline, digits.train, digits.val, epochs=2, progress=False, patience=5)
+    assert len(run.history) == 2
+    with pytest.raises(ConfigError, match="cannot be combined with data augmentation"):
+        distill(_student(), offline, digits.train, digits.val, epochs=1, mixup=0.4, progress=False)
+    with pytest.raises(ConfigError, match="set loss_params alpha=1"):
+        distill(_student(), ModelTeacher(trained_mlp), digits.train, digits.val, epochs=1, mixup=0.4, progress=False)
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        distill(_student(), offline, digits.train, digits.val, checkpoint_dir=tmp_path, resume=True)
