@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from modelfusion.cli import app
@@ -127,3 +128,49 @@ def test_ensemble_command_errors(tmp_path):
     assert result.exit_code == 2 and "unknown combiner 'wieghted'; valid names:" in result.output
     result = runner.invoke(app, ["ensemble", "--val-preds", str(tmp_path / "v.safetensors")])
     assert result.exit_code == 2 and "both --val-preds and --test-preds" in result.output
+
+
+def test_distill_command(tmp_path):
+    demo = tmp_path / "demo"
+    _run_cli(["demo", "--out", str(demo), "--epochs", "3", "--mlps", "2", "--no-progress"])
+    out = tmp_path / "student.safetensors"
+    teachers = [
+        "--teacher",
+        str(demo / "members" / "mlp_0.safetensors"),
+        "--teacher",
+        str(demo / "members" / "cnn.safetensors"),
+    ]
+    printed = _run_cli(
+        [
+            "distill",
+            *teachers,
+            "--student",
+            "modelfusion.models:mlp",
+            "--student-kwargs",
+            '{"in_features": 64, "num_outputs": 10, "hidden": [32]}',
+            "--epochs",
+            "3",
+            "--lr",
+            "0.01",
+            "--out",
+            str(out),
+        ]
+    )
+    assert "validation accuracy" in printed
+    student = load_member(out)
+    assert student.name == "student" and student.predict(torch.zeros(2, 64)).shape == (2, 10)
+    result = CliRunner().invoke(
+        app,
+        [
+            "distill",
+            "--teacher",
+            str(demo / "members" / "logreg.skops"),
+            "--student",
+            "modelfusion.models:mlp",
+            "--student-kwargs",
+            '{"in_features": 64, "num_outputs": 10}',
+            "--epochs",
+            "1",
+        ],
+    )
+    assert result.exit_code == 2 and "live teachers must be torch models" in result.output

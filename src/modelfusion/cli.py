@@ -184,6 +184,61 @@ def merge(
 
 
 @_command
+def distill(
+    teacher: Annotated[list[Path], typer.Option(help="teacher checkpoint (repeat for an ensemble of teachers)")],
+    student: Annotated[str, typer.Option(help="student factory package.module:function")],
+    student_kwargs: Annotated[str | None, typer.Option(help="JSON object of the student factory's arguments")] = None,
+    dataset: Annotated[str, typer.Option(help="embedded dataset")] = "digits",
+    seed: Annotated[int, typer.Option(help="seed of the split and of training")] = 0,
+    loss: Annotated[str, typer.Option(help="hinton or mse")] = "hinton",
+    temperature: Annotated[float, typer.Option(help="softening temperature (hinton)")] = 4.0,
+    alpha: Annotated[float, typer.Option(help="weight of the distillation term against the label loss")] = 0.5,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 40,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-3,
+    mixup: Annotated[float, typer.Option(help="Beta(m, m) mixup of transfer inputs; 0 turns it off")] = 0.0,
+    out: Annotated[Path, typer.Option(help="where to save the student (.safetensors)")] = Path("student.safetensors"),
+) -> None:
+    """Distill one teacher or an ensemble of teachers into a student on embedded data.
+
+    Python: `modelfusion.distill.distill(student, ModelTeacher(models), data.train, data.val, ...)`.
+    """
+    import torch
+
+    from .datasets import load_dataset
+    from .distill import ModelTeacher
+    from .distill import distill as run_distill
+    from .io import load_member, save_member
+    from .io.factory import build_model
+    from .members import TorchMember
+
+    kwargs = _parse_json_option(student_kwargs, "--student-kwargs") or {}
+    teachers = [load_member(path) for path in teacher]
+    data = load_dataset(dataset, seed=seed)
+    torch.manual_seed(seed)
+    model = build_model(student, kwargs)
+    params = {"temperature": temperature, "alpha": alpha} if loss == "hinton" else {"alpha": alpha}
+    result = run_distill(
+        model,
+        ModelTeacher(teachers),
+        data.train,
+        data.val,
+        loss=loss,
+        loss_params=params,
+        epochs=epochs,
+        lr=lr,
+        mixup=mixup,
+        seed=seed,
+    )
+    save_member(TorchMember(result.student, name=out.stem, factory=student, factory_kwargs=kwargs), out)
+    best = result.history[result.best_epoch - 1]
+    console.print(
+        f"student: best epoch {result.best_epoch}, validation accuracy {best['val_accuracy']:.3f}, "
+        f"NLL {best['val_nll']:.3f} -> {out}",
+        highlight=False,
+    )
+
+
+@_command
 def evaluate(
     predictions: Annotated[Path, typer.Argument(help="a saved Predictions file (from `modelfusion predict`)")],
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,

@@ -64,6 +64,12 @@ class ModelTeacher(Teacher):
         if combiner is not None and weights is not None:
             raise ConfigError("give the teacher either weights or a fitted combiner, not both")
         modules = [m.module if isinstance(m, TorchMember) else m for m in models]
+        strangers = [type(m).__name__ for m in modules if not isinstance(m, nn.Module)]
+        if strangers:
+            raise InvalidInputError(
+                f"live teachers must be torch models, got {strangers}; for scikit-learn teachers, save their "
+                "predictions on the training split and use an OfflineTeacher"
+            )
         self.ensemble = EnsembleModule(models, combiner) if combiner is not None else None
         self.models = nn.ModuleList(modules)
         self.weights = _check_weights(weights, len(modules))
