@@ -205,7 +205,7 @@ def distill(
     import torch
 
     from .datasets import load_dataset
-    from .distill import ModelTeacher
+    from .distill import ModelTeacher, process_rank
     from .distill import distill as run_distill
     from .io import load_member, save_member
     from .io.factory import build_model
@@ -229,6 +229,8 @@ def distill(
         mixup=mixup,
         seed=seed,
     )
+    if process_rank()[0] != 0:  # under torchrun only the first process writes
+        return
     save_member(TorchMember(result.student, name=out.stem, factory=student, factory_kwargs=kwargs), out)
     best = result.history[result.best_epoch - 1]
     console.print(

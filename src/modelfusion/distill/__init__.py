@@ -1,8 +1,8 @@
-"""Knowledge distillation: losses, teachers and a seeded training loop (multi-process runs come next)."""
+"""Knowledge distillation: losses, teachers, and a seeded training loop that also runs under torchrun."""
 
 from .losses import LOSSES, FeatureHints, hinton_kd, logit_mse
 from .teachers import ModelTeacher, OfflineTeacher, Teacher
-from .training import DistillResult, distill
+from .training import DistillResult, distill, process_rank
 
 __all__ = [
     "LOSSES",
@@ -14,4 +14,5 @@ __all__ = [
     "OfflineTeacher",
     "distill",
     "DistillResult",
+    "process_rank",
 ]

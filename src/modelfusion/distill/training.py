@@ -19,7 +19,7 @@ from ..errors import CheckpointError, ConfigError
 from .losses import LOSSES
 from .teachers import Teacher
 
-__all__ = ["distill", "DistillResult"]
+__all__ = ["distill", "DistillResult", "process_rank"]
 
 CHECKPOINT_NAME = "distill_checkpoint.pt"
 
@@ -78,6 +78,10 @@ def distill(
         checkpoint_dir: where to write a checkpoint after each epoch (atomically); `resume=True` continues
             from it with the same result as an uninterrupted run.
 
+    Under `torchrun` (torch.distributed initialized), each process takes its share of every global batch and
+    DDP averages the gradients, so the result matches one process with the same `batch_size`; only rank 0
+    writes checkpoints.
+
     Returns:
         A `DistillResult` with the student and its history (loss parts, validation NLL and accuracy per epoch).
     """
@@ -93,6 +97,14 @@ def distill(
     if len(train) == 0 or epochs < 1:
         raise ConfigError("distillation needs training samples and at least one epoch")
 
+    rank, world = process_rank()
+    if world > 1 and len(train) % batch_size and len(train) % batch_size < world:
+        raise ConfigError(
+            f"the last batch ({len(train) % batch_size} samples) is smaller than the {world} processes; "
+            "pick another batch size"
+        )
+    # Under torch.distributed each process takes its share of every global batch; DDP averages gradients.
+    model = nn.parallel.DistributedDataParallel(student) if world > 1 else student
     steps_per_epoch = -(-len(train) // batch_size)
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
@@ -120,18 +132,22 @@ def distill(
             for start in range(0, len(train), batch_size):
                 index = order[start : start + batch_size]
                 x, y = train.X[index], train.y[index]
-                if mixup:
+                if mixup:  # on the global batch, with the generator every process shares
                     weight = _beta(mixup, generator)
                     x = weight * x + (1 - weight) * x[torch.randperm(len(x), generator=generator)]
                     index = None
-                target = teacher.logits(x, index)
-                parts = loss_fn(student(x), target, None if mixup else y, **loss_params)
+                mine = torch.arange(len(x)).tensor_split(world)[rank]
+                local_index = None if index is None else index[mine]
+                target = teacher.logits(x[mine], local_index)
+                parts = loss_fn(model(x[mine]), target, None if mixup else y[mine], **loss_params)
                 optimizer.zero_grad()
-                parts["total"].backward()
+                # Scaled so that DDP's mean over processes is the mean over the global batch.
+                (parts["total"] * (len(mine) * world / len(x))).backward()
                 optimizer.step()
                 scheduler.step()
                 for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value.item() * len(x)
+                    sums[key] = sums.get(key, 0.0) + value.item() * len(mine)
+            sums = _sum_over_processes(sums) if world > 1 else sums
             record = {"epoch": state["epoch"] + 1, **{k: v / len(train) for k, v in sums.items()}}
             record.update(_evaluate(student, val))
             state["history"].append(record)
@@ -144,7 +160,7 @@ def distill(
                 advance=1,
                 description=f"distilling  loss {record['total']:.3f}  val acc {record['val_accuracy']:.3f}",
             )
-            if checkpoint is not None:
+            if checkpoint is not None and rank == 0:
                 saved = {
                     **state,
                     "student": student.state_dict(),
@@ -158,6 +174,24 @@ def distill(
                 break
     student.load_state_dict(state["best_student"])
     return DistillResult(student.eval(), state["history"], state["best_epoch"])
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under torch.distributed, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_over_processes(sums: dict[str, float]) -> dict[str, float]:
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    values = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(values)
+    return dict(zip(keys, values.tolist(), strict=True))
 
 
 def _beta(concentration: float, generator: torch.Generator) -> float:

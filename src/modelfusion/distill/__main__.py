@@ -1,0 +1,27 @@
+"""`torchrun --standalone --nproc_per_node=2 -m modelfusion.distill --teacher ... --student ...`: the
+`modelfusion distill` command on several processes (gloo on CPU, NCCL on GPU); also runs as one process."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def main() -> None:
+    from ..cli import app
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        app(["distill", *sys.argv[1:]])
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
