@@ -99,3 +99,30 @@ def test_offline_teacher_and_its_limits(trained_mlp, digits, tmp_path):
         distill(_student(), ModelTeacher(trained_mlp), digits.train, digits.val, epochs=1, mixup=0.4, progress=False)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         distill(_student(), offline, digits.train, digits.val, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_feature_hints_join_the_loss_and_train_their_adapters(trained_mlp, digits):
+    from modelfusion.distill import FeatureHints
+
+    student = _student()
+    hints = FeatureHints(student, trained_mlp, {"1": "1"}, example_input=digits.train.X[:4])  # 16 -> 32 wide
+    before = hints.adapters["1"].weight.clone()
+    run = distill(
+        student,
+        ModelTeacher(trained_mlp),
+        digits.train,
+        digits.val,
+        epochs=2,
+        lr=1e-2,
+        progress=False,
+        feature_hints=hints,
+        feature_weight=0.5,
+    )
+    assert "feature" in run.history[0] and run.history[0]["feature"] > 0
+    assert not torch.equal(before, hints.adapters["1"].weight)
+    train_preds = collect_predictions(
+        [TorchMember(trained_mlp, name="t")], digits.train.X, digits.train.y, "train", progress=False
+    )
+    with pytest.raises(ConfigError, match="feature hints need a live teacher"):
+        distill(student, OfflineTeacher(train_preds), digits.train, digits.val, epochs=1, feature_hints=hints)
+    hints.remove()

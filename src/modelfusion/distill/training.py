@@ -16,7 +16,7 @@ from torch import nn
 from .._atomic import atomic_path
 from ..datasets import Split
 from ..errors import CheckpointError, ConfigError
-from .losses import LOSSES
+from .losses import LOSSES, FeatureHints
 from .teachers import Teacher
 
 __all__ = ["distill", "DistillResult", "process_rank"]
@@ -56,6 +56,8 @@ def distill(
     weight_decay: float = 1e-4,
     batch_size: int = 64,
     mixup: float = 0.0,
+    feature_hints: FeatureHints | None = None,
+    feature_weight: float = 1.0,
     patience: int | None = None,
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -73,6 +75,8 @@ def distill(
         teacher: a `ModelTeacher` or `OfflineTeacher`.
         train, val: the splits (an offline teacher's logits must be of `train`, in order).
         loss: "hinton" or "mse" (`LOSSES`), with `loss_params` (e.g. temperature, alpha).
+        feature_hints: FitNets hint losses between the student and the (live) teacher's modules; their
+            adapters train with the student, and `feature_weight` times their loss joins the total.
         patience: stop after this many epochs without a better validation NLL (None: run every epoch).
         seed: the same seed gives the same student.
         checkpoint_dir: where to write a checkpoint after each epoch (atomically); `resume=True` continues
@@ -97,7 +101,11 @@ def distill(
     if len(train) == 0 or epochs < 1:
         raise ConfigError("distillation needs training samples and at least one epoch")
 
+    if feature_hints is not None and not teacher.augmentable:
+        raise ConfigError("feature hints need a live teacher: an offline teacher runs no forward pass")
     rank, world = process_rank()
+    if feature_hints is not None and world > 1:
+        raise ConfigError("feature hints are not supported under torchrun yet; run on one process")
     if world > 1 and len(train) % batch_size and len(train) % batch_size < world:
         raise ConfigError(
             f"the last batch ({len(train) % batch_size} samples) is smaller than the {world} processes; "
@@ -106,7 +114,8 @@ def distill(
     # Under torch.distributed each process takes its share of every global batch; DDP averages gradients.
     model = nn.parallel.DistributedDataParallel(student) if world > 1 else student
     steps_per_epoch = -(-len(train) // batch_size)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
+    trained = list(student.parameters()) + (list(feature_hints.parameters()) if feature_hints is not None else [])
+    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     state = {"epoch": 0, "best_nll": float("inf"), "best_epoch": 0, "history": [], "best_student": None}
@@ -116,6 +125,8 @@ def distill(
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {checkpoint_dir}")
         saved = torch.load(checkpoint, weights_only=True)
         student.load_state_dict(saved["student"])
+        if feature_hints is not None:
+            feature_hints.load_state_dict(saved["feature_hints"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
@@ -140,6 +151,9 @@ def distill(
                 local_index = None if index is None else index[mine]
                 target = teacher.logits(x[mine], local_index)
                 parts = loss_fn(model(x[mine]), target, None if mixup else y[mine], **loss_params)
+                if feature_hints is not None:
+                    parts["feature"] = feature_hints.loss()
+                    parts["total"] = parts["total"] + feature_weight * parts["feature"]
                 optimizer.zero_grad()
                 # Scaled so that DDP's mean over processes is the mean over the global batch.
                 (parts["total"] * (len(mine) * world / len(x))).backward()
@@ -164,6 +178,7 @@ def distill(
                 saved = {
                     **state,
                     "student": student.state_dict(),
+                    "feature_hints": feature_hints.state_dict() if feature_hints is not None else {},
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state(),
