@@ -23,8 +23,10 @@ def train_model(
     weight_decay: float = 1e-4,
     batch_size: int = 64,
     seed: int = 0,
+    cosine: bool = False,
 ) -> nn.Module:
-    """Train `model` in place with AdamW and return it with the weights of its best validation epoch.
+    """Train `model` in place with AdamW (constant rate, or a cosine schedule over all steps with `cosine`)
+    and return it with the weights of its best validation epoch.
 
     The validation split only chooses the epoch (early stopping); the test split is never seen.
     The same seed gives the same weights: batch order comes from a seeded generator, and dropout draws from
@@ -32,13 +34,15 @@ def train_model(
     """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed)
+        return _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, cosine)
 
 
-def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed) -> nn.Module:
+def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, cosine) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * -(-len(train) // batch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cosine else None
     best_loss, best_state = float("inf"), copy.deepcopy(model.state_dict())
     n = len(train)
     for _ in range(epochs):
@@ -53,6 +57,8 @@ def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed) 
             loss = loss_fn(out.squeeze(-1) if task == "regression" else out, train.y[idx])
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
         model.eval()
         with torch.no_grad():
             out = model(val.X)
