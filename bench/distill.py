@@ -84,7 +84,15 @@ def main() -> None:
                 torch.manual_seed(seed * 100 + i)
                 net = build_model(*setup["teacher"])
                 teachers.append(
-                    train_model(net, data.train, data.val, epochs=setup["teacher_epochs"], seed=seed * 100 + i)
+                    train_model(
+                        net,
+                        data.train,
+                        data.val,
+                        epochs=setup["teacher_epochs"],
+                        lr=args.lr,
+                        seed=seed * 100 + i,
+                        cosine=True,
+                    )
                 )
             teacher = ModelTeacher(teachers)
             if chosen is None:  # the recipe, on validation of the first seed
