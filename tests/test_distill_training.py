@@ -15,31 +15,12 @@ def _student(seed=0):
 
 def test_distill_learns_from_the_teacher_and_is_deterministic(trained_mlp, digits):
     teacher = ModelTeacher(trained_mlp)
-    run = distill(
-        _student(),
-        teacher,
-        digits.train,
-        digits.val,
-        epochs=4,
-        lr=1e-2,
-        seed=3,
-        progress=False,
-        loss_params={"temperature": 2.0, "alpha": 0.5},
-    )
+    settings = dict(epochs=4, lr=1e-2, seed=3, progress=False, loss_params={"temperature": 2.0, "alpha": 0.5})
+    run = distill(_student(), teacher, digits.train, digits.val, **settings)
     assert [h["epoch"] for h in run.history] == [1, 2, 3, 4]
     assert {"total", "kd", "task", "val_nll", "val_accuracy"} <= set(run.history[0])
     assert run.history[-1]["val_accuracy"] > 0.8
-    again = distill(
-        _student(),
-        teacher,
-        digits.train,
-        digits.val,
-        epochs=4,
-        lr=1e-2,
-        seed=3,
-        progress=False,
-        loss_params={"temperature": 2.0, "alpha": 0.5},
-    )
+    again = distill(_student(), teacher, digits.train, digits.val, **settings)
     for a, b in zip(run.student.state_dict().values(), again.student.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 

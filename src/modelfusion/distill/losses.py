@@ -16,6 +16,13 @@ __all__ = ["LOSSES", "hinton_kd", "logit_mse", "FeatureHints"]
 LOSSES: Registry = Registry("distillation loss")
 
 
+def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise InvalidInputError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ"
+        )
+
+
 def _task_loss(student_logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
     return None if labels is None else F.cross_entropy(student_logits, labels)
 
@@ -46,10 +53,7 @@ def hinton_kd(
     """
     if temperature <= 0:
         raise ConfigError(f"temperature must be positive, got {temperature}")
-    if student_logits.shape != teacher_logits.shape:
-        raise InvalidInputError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ"
-        )
+    _check_logits(student_logits, teacher_logits)
     kd = (
         F.kl_div(
             F.log_softmax(student_logits / temperature, dim=-1),
@@ -72,10 +76,7 @@ def logit_mse(
 ) -> dict[str, torch.Tensor]:
     """Mean squared error between student and teacher logits (Ba and Caruana, 2014), optionally mixed with
     the label loss. Teacher logits are centred per sample first: logits are defined up to a constant."""
-    if student_logits.shape != teacher_logits.shape:
-        raise InvalidInputError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ"
-        )
+    _check_logits(student_logits, teacher_logits)
     centred_student = student_logits - student_logits.mean(dim=-1, keepdim=True)
     centred_teacher = teacher_logits - teacher_logits.mean(dim=-1, keepdim=True)
     kd = F.mse_loss(centred_student, centred_teacher)
