@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ._progress import progress_bar
 from ._safetensors import read_tensors, write_tensors
 from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError
 from .members import Member, check_members
@@ -181,13 +180,8 @@ def collect_predictions(
     if y is not None and len(y) != n:
         raise InvalidInputError(f"got {len(y)} targets for {n} samples")
     starts = range(0, n, batch_size)
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     outputs = []
-    # Progress goes to stderr, and only to a terminal: piped output and logs stay clean.
-    bar_console = Console(stderr=True)
-    with Progress(
-        *columns, console=bar_console, disable=not (progress and bar_console.is_terminal), transient=True
-    ) as bar:
+    with progress_bar(progress) as bar:
         task_id = bar.add_task(f"predicting {split}", total=len(members) * len(starts))
         for member in members:
             parts = []
