@@ -41,8 +41,5 @@ def read_tensors(path: str | os.PathLike, *, key: str | None, what: str) -> tupl
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys() if k != "_empty"}
     except Exception as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path}: cannot read it as safetensors ({reason}); the file may be corrupt, truncated or of another format"
-        ) from None
+        raise CheckpointError.unreadable(path, "safetensors", err) from None
     return tensors, (json.loads(header[key]) if key in header else None)

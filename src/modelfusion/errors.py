@@ -21,6 +21,14 @@ class ModelFusionError(Exception):
 class CheckpointError(ModelFusionError):
     """A checkpoint is missing, corrupt, of an unknown format, unsafe to load, or does not fit its model."""
 
+    @classmethod
+    def unreadable(cls, path, fmt: str, err: Exception) -> CheckpointError:
+        """The one error for a file a reader choked on: the file, the format tried, the reader's first line."""
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        return cls(
+            f"{path}: cannot read it as {fmt} ({reason}); the file may be corrupt, truncated or of another format"
+        )
+
 
 class IncompatibleModelsError(ModelFusionError):
     """Members or models that cannot be fused together (class order, output shape, architecture)."""

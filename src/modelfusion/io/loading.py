@@ -47,13 +47,6 @@ def _pickle_refused(path: Path) -> CheckpointError:
     )
 
 
-def _unreadable(path: Path | str, fmt: str, err: Exception) -> CheckpointError:
-    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-    return CheckpointError(
-        f"{path}: cannot read it as {fmt} ({reason}); the file may be corrupt, truncated or of another format"
-    )
-
-
 def _wrap_errors(path: Path | str, fmt: str, read: Callable[[], Any]) -> Any:
     """Run `read`, turning any low-level failure into one CheckpointError that names the file."""
     try:
@@ -61,7 +54,7 @@ def _wrap_errors(path: Path | str, fmt: str, read: Callable[[], Any]) -> Any:
     except ModelFusionError:
         raise
     except Exception as err:
-        raise _unreadable(path, fmt, err) from None
+        raise CheckpointError.unreadable(path, fmt, err) from None
 
 
 def _needs_factory(path: Path, factory, metadata: Mapping) -> tuple[Any, dict]:
@@ -111,14 +104,14 @@ def _load_torch_file(path: Path, factory, factory_kwargs, trust_pickle: bool) ->
         # The safe unpickler names the class it refused ("Unsupported global"): a fully pickled model.
         # Any other unpickling failure is a damaged file.
         if "Unsupported global" not in str(err):
-            raise _unreadable(path, "a PyTorch checkpoint", err) from None
+            raise CheckpointError.unreadable(path, "a PyTorch checkpoint", err) from None
         if not trust_pickle:
             raise _pickle_refused(path) from None
         obj = _wrap_errors(path, "a pickled model", lambda: torch.load(str(path), weights_only=False))
         if isinstance(obj, nn.Module):
             return LoadedModel(obj.eval(), "pickle")
     except Exception as err:
-        raise _unreadable(path, "a PyTorch checkpoint", err) from None
+        raise CheckpointError.unreadable(path, "a PyTorch checkpoint", err) from None
     state = _unwrap_state_dict(obj, path)
     spec, stored_kwargs = _needs_factory(path, factory, {})
     model = build_model(spec, factory_kwargs if factory_kwargs is not None else stored_kwargs)
