@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .._atomic import atomic_dir, jsonable
+from .._progress import progress_bar
 from ..errors import CheckpointError, ConfigError
 from .compat import TensorInfo, check_compatible, compatibility_problems
 from .methods import METHODS, takes_seed, task_arithmetic_blocks, task_arithmetic_options
@@ -333,9 +333,7 @@ def merge_checkpoints(
         params=params,
         out_dtype=out_dtype,
         num_tensors=len(reference),
-        input_bytes=sum(
-            math.prod(shape) * DTYPES.get(dtype, torch.float32).itemsize for shape, dtype in reference.values()
-        ),
+        input_bytes=sum(math.prod(shape) * _torch_dtype(dtype).itemsize for shape, dtype in reference.values()),
         warnings=compatibility_problems(inventories),
     )
     if dry_run:
@@ -348,22 +346,14 @@ def merge_checkpoints(
     # time); random drops (DARE) draw for whole tensors, so that a seed gives the same merge in memory.
     streamed = options is not None and options.get("sparsification") != "random" and base_checkpoint is not None
     blockwise = method == "linear" or streamed
-    source_inventory = (base_checkpoint or inputs[0]).inventory()
-    layout = {}
-    for name, (shape, dtype) in reference.items():
-        dtype = _torch_dtype(source_inventory[name][1])
+    layout = {}  # `reference` is the base's inventory, or the first model's: the dtypes the output keeps
+    for name, (shape, dtype_name) in reference.items():
+        dtype = _torch_dtype(dtype_name)
         if out_dtype is not None and dtype.is_floating_point:
             dtype = DTYPES[out_dtype]
         layout[name] = (shape, dtype)
     metadata = {"format": "pt", "modelfusion.merge": json.dumps({"method": method, "params": jsonable(params)})}
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    bar_console = Console(stderr=True)
-    with (
-        atomic_dir(out_dir) as tmp,
-        Progress(
-            *columns, console=bar_console, disable=not (progress and bar_console.is_terminal), transient=True
-        ) as bar,
-    ):
+    with atomic_dir(out_dir) as tmp, progress_bar(progress) as bar:
         writer = _StreamingWriter(tmp, layout, parse_size(shard_size), metadata)
         task = bar.add_task(f"merging ({method})", total=len(reference))
         for name, (shape, dtype) in layout.items():
