@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from .._atomic import atomic_path
+from .._progress import progress_bar
 from ..datasets import Split
 from ..errors import CheckpointError, ConfigError
 from .losses import LOSSES, FeatureHints
@@ -96,7 +96,7 @@ def distill(
             "an offline teacher's logits belong to the original inputs, so it cannot be combined with data "
             "augmentation (mixup); use a live ModelTeacher or mixup=0"
         )
-    if mixup and loss_params.get("alpha", 1.0 if loss == "mse" else 0.5) != 1.0:
+    if mixup and loss_params.get("alpha", inspect.signature(loss_fn).parameters["alpha"].default) != 1.0:
         raise ConfigError("mixup labels the mixed inputs with the teacher only: set loss_params alpha=1")
     if len(train) == 0 or epochs < 1:
         raise ConfigError("distillation needs training samples and at least one epoch")
@@ -132,9 +132,7 @@ def distill(
         generator.set_state(saved["generator"])
         state = {k: saved[k] for k in state}
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    console = Console(stderr=True)
-    with Progress(*columns, console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("distilling", total=epochs, completed=state["epoch"])
         while state["epoch"] < epochs:
             student.train()
