@@ -1,50 +1,70 @@
-"""How much of an ensemble's gain a distilled student recovers.
+"""How much of an ensemble's gain a distilled student recovers, per loss and per student.
 
-    .venv/bin/python bench/distill.py [--datasets mnist1d,digits] [--seeds 5] [--epochs 60]
+    .venv/bin/python bench/distill.py [--datasets mnist1d,digits] [--seeds 5] [--epochs 150] [--out FILE.json]
 
 Per dataset and seed: five teachers (mnist1d: the paper's 1-D CNN; digits: MLP 64-128-10) trained on the
-train split with the same AdamW + cosine schedule as the students; their mean-probability ensemble; a lone
-student (mnist1d: the same 1-D CNN; digits: MLP 64-32-10) trained on labels only; and distilled students,
-all with the same epochs and cosine schedule. The recipe
-(loss, T, alpha, mixup) is chosen on seed 0's validation split among a few candidates, never on test, and
-then used for every seed. Reported on test: accuracy, NLL, ECE (mean over seeds, and the 95% CI of the
-pooled accuracy), the recovered fraction (distilled - lone) / (ensemble - lone), and McNemar of the
-distilled against the lone student (pooled over seeds).
+train split with AdamW + cosine; their mean-probability ensemble; per student (mnist1d: the same 1-D CNN and
+one with half the channels; digits: MLP 64-32-10) a lone copy trained on labels only and one distilled copy
+per loss (Hinton KD, logit MSE, Hinton KD + FitNets hints on the last hidden features of teacher 0), all with
+the same epochs and cosine schedule.
+
+Each loss's recipe (T, alpha, mixup) is chosen on seed 0's validation split among a few candidates for the
+first student, never on test, and then used for every seed and student. Reported on test: accuracy
+(mean ± std over seeds and the 95% bootstrap CI of the pooled accuracy), NLL, ECE; the recovered fraction
+(distilled - lone) / (ensemble - lone) of the seed means with a 95% CI from a paired bootstrap of each
+seed's test samples; and the exact McNemar test of distilled against lone, pooled over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import time
 
 import numpy as np
 import torch
 
 from modelfusion.datasets import load_dataset
-from modelfusion.distill import ModelTeacher, distill
+from modelfusion.distill import FeatureHints, ModelTeacher, distill
 from modelfusion.evaluate.metrics import classification_metrics
 from modelfusion.evaluate.stats import bootstrap_counts, bootstrap_means, mcnemar_exact, percentile_interval
 from modelfusion.io.factory import build_model
 from modelfusion.training import train_model
 
+CNN1D = "modelfusion.models:cnn1d"
+MLP = "modelfusion.models:mlp"
 SETUPS = {
     "mnist1d": {
-        "teacher": ("modelfusion.models:cnn1d", {"length": 40, "num_outputs": 10}),
-        "student": ("modelfusion.models:cnn1d", {"length": 40, "num_outputs": 10}),
+        "teacher": (CNN1D, {"length": 40, "num_outputs": 10}),
         "teacher_epochs": 60,
+        "students": {
+            "cnn1d (same)": (CNN1D, {"length": 40, "num_outputs": 10}),
+            "cnn1d half width": (CNN1D, {"length": 40, "num_outputs": 10, "channels": 16}),
+        },
+        "hint": ("6", "6"),  # student module -> teacher module: the last conv block's ReLU, [N, C, 5]
     },
     "digits": {
-        "teacher": ("modelfusion.models:mlp", {"in_features": 64, "num_outputs": 10, "hidden": [128]}),
-        "student": ("modelfusion.models:mlp", {"in_features": 64, "num_outputs": 10, "hidden": [32]}),
+        "teacher": (MLP, {"in_features": 64, "num_outputs": 10, "hidden": [128]}),
         "teacher_epochs": 40,
+        "students": {"mlp 64-32-10": (MLP, {"in_features": 64, "num_outputs": 10, "hidden": [32]})},
+        "hint": ("1", "1"),  # the hidden ReLU
     },
 }
-RECIPES = {
-    "hinton T=4 a=0.5": {"loss": "hinton", "loss_params": {"temperature": 4.0, "alpha": 0.5}, "mixup": 0.0},
-    "hinton T=2 a=1 mixup": {"loss": "hinton", "loss_params": {"temperature": 2.0, "alpha": 1.0}, "mixup": 0.4},
-    "hinton T=1 a=1 mixup": {"loss": "hinton", "loss_params": {"temperature": 1.0, "alpha": 1.0}, "mixup": 0.4},
-    "mse a=1 mixup": {"loss": "mse", "loss_params": {"alpha": 1.0}, "mixup": 0.4},
+MIXUP = 0.4
+CANDIDATES = {
+    "hinton": {
+        "T=4 a=0.5": {"loss_params": {"temperature": 4.0, "alpha": 0.5}, "mixup": 0.0},
+        "T=4 a=1 mixup": {"loss_params": {"temperature": 4.0, "alpha": 1.0}, "mixup": MIXUP},
+        "T=2 a=1 mixup": {"loss_params": {"temperature": 2.0, "alpha": 1.0}, "mixup": MIXUP},
+        "T=1 a=1 mixup": {"loss_params": {"temperature": 1.0, "alpha": 1.0}, "mixup": MIXUP},
+    },
+    "mse": {
+        "a=0.5": {"loss_params": {"alpha": 0.5}, "mixup": 0.0},
+        "a=1 mixup": {"loss_params": {"alpha": 1.0}, "mixup": MIXUP},
+    },
 }
+FEATURE_WEIGHTS = (0.1, 1.0)  # of the hint loss, added to the chosen Hinton recipe
 LONE = {"loss": "hinton", "loss_params": {"temperature": 1.0, "alpha": 0.0}, "mixup": 0.0}  # labels only
 
 
@@ -54,30 +74,122 @@ def probabilities(model, X) -> np.ndarray:
         return torch.softmax(model(X).double(), dim=1).numpy()
 
 
-def student(setup, seed):
+def train_student(factory, teacher_models, data, recipe, seed, args, hint=None):
     torch.manual_seed(seed)
-    return build_model(*setup["student"])
+    model = build_model(*factory)
+    recipe = dict(recipe)
+    hints = None
+    if "feature_weight" in recipe:
+        hints = FeatureHints(model, teacher_models[0], {hint[0]: hint[1]}, data.train.X[:8])
+    result = distill(
+        model,
+        ModelTeacher(teacher_models),
+        data.train,
+        data.val,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=seed,
+        progress=False,
+        feature_hints=hints,
+        **recipe,
+    )
+    if hints is not None:
+        hints.remove()
+    return result.student
 
 
-def run_student(setup, teacher, data, recipe, seed, epochs, lr):
-    return distill(
-        student(setup, seed), teacher, data.train, data.val, epochs=epochs, lr=lr, seed=seed, progress=False, **recipe
-    ).student
+def choose_recipes(factory, teachers, data, args, hint) -> dict[str, tuple[str, dict]]:
+    """Per loss, the candidate with the best validation accuracy (then NLL) on this seed's split."""
+    chosen = {}
+
+    def pick(loss, candidates):
+        scores = {}
+        for name, recipe in candidates.items():
+            proba = probabilities(train_student(factory, teachers, data, recipe, 0, args, hint), data.val.X)
+            metrics = classification_metrics(proba, data.val.y.numpy())
+            scores[name] = (metrics["accuracy"], -metrics["nll"])
+        best = max(scores, key=scores.get)
+        print(
+            f"  {loss}: validation accuracy " + ", ".join(f"{k} {v[0]:.4f}" for k, v in scores.items()) + f" -> {best}",
+            flush=True,
+        )
+        chosen[loss] = (best, candidates[best])
+
+    for loss, candidates in CANDIDATES.items():
+        pick(loss, {name: {"loss": loss, **recipe} for name, recipe in candidates.items()})
+    hinton_name, hinton = chosen["hinton"]
+    pick(
+        "hinton+hints",
+        {f"{hinton_name} + hints x{w}": {**hinton, "feature_weight": w} for w in FEATURE_WEIGHTS},
+    )
+    return chosen
+
+
+def recovered_fraction(correct: dict[str, list[np.ndarray]], model: str) -> dict:
+    """(model - lone) / (ensemble - lone) of the seed-mean accuracies, with a paired bootstrap CI: each seed's
+    test samples are resampled once and shared by the three models."""
+    resampled = {name: [] for name in (model, "lone", "ensemble")}
+    for seed, lone in enumerate(correct["lone"]):
+        counts = bootstrap_counts(len(lone), seed=seed)
+        for name in resampled:
+            resampled[name].append(bootstrap_means(correct[name][seed].astype(float), counts))
+    means = {name: np.mean(values, axis=0) for name, values in resampled.items()}
+    point = {name: np.mean([c.mean() for c in correct[name]]) for name in resampled}
+    low, high = percentile_interval((means[model] - means["lone"]) / (means["ensemble"] - means["lone"]))
+    per_seed = [
+        (m.mean() - lone.mean()) / (e.mean() - lone.mean()) if e.mean() != lone.mean() else float("nan")
+        for m, lone, e in zip(correct[model], correct["lone"], correct["ensemble"], strict=True)
+    ]
+    return {
+        "fraction": float((point[model] - point["lone"]) / (point["ensemble"] - point["lone"])),
+        "ci": [float(low), float(high)],
+        "per_seed": [float(f) for f in per_seed],
+    }
+
+
+def table(dataset: str, student: str, scores: dict, correct: dict, recipes: dict) -> list[str]:
+    lines = [
+        f"\n#### {dataset}, student {student}\n",
+        "| model | test accuracy % (mean ± std) | pooled 95% CI | NLL | ECE | recovered [95% CI] | McNemar vs lone |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in scores.items():
+        accs = [r["accuracy"] * 100 for r in rows]
+        pooled = np.concatenate(correct[name]).astype(float)
+        low, high = percentile_interval(bootstrap_means(pooled, bootstrap_counts(len(pooled), seed=0)))
+        spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        recovered = test = ""
+        if name not in ("ensemble", "lone"):
+            fraction = recovered_fraction(correct, name)
+            recovered = f"{fraction['fraction']:.0%} [{fraction['ci'][0]:.0%}, {fraction['ci'][1]:.0%}]"
+            mcnemar = mcnemar_exact(np.concatenate(correct[name]), np.concatenate(correct["lone"]))
+            test = f"+{mcnemar['a_only_correct']} / -{mcnemar['b_only_correct']}, p = {mcnemar['p_value']:.2g}"
+        label = f"distilled: {name} ({recipes[name][0]})" if name in recipes else name
+        lines.append(
+            f"| {label} | {statistics.mean(accs):.2f} ± {spread:.2f} | [{low * 100:.2f}, {high * 100:.2f}] | "
+            f"{statistics.mean(r['nll'] for r in rows):.3f} | {statistics.mean(r['ece'] for r in rows):.3f} | "
+            f"{recovered} | {test} |"
+        )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="mnist1d,digits")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=150, help="student epochs (lone and distilled alike)")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--out", help="write every per-seed figure here as JSON")
     args = parser.parse_args()
+    report, lines = {}, []
     for dataset in args.datasets.split(","):
         setup = SETUPS[dataset]
-        chosen = None
-        scores = {"ensemble": [], "lone": [], "distilled": [], "teacher mean": []}
-        correct = {"lone": [], "distilled": [], "ensemble": []}
+        recipes = None
+        scores = {s: {} for s in setup["students"]}
+        correct = {s: {} for s in setup["students"]}
+        member_accuracy = []
         for seed in range(args.seeds):
+            started = time.perf_counter()
             data = load_dataset(dataset, seed=seed)
             teachers = []
             for i in range(5):
@@ -94,78 +206,60 @@ def main() -> None:
                         cosine=True,
                     )
                 )
-            teacher = ModelTeacher(teachers)
-            if chosen is None:  # the recipe, on validation of the first seed
-                val_acc = {}
-                for name, recipe in RECIPES.items():
-                    model = run_student(setup, teacher, data, recipe, seed, args.epochs, args.lr)
-                    val_acc[name] = (probabilities(model, data.val.X).argmax(1) == data.val.y.numpy()).mean()
-                chosen = max(val_acc, key=val_acc.get)
-                print(
-                    f"{dataset}: validation accuracy per recipe (seed 0): "
-                    + ", ".join(f"{k} {v:.3f}" for k, v in val_acc.items())
-                    + f" -> {chosen}",
-                    flush=True,
-                )
+            if recipes is None:
+                print(f"{dataset}: choosing each loss's recipe on seed 0's validation split", flush=True)
+                first = next(iter(setup["students"].values()))
+                recipes = choose_recipes(first, teachers, data, args, setup["hint"])
             y = data.test.y.numpy()
             member_probs = [probabilities(t, data.test.X) for t in teachers]
-            outputs = {
-                "ensemble": np.mean(member_probs, axis=0),
-                "lone": probabilities(run_student(setup, teacher, data, LONE, seed, args.epochs, args.lr), data.test.X),
-                "distilled": probabilities(
-                    run_student(setup, teacher, data, RECIPES[chosen], seed, args.epochs, args.lr), data.test.X
-                ),
-            }
-            for name, proba in outputs.items():
-                scores[name].append(classification_metrics(proba, y))
-                correct[name].append(proba.argmax(1) == y)
-            scores["teacher mean"].append(
-                {
-                    "accuracy": float(np.mean([(p.argmax(1) == y).mean() for p in member_probs])),
-                    "nll": float("nan"),
-                    "ece": float("nan"),
+            member_accuracy.append(float(np.mean([(p.argmax(1) == y).mean() for p in member_probs])))
+            for student, factory in setup["students"].items():
+                outputs = {
+                    "ensemble": np.mean(member_probs, axis=0),
+                    "lone": probabilities(train_student(factory, teachers, data, LONE, seed, args), data.test.X),
                 }
-            )
+                for loss, (_, recipe) in recipes.items():
+                    model = train_student(factory, teachers, data, recipe, seed, args, setup["hint"])
+                    outputs[loss] = probabilities(model, data.test.X)
+                for name, proba in outputs.items():
+                    scores[student].setdefault(name, []).append(classification_metrics(proba, y))
+                    correct[student].setdefault(name, []).append(proba.argmax(1) == y)
             print(
-                f"{dataset} seed {seed}: " + ", ".join(f"{k} {v[-1]['accuracy']:.4f}" for k, v in scores.items()),
+                f"{dataset} seed {seed} ({time.perf_counter() - started:.0f} s): mean member "
+                f"{member_accuracy[-1]:.4f}; "
+                + "; ".join(
+                    f"{student}: " + ", ".join(f"{k} {v[-1]['accuracy']:.4f}" for k, v in scores[student].items())
+                    for student in scores
+                ),
                 flush=True,
             )
-        print(f"\n### {dataset}: {args.seeds} seeds, recipe '{chosen}', student epochs {args.epochs}\n")
-        print("| model | test accuracy % (mean ± std) | pooled 95% CI | NLL | ECE |")
-        print("|---|---|---|---|---|")
-        for name in ("teacher mean", "ensemble", "lone", "distilled"):
-            accs = [s["accuracy"] * 100 for s in scores[name]]
-            ci = ""
-            if name in correct:
-                pooled = np.concatenate(correct[name]).astype(float)
-                low, high = percentile_interval(bootstrap_means(pooled, bootstrap_counts(len(pooled), seed=0)))
-                ci = f"[{low * 100:.2f}, {high * 100:.2f}]"
-            nll = statistics.mean(s["nll"] for s in scores[name])
-            ece = statistics.mean(s["ece"] for s in scores[name])
-            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            print(f"| {name} | {statistics.mean(accs):.2f} ± {spread:.2f} | {ci} | {nll:.3f} | {ece:.3f} |")
-        gains = [
-            (d["accuracy"] - lone["accuracy"]) / (e["accuracy"] - lone["accuracy"])
-            for d, lone, e in zip(scores["distilled"], scores["lone"], scores["ensemble"], strict=True)
-            if e["accuracy"] != lone["accuracy"]
+        section = [
+            f"\n### {dataset}: {args.seeds} seeds, teachers {setup['teacher_epochs']} epochs (mean member accuracy "
+            f"{statistics.mean(member_accuracy) * 100:.2f}%), students {args.epochs} epochs"
         ]
-        mean_gain = (
-            statistics.mean(s["accuracy"] for s in scores["distilled"])
-            - statistics.mean(s["accuracy"] for s in scores["lone"])
-        ) / (
-            statistics.mean(s["accuracy"] for s in scores["ensemble"])
-            - statistics.mean(s["accuracy"] for s in scores["lone"])
-        )
-        test = mcnemar_exact(np.concatenate(correct["distilled"]), np.concatenate(correct["lone"]))
-        print(
-            f"\nrecovered fraction of the ensemble's gain: {mean_gain:.0%} (of the means); per seed "
-            + ", ".join(f"{g:.0%}" for g in gains)
-        )
-        print(
-            f"McNemar distilled vs lone (pooled): distilled-only right {test['a_only_correct']}, lone-only right "
-            f"{test['b_only_correct']}, p = {test['p_value']:.3g}\n",
-            flush=True,
-        )
+        for student in scores:
+            section += table(dataset, student, scores[student], correct[student], recipes)
+        print("\n".join(section), flush=True)
+        lines += section
+        report[dataset] = {
+            "member_accuracy": member_accuracy,
+            "recipes": {loss: name for loss, (name, _) in recipes.items()},
+            "students": {
+                student: {
+                    "scores": scores[student],
+                    "recovered": {
+                        name: recovered_fraction(correct[student], name)
+                        for name in scores[student]
+                        if name not in ("ensemble", "lone")
+                    },
+                }
+                for student in scores
+            },
+        }
+    print("\n## all results" + "\n".join(lines))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), **report}, f, indent=1)
 
 
 if __name__ == "__main__":
