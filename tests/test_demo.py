@@ -174,3 +174,37 @@ def test_distill_command(tmp_path):
         ],
     )
     assert result.exit_code == 2 and "live teachers must be torch models" in result.output
+
+
+def test_distill_command_offline_teachers_with_a_fitted_combiner_and_hints(tmp_path):
+    """scikit-learn members teach through their saved training-split predictions, fused by the demo's
+    fitted weighted combiner; FitNets hints run from the command line."""
+    demo = tmp_path / "demo"
+    _run_cli(["demo", "--out", str(demo), "--epochs", "3", "--mlps", "1", "--no-progress"])
+    # in the order the demo's combiners were fitted on
+    members = [str(demo / "members" / f) for f in ("mlp_0.safetensors", "cnn.safetensors", "logreg.skops")]
+    members.append(str(demo / "members" / "random_forest.skops"))
+    train_preds = tmp_path / "train.safetensors"
+    _run_cli(["predict", *members, "--split", "train", "--out", str(train_preds)])
+    student = ["--student", "modelfusion.models:mlp", "--student-kwargs", '{"in_features": 64, "num_outputs": 10}']
+    offline = ["--offline", str(train_preds), "--combiner", str(demo / "combiners" / "weighted.safetensors")]
+    out = tmp_path / "offline.safetensors"
+    printed = _run_cli(["distill", *offline, *student, "--epochs", "2", "--lr", "0.01", "--out", str(out)])
+    assert "validation accuracy" in printed and load_member(out).predict(torch.zeros(1, 64)).shape == (1, 10)
+
+    def fails(*args):
+        result = CliRunner().invoke(app, ["distill", *student, "--epochs", "1", *args])
+        assert result.exit_code == 2, result.output
+        return result.output
+
+    assert "labels differ from the training split" in fails(*offline, "--seed", "1")
+    assert "cannot be combined with data augmentation" in fails(*offline, "--mixup", "0.4", "--alpha", "1")
+    assert "one of the two" in fails(*offline, "--teacher", members[0])
+    assert "--hint needs live teachers" in fails(*offline, "--hint", "1=1")
+    teacher = ["--teacher", str(demo / "members" / "mlp_0.safetensors")]
+    assert "the teacher has no module named '9'; its modules are: 0, 1, 2" in fails(*teacher, "--hint", "1=9")
+    assert "--hint takes STUDENT_MODULE=TEACHER_MODULE" in fails(*teacher, "--hint", "1")
+    assert "--weights must be comma-separated numbers" in fails(*teacher, "--weights", "a,b")
+    out = tmp_path / "hinted.safetensors"
+    _run_cli(["distill", *teacher, *student, "--hint", "1=1", "--epochs", "1", "--no-progress", "--out", str(out)])
+    assert out.exists()

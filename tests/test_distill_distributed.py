@@ -16,7 +16,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(trained_mlp, tmp_path):
-    """`torchrun --nproc_per_node=2 -m modelfusion.distill` (gloo, CPU) against a single process."""
+    """`torchrun --nproc_per_node=2 -m modelfusion.distill` (gloo, CPU) against a single process, with mixup
+    and a FitNets hint whose adapter DDP must keep in sync across the processes."""
     teacher = save_member(
         TorchMember(trained_mlp, name="teacher", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS),
         tmp_path / "teacher.safetensors",
@@ -36,6 +37,9 @@ def test_two_processes_match_one_with_the_same_global_batch(trained_mlp, tmp_pat
         "0.4",
         "--alpha",
         "1",
+        "--hint",
+        "1=1",
+        "--no-progress",
     ]
     two = subprocess.run(
         [

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from modelfusion import CheckpointError, ConfigError
+from modelfusion import CheckpointError, ConfigError, InvalidInputError
 from modelfusion.distill import ModelTeacher, OfflineTeacher, distill
 from modelfusion.members import TorchMember
 from modelfusion.models import mlp
@@ -78,6 +78,8 @@ def test_offline_teacher_and_its_limits(trained_mlp, digits, tmp_path):
         distill(_student(), offline, digits.train, digits.val, epochs=1, mixup=0.4, progress=False)
     with pytest.raises(ConfigError, match="set loss_params alpha=1"):
         distill(_student(), ModelTeacher(trained_mlp), digits.train, digits.val, epochs=1, mixup=0.4, progress=False)
+    with pytest.raises(InvalidInputError, match="has logits for 1077 samples but the training split has 360"):
+        distill(_student(), offline, digits.val, digits.val, epochs=1)
     with pytest.raises(CheckpointError, match="nothing to resume"):
         distill(_student(), offline, digits.train, digits.val, checkpoint_dir=tmp_path, resume=True)
 

@@ -183,51 +183,110 @@ def merge(
         console.print(plan.describe(), highlight=False)
 
 
+def _parse_hints(hints: list[str]) -> dict[str, str]:
+    pairs = {}
+    for hint in hints:
+        student_module, sep, teacher_module = hint.partition("=")
+        if not sep or not student_module or not teacher_module:
+            raise ConfigError(f"--hint takes STUDENT_MODULE=TEACHER_MODULE (e.g. '1=1'), got {hint!r}")
+        pairs[student_module] = teacher_module
+    return pairs
+
+
 @_command
 def distill(
-    teacher: Annotated[list[Path], typer.Option(help="teacher checkpoint (repeat for an ensemble of teachers)")],
     student: Annotated[str, typer.Option(help="student factory package.module:function")],
+    teacher: Annotated[
+        list[Path] | None, typer.Option(help="teacher checkpoint (repeat it for an ensemble of teachers)")
+    ] = None,
+    offline: Annotated[
+        Path | None,
+        typer.Option(help="saved Predictions of the teachers on the training split, instead of --teacher"),
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="comma-separated teacher weights for the probability mean")
+    ] = None,
+    combiner: Annotated[
+        Path | None, typer.Option(help="a fitted combiner file (from `modelfusion ensemble`) fusing the teachers")
+    ] = None,
     student_kwargs: Annotated[str | None, typer.Option(help="JSON object of the student factory's arguments")] = None,
     dataset: Annotated[str, typer.Option(help="embedded dataset")] = "digits",
     seed: Annotated[int, typer.Option(help="seed of the split and of training")] = 0,
     loss: Annotated[str, typer.Option(help="hinton or mse")] = "hinton",
     temperature: Annotated[float, typer.Option(help="softening temperature (hinton)")] = 4.0,
     alpha: Annotated[float, typer.Option(help="weight of the distillation term against the label loss")] = 0.5,
+    hint: Annotated[
+        list[str] | None,
+        typer.Option(help="FitNets hint STUDENT_MODULE=TEACHER_MODULE (repeatable; the first teacher's module)"),
+    ] = None,
+    feature_weight: Annotated[float, typer.Option(help="weight of the hint loss in the total")] = 1.0,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 40,
     lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="global batch size (split over torchrun's processes)")] = 64,
     mixup: Annotated[float, typer.Option(help="Beta(m, m) mixup of transfer inputs; 0 turns it off")] = 0.0,
+    patience: Annotated[
+        int | None, typer.Option(help="stop after this many epochs without a better validation NLL")
+    ] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="write a resumable checkpoint here each epoch")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the checkpoint in --checkpoint-dir")] = False,
     out: Annotated[Path, typer.Option(help="where to save the student (.safetensors)")] = Path("student.safetensors"),
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Distill one teacher or an ensemble of teachers into a student on embedded data.
 
-    Python: `modelfusion.distill.distill(student, ModelTeacher(models), data.train, data.val, ...)`.
+    Python: `modelfusion.distill.distill(student, ModelTeacher(models), data.train, data.val, ...)`
+    (`OfflineTeacher(predictions)` for --offline).
     """
     import torch
 
     from .datasets import load_dataset
-    from .distill import ModelTeacher, process_rank
+    from .distill import FeatureHints, ModelTeacher, OfflineTeacher, process_rank
     from .distill import distill as run_distill
+    from .ensemble import load_combiner
     from .io import load_member, save_member
     from .io.factory import build_model
     from .members import TorchMember
 
+    if bool(teacher) == (offline is not None):
+        raise ConfigError("give the teachers as --teacher checkpoints or as --offline predictions (one of the two)")
+    try:
+        teacher_weights = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise ConfigError(f"--weights must be comma-separated numbers, got {weights!r}") from None
+    fusion = load_combiner(combiner) if combiner is not None else None
     kwargs = _parse_json_option(student_kwargs, "--student-kwargs") or {}
-    teachers = [load_member(path) for path in teacher]
     data = load_dataset(dataset, seed=seed)
+    if offline is not None:
+        source = OfflineTeacher(offline, weights=teacher_weights, combiner=fusion)
+    else:
+        teachers = [load_member(path) for path in teacher]
+        source = ModelTeacher(teachers, weights=teacher_weights, combiner=fusion)
     torch.manual_seed(seed)
     model = build_model(student, kwargs)
+    hints = None
+    if hint:
+        if offline is not None:
+            raise ConfigError("--hint needs live teachers (--teacher): offline predictions carry no features")
+        hints = FeatureHints(model, source.models[0], _parse_hints(hint), data.train.X[:8])
     params = {"temperature": temperature, "alpha": alpha} if loss == "hinton" else {"alpha": alpha}
     result = run_distill(
         model,
-        ModelTeacher(teachers),
+        source,
         data.train,
         data.val,
         loss=loss,
         loss_params=params,
         epochs=epochs,
         lr=lr,
+        batch_size=batch_size,
         mixup=mixup,
+        feature_hints=hints,
+        feature_weight=feature_weight,
+        patience=patience,
         seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
     )
     if process_rank()[0] != 0:  # under torchrun only the first process writes
         return

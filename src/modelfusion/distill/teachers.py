@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..datasets import Split
 from ..ensemble import Combiner, EnsembleModule
 from ..errors import ConfigError, InvalidInputError
 from ..members import TorchMember
@@ -28,6 +29,9 @@ class Teacher:
 
     def logits(self, X: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def check(self, train: Split) -> None:
+        """Raise a clear error if this teacher cannot label `train` (a live model can label anything)."""
 
 
 def _check_weights(weights: Sequence[float] | None, count: int) -> torch.Tensor | None:
@@ -115,6 +119,19 @@ class OfflineTeacher(Teacher):
             weights = _check_weights(weights, predictions.num_members)
             self.table = _weighted_log_mean(predictions.outputs.double(), weights).float()
         self.split = predictions.split
+        self.labels = predictions.labels
+
+    def check(self, train: Split) -> None:
+        if len(self.table) != len(train):
+            raise InvalidInputError(
+                f"the offline teacher has logits for {len(self.table)} samples but the training split has "
+                f"{len(train)}; save the teachers' predictions on the same training split (dataset and seed)"
+            )
+        if self.labels is not None and not torch.equal(self.labels.long(), train.y.long()):
+            raise InvalidInputError(
+                "the offline teacher's labels differ from the training split's: its predictions were made on "
+                "another split, seed or sample order; save them on the training split being distilled on"
+            )
 
     def logits(self, X: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         if index is None:

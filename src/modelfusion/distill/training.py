@@ -103,16 +103,16 @@ def distill(
 
     if feature_hints is not None and not teacher.augmentable:
         raise ConfigError("feature hints need a live teacher: an offline teacher runs no forward pass")
+    teacher.check(train)
     rank, world = process_rank()
-    if feature_hints is not None and world > 1:
-        raise ConfigError("feature hints are not supported under torchrun yet; run on one process")
     if world > 1 and len(train) % batch_size and len(train) % batch_size < world:
         raise ConfigError(
             f"the last batch ({len(train) % batch_size} samples) is smaller than the {world} processes; "
             "pick another batch size"
         )
-    # Under torch.distributed each process takes its share of every global batch; DDP averages gradients.
-    model = nn.parallel.DistributedDataParallel(student) if world > 1 else student
+    # Under torch.distributed each process takes its share of every global batch; DDP averages gradients
+    # (the hint adapters' too: they train inside the same DDP module as the student).
+    model = nn.parallel.DistributedDataParallel(_Trained(student, feature_hints)) if world > 1 else student
     steps_per_epoch = -(-len(train) // batch_size)
     trained = list(student.parameters()) + (list(feature_hints.parameters()) if feature_hints is not None else [])
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
@@ -132,7 +132,7 @@ def distill(
         generator.set_state(saved["generator"])
         state = {k: saved[k] for k in state}
 
-    with progress_bar(progress) as bar:
+    with progress_bar(progress and rank == 0) as bar:
         task = bar.add_task("distilling", total=epochs, completed=state["epoch"])
         while state["epoch"] < epochs:
             student.train()
@@ -187,6 +187,18 @@ def distill(
                 break
     student.load_state_dict(state["best_student"])
     return DistillResult(student.eval(), state["history"], state["best_epoch"])
+
+
+class _Trained(nn.Module):
+    """The student and its hint adapters as one module, so that DDP synchronizes both; runs the student."""
+
+    def __init__(self, student: nn.Module, feature_hints: FeatureHints | None) -> None:
+        super().__init__()
+        self.student = student
+        self.feature_hints = feature_hints
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
 
 
 def process_rank() -> tuple[int, int]:
