@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -24,9 +25,14 @@ def train_model(
     batch_size: int = 64,
     seed: int = 0,
     cosine: bool = False,
+    param_groups: list[dict] | None = None,
+    frozen: Sequence[nn.Module] = (),
 ) -> nn.Module:
     """Train `model` in place with AdamW (constant rate, or a cosine schedule over all steps with `cosine`)
     and return it with the weights of its best validation epoch.
+
+    `param_groups` (AdamW's groups, each with its own `lr`) restricts training to those parameters; the
+    `frozen` modules stay in eval mode while the rest trains, so their BatchNorm statistics do not move.
 
     The validation split only chooses the epoch (early stopping); the test split is never seen.
     The same seed gives the same weights: batch order comes from a seeded generator, and dropout draws from
@@ -34,19 +40,22 @@ def train_model(
     """
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, cosine)
+        groups = param_groups if param_groups is not None else [{"params": list(model.parameters())}]
+        return _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, cosine, groups, frozen)
 
 
-def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, cosine) -> nn.Module:
+def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, cosine, groups, frozen) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     steps = epochs * -(-len(train) // batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cosine else None
     best_loss, best_state = float("inf"), copy.deepcopy(model.state_dict())
     n = len(train)
     for _ in range(epochs):
         model.train()
+        for module in frozen:
+            module.eval()
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._modules import named_module
 from ..errors import ConfigError, InvalidInputError
 from ..registry import Registry
 
@@ -83,15 +84,6 @@ def logit_mse(
     return _mix(kd, _task_loss(student_logits, labels), alpha)
 
 
-def _module(model: nn.Module, name: str, role: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules:
-        available = [n for n in modules if n]
-        shown = ", ".join(available[:30]) + (f" ... ({len(available)} in all)" if len(available) > 30 else "")
-        raise ConfigError(f"{role} has no module named {name!r}; its modules are: {shown}")
-    return modules[name]
-
-
 class FeatureHints(nn.Module):
     """FitNets-style hint losses (Romero et al., 2015): match student features to teacher features.
 
@@ -117,8 +109,8 @@ class FeatureHints(nn.Module):
         self._features: dict[str, torch.Tensor] = {}
         self._hooks = []
         for student_name, teacher_name in self.pairs.items():
-            self._hook(_module(student, student_name, "the student"), f"student:{student_name}")
-            self._hook(_module(teacher, teacher_name, "the teacher"), f"teacher:{teacher_name}")
+            self._hook(named_module(student, student_name, "the student"), f"student:{student_name}")
+            self._hook(named_module(teacher, teacher_name, "the teacher"), f"teacher:{teacher_name}")
         was_training = (student.training, teacher.training)
         student.eval(), teacher.eval()
         with torch.no_grad():

@@ -1,0 +1,91 @@
+"""Finding, cutting and freezing named submodules: shared by distillation hints and feature fusion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, InvalidInputError
+
+MAX_SHOWN = 30
+
+
+def named_module(model: nn.Module, name: str, role: str) -> nn.Module:
+    """`model`'s submodule called `name`; an unknown name is an error listing the available ones."""
+    modules = dict(model.named_modules())
+    if name not in modules or not name:
+        available = [n for n in modules if n]
+        shown = ", ".join(available[:MAX_SHOWN])
+        if len(available) > MAX_SHOWN:
+            shown += f" ... ({len(available)} in all)"
+        raise ConfigError(f"{role} has no module named {name!r}; its modules are: {shown}")
+    return modules[name]
+
+
+class _Tap(nn.Module):
+    """Runs the whole model and returns the output of one named submodule (for models fx cannot trace)."""
+
+    def __init__(self, model: nn.Module, at: str) -> None:
+        super().__init__()
+        self.model = model
+        self.at = at
+        self._captured: torch.Tensor | None = None
+        named_module(model, at, "the model").register_forward_hook(self._capture)
+
+    def _capture(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        self._captured = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.model(x)
+        captured, self._captured = self._captured, None
+        return captured
+
+
+def truncate(model: nn.Module, at: str) -> nn.Module:
+    """The part of `model` that computes the output of its submodule `at` (the modules after it are dropped).
+
+    Traced with torch.fx, so later layers neither run nor keep parameters; a model fx cannot trace (data-
+    dependent control flow) is run whole with a forward hook instead. Submodules are shared with `model`,
+    not copied.
+    """
+    named_module(model, at, "the model")
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:  # fx raises many types (TraceError, TypeError, ...) for untraceable code
+        return _Tap(model, at)
+    nodes = [n for n in traced.graph.nodes if n.op == "call_module" and n.target == at]
+    if len(nodes) != 1:  # a module called twice (or inside a traced-through container): ambiguous to cut
+        return _Tap(model, at)
+    graph = traced.graph
+    for node in [n for n in graph.nodes if n.op == "output"]:
+        graph.erase_node(node)
+    graph.output(nodes[0])
+    graph.eliminate_dead_code()
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced
+
+
+def freeze(modules: Iterable[nn.Module]) -> None:
+    """Stop gradients to every parameter of `modules`."""
+    for module in modules:
+        for param in module.parameters():
+            param.requires_grad_(False)
+
+
+def output_width(module: nn.Module, example_input: torch.Tensor, role: str) -> int:
+    """The flattened width of `module`'s output for one sample, by a dry forward pass in eval mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(example_input[:2])
+    except RuntimeError as err:
+        raise InvalidInputError(f"{role} failed on the example input {tuple(example_input.shape)}: {err}") from None
+    finally:
+        module.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise InvalidInputError(f"{role} returned {type(out).__name__}; feature layers must return one tensor")
+    return int(out[0].numel())

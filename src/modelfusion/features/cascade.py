@@ -1,0 +1,292 @@
+"""Cascades (progressive fusion): models that run one after another.
+
+- `Cascade`: a confidence cascade. The cheapest model sees every sample; a sample goes on to the next model
+  only while the current one's top probability is below its threshold, so easy samples cost little.
+- `Chained`: sequential fusion, where one model's output (or features) becomes part of the next one's input.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._atomic import atomic_path
+from .._modules import freeze, output_width, truncate
+from ..errors import ConfigError, InvalidInputError, MissingExtraError, NotFittedError
+from ..members import as_member
+from ..predictions import Predictions
+
+__all__ = ["Cascade", "CascadeResult", "Chained", "plot_cascade_curve"]
+
+GRID = 200  # candidate thresholds per stage: quantiles of its validation confidences
+EXHAUSTIVE = 250_000  # threshold combinations searched exhaustively
+
+
+@dataclass
+class CascadeResult:
+    """Per sample: the probabilities of the model that decided, which stage decided, and the cost paid."""
+
+    proba: torch.Tensor  # [N, C]
+    stage: torch.Tensor  # [N] int64
+    cost: torch.Tensor  # [N] float64
+
+    def accuracy(self, y: torch.Tensor) -> float:
+        return (self.proba.argmax(1) == y).double().mean().item()
+
+    @property
+    def mean_cost(self) -> float:
+        return self.cost.mean().item()
+
+
+def _check_thresholds(thresholds: Sequence[float], stages: int) -> list[float]:
+    thresholds = [float(t) for t in thresholds]
+    if len(thresholds) != stages - 1:
+        raise ConfigError(f"a cascade of {stages} models needs {stages - 1} thresholds, got {len(thresholds)}")
+    outside = [t for t in thresholds if not 0.0 <= t <= 1.0]
+    if outside:
+        raise ConfigError(f"thresholds are probabilities and must lie in [0, 1], got {outside}")
+    return thresholds
+
+
+class Cascade:
+    """Confidence cascade over K models ordered cheapest first (the idea of Viola and Jones, 2001, applied to
+    classifiers' confidence as in Wang et al., 2018, "IDK cascades").
+
+    Stage k decides a sample when its top probability is at least `thresholds[k]`; the last model decides the
+    rest. A sample that stops at stage k costs `costs[0] + ... + costs[k]` (every model before it ran too).
+
+    Args:
+        thresholds: K-1 thresholds in [0, 1]; if None, `fit` chooses them on validation predictions.
+        costs: the cost of running each model on one sample (e.g. seconds or FLOPs); default 1 each, so the
+            cost is the number of models run.
+        target_accuracy: `fit` finds the cheapest thresholds whose validation accuracy reaches it (default:
+            the last, most expensive model's validation accuracy).
+        budget: instead, `fit` finds the most accurate thresholds whose mean validation cost is within it.
+    """
+
+    def __init__(
+        self,
+        thresholds: Sequence[float] | None = None,
+        *,
+        costs: Sequence[float] | None = None,
+        target_accuracy: float | None = None,
+        budget: float | None = None,
+    ) -> None:
+        if target_accuracy is not None and budget is not None:
+            raise ConfigError("give a target accuracy or a cost budget, not both")
+        if target_accuracy is not None and not 0.0 <= target_accuracy <= 1.0:
+            raise ConfigError(f"target_accuracy must lie in [0, 1], got {target_accuracy}")
+        self.thresholds = thresholds
+        self.costs = costs
+        self.target_accuracy = target_accuracy
+        self.budget = budget
+
+    def _costs(self, stages: int) -> np.ndarray:
+        costs = np.ones(stages) if self.costs is None else np.asarray(self.costs, dtype=np.float64)
+        if costs.shape != (stages,) or (costs < 0).any():
+            raise ConfigError(f"costs must be {stages} non-negative numbers, one per model, got {self.costs}")
+        return costs
+
+    # -- choosing thresholds ---------------------------------------------------------------------------
+    def fit(self, val: Predictions) -> Cascade:
+        """Choose the thresholds on validation predictions (members in cascade order)."""
+        proba = val.probabilities(torch.float64).numpy()  # [K, N, C]
+        if val.task != "classification" or val.labels is None:
+            raise InvalidInputError("a cascade is fitted on labelled classification predictions")
+        if len(proba) < 2:
+            raise InvalidInputError("a cascade needs at least two models")
+        correct = proba.argmax(2) == val.labels.numpy()  # [K, N]
+        confidence = proba.max(2)  # [K, N]
+        costs = self._costs(len(proba))
+        if self.thresholds is not None:
+            self.thresholds_ = _check_thresholds(self.thresholds, len(proba))
+        else:
+            target = self.target_accuracy if self.budget is None else None
+            if target is None and self.budget is None:
+                target = correct[-1].mean()
+            self.thresholds_ = _search(confidence, correct, costs, target, self.budget)
+        self.member_names_ = val.member_names
+        accuracy, cost = _score(confidence, correct, costs, self.thresholds_)
+        self.val_accuracy_, self.val_cost_ = float(accuracy), float(cost)
+        return self
+
+    # -- running ---------------------------------------------------------------------------------------
+    def _fitted(self, stages: int) -> list[float]:
+        if not hasattr(self, "thresholds_"):
+            if self.thresholds is None:
+                raise NotFittedError("the cascade has no thresholds yet; give them or call fit(val_predictions)")
+            self.thresholds_ = _check_thresholds(self.thresholds, stages)
+        if len(self.thresholds_) != stages - 1:
+            raise InvalidInputError(f"the cascade has {len(self.thresholds_) + 1} stages but got {stages} models")
+        return self.thresholds_
+
+    def route(self, preds: Predictions) -> CascadeResult:
+        """The cascade's decisions from every model's saved predictions (for evaluation and curves)."""
+        proba = preds.probabilities(torch.float64)
+        thresholds = self._fitted(len(proba))
+        stage = _exit_stage(proba.max(2).values.numpy(), thresholds)
+        stage = torch.from_numpy(stage)
+        chosen = proba[stage, torch.arange(proba.shape[1])]
+        cumulative = torch.from_numpy(np.cumsum(self._costs(len(proba))))
+        return CascadeResult(chosen, stage, cumulative[stage])
+
+    def predict(self, models: Sequence, X: torch.Tensor) -> CascadeResult:
+        """Run the cascade for real: each model only sees the samples still undecided.
+
+        `models` are members, torch modules or scikit-learn classifiers, cheapest first."""
+        members = [as_member(m, name=f"stage_{i}") for i, m in enumerate(models)]
+        thresholds = self._fitted(len(members))
+        cumulative = torch.from_numpy(np.cumsum(self._costs(len(members))))
+        pending = torch.arange(len(X))
+        proba: torch.Tensor | None = None
+        stage = torch.full((len(X),), len(members) - 1, dtype=torch.int64)
+        for k, member in enumerate(members):
+            if len(pending) == 0:
+                break
+            p = torch.softmax(member.predict(X[pending]).double(), dim=1)
+            if proba is None:
+                proba = torch.zeros(len(X), p.shape[1], dtype=torch.float64)
+            done = p.max(1).values >= thresholds[k] if k < len(thresholds) else torch.ones(len(p), dtype=torch.bool)
+            proba[pending[done]] = p[done]
+            stage[pending[done]] = k
+            pending = pending[~done]
+        return CascadeResult(proba, stage, cumulative[stage])
+
+    def curve(self, preds: Predictions, points: int = 51) -> list[dict[str, float]]:
+        """Accuracy against mean cost per sample as one threshold, shared by every stage, goes from 0 to 1."""
+        if preds.labels is None:
+            raise InvalidInputError("a cascade curve needs labelled predictions")
+        proba = preds.probabilities(torch.float64).numpy()
+        correct, confidence = proba.argmax(2) == preds.labels.numpy(), proba.max(2)
+        costs = self._costs(len(proba))
+        rows = []
+        for threshold in np.linspace(0.0, 1.0, points):
+            accuracy, cost = _score(confidence, correct, costs, [threshold] * (len(proba) - 1))
+            rows.append({"threshold": float(threshold), "accuracy": float(accuracy), "mean_cost": float(cost)})
+        return rows
+
+
+def _exit_stage(confidence: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """`confidence` `[K, N]` -> the first stage whose confidence reaches its threshold (else the last)."""
+    stages = len(confidence)
+    reached = confidence[:-1] >= np.asarray(thresholds)[:, None]  # [K-1, N]
+    reached = np.vstack([reached, np.ones((1, confidence.shape[1]), dtype=bool)])
+    return reached.argmax(0).astype(np.int64) if stages > 1 else np.zeros(confidence.shape[1], dtype=np.int64)
+
+
+def _score(confidence, correct, costs, thresholds) -> tuple[float, float]:
+    stage = _exit_stage(confidence, thresholds)
+    columns = np.arange(confidence.shape[1])
+    return correct[stage, columns].mean(), np.cumsum(costs)[stage].mean()
+
+
+def _search(confidence, correct, costs, target: float | None, budget: float | None) -> list[float]:
+    """The best thresholds among each stage's candidates: every combination when there are at most
+    `EXHAUSTIVE` of them (always for two or three models), else coordinate descent from the exhaustive
+    answer's corner (all thresholds 1)."""
+    grids = [np.unique(np.concatenate([np.quantile(c, np.linspace(0, 1, GRID)), [0.0, 1.0]])) for c in confidence[:-1]]
+
+    def key(thresholds):
+        accuracy, cost = _score(confidence, correct, costs, thresholds)
+        if target is not None:  # reach the target, then be cheap; short of it, get closer
+            return (1, -cost, accuracy) if accuracy >= target - 1e-12 else (0, accuracy, -cost)
+        return (1, accuracy, -cost) if cost <= budget + 1e-12 else (0, -cost, accuracy)
+
+    if np.prod([len(g) for g in grids], dtype=np.float64) <= EXHAUSTIVE:
+        thresholds = list(max(itertools.product(*grids), key=key))
+    else:
+        thresholds = [1.0] * len(grids)
+        improved = True
+        while improved:
+            improved = False
+            for k, grid in enumerate(grids):
+                for candidate in grid:
+                    trial = thresholds[:k] + [float(candidate)] + thresholds[k + 1 :]
+                    if key(trial) > key(thresholds):
+                        thresholds, improved = trial, True
+    thresholds = [float(t) for t in thresholds]
+    if key(thresholds)[0] == 0:
+        reached, cost = _score(confidence, correct, costs, thresholds)
+        goal = f"validation accuracy {target:.4f}" if target is not None else f"mean cost {budget}"
+        raise InvalidInputError(
+            f"no thresholds reach {goal}; the best found gives accuracy {reached:.4f} at mean cost {cost:.3g}"
+        )
+    return thresholds
+
+
+class Chained(nn.Module):
+    """Sequential fusion: `second(concat(x, first(x)))`, the first model's output (or the features of its
+    module `at`) appended to the input (or alone, with `pass_input=False`).
+
+    Args:
+        first: the earlier model (frozen by default, and kept in eval mode then).
+        second: the later model, or a function of its input width that builds it.
+        example_input: a small batch, for the widths.
+    """
+
+    def __init__(
+        self,
+        first: nn.Module,
+        second: nn.Module | Callable[[int], nn.Module],
+        example_input: torch.Tensor,
+        *,
+        at: str | None = None,
+        pass_input: bool = True,
+        freeze_first: bool = True,
+    ) -> None:
+        super().__init__()
+        first = copy.deepcopy(first)  # freezing it leaves the caller's model alone
+        self.first = truncate(first, at) if at is not None else first
+        self.pass_input = pass_input
+        self.frozen = freeze_first
+        if freeze_first:
+            freeze([self.first])
+        width = output_width(self.first, example_input, "the first model") + (
+            example_input[0].numel() if pass_input else 0
+        )
+        self.second = second if isinstance(second, nn.Module) else second(width)
+        self.in_width = width
+
+    def train(self, mode: bool = True) -> Chained:
+        super().train(mode)
+        if self.frozen:
+            self.first.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [x.flatten(1)] if self.pass_input else []
+        parts.append(self.first(x).flatten(1))
+        return self.second(torch.cat(parts, dim=1))
+
+
+def plot_cascade_curve(
+    curves: dict[str, list[dict[str, float]]], path: str | os.PathLike, *, title: str = "Cascade"
+) -> Path:
+    """Accuracy against mean cost per sample, one line per curve name, saved as an image (needs the
+    `report` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingExtraError("plotting needs matplotlib: pip install 'modelfusion[report]'") from None
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for name, rows in curves.items():
+        axes.plot([r["mean_cost"] for r in rows], [r["accuracy"] * 100 for r in rows], marker=".", label=name)
+    axes.set(xlabel="mean cost per sample", ylabel="accuracy %", title=title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return path

@@ -1,0 +1,72 @@
+"""Model splicing: a trained backbone cut at a named layer, with a new head on top."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .._modules import output_width, truncate
+from ..errors import CheckpointError, InvalidInputError
+from ..io.factory import TRUSTED_FACTORY_PREFIXES, build_model
+
+__all__ = ["Spliced", "splice", "spliced_model"]
+
+
+class Spliced(nn.Module):
+    """`head(backbone(x))`: a plain module whose state dict keys start with `backbone.` and `head.`."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def splice(
+    backbone: nn.Module,
+    head: int | nn.Module | Callable[[int], nn.Module],
+    *,
+    at: str,
+    example_input: torch.Tensor,
+) -> Spliced:
+    """Cut a copy of `backbone` after its module `at` and attach `head`.
+
+    Args:
+        backbone: a trained model (left unchanged: the spliced model holds a copy).
+        head: the number of outputs (a new `Flatten + Linear`), a function of the cut's flattened width that
+            returns the head, or a ready module.
+        at: the name of the last module kept (as in `backbone.named_modules()`); an unknown name lists them.
+        example_input: a small batch the backbone accepts; the head's input width comes from a dry forward.
+
+    Example:
+        >>> model = splice(pretrained_cnn, 5, at="9", example_input=data.train.X[:4])
+    """
+    trunk = truncate(copy.deepcopy(backbone), at)
+    width = output_width(trunk, example_input, f"the backbone cut at {at!r}")
+    if isinstance(head, int):
+        head = nn.Sequential(nn.Flatten(), nn.Linear(width, head))
+    elif not isinstance(head, nn.Module):
+        head = head(width)
+    model = Spliced(trunk, head)
+    try:
+        output_width(model, example_input, "the spliced model")
+    except InvalidInputError as err:
+        raise InvalidInputError(f"the head does not take the cut's output (flattened width {width}): {err}") from None
+    return model
+
+
+def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs: int, in_features: int) -> Spliced:
+    """A factory for checkpoints of spliced models (`modelfusion.features.splice:spliced_model`): rebuilds the
+    backbone from its own factory, cuts it and adds a `num_outputs` head, so `load_member` restores the
+    weights. The backbone factory must be one of ours: a checkpoint never names code to run."""
+    if not backbone.startswith(TRUSTED_FACTORY_PREFIXES):
+        raise CheckpointError(
+            f"a spliced checkpoint names the backbone factory {backbone!r}, which is not trusted; rebuild it with "
+            "splice(your_backbone, ...) and load the weights with load_state_dict"
+        )
+    return splice(build_model(backbone, backbone_kwargs), num_outputs, at=at, example_input=torch.zeros(2, in_features))
