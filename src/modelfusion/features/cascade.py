@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._atomic import atomic_path
 from .._modules import freeze, output_width, truncate
-from ..errors import ConfigError, InvalidInputError, MissingExtraError, NotFittedError
+from ..errors import ConfigError, InvalidInputError, NotFittedError
 from ..members import as_member
 from ..predictions import Predictions
+from ..report.plots import pyplot, save_figure
 
 __all__ = ["Cascade", "CascadeResult", "Chained", "plot_cascade_curve"]
 
@@ -272,21 +272,11 @@ def plot_cascade_curve(
 ) -> Path:
     """Accuracy against mean cost per sample, one line per curve name, saved as an image (needs the
     `report` extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MissingExtraError("plotting needs matplotlib: pip install 'modelfusion[report]'") from None
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(5, 3.5))
     for name, rows in curves.items():
         axes.plot([r["mean_cost"] for r in rows], [r["accuracy"] * 100 for r in rows], marker=".", label=name)
     axes.set(xlabel="mean cost per sample", ylabel="accuracy %", title=title)
     axes.grid(alpha=0.3)
     axes.legend()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

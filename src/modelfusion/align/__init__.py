@@ -1,0 +1,29 @@
+"""Permutation alignment: reorder the hidden units of models trained apart so that averaging their weights
+works, with the permutation spec derived from the model's graph; REPAIR; interpolation curves and barriers."""
+
+from .api import MATCHERS, AlignResult, align
+from .interpolation import barriers, interpolated_model, interpolation_curve, lerp_state, plot_interpolation
+from .matching import activation_matching, capture_activations, weight_matching
+from .repair import repair, reset_batchnorm
+from .spec import PermutationSpec, Segment, derive_spec, permute, random_permutations
+
+__all__ = [
+    "align",
+    "AlignResult",
+    "MATCHERS",
+    "PermutationSpec",
+    "Segment",
+    "derive_spec",
+    "permute",
+    "random_permutations",
+    "weight_matching",
+    "activation_matching",
+    "capture_activations",
+    "repair",
+    "reset_batchnorm",
+    "lerp_state",
+    "interpolated_model",
+    "interpolation_curve",
+    "barriers",
+    "plot_interpolation",
+]

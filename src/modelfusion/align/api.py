@@ -1,0 +1,126 @@
+"""`align`: permute models trained apart into one reference's unit order, so their weights can be averaged."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
+from ..registry import Registry
+from .matching import activation_matching, weight_matching
+from .spec import PermutationSpec, derive_spec, permute
+
+__all__ = ["MATCHERS", "align", "AlignResult"]
+
+MATCHERS: Registry = Registry("alignment method")
+MATCHERS.register("weight_matching")(weight_matching)
+MATCHERS.register("activation_matching")(activation_matching)
+
+
+@dataclass
+class AlignResult:
+    """Aligned copies of the models (the first is the reference, unchanged), the permutation applied to each
+    (group -> order; identity for the reference), the spec, and the seconds spent matching."""
+
+    models: list[nn.Module]
+    perms: list[dict[str, torch.Tensor]]
+    spec: PermutationSpec
+    seconds: float
+    rounds: int = 0
+
+
+def _mean_state(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {
+        k: torch.stack([s[k].double() for s in states]).mean(0) if v.is_floating_point() else v
+        for k, v in states[0].items()
+    }
+
+
+def align(
+    models: Sequence[nn.Module],
+    *,
+    method: str = "weight_matching",
+    X: torch.Tensor | None = None,
+    spec: PermutationSpec | dict | None = None,
+    target: str = "reference",
+    seed: int = 0,
+    max_rounds: int = 10,
+) -> AlignResult:
+    """Align every model to the first one's unit order; the models passed in are never changed.
+
+    Args:
+        models: two or more models of one architecture.
+        method: "weight_matching" (Ainsworth et al., 2022) or "activation_matching" (needs `X`).
+        X: a batch of inputs: the example for deriving the spec, and the data for activation matching.
+        spec: a `PermutationSpec` (or its dict form); derived from the first model's graph when None.
+        target: "reference" (each model matched to the first), or "average" (weight matching only: each model
+            matched in turn to the mean of all the others, repeated until no permutation changes or
+            `max_rounds`; the first model's order is kept).
+        seed: orders the groups in weight matching's coordinate descent.
+
+    Returns:
+        An `AlignResult`; merge its `models` with `modelfusion.merge.merge_state_dicts` or `interpolated_model`.
+
+    Example:
+        >>> aligned = align([model_a, model_b], X=data.train.X[:512])
+        >>> merged = merge_state_dicts(aligned.models, "linear")
+    """
+    MATCHERS[method]  # an unknown name fails here, listing the valid ones
+    if len(models) < 2:
+        raise InvalidInputError(f"alignment needs at least two models, got {len(models)}")
+    if target not in ("reference", "average"):
+        raise ConfigError(f"target must be 'reference' or 'average', got {target!r}")
+    if target == "average" and method != "weight_matching":
+        raise ConfigError("target='average' matches weights to an averaged model: use method='weight_matching'")
+    if method == "activation_matching" and X is None:
+        raise ConfigError("activation matching needs inputs X to compute activations on")
+    if isinstance(spec, dict):
+        spec = PermutationSpec.from_dict(spec)
+    if spec is None:
+        if X is None:
+            raise ConfigError("deriving the permutation spec needs an example batch X (or pass spec=...)")
+        spec = derive_spec(models[0], X)
+    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+    shapes = [{k: tuple(v.shape) for k, v in s.items()} for s in states]
+    for i, other in enumerate(shapes[1:], start=1):
+        if other != shapes[0]:
+            differing = sorted(k for k in set(other) | set(shapes[0]) if other.get(k) != shapes[0].get(k))
+            raise IncompatibleModelsError(
+                f"model {i} does not have model 0's architecture (tensors differ: {differing[:5]}); alignment "
+                "permutes units of one architecture"
+            )
+    spec.check(states[0])
+
+    started = time.perf_counter()
+    identity = {g: torch.arange(n) for g, n in spec.groups.items()}
+    perms = [identity] + [None] * (len(models) - 1)
+    for i in range(1, len(models)):
+        if method == "weight_matching":
+            perms[i] = weight_matching(spec, states[0], states[i], seed=seed + i)
+        else:
+            perms[i] = activation_matching(spec, models[0], models[i], X)
+    rounds = 0
+    if target == "average":
+        generator = torch.Generator().manual_seed(seed)
+        for rounds in range(1, max_rounds + 1):
+            changed = False
+            for i in (torch.randperm(len(models) - 1, generator=generator) + 1).tolist():
+                others = [permute(states[j], spec, perms[j]) for j in range(len(models)) if j != i]
+                new = weight_matching(spec, _mean_state(others), states[i], seed=seed + rounds * 100 + i)
+                if any(not torch.equal(new[g], perms[i][g]) for g in new):
+                    perms[i], changed = new, True
+            if not changed:
+                break
+    seconds = time.perf_counter() - started
+
+    aligned = []
+    for model, state, perm in zip(models, states, perms, strict=True):
+        copied = copy.deepcopy(model)
+        copied.load_state_dict(permute(state, spec, perm))
+        aligned.append(copied)
+    return AlignResult(aligned, perms, spec, seconds, rounds)

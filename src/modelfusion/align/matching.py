@@ -1,0 +1,145 @@
+"""Finding the permutations: by weights (Ainsworth et al., 2022) or by activations (correlation of units)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from ..errors import ConfigError
+from .spec import PermutationSpec, axis_index
+
+__all__ = ["weight_matching", "activation_matching", "capture_activations"]
+
+
+def _unit_rows(tensor: torch.Tensor, dim: int, segment_offset: int, segment) -> torch.Tensor:
+    """`[units, everything else]`: one row per unit of `segment` along `dim` (its `inner` entries folded in)."""
+    part = tensor.narrow(dim, segment_offset, segment.length).movedim(dim, 0)
+    return part.reshape(segment.size, -1)
+
+
+def _similarity(
+    spec: PermutationSpec,
+    group: str,
+    reference: Mapping[str, torch.Tensor],
+    other: Mapping[str, torch.Tensor],
+    perms: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
+    """`S[i, j]`: how well unit j of `other` matches unit i of `reference`, summed over every axis of `group`,
+    with `other`'s other axes already permuted by `perms`."""
+    n = spec.groups[group]
+    total = torch.zeros(n, n, dtype=torch.float64)
+    for name, dim in spec.axes_of(group):
+        a, b = reference[name].double(), other[name].double()
+        for other_dim, axis in enumerate(spec.axes[name]):
+            if axis is not None:
+                b = b.index_select(other_dim, axis_index(axis, perms, skip=group if other_dim == dim else None))
+        offset = 0
+        for segment in spec.axes[name][dim]:
+            if segment.group == group:
+                total += _unit_rows(a, dim, offset, segment) @ _unit_rows(b, dim, offset, segment).T
+            offset += segment.length
+    return total
+
+
+def _assign(similarity: torch.Tensor) -> torch.Tensor:
+    _, columns = linear_sum_assignment(similarity.numpy(), maximize=True)
+    return torch.as_tensor(columns, dtype=torch.int64)
+
+
+def weight_matching(
+    spec: PermutationSpec,
+    reference: Mapping[str, torch.Tensor],
+    other: Mapping[str, torch.Tensor],
+    *,
+    seed: int = 0,
+    max_rounds: int = 100,
+) -> dict[str, torch.Tensor]:
+    """Permutations of `other`'s units that best match `reference`'s weights (Ainsworth, Hayase and
+    Srinivasa, 2022, "Git Re-Basin", weight matching).
+
+    Coordinate descent: each group in turn (random order, seeded) solves a linear assignment
+    (`scipy.optimize.linear_sum_assignment`) on the inner products of its units' weights, with the other groups
+    held fixed, until a whole round improves nothing.
+
+    Returns:
+        group -> permutation (new unit i of `other` is its old unit `perm[i]`); apply with `permute`.
+    """
+    spec.check(reference)
+    spec.check(other)
+    perms = {g: torch.arange(n) for g, n in spec.groups.items()}
+    generator = torch.Generator().manual_seed(seed)
+    names = list(spec.groups)
+    for _ in range(max_rounds):
+        improved = False
+        for index in torch.randperm(len(names), generator=generator).tolist():
+            group = names[index]
+            similarity = _similarity(spec, group, reference, other, perms)
+            candidate = _assign(similarity)
+            rows = torch.arange(len(candidate))
+            gain = similarity[rows, candidate].sum() - similarity[rows, perms[group]].sum()
+            if gain > 1e-12 * max(1.0, similarity.abs().max().item()):
+                perms[group], improved = candidate, True
+        if not improved:
+            break
+    return perms
+
+
+def capture_activations(
+    model: nn.Module, spec: PermutationSpec, X: torch.Tensor, batch_size: int = 512
+) -> dict[str, list[torch.Tensor]]:
+    """Per group, the activations `[samples * positions, units]` at each of its tap nodes."""
+    if not spec.taps:
+        raise ConfigError("activation matching needs the spec's taps (derive_spec records them); add 'taps'")
+    graph_module = torch.fx.symbolic_trace(model)
+    wanted = {node: group for group, nodes in spec.taps.items() for node in nodes}
+    known = {n.name for n in graph_module.graph.nodes}
+    missing = sorted(set(wanted) - known)
+    if missing:
+        raise ConfigError(f"spec taps {missing} are not nodes of the model's fx graph")
+    captured: dict[str, list[torch.Tensor]] = {node: [] for node in wanted}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in wanted:
+                captured[n.name].append(out.detach().movedim(1, -1).reshape(-1, out.shape[1]).double())
+            return out
+
+    was_training = model.training
+    graph_module.eval()
+    with torch.no_grad():
+        for start in range(0, len(X), batch_size):
+            Recorder(graph_module).run(X[start : start + batch_size])
+    model.train(was_training)
+    by_group: dict[str, list[torch.Tensor]] = {}
+    for node, group in wanted.items():
+        by_group.setdefault(group, []).append(torch.cat(captured[node]))
+    return by_group
+
+
+def _standardized(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(0)) / (x.std(0) + 1e-8)
+
+
+def activation_matching(
+    spec: PermutationSpec, reference: nn.Module, other: nn.Module, X: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Permutations of `other`'s units that best match `reference`'s by the correlation of their activations
+    on `X` (Li et al., 2015, "Convergent learning"; Ainsworth et al., 2022, activation matching): per group,
+    a linear assignment on the correlation matrix summed over the group's tap nodes.
+    """
+    acts_reference = capture_activations(reference, spec, X)
+    acts_other = capture_activations(other, spec, X)
+    perms = {g: torch.arange(n) for g, n in spec.groups.items()}
+    for group in spec.groups:
+        if group not in acts_reference:
+            continue  # no tap: the group keeps its order (weight matching can still place it)
+        correlation = sum(
+            _standardized(a).T @ _standardized(b) / len(a)
+            for a, b in zip(acts_reference[group], acts_other[group], strict=True)
+        )
+        perms[group] = _assign(torch.nan_to_num(correlation))
+    return perms
