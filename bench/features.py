@@ -3,9 +3,10 @@
     .venv/bin/python bench/features.py [--parts transfer,fusion,cascade] [--seeds 5] [--out FILE.json]
                                        [--plot docs/cascade.png]
 
-transfer: a 2-D CNN pretrained on digits 0-4 (train split) learns digits 5-9 from 10 labelled samples per
-    class (validation: another 10 per class from the validation split; test: every 5-9 test sample), from
-    scratch or by each `finetune` schedule; the same epochs everywhere.
+transfer: a 2-D CNN pretrained on digits 0-4 (train split) learns digits 5-9 from 10 (and 3) labelled
+    samples per class (validation: as many again from the validation split; test: every 5-9 test sample),
+    from scratch or spliced after its conv blocks with a new head and trained by each `finetune` schedule;
+    the same epochs everywhere.
 fusion: a CNN and an MLP trained apart on the train split, then fused with frozen backbones (each one's last
     hidden layer projected to 64 and fused by attention, concatenation, gating or sum, with a new linear
     head trained on the train split), against output averaging and each model alone; digits and mnist1d.
@@ -71,7 +72,7 @@ def subset(split: Split, classes: range, per_class: int | None, seed: int) -> Sp
     return Split(split.name, split.X[keep], split.y[keep] - classes.start)
 
 
-def transfer(seeds: int, epochs: int) -> dict:
+def transfer(seeds: int, epochs: int, shots: int) -> dict:
     results: dict[str, list] = {}
     for seed in range(seeds):
         data = load_dataset("digits", seed=seed)
@@ -86,14 +87,15 @@ def transfer(seeds: int, epochs: int) -> dict:
             seed=seed,
             cosine=True,
         )
-        train, val = subset(data.train, new, 10, seed), subset(data.val, new, 10, seed + 1000)
+        train, val = subset(data.train, new, shots, seed), subset(data.val, new, shots, seed + 1000)
         test = subset(data.test, new, None, seed)
         torch.manual_seed(seed)
         scratch = train_model(cnn2d(num_outputs=5), train, val, epochs=epochs, lr=LR, seed=seed, cosine=True)
         results.setdefault("from scratch", []).append(correct_of(scratch, test))
         for schedule in SCHEDULES:
             torch.manual_seed(seed)
-            model = splice(pretrained, 5, at="10", example_input=train.X[:2])  # new head after the hidden ReLU
+            # cut after the conv blocks (the flattened 64 x 4 x 4 maps): they transfer; the hidden layer is 0-4's
+            model = splice(pretrained, 5, at="8", example_input=train.X[:2])
             finetune(model, train, val, schedule=schedule, epochs=epochs, lr=LR, seed=seed)
             results.setdefault(schedule, []).append(correct_of(model, test))
         print(f"transfer seed {seed}: " + ", ".join(f"{k} {v[-1].mean():.3f}" for k, v in results.items()), flush=True)
@@ -195,7 +197,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="transfer,fusion,cascade")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--transfer-epochs", type=int, default=60)
+    parser.add_argument("--transfer-epochs", type=int, default=100)
+    parser.add_argument("--shots", default="10,3", help="labels per class for the new digits")
     parser.add_argument("--fusion-epochs", type=int, default=30)
     parser.add_argument("--out", help="write every figure here as JSON")
     parser.add_argument("--plot", help="save the cascade curves here (PNG)")
@@ -203,14 +206,14 @@ def main() -> None:
     parts = args.parts.split(",")
     torch.set_num_threads(2)
     report, lines = {}, []
-    if "transfer" in parts:
-        report["transfer"] = transfer(args.seeds, args.transfer_epochs)
+    for shots in [int(s) for s in args.shots.split(",")] if "transfer" in parts else []:
+        report[f"transfer {shots}-shot"] = transfer(args.seeds, args.transfer_epochs, shots)
         lines += [
-            f"\n### Transfer: digits 0-4 -> 5-9 from 10 labels per class ({args.seeds} seeds, "
+            f"\n### Transfer: digits 0-4 -> 5-9 from {shots} labels per class ({args.seeds} seeds, "
             f"{args.transfer_epochs} epochs)\n",
             "| regime | test accuracy % (mean ± std) | pooled 95% CI |",
             "|---|---|---|",
-        ] + [row(name, s) for name, s in report["transfer"].items()]
+        ] + [row(name, s) for name, s in report[f"transfer {shots}-shot"].items()]
     if "fusion" in parts:
         for dataset in ("digits", "mnist1d"):
             report[f"fusion {dataset}"] = fusion(dataset, args.seeds, args.fusion_epochs)
