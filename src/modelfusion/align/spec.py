@@ -282,6 +282,11 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
             raise unsupported(node, f"{what} on flattened channels")
         return segs
 
+    def reshaped(segs: list[_Seg], in_shape, out_shape, node) -> list[_Seg]:
+        if all(groups.find(g) == 0 for g, _, _ in segs):  # unpermuted units may be reshaped at will
+            return [(0, out_shape[1], 1)]
+        return _flattened(segs, in_shape, out_shape, node, unsupported)
+
     def tensor_args(node) -> list[torch.fx.Node]:
         return [a for a in node.args if isinstance(a, torch.fx.Node) and a in state]
 
@@ -327,6 +332,7 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
                 if module.bias is not None:
                     raw_axes[prefix + "bias"] = [[(out, module.out_features, 1)]]
                 state[node] = [(out, module.out_features, 1)]
+                taps.setdefault(out, []).append(node.name)
             elif isinstance(module, nn.modules.conv._ConvNd):
                 if module.groups != 1:
                     raise unsupported(node, f"a grouped convolution (groups={module.groups})")
@@ -338,6 +344,7 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
                 if module.bias is not None:
                     raw_axes[prefix + "bias"] = [[(out, module.out_channels, 1)]]
                 state[node] = [(out, module.out_channels, 1)]
+                taps.setdefault(out, []).append(node.name)
             elif isinstance(module, _BATCHNORMS) or (
                 isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1 and len(node_shape) == 2
             ):
@@ -354,12 +361,8 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
             elif isinstance(module, _CHANNELWISE_MODULES):
                 state[node] = incoming
                 taps.setdefault(_single(incoming), []).append(node.name)
-            elif isinstance(module, nn.Flatten):
-                state[node] = _flattened(incoming, shape(arg), node_shape, node, unsupported)
-            elif isinstance(module, nn.Unflatten):
-                if any(groups.find(g) != 0 for g, _, _ in incoming):
-                    raise unsupported(node, "Unflatten of permuted units")
-                state[node] = [(0, node_shape[1], 1)]
+            elif isinstance(module, (nn.Flatten, nn.Unflatten)):
+                state[node] = reshaped(incoming, shape(arg), node_shape, node)
             elif any(True for _ in module.parameters(recurse=False)):
                 raise unsupported(node, f"module {type(module).__name__} with its own parameters")
             else:
@@ -376,8 +379,8 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
             elif target in _CHANNELWISE_FUNCTIONS or target in _CHANNELWISE_METHODS:
                 state[node] = state[inputs[0]]
                 taps.setdefault(_single(state[node]), []).append(node.name)
-            elif target in (torch.flatten, "flatten", "view", "reshape"):
-                state[node] = _flattened(state[inputs[0]], shape(inputs[0]), node_shape, node, unsupported)
+            elif target in (torch.flatten, torch.reshape, "flatten", "view", "reshape"):
+                state[node] = reshaped(state[inputs[0]], shape(inputs[0]), node_shape, node)
             elif target is torch.cat:
                 dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
                 if dim not in (1, -len(node_shape) + 1):
