@@ -98,7 +98,8 @@ def transfer(seeds: int, epochs: int, shots: int) -> dict:
             model = splice(pretrained, 5, at="8", example_input=train.X[:2])
             finetune(model, train, val, schedule=schedule, epochs=epochs, lr=LR, seed=seed)
             results.setdefault(schedule, []).append(correct_of(model, test))
-        print(f"transfer seed {seed}: " + ", ".join(f"{k} {v[-1].mean():.3f}" for k, v in results.items()), flush=True)
+        progress = ", ".join(f"{k} {v[-1].mean():.3f}" for k, v in results.items())
+        print(f"transfer {shots}-shot seed {seed}: {progress}", flush=True)
     return {name: summary(c) for name, c in results.items()}
 
 
