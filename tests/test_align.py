@@ -228,3 +228,40 @@ def test_several_models_align_to_a_reference_or_to_the_running_average(digits):
         assert len(result.models) == 3 and all(sorted(p["P_0"].tolist()) == list(range(16)) for p in result.perms)
     with pytest.raises(ConfigError, match="use method='weight_matching'"):
         align(models, X=digits.train.X[:64], target="average", method="activation_matching")
+
+
+def test_align_command_and_the_align_option_of_merge_configs(two_mlps, digits, tmp_path):
+    from typer.testing import CliRunner
+
+    from modelfusion.cli import app
+    from modelfusion.io import load_member, save_member
+    from modelfusion.members import TorchMember
+    from modelfusion.merge import merge
+
+    kwargs = {"in_features": 64, "num_outputs": 10, "hidden": [64]}
+    paths = [
+        save_member(
+            TorchMember(m, name=f"m{i}", factory="modelfusion.models:mlp", factory_kwargs=kwargs), tmp_path / f"m{i}"
+        )
+        for i, m in enumerate(two_mlps)
+    ]
+    out = tmp_path / "m1_aligned.safetensors"
+    result = CliRunner().invoke(app, ["align", str(paths[0]), str(paths[1]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "aligned 1 unit groups by weight_matching" in result.output and "naive" in result.output
+    aligned = load_member(out)
+    assert aligned.name == "m1"  # the same model, its units reordered: same predictions
+    torch.testing.assert_close(aligned.predict(digits.val.X), load_member(paths[1]).predict(digits.val.X))
+
+    def merged_loss(extra: str) -> float:
+        config = tmp_path / "merge.yaml"
+        config.write_text(
+            f"merge_method: linear\nmodels:\n  - model: m0.safetensors\n  - model: m1.safetensors\n{extra}"
+        )
+        merge(config, tmp_path / "merged", progress=False)
+        merged = load_member(tmp_path / "merged" / "model.safetensors")
+        return F.cross_entropy(merged.predict(digits.val.X), digits.val.y).item()
+
+    assert merged_loss("align: {method: weight_matching, dataset: digits}\n") < merged_loss("")
+    with pytest.raises(ConfigError, match="unknown key 'align.metod'"):
+        merged_loss("align: {metod: weight_matching}\n")

@@ -300,6 +300,39 @@ def distill(
 
 
 @_command
+def align(
+    reference: Annotated[Path, typer.Argument(help="the model whose unit order is kept (a saved torch member)")],
+    other: Annotated[Path, typer.Argument(help="the model to permute into that order (same architecture)")],
+    out: Annotated[Path, typer.Option(help="where to save the aligned copy of OTHER (.safetensors)")],
+    dataset: Annotated[str, typer.Option(help="embedded dataset: inputs for the spec and activations")] = "digits",
+    seed: Annotated[int, typer.Option(help="seed of the split and of the matching order")] = 0,
+    method: Annotated[str, typer.Option(help="weight_matching or activation_matching")] = "weight_matching",
+    samples: Annotated[int, typer.Option(help="training samples used for the spec and activations")] = 1024,
+) -> None:
+    """Permute OTHER's hidden units into REFERENCE's order (same function), so that averaging works.
+
+    Python: `modelfusion.align.align([model_a, model_b], X=...)` (`align_checkpoints` for files).
+    """
+    from .align import align_checkpoints, interpolated_model
+    from .datasets import load_dataset
+    from .io import load_member
+
+    data = load_dataset(dataset, seed=seed)
+    _, result = align_checkpoints([reference, other], [None, out], data.train.X[:samples], method=method, seed=seed)
+
+    def midpoint_accuracy(b) -> float:
+        model = interpolated_model(result.models[0], b, 0.5)
+        return (model(data.val.X).argmax(1) == data.val.y).float().mean().item()
+
+    console.print(
+        f"aligned {len(result.spec.groups)} unit groups by {method} in {result.seconds:.2f} s -> {out}\n"
+        f"validation accuracy of the 50/50 average: naive {midpoint_accuracy(load_member(other).module):.3f}, "
+        f"aligned {midpoint_accuracy(result.models[1]):.3f}",
+        highlight=False,
+    )
+
+
+@_command
 def evaluate(
     predictions: Annotated[Path, typer.Argument(help="a saved Predictions file (from `modelfusion predict`)")],
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,

@@ -2,6 +2,7 @@
 works, with the permutation spec derived from the model's graph; REPAIR; interpolation curves and barriers."""
 
 from .api import MATCHERS, AlignResult, align
+from .files import align_checkpoints
 from .interpolation import barriers, interpolated_model, interpolation_curve, lerp_state, plot_interpolation
 from .matching import activation_matching, capture_activations, weight_matching
 from .repair import repair, reset_batchnorm
@@ -9,6 +10,7 @@ from .spec import PermutationSpec, Segment, derive_spec, permute, random_permuta
 
 __all__ = [
     "align",
+    "align_checkpoints",
     "AlignResult",
     "MATCHERS",
     "PermutationSpec",

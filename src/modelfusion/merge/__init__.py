@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-from .config import MergeConfig, load_config
+from .config import AlignOptions, MergeConfig, load_config
 from .engine import Checkpoint, MergePlan, merge_checkpoints
 from .methods import METHODS
 from .soups import GreedySoup, greedy_soup, uniform_soup
@@ -45,6 +46,28 @@ def merge(
         root = Path(config).resolve().parent
         config = load_config(config)
     models, base, params = config.resolve(root)
+    if config.align is not None and not dry_run:
+        with tempfile.TemporaryDirectory() as folder:
+            models, base = _aligned(models, base, config.align, Path(folder))
+            return _run(config, models, base, params, out_dir, dry_run, progress)
+    return _run(config, models, base, params, out_dir, dry_run, progress)
+
+
+def _aligned(
+    models: list[Path], base: Path | None, options: AlignOptions, folder: Path
+) -> tuple[list[Path], Path | None]:
+    """Aligned copies of the models (and base) in `folder`; the base, else the first model, is the reference."""
+    from ..align import align_checkpoints
+    from ..datasets import load_dataset
+
+    inputs = ([base] if base is not None else []) + models
+    outs = [folder / f"{i}_{p.name}" for i, p in enumerate(inputs)]
+    X = load_dataset(options.dataset, seed=options.seed).train.X[: options.samples]
+    written, _ = align_checkpoints(inputs, outs, X, method=options.method, target=options.target, seed=options.seed)
+    return (written[1:], written[0]) if base is not None else (written, None)
+
+
+def _run(config, models, base, params, out_dir, dry_run: bool, progress: bool) -> MergePlan:
     return merge_checkpoints(
         models,
         out_dir,

@@ -12,6 +12,9 @@ parameters: {normalize: true}
 dtype: float32
 ```
 
+Our one extension, for models trained apart: `align: {method: weight_matching, dataset: digits}` permutes
+every model into the first one's unit order first.
+
 Existing mergekit configs with these keys run unchanged. What we do not support yet (`slices`,
 per-layer gradients of a parameter, tokenizer surgery) is refused with a clear message; unknown keys are
 errors that name the key.
@@ -29,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from ..errors import ConfigError
 from .methods import METHODS
 
-__all__ = ["MergeConfig", "ModelEntry", "load_config"]
+__all__ = ["MergeConfig", "ModelEntry", "AlignOptions", "load_config"]
 
 # mergekit's name for a parameter -> ours, where they differ.
 _RENAMED = {"lambda": "lambda_"}
@@ -55,8 +58,21 @@ class ModelEntry(BaseModel):
         return _check_scalars(value)
 
 
+class AlignOptions(BaseModel):
+    """`align:` permute every model into the first one's (or the base's) unit order before merging
+    (`modelfusion.align`); the models are saved torch members, loaded in memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["weight_matching", "activation_matching"] = "weight_matching"
+    dataset: str = "digits"
+    samples: int = 1024
+    seed: int = 0
+    target: Literal["reference", "average"] = "reference"
+
+
 class MergeConfig(BaseModel):
-    """A merge: method, models, base, parameters and output dtype."""
+    """A merge: method, models, base, parameters and output dtype (and, our extension, `align`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -68,6 +84,7 @@ class MergeConfig(BaseModel):
     out_dtype: Literal["float32", "float16", "bfloat16"] | None = None
     random_seed: int = 0
     shard_size: str | int = "5GB"
+    align: AlignOptions | None = None
 
     @field_validator("merge_method")
     @classmethod

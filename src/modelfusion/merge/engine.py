@@ -24,6 +24,7 @@ from rich.console import Console
 from .._atomic import atomic_dir, jsonable
 from .._progress import progress_bar
 from ..errors import CheckpointError, ConfigError
+from ..io.loading import METADATA_KEY as MEMBER_KEY
 from .compat import TensorInfo, check_compatible, compatibility_problems
 from .methods import METHODS, takes_seed, task_arithmetic_blocks, task_arithmetic_options
 from .state_dicts import tensor_seed
@@ -118,6 +119,10 @@ class Checkpoint:
             dtype = tensor_slice.get_dtype()
             info[name] = (tuple(tensor_slice.get_shape()), _SAFETENSORS_DTYPES.get(dtype, dtype.lower()))
         return info
+
+    def metadata(self) -> dict[str, str]:
+        """The `__metadata__` of the (first) file's header."""
+        return dict(next(iter(self._handles.values())).metadata() or {})
 
     def read(self, name: str, rows: slice | None = None) -> torch.Tensor:
         """The tensor `name`, or only its rows `rows` (read from the memory map, not the whole tensor)."""
@@ -353,6 +358,8 @@ def merge_checkpoints(
             dtype = DTYPES[out_dtype]
         layout[name] = (shape, dtype)
     metadata = {"format": "pt", "modelfusion.merge": json.dumps({"method": method, "params": jsonable(params)})}
+    # a saved member's description (name, task, factory) carries over, so `load_member` reads the merge back
+    metadata.update({k: v for k, v in next(iter(labelled.values())).metadata().items() if k == MEMBER_KEY})
     with atomic_dir(out_dir) as tmp, progress_bar(progress) as bar:
         writer = _StreamingWriter(tmp, layout, parse_size(shard_size), metadata)
         task = bar.add_task(f"merging ({method})", total=len(reference))
