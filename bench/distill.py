@@ -1,6 +1,7 @@
 """How much of an ensemble's gain a distilled student recovers, per loss and per student.
 
     .venv/bin/python bench/distill.py [--datasets mnist1d,digits] [--seeds 5] [--epochs 150] [--out FILE.json]
+                                      [--losses hinton,mse,hinton+hints|none] [--torchdistill]
 
 Per dataset and seed: five teachers (mnist1d: the paper's 1-D CNN; digits: MLP 64-128-10) trained on the
 train split with AdamW + cosine; their mean-probability ensemble; per student (mnist1d: the same 1-D CNN and
@@ -13,6 +14,11 @@ first student, never on test, and then used for every seed and student. Reported
 (mean ± std over seeds and the 95% bootstrap CI of the pooled accuracy), NLL, ECE; the recovered fraction
 (distilled - lone) / (ensemble - lone) of the seed means with a 95% CI from a paired bootstrap of each
 seed's test samples; and the exact McNemar test of distilled against lone, pooled over seeds.
+
+With --torchdistill, torchdistill's own DistillationBox and KDLoss distill the same teachers into the same
+student on the same split with the same optimizer, schedule and epochs (bench/torchdistill_runner.py, in
+bench/.venv-torchdistill, created here); the same seeds give the same teachers and lone students, so a run
+with `--losses none --torchdistill` adds that row to an earlier run's table.
 """
 
 from __future__ import annotations
@@ -20,16 +26,22 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from reference_venvs import ROOT, ensure_venv
 
 from modelfusion.datasets import load_dataset
 from modelfusion.distill import FeatureHints, ModelTeacher, distill
 from modelfusion.evaluate.metrics import classification_metrics
 from modelfusion.evaluate.stats import bootstrap_counts, bootstrap_means, mcnemar_exact, percentile_interval
+from modelfusion.io import save_member
 from modelfusion.io.factory import build_model
+from modelfusion.members import TorchMember
 from modelfusion.training import train_model
 
 CNN1D = "modelfusion.models:cnn1d"
@@ -65,6 +77,7 @@ CANDIDATES = {
     },
 }
 FEATURE_WEIGHTS = (0.1, 1.0)  # of the hint loss, added to the chosen Hinton recipe
+TORCHDISTILL = "torchdistill KD (its KDLoss, T=1, alpha=0.5)"
 LONE = {"loss": "hinton", "loss_params": {"temperature": 1.0, "alpha": 0.0}, "mixup": 0.0}  # labels only
 
 
@@ -98,8 +111,9 @@ def train_student(factory, teacher_models, data, recipe, seed, args, hint=None):
     return result.student
 
 
-def choose_recipes(factory, teachers, data, args, hint) -> dict[str, tuple[str, dict]]:
-    """Per loss, the candidate with the best validation accuracy (then NLL) on this seed's split."""
+def choose_recipes(factory, teachers, data, args, hint, losses) -> dict[str, tuple[str, dict]]:
+    """Per loss in `losses`, the candidate with the best validation accuracy (then NLL) on this seed's split
+    (the hints are added to the chosen Hinton recipe)."""
     chosen = {}
 
     def pick(loss, candidates):
@@ -116,13 +130,41 @@ def choose_recipes(factory, teachers, data, args, hint) -> dict[str, tuple[str, 
         chosen[loss] = (best, candidates[best])
 
     for loss, candidates in CANDIDATES.items():
-        pick(loss, {name: {"loss": loss, **recipe} for name, recipe in candidates.items()})
-    hinton_name, hinton = chosen["hinton"]
-    pick(
-        "hinton+hints",
-        {f"{hinton_name} + hints x{w}": {**hinton, "feature_weight": w} for w in FEATURE_WEIGHTS},
+        if loss in losses or (loss == "hinton" and "hinton+hints" in losses):
+            pick(loss, {name: {"loss": loss, **recipe} for name, recipe in candidates.items()})
+    if "hinton+hints" in losses:
+        hinton_name, hinton = chosen["hinton"]
+        pick(
+            "hinton+hints",
+            {f"{hinton_name} + hints x{w}": {**hinton, "feature_weight": w} for w in FEATURE_WEIGHTS},
+        )
+    return {loss: recipe for loss, recipe in chosen.items() if loss in losses}
+
+
+def torchdistill_probabilities(python: Path, teachers, setup, factory, seed: int, args) -> np.ndarray:
+    """torchdistill's KD of the same teachers into the same student on the same split (its own venv)."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for i, teacher in enumerate(teachers):
+            spec, kwargs = setup["teacher"]
+            member = TorchMember(teacher, name=f"teacher_{i}", factory=spec, factory_kwargs=kwargs)
+            paths.append(str(save_member(member, Path(folder) / f"teacher_{i}.safetensors")))
+        out = Path(folder) / "torchdistill.npz"
+        command = [str(python), str(Path(__file__).with_name("torchdistill_runner.py")), "--dataset", args.dataset]
+        command += ["--seed", str(seed), "--epochs", str(args.epochs), "--lr", str(args.lr), "--out", str(out)]
+        command += ["--student", factory[0], "--student-kwargs", json.dumps(factory[1]), "--teachers", *paths]
+        subprocess.run(command, check=True)
+        return np.load(out)["proba"]
+
+
+def ensure_torchdistill() -> Path:
+    """torchdistill needs torchvision, whose wheels here pair with torch 2.14.1 (a CUDA build of about 5.5 GB,
+    run on the CPU)."""
+    bin_dir = ensure_venv(
+        "torchdistill",
+        [["torch==2.14.1", "torchvision==0.29.1", "torchdistill==1.1.5"], ["-e", str(ROOT)]],
     )
-    return chosen
+    return bin_dir / "python"
 
 
 def recovered_fraction(correct: dict[str, list[np.ndarray]], model: str) -> dict:
@@ -180,9 +222,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=150, help="student epochs (lone and distilled alike)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--out", help="write every per-seed figure here as JSON")
+    parser.add_argument("--losses", default="hinton,mse,hinton+hints", help="ours to run, or 'none'")
+    parser.add_argument("--torchdistill", action="store_true", help="add torchdistill's KD (its own venv)")
     args = parser.parse_args()
+    losses = [] if args.losses == "none" else args.losses.split(",")
+    torchdistill_python = ensure_torchdistill() if args.torchdistill else None
     report, lines = {}, []
     for dataset in args.datasets.split(","):
+        args.dataset = dataset
         setup = SETUPS[dataset]
         recipes = None
         scores = {s: {} for s in setup["students"]}
@@ -209,7 +256,7 @@ def main() -> None:
             if recipes is None:
                 print(f"{dataset}: choosing each loss's recipe on seed 0's validation split", flush=True)
                 first = next(iter(setup["students"].values()))
-                recipes = choose_recipes(first, teachers, data, args, setup["hint"])
+                recipes = choose_recipes(first, teachers, data, args, setup["hint"], losses)
             y = data.test.y.numpy()
             member_probs = [probabilities(t, data.test.X) for t in teachers]
             member_accuracy.append(float(np.mean([(p.argmax(1) == y).mean() for p in member_probs])))
@@ -221,6 +268,10 @@ def main() -> None:
                 for loss, (_, recipe) in recipes.items():
                     model = train_student(factory, teachers, data, recipe, seed, args, setup["hint"])
                     outputs[loss] = probabilities(model, data.test.X)
+                if torchdistill_python is not None:
+                    outputs[TORCHDISTILL] = torchdistill_probabilities(
+                        torchdistill_python, teachers, setup, factory, seed, args
+                    )
                 for name, proba in outputs.items():
                     scores[student].setdefault(name, []).append(classification_metrics(proba, y))
                     correct[student].setdefault(name, []).append(proba.argmax(1) == y)

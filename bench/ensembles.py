@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from reference_venvs import ensure_venv
 from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier, StackingClassifier, VotingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -44,7 +45,6 @@ from modelfusion.predictions import Predictions, collect_predictions
 from modelfusion.training import train_model
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = ROOT / "bench" / ".venv-torchensemble"
 MEMBERS = 5
 NETWORKS = {
     "digits": ("modelfusion.models:mlp", {"in_features": 64, "num_outputs": 10, "hidden": [128]}, 40),
@@ -65,14 +65,11 @@ def sklearn_estimators(seed: int) -> dict:
 
 
 def ensure_torchensemble_venv() -> Path:
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        print(f"creating {VENV} with torchensemble (once)", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        pip = [str(python), "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt")]
-        subprocess.run([*pip, "torch==2.13.0", "torchensemble"], check=True)
-        subprocess.run([*pip, "-e", str(ROOT)], check=True)
-    return python
+    constraints = ["-c", str(ROOT / "constraints.txt")]
+    bin_dir = ensure_venv(
+        "torchensemble", [[*constraints, "torch==2.13.0", "torchensemble"], [*constraints, "-e", str(ROOT)]]
+    )
+    return bin_dir / "python"
 
 
 def score(proba: np.ndarray, y: np.ndarray) -> dict:

@@ -20,9 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from reference_venvs import ensure_venv  # noqa: E402
+
 from tests.llama import fine_tune, llama_state_dict, write_checkpoint  # noqa: E402
 
-VENV = ROOT / "bench" / ".venv-mergekit"
 GOLDEN = ROOT / "tests" / "golden" / "mergekit"
 CONFIGS = {
     "linear": """merge_method: linear
@@ -76,18 +77,13 @@ dtype: float32
 }
 
 
-def ensure_venv() -> Path:
-    tool = VENV / "bin" / "mergekit-yaml"
-    if not tool.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c", str(ROOT / "constraints.txt")]
-        subprocess.run([*pip, "torch==2.13.0"], check=True)
-        subprocess.run([*pip, "mergekit"], check=True)
-    return tool
+def ensure_mergekit() -> Path:
+    constraints = ["-c", str(ROOT / "constraints.txt")]
+    return ensure_venv("mergekit", [[*constraints, "torch==2.13.0"], [*constraints, "mergekit"]], check="mergekit-yaml")
 
 
 def main() -> None:
-    tool = ensure_venv()
+    tool = ensure_mergekit() / "mergekit-yaml"
     if GOLDEN.exists():
         shutil.rmtree(GOLDEN)
     base = llama_state_dict(seed=0)
