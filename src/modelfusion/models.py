@@ -78,18 +78,17 @@ def cnn1d(
     num_outputs: int = 10,
     channels: int = 32,
     hidden: int = 0,
+    batchnorm: bool = False,
 ) -> nn.Sequential:
-    """The 1-D CNN of the mnist1d paper: three strided conv layers, then a linear classifier."""
-    layers: list[nn.Module] = [
-        nn.Unflatten(1, (1, length)),
-        nn.Conv1d(1, channels, 5, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv1d(channels, channels, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv1d(channels, channels, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-    ]
+    """The 1-D CNN of the mnist1d paper: three strided conv layers (each optionally followed by BatchNorm),
+    then a linear classifier."""
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, length))]
+    for in_channels, kernel in ((1, 5), (channels, 3), (channels, 3)):
+        layers.append(nn.Conv1d(in_channels, channels, kernel, stride=2, padding=1))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(channels))
+        layers.append(nn.ReLU())
+    layers.append(nn.Flatten())
     with torch.no_grad():
         width = nn.Sequential(*layers)(torch.zeros(1, length)).shape[1]
     if hidden:

@@ -1,0 +1,186 @@
+"""Averaging the weights of models trained apart: naive, weight matching, activation matching, REPAIR.
+
+    .venv/bin/python bench/align.py [--seeds 3] [--models 5] [--out FILE.json] [--plot docs/align.png]
+
+Per dataset (digits, mnist1d), architecture (an MLP: digits 64-256-256-10, mnist1d 40-512-512-10; a CNN with
+BatchNorm: digits' 2-D CNN, mnist1d's 1-D CNN) and seed: five models trained on the train split from
+different initializations (and batch orders). Two models (the first two): the endpoints, their output
+ensemble, and the 50/50 weight average naive, after weight matching and after activation matching, each with
+and without REPAIR (statistics on 1,024 training samples; for BatchNorm networks REPAIR is the recomputation
+of the running statistics); the loss and accuracy barriers along 11 interpolation points; the matching time.
+All five: the output ensemble and the uniform weight average, naive and after weight matching to the first
+model or to the running average, with and without REPAIR. Everything is scored on the test split; nothing is
+tuned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from modelfusion.align import align, barriers, interpolation_curve, plot_interpolation, repair
+from modelfusion.datasets import load_dataset
+from modelfusion.merge import merge_state_dicts
+from modelfusion.models import cnn1d, cnn2d, mlp
+from modelfusion.training import train_model
+
+LR = 3e-3
+SETUPS = {
+    ("digits", "mlp"): (lambda: mlp(64, 10, hidden=[256, 256]), 60),
+    ("digits", "cnn+bn"): (lambda: cnn2d(channels=[32, 64], hidden=128), 30),
+    ("mnist1d", "mlp"): (lambda: mlp(40, 10, hidden=[512, 512]), 60),
+    ("mnist1d", "cnn+bn"): (lambda: cnn1d(length=40, channels=64, batchnorm=True), 60),
+}
+REPAIR_SAMPLES = 1024
+
+
+def scores(model, split) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        logits = model(split.X)
+    return {
+        "accuracy": (logits.argmax(1) == split.y).float().mean().item() * 100,
+        "loss": F.cross_entropy(logits, split.y).item(),
+    }
+
+
+def ensemble_accuracy(models, split) -> float:
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m.eval()(split.X), 1) for m in models]).mean(0)
+    return (mean.argmax(1) == split.y).float().mean().item() * 100
+
+
+def averaged(models, reference):
+    model = copy.deepcopy(reference)
+    model.load_state_dict(merge_state_dicts(models, "linear"))
+    return model.eval()
+
+
+def repaired(model, endpoints, X, spec, weights=None):
+    return repair(model, endpoints, X, spec, weights=weights).eval()
+
+
+def run(dataset: str, arch: str, seed: int, count: int) -> tuple[dict, dict]:
+    build, epochs = SETUPS[(dataset, arch)]
+    data = load_dataset(dataset, seed=seed)
+    models = []
+    for i in range(count):
+        torch.manual_seed(seed * 100 + i)
+        models.append(
+            train_model(build(), data.train, data.val, epochs=epochs, lr=LR, seed=seed * 100 + i, cosine=True)
+        )
+    X = data.train.X[:REPAIR_SAMPLES]
+    row: dict = {"endpoints": [scores(m, data.test)["accuracy"] for m in models[:2]]}
+    row["ensemble of 2"] = ensemble_accuracy(models[:2], data.test)
+    curves = {}
+    aligned = {"naive": None}
+    for method in ("weight_matching", "activation_matching"):
+        started = time.perf_counter()
+        aligned[method] = align(models[:2], method=method, X=X, seed=seed)
+        row[f"{method} seconds"] = time.perf_counter() - started
+    spec = aligned["weight_matching"].spec
+    for name, result in aligned.items():
+        pair = models[:2] if result is None else result.models
+        curve = interpolation_curve(pair[0], pair[1], data.test)
+        curves[name] = curve
+        row[f"{name} midpoint"] = curve[5]["accuracy"] * 100
+        row[f"{name} barriers"] = barriers(curve)
+        repaired_curve = interpolation_curve(
+            pair[0],
+            pair[1],
+            data.test,
+            fix=lambda model, alpha, pair=pair: repaired(model, pair, X, spec, [1 - alpha, alpha]),
+        )
+        curves[f"{name} + REPAIR"] = repaired_curve
+        row[f"{name} + REPAIR midpoint"] = repaired_curve[5]["accuracy"] * 100
+        row[f"{name} + REPAIR barriers"] = barriers(repaired_curve)
+
+    row[f"ensemble of {count}"] = ensemble_accuracy(models, data.test)
+    row[f"naive average of {count}"] = scores(averaged(models, models[0]), data.test)["accuracy"]
+    row[f"naive average of {count} + REPAIR"] = scores(
+        repaired(averaged(models, models[0]), models, X, spec), data.test
+    )["accuracy"]
+    for target in ("reference", "average"):
+        started = time.perf_counter()
+        result = align(models, X=X, target=target, seed=seed)
+        row[f"weight matching to the {target}, {count} models, seconds"] = time.perf_counter() - started
+        merged = averaged(result.models, result.models[0])
+        row[f"weight matching to the {target}: average of {count}"] = scores(merged, data.test)["accuracy"]
+        row[f"weight matching to the {target}: average of {count} + REPAIR"] = scores(
+            repaired(merged, result.models, X, spec), data.test
+        )["accuracy"]
+    return row, curves
+
+
+def mean_std(values) -> str:
+    values = list(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--models", type=int, default=5)
+    parser.add_argument("--setups", default=",".join(f"{d}/{a}" for d, a in SETUPS))
+    parser.add_argument("--out", help="write every figure here as JSON")
+    parser.add_argument("--plot", help="save seed 0's interpolation curves of the mnist1d MLPs here (PNG)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    report, lines = {}, []
+    for setup in args.setups.split(","):
+        dataset, arch = setup.split("/")
+        rows = []
+        for seed in range(args.seeds):
+            row, curves = run(dataset, arch, seed, args.models)
+            rows.append(row)
+            print(f"{setup} seed {seed}: {json.dumps(row, default=float)}", flush=True)
+            if args.plot and seed == 0 and (dataset, arch) == ("mnist1d", "mlp"):
+                plot_interpolation(curves, args.plot, title="mnist1d MLPs (test)")
+        report[setup] = rows
+        n = args.models
+
+        def column(key, rows=rows):
+            return mean_std(r[key] for r in rows)
+
+        def barrier(key, which, rows=rows):
+            return mean_std(r[key][which] * (100 if which == "accuracy_barrier" else 1) for r in rows)
+
+        lines += [
+            f"\n### {dataset}, {arch}: {args.seeds} seeds (test accuracy %, mean ± std)\n",
+            f"Endpoints {mean_std(a for r in rows for a in r['endpoints'])}; output ensemble of 2: "
+            f"{column('ensemble of 2')}; of {n}: {column(f'ensemble of {n}')}. Matching time for 2 models: "
+            f"weights {column('weight_matching seconds')} s, activations {column('activation_matching seconds')} s.\n",
+            "| 2 models, 50/50 average | midpoint accuracy | loss barrier | accuracy barrier (points) |",
+            "|---|---|---|---|",
+        ]
+        for name in ("naive", "weight_matching", "activation_matching"):
+            for suffix in ("", " + REPAIR"):
+                key = f"{name}{suffix}"
+                lines.append(
+                    f"| {key} | {column(f'{key} midpoint')} | {barrier(f'{key} barriers', 'loss_barrier')} | "
+                    f"{barrier(f'{key} barriers', 'accuracy_barrier')} |"
+                )
+        lines += [
+            "",
+            f"| {n} models, uniform average | accuracy | + REPAIR |",
+            "|---|---|---|",
+            f"| naive | {column(f'naive average of {n}')} | {column(f'naive average of {n} + REPAIR')} |",
+        ]
+        for target in ("reference", "average"):
+            key = f"weight matching to the {target}: average of {n}"
+            lines.append(f"| weight matching to the {target} | {column(key)} | {column(key + ' + REPAIR')} |")
+    print("\n".join(lines))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), **report}, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()
