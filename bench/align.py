@@ -1,6 +1,6 @@
 """Averaging the weights of models trained apart: naive, weight matching, activation matching, REPAIR.
 
-    .venv/bin/python bench/align.py [--seeds 3] [--models 5] [--out FILE.json] [--plot docs/align.png]
+    .venv/bin/python bench/align.py [--seeds 3] [--models 5] [--rebasin] [--out FILE.json] [--plot docs/align.png]
 
 Per dataset (digits, mnist1d), architecture (an MLP: digits 64-256-256-10, mnist1d 40-512-512-10; a CNN with
 BatchNorm: digits' 2-D CNN, mnist1d's 1-D CNN) and seed: five models trained on the train split from
@@ -19,23 +19,29 @@ import argparse
 import copy
 import json
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from reference_venvs import ROOT, ensure_venv
 
 from modelfusion.align import align, barriers, interpolation_curve, plot_interpolation, repair
 from modelfusion.datasets import load_dataset
+from modelfusion.io import save_member
+from modelfusion.io.factory import build_model
+from modelfusion.members import TorchMember
 from modelfusion.merge import merge_state_dicts
-from modelfusion.models import cnn1d, cnn2d, mlp
 from modelfusion.training import train_model
 
 LR = 3e-3
-SETUPS = {
-    ("digits", "mlp"): (lambda: mlp(64, 10, hidden=[256, 256]), 60),
-    ("digits", "cnn+bn"): (lambda: cnn2d(channels=[32, 64], hidden=128), 30),
-    ("mnist1d", "mlp"): (lambda: mlp(40, 10, hidden=[512, 512]), 60),
-    ("mnist1d", "cnn+bn"): (lambda: cnn1d(length=40, channels=64, batchnorm=True), 60),
+SETUPS = {  # factory, its arguments, epochs
+    ("digits", "mlp"): ("modelfusion.models:mlp", {"in_features": 64, "num_outputs": 10, "hidden": [256, 256]}, 60),
+    ("digits", "cnn+bn"): ("modelfusion.models:cnn2d", {"channels": [32, 64], "hidden": 128}, 30),
+    ("mnist1d", "mlp"): ("modelfusion.models:mlp", {"in_features": 40, "num_outputs": 10, "hidden": [512, 512]}, 60),
+    ("mnist1d", "cnn+bn"): ("modelfusion.models:cnn1d", {"length": 40, "channels": 64, "batchnorm": True}, 60),
 }
 REPAIR_SAMPLES = 1024
 
@@ -66,14 +72,38 @@ def repaired(model, endpoints, X, spec, weights=None):
     return repair(model, endpoints, X, spec, weights=weights).eval()
 
 
-def run(dataset: str, arch: str, seed: int, count: int) -> tuple[dict, dict]:
-    build, epochs = SETUPS[(dataset, arch)]
+def rebasin_result(python: Path, models, dataset: str, seed: int) -> dict:
+    """The `rebasin` package on the same two models (saved, then run in its own venv)."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [str(save_member(m, Path(folder) / f"model_{i}.safetensors")) for i, m in enumerate(models[:2])]
+        out = Path(folder) / "rebasin.json"
+        runner = str(Path(__file__).with_name("rebasin_runner.py"))
+        command = [str(python), runner, "--dataset", dataset, "--seed", str(seed), "--a", paths[0], "--b", paths[1]]
+        subprocess.run([*command, "--out", str(out)], check=True)
+        return json.loads(out.read_text())
+
+
+def ensure_rebasin() -> Path:
+    constraints = ["-c", str(ROOT / "constraints.txt")]
+    return ensure_venv("rebasin", [[*constraints, "torch==2.13.0", "rebasin==0.0.47"], [*constraints, "-e", str(ROOT)]])
+
+
+def run(dataset: str, arch: str, seed: int, count: int, rebasin_python: Path | None) -> tuple[dict, dict]:
+    factory, kwargs, epochs = SETUPS[(dataset, arch)]
     data = load_dataset(dataset, seed=seed)
     models = []
     for i in range(count):
         torch.manual_seed(seed * 100 + i)
         models.append(
-            train_model(build(), data.train, data.val, epochs=epochs, lr=LR, seed=seed * 100 + i, cosine=True)
+            train_model(
+                build_model(factory, kwargs),
+                data.train,
+                data.val,
+                epochs=epochs,
+                lr=LR,
+                seed=seed * 100 + i,
+                cosine=True,
+            )
         )
     X = data.train.X[:REPAIR_SAMPLES]
     row: dict = {"endpoints": [scores(m, data.test)["accuracy"] for m in models[:2]]}
@@ -101,6 +131,11 @@ def run(dataset: str, arch: str, seed: int, count: int) -> tuple[dict, dict]:
         row[f"{name} + REPAIR midpoint"] = repaired_curve[5]["accuracy"] * 100
         row[f"{name} + REPAIR barriers"] = barriers(repaired_curve)
 
+    if rebasin_python is not None:
+        members = [
+            TorchMember(m, name=f"model_{i}", factory=factory, factory_kwargs=kwargs) for i, m in enumerate(models)
+        ]
+        row["rebasin"] = rebasin_result(rebasin_python / "python", members, dataset, seed)
     row[f"ensemble of {count}"] = ensemble_accuracy(models, data.test)
     row[f"naive average of {count}"] = scores(averaged(models, models[0]), data.test)["accuracy"]
     row[f"naive average of {count} + REPAIR"] = scores(
@@ -131,14 +166,16 @@ def main() -> None:
     parser.add_argument("--setups", default=",".join(f"{d}/{a}" for d, a in SETUPS))
     parser.add_argument("--out", help="write every figure here as JSON")
     parser.add_argument("--plot", help="save seed 0's interpolation curves of the mnist1d MLPs here (PNG)")
+    parser.add_argument("--rebasin", action="store_true", help="also run the rebasin package (its own venv)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    rebasin_python = ensure_rebasin() if args.rebasin else None
     report, lines = {}, []
     for setup in args.setups.split(","):
         dataset, arch = setup.split("/")
         rows = []
         for seed in range(args.seeds):
-            row, curves = run(dataset, arch, seed, args.models)
+            row, curves = run(dataset, arch, seed, args.models, rebasin_python)
             rows.append(row)
             print(f"{setup} seed {seed}: {json.dumps(row, default=float)}", flush=True)
             if args.plot and seed == 0 and (dataset, arch) == ("mnist1d", "mlp"):
@@ -167,6 +204,18 @@ def main() -> None:
                     f"| {key} | {column(f'{key} midpoint')} | {barrier(f'{key} barriers', 'loss_barrier')} | "
                     f"{barrier(f'{key} barriers', 'accuracy_barrier')} |"
                 )
+        if args.rebasin:
+            ok = [r["rebasin"] for r in rows if "error" not in r["rebasin"]]
+            if ok:
+                lines.append(
+                    f"| rebasin package (weight matching, {len(ok)} of {len(rows)} seeds ran) | "
+                    f"{mean_std(r['midpoint'] for r in ok)} | "
+                    f"{mean_std(r['barriers']['loss_barrier'] for r in ok)} | "
+                    f"{mean_std(r['barriers']['accuracy_barrier'] * 100 for r in ok)} |"
+                )
+                lines.append(f"\nrebasin matching time: {mean_std(r['seconds'] for r in ok)} s")
+            failures = {r["rebasin"]["error"] for r in rows if "error" in r["rebasin"]}
+            lines += [f"\nrebasin failed: {error}" for error in sorted(failures)]
         lines += [
             "",
             f"| {n} models, uniform average | accuracy | + REPAIR |",
