@@ -168,7 +168,6 @@ def main() -> None:
     parser.add_argument("--plot", help="save seed 0's interpolation curves of the mnist1d MLPs here (PNG)")
     parser.add_argument("--rebasin", action="store_true", help="also run the rebasin package (its own venv)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
     rebasin_python = ensure_rebasin() if args.rebasin else None
     report, lines = {}, []
     for setup in args.setups.split(","):

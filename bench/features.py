@@ -205,7 +205,6 @@ def main() -> None:
     parser.add_argument("--plot", help="save the cascade curves here (PNG)")
     args = parser.parse_args()
     parts = args.parts.split(",")
-    torch.set_num_threads(2)
     report, lines = {}, []
     for shots in [int(s) for s in args.shots.split(",")] if "transfer" in parts else []:
         report[f"transfer {shots}-shot"] = transfer(args.seeds, args.transfer_epochs, shots)

@@ -13,8 +13,6 @@ import argparse
 import json
 import time
 
-import torch
-
 from modelfusion.align import barriers, interpolation_curve
 from modelfusion.datasets import load_dataset
 from modelfusion.io import load_member
@@ -29,7 +27,6 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    torch.set_num_threads(2)
     from rebasin import PermutationCoordinateDescent
 
     data = load_dataset(args.dataset, seed=args.seed)

@@ -57,7 +57,6 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.getLogger("torchdistill").setLevel(logging.WARNING)
-    torch.set_num_threads(2)
 
     data = load_dataset(args.dataset, seed=args.seed)
     teacher = MeanTeacher([load_member(p).module for p in args.teachers]).eval()
