@@ -358,8 +358,9 @@ def merge_checkpoints(
             dtype = DTYPES[out_dtype]
         layout[name] = (shape, dtype)
     metadata = {"format": "pt", "modelfusion.merge": json.dumps({"method": method, "params": jsonable(params)})}
-    # a saved member's description (name, task, factory) carries over, so `load_member` reads the merge back
-    metadata.update({k: v for k, v in next(iter(labelled.values())).metadata().items() if k == MEMBER_KEY})
+    member = next(iter(labelled.values())).metadata().get(MEMBER_KEY)
+    if member is not None:  # a saved member's task and factory carry over, so `load_member` reads the merge back
+        metadata[MEMBER_KEY] = json.dumps({**json.loads(member), "name": Path(out_dir).name})
     with atomic_dir(out_dir) as tmp, progress_bar(progress) as bar:
         writer = _StreamingWriter(tmp, layout, parse_size(shard_size), metadata)
         task = bar.add_task(f"merging ({method})", total=len(reference))
