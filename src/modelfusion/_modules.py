@@ -30,7 +30,6 @@ class _Tap(nn.Module):
     def __init__(self, model: nn.Module, at: str) -> None:
         super().__init__()
         self.model = model
-        self.at = at
         self._captured: torch.Tensor | None = None
         named_module(model, at, "the model").register_forward_hook(self._capture)
 
