@@ -73,10 +73,24 @@ def _with_random_statistics(model):
     return model
 
 
+class Branches(nn.Module):
+    """Two branches concatenated along channels, then LayerNorm, GELU and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.left, self.right = nn.Linear(64, 12), nn.Linear(64, 5)
+        self.norm = nn.LayerNorm(17)
+        self.head = nn.Linear(17, 10)
+
+    def forward(self, x):
+        return self.head(F.gelu(self.norm(torch.cat([torch.relu(self.left(x)), self.right(x)], dim=1))))
+
+
 MODELS = {
     "mlp": lambda: mlp(64, 10, hidden=[32, 16]),
     "cnn_bn": lambda: cnn2d(channels=[4, 8], hidden=16),
     "resnet": TinyResNet,
+    "concat": Branches,
 }
 
 
@@ -91,6 +105,13 @@ def test_permuting_by_the_derived_spec_keeps_the_function(name):
     changed = [k for k, v in permuted.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
     assert changed  # the units really moved
     assert (permuted(x) - model(x)).abs().max().item() < 1e-10
+
+
+def test_concatenation_keeps_each_branch_its_own_group():
+    spec = derive_spec(Branches(), torch.randn(2, 64)).to_dict()
+    assert spec["groups"] == {"P_left": 12, "P_right": 5}
+    assert spec["axes"]["head.weight"] == [None, ["P_left", "P_right"]]
+    assert spec["axes"]["norm.weight"] == [["P_left", "P_right"]]
 
 
 def test_residual_additions_tie_the_blocks_they_join():

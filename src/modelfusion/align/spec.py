@@ -288,7 +288,7 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
         return _flattened(segs, in_shape, out_shape, node, unsupported)
 
     def tensor_args(node) -> list[torch.fx.Node]:
-        return [a for a in node.args if isinstance(a, torch.fx.Node) and a in state]
+        return [a for a in _flatten_args((node.args, node.kwargs)) if a in state]
 
     def tie(node, inputs: list[torch.fx.Node]) -> list[_Seg]:
         first = state[inputs[0]]
