@@ -112,7 +112,7 @@ class FeatureFusion(nn.Module):
     The fusion holds copies of the backbones: training it never changes the caller's models.
 
     Example:
-        >>> fused = FeatureFusion([cnn, mlp], data.train.X[:8], layers=["9", "1"], fusion="attention", head=10)
+        >>> fused = FeatureFusion([cnn, mlp], data.train.X[:8], layers=["10", "1"], fusion="attention", head=10)
     """
 
     def __init__(
