@@ -212,7 +212,11 @@ def main() -> None:
                     f"{mean_std(r['barriers']['loss_barrier'] for r in ok)} | "
                     f"{mean_std(r['barriers']['accuracy_barrier'] * 100 for r in ok)} |"
                 )
-                lines.append(f"\nrebasin matching time: {mean_std(r['seconds'] for r in ok)} s")
+                lines.append(
+                    f"\nrebasin matching time: {mean_std(r['seconds'] for r in ok)} s; model B's own accuracy "
+                    f"before its permutation {mean_std(r['b_before'] for r in ok)}, after "
+                    f"{mean_std(r['b_after'] for r in ok)} (a correct permutation leaves it unchanged)"
+                )
             failures = {r["rebasin"]["error"] for r in rows if "error" in r["rebasin"]}
             lines += [f"\nrebasin failed: {error}" for error in sorted(failures)]
         lines += [

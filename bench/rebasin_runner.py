@@ -31,6 +31,7 @@ def main() -> None:
 
     data = load_dataset(args.dataset, seed=args.seed)
     a, b = load_member(args.a).module.eval(), load_member(args.b).module.eval()
+    b_before = interpolation_curve(b, b, data.test, points=2)[0]["accuracy"] * 100
     started = time.perf_counter()
     try:
         matcher = PermutationCoordinateDescent(a, b, data.train.X[: args.samples])
@@ -40,7 +41,14 @@ def main() -> None:
     else:
         seconds = time.perf_counter() - started
         curve = interpolation_curve(a, b, data.test)
-        result = {"seconds": seconds, "midpoint": curve[5]["accuracy"] * 100, "barriers": barriers(curve)}
+        # a permutation must not change B's function: its accuracy before and after says whether it did
+        result = {
+            "seconds": seconds,
+            "midpoint": curve[5]["accuracy"] * 100,
+            "barriers": barriers(curve),
+            "b_before": b_before,
+            "b_after": curve[-1]["accuracy"] * 100,
+        }
     with open(args.out, "w") as f:
         json.dump(result, f)
 
