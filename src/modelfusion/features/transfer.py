@@ -41,14 +41,9 @@ class FinetuneResult:
 def backbone_blocks(model: nn.Module, head: str) -> list[str]:
     """The backbone's blocks in input-to-output order: the children of `model.backbone` that have
     parameters (a `Spliced` model), else `model`'s own such children other than the head."""
-    parent, prefix = (
-        (model.backbone, "backbone.")
-        if isinstance(getattr(model, "backbone", None), nn.Module)
-        else (
-            model,
-            "",
-        )
-    )
+    parent, prefix = model, ""
+    if isinstance(getattr(model, "backbone", None), nn.Module):
+        parent, prefix = model.backbone, "backbone."
     blocks = [
         prefix + name
         for name, child in parent.named_children()
