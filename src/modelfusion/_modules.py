@@ -67,6 +67,11 @@ def truncate(model: nn.Module, at: str) -> nn.Module:
     return traced
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether `model` contains a BatchNorm layer (of any dimension)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def freeze(modules: Iterable[nn.Module]) -> None:
     """Stop gradients to every parameter of `modules`."""
     for module in modules:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._modules import has_batchnorm
 from .datasets import Split
 
 __all__ = ["train_model"]
@@ -59,7 +60,7 @@ def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, 
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            if len(idx) < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            if len(idx) < 2 and has_batchnorm(model):
                 continue  # BatchNorm cannot train on a batch of one
             optimizer.zero_grad()
             out = model(train.X[idx])

@@ -8,22 +8,17 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._modules import has_batchnorm
 from .spec import PermutationSpec
 
-__all__ = ["repair", "reset_batchnorm", "has_batchnorm"]
-
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BATCHNORMS) for m in model.modules())
+__all__ = ["repair", "reset_batchnorm"]
 
 
 @torch.no_grad()
 def reset_batchnorm(model: nn.Module, X: torch.Tensor, batch_size: int = 256) -> nn.Module:
     """Recompute every BatchNorm's running statistics on `X` (a cumulative average over batches, as
     `torch.optim.swa_utils.update_bn` does), in place; the model's train/eval mode is restored."""
-    norms = [m for m in model.modules() if isinstance(m, _BATCHNORMS)]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = {m: m.momentum for m in norms}
     for m in norms:
         m.reset_running_stats()

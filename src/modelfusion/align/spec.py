@@ -207,7 +207,6 @@ _CHANNELWISE_FUNCTIONS = {
 }
 _CHANNELWISE_METHODS = {"relu", "tanh", "sigmoid", "contiguous", "clone"}
 _ELEMENTWISE = {operator.add, operator.iadd, operator.mul, operator.sub, torch.add, torch.mul, torch.sub}
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class _Groups:
@@ -345,7 +344,7 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
                     raw_axes[prefix + "bias"] = [[(out, module.out_channels, 1)]]
                 state[node] = [(out, module.out_channels, 1)]
                 taps.setdefault(out, []).append(node.name)
-            elif isinstance(module, _BATCHNORMS) or (
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm) or (
                 isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1 and len(node_shape) == 2
             ):
                 segs = plain(incoming, node, type(module).__name__)
