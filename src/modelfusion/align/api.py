@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
+from ..merge import merge_state_dicts
 from ..registry import Registry
 from .matching import activation_matching, weight_matching
 from .spec import PermutationSpec, derive_spec, permute
@@ -32,13 +33,6 @@ class AlignResult:
     spec: PermutationSpec
     seconds: float
     rounds: int = 0
-
-
-def _mean_state(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {
-        k: torch.stack([s[k].double() for s in states]).mean(0) if v.is_floating_point() else v
-        for k, v in states[0].items()
-    }
 
 
 def align(
@@ -111,7 +105,8 @@ def align(
             changed = False
             for i in (torch.randperm(len(models) - 1, generator=generator) + 1).tolist():
                 others = [permute(states[j], spec, perms[j]) for j in range(len(models)) if j != i]
-                new = weight_matching(spec, _mean_state(others), states[i], seed=seed + rounds * 100 + i)
+                mean_of_others = merge_state_dicts(others, "linear")
+                new = weight_matching(spec, mean_of_others, states[i], seed=seed + rounds * 100 + i)
                 if any(not torch.equal(new[g], perms[i][g]) for g in new):
                     perms[i], changed = new, True
             if not changed:
