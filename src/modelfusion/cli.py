@@ -316,13 +316,13 @@ def align(
     from .align import align_checkpoints, interpolated_model
     from .datasets import load_dataset
     from .io import load_member
+    from .training import score_classifier
 
     data = load_dataset(dataset, seed=seed)
     _, result = align_checkpoints([reference, other], [None, out], data.train.X[:samples], method=method, seed=seed)
 
     def midpoint_accuracy(b) -> float:
-        model = interpolated_model(result.models[0], b, 0.5)
-        return (model(data.val.X).argmax(1) == data.val.y).float().mean().item()
+        return score_classifier(interpolated_model(result.models[0], b, 0.5), data.val)["accuracy"]
 
     console.print(
         f"aligned {len(result.spec.groups)} unit groups by {method} in {result.seconds:.2f} s -> {out}\n"

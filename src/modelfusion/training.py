@@ -11,7 +11,7 @@ from torch import nn
 from ._modules import has_batchnorm
 from .datasets import Split
 
-__all__ = ["train_model"]
+__all__ = ["train_model", "score_classifier"]
 
 
 def train_model(
@@ -78,3 +78,15 @@ def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, 
     model.load_state_dict(best_state)
     model.eval()
     return model
+
+
+def score_classifier(model: nn.Module, split: Split) -> dict[str, float]:
+    """Cross-entropy ("loss") and accuracy of a classifier on a whole split, in eval mode without gradients
+    (the model is left in eval mode)."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(split.X)
+    return {
+        "loss": nn.functional.cross_entropy(logits, split.y).item(),
+        "accuracy": (logits.argmax(1) == split.y).float().mean().item(),
+    }

@@ -8,11 +8,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..datasets import Split
 from ..report.plots import pyplot, save_figure
+from ..training import score_classifier
 
 __all__ = ["lerp_state", "interpolated_model", "interpolation_curve", "barriers", "plot_interpolation"]
 
@@ -28,16 +28,6 @@ def interpolated_model(a: nn.Module, b: Mapping[str, torch.Tensor] | nn.Module, 
     model = copy.deepcopy(a)
     model.load_state_dict(lerp_state(a.state_dict(), b_state, alpha))
     return model.eval()
-
-
-def _score(model: nn.Module, split: Split) -> dict[str, float]:
-    model.eval()
-    with torch.no_grad():
-        logits = model(split.X)
-    return {
-        "loss": F.cross_entropy(logits, split.y).item(),
-        "accuracy": (logits.argmax(1) == split.y).float().mean().item(),
-    }
 
 
 def interpolation_curve(
@@ -57,7 +47,7 @@ def interpolation_curve(
         model = interpolated_model(a, b, alpha)
         if fix is not None and 0 < alpha < 1:
             model = fix(model, alpha)
-        rows.append({"alpha": alpha, **_score(model, split)})
+        rows.append({"alpha": alpha, **score_classifier(model, split)})
     return rows
 
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._atomic import atomic_path
 from .._progress import progress_bar
 from ..datasets import Split
 from ..errors import CheckpointError, ConfigError
+from ..training import score_classifier
 from .losses import LOSSES, FeatureHints
 from .teachers import Teacher
 
@@ -34,13 +34,8 @@ class DistillResult:
 
 
 def _evaluate(student: nn.Module, split: Split) -> dict[str, float]:
-    student.eval()
-    with torch.no_grad():
-        logits = student(split.X)
-    return {
-        "val_nll": F.cross_entropy(logits, split.y).item(),
-        "val_accuracy": (logits.argmax(1) == split.y).float().mean().item(),
-    }
+    scores = score_classifier(student, split)
+    return {"val_nll": scores["loss"], "val_accuracy": scores["accuracy"]}
 
 
 def distill(

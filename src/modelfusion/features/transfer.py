@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from ..datasets import Split
 from ..errors import ConfigError
 from ..registry import Registry
-from ..training import train_model
+from ..training import score_classifier, train_model
 
 __all__ = ["Stage", "SCHEDULES", "finetune", "FinetuneResult", "backbone_blocks"]
 
@@ -157,8 +156,7 @@ def finetune(
             param_groups=param_groups,
             frozen=frozen,
         )
-        with torch.no_grad():
-            accuracy = (model(val.X).argmax(1) == val.y).float().mean().item()
+        accuracy = score_classifier(model, val)["accuracy"]
         result.stages.append(
             {"name": stage.name, "epochs": stage.epochs, "rates": dict(stage.rates), "val_accuracy": accuracy}
         )
