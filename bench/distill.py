@@ -189,7 +189,7 @@ def recovered_fraction(correct: dict[str, list[np.ndarray]], model: str) -> dict
     }
 
 
-def table(dataset: str, student: str, scores: dict, correct: dict, recipes: dict) -> list[str]:
+def table(dataset: str, student: str, scores: dict, correct: dict, recovered: dict, recipes: dict) -> list[str]:
     lines = [
         f"\n#### {dataset}, student {student}\n",
         "| model | test accuracy % (mean ± std) | pooled 95% CI | NLL | ECE | recovered [95% CI] | McNemar vs lone |",
@@ -200,17 +200,17 @@ def table(dataset: str, student: str, scores: dict, correct: dict, recipes: dict
         pooled = np.concatenate(correct[name]).astype(float)
         low, high = percentile_interval(bootstrap_means(pooled, bootstrap_counts(len(pooled), seed=0)))
         spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        recovered = test = ""
-        if name not in ("ensemble", "lone"):
-            fraction = recovered_fraction(correct, name)
-            recovered = f"{fraction['fraction']:.0%} [{fraction['ci'][0]:.0%}, {fraction['ci'][1]:.0%}]"
+        share = test = ""
+        if name in recovered:
+            fraction = recovered[name]
+            share = f"{fraction['fraction']:.0%} [{fraction['ci'][0]:.0%}, {fraction['ci'][1]:.0%}]"
             mcnemar = mcnemar_exact(np.concatenate(correct[name]), np.concatenate(correct["lone"]))
             test = f"+{mcnemar['a_only_correct']} / -{mcnemar['b_only_correct']}, p = {mcnemar['p_value']:.2g}"
         label = f"distilled: {name} ({recipes[name][0]})" if name in recipes else name
         lines.append(
             f"| {label} | {statistics.mean(accs):.2f} ± {spread:.2f} | [{low * 100:.2f}, {high * 100:.2f}] | "
             f"{statistics.mean(r['nll'] for r in rows):.3f} | {statistics.mean(r['ece'] for r in rows):.3f} | "
-            f"{recovered} | {test} |"
+            f"{share} | {test} |"
         )
     return lines
 
@@ -288,24 +288,22 @@ def main() -> None:
             f"\n### {dataset}: {args.seeds} seeds, teachers {setup['teacher_epochs']} epochs (mean member accuracy "
             f"{statistics.mean(member_accuracy) * 100:.2f}%), students {args.epochs} epochs"
         ]
+        recovered = {  # the bootstrap runs once per distilled model: the table and the JSON share it
+            student: {
+                name: recovered_fraction(correct[student], name)
+                for name in scores[student]
+                if name not in ("ensemble", "lone")
+            }
+            for student in scores
+        }
         for student in scores:
-            section += table(dataset, student, scores[student], correct[student], recipes)
+            section += table(dataset, student, scores[student], correct[student], recovered[student], recipes)
         print("\n".join(section), flush=True)
         lines += section
         report[dataset] = {
             "member_accuracy": member_accuracy,
             "recipes": {loss: name for loss, (name, _) in recipes.items()},
-            "students": {
-                student: {
-                    "scores": scores[student],
-                    "recovered": {
-                        name: recovered_fraction(correct[student], name)
-                        for name in scores[student]
-                        if name not in ("ensemble", "lone")
-                    },
-                }
-                for student in scores
-            },
+            "students": {student: {"scores": scores[student], "recovered": recovered[student]} for student in scores},
         }
     print("\n## all results" + "\n".join(lines))
     if args.out:
