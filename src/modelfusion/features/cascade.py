@@ -176,10 +176,9 @@ class Cascade:
 
 def _exit_stage(confidence: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     """`confidence` `[K, N]` -> the first stage whose confidence reaches its threshold (else the last)."""
-    stages = len(confidence)
-    reached = confidence[:-1] >= np.asarray(thresholds)[:, None]  # [K-1, N]
-    reached = np.vstack([reached, np.ones((1, confidence.shape[1]), dtype=bool)])
-    return reached.argmax(0).astype(np.int64) if stages > 1 else np.zeros(confidence.shape[1], dtype=np.int64)
+    reached = confidence[:-1] >= np.asarray(thresholds, dtype=np.float64).reshape(-1, 1)  # [K-1, N]
+    reached = np.vstack([reached, np.ones((1, confidence.shape[1]), dtype=bool)])  # the last stage always decides
+    return reached.argmax(0).astype(np.int64)
 
 
 def _score(confidence, correct, costs, thresholds) -> tuple[float, float]:
