@@ -94,14 +94,20 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_permuting_by_the_derived_spec_keeps_the_function(name):
-    torch.manual_seed(0)
+def _randomly_permuted(name, *, torch_seed, samples, permutation_seed):
+    """A float64 model of MODELS[name] in eval mode, inputs, its derived spec, and a randomly permuted copy."""
+    torch.manual_seed(torch_seed)
     model = _with_random_statistics(MODELS[name]().double()).eval()
-    x = torch.randn(16, 64, dtype=torch.float64)
+    x = torch.randn(samples, 64, dtype=torch.float64)
     spec = derive_spec(model, x)
     permuted = copy.deepcopy(model)
-    permuted.load_state_dict(permute(model.state_dict(), spec, random_permutations(spec, seed=3)))
+    permuted.load_state_dict(permute(model.state_dict(), spec, random_permutations(spec, seed=permutation_seed)))
+    return model, x, spec, permuted
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_permuting_by_the_derived_spec_keeps_the_function(name):
+    model, x, spec, permuted = _randomly_permuted(name, torch_seed=0, samples=16, permutation_seed=3)
     changed = [k for k, v in permuted.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
     assert changed  # the units really moved
     assert (permuted(x) - model(x)).abs().max().item() < 1e-10
@@ -159,12 +165,7 @@ def test_derived_specs_equal_hand_written_ones():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_weight_and_activation_matching_recover_a_random_permutation_exactly(name):
-    torch.manual_seed(1)
-    model = _with_random_statistics(MODELS[name]().double()).eval()
-    x = torch.randn(64, 64, dtype=torch.float64)
-    spec = derive_spec(model, x)
-    shuffled = copy.deepcopy(model)
-    shuffled.load_state_dict(permute(model.state_dict(), spec, random_permutations(spec, seed=5)))
+    model, x, spec, shuffled = _randomly_permuted(name, torch_seed=1, samples=64, permutation_seed=5)
     found = weight_matching(spec, model.state_dict(), shuffled.state_dict())
     restored = permute(shuffled.state_dict(), spec, found)
     assert all(torch.equal(restored[k], v) for k, v in model.state_dict().items())
