@@ -16,11 +16,19 @@ def main() -> None:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    code = 0
     try:
         app(["distill", *sys.argv[1:]])
+    except SystemExit as exit_:
+        code = exit_.code or 0
     finally:
         if distributed:
+            if code == 0:
+                # Rank 0 still writes the student when the others finish; tearing gloo down under a peer that
+                # is still connected aborts the process ("terminate called without an active exception").
+                dist.barrier()
             dist.destroy_process_group()
+    sys.exit(code)
 
 
 if __name__ == "__main__":
