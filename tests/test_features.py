@@ -151,7 +151,7 @@ def test_spliced_model_is_a_copy_and_round_trips_through_safetensors(digits, tmp
         tmp_path / "member.safetensors",
     )
     torch.testing.assert_close(load_member(path).predict(x), model(x).detach())
-    with pytest.raises(CheckpointError, match="backbone factory 'os:system', which is not trusted"):
+    with pytest.raises(CheckpointError, match="backbone names the model factory 'os:system', which is not registered"):
         spliced_model("os:system", {}, "1", 3, 64)
 
 

@@ -62,16 +62,17 @@ def test_pt_state_dicts_plain_and_nested(tmp_path, trained_mlp, digits):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
-def test_torchscript_and_torch_export(tmp_path, trained_mlp, digits):
+def test_torchscript_and_torch_export_are_programs_loaded_only_when_trusted(tmp_path, trained_mlp, digits):
     scripted = tmp_path / "scripted.pt"
     torch.jit.script(trained_mlp).save(str(scripted))
-    _same_outputs(load_member(scripted), trained_mlp, digits.test.X)
-
     exported = tmp_path / "exported.pt2"
     example = (digits.test.X[:4],)
     dims = {"input": {0: torch.export.Dim("batch")}}
     torch.export.save(torch.export.export(trained_mlp.eval(), example, dynamic_shapes=dims), str(exported))
-    _same_outputs(load_member(exported), trained_mlp, digits.test.X)
+    for path, kind in ((scripted, "TorchScript"), (exported, "torch.export")):
+        with pytest.raises(CheckpointError, match=f"is a {kind} program: loading it runs code.*trust_code=True"):
+            load_member(path)
+        _same_outputs(load_member(path, trust_code=True), trained_mlp, digits.test.X)
 
 
 def test_skops_estimator_with_sklearn_internal_types(tmp_path, digits):
@@ -104,16 +105,16 @@ def test_skops_refuses_unknown_types_unless_trusted(tmp_path, digits):
 def test_pickled_models_are_refused_unless_trusted(tmp_path, trained_mlp, digits):
     full = tmp_path / "full.pt"
     torch.save(trained_mlp, full)
-    with pytest.raises(CheckpointError, match="pickled model.*trust_pickle=True.*safetensors"):
+    with pytest.raises(CheckpointError, match="pickled model .*GLOBAL.*trust_code=True.*safetensors"):
         load_member(full)
-    _same_outputs(load_member(full, trust_pickle=True), trained_mlp, digits.test.X)
+    _same_outputs(load_member(full, trust_code=True), trained_mlp, digits.test.X)
 
     forest = RandomForestClassifier(5, random_state=0).fit(digits.train.X.numpy(), digits.train.y.numpy())
     pickled = tmp_path / "forest.joblib"
     joblib.dump(forest, pickled)
-    with pytest.raises(CheckpointError, match="pickled model"):
+    with pytest.raises(CheckpointError, match="is a pickle: loading it runs code"):
         load_member(pickled)
-    assert isinstance(load_member(pickled, trust_pickle=True), SklearnMember)
+    assert isinstance(load_member(pickled, trust_code=True), SklearnMember)
 
 
 def test_weights_only_file_without_factory(tmp_path, trained_mlp):
@@ -128,7 +129,7 @@ def test_weights_only_file_without_factory(tmp_path, trained_mlp):
     [
         ("no_such_package.models:mlp", "cannot import module 'no_such_package.models'"),
         ("modelfusion.models:nope", "has no callable 'nope'"),
-        ("modelfusion.models.mlp", "not of the form 'package.module:function'"),
+        ("modelfusion.models.mlp", "neither a registered name .* nor of the form 'package.module:function'"),
     ],
 )
 def test_bad_factories(tmp_path, trained_mlp, factory, match):
@@ -159,7 +160,7 @@ def test_corrupt_files_give_one_checkpoint_error(tmp_path, suffix):
     path = tmp_path / f"broken{suffix}"
     path.write_bytes(b"\x00\x01 this is not a checkpoint" * 10)
     with pytest.raises(CheckpointError, match=f"broken{suffix}: cannot read it as"):
-        load_member(path, factory=MLP_SPEC, factory_kwargs=MLP_KWARGS)
+        load_member(path, factory=MLP_SPEC, factory_kwargs=MLP_KWARGS, trust_code=True)
 
 
 def test_truncated_safetensors(tmp_path, trained_mlp):

@@ -1,4 +1,8 @@
-"""Tensors plus a JSON description in one safetensors file: how members, predictions and combiners are stored."""
+"""Tensors plus a JSON description in one safetensors file: how members, predictions and combiners are stored.
+
+Every reader here checks what a file dictates before acting on it: the header's length and tensor count are
+bounded, the JSON description is parsed defensively and validated against a pydantic schema by its reader.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,63 @@ import os
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ValidationError
 
 from ._atomic import atomic_path
 from .errors import CheckpointError
 
-__all__ = ["write_tensors", "read_tensors"]
+__all__ = [
+    "write_tensors",
+    "read_tensors",
+    "read_header",
+    "check_readable",
+    "parse_description",
+    "MAX_HEADER_BYTES",
+    "MAX_TENSORS",
+]
+
+# A header declares every tensor with its name, dtype, shape and offsets (~100 bytes each): 100 MB is the
+# safetensors library's own ceiling and covers checkpoints of hundreds of thousands of tensors.
+MAX_HEADER_BYTES = 100_000_000
+MAX_TENSORS = 1_000_000
+
+
+def check_readable(path: Path, what: str) -> None:
+    """Raise a CheckpointError naming the problem if `path` is not a file we can read."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file (expected a {what})")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass the {what} inside it")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot open the {what} ({err.strerror}); check its permissions") from None
+
+
+def read_header(path: Path) -> dict:
+    """The JSON header of a safetensors file, after checking its declared length against the file and the bound."""
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path}: cannot read it as safetensors (only {len(prefix)} bytes); is it truncated?")
+        length = int.from_bytes(prefix, "little")
+        size = path.stat().st_size
+        if length > MAX_HEADER_BYTES or length > size - 8:
+            raise CheckpointError(
+                f"{path}: cannot read it as safetensors (its header declares {length} bytes, the file has {size}, "
+                f"the limit is {MAX_HEADER_BYTES}); the file may be corrupt, truncated or of another format"
+            )
+        raw = file.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError.unreadable(path, "safetensors (its header is not JSON)", err) from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
+    if len(header) > MAX_TENSORS + 1:
+        raise CheckpointError(f"{path}: the header declares {len(header) - 1} tensors (at most {MAX_TENSORS})")
+    return header
 
 
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, key: str, description) -> Path:
@@ -26,7 +82,7 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, 
 
 
 def read_tensors(path: str | os.PathLike, *, key: str | None, what: str) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Read every tensor and the JSON under header key `key` (None when absent).
+    """Read every tensor and the JSON object under header key `key` (None when absent).
 
     Args:
         what: what the file should hold, for the error messages ("predictions file", "combiner file").
@@ -34,12 +90,29 @@ def read_tensors(path: str | os.PathLike, *, key: str | None, what: str) -> tupl
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such {what}")
+    check_readable(path, what)
+    metadata = read_header(path).get("__metadata__") or {}
     try:
         with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys() if k != "_empty"}
     except Exception as err:
         raise CheckpointError.unreadable(path, "safetensors", err) from None
-    return tensors, (json.loads(header[key]) if key in header else None)
+    if not isinstance(metadata, dict) or key not in metadata:
+        return tensors, None
+    try:
+        description = json.loads(metadata[key])
+    except (TypeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError.unreadable(path, f"a {what} (its {key!r} description is not JSON)", err) from None
+    if not isinstance(description, dict):
+        raise CheckpointError(f"{path}: the {key!r} description is a {type(description).__name__}, not an object")
+    return tensors, description
+
+
+def parse_description(schema: type[BaseModel], description: dict, path: Path | str, what: str) -> BaseModel:
+    """`description` validated against `schema`; a mismatch is one CheckpointError naming the field."""
+    try:
+        return schema.model_validate(description)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise CheckpointError(f"{path}: the {what}'s field {where!r} is invalid ({first['msg']})") from None

@@ -83,7 +83,9 @@ def predict(
     ] = None,
     factory_kwargs: Annotated[str | None, typer.Option(help="JSON object of the factory's arguments")] = None,
     task: Annotated[str | None, typer.Option(help="classification or regression (default: from the file)")] = None,
-    trust_pickle: Annotated[bool, typer.Option(help="allow pickled checkpoints (runs code from the file)")] = False,
+    trust_code: Annotated[
+        bool, typer.Option(help="allow pickles, TorchScript and torch.export files (they run code from the file)")
+    ] = False,
     trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
 ) -> None:
     """Run each member once on a split and save their outputs as Predictions.
@@ -101,7 +103,7 @@ def predict(
             factory=factory,
             factory_kwargs=kwargs,
             task=task,
-            trust_pickle=trust_pickle,
+            trust_code=trust_code,
             trusted_types=trust_type or (),
         )
         for path in checkpoints
@@ -127,7 +129,9 @@ def ensemble(
         str | None, typer.Option(help="model factory package.module:function for weights-only files")
     ] = None,
     factory_kwargs: Annotated[str | None, typer.Option(help="JSON object of the factory's arguments")] = None,
-    trust_pickle: Annotated[bool, typer.Option(help="allow pickled checkpoints (runs code from the file)")] = False,
+    trust_code: Annotated[
+        bool, typer.Option(help="allow pickles, TorchScript and torch.export files (they run code from the file)")
+    ] = False,
     trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
 ) -> None:
     """Fit combiners on validation predictions, print the test leaderboard, save combiners and results.json.
@@ -149,7 +153,7 @@ def ensemble(
         kwargs = _parse_json_option(factory_kwargs, "--factory-kwargs")
         members = [
             load_member(
-                path, factory=factory, factory_kwargs=kwargs, trust_pickle=trust_pickle, trusted_types=trust_type or ()
+                path, factory=factory, factory_kwargs=kwargs, trust_code=trust_code, trusted_types=trust_type or ()
             )
             for path in checkpoints
         ]

@@ -1,4 +1,7 @@
-"""Small model factories for the embedded data, referenced by checkpoints as `modelfusion.models:NAME`.
+"""Small model factories for the embedded data, in the registry `MODELS` that checkpoints refer to by name.
+
+A checkpoint may name only a registered factory (`"factory": "mlp"` in its header), so register your own
+architectures here to make their files load without `factory=`: `MODELS.register("mynet")(mynet)`.
 
 Every model takes flat features `[N, F]`; the CNNs reshape to their image shape inside, so CNNs, MLPs and
 scikit-learn estimators can all be fed the same `X` and fused.
@@ -11,7 +14,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["mlp", "cnn2d", "cnn1d", "OutputScale"]
+from .registry import Registry
+
+__all__ = ["MODELS", "mlp", "cnn2d", "cnn1d", "OutputScale"]
+
+MODELS: Registry = Registry("model factory")
 
 
 class OutputScale(nn.Module):
@@ -26,6 +33,7 @@ class OutputScale(nn.Module):
         return x * self.scale + self.shift
 
 
+@MODELS.register("mlp")
 def mlp(
     in_features: int,
     num_outputs: int,
@@ -48,6 +56,7 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+@MODELS.register("cnn2d")
 def cnn2d(
     image_shape: Sequence[int] = (1, 8, 8),
     num_outputs: int = 10,
@@ -73,6 +82,7 @@ def cnn2d(
     )
 
 
+@MODELS.register("cnn1d")
 def cnn1d(
     length: int = 40,
     num_outputs: int = 10,

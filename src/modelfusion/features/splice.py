@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from .._modules import output_width, truncate
-from ..errors import CheckpointError, InvalidInputError
-from ..io.factory import TRUSTED_FACTORY_PREFIXES, build_model
+from ..errors import InvalidInputError
+from ..io.factory import build_named_model
+from ..models import MODELS
 
 __all__ = ["Spliced", "splice", "spliced_model"]
 
@@ -60,13 +61,12 @@ def splice(
     return model
 
 
+@MODELS.register("spliced")
 def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs: int, in_features: int) -> Spliced:
-    """A factory for checkpoints of spliced models (`modelfusion.features.splice:spliced_model`): rebuilds the
-    backbone from its own factory, cuts it and adds a `num_outputs` head, so `load_member` restores the
-    weights. The backbone factory must be one of ours: a checkpoint never names code to run."""
-    if not backbone.startswith(TRUSTED_FACTORY_PREFIXES):
-        raise CheckpointError(
-            f"a spliced checkpoint names the backbone factory {backbone!r}, which is not trusted; rebuild it with "
-            "splice(your_backbone, ...) and load the weights with load_state_dict"
-        )
-    return splice(build_model(backbone, backbone_kwargs), num_outputs, at=at, example_input=torch.zeros(2, in_features))
+    """A factory for checkpoints of spliced models (registered as "spliced"): rebuilds the backbone from its
+    own factory, cuts it and adds a `num_outputs` head, so `load_member` restores the weights. The backbone
+    factory must be registered too, with arguments checked like a file's: a checkpoint never names code to run.
+    For any other backbone, rebuild with `splice(your_backbone, ...)` and load the weights with load_state_dict.
+    """
+    trunk = build_named_model(backbone, backbone_kwargs, "a spliced checkpoint's backbone")
+    return splice(trunk, num_outputs, at=at, example_input=torch.zeros(2, in_features))

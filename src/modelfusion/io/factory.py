@@ -1,8 +1,15 @@
-"""Model factories named as `package.module:function`, and loading a state dict into the model they build."""
+"""Model factories, and loading a state dict into the model they build.
+
+A checkpoint may only *name* a factory registered in `modelfusion.models.MODELS`, with keyword arguments
+that are plain JSON data checked against the factory's signature: nothing in a file decides which code runs.
+Any other factory (`package.module:function` or a callable) is the caller's choice, given as `factory=`.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -10,20 +17,58 @@ from torch import nn
 
 from ..errors import CheckpointError
 
-__all__ = ["resolve_factory", "build_model", "load_state_dict_checked"]
+__all__ = [
+    "resolve_factory",
+    "build_model",
+    "build_named_model",
+    "factory_name",
+    "check_state_dict",
+    "load_state_dict_checked",
+]
 
-# Factories inside our own package are trusted when a checkpoint names them; any other needs the caller's word.
-TRUSTED_FACTORY_PREFIXES = ("modelfusion.",)
 MAX_LISTED = 5
+# Bounds on the arguments a file may pass: enough for any layer list, too little to stall the factory.
+MAX_ARGUMENT_ITEMS = 4096
+MAX_STRING_CHARS = 1024
+MAX_NESTING = 4
+
+
+def _registry():
+    from ..features import splice  # noqa: F401 - registers the spliced-model factory
+    from ..models import MODELS
+
+    return MODELS
+
+
+def factory_name(spec: str | Callable[..., nn.Module] | None) -> str | None:
+    """The registry name of `spec` (a registered function, its name, or its `module:function`), else None.
+
+    Files written before the registry named our factories as `modelfusion.models:mlp`; those still resolve.
+    """
+    if spec is None:
+        return None
+    models = _registry()
+    if isinstance(spec, str) and spec in models:
+        return spec
+    for name in models:
+        factory = models[name]
+        if spec is factory or spec == f"{factory.__module__}:{factory.__qualname__}":
+            return name
+    return None
 
 
 def resolve_factory(spec: str | Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Turn `"package.module:function"` into the function it names (callables pass through)."""
+    """The caller's factory: a callable, a registered name, or `"package.module:function"` (imported: only
+    call this with a name the caller gave, never with one read from a file)."""
     if callable(spec):
         return spec
+    name = factory_name(spec)
+    if name is not None:
+        return _registry()[name]
     if not isinstance(spec, str) or spec.count(":") != 1:
         raise CheckpointError(
-            f"model factory {spec!r} is not of the form 'package.module:function' (e.g. 'modelfusion.models:mlp')"
+            f"model factory {spec!r} is neither a registered name ({', '.join(_registry().names())}) nor of the "
+            "form 'package.module:function'"
         )
     module_name, attr = spec.split(":")
     try:
@@ -38,15 +83,93 @@ def resolve_factory(spec: str | Callable[..., nn.Module]) -> Callable[..., nn.Mo
     return factory
 
 
-def build_model(spec: str | Callable[..., nn.Module], kwargs: Mapping | None = None) -> nn.Module:
-    factory = resolve_factory(spec)
+def _call(factory: Callable[..., nn.Module], kwargs: Mapping, label: str) -> nn.Module:
     try:
-        model = factory(**dict(kwargs or {}))
-    except TypeError as err:
-        raise CheckpointError(f"model factory {spec!r} rejected its arguments {dict(kwargs or {})}: {err}") from None
+        model = factory(**dict(kwargs))
+    except (TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"model factory {label} rejected its arguments {dict(kwargs)}: {first}") from None
     if not isinstance(model, nn.Module):
-        raise CheckpointError(f"model factory {spec!r} returned {type(model).__name__}, not an nn.Module")
+        raise CheckpointError(f"model factory {label} returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def build_model(spec: str | Callable[..., nn.Module], kwargs: Mapping | None = None) -> nn.Module:
+    """Build a model with the caller's factory (see `resolve_factory`) and arguments."""
+    return _call(resolve_factory(spec), kwargs or {}, repr(spec))
+
+
+def _check_plain(value, where: str, depth: int = 0) -> int:
+    """Raise unless `value` is JSON data of bounded size; return its number of items."""
+    if value is None or isinstance(value, bool | int):
+        return 1
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CheckpointError(f"{where} is {value}; factory arguments must be finite numbers")
+        return 1
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_CHARS:
+            raise CheckpointError(f"{where} is a string of {len(value)} characters (at most {MAX_STRING_CHARS})")
+        return 1
+    if depth >= MAX_NESTING or not isinstance(value, list | dict):
+        raise CheckpointError(
+            f"{where} is a {type(value).__name__}; a file may pass a factory only numbers, strings, booleans "
+            f"and lists of them (nested at most {MAX_NESTING} deep)"
+        )
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    count = 1
+    for key, item in items:
+        if not isinstance(key, str | int):
+            raise CheckpointError(f"{where} has a key of type {type(key).__name__}")
+        count += _check_plain(item, f"{where}[{key!r}]", depth + 1)
+        if count > MAX_ARGUMENT_ITEMS:
+            raise CheckpointError(f"{where} has more than {MAX_ARGUMENT_ITEMS} items")
+    return count
+
+
+def _check_arguments(name: str, factory: Callable, kwargs: Mapping, source: str) -> dict:
+    if not isinstance(kwargs, Mapping):
+        raise CheckpointError(f"{source}: factory_kwargs must be a JSON object, got {type(kwargs).__name__}")
+    parameters = inspect.signature(factory).parameters
+    accepted = [
+        p.name for p in parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+    ]
+    unknown = sorted(str(k) for k in kwargs if k not in accepted)
+    if unknown:
+        raise CheckpointError(
+            f"{source}: model factory {name!r} takes no arguments {unknown}; it takes {', '.join(accepted)}"
+        )
+    missing = [p for p in accepted if parameters[p].default is inspect.Parameter.empty and p not in kwargs]
+    if missing:
+        raise CheckpointError(f"{source}: model factory {name!r} needs the arguments {missing}")
+    _check_plain(dict(kwargs), f"{source}: factory_kwargs")
+    return dict(kwargs)
+
+
+def build_named_model(
+    name: str, kwargs: Mapping | None, source: str, state: Mapping[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """Build the registered factory a file names, with the file's arguments, defensively.
+
+    The arguments must be JSON data the factory's signature accepts. With `state` (the file's tensors), the
+    model is first built on the meta device and checked against `state`, so arguments that would allocate
+    more than the file holds (`hidden: [10**9]`) fail before any memory is taken.
+    """
+    registered = factory_name(name) if isinstance(name, str) else None
+    if registered is None:
+        raise CheckpointError(
+            f"{source} names the model factory {name!r}, which is not registered "
+            f"({', '.join(_registry().names())}); if you trust it, "
+            f"pass factory={name!r} (CLI: --factory) or register it in modelfusion.models.MODELS"
+        )
+    factory = _registry()[registered]
+    kwargs = _check_arguments(registered, factory, kwargs or {}, source)
+    label = repr(registered)
+    if state is not None:
+        with torch.device("meta"):
+            skeleton = _call(factory, kwargs, label)
+        check_state_dict(skeleton, state, source)
+    return _call(factory, kwargs, label)
 
 
 def _listed(names: list[str]) -> str:
@@ -54,8 +177,8 @@ def _listed(names: list[str]) -> str:
     return ", ".join(names[:MAX_LISTED]) + more
 
 
-def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
-    """Load `state` into `model` after checking keys and shapes; every mismatch kind is listed by name."""
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise unless `state` has exactly `model`'s keys and shapes; every mismatch kind is listed by name."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -76,5 +199,11 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
             f"{source} does not fit the factory's {type(model).__name__}: {'; '.join(problems)}. "
             "Check the factory and its arguments (layer sizes, number of classes)"
         )
+
+
+def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """Load `state` into `model` after checking keys and shapes (`check_state_dict`)."""
+    check_state_dict(model, state, source)
+    expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return model.eval()

@@ -8,15 +8,16 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from torch import nn
 
-from .._safetensors import read_tensors
+from .._safetensors import check_readable, parse_description, read_tensors
 from ..errors import CheckpointError, ModelFusionError
 from ..members import Member, SklearnMember, TorchMember
-from .factory import TRUSTED_FACTORY_PREFIXES, build_model, load_state_dict_checked
+from .factory import build_model, build_named_model, load_state_dict_checked
 
 __all__ = ["LoadedModel", "load_model", "load_member", "load_skops", "SUFFIXES", "METADATA_KEY"]
 
@@ -25,8 +26,28 @@ STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin")
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 SUFFIXES = (".safetensors", *STATE_DICT_SUFFIXES, *TORCHSCRIPT_SUFFIXES, ".pt2", ".skops", *PICKLE_SUFFIXES)
+# Zip archives may unpack to at most this many times their size (plus the slack): torch and TorchScript store
+# tensors uncompressed; only a zip bomb expands a hundredfold.
+MAX_EXPANSION = 100
+EXPANSION_SLACK_BYTES = 64 * 2**20
+MAX_ARCHIVE_ENTRIES = 100_000
 # Nested checkpoints often keep the weights under one of these keys.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+Label = StrictStr | StrictInt | StrictFloat | StrictBool
+
+
+class MemberHeader(BaseModel):
+    """What `save_member` records in a safetensors header; other keys are ignored (files of newer versions)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: StrictStr | None = Field(None, max_length=256)
+    task: Literal["classification", "regression"] = "classification"
+    classes: list[Label] | None = Field(None, max_length=1_000_000)
+    factory: StrictStr | None = Field(None, max_length=1024)
+    factory_kwargs: dict | None = None
 
 
 @dataclass
@@ -38,12 +59,12 @@ class LoadedModel:
     metadata: dict = field(default_factory=dict)
 
 
-def _pickle_refused(path: Path) -> CheckpointError:
+def _code_refused(path: Path, kind: str, detail: str = "") -> CheckpointError:
     return CheckpointError(
-        f"{path} is a pickled model; unpickling can run arbitrary code, so it is refused. If you trust its "
-        "source, pass trust_pickle=True (CLI: --trust-pickle); better, convert it once: save the state dict "
-        "with safetensors.torch.save_file(model.state_dict(), 'model.safetensors') or a scikit-learn "
-        "estimator with skops.io.dump(est, 'model.skops')"
+        f"{path} is {kind}{detail}: loading it runs code from the file, so it is refused. If you trust its "
+        "source, pass trust_code=True (CLI: --trust-code); better, convert it once: save the state dict with "
+        "safetensors.torch.save_file(model.state_dict(), 'model.safetensors') or a scikit-learn estimator "
+        "with skops.io.dump(est, 'model.skops')"
     )
 
 
@@ -57,28 +78,37 @@ def _wrap_errors(path: Path | str, fmt: str, read: Callable[[], Any]) -> Any:
         raise CheckpointError.unreadable(path, fmt, err) from None
 
 
-def _needs_factory(path: Path, factory, metadata: Mapping) -> tuple[Any, dict]:
-    named = metadata.get("factory")
+def _model_for(path: Path, state: Mapping[str, torch.Tensor], factory, factory_kwargs, named: str | None, stored):
+    """The model `state` belongs to: built by the caller's factory, else by the registered one the file names."""
     if factory is not None:
-        return factory, {}
-    if named and str(named).startswith(TRUSTED_FACTORY_PREFIXES):
-        return named, dict(metadata.get("factory_kwargs") or {})
-    if named:
+        return load_state_dict_checked(build_model(factory, factory_kwargs), state, str(path))
+    if named is None:
         raise CheckpointError(
-            f"{path} names the model factory {named!r}, which is outside modelfusion; pass "
-            f"factory={named!r} (CLI: --factory {named}) to trust it"
+            f"{path} holds only weights; pass the model factory that builds its model as "
+            "factory='package.module:function' (CLI: --factory), with factory_kwargs for its arguments"
         )
-    raise CheckpointError(
-        f"{path} holds only weights; pass the model factory that builds its model as "
-        "factory='package.module:function' (CLI: --factory), with factory_kwargs for its arguments"
-    )
+    kwargs = factory_kwargs if factory_kwargs is not None else stored
+    return load_state_dict_checked(build_named_model(named, kwargs, str(path), state), state, str(path))
 
 
-def _is_torchscript_zip(path: Path) -> bool:
+def _archive_names(path: Path) -> list[str] | None:
+    """The member names of a zip archive (torch, TorchScript, torch.export and skops files are zips), after
+    checking that its declared sizes are sane; None when `path` is not a zip."""
     if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name or name.endswith("constants.pkl") for name in archive.namelist())
+        return None
+    archive = _wrap_errors(path, "a zip archive", lambda: zipfile.ZipFile(path))
+    with archive:
+        entries = archive.infolist()
+    if len(entries) > MAX_ARCHIVE_ENTRIES:
+        raise CheckpointError(f"{path}: the archive lists {len(entries)} entries (at most {MAX_ARCHIVE_ENTRIES})")
+    declared = sum(entry.file_size for entry in entries)
+    allowed = MAX_EXPANSION * path.stat().st_size + EXPANSION_SLACK_BYTES
+    if declared > allowed:
+        raise CheckpointError(
+            f"{path}: the archive declares {declared:,} bytes unpacked from {path.stat().st_size:,} on disk (more "
+            f"than {MAX_EXPANSION}x + {EXPANSION_SLACK_BYTES // 2**20} MiB): refused as a likely zip bomb"
+        )
+    return [entry.filename for entry in entries]
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -95,27 +125,39 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def _load_torch_file(path: Path, factory, factory_kwargs, trust_pickle: bool) -> LoadedModel:
-    if _is_torchscript_zip(path):
+def _refused_global(err: Exception) -> str | None:
+    """The line in which torch's weights-only unpickler names the Python object it refused, if it did."""
+    text = str(err)
+    if "Weights only load failed" not in text and "Unsupported global" not in text:
+        return None
+    lines = [line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported global" in line]
+    return lines[0] if lines else "it pickles Python objects beyond tensors"
+
+
+def _load_torch_file(path: Path, factory, factory_kwargs, trust_code: bool) -> LoadedModel:
+    names = _archive_names(path)
+    if names is None and not trust_code:
+        # Before torch 1.6 files were raw pickles whose storage sizes the file dictates (an allocation bomb).
+        raise _code_refused(path, "not a zip archive (a legacy torch file or a plain pickle)")
+    if names is not None and any("/code/" in name or name.endswith("constants.pkl") for name in names):
+        if not trust_code:
+            raise _code_refused(path, "a TorchScript program")
         return LoadedModel(_wrap_errors(path, "TorchScript", lambda: torch.jit.load(str(path))), "torchscript")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # The safe unpickler names the class it refused ("Unsupported global"): a fully pickled model.
-        # Any other unpickling failure is a damaged file.
-        if "Unsupported global" not in str(err):
+        refused = _refused_global(err)
+        if refused is None:
             raise CheckpointError.unreadable(path, "a PyTorch checkpoint", err) from None
-        if not trust_pickle:
-            raise _pickle_refused(path) from None
+        if not trust_code:
+            raise _code_refused(path, "a pickled model", f" ({refused})") from None
         obj = _wrap_errors(path, "a pickled model", lambda: torch.load(str(path), weights_only=False))
         if isinstance(obj, nn.Module):
             return LoadedModel(obj.eval(), "pickle")
     except Exception as err:
         raise CheckpointError.unreadable(path, "a PyTorch checkpoint", err) from None
     state = _unwrap_state_dict(obj, path)
-    spec, stored_kwargs = _needs_factory(path, factory, {})
-    model = build_model(spec, factory_kwargs if factory_kwargs is not None else stored_kwargs)
-    return LoadedModel(load_state_dict_checked(model, state, str(path)), "state_dict")
+    return LoadedModel(_model_for(path, state, factory, factory_kwargs, None, None), "state_dict")
 
 
 def _exported_metadata(program) -> dict:
@@ -162,9 +204,9 @@ def _is_sklearn_class(name: str) -> bool:
         return False
 
 
-def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
-    if not trust_pickle:
-        raise _pickle_refused(path)
+def _load_pickle(path: Path, trust_code: bool) -> LoadedModel:
+    if not trust_code:
+        raise _code_refused(path, "a pickle")
     import joblib
 
     return LoadedModel(_wrap_errors(path, "a pickle", lambda: joblib.load(path)), "pickle")
@@ -175,7 +217,7 @@ def load_model(
     *,
     factory: str | Callable[..., nn.Module] | None = None,
     factory_kwargs: Mapping | None = None,
-    trust_pickle: bool = False,
+    trust_code: bool = False,
     trusted_types: Sequence[str] = (),
 ) -> LoadedModel:
     """Read a model (an `nn.Module` or a scikit-learn estimator) from `path`, safely.
@@ -184,7 +226,8 @@ def load_model(
         path: a checkpoint in one of the formats listed in `modelfusion.io`.
         factory: for weights-only files, the function building the model, or its `package.module:function`.
         factory_kwargs: arguments for `factory` (default: the ones stored in the file by `save_member`).
-        trust_pickle: allow unpickling (runs code from the file): only for files you trust.
+        trust_code: allow formats whose loading or running executes code from the file (pickles, TorchScript,
+            torch.export programs): only for files you trust.
         trusted_types: extra type names a skops file may contain (scikit-learn's own classes are trusted).
 
     Raises:
@@ -192,28 +235,32 @@ def load_model(
         not fit the factory's model.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass the checkpoint file inside it")
+    check_readable(path, "checkpoint")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        state, metadata = read_tensors(path, key=METADATA_KEY, what="checkpoint")
-        metadata = metadata or {}
-        spec, stored_kwargs = _needs_factory(path, factory, metadata)
-        model = build_model(spec, factory_kwargs if factory_kwargs is not None else stored_kwargs)
-        return LoadedModel(load_state_dict_checked(model, state, str(path)), "safetensors", metadata)
+        state, description = read_tensors(path, key=METADATA_KEY, what="checkpoint")
+        header = parse_description(MemberHeader, description or {}, path, "checkpoint header")
+        model = _model_for(path, state, factory, factory_kwargs, header.factory, header.factory_kwargs)
+        return LoadedModel(model, "safetensors", header.model_dump(exclude_unset=True))
     if suffix in STATE_DICT_SUFFIXES:
-        return _load_torch_file(path, factory, factory_kwargs, trust_pickle)
+        return _load_torch_file(path, factory, factory_kwargs, trust_code)
     if suffix in TORCHSCRIPT_SUFFIXES:
+        _archive_names(path)
+        if not trust_code:
+            raise _code_refused(path, "a TorchScript program")
         return LoadedModel(_wrap_errors(path, "TorchScript", lambda: torch.jit.load(str(path))), "torchscript")
     if suffix == ".pt2":
+        # torch.export.load unpickles parts of the archive and resolves any `torch.*` name in the graph.
+        _archive_names(path)
+        if not trust_code:
+            raise _code_refused(path, "a torch.export program")
         program = _wrap_errors(path, "a torch.export program", lambda: torch.export.load(str(path)))
         return LoadedModel(program.module(), "torch.export", _exported_metadata(program))
     if suffix == ".skops":
+        _archive_names(path)
         return LoadedModel(load_skops(path, trusted_types), "skops")
     if suffix in PICKLE_SUFFIXES:
-        return _load_pickle(path, trust_pickle)
+        return _load_pickle(path, trust_code)
     raise CheckpointError(
         f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; supported: {', '.join(SUFFIXES)}"
     )
@@ -224,7 +271,7 @@ def load_member(
     *,
     factory: str | Callable[..., nn.Module] | None = None,
     factory_kwargs: Mapping | None = None,
-    trust_pickle: bool = False,
+    trust_code: bool = False,
     trusted_types: Sequence[str] = (),
     name: str | None = None,
     task: str | None = None,
@@ -245,7 +292,7 @@ def load_member(
         path,
         factory=factory,
         factory_kwargs=factory_kwargs,
-        trust_pickle=trust_pickle,
+        trust_code=trust_code,
         trusted_types=trusted_types,
     )
     meta = loaded.metadata

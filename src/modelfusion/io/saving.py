@@ -12,6 +12,7 @@ from .._atomic import atomic_path
 from .._safetensors import write_tensors
 from ..errors import InvalidInputError
 from ..members import Member, SklearnMember, TorchMember
+from .factory import factory_name
 from .loading import METADATA_KEY
 
 __all__ = ["save_member"]
@@ -27,8 +28,9 @@ def save_member(
     """Save a member atomically; `load_member(path)` reads it back.
 
     Torch members are written as a safetensors state dict whose header records the member's name, task,
-    classes and (when given here or known to the member) the `package.module:function` factory and its
-    arguments, so the file can be reloaded without extra flags when the factory is modelfusion's own.
+    classes and (when given here or known to the member) the factory and its arguments: the registry name of
+    a factory in `modelfusion.models.MODELS`, so the file reloads without extra flags, else its
+    `package.module:function`, which the reader must then pass as `factory=` to show that it trusts it.
     Scikit-learn members go to skops.
 
     Returns:
@@ -51,7 +53,7 @@ def save_member(
     factory = factory or member.factory
     if factory is not None:
         kwargs = factory_kwargs if factory_kwargs is not None else member.factory_kwargs
-        metadata.update(factory=factory, factory_kwargs=dict(kwargs or {}))
+        metadata.update(factory=factory_name(factory) or factory, factory_kwargs=dict(kwargs or {}))
     # Cloning breaks storage sharing (tied weights), which safetensors refuses to write.
     state = {k: v.detach().cpu().clone() for k, v in member.module.state_dict().items()}
     return write_tensors(path, state, key=METADATA_KEY, description=metadata)
