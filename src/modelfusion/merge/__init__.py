@@ -6,9 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..errors import ConfigError
 from .config import AlignOptions, MergeConfig, load_config
 from .engine import Checkpoint, MergePlan, merge_checkpoints
-from .methods import METHODS
+from .methods import METHODS, check_parameters
 from .soups import GreedySoup, greedy_soup, uniform_soup
 from .state_dicts import merge_state_dicts
 
@@ -41,11 +42,15 @@ def merge(
     Example:
         >>> merge("ties.yaml", "merged/")
     """
-    root = Path.cwd()
+    root, source = Path.cwd(), "the config"
     if not isinstance(config, MergeConfig):
-        root = Path(config).resolve().parent
+        root, source = Path(config).resolve().parent, str(config)
         config = load_config(config)
-    models, base, params = config.resolve(root)
+    try:
+        models, base, params = config.resolve(root)
+        check_parameters(config.merge_method, params, len(models))
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     if config.align is not None and not dry_run:
         with tempfile.TemporaryDirectory() as folder:
             models, base = _aligned(models, base, config.align, Path(folder))

@@ -44,6 +44,8 @@ _NOT_YET = {
     "chat_template": "chat_template is not supported yet; the base model's tokenizer files are copied",
 }
 Scalar = float | int | bool | str
+MAX_CONFIG_BYTES = 2**20
+MAX_CONFIG_NODES = 100_000
 
 
 class ModelEntry(BaseModel):
@@ -140,15 +142,54 @@ def _check_scalars(parameters: dict[str, Any]) -> dict[str, Any]:
     return parameters
 
 
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int], open_nodes: set[int]) -> int:
+    """How many nodes the document has once its aliases are expanded (a shared node counts every time)."""
+    key = id(node)
+    if key in open_nodes:
+        raise ConfigError("the YAML refers to itself through an alias (a recursive structure)")
+    if key not in memo:
+        open_nodes.add(key)
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [item for pair in node.value for item in pair]
+        memo[key] = 1 + sum(_expanded_nodes(child, memo, open_nodes) for child in children)
+        open_nodes.discard(key)
+    return memo[key]
+
+
+def _read_yaml(path: Path):
+    """The YAML document at `path`, refused before it is built if it is too big or expands too much through
+    aliases ("billion laughs")."""
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; pass the YAML config file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror}); check its permissions") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {len(data):,} bytes; a merge config is at most {MAX_CONFIG_BYTES:,}")
+    try:
+        text = data.decode("utf-8")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        nodes = _expanded_nodes(root, {}, set()) if root is not None else 0
+        if nodes <= MAX_CONFIG_NODES:
+            return yaml.safe_load(text)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError, OverflowError) as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML ({reason})") from None
+    raise ConfigError(f"{path}: the YAML expands to {nodes:,} values through aliases; refused")
+
+
 def load_config(path: str | os.PathLike) -> MergeConfig:
     """Read and validate a YAML merge config; every problem is one `ConfigError` naming the field."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a merge config is a mapping with merge_method, models, ...")
     for key, message in _NOT_YET.items():

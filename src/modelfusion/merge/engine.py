@@ -23,10 +23,11 @@ from rich.console import Console
 
 from .._atomic import atomic_dir, jsonable
 from .._progress import progress_bar
+from .._safetensors import check_readable, read_header
 from ..errors import CheckpointError, ConfigError
 from ..io.loading import METADATA_KEY as MEMBER_KEY
 from .compat import TensorInfo, check_compatible, compatibility_problems
-from .methods import METHODS, takes_seed, task_arithmetic_blocks, task_arithmetic_options
+from .methods import METHODS, check_parameters, takes_seed, task_arithmetic_blocks, task_arithmetic_options
 from .state_dicts import tensor_seed
 
 __all__ = ["Checkpoint", "MergePlan", "merge_checkpoints", "parse_size"]
@@ -49,6 +50,7 @@ _SAFETENSORS_DTYPES = {
 # Small files worth carrying from the base model: configuration and tokenizer, never weights.
 _COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".md")
 _COPY_MAX_BYTES = 64 * 2**20
+_INDEX_MAX_BYTES = 64 * 2**20
 _CHUNK_BYTES = 8 * 2**20  # float32 bytes per block of rows: small enough that a block's temporaries stay small
 
 
@@ -79,10 +81,12 @@ class Checkpoint:
         self._handles = {}
         self._where: dict[str, Path] = {}
         for file in files:
+            check_readable(file, "safetensors file")
+            read_header(file)  # bounds the header before the library parses it
             try:
                 handle = safe_open(str(file), framework="pt")
             except Exception as err:
-                raise CheckpointError(f"{file}: cannot read it as safetensors ({err}); is the file complete?") from None
+                raise CheckpointError.unreadable(file, "safetensors", err) from None
             self._handles[file] = handle
             for name in handle.keys():
                 self._where[name] = file
@@ -92,15 +96,7 @@ class Checkpoint:
             return [self.path]
         index = self.path / INDEX_NAME
         if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as err:
-                raise CheckpointError(f"{index}: not a safetensors index ({err})") from None
-            files = sorted({self.path / f for f in weight_map.values()})
-            missing = [str(f) for f in files if not f.exists()]
-            if missing:
-                raise CheckpointError(f"{index} names shards that are missing: {', '.join(missing)}")
-            return files
+            return self._indexed_shards(index)
         if (self.path / SINGLE_NAME).exists():
             return [self.path / SINGLE_NAME]
         found = sorted(self.path.glob("*.safetensors"))
@@ -110,6 +106,27 @@ class Checkpoint:
             f"{self.path}: no {SINGLE_NAME}, no {INDEX_NAME} and {len(found)} .safetensors files; "
             "point to the weights file or to a folder with one of those"
         )
+
+    def _indexed_shards(self, index: Path) -> list[Path]:
+        """The shard files a sharded checkpoint's index names, each checked to lie inside the folder."""
+        check_readable(index, "safetensors index")
+        if index.stat().st_size > _INDEX_MAX_BYTES:
+            raise CheckpointError(f"{index}: {index.stat().st_size:,} bytes, more than an index can need")
+        try:
+            weight_map = json.loads(index.read_bytes())["weight_map"]
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
+        folder = self.path.resolve()
+        files = sorted({self.path / f for f in weight_map.values()})
+        outside = [str(f) for f in files if not f.resolve().is_relative_to(folder)]
+        if outside:
+            raise CheckpointError(f"{index} names shards outside its folder: {', '.join(outside)}; refused")
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise CheckpointError(f"{index} names shards that are missing: {', '.join(missing)}")
+        return files
 
     def inventory(self) -> dict[str, TensorInfo]:
         """Name -> (shape, dtype) of every tensor, from the headers only."""
@@ -260,17 +277,25 @@ class _StreamingWriter:
 
 
 def _copy_small_files(source: Path, target: Path, out_dtype: str | None) -> None:
+    """Carry the base model's configuration and tokenizer files; a link that leads outside its folder is
+    skipped, so a model folder cannot smuggle another file of the user's into the output."""
+    folder = source.resolve()
     for file in sorted(source.iterdir()):
         if not file.is_file() or file.suffix not in _COPY_SUFFIXES or file.name == INDEX_NAME:
             continue
-        if file.stat().st_size > _COPY_MAX_BYTES:
+        if not file.resolve().is_relative_to(folder) or file.stat().st_size > _COPY_MAX_BYTES:
             continue
         if file.name == "config.json" and out_dtype:
-            config = json.loads(file.read_text())
+            try:
+                config = json.loads(file.read_bytes())
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+                raise CheckpointError(f"{file}: not valid JSON ({err}); fix or remove it") from None
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{file}: a model config is a JSON object, got {type(config).__name__}")
             config["torch_dtype"] = out_dtype
             (target / file.name).write_text(json.dumps(config, indent=2) + "\n")
         else:
-            shutil.copy2(file, target / file.name)
+            shutil.copyfile(file, target / file.name)
 
 
 def _return_freed_memory_promptly() -> None:
@@ -324,13 +349,14 @@ def merge_checkpoints(
         raise ConfigError(f"unknown dtype {out_dtype!r}; valid: {', '.join(DTYPES)}")
     if not models:
         raise ConfigError("no models to merge")
+    params = dict(params or {})
+    check_parameters(method, params, len(models))
     inputs = [Checkpoint(p) for p in models]
     base_checkpoint = Checkpoint(base) if base is not None else None
     labelled = {str(c.path): c for c in ([base_checkpoint] if base_checkpoint else []) + inputs}
     inventories = {label: c.inventory() for label, c in labelled.items()}
     check_compatible(inventories)
     reference = next(iter(inventories.values()))
-    params = dict(params or {})
     plan = MergePlan(
         method=method,
         models=[c.path for c in inputs],
@@ -358,16 +384,17 @@ def merge_checkpoints(
             dtype = DTYPES[out_dtype]
         layout[name] = (shape, dtype)
     metadata = {"format": "pt", "modelfusion.merge": json.dumps({"method": method, "params": jsonable(params)})}
-    member = next(iter(labelled.values())).metadata().get(MEMBER_KEY)
+    member = _member_description(next(iter(labelled.values())))
     if member is not None:  # a saved member's task and factory carry over, so `load_member` reads the merge back
-        metadata[MEMBER_KEY] = json.dumps({**json.loads(member), "name": Path(out_dir).name})
+        metadata[MEMBER_KEY] = json.dumps({**member, "name": Path(out_dir).name})
     with atomic_dir(out_dir) as tmp, progress_bar(progress) as bar:
         writer = _StreamingWriter(tmp, layout, parse_size(shard_size), metadata)
         task = bar.add_task(f"merging ({method})", total=len(reference))
         for name, (shape, dtype) in layout.items():
             row_bytes = math.prod(shape[1:]) * 4 if shape else 4
             step = max(1, _CHUNK_BYTES // max(row_bytes, 1)) if blockwise and len(shape) >= 1 else None
-            blocks = [slice(i, i + step) for i in range(0, shape[0], step)] if step else [None]
+            # A tensor with no rows (shape [0, ...]) is still written once, empty.
+            blocks = [slice(i, i + step) for i in range(0, shape[0], step)] if step and shape[0] else [None]
             floating = dtype.is_floating_point
             if streamed and floating:
                 merged_blocks = task_arithmetic_blocks(
@@ -399,6 +426,20 @@ def merge_checkpoints(
             _copy_small_files(source.folder, tmp, out_dtype)
     (console or Console(stderr=True)).print(f"merged {len(reference)} tensors -> {out_dir}", highlight=False)
     return plan
+
+
+def _member_description(checkpoint: Checkpoint) -> dict | None:
+    """The member description (`save_member`'s header) of a checkpoint, if it has a valid one."""
+    raw = checkpoint.metadata().get(MEMBER_KEY)
+    if raw is None:
+        return None
+    try:
+        description = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{checkpoint.path}: its {MEMBER_KEY!r} description is not JSON ({err})") from None
+    if not isinstance(description, dict):
+        raise CheckpointError(f"{checkpoint.path}: its {MEMBER_KEY!r} description is not a JSON object")
+    return description
 
 
 def _torch_dtype(name: str) -> torch.dtype:

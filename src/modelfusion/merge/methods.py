@@ -9,7 +9,8 @@ Arithmetic runs in float32 (float64 when an input is float64); the result has th
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -25,6 +26,7 @@ __all__ = [
     "model_stock",
     "sparsify",
     "takes_seed",
+    "check_parameters",
     "task_arithmetic_options",
     "task_arithmetic_blocks",
     "task_vector_blocks",
@@ -466,6 +468,52 @@ def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = Non
 def takes_seed(method: MergeMethod) -> bool:
     """Whether a method draws random numbers (and so takes a `seed`)."""
     return "seed" in inspect.signature(method).parameters
+
+
+PER_MODEL_PARAMETERS = ("weight", "density")
+# Parameters the engine passes itself, never the user.
+_INTERNAL_PARAMETERS = ("tensors", "base", "seed")
+
+
+def _finite_number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number, got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    return number
+
+
+def check_parameters(name: str, params: Mapping, num_models: int) -> None:
+    """Raise a ConfigError naming the parameter unless every one is known to method `name` and of its type.
+
+    Per-model parameters (`weight`, `density`) are a number or a list of `num_models` numbers; the others take
+    the type of their annotation (number, boolean, or name). Numbers must be finite.
+    """
+    parameters = inspect.signature(METHODS[name]).parameters
+    accepted = [p for p in parameters if p not in _INTERNAL_PARAMETERS]
+    for key, value in params.items():
+        if key not in accepted:
+            takes = ", ".join(p.rstrip("_") for p in accepted) or "no parameters"  # lambda_ is YAML's lambda
+            raise ConfigError(f"merge method {name!r} has no parameter {key!r}; it takes {takes}")
+        where = f"parameter {key.rstrip('_')!r} of {name!r}"
+        annotation = str(parameters[key].annotation)
+        if key in PER_MODEL_PARAMETERS:
+            values = value if isinstance(value, list | tuple) else [value]
+            if isinstance(value, list | tuple) and len(values) != num_models:
+                raise ConfigError(f"{where} has {len(values)} values for {num_models} models")
+            for v in values:
+                _finite_number(v, where)
+        elif "bool" in annotation:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false, got {value!r}")
+        elif "float" in annotation:
+            _finite_number(value, where)
+        elif "str" in annotation and value is not None and not isinstance(value, str):
+            raise ConfigError(f"{where} must be a name, got {type(value).__name__} {value!r}")
 
 
 def task_arithmetic_options(method: MergeMethod, params: dict) -> dict | None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .compat import check_compatible
-from .methods import METHODS, takes_seed
+from .methods import METHODS, check_parameters, takes_seed
 
 __all__ = ["merge_state_dicts", "tensor_seed"]
 
@@ -53,6 +53,7 @@ def merge_state_dicts(
         labelled = {"base": base_state, **labelled}
     check_compatible({k: {n: (tuple(t.shape), str(t.dtype)) for n, t in s.items()} for k, s in labelled.items()})
     seed = params.pop("seed", 0)
+    check_parameters(method, params, len(states))
     random = takes_seed(merge)
     merged = {}
     with torch.no_grad():
