@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/modelfusion demo
+	$(BIN)/modelfusion demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -280,7 +280,7 @@ def test_align_command_and_the_align_option_of_merge_configs(two_mlps, digits, t
         config.write_text(
             f"merge_method: linear\nmodels:\n  - model: m0.safetensors\n  - model: m1.safetensors\n{extra}"
         )
-        merge(config, tmp_path / "merged", progress=False)
+        merge(config, tmp_path / "merged", progress=False, overwrite=True)
         merged = load_member(tmp_path / "merged" / "model.safetensors")
         return F.cross_entropy(merged.predict(digits.val.X), digits.val.y).item()
 

@@ -8,6 +8,8 @@ from .errors import (
     MissingExtraError,
     ModelFusionError,
     NotFittedError,
+    OutputError,
+    TrainingDivergedError,
     UnknownNameError,
 )
 
@@ -22,5 +24,7 @@ __all__ = [
     "InvalidInputError",
     "MissingExtraError",
     "NotFittedError",
+    "OutputError",
+    "TrainingDivergedError",
     "UnknownNameError",
 ]

@@ -1,16 +1,31 @@
-"""Atomic writes: write beside the target, then rename, so an interrupted write leaves nothing half-written."""
+"""Safe outputs: nothing of the user's is replaced unless asked, and interrupted writes leave nothing behind.
+
+Every output is written under a temporary name beside its target and renamed into place at the end. Temporary
+names say whose they are (`.NAME.modelfusion-PID-XXXX.tmp`), so the next run beside them removes those whose
+process is dead (a `kill -9` cannot be cleaned up by the process itself). A folder output is also locked
+(`.NAME.modelfusion.lock`, holding the owner's PID) so that two runs cannot write the same folder at once.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Literal
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "jsonable"]
+from .errors import OutputError
+
+__all__ = ["atomic_path", "atomic_dir", "check_output", "remove_stale", "write_json", "jsonable"]
+
+_TAG = "modelfusion"
+_TEMPORARY = re.compile(rf"^\.(?P<name>.+)\.{_TAG}-(?P<pid>\d+)-[^.]+\.(?P<kind>tmp|old)$")
+_OVERWRITE_HINT = "pass --overwrite (Python: overwrite=True) to replace it, or choose another output"
 
 
 def _umask_mode(full: int) -> int:
@@ -23,43 +38,206 @@ def _umask_mode(full: int) -> int:
     return full & ~umask
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders of dead modelfusion runs in `folder`; return what was removed.
+
+    A dead run's `.old` copy whose target is gone (killed between the two renames of a replacement) is put
+    back instead of removed: it is the user's previous output.
+    """
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        target = folder / match["name"]
+        try:
+            if match["kind"] == "old" and not target.exists():
+                os.replace(entry, target)
+                continue
+            _remove(entry)
+            removed.append(entry)
+        except OSError:
+            continue  # another run got there first, or we may not touch it: leave it
+    return removed
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    kind: Literal["file", "folder"],
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> None:
+    """Raise an `OutputError` unless `path` may be written as a `kind` output.
+
+    Refused: an existing non-empty folder or an existing file (unless `overwrite`), and always an output that
+    is one of the `inputs` or (a folder) holds one of them.
+    """
+    target = _resolved(Path(path))
+    for source in inputs:
+        if source is None:
+            continue
+        source = _resolved(Path(source))
+        if source == target or (kind == "folder" and source.is_relative_to(target)):
+            what = "is" if source == target else "holds"
+            raise OutputError(f"{path} {what} an input of this run ({source}); choose another output")
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir():
+        if kind == "file":
+            problem = "is a folder, not a file"
+        elif any(True for _ in path.iterdir()):
+            problem = "exists and is not empty"
+        else:
+            return
+    else:
+        problem = "exists" if kind == "file" else "is a file, not a folder"
+    if not overwrite:
+        raise OutputError(f"{path} {problem}; {_OVERWRITE_HINT}")
+
+
+@contextlib.contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Turn the operating system's refusals (permissions, full disk, read-only media) into one clear line."""
+    try:
+        yield
+    except OSError as err:
+        raise OutputError(f"cannot write {target} ({err.strerror or err}); choose a writable output location") from None
+
+
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}.{_TAG}-{os.getpid()}-"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it replaces `path`, on error it is removed."""
+    """Yield a temporary path in the target's folder; on success it replaces `path`, on error it is removed.
+
+    A file replaces a file; an existing folder at `path` is refused (`check_output` first for the user's
+    outputs: this is also the writer of checkpoints and internal files, which replace their own).
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    if target.is_dir():
+        raise OutputError(f"{target} is a folder, not a file; choose another output")
+    with _writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        if tmp_path.exists():
-            os.chmod(tmp_path, _umask_mode(0o666))
-        os.replace(tmp_path, target)
+        with _writing(target):
+            if tmp_path.exists():
+                os.chmod(tmp_path, _umask_mode(0o666))
+            os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it becomes `path` (replacing an old one)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+def _lock_owner(lock: Path) -> int | None:
+    """The PID in a lock file; None while its owner is still writing it (an empty file younger than a minute)."""
     try:
-        yield tmp
-        os.chmod(tmp, _umask_mode(0o777))
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        text = lock.read_text().strip()
+        age = time.time() - lock.stat().st_mtime
+    except (OSError, UnicodeDecodeError):
+        return 0
+    if text.isdigit():
+        return int(text)
+    return None if age < 60 else 0
+
+
+@contextlib.contextmanager
+def _lock(target: Path) -> Iterator[None]:
+    """Hold `.NAME.modelfusion.lock` beside `target`: one writer per output folder at a time. A lock whose
+    owner died (kill -9) is taken over."""
+    lock = target.parent / f".{target.name}.{_TAG}.lock"
+    for _ in range(2):
+        try:
+            with _writing(target):
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is None or (owner and _alive(owner)):
+                raise OutputError(
+                    f"{target} is being written by another modelfusion run (process {owner or 'starting'}); "
+                    f"wait for it to finish, or remove {lock} if that process is gone"
+                ) from None
+            lock.unlink(missing_ok=True)
+    else:
+        raise OutputError(f"cannot lock {target}: {lock} keeps coming back; is another run starting?")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    path: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it becomes `path`, on error it is removed.
+
+    An existing non-empty folder or a file at `path` is replaced only with `overwrite`, and never one that is
+    or holds one of `inputs` (`check_output`, checked on entry and again before the rename).
+    """
+    target = Path(path)
+    inputs = list(inputs)
+    check_output(target, kind="folder", overwrite=overwrite, inputs=inputs)
+    with _writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target.parent)
+    with _lock(target):
+        with _writing(target):
+            tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
+        try:
+            yield tmp
+            check_output(target, kind="folder", overwrite=overwrite, inputs=inputs)
+            with _writing(target):
+                os.chmod(tmp, _umask_mode(0o777))
+                if target.exists() or target.is_symlink():
+                    old = target.parent / f"{_temporary_prefix(target)}{os.urandom(4).hex()}.old"
+                    os.replace(target, old)
+                    os.replace(tmp, target)
+                    _remove(old)
+                else:
+                    os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def jsonable(value):

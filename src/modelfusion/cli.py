@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from .errors import ConfigError, ModelFusionError
+from .errors import ConfigError, InvalidInputError, ModelFusionError
 
 app = typer.Typer(
     help="Fuse several trained models into one better predictor or one better model.",
@@ -23,18 +28,89 @@ console = Console(width=None if sys.stdout.isatty() else 110)
 err_console = Console(stderr=True)
 
 
+Overwrite = Annotated[bool, typer.Option(help="replace an existing output (never an input of the run)")]
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that every temporary output is cleaned up on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print `message` as one `error:` line on stderr (no markup: paths may hold brackets)."""
+    line = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    err_console.print(Text.assemble(("error:", "red"), " ", line), soft_wrap=True)
+    return typer.Exit(code)
+
+
 def _command(fn):
-    """Register `fn` as a command whose ModelFusionErrors print as one line and exit with code 2."""
+    """Register `fn` as a command whose errors print as one line: exit code 2 for the ones a user can cause,
+    128 + the signal's number when stopped (Ctrl-C, SIGTERM, SIGHUP), after cleaning up."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _stop_on_signals():
+                return fn(*args, **kwargs)
         except ModelFusionError as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise _fail(str(err)) from None
+        except KeyboardInterrupt as err:
+            signum = getattr(err, "signum", signal.SIGINT)
+            name = signal.Signals(signum).name
+            raise _fail(f"stopped by {name}; no output was left half-written", 128 + signum) from None
+        except OSError as err:  # the system's refusals we did not foresee (a full disk, an I/O error)
+            where = f"{err.filename}: " if err.filename else ""
+            raise _fail(f"{where}{err.strerror or err}") from None
 
     return app.command()(wrapper)
+
+
+def _load_members(paths: Sequence[Path], **options) -> list:
+    """Load each checkpoint; members whose stored names collide are renamed after their files, and told so."""
+    from .io import load_member
+
+    members = [load_member(path, **options) for path in paths]
+    names = [m.name for m in members]
+    clashing = {name for name in names if names.count(name) > 1}
+    if clashing:
+        stems = [Path(p).stem for p in paths]
+        for index, (member, path) in enumerate(zip(members, paths, strict=True)):
+            if member.name in clashing:
+                stem = Path(path).stem
+                member.name = stem if stems.count(stem) == 1 else f"{stem}_{index}"
+        renamed = ", ".join(f"{p} -> {m.name}" for p, m in zip(paths, members, strict=True) if m.name != Path(p).stem)
+        err_console.print(
+            f"note: members share the names {sorted(clashing)}; each is named after its file"
+            + (f" ({renamed})" if renamed else ""),
+            markup=False,
+            highlight=False,
+        )
+    return members
+
+
+def _safetensors_out(path: Path, option: str) -> None:
+    if path.suffix != ".safetensors":
+        raise InvalidInputError(f"{option} {path}: outputs are safetensors files; name it with .safetensors")
 
 
 @_command
@@ -47,14 +123,24 @@ def demo(
     epochs: Annotated[int, typer.Option(help="training epochs of the torch members")] = 40,
     mlps: Annotated[int, typer.Option(help="number of MLP members (different seeds)")] = 3,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train diverse members on embedded data, fuse them, print the test leaderboard.
 
-    Python: `modelfusion.demo.run_demo(dataset, seed=..., out=...)`.
+    Python: `modelfusion.demo.run_demo(dataset, seed=..., out=..., overwrite=...)`.
     """
     from .demo import run_demo
 
-    run_demo(dataset, seed=seed, out=out, epochs=epochs, n_mlps=mlps, progress=progress, console=console)
+    run_demo(
+        dataset,
+        seed=seed,
+        out=out,
+        epochs=epochs,
+        n_mlps=mlps,
+        progress=progress,
+        overwrite=overwrite,
+        console=console,
+    )
 
 
 def _parse_json_option(value: str | None, option: str) -> dict | None:
@@ -87,27 +173,27 @@ def predict(
         bool, typer.Option(help="allow pickles, TorchScript and torch.export files (they run code from the file)")
     ] = False,
     trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Run each member once on a split and save their outputs as Predictions.
 
     Python: `load_member(...)` for each file, then `collect_predictions(members, X, y, split).save(out)`.
     """
+    from ._atomic import check_output
     from .datasets import load_dataset
-    from .io import load_member
     from .predictions import collect_predictions
 
+    _safetensors_out(out, "--out")
+    check_output(out, kind="file", overwrite=overwrite, inputs=checkpoints)
     kwargs = _parse_json_option(factory_kwargs, "--factory-kwargs")
-    members = [
-        load_member(
-            path,
-            factory=factory,
-            factory_kwargs=kwargs,
-            task=task,
-            trust_code=trust_code,
-            trusted_types=trust_type or (),
-        )
-        for path in checkpoints
-    ]
+    members = _load_members(
+        checkpoints,
+        factory=factory,
+        factory_kwargs=kwargs,
+        task=task,
+        trust_code=trust_code,
+        trusted_types=trust_type or (),
+    )
     part = load_dataset(dataset, seed=seed).split(split)
     preds = collect_predictions(members, part.X, part.y, split)
     preds.save(out)
@@ -133,14 +219,15 @@ def ensemble(
         bool, typer.Option(help="allow pickles, TorchScript and torch.export files (they run code from the file)")
     ] = False,
     trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Fit combiners on validation predictions, print the test leaderboard, save combiners and results.json.
 
-    Python: `modelfusion.ensemble.fuse_and_evaluate(val_preds, test_preds, methods).save(out)`.
+    Python: `modelfusion.ensemble.fuse_and_evaluate(val_preds, test_preds, methods).save(out, overwrite=...)`.
     """
+    from ._atomic import check_output
     from .datasets import load_dataset
     from .ensemble import COMBINERS, fuse_and_evaluate
-    from .io import load_member
     from .predictions import Predictions, collect_predictions
     from .report import print_leaderboard
 
@@ -149,14 +236,13 @@ def ensemble(
         COMBINERS[name]  # an unknown name fails here, before any member runs
     if checkpoints and (val_preds or test_preds):
         raise ConfigError("give member checkpoints or --val-preds/--test-preds, not both")
+    inputs = [*(checkpoints or []), val_preds, test_preds]
+    check_output(out, kind="folder", overwrite=overwrite, inputs=inputs)  # before any member runs
     if checkpoints:
         kwargs = _parse_json_option(factory_kwargs, "--factory-kwargs")
-        members = [
-            load_member(
-                path, factory=factory, factory_kwargs=kwargs, trust_code=trust_code, trusted_types=trust_type or ()
-            )
-            for path in checkpoints
-        ]
+        members = _load_members(
+            checkpoints, factory=factory, factory_kwargs=kwargs, trust_code=trust_code, trusted_types=trust_type or ()
+        )
         data = load_dataset(dataset, seed=seed)
         val = collect_predictions(members, data.val.X, data.val.y, "val")
         test = collect_predictions(members, data.test.X, data.test.y, "test")
@@ -166,7 +252,7 @@ def ensemble(
         raise ConfigError("give member checkpoints, or both --val-preds and --test-preds")
     run = fuse_and_evaluate(val, test, "all" if methods == ["all"] else methods, seed=seed)
     print_leaderboard(run.report, console)
-    run.save(out)
+    run.save(out, overwrite=overwrite, inputs=inputs)
     console.print(f"combiners and results.json -> {out}")
 
 
@@ -174,17 +260,23 @@ def ensemble(
 def merge(
     config: Annotated[Path, typer.Argument(help="merge config (YAML, mergekit's common keys)")],
     out_dir: Annotated[Path, typer.Argument(help="output folder for the merged safetensors")],
-    dry_run: Annotated[bool, typer.Option(help="check compatibility and print the plan; write nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="check compatibility and the output, print the plan; write nothing")
+    ] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Merge same-architecture safetensors checkpoints tensor by tensor, as a config says.
 
-    Python: `modelfusion.merge.merge(config, out_dir, dry_run=...)`.
+    Python: `modelfusion.merge.merge(config, out_dir, dry_run=..., overwrite=...)`.
     """
+    from .errors import OutputError
     from .merge import merge as run_merge
 
-    plan = run_merge(config, out_dir, dry_run=dry_run)
+    plan = run_merge(config, out_dir, dry_run=dry_run, overwrite=overwrite)
     if dry_run:
-        console.print(plan.describe(), highlight=False)
+        console.print(plan.describe(), highlight=False, markup=False)
+        if plan.output_refused:
+            raise OutputError(plan.output_refused)
 
 
 def _parse_hints(hints: list[str]) -> dict[str, str]:
@@ -235,6 +327,7 @@ def distill(
     resume: Annotated[bool, typer.Option(help="continue from the checkpoint in --checkpoint-dir")] = False,
     out: Annotated[Path, typer.Option(help="where to save the student (.safetensors)")] = Path("student.safetensors"),
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    overwrite: Overwrite = False,
 ) -> None:
     """Distill one teacher or an ensemble of teachers into a student on embedded data.
 
@@ -243,16 +336,19 @@ def distill(
     """
     import torch
 
+    from ._atomic import check_output
     from .datasets import load_dataset
     from .distill import FeatureHints, ModelTeacher, OfflineTeacher, process_rank
     from .distill import distill as run_distill
     from .ensemble import load_combiner
-    from .io import load_member, save_member
+    from .io import save_member
     from .io.factory import build_model
     from .members import TorchMember
 
     if bool(teacher) == (offline is not None):
         raise ConfigError("give the teachers as --teacher checkpoints or as --offline predictions (one of the two)")
+    _safetensors_out(out, "--out")
+    check_output(out, kind="file", overwrite=overwrite, inputs=[*(teacher or []), offline, combiner])
     try:
         teacher_weights = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
@@ -263,7 +359,7 @@ def distill(
     if offline is not None:
         source = OfflineTeacher(offline, weights=teacher_weights, combiner=fusion)
     else:
-        teachers = [load_member(path) for path in teacher]
+        teachers = _load_members(teacher)
         source = ModelTeacher(teachers, weights=teacher_weights, combiner=fusion)
     torch.manual_seed(seed)
     model = build_model(student, kwargs)
@@ -290,6 +386,7 @@ def distill(
         seed=seed,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
+        overwrite=overwrite,
         progress=progress,
     )
     if process_rank()[0] != 0:  # under torchrun only the first process writes
@@ -312,6 +409,7 @@ def align(
     seed: Annotated[int, typer.Option(help="seed of the split and of the matching order")] = 0,
     method: Annotated[str, typer.Option(help="weight_matching or activation_matching")] = "weight_matching",
     samples: Annotated[int, typer.Option(help="training samples used for the spec and activations")] = 1024,
+    overwrite: Overwrite = False,
 ) -> None:
     """Permute OTHER's hidden units into REFERENCE's order (same function), so that averaging works.
 
@@ -322,8 +420,12 @@ def align(
     from .io import load_member
     from .training import score_classifier
 
+    if samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {samples}")
     data = load_dataset(dataset, seed=seed)
-    _, result = align_checkpoints([reference, other], [None, out], data.train.X[:samples], method=method, seed=seed)
+    _, result = align_checkpoints(
+        [reference, other], [None, out], data.train.X[:samples], method=method, seed=seed, overwrite=overwrite
+    )
 
     def midpoint_accuracy(b) -> float:
         return score_classifier(interpolated_model(result.models[0], b, 0.5), data.val)["accuracy"]
@@ -341,16 +443,19 @@ def evaluate(
     predictions: Annotated[Path, typer.Argument(help="a saved Predictions file (from `modelfusion predict`)")],
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON here")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Score each member of a Predictions file: leaderboard with bootstrap CIs, and diversity.
 
     Python: `modelfusion.evaluate.evaluate(Predictions.load(path))`.
     """
-    from ._atomic import write_json
+    from ._atomic import check_output, write_json
     from .evaluate import evaluate as evaluate_predictions
     from .predictions import Predictions
     from .report import print_leaderboard
 
+    if json_out is not None:
+        check_output(json_out, kind="file", overwrite=overwrite, inputs=[predictions])
     report = evaluate_predictions(Predictions.load(predictions), seed=seed)
     print_leaderboard(report, console)
     if json_out is not None:

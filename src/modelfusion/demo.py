@@ -19,9 +19,10 @@ from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from . import __version__
-from ._atomic import write_json
+from ._atomic import atomic_dir, write_json
 from .datasets import Dataset, load_dataset
 from .ensemble import fuse_and_evaluate, save_combiner
+from .errors import ConfigError
 from .io import save_member
 from .io.factory import build_model
 from .members import Member, SklearnMember, TorchMember
@@ -101,12 +102,14 @@ def run_demo(
     epochs: int = 40,
     n_mlps: int = 3,
     progress: bool = True,
+    overwrite: bool = False,
     console: Console | None = None,
 ) -> dict:
     """Train members on `dataset`, fit every combiner on validation, score on test, print and save.
 
-    Writes under `out`: `members/` (safetensors / skops), `predictions/{val,test}.safetensors`,
-    `combiners/NAME.safetensors` and `results.json`. Returns the content of `results.json`.
+    Writes the folder `out`, all or nothing: `members/` (safetensors / skops), `predictions/{val,test}.safetensors`,
+    `combiners/NAME.safetensors` and `results.json`. An existing non-empty `out` is replaced only with
+    `overwrite`. Returns the content of `results.json`.
 
     Example:
         >>> results = run_demo("digits", out="runs/demo")
@@ -115,36 +118,47 @@ def run_demo(
     console = console or Console()
     start = time.perf_counter()
     out = Path(out)
+    if epochs < 1 or n_mlps < 0:
+        raise ConfigError(f"the demo needs epochs >= 1 and mlps >= 0, got epochs={epochs}, mlps={n_mlps}")
     data = load_dataset(dataset, seed=seed)
-    console.print(f"[bold]modelfusion demo[/bold]  {data.summary()}")
+    with atomic_dir(out, overwrite=overwrite) as folder:
+        console.print(f"[bold]modelfusion demo[/bold]  {data.summary()}")
+        results = _train_fuse_and_score(data, folder, out, epochs, n_mlps, progress, console)
+        results["wall_seconds"] = round(time.perf_counter() - start, 2)
+        write_json(folder / "results.json", results)
+    console.print(f"results -> {out / 'results.json'}  ({results['wall_seconds']:.1f}s)")
+    return results
 
+
+def _train_fuse_and_score(
+    data: Dataset, folder: Path, out: Path, epochs: int, n_mlps: int, progress: bool, console: Console
+) -> dict:
+    """The demo's work, written into `folder` (which becomes `out` when all of it is done)."""
     members, member_info = [], []
-    for recipe in member_recipes(data, seed=seed, n_mlps=n_mlps):
+    for recipe in member_recipes(data, seed=data.seed, n_mlps=n_mlps):
         t0 = time.perf_counter()
         member = _train_member(recipe, data, epochs)
         seconds = time.perf_counter() - t0
-        path = save_member(member, out / "members" / recipe.name)
+        path = save_member(member, folder / "members" / recipe.name).relative_to(folder)
         members.append(member)
-        member_info.append(
-            {"name": recipe.name, "file": str(path.relative_to(out)), "train_seconds": round(seconds, 3)}
-        )
-        console.print(f"  trained {recipe.name:<14} in {seconds:5.1f}s -> {path}")
+        member_info.append({"name": recipe.name, "file": str(path), "train_seconds": round(seconds, 3)})
+        console.print(f"  trained {recipe.name:<14} in {seconds:5.1f}s -> {out / path}")
 
     val = collect_predictions(members, data.val.X, data.val.y, "val", progress=progress)
     test = collect_predictions(members, data.test.X, data.test.y, "test", progress=progress)
-    val.save(out / "predictions" / "val.safetensors")
-    test.save(out / "predictions" / "test.safetensors")
+    val.save(folder / "predictions" / "val.safetensors")
+    test.save(folder / "predictions" / "test.safetensors")
 
-    run = fuse_and_evaluate(val, test, "all", seed=seed)
+    run = fuse_and_evaluate(val, test, "all", seed=data.seed)
     print_leaderboard(run.report, console)
     for name, combiner in run.combiners.items():
-        save_combiner(combiner, out / "combiners" / f"{name}.safetensors")
+        save_combiner(combiner, folder / "combiners" / f"{name}.safetensors")
 
-    results = {
+    return {
         "modelfusion_version": __version__,
         "dataset": {
             "name": data.name,
-            "seed": seed,
+            "seed": data.seed,
             "task": data.task,
             "source": data.source,
             "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")},
@@ -157,8 +171,4 @@ def run_demo(
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         },
-        "wall_seconds": round(time.perf_counter() - start, 2),
     }
-    write_json(out / "results.json", results)
-    console.print(f"results -> {out / 'results.json'}  ({results['wall_seconds']:.1f}s)")
-    return results

@@ -11,6 +11,8 @@ __all__ = [
     "UnknownNameError",
     "NotFittedError",
     "MissingExtraError",
+    "OutputError",
+    "TrainingDivergedError",
 ]
 
 
@@ -55,3 +57,12 @@ class NotFittedError(ModelFusionError, RuntimeError):
 
 class MissingExtraError(ModelFusionError, ImportError):
     """An optional dependency is not installed; the message names the pip extra."""
+
+
+class OutputError(ModelFusionError):
+    """An output that may not or cannot be written: it exists (without overwrite), it is an input, it is
+    locked by another run, or the system refuses the write."""
+
+
+class TrainingDivergedError(ModelFusionError):
+    """Training produced a non-finite loss; the message names the epoch and what was kept."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .._atomic import check_output
 from ..errors import InvalidInputError
 from ..io import load_member, save_member
 from ..members import TorchMember
@@ -24,17 +25,25 @@ def align_checkpoints(
     method: str = "weight_matching",
     target: str = "reference",
     seed: int = 0,
+    overwrite: bool = False,
 ) -> tuple[list[Path], AlignResult]:
     """Align saved torch members (files `save_member` wrote, with their factory) to the first one and save
     each aligned copy (same name and factory) at its out path (None: not saved), atomically.
 
-    `X` is the batch the spec is derived from (and activations are computed on).
+    `X` is the batch the spec is derived from (and activations are computed on). Out paths are `.safetensors`
+    files; an existing one is replaced only with `overwrite`, and an input never.
 
     Returns:
         The paths written and the `AlignResult`.
     """
     if len(out_paths) != len(paths):
         raise InvalidInputError(f"got {len(out_paths)} output paths for {len(paths)} checkpoints")
+    for out in out_paths:
+        if out is None:
+            continue
+        if Path(out).suffix != ".safetensors":
+            raise InvalidInputError(f"{out}: aligned models are saved as safetensors; name it with .safetensors")
+        check_output(out, kind="file", overwrite=overwrite, inputs=paths)
     members = [load_member(path) for path in paths]
     strangers = [str(p) for p, m in zip(paths, members, strict=True) if not isinstance(m, TorchMember)]
     if strangers:

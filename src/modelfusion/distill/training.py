@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -12,9 +13,10 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path
+from .._checks import check_count, check_number, check_seed
 from .._progress import progress_bar
 from ..datasets import Split
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, OutputError, TrainingDivergedError
 from ..training import score_classifier
 from .losses import LOSSES, FeatureHints
 from .teachers import Teacher
@@ -57,6 +59,7 @@ def distill(
     seed: int = 0,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> DistillResult:
     """Train `student` to match `teacher` on `train`, choosing the epoch on `val` (never on test).
@@ -75,7 +78,13 @@ def distill(
         patience: stop after this many epochs without a better validation NLL (None: run every epoch).
         seed: the same seed gives the same student.
         checkpoint_dir: where to write a checkpoint after each epoch (atomically); `resume=True` continues
-            from it with the same result as an uninterrupted run.
+            from it with the same result as an uninterrupted run. The checkpoint records the run's settings and
+            a resume with other ones (student, teacher, data, seed, learning rate, ...) is refused; a fresh run
+            replaces an existing checkpoint only with `overwrite`.
+
+    Raises:
+        TrainingDivergedError: the loss became NaN or infinite; the message names the epoch, and the
+            checkpoint of the last good epoch (if any) is left in place.
 
     Under `torchrun` (torch.distributed initialized), each process takes its share of every global batch and
     DDP averages the gradients, so the result matches one process with the same `batch_size`; only rank 0
@@ -86,6 +95,15 @@ def distill(
     """
     loss_fn = LOSSES[loss]
     loss_params = dict(loss_params or {})
+    check_seed(seed)
+    check_count(epochs, "epochs")
+    check_count(batch_size, "batch_size")
+    check_number(lr, "lr", low=0.0, open_low=True)
+    check_number(weight_decay, "weight_decay", low=0.0)
+    check_number(mixup, "mixup", low=0.0)
+    check_number(feature_weight, "feature_weight", low=0.0)
+    if patience is not None:
+        check_count(patience, "patience")
     if mixup and not teacher.augmentable:
         raise ConfigError(
             "an offline teacher's logits belong to the original inputs, so it cannot be combined with data "
@@ -93,8 +111,8 @@ def distill(
         )
     if mixup and loss_params.get("alpha", inspect.signature(loss_fn).parameters["alpha"].default) != 1.0:
         raise ConfigError("mixup labels the mixed inputs with the teacher only: set loss_params alpha=1")
-    if len(train) == 0 or epochs < 1:
-        raise ConfigError("distillation needs training samples and at least one epoch")
+    if len(train) == 0:
+        raise ConfigError("distillation needs training samples")
 
     if feature_hints is not None and not teacher.augmentable:
         raise ConfigError("feature hints need a live teacher: an offline teacher runs no forward pass")
@@ -115,10 +133,33 @@ def distill(
     generator = torch.Generator().manual_seed(seed)
     state = {"epoch": 0, "best_nll": float("inf"), "best_epoch": 0, "history": [], "best_student": None}
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    settings = {
+        "student": _fingerprint(student.state_dict(), values=False),
+        "teacher": _fingerprint({"logits": teacher.logits(train.X[:_PROBE], torch.arange(min(_PROBE, len(train))))}),
+        "train": _fingerprint({"X": train.X, "y": train.y}),
+        "val": _fingerprint({"X": val.X, "y": val.y}),
+        "loss": loss,
+        "loss_params": sorted((str(k), float(v)) for k, v in loss_params.items()),
+        "epochs": epochs,
+        "lr": float(lr),
+        "weight_decay": float(weight_decay),
+        "batch_size": batch_size,
+        "mixup": float(mixup),
+        "feature_hints": _fingerprint(feature_hints.state_dict(), values=False) if feature_hints is not None else "",
+        "feature_weight": float(feature_weight),
+        "seed": int(seed),
+        "world_size": world,
+    }
+    if checkpoint is not None and not resume and checkpoint.exists() and not overwrite:
+        raise OutputError(
+            f"{checkpoint} holds an earlier run; pass --resume to continue it, --overwrite (overwrite=True) to "
+            "start afresh over it, or choose another --checkpoint-dir"
+        )
     if resume:
         if checkpoint is None or not checkpoint.exists():
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {checkpoint_dir}")
-        saved = torch.load(checkpoint, weights_only=True)
+        saved = _wrap_load(checkpoint)
+        _check_same_settings(saved.get("settings"), settings, checkpoint)
         student.load_state_dict(saved["student"])
         if feature_hints is not None:
             feature_hints.load_state_dict(saved["feature_hints"])
@@ -147,6 +188,8 @@ def distill(
                 if feature_hints is not None:
                     parts["feature"] = feature_hints.loss()
                     parts["total"] = parts["total"] + feature_weight * parts["feature"]
+                if not torch.isfinite(parts["total"]):
+                    raise _diverged(state["epoch"] + 1, float(parts["total"]), lr, checkpoint)
                 optimizer.zero_grad()
                 # Scaled so that DDP's mean over processes is the mean over the global batch.
                 (parts["total"] * (len(mine) * world / len(x))).backward()
@@ -170,6 +213,7 @@ def distill(
             if checkpoint is not None and rank == 0:
                 saved = {
                     **state,
+                    "settings": settings,
                     "student": student.state_dict(),
                     "feature_hints": feature_hints.state_dict() if feature_hints is not None else {},
                     "optimizer": optimizer.state_dict(),
@@ -182,6 +226,56 @@ def distill(
                 break
     student.load_state_dict(state["best_student"])
     return DistillResult(student.eval(), state["history"], state["best_epoch"])
+
+
+_PROBE = 64  # training samples the teacher labels for its fingerprint
+
+
+def _fingerprint(tensors: dict, *, values: bool = True) -> str:
+    """A short hash of named tensors (names, shapes and, with `values`, their values to 3 decimals, which
+    thread counts do not change): tells two students, teachers or datasets apart without storing them."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = torch.as_tensor(tensors[name]).detach().cpu()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype};".encode())
+        if values:
+            rounded = value.double().round(decimals=3) if value.is_floating_point() else value
+            digest.update(rounded.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _wrap_load(checkpoint: Path) -> dict:
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError.unreadable(checkpoint, "a distillation checkpoint", err) from None
+    if not isinstance(saved, dict) or "student" not in saved:
+        raise CheckpointError(f"{checkpoint} is not a distillation checkpoint")
+    return saved
+
+
+def _check_same_settings(saved: dict | None, current: dict, checkpoint: Path) -> None:
+    """Refuse to resume a run with settings other than the checkpoint's: the result would be neither run."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{checkpoint} records no settings (an older version wrote it); start afresh")
+    differing = [key for key in current if saved.get(key) != current[key]]
+    if differing:
+        details = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {current[k]!r})" for k in differing)
+        raise CheckpointError(
+            f"cannot resume from {checkpoint}: it was written with other settings: {details}; rerun with the "
+            "same settings, or start afresh without --resume"
+        )
+
+
+def _diverged(epoch: int, loss: float, lr: float, checkpoint: Path | None) -> TrainingDivergedError:
+    if checkpoint is not None and checkpoint.exists():
+        kept = f"the checkpoint in {checkpoint.parent} is from epoch {epoch - 1}, the last good one"
+    else:
+        kept = "nothing was written"
+    return TrainingDivergedError(
+        f"distillation diverged in epoch {epoch}: the loss became {loss}; {kept}. Lower the learning rate "
+        f"(now {lr:g}) or check the teacher's outputs"
+    )
 
 
 class _Trained(nn.Module):

@@ -122,11 +122,12 @@ class EnsembleModule(nn.Module):
             return fused
         return torch.log(fused.clamp_min(torch.finfo(fused.dtype).tiny))
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Save into a folder (atomically): members as safetensors, the combiner, and `ensemble.json`.
 
         Every member needs a known factory (members built by `load_member` or given as `TorchMember` with
-        `factory=`), so that `EnsembleModule.load` can rebuild it.
+        `factory=`), so that `EnsembleModule.load` can rebuild it. An existing non-empty folder is replaced
+        only with `overwrite`.
         """
         from ..io import save_member
 
@@ -137,7 +138,7 @@ class EnsembleModule(nn.Module):
                 "TorchMember(module, name=..., factory='package.module:function', factory_kwargs={...})"
             )
         path = Path(path)
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, overwrite=overwrite) as tmp:
             entries = []
             for name, module, (factory, kwargs) in zip(self.member_names, self.members, self.factories, strict=True):
                 member = TorchMember(module, name=name, task=self.task, factory=factory, factory_kwargs=kwargs)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .._atomic import jsonable, write_json
+from .._atomic import atomic_dir, jsonable, write_json
 from ..errors import IncompatibleModelsError
 from ..evaluate import Report, evaluate
 from ..predictions import Predictions
@@ -40,12 +40,19 @@ class EnsembleRun:
             combiners[name] = entry
         return {"combiners": combiners, "test": self.report.to_dict()}
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """Write `combiners/NAME.safetensors` and `results.json` under `out`."""
+    def save(
+        self, out: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
+    ) -> Path:
+        """Write `combiners/NAME.safetensors` and `results.json` into the folder `out`, all or nothing.
+
+        An existing non-empty `out` is replaced (as a whole: no stale combiner survives) only with `overwrite`,
+        and never one that is or holds one of `inputs`.
+        """
         out = Path(out)
-        for name, combiner in self.combiners.items():
-            save_combiner(combiner, out / "combiners" / f"{name}.safetensors")
-        write_json(out / "results.json", self.summary())
+        with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
+            for name, combiner in self.combiners.items():
+                save_combiner(combiner, tmp / "combiners" / f"{name}.safetensors")
+            write_json(tmp / "results.json", self.summary())
         return out
 
 

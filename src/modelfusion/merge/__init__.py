@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
 
+from .._atomic import check_output
 from ..errors import ConfigError
 from .config import AlignOptions, MergeConfig, load_config
 from .engine import Checkpoint, MergePlan, merge_checkpoints
@@ -33,29 +35,47 @@ def merge(
     out_dir: str | os.PathLike,
     *,
     dry_run: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> MergePlan:
     """Run a merge config (a `MergeConfig` or the path of its YAML) into `out_dir`.
 
-    Relative model paths are resolved against the config file's folder (or the working folder).
+    Relative model paths are resolved against the config file's folder (or the working folder). An existing
+    non-empty `out_dir` is replaced only with `overwrite`, and never when it is or holds the config or a model;
+    a dry run reports such a refusal in the plan (`MergePlan.output_refused`) instead of raising.
 
     Example:
         >>> merge("ties.yaml", "merged/")
     """
-    root, source = Path.cwd(), "the config"
+    root, source, inputs = Path.cwd(), "the config", []
     if not isinstance(config, MergeConfig):
-        root, source = Path(config).resolve().parent, str(config)
+        root, source, inputs = Path(config).resolve().parent, str(config), [config]
         config = load_config(config)
     try:
         models, base, params = config.resolve(root)
         check_parameters(config.merge_method, params, len(models))
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
+    inputs += [*models, base]
+    run = functools.partial(
+        merge_checkpoints,
+        out_dir=out_dir,
+        method=config.merge_method,
+        params=params,
+        out_dtype=config.out_dtype or config.dtype,
+        shard_size=config.shard_size,
+        seed=config.random_seed,
+        dry_run=dry_run,
+        overwrite=overwrite,
+        inputs=inputs,
+        progress=progress,
+    )
     if config.align is not None and not dry_run:
+        check_output(out_dir, kind="folder", overwrite=overwrite, inputs=inputs)  # before the alignment's work
         with tempfile.TemporaryDirectory() as folder:
             models, base = _aligned(models, base, config.align, Path(folder))
-            return _run(config, models, base, params, out_dir, dry_run, progress)
-    return _run(config, models, base, params, out_dir, dry_run, progress)
+            return run(models, base=base)
+    return run(models, base=base)
 
 
 def _aligned(
@@ -70,18 +90,3 @@ def _aligned(
     X = load_dataset(options.dataset, seed=options.seed).train.X[: options.samples]
     written, _ = align_checkpoints(inputs, outs, X, method=options.method, target=options.target, seed=options.seed)
     return (written[1:], written[0]) if base is not None else (written, None)
-
-
-def _run(config, models, base, params, out_dir, dry_run: bool, progress: bool) -> MergePlan:
-    return merge_checkpoints(
-        models,
-        out_dir,
-        config.merge_method,
-        base=base,
-        params=params,
-        out_dtype=config.out_dtype or config.dtype,
-        shard_size=config.shard_size,
-        seed=config.random_seed,
-        dry_run=dry_run,
-        progress=progress,
-    )

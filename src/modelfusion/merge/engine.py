@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from .._atomic import atomic_dir, jsonable
+from .._atomic import atomic_dir, check_output, jsonable
 from .._progress import progress_bar
 from .._safetensors import check_readable, read_header
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, OutputError
 from ..io.loading import METADATA_KEY as MEMBER_KEY
 from .compat import TensorInfo, check_compatible, compatibility_problems
 from .methods import METHODS, check_parameters, takes_seed, task_arithmetic_blocks, task_arithmetic_options
@@ -159,6 +159,8 @@ class MergePlan:
     num_tensors: int
     input_bytes: int
     warnings: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+    output_refused: str | None = None  # why the output would be refused, found by a dry run
 
     def describe(self) -> str:
         lines = [f"merge method {self.method!r} over {len(self.models)} models"]
@@ -169,6 +171,9 @@ class MergePlan:
         lines.append(f"  output dtype: {self.out_dtype or 'as the inputs'}")
         lines.append(f"  {self.num_tensors} tensors, {self.input_bytes / 1e6:.2f} MB read from each input")
         lines.append("  compatibility: " + ("OK" if not self.warnings else "; ".join(self.warnings)))
+        if self.out_dir is not None:
+            verdict = f"REFUSED: {self.output_refused}" if self.output_refused else "OK"
+            lines.append(f"  output: {_shown(self.out_dir)}: {verdict}")
         return "\n".join(lines)
 
 
@@ -325,6 +330,8 @@ def merge_checkpoints(
     shard_size: str | int = "5GB",
     seed: int = 0,
     dry_run: bool = False,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
     progress: bool = True,
     console: Console | None = None,
 ) -> MergePlan:
@@ -332,14 +339,16 @@ def merge_checkpoints(
 
     Args:
         models: checkpoints (a .safetensors file, or a folder with model.safetensors or a sharded index).
-        out_dir: the output folder (replaced atomically if it exists).
+        out_dir: the output folder, written atomically. An existing non-empty one is replaced only with
+            `overwrite`, and never one that is or holds an input (the models, the base, `inputs`).
         method: a name from `METHODS`.
         base: the base checkpoint for methods that use one; its config.json and tokenizer files are copied.
         params: the method's parameters; per-model ones as lists of K values.
         out_dtype: "float32", "float16", "bfloat16" (default: each tensor keeps its input dtype).
         shard_size: the most bytes per output shard.
         seed: seed of random methods (DARE); each tensor's draws depend only on the seed and its name.
-        dry_run: check compatibility and return the plan without reading or writing tensors.
+        dry_run: check compatibility and the output, and return the plan without reading or writing tensors.
+        inputs: other files of the user's the output must not replace (the config).
 
     Returns:
         The `MergePlan` that was (or, with `dry_run`, would be) carried out.
@@ -351,6 +360,14 @@ def merge_checkpoints(
         raise ConfigError("no models to merge")
     params = dict(params or {})
     check_parameters(method, params, len(models))
+    protected = [*models, base, *inputs]
+    try:
+        check_output(out_dir, kind="folder", overwrite=overwrite, inputs=protected)
+        refused = None
+    except OutputError as err:
+        if not dry_run:
+            raise
+        refused = str(err)
     inputs = [Checkpoint(p) for p in models]
     base_checkpoint = Checkpoint(base) if base is not None else None
     labelled = {str(c.path): c for c in ([base_checkpoint] if base_checkpoint else []) + inputs}
@@ -366,6 +383,8 @@ def merge_checkpoints(
         num_tensors=len(reference),
         input_bytes=sum(math.prod(shape) * _torch_dtype(dtype).itemsize for shape, dtype in reference.values()),
         warnings=compatibility_problems(inventories),
+        out_dir=Path(out_dir),
+        output_refused=refused,
     )
     if dry_run:
         return plan
@@ -387,7 +406,7 @@ def merge_checkpoints(
     member = _member_description(next(iter(labelled.values())))
     if member is not None:  # a saved member's task and factory carry over, so `load_member` reads the merge back
         metadata[MEMBER_KEY] = json.dumps({**member, "name": Path(out_dir).name})
-    with atomic_dir(out_dir) as tmp, progress_bar(progress) as bar:
+    with atomic_dir(out_dir, overwrite=overwrite, inputs=protected) as tmp, progress_bar(progress) as bar:
         writer = _StreamingWriter(tmp, layout, parse_size(shard_size), metadata)
         task = bar.add_task(f"merging ({method})", total=len(reference))
         for name, (shape, dtype) in layout.items():

@@ -1,0 +1,2758 @@
+"""Hostile inputs against the `modelfusion` CLI (and a few Python API calls): every outcome classified.
+
+    .venv/bin/python bench/hostile.py [--src PATH/src] [--only SUBSTRING] [--json OUT] [--workdir DIR]
+                                      [--timeout 120] [--keep] [--list]
+
+Each case runs `python -m modelfusion.cli COMMAND ...` (API cases: `python -c ...`) as its own process with
+PYTHONPATH=<src> (the checkout under test; checked before anything runs), OMP_NUM_THREADS=1, an 8 GiB
+address-space cap (so that a hostile input cannot take the machine down; an allocation refused by the cap
+counts as a `resource` failure) and a timeout, in a fresh folder that is also its working folder. Valid
+artifacts (a tiny digits demo: members, predictions, combiners; training predictions; a distillation
+checkpoint; small Hugging Face style folders; two 200 MB checkpoints for the interrupted merges; the zip bombs)
+are built once, lazily, with the checkout under test, in the work folder; hostile files are built per case.
+
+Outcome classes, one per case (the first that applies, in this order):
+
+    code_run       a payload ran: its marker file appeared, or an attack wrote a file it had no reason to write
+    data_lost      a file or folder the user owned before the command (an input, the config, a sentinel) was
+                   changed or removed
+    hung           the command ran past the timeout
+    resource       peak RSS over 1 GiB, or an allocation refused by the address-space cap
+    debris         hidden temporary files or folders (`.NAME...`) left behind
+    traceback      a Python traceback, an exit code other than 0/2, or an error of more than one line
+    silent         exit 0 although the input must be refused, or a success whose output is wrong or leaks data
+    refused_valid  a clear refusal of an input that must be accepted (the control cases)
+    usage          exit 2 from typer/click's own argument parsing ("Usage:")
+    clear          exit 2 with a one-line `error: ...` (nothing else on stderr), or the documented success
+
+Running as root, file permissions do not apply: the unwritable-output and unreadable-file cases then run their
+command as the user `nobody` (setpriv) in a folder it owns, which emulates a normal user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import io
+import json
+import os
+import pickle
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+GIB = 2**30
+RSS_LIMIT = GIB  # peak RSS above this is a `resource` failure
+ADDRESS_SPACE_CAP = 8 * GIB  # RLIMIT_AS of every command
+NOBODY = 65534
+PRIORITY = (
+    "code_run",
+    "data_lost",
+    "hung",
+    "resource",
+    "debris",
+    "traceback",
+    "silent",
+    "refused_valid",
+    "usage",
+    "clear",
+)
+ALLOCATION_FAILURES = ("can't allocate memory", "cannot allocate memory", "memoryerror", "bad_alloc")
+MEMBER_KEY = "modelfusion"
+PREDICTIONS_KEY = "modelfusion.predictions"
+COMBINER_KEY = "modelfusion.combiner"
+STUDENT_KWARGS = {"in_features": 64, "num_outputs": 10, "hidden": [8]}
+STUDENT = ["--student", "modelfusion.models:mlp", "--student-kwargs", json.dumps(STUDENT_KWARGS)]
+DISTILL = [*STUDENT, "--epochs", "1", "--no-progress"]
+SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".pt2", ".skops", ".pkl", ".pickle", ".joblib", ".ts")
+
+
+# ----------------------------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Ctx:
+    """Where one case runs: its folder (also the working folder) and the shared artifacts."""
+
+    name: str
+    dir: Path
+    art: Artifacts
+    evil: str = ""  # the hostile file a `through` case built
+    split: str = "test"  # the split a Predictions builder starts from
+
+    @property
+    def marker(self) -> Path:
+        return self.dir / f"PWNED_{self.name}"
+
+    def path(self, relative: str) -> Path:
+        return self.dir / relative
+
+
+@dataclass
+class Case:
+    """One hostile (or control) input: the command, what must happen, and what to check afterwards.
+
+    `args` follow the command; `{dir}`, `{art}` and `{marker}` in them become the case folder, the artifacts
+    folder and the payload's marker file. For `command="api"`, `args` is Python code run with `python -c`.
+    """
+
+    name: str
+    command: str  # demo, predict, ensemble, evaluate, merge, align, distill, or api
+    args: list[str]
+    must: str = "refuse"  # "refuse", "succeed", or "either" (a clear refusal or a correct success)
+    setup: Callable[[Ctx], None] | None = None  # builds the case's inputs in its folder
+    owned: tuple[str, ...] = ()  # files/folders (relative) the user owns: must stay as they were
+    attack: bool = False  # a payload: its marker must not appear, and nothing but the outputs may be written
+    markers: tuple[str, ...] = ()  # more files (relative) whose appearance means the payload ran
+    check: Callable[[Ctx], str | None] | None = None  # after exit 0: what is wrong with the result, or None
+    as_nobody: bool = False  # run as `nobody` when we are root (permission cases)
+    runner: str = "plain"  # "plain", "signal", "signal_rerun", "concurrent"
+    signal: int = 0  # for the signal runners
+    timeout: float | None = None
+
+    @property
+    def safe_name(self) -> str:
+        return "".join(c if c.isalnum() or c in "._-" else "_" for c in self.name)
+
+
+@dataclass
+class Result:
+    rc: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    peak_rss: int  # bytes
+    timed_out: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------- file builders
+
+
+class _Payload:
+    """Pickles as `exec(<create the marker file>)`: unpickling it runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def payload_pickle(marker: Path) -> bytes:
+    return pickle.dumps(_Payload(marker), protocol=2)
+
+
+def torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def rewrite_zip(data: bytes, out: Path, replace: dict[str, bytes], add: dict[str, bytes] | None = None) -> None:
+    """Copy the zip `data` to `out`, replacing entries whose name ends with a key of `replace`."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    prefix = source.namelist()[0].split("/")[0]
+    with zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            body = next((v for k, v in replace.items() if info.filename.endswith(k)), None)
+            target.writestr(info, body if body is not None else source.read(info))
+        for name, body in (add or {}).items():
+            target.writestr(f"{prefix}/{name}", body)
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | str | None, key: str) -> None:
+    metadata = {} if meta is None else {key: meta if isinstance(meta, str) else json.dumps(meta)}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def raw_safetensors(path: Path, header: dict, data: bytes = b"", length: int | None = None) -> None:
+    """A safetensors file written by hand (header length may lie)."""
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded) if length is None else length) + encoded + data)
+
+
+def yaml_list(items: list[str], indent: str = "  ") -> str:
+    return "\n".join(f"{indent}- {item}" for item in items)
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def copy(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target, symlinks=True)
+    else:
+        shutil.copy2(source, target)
+    return target
+
+
+def deflated_bomb(out: Path, inner: str, size: int, head: bytes = b"", fill: bytes = b"\0", others=()) -> None:
+    """A zip whose entry `inner` is `head` + `size` bytes of `fill`, deflated (a few MB on disk)."""
+    chunk = fill * (8 * 2**20 // len(fill))
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, body in others:
+            archive.writestr(name, body, compress_type=zipfile.ZIP_STORED)
+        with archive.open(inner, "w", force_zip64=True) as handle:
+            handle.write(head)
+            left = size
+            while left > 0:
+                handle.write(chunk[: min(left, len(chunk))])
+                left -= len(chunk)
+
+
+class Artifacts:
+    """Valid inputs built once, lazily, with the checkout under test (members, predictions, models...)."""
+
+    def __init__(self, root: Path, runner: Runner) -> None:
+        self.root = root
+        self.runner = runner
+
+    def _cli(self, what: str, argv: list[str], cwd: Path) -> None:
+        started = time.perf_counter()
+        result = self.runner.execute([sys.executable, *argv], cwd, timeout=600)
+        if result.rc != 0:
+            raise SystemExit(f"building {what} failed (exit {result.rc}):\n{result.stderr[-3000:]}")
+        print(f"  built {what} in {time.perf_counter() - started:.1f}s", flush=True)
+
+    @functools.cached_property
+    def demo(self) -> Path:
+        """runs/demo of `run_demo("digits", epochs=2, n_mlps=2)`: members, predictions, combiners."""
+        out = self.root / "demo"
+        code = (
+            "import sys; from modelfusion.demo import run_demo; "
+            "run_demo('digits', out=sys.argv[1], epochs=2, n_mlps=2, progress=False)"
+        )
+        self._cli("the demo members", ["-c", code, str(out)], self.root)
+        return out
+
+    def member(self, name: str) -> Path:
+        suffix = ".skops" if name in ("logreg", "random_forest") else ".safetensors"
+        return self.demo / "members" / f"{name}{suffix}"
+
+    def preds(self, split: str) -> Path:
+        return self.demo / "predictions" / f"{split}.safetensors"
+
+    def combiner(self, name: str) -> Path:
+        return self.demo / "combiners" / f"{name}.safetensors"
+
+    @functools.cached_property
+    def train_preds(self) -> Path:
+        out = self.root / "train_preds.safetensors"
+        members = [str(self.member(m)) for m in ("mlp_0", "mlp_1", "cnn", "logreg", "random_forest")]
+        self._cli(
+            "training predictions",
+            ["-m", "modelfusion.cli", "predict", *members, "--split", "train", "--out", str(out)],
+            self.root,
+        )
+        return out
+
+    @functools.cached_property
+    def distill_checkpoint(self) -> Path:
+        """A folder with distill_checkpoint.pt after 1 epoch (student hidden [8], seed 0, lr 1e-3)."""
+        folder = self.root / "ckpt"
+        argv = [
+            "-m",
+            "modelfusion.cli",
+            "distill",
+            "--teacher",
+            str(self.member("mlp_0")),
+            *DISTILL,
+            "--checkpoint-dir",
+            str(folder),
+            "--out",
+            str(self.root / "ckpt_student.safetensors"),
+        ]
+        self._cli("a distillation checkpoint", argv, self.root)
+        return folder
+
+    @functools.cached_property
+    def mlp_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, meta = read_safetensors(self.member("mlp_0"))
+        return tensors, json.loads(meta[MEMBER_KEY])
+
+    @functools.cached_property
+    def hf(self) -> Path:
+        """Hugging Face style folders base/, ft0/, ft1/ (model.safetensors + config.json) of a toy model."""
+        root = self.root / "hf"
+        generator = torch.Generator().manual_seed(0)
+        shapes = {"embed.weight": (32, 16), "layer.weight": (16, 16), "layer.bias": (16,), "head.weight": (4, 16)}
+        base = {k: torch.randn(s, generator=generator) for k, s in shapes.items()}
+        for name in ("base", "ft0", "ft1"):
+            folder = root / name
+            folder.mkdir(parents=True)
+            noise = 0.0 if name == "base" else 0.1
+            tensors = {k: v + noise * torch.randn(v.shape, generator=generator) for k, v in base.items()}
+            save_file(tensors, str(folder / "model.safetensors"))
+            write(folder / "config.json", json.dumps({"model_type": "toy", "hidden_size": 16}))
+        return root
+
+    @functools.cached_property
+    def big(self) -> Path:
+        """base/, m0/, m1/: 200 MB of float32 each (50 tensors 1000x1000), for the interrupted merges."""
+        root = self.root / "big"
+        generator = torch.Generator().manual_seed(0)
+        for name in ("base", "m0", "m1"):
+            (root / name).mkdir(parents=True)
+            tensors = {f"layer{i}.weight": torch.randn(1000, 1000, generator=generator) for i in range(50)}
+            save_file(tensors, str(root / name / "model.safetensors"))
+        print("  built 3 x 200 MB checkpoints", flush=True)
+        return root
+
+    @functools.cached_property
+    def pt2(self) -> bytes:
+        """A valid torch.export program of Linear(64, 10), as .pt2 bytes."""
+        program = torch.export.export(torch.nn.Sequential(torch.nn.Linear(64, 10)), (torch.zeros(2, 64),))
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        return buffer.getvalue()
+
+    @functools.cached_property
+    def torchscript(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Linear(64, 10))), buffer)
+        return buffer.getvalue()
+
+    @functools.cached_property
+    def zip_bomb_pt(self) -> Path:
+        """A torch zip whose storage is declared 2 GiB and stored deflated (about 2 MB on disk)."""
+        out = self.root / "bomb.pt"
+        numel = 2**29
+        small = torch_bytes({"weight": torch.zeros(4)})
+        pickled = zipfile.ZipFile(io.BytesIO(small)).read("archive/data.pkl")
+        # the pickle records the storage's element count as a pickled int: patch 4 -> 2**29
+        patched = pickled.replace(b"K\x04t", b"J" + struct.pack("<i", numel) + b"t", 1)
+        patched = patched.replace(b"K\x04\x85", b"J" + struct.pack("<i", numel) + b"\x85", 1)
+        source = zipfile.ZipFile(io.BytesIO(small))
+        others = [(i.filename, source.read(i)) for i in source.infolist() if not i.filename.endswith("data/0")]
+        others = [(n, patched if n.endswith("data.pkl") else b) for n, b in others]
+        deflated_bomb(out, "archive/data/0", numel * 4, others=others)
+        print(f"  built a zip bomb .pt ({out.stat().st_size / 2**20:.1f} MB on disk, 2 GiB declared)", flush=True)
+        return out
+
+    @functools.cached_property
+    def zip_bomb_skops(self) -> Path:
+        """A skops zip whose schema.json is `{` and 2 GiB of spaces (deflated to a few MB)."""
+        out = self.root / "bomb.skops"
+        deflated_bomb(out, "schema.json", 2 * GIB, head=b"{", fill=b" " * 64)
+        return out
+
+    @functools.cached_property
+    def many_tensors(self) -> Path:
+        """A safetensors file whose header declares 10^6 (empty) tensors: a 59 MB header."""
+        out = self.root / "many.safetensors"
+        header = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(10**6)}
+        raw_safetensors(out, header)
+        return out
+
+    @functools.cached_property
+    def skops_estimator(self) -> bytes:
+        import skops.io as sio
+        from sklearn.linear_model import LogisticRegression
+
+        X = torch.randn(40, 64).numpy()
+        y = (torch.arange(40) % 10).numpy()
+        return sio.dumps(LogisticRegression(max_iter=50).fit(X, y))
+
+
+# Hostile checkpoint builders: each writes one file into the case folder and returns its name.
+
+
+def member_with_meta(ctx: Ctx, meta: dict | str | None, name: str = "evil.safetensors", tensors=None) -> str:
+    base_tensors, _ = ctx.art.mlp_tensors
+    write_safetensors(ctx.path(name), tensors if tensors is not None else base_tensors, meta, MEMBER_KEY)
+    return name
+
+
+def meta(ctx: Ctx, **changes) -> dict:
+    """mlp_0's stored metadata with `changes` (a value None removes the key)."""
+    stored = dict(ctx.art.mlp_tensors[1])
+    stored.update(changes)
+    return {k: v for k, v in stored.items() if v is not None}
+
+
+def mlp_kwargs(**changes) -> dict:
+    return {"in_features": 64, "num_outputs": 10, "hidden": [128], **changes}
+
+
+def evil_meta_load_model_pickle(ctx: Ctx) -> str:
+    write(ctx.path("weights.pkl"), payload_pickle(ctx.marker))
+    kwargs = {"path": str(ctx.path("weights.pkl")), "trust_pickle": True}
+    return member_with_meta(ctx, meta(ctx, factory="modelfusion.io.loading:load_model", factory_kwargs=kwargs))
+
+
+def evil_meta_load_model_pt(ctx: Ctx) -> str:
+    write(ctx.path("weights.pt"), torch_bytes(_Payload(ctx.marker)))
+    kwargs = {"path": str(ctx.path("weights.pt")), "trust_pickle": True}
+    return member_with_meta(ctx, meta(ctx, factory="modelfusion.io.loading:load_model", factory_kwargs=kwargs))
+
+
+def evil_meta_write_json(ctx: Ctx) -> str:
+    kwargs = {"path": str(ctx.path("written.json")), "data": {}}
+    return member_with_meta(ctx, meta(ctx, factory="modelfusion._atomic:write_json", factory_kwargs=kwargs))
+
+
+def evil_meta_os_system(ctx: Ctx) -> str:
+    kwargs = {"command": f"touch {ctx.marker}"}
+    return member_with_meta(ctx, meta(ctx, factory="os:system", factory_kwargs=kwargs))
+
+
+def evil_meta_eval(ctx: Ctx) -> str:
+    kwargs = {"source": f"open({str(ctx.marker)!r}, 'w')"}
+    return member_with_meta(ctx, meta(ctx, factory="builtins:eval", factory_kwargs=kwargs))
+
+
+def evil_meta_merge_victim(ctx: Ctx) -> str:
+    """A trusted-prefix factory that replaces the folder `victim/` with a merge of the file itself."""
+    write(ctx.path("victim/notes.txt"), "the user's notes\n")
+    kwargs = {
+        "models": [str(ctx.path("evil.safetensors"))],
+        "out_dir": str(ctx.path("victim")),
+        "method": "linear",
+        "progress": False,
+    }
+    return member_with_meta(ctx, meta(ctx, factory="modelfusion.merge:merge_checkpoints", factory_kwargs=kwargs))
+
+
+def evil_meta_run_demo(ctx: Ctx) -> str:
+    """A trusted-prefix factory that trains and saves a demo over the user's earlier run in `victim/`."""
+    copy(ctx.art.member("mlp_0"), ctx.path("victim/members/mlp_0.safetensors"))
+    kwargs = {"dataset": "digits", "out": str(ctx.path("victim")), "epochs": 1, "n_mlps": 1, "progress": False}
+    return member_with_meta(ctx, meta(ctx, factory="modelfusion.demo:run_demo", factory_kwargs=kwargs))
+
+
+def evil_meta_cli_main(ctx: Ctx) -> str:
+    return member_with_meta(ctx, meta(ctx, factory="modelfusion.cli:main", factory_kwargs={}))
+
+
+def evil_mlp_kwargs(ctx: Ctx, **changes) -> str:
+    return member_with_meta(ctx, meta(ctx, factory_kwargs=mlp_kwargs(**changes)))
+
+
+def evil_pickle(ctx: Ctx, suffix: str, how: str) -> str:
+    name = f"evil{suffix}"
+    if how == "torch":
+        write(ctx.path(name), torch_bytes(_Payload(ctx.marker)))
+    elif how == "joblib":
+        import joblib
+
+        joblib.dump(_Payload(ctx.marker), ctx.path(name))
+    else:
+        write(ctx.path(name), payload_pickle(ctx.marker))
+    return name
+
+
+def evil_state_dict_data_pkl(ctx: Ctx) -> str:
+    """A real torch.save'd state dict whose data.pkl is replaced by a payload pickle."""
+    tensors, _ = ctx.art.mlp_tensors
+    rewrite_zip(torch_bytes(tensors), ctx.path("evil.pt"), {"/data.pkl": payload_pickle(ctx.marker)})
+    return "evil.pt"
+
+
+def evil_nested_payload(ctx: Ctx) -> str:
+    """A checkpoint dict with a real state dict under "state_dict" and a payload beside it."""
+    tensors, _ = ctx.art.mlp_tensors
+    write(ctx.path("evil.pt"), torch_bytes({"state_dict": tensors, "extra": _Payload(ctx.marker)}))
+    return "evil.pt"
+
+
+def evil_torchscript_like(ctx: Ctx, suffix: str) -> str:
+    """A zip that looks like TorchScript (a code/ entry) whose data.pkl is a payload."""
+    name = f"evil{suffix}"
+    with zipfile.ZipFile(ctx.path(name), "w") as archive:
+        archive.writestr("evil/data.pkl", payload_pickle(ctx.marker))
+        archive.writestr("evil/code/__torch__/evil.py", "x = 1\n")
+        archive.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+        archive.writestr("evil/version", "3\n")
+    return name
+
+
+def evil_real_torchscript_payload(ctx: Ctx) -> str:
+    """A real TorchScript archive with its data.pkl replaced by a payload."""
+    rewrite_zip(ctx.art.torchscript, ctx.path("evil.pt"), {"/data.pkl": payload_pickle(ctx.marker)})
+    return "evil.pt"
+
+
+def evil_pt2_sample_inputs(ctx: Ctx) -> str:
+    """A real .pt2 whose sample inputs are a payload (torch.export falls back to weights_only=False)."""
+    rewrite_zip(ctx.art.pt2, ctx.path("evil.pt2"), {"sample_inputs/model.pt": torch_bytes(_Payload(ctx.marker))})
+    return "evil.pt2"
+
+
+def evil_pt2_pickled_weights(ctx: Ctx) -> str:
+    """A real .pt2 whose first weight is marked `use_pickle` and is a payload."""
+    config = json.loads(zipfile.ZipFile(io.BytesIO(ctx.art.pt2)).read("m/data/weights/model_weights_config.json"))
+    for entry in config["config"].values():
+        entry["use_pickle"] = True
+    payload = torch_bytes(_Payload(ctx.marker))
+    replace = {"weights/model_weights_config.json": json.dumps(config).encode(), "weights/weight_0": payload}
+    replace["weights/weight_1"] = payload
+    rewrite_zip(ctx.art.pt2, ctx.path("evil.pt2"), replace)
+    return "evil.pt2"
+
+
+def evil_skops(ctx: Ctx, module: str, cls: str, loader: str) -> str:
+    """A real skops file of a LogisticRegression with one attribute replaced by a node naming `module.cls`."""
+    source = zipfile.ZipFile(io.BytesIO(ctx.art.skops_estimator))
+    schema = json.loads(source.read("schema.json"))
+    node = {"__class__": cls, "__module__": module, "__loader__": loader, "__id__": 1}
+    if loader == "ObjectNode":
+        node["content"] = {"__class__": "dict", "__module__": "builtins", "__loader__": "DictNode", "content": {}}
+    schema["content"]["content"]["solver"] = node
+    with zipfile.ZipFile(ctx.path("evil.skops"), "w") as archive:
+        for info in source.infolist():
+            body = json.dumps(schema).encode() if info.filename == "schema.json" else source.read(info)
+            archive.writestr(info, body)
+    return "evil.skops"
+
+
+# Predictions and combiners built by hand.
+
+
+def predictions_file(ctx: Ctx, name: str, split: str = "test", meta_changes=None, raw_meta=None, **tensors) -> str:
+    """The demo's Predictions for `split` with tensors replaced (None removes one) and metadata changed."""
+    source = ctx.art.train_preds if split == "train" else ctx.art.preds(split)
+    stored, header = read_safetensors(source)
+    stored.update(tensors)
+    stored = {k: v for k, v in stored.items() if v is not None}
+    description = json.loads(header[PREDICTIONS_KEY])
+    description.update(meta_changes or {})
+    write_safetensors(ctx.path(name), stored, raw_meta if raw_meta is not None else description, PREDICTIONS_KEY)
+    return name
+
+
+def split_tensors(ctx: Ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs and labels of the demo's Predictions on `ctx.split`."""
+    stored, _ = read_safetensors(ctx.art.train_preds if ctx.split == "train" else ctx.art.preds(ctx.split))
+    return stored["outputs"].clone(), stored["labels"].clone()
+
+
+def with_label(ctx: Ctx, index: int, value) -> torch.Tensor:
+    _, labels = split_tensors(ctx)
+    labels[index] = value
+    return labels
+
+
+def combiner_file(ctx: Ctx, name: str = "evil_combiner.safetensors", change=None, raw=None, tensors=None) -> str:
+    """The demo's fitted `weighted` combiner with its description changed by `change(description)`."""
+    stored, header = read_safetensors(ctx.art.combiner("weighted"))
+    description = json.loads(header[COMBINER_KEY])
+    if change is not None:
+        change(description)
+    write_safetensors(ctx.path(name), {**stored, **(tensors or {})}, raw or description, COMBINER_KEY)
+    return name
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Relative path -> ("d",) | ("f", sha256) | ("l", target) of everything under `root`."""
+    entries: dict[str, tuple] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            relative = str(path.relative_to(root))
+            if path.is_symlink():
+                entries[relative] = ("l", os.readlink(path))
+            elif path.is_dir():
+                entries[relative] = ("d",)
+            else:
+                try:
+                    digest = hashlib.sha256()
+                    with open(path, "rb") as handle:
+                        for block in iter(lambda handle=handle: handle.read(2**20), b""):
+                            digest.update(block)
+                    entries[relative] = ("f", digest.hexdigest())
+                except OSError as err:
+                    entries[relative] = ("?", str(err))
+    return entries
+
+
+def under(relative: str, root: str) -> bool:
+    return root in (".", "") or relative == root or relative.startswith(root.rstrip("/") + "/")
+
+
+def is_hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in Path(relative).parts)
+
+
+def expected_outputs(case: Case) -> list[str]:
+    """The files or folders the command itself writes (the rest of a case's new files are suspect)."""
+    args = case.args
+    named = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--out", "--json", "--checkpoint-dir")}
+    defaults = {
+        "predict": ["predictions.safetensors"],
+        "ensemble": ["runs/ensemble"],
+        "demo": ["runs/demo"],
+        "distill": ["student.safetensors"],
+        "align": [],
+        "evaluate": [],
+        "merge": [a for a in args if not a.startswith("-")][1:2],
+        "api": [],
+    }[case.command]
+    outs = [v for k, v in named.items() if k != "--checkpoint-dir"] or defaults
+    if "--checkpoint-dir" in named:
+        outs.append(named["--checkpoint-dir"])
+    if case.command == "align" and "--out" in named and not Path(named["--out"]).suffix:
+        outs.append(named["--out"] + ".safetensors")  # save_member appends the suffix
+    return outs
+
+
+class Runner:
+    """Starts commands of the checkout under test with limits, and measures them (exit, output, peak RSS)."""
+
+    def __init__(self, src: Path, workdir: Path, timeout: float) -> None:
+        self.src = src
+        self.workdir = workdir
+        self.timeout = timeout
+        self.home = workdir / "home"
+        self.home.mkdir(exist_ok=True)
+        os.chmod(self.home, 0o777)
+        self.logs = workdir / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.root = os.geteuid() == 0
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")},
+            "PYTHONPATH": str(src),
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "HOME": str(self.home),
+            "MPLCONFIGDIR": str(self.home),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "COLUMNS": "200",
+            "TERM": "dumb",
+        }
+        self.prlimit = shutil.which("prlimit")
+        self.setpriv = shutil.which("setpriv")
+
+    def verify_src(self) -> str:
+        code = "import modelfusion, sys; sys.stdout.write(modelfusion.__file__)"
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=self.env, cwd=self.workdir, capture_output=True, text=True, check=False
+        )
+        where = Path(done.stdout.strip()).resolve()
+        if done.returncode != 0 or not where.is_relative_to(self.src.resolve()):
+            raise SystemExit(f"modelfusion imports from {where or done.stderr}, not from {self.src}")
+        return str(where)
+
+    def start(self, argv: list[str], cwd: Path, log: str, as_nobody: bool = False) -> subprocess.Popen:
+        prefix = [self.prlimit, f"--as={ADDRESS_SPACE_CAP}", "--"] if self.prlimit else []
+        if as_nobody and self.root:
+            if not self.setpriv:
+                raise SystemExit("running as root without setpriv: cannot emulate an unprivileged user")
+            prefix += [self.setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        with open(self.logs / f"{log}.out", "wb") as out, open(self.logs / f"{log}.err", "wb") as err:
+            return subprocess.Popen(
+                prefix + argv,
+                cwd=cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def finish(self, process: subprocess.Popen, log: str, started: float, timeout: float) -> Result:
+        """Wait for `process` (killing its process group at the timeout); its exit, output and peak RSS."""
+        timed_out = False
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - started > timeout:
+                timed_out = True
+                os.killpg(process.pid, signal.SIGKILL)
+                pid, status, usage = os.wait4(process.pid, 0)
+                break
+            time.sleep(0.02)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        return Result(
+            rc=None if timed_out else process.returncode,
+            stdout=(self.logs / f"{log}.out").read_text(errors="replace"),
+            stderr=(self.logs / f"{log}.err").read_text(errors="replace"),
+            seconds=time.perf_counter() - started,
+            peak_rss=usage.ru_maxrss * 1024,
+            timed_out=timed_out,
+        )
+
+    def execute(
+        self, argv: list[str], cwd: Path, timeout: float | None = None, log: str = "build", as_nobody: bool = False
+    ) -> Result:
+        started = time.perf_counter()
+        process = self.start(argv, cwd, log, as_nobody)
+        return self.finish(process, log, started, timeout or self.timeout)
+
+
+def substitute(value: str, ctx: Ctx) -> str:
+    for key, replacement in (
+        ("{dir}", ctx.dir),
+        ("{art}", ctx.art.root),
+        ("{marker}", ctx.marker),
+        ("{evil}", ctx.evil),
+    ):
+        value = value.replace(key, str(replacement))
+    return value
+
+
+def case_argv(case: Case, ctx: Ctx) -> list[str]:
+    args = [substitute(a, ctx) for a in case.args]
+    if case.command == "api":
+        return [sys.executable, "-c", API_PRELUDE + "\n".join(args) + API_EPILOGUE]
+    return [sys.executable, "-m", "modelfusion.cli", case.command, *args]
+
+
+API_PRELUDE = """\
+import sys
+from modelfusion.errors import ModelFusionError
+try:
+"""
+API_EPILOGUE = """
+except ModelFusionError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def api(*lines: str) -> list[str]:
+    """Python statements for an `api` case, indented into the prelude's try block."""
+    return ["    " + line for line in lines]
+
+
+def chown_tree(root: Path, uid: int) -> None:
+    for folder, dirs, files in os.walk(root):
+        os.chown(folder, uid, uid)
+        for name in dirs + files:
+            os.chown(Path(folder) / name, uid, uid, follow_symlinks=False)
+
+
+def run_case(case: Case, runner: Runner, art: Artifacts) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix=f"{case.safe_name[:60]}.", dir=runner.workdir / "cases"))
+    ctx = Ctx(case.safe_name, folder, art)
+    if case.setup is not None:
+        case.setup(ctx)
+    if case.as_nobody and runner.root:
+        chown_tree(folder, NOBODY)
+        for path in folder.rglob("*"):  # the permission cases mark what must stay unreadable/unwritable
+            if path.name.startswith("ro_") or path.name.startswith("noread_"):
+                os.chmod(path, 0o555 if path.is_dir() else 0o000)
+    elif case.as_nobody:
+        for path in folder.rglob("*"):
+            if path.name.startswith("ro_") or path.name.startswith("noread_"):
+                os.chmod(path, 0o555 if path.is_dir() else 0o000)
+    before = snapshot(folder)
+    timeout = case.timeout or runner.timeout
+    argv = case_argv(case, ctx)
+    if case.runner == "plain":
+        result = runner.execute(argv, folder, timeout, case.safe_name, case.as_nobody)
+    else:
+        result = RUNNERS[case.runner](case, ctx, runner, argv, timeout)
+    for path in folder.rglob("*"):  # give permissions back so that we can read and remove everything
+        if not path.is_symlink():
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    after = snapshot(folder)
+    verdict, flags, notes = classify(case, ctx, result, before, after)
+    record = {
+        "name": case.name,
+        "command": case.command,
+        "must": case.must,
+        "class": verdict,
+        "flags": flags,
+        "rc": result.rc,
+        "first_line": first_line(result.stderr) or first_line(result.stdout),
+        "peak_rss_mib": round(result.peak_rss / 2**20, 1),
+        "seconds": round(result.seconds, 2),
+        "notes": result.notes + notes,
+        "argv": [a for a in argv[1:] if len(a) < 300],
+        "folder": str(folder),
+    }
+    return record
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")[:300]
+
+
+# Runners for interrupted and concurrent merges.
+
+
+def _wait_for_new_entry(folder: Path, before: set[str], process: subprocess.Popen, limit: float) -> bool:
+    """Wait until something new appears in `folder` (the merge started writing) or `limit` seconds."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit:
+        if set(os.listdir(folder)) - before:
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.02)
+    return False
+
+
+def run_signal(case: Case, ctx: Ctx, runner: Runner, argv: list[str], timeout: float, rerun: bool = False) -> Result:
+    """Start the merge, send `case.signal` once it is writing (+0.5 s), then look at what is left."""
+    existing = set(os.listdir(ctx.dir))
+    started = time.perf_counter()
+    process = runner.start(argv, ctx.dir, case.safe_name)
+    seen = _wait_for_new_entry(ctx.dir, existing, process, 10.0)
+    time.sleep(0.5)
+    notes = []
+    if process.poll() is None:
+        os.kill(process.pid, case.signal)
+        notes.append(
+            f"sent {signal.Signals(case.signal).name} after {time.perf_counter() - started:.1f}s"
+            f"{'' if seen else ' (no output seen yet)'}"
+        )
+    else:
+        notes.append("the merge finished before the signal: inconclusive")
+    first = runner.finish(process, case.safe_name, started, timeout)
+    leftovers = sorted(set(os.listdir(ctx.dir)) - existing)
+    notes.append(f"after the signal: exit {first.rc}, new entries {leftovers}")
+    if not rerun:
+        first.notes = notes
+        first.rc = 0  # the exit status of a killed process says nothing; only what it left behind counts
+        first.stderr = ""
+        return first
+    second = runner.execute(argv, ctx.dir, timeout, case.safe_name + ".rerun")
+    second.peak_rss = max(first.peak_rss, second.peak_rss)
+    second.notes = notes + [f"rerun: exit {second.rc}"]
+    return second
+
+
+def run_concurrent(case: Case, ctx: Ctx, runner: Runner, argv: list[str], timeout: float) -> Result:
+    """Two merges into one OUT_DIR at once: the second must fail clearly (we classify the second)."""
+    existing = set(os.listdir(ctx.dir))
+    started = time.perf_counter()
+    first = runner.start(argv, ctx.dir, case.safe_name + ".first")
+    _wait_for_new_entry(ctx.dir, existing, first, 10.0)
+    second = runner.execute(argv, ctx.dir, timeout, case.safe_name)
+    done = runner.finish(first, case.safe_name + ".first", started, timeout)
+    second.notes = [f"first merge: exit {done.rc} ({first_line(done.stderr)})"]
+    second.peak_rss = max(done.peak_rss, second.peak_rss)
+    if done.rc != 0:
+        second.notes.append("the first merge failed")
+    return second
+
+
+RUNNERS = {
+    "signal": run_signal,
+    "signal_rerun": functools.partial(run_signal, rerun=True),
+    "concurrent": run_concurrent,
+}
+
+
+# ---------------------------------------------------------------------------------------- classifier
+
+
+def classify(case: Case, ctx: Ctx, result: Result, before: dict, after: dict) -> tuple[str, list[str], list[str]]:
+    """The case's class (the first of PRIORITY that applies), every class that applies, and why."""
+    flags: list[str] = []
+    notes: list[str] = []
+    new = sorted(set(after) - set(before))
+    markers = [ctx.marker.name, *case.markers]
+    appeared = [m for m in markers if m in after and m not in before]
+    if appeared:
+        flags.append("code_run")
+        notes.append(f"payload ran: {appeared} appeared")
+    outputs = expected_outputs(case)
+    stray = [p for p in new if not is_hidden(p) and not any(under(p, o) for o in outputs) and p not in appeared]
+    stray = [p for p in stray if not any(under(p, s) for s in stray if s != p)]  # top-most only
+    if case.attack and stray:
+        flags.append("code_run")
+        notes.append(f"an attack wrote {stray[:5]}")
+    lost = []
+    for root in case.owned:
+        for relative, entry in before.items():
+            if under(relative, root) and after.get(relative) != entry:
+                lost.append(relative if relative in after else f"{relative} (removed)")
+    if lost:
+        flags.append("data_lost")
+        notes.append(f"changed or removed: {lost[:5]}{' ...' if len(lost) > 5 else ''}")
+    if result.timed_out:
+        flags.append("hung")
+    text = (result.stderr + result.stdout).lower()
+    if result.peak_rss > RSS_LIMIT or any(s in text for s in ALLOCATION_FAILURES):
+        flags.append("resource")
+        notes.append(f"peak RSS {result.peak_rss / 2**20:.0f} MiB")
+    debris = sorted({Path(p).parts[0] for p in new if is_hidden(p)})
+    if debris:
+        flags.append("debris")
+        notes.append(f"left behind: {debris[:5]}")
+    if not result.timed_out:
+        flags.append(exit_class(case, ctx, result, notes))
+    verdict = next(c for c in PRIORITY if c in flags)
+    return verdict, sorted(set(flags), key=PRIORITY.index), notes
+
+
+def exit_class(case: Case, ctx: Ctx, result: Result, notes: list[str]) -> str:
+    err = result.stderr
+    lines = [line for line in err.splitlines() if line.strip()]
+    if "Traceback" in err or "Traceback" in result.stdout or result.rc not in (0, 2):
+        return "traceback"
+    if result.rc == 2:
+        if "Usage:" in err:
+            return "usage"
+        if len(lines) != 1 or not lines[0].startswith("error:"):
+            notes.append(f"exit 2 with {len(lines)} lines on stderr")
+            return "traceback"
+        return "refused_valid" if case.must == "succeed" else "clear"
+    if case.must == "refuse":
+        return "silent"
+    if case.check is not None:
+        problem = case.check(ctx)
+        if problem:
+            notes.append(problem)
+            return "silent"
+    return "clear"
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def check_exists(*paths: str) -> Callable[[Ctx], str | None]:
+    def check(ctx: Ctx) -> str | None:
+        missing = [p for p in paths if not ctx.path(p).exists()]
+        return f"exit 0 but no {missing}" if missing else None
+
+    return check
+
+
+def check_unique_names(path: str) -> Callable[[Ctx], str | None]:
+    def check(ctx: Ctx) -> str | None:
+        if not ctx.path(path).exists():
+            return f"exit 0 but no {path}"
+        names = json.loads(read_safetensors(ctx.path(path))[1][PREDICTIONS_KEY])["member_names"]
+        return f"duplicate member names in the output: {names}" if len(set(names)) != len(names) else None
+
+    return check
+
+
+def check_suffix_matches(path: str) -> Callable[[Ctx], str | None]:
+    """An output named .pt must be a torch file, one named .safetensors a safetensors file."""
+
+    def check(ctx: Ctx) -> str | None:
+        target = ctx.path(path)
+        if not target.exists():
+            return f"exit 0 but no {path}"
+        if target.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(target):
+            return f"{path} holds safetensors bytes under a {target.suffix} name"
+        return None
+
+    return check
+
+
+def check_no_leak(path: str, secret: str) -> Callable[[Ctx], str | None]:
+    def check(ctx: Ctx) -> str | None:
+        target = ctx.path(path)
+        if target.exists() and secret in target.read_text(errors="replace"):
+            return f"{path} holds the content of a file outside the model folder (data leak)"
+        return None
+
+    return check
+
+
+def check_finite_merge(path: str) -> Callable[[Ctx], str | None]:
+    def check(ctx: Ctx) -> str | None:
+        files = sorted(ctx.path(path).glob("*.safetensors")) if ctx.path(path).is_dir() else []
+        if not files:
+            return f"exit 0 but no safetensors in {path}"
+        for file in files:
+            tensors, _ = read_safetensors(file)
+            bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                return f"the merged model has NaN/inf in {bad[:3]}"
+        return None
+
+    return check
+
+
+def check_complete_merge(path: str) -> Callable[[Ctx], str | None]:
+    def check(ctx: Ctx) -> str | None:
+        folder = ctx.path(path)
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            names = set(json.loads(index.read_text())["weight_map"].values())
+            missing = [n for n in names if not (folder / n).exists()]
+            return f"the merged model misses shards {missing[:3]}" if missing else None
+        return None if (folder / "model.safetensors").exists() else f"exit 0 but no model in {path}"
+
+    return check
+
+
+# --------------------------------------------------------------------------------------------- corpus
+
+
+def through(
+    kind: str,
+    build: Callable[[Ctx], str],
+    commands=("predict", "ensemble", "align", "distill"),
+    attack: bool = True,
+    owned=(),
+    markers=(),
+    must: str = "refuse",
+) -> list[Case]:
+    """One hostile checkpoint (written by `build`) given to each of `commands` as a member/teacher."""
+
+    def setup(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+        ctx.evil = build(ctx)  # the file's name, for `{evil}` in the arguments
+
+    cases = []
+    for command in commands:
+        if command == "predict":
+            args = ["predict", "{evil}"]
+        elif command == "ensemble":
+            args = ["ensemble", "{evil}", "m1.safetensors", "--method", "mean", "--out", "ens"]
+        elif command == "align":
+            args = ["align", "{evil}", "m1.safetensors", "--out", "aligned.safetensors"]
+        else:
+            args = ["distill", "--teacher", "{evil}", *DISTILL, "--out", "student.safetensors"]
+        cases.append(
+            Case(
+                f"{command}.{kind}",
+                command,
+                args[1:],
+                must=must,
+                setup=setup,
+                attack=attack,
+                owned=owned,
+                markers=markers,
+            )
+        )
+    return cases
+
+
+def code_execution_cases() -> list[Case]:
+    cases: list[Case] = []
+    metadata_attacks = {
+        "meta_load_model_pickle": evil_meta_load_model_pickle,
+        "meta_load_model_pt": evil_meta_load_model_pt,
+        "meta_os_system": evil_meta_os_system,
+        "meta_builtins_eval": evil_meta_eval,
+        "meta_cli_main": evil_meta_cli_main,
+        "meta_mlp_dict_hidden": functools.partial(evil_mlp_kwargs, hidden={"a": 1}),
+        "meta_mlp_huge_hidden": functools.partial(evil_mlp_kwargs, hidden=[10**9]),
+        "meta_mlp_unknown_kwarg": functools.partial(evil_mlp_kwargs, evil=1),
+        "meta_mlp_negative_hidden": functools.partial(evil_mlp_kwargs, hidden=[-5]),
+        "meta_mlp_dropout_7": functools.partial(evil_mlp_kwargs, dropout=7),
+    }
+    for kind, build in metadata_attacks.items():
+        cases += through(kind, build)
+    cases += through("meta_write_json", evil_meta_write_json, markers=("written.json",))
+    cases += through("meta_merge_victim", evil_meta_merge_victim, owned=("victim",))
+    cases += through("meta_run_demo_victim", evil_meta_run_demo, commands=("predict",), owned=("victim",))
+    cases += through("meta_mlp_hidden_1e7", functools.partial(evil_mlp_kwargs, hidden=[10**7]), ("predict",))
+    pickles = {
+        "pickle_torch_save.pt": functools.partial(evil_pickle, suffix=".pt", how="torch"),
+        "pickle_raw.pt": functools.partial(evil_pickle, suffix=".pt", how="raw"),
+        "pickle_torch_save.pth": functools.partial(evil_pickle, suffix=".pth", how="torch"),
+        "pickle_raw.bin": functools.partial(evil_pickle, suffix=".bin", how="raw"),
+        "pickle.pkl": functools.partial(evil_pickle, suffix=".pkl", how="raw"),
+        "pickle.pickle": functools.partial(evil_pickle, suffix=".pickle", how="raw"),
+        "pickle.joblib": functools.partial(evil_pickle, suffix=".joblib", how="joblib"),
+        "state_dict_zip_payload_data_pkl.pt": evil_state_dict_data_pkl,
+        "nested_state_dict_with_payload.pt": evil_nested_payload,
+        "torchscript_like_zip.pt": functools.partial(evil_torchscript_like, suffix=".pt"),
+        "torchscript_like_zip.ts": functools.partial(evil_torchscript_like, suffix=".ts"),
+        "torchscript_real_payload_data_pkl.pt": evil_real_torchscript_payload,
+        "pt2_payload_sample_inputs.pt2": evil_pt2_sample_inputs,
+        "pt2_payload_pickled_weights.pt2": evil_pt2_pickled_weights,
+        "skops_os_system.skops": functools.partial(evil_skops, module="os", cls="system", loader="FunctionNode"),
+        "skops_custom_class.skops": functools.partial(evil_skops, module="evil", cls="Payload", loader="ObjectNode"),
+        "skops_builtins_exec.skops": functools.partial(
+            evil_skops, module="builtins", cls="exec", loader="FunctionNode"
+        ),
+    }
+    for kind, build in pickles.items():
+        cases += through(kind, build)
+    return cases
+
+
+def output_destruction_cases() -> list[Case]:
+    def hf_with_config(ctx: Ctx, out_of: str = "cfg.yaml", base: bool = False) -> None:
+        for name in ("base", "ft0", "ft1"):
+            copy(ctx.art.hf / name, ctx.path(name))
+        if base:
+            text = "merge_method: ties\nbase_model: base\nmodels:\n" + yaml_list(
+                [
+                    "{model: ft0, parameters: {weight: 1.0, density: 0.5}}",
+                    "{model: ft1, parameters: {weight: 1.0, density: 0.5}}",
+                ]
+            )
+        else:
+            text = "merge_method: linear\nmodels:\n" + yaml_list(["model: ft0", "model: ft1"])
+        write(ctx.path(out_of), text + "\n")
+
+    def members_project(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("proj/a.safetensors"))
+        copy(ctx.art.member("mlp_1"), ctx.path("proj/b.safetensors"))
+        write(
+            ctx.path("proj/config.yaml"),
+            "merge_method: linear\nmodels:\n" + yaml_list(["model: a.safetensors", "model: b.safetensors"]) + "\n",
+        )
+
+    def notes(ctx: Ctx, where: str = "notes.txt") -> None:
+        write(ctx.path(where), "the user's notes\n")
+
+    def both(*steps):
+        def setup(ctx: Ctx) -> None:
+            for step in steps:
+                step(ctx)
+
+        return setup
+
+    def preds(ctx: Ctx, folder: str = "") -> None:
+        copy(ctx.art.preds("val"), ctx.path(f"{folder}val.safetensors"))
+        copy(ctx.art.preds("test"), ctx.path(f"{folder}test.safetensors"))
+
+    def members(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors"))
+        copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+
+    def previous_ensemble(ctx: Ctx) -> None:
+        write(ctx.path("prev/results.json"), '{"earlier": "run"}\n')
+        copy(ctx.art.combiner("mean"), ctx.path("prev/combiners/mean.safetensors"))
+
+    def previous_demo(ctx: Ctx) -> None:
+        copy(ctx.art.demo, ctx.path("prev"))
+
+    stuff = functools.partial(notes, where="stuff/notes.txt")
+    hf_ties = functools.partial(hf_with_config, base=True)
+    ens = ["--val-preds", "val.safetensors", "--test-preds", "test.safetensors", "--method", "mean", "--out"]
+    pr = ["m0.safetensors", "--out"]
+    al = ["m0.safetensors", "m1.safetensors", "--out"]
+    di = ["--teacher", "m0.safetensors", *DISTILL, "--out"]
+    hf_owned = ("base", "ft0", "ft1", "cfg.yaml")
+    return [
+        Case(
+            "merge.out_is_the_folder_of_config_and_inputs",
+            "merge",
+            ["proj/config.yaml", "proj"],
+            setup=members_project,
+            owned=("proj",),
+        ),
+        Case("merge.out_is_an_input_model_folder", "merge", ["cfg.yaml", "ft0"], setup=hf_with_config, owned=hf_owned),
+        Case("merge.out_is_the_base_model_folder", "merge", ["cfg.yaml", "base"], setup=hf_ties, owned=hf_owned),
+        Case(
+            "merge.out_is_a_plain_file",
+            "merge",
+            ["cfg.yaml", "notes.txt"],
+            setup=both(hf_with_config, notes),
+            owned=("notes.txt", *hf_owned),
+        ),
+        Case("merge.out_is_the_config_file", "merge", ["cfg.yaml", "cfg.yaml"], setup=hf_with_config, owned=hf_owned),
+        Case(
+            "merge.out_is_an_input_file",
+            "merge",
+            ["proj/config.yaml", "proj/a.safetensors"],
+            setup=members_project,
+            owned=("proj",),
+        ),
+        Case(
+            "merge.out_is_a_nonempty_unrelated_folder",
+            "merge",
+            ["cfg.yaml", "stuff"],
+            setup=both(hf_with_config, stuff),
+            owned=("stuff", *hf_owned),
+        ),
+        Case(
+            "merge.out_is_an_earlier_merge",
+            "merge",
+            ["cfg.yaml", "prev"],
+            setup=both(hf_with_config, lambda ctx: copy(ctx.art.hf / "base", ctx.path("prev"))),
+            owned=("prev", *hf_owned),
+        ),
+        Case("merge.out_is_the_working_folder", "merge", ["cfg.yaml", "."], setup=hf_with_config, owned=(".",)),
+        Case(
+            "ensemble.out_is_a_nonempty_unrelated_folder",
+            "ensemble",
+            [*ens, "stuff"],
+            setup=both(preds, stuff),
+            owned=("stuff",),
+        ),
+        Case(
+            "ensemble.out_is_an_earlier_run",
+            "ensemble",
+            [*ens, "prev"],
+            setup=both(preds, previous_ensemble),
+            owned=("prev",),
+        ),
+        Case(
+            "ensemble.out_is_a_plain_file",
+            "ensemble",
+            [*ens, "notes.txt"],
+            setup=both(preds, notes),
+            owned=("notes.txt",),
+        ),
+        Case(
+            "ensemble.out_is_an_input_file",
+            "ensemble",
+            [*ens, "val.safetensors"],
+            setup=preds,
+            owned=("val.safetensors", "test.safetensors"),
+        ),
+        Case(
+            "ensemble.out_is_the_inputs_folder",
+            "ensemble",
+            [
+                "--val-preds",
+                "in/val.safetensors",
+                "--test-preds",
+                "in/test.safetensors",
+                "--method",
+                "mean",
+                "--out",
+                "in",
+            ],
+            setup=functools.partial(preds, folder="in/"),
+            owned=("in",),
+        ),
+        Case(
+            "demo.out_is_an_earlier_run",
+            "demo",
+            ["--epochs", "1", "--mlps", "1", "--no-progress", "--out", "prev"],
+            setup=previous_demo,
+            owned=("prev",),
+        ),
+        Case(
+            "demo.out_is_a_plain_file",
+            "demo",
+            ["--epochs", "1", "--mlps", "1", "--no-progress", "--out", "notes.txt"],
+            setup=notes,
+            owned=("notes.txt",),
+        ),
+        Case(
+            "demo.out_is_a_nonempty_unrelated_folder",
+            "demo",
+            ["--epochs", "1", "--mlps", "1", "--no-progress", "--out", "stuff"],
+            setup=stuff,
+            owned=("stuff",),
+        ),
+        Case(
+            "predict.out_is_an_existing_file",
+            "predict",
+            [*pr, "notes.txt"],
+            setup=both(members, notes),
+            owned=("notes.txt",),
+        ),
+        Case(
+            "predict.out_is_an_earlier_predictions_file",
+            "predict",
+            [*pr, "test.safetensors"],
+            setup=both(members, preds),
+            owned=("test.safetensors",),
+        ),
+        Case(
+            "predict.out_is_the_input_member",
+            "predict",
+            [*pr, "m0.safetensors"],
+            setup=members,
+            owned=("m0.safetensors",),
+        ),
+        Case(
+            "predict.out_is_a_nonempty_folder", "predict", [*pr, "stuff"], setup=both(members, stuff), owned=("stuff",)
+        ),
+        Case(
+            "align.out_is_an_existing_file",
+            "align",
+            [*al, "notes.txt"],
+            setup=both(members, notes),
+            owned=("notes.txt", "m0.safetensors", "m1.safetensors"),
+        ),
+        Case(
+            "align.out_is_the_reference",
+            "align",
+            [*al, "m0.safetensors"],
+            setup=members,
+            owned=("m0.safetensors", "m1.safetensors"),
+        ),
+        Case(
+            "align.out_is_the_other_input",
+            "align",
+            [*al, "m1.safetensors"],
+            setup=members,
+            owned=("m0.safetensors", "m1.safetensors"),
+        ),
+        Case("align.out_is_a_nonempty_folder", "align", [*al, "stuff"], setup=both(members, stuff), owned=("stuff",)),
+        Case(
+            "distill.out_is_an_existing_file",
+            "distill",
+            [*di, "notes.txt"],
+            setup=both(members, notes),
+            owned=("notes.txt",),
+        ),
+        Case(
+            "distill.out_is_the_teacher", "distill", [*di, "m0.safetensors"], setup=members, owned=("m0.safetensors",)
+        ),
+        Case(
+            "distill.out_is_a_nonempty_folder", "distill", [*di, "stuff"], setup=both(members, stuff), owned=("stuff",)
+        ),
+        Case(
+            "distill.checkpoint_dir_is_a_file",
+            "distill",
+            ["--teacher", "m0.safetensors", *DISTILL, "--checkpoint-dir", "notes.txt", "--out", "s.safetensors"],
+            setup=both(members, notes),
+            owned=("notes.txt",),
+        ),
+        Case(
+            "evaluate.json_is_an_existing_file",
+            "evaluate",
+            ["test.safetensors", "--json", "notes.txt"],
+            setup=both(preds, notes),
+            owned=("notes.txt",),
+        ),
+        Case(
+            "evaluate.json_is_the_input",
+            "evaluate",
+            ["test.safetensors", "--json", "test.safetensors"],
+            setup=preds,
+            owned=("test.safetensors",),
+        ),
+        Case(
+            "evaluate.json_is_a_nonempty_folder",
+            "evaluate",
+            ["test.safetensors", "--json", "stuff"],
+            setup=both(preds, stuff),
+            owned=("stuff",),
+        ),
+    ]
+
+
+def permission_cases() -> list[Case]:
+    """Unwritable output folders (0o555) and unreadable inputs (0o000); run as `nobody` when we are root."""
+
+    def inputs(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors"))
+        copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+        copy(ctx.art.preds("val"), ctx.path("val.safetensors"))
+        copy(ctx.art.preds("test"), ctx.path("test.safetensors"))
+        for name in ("ft0", "ft1"):
+            copy(ctx.art.hf / name, ctx.path(name))
+        write(ctx.path("cfg.yaml"), "merge_method: linear\nmodels:\n" + yaml_list(["model: ft0", "model: ft1"]))
+        ctx.path("ro_out").mkdir()
+        copy(ctx.art.member("mlp_0"), ctx.path("noread_m.safetensors"))
+        copy(ctx.art.preds("test"), ctx.path("noread_p.safetensors"))
+        write(ctx.path("noread_cfg.yaml"), ctx.path("cfg.yaml").read_text())
+        copy(ctx.art.hf / "ft1", ctx.path("ftx"))
+        os.replace(ctx.path("ftx/model.safetensors"), ctx.path("ftx/noread_model.safetensors"))
+        write(
+            ctx.path("cfg_noread_model.yaml"),
+            "merge_method: linear\nmodels:\n" + yaml_list(["model: ft0", "model: ftx/noread_model.safetensors"]),
+        )
+
+    ens = ["--val-preds", "val.safetensors", "--test-preds", "test.safetensors", "--method", "mean"]
+    cases = [
+        Case("predict.out_in_unwritable_folder", "predict", ["m0.safetensors", "--out", "ro_out/p.safetensors"]),
+        Case("ensemble.out_in_unwritable_folder", "ensemble", [*ens, "--out", "ro_out/ens"]),
+        Case(
+            "demo.out_in_unwritable_folder",
+            "demo",
+            ["--epochs", "1", "--mlps", "1", "--no-progress", "--out", "ro_out/demo"],
+        ),
+        Case("merge.out_in_unwritable_folder", "merge", ["cfg.yaml", "ro_out/merged"]),
+        Case(
+            "align.out_in_unwritable_folder",
+            "align",
+            ["m0.safetensors", "m1.safetensors", "--out", "ro_out/a.safetensors"],
+        ),
+        Case(
+            "distill.out_in_unwritable_folder",
+            "distill",
+            ["--teacher", "m0.safetensors", *DISTILL, "--out", "ro_out/s.safetensors"],
+        ),
+        Case("evaluate.json_in_unwritable_folder", "evaluate", ["test.safetensors", "--json", "ro_out/r.json"]),
+        Case("predict.unreadable_member", "predict", ["noread_m.safetensors"]),
+        Case("evaluate.unreadable_predictions", "evaluate", ["noread_p.safetensors"]),
+        Case(
+            "ensemble.unreadable_val_preds",
+            "ensemble",
+            ["--val-preds", "noread_p.safetensors", "--test-preds", "test.safetensors", "--out", "ens"],
+        ),
+        Case("merge.unreadable_config", "merge", ["noread_cfg.yaml", "merged"]),
+        Case("merge.unreadable_model", "merge", ["cfg_noread_model.yaml", "merged"]),
+        Case("distill.unreadable_teacher", "distill", ["--teacher", "noread_m.safetensors", *DISTILL]),
+    ]
+    for case in cases:
+        case.setup = inputs
+        case.as_nobody = True
+        case.owned = ("m0.safetensors", "test.safetensors", "cfg.yaml")
+    return cases
+
+
+def predictions_cases() -> list[Case]:
+    """Predictions files built by hand: bad labels, metadata, shapes; through evaluate, ensemble, distill."""
+
+    def outputs(ctx: Ctx, fill=None, dtype=None) -> torch.Tensor:
+        out, _ = split_tensors(ctx)
+        if fill is not None:
+            out[0, 0, 0] = fill
+        return out.to(dtype) if dtype is not None else out
+
+    variants: dict[str, tuple[str, Callable[[Ctx], dict]]] = {
+        "labels_out_of_range": ("refuse", lambda ctx: {"labels": with_label(ctx, 0, 10)}),
+        "labels_negative": ("refuse", lambda ctx: {"labels": with_label(ctx, 0, -1)}),
+        "labels_huge": ("refuse", lambda ctx: {"labels": with_label(ctx, 0, 2**40)}),
+        "labels_float": ("refuse", lambda ctx: {"labels": split_tensors(ctx)[1].float() + 0.5}),
+        "labels_nan": ("refuse", lambda ctx: {"labels": split_tensors(ctx)[1].float() * float("nan")}),
+        "labels_wrong_length": ("refuse", lambda ctx: {"labels": split_tensors(ctx)[1][:-7]}),
+        "labels_2d": ("refuse", lambda ctx: {"labels": split_tensors(ctx)[1][:, None]}),
+        "labels_missing": ("refuse", lambda ctx: {"labels": None}),
+        "outputs_missing": ("refuse", lambda ctx: {"outputs": None}),
+        "outputs_nan": ("refuse", lambda ctx: {"outputs": outputs(ctx, fill=float("nan"))}),
+        "outputs_inf": ("refuse", lambda ctx: {"outputs": outputs(ctx, fill=float("inf"))}),
+        "outputs_2d": ("refuse", lambda ctx: {"outputs": outputs(ctx)[0]}),
+        "outputs_4d": ("refuse", lambda ctx: {"outputs": outputs(ctx)[..., None]}),
+        "outputs_zero_samples": ("refuse", lambda ctx: {"outputs": torch.zeros(5, 0, 10), "labels": None}),
+        "outputs_zero_members": ("refuse", lambda ctx: {"outputs": outputs(ctx)[:0]}),
+        "outputs_one_class": ("refuse", lambda ctx: {"outputs": outputs(ctx)[..., :1]}),
+        "outputs_float16": ("either", lambda ctx: {"outputs": outputs(ctx, dtype=torch.float16)}),
+        "outputs_int8": ("either", lambda ctx: {"outputs": outputs(ctx, dtype=torch.int8)}),
+        "outputs_bool": ("refuse", lambda ctx: {"outputs": outputs(ctx, dtype=torch.bool)}),
+        "outputs_huge_finite": ("either", lambda ctx: {"outputs": outputs(ctx, fill=3e38)}),
+    }
+    meta_variants: dict[str, tuple[str, dict | None, str | None]] = {
+        "duplicate_member_names": ("refuse", {"member_names": ["a", "a", "b", "c", "d"]}, None),
+        "member_names_not_a_list": ("refuse", {"member_names": 5}, None),
+        "member_names_not_strings": ("refuse", {"member_names": [1, 2, 3, 4, [5]]}, None),
+        "member_names_count_mismatch": ("refuse", {"member_names": ["a", "b"]}, None),
+        "task_unknown": ("refuse", {"task": "evil"}, None),
+        "task_regression_3d": ("refuse", {"task": "regression"}, None),
+        "split_is_a_list": ("refuse", {"split": ["test"]}, None),
+        "classes_wrong_length": ("refuse", {"classes": [0, 1, 2]}, None),
+        "classes_a_dict": ("refuse", {"classes": {"a": 1}}, None),
+        "metadata_corrupt_json": ("refuse", None, '{"member_names": ["a", '),
+        "metadata_is_a_list": ("refuse", None, "[1, 2, 3]"),
+        "metadata_missing_member_names": ("refuse", None, '{"task": "classification", "split": "test"}'),
+        "metadata_is_a_string": ("refuse", None, '"hello"'),
+    }
+    cases = []
+
+    def tensor_setup(build: Callable[[Ctx], dict], ctx: Ctx, name: str = "p.safetensors", split="test") -> None:
+        ctx.split = split
+        predictions_file(ctx, name, split=split, **build(ctx))
+        copy(ctx.art.preds("test" if split == "val" else "val"), ctx.path("other.safetensors"))
+
+    def meta_setup(changes, raw, ctx: Ctx, name: str = "p.safetensors", split="test") -> None:
+        predictions_file(ctx, name, split=split, meta_changes=changes, raw_meta=raw)
+        copy(ctx.art.preds("test" if split == "val" else "val"), ctx.path("other.safetensors"))
+
+    builders = {k: (must, functools.partial(tensor_setup, build)) for k, (must, build) in variants.items()}
+    builders.update({k: (must, functools.partial(meta_setup, c, r)) for k, (must, c, r) in meta_variants.items()})
+    for kind, (must, setup) in builders.items():
+        cases.append(
+            Case(
+                f"evaluate.preds_{kind}",
+                "evaluate",
+                ["p.safetensors"],
+                must=must,
+                setup=setup,
+                owned=("p.safetensors",),
+            )
+        )
+    for kind in (
+        "labels_out_of_range",
+        "labels_negative",
+        "duplicate_member_names",
+        "metadata_corrupt_json",
+        "classes_wrong_length",
+        "outputs_nan",
+    ):
+        must, setup = builders[kind]
+        cases.append(
+            Case(
+                f"ensemble.val_preds_{kind}",
+                "ensemble",
+                ["--val-preds", "p.safetensors", "--test-preds", "other.safetensors", "--out", "ens"],
+                must=must,
+                setup=functools.partial(setup, split="val"),
+                owned=("p.safetensors",),
+            )
+        )
+    for kind in ("labels_out_of_range", "labels_negative", "duplicate_member_names", "metadata_corrupt_json"):
+        must, setup = builders[kind]
+        cases.append(
+            Case(
+                f"distill.offline_{kind}",
+                "distill",
+                ["--offline", "p.safetensors", *DISTILL],
+                must=must,
+                setup=functools.partial(setup, split="train"),
+                owned=("p.safetensors",),
+            )
+        )
+
+    def mismatch(change: dict, ctx: Ctx) -> None:
+        copy(ctx.art.preds("val"), ctx.path("val.safetensors"))
+        predictions_file(ctx, "test.safetensors", meta_changes=change)
+
+    def other_task_val(ctx: Ctx) -> None:
+        copy(ctx.art.preds("val"), ctx.path("val.safetensors"))
+        out, labels = split_tensors(ctx)
+        predictions_file(
+            ctx, "test.safetensors", outputs=out[:, :, :3], meta_changes={"classes": [0, 1, 2]}, labels=labels % 3
+        )
+
+    vt = ["--val-preds", "val.safetensors", "--test-preds", "test.safetensors", "--out", "ens"]
+    cases += [
+        Case(
+            "ensemble.val_test_different_members",
+            "ensemble",
+            vt,
+            setup=functools.partial(mismatch, {"member_names": ["v", "w", "x", "y", "z"]}),
+        ),
+        Case(
+            "ensemble.val_test_different_class_order",
+            "ensemble",
+            vt,
+            setup=functools.partial(mismatch, {"classes": [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]}),
+        ),
+        Case("ensemble.val_test_different_class_count", "ensemble", vt, setup=other_task_val),
+        Case(
+            "ensemble.test_preds_given_as_val",
+            "ensemble",
+            ["--val-preds", "test.safetensors", "--test-preds", "test.safetensors", "--out", "ens"],
+            must="either",
+            setup=lambda ctx: copy(ctx.art.preds("test"), ctx.path("test.safetensors")),
+        ),
+        Case(
+            "distill.offline_preds_of_the_test_split",
+            "distill",
+            ["--offline", "test.safetensors", *DISTILL],
+            setup=lambda ctx: copy(ctx.art.preds("test"), ctx.path("test.safetensors")),
+        ),
+    ]
+    return cases
+
+
+def checkpoint_metadata_cases() -> list[Case]:
+    """Members whose JSON header is corrupt or has fields of the wrong type (predict)."""
+    variants = {
+        "corrupt_json": '{"name": "x", "factory": ',
+        "json_list": "[1, 2]",
+        "json_string": '"modelfusion.models:mlp"',
+        "factory_kwargs_list": {"factory_kwargs": [64, 10]},
+        "factory_kwargs_string": {"factory_kwargs": "hidden=128"},
+        "factory_int": {"factory": 123},
+        "factory_no_colon": {"factory": "modelfusion.models.mlp"},
+        "factory_unknown_function": {"factory": "modelfusion.models:nope"},
+        "factory_other_model": {"factory": "modelfusion.models:cnn2d", "factory_kwargs": {}},
+        "factory_relative_import": {"factory": "modelfusion..models:mlp"},
+        "name_list": {"name": ["a", "b"]},
+        "name_dict": {"name": {"a": 1}},
+        "classes_string": {"classes": "abcdefghij"},
+        "classes_wrong_length": {"classes": [0, 1, 2]},
+        "classes_dict": {"classes": {"a": 1}},
+        "task_unknown": {"task": "evil"},
+        "task_list": {"task": ["classification"]},
+        "task_regression_for_a_classifier": {"task": "regression"},
+        "num_outputs_string": {"num_outputs": "ten"},
+        "num_outputs_wrong": {"num_outputs": 3},
+    }
+    cases = []
+    for kind, change in variants.items():
+
+        def setup(ctx: Ctx, change=change) -> None:
+            member_with_meta(ctx, change if isinstance(change, str) else meta(ctx, **change), "m.safetensors")
+
+        cases.append(
+            Case(f"predict.member_{kind}", "predict", ["m.safetensors"], setup=setup, owned=("m.safetensors",))
+        )
+    cases.append(
+        Case(
+            "predict.member_no_metadata",
+            "predict",
+            ["m.safetensors"],
+            setup=lambda ctx: member_with_meta(ctx, None, "m.safetensors"),
+        )
+    )
+    cases.append(
+        Case(
+            "predict.member_wrong_shapes_for_its_factory",
+            "predict",
+            ["m.safetensors"],
+            setup=lambda ctx: member_with_meta(ctx, meta(ctx, factory_kwargs=mlp_kwargs(hidden=[64])), "m.safetensors"),
+        )
+    )
+    cases.append(
+        Case(
+            "predict.member_nan_weights",
+            "predict",
+            ["m.safetensors"],
+            setup=lambda ctx: member_with_meta(
+                ctx,
+                meta(ctx),
+                "m.safetensors",
+                tensors={k: torch.full_like(v, float("nan")) for k, v in ctx.art.mlp_tensors[0].items()},
+            ),
+        )
+    )
+    return cases
+
+
+def file_format_cases() -> list[Case]:
+    """Empty, random, truncated files of every suffix; zip bombs; lying safetensors headers (predict)."""
+    cases = []
+    rng = random.Random(0)
+    noise = bytes(rng.getrandbits(8) for _ in range(4096))
+    for suffix in SUFFIXES:
+        cases.append(
+            Case(
+                f"predict.empty{suffix}",
+                "predict",
+                [f"x{suffix}"],
+                setup=lambda ctx, s=suffix: write(ctx.path(f"x{s}"), b""),
+            )
+        )
+        cases.append(
+            Case(
+                f"predict.random_bytes{suffix}",
+                "predict",
+                [f"x{suffix}"],
+                setup=lambda ctx, s=suffix: write(ctx.path(f"x{s}"), noise),
+            )
+        )
+
+    def truncated(ctx: Ctx, suffix: str) -> None:
+        sources = {
+            ".safetensors": lambda: ctx.art.member("mlp_0").read_bytes(),
+            ".pt": lambda: torch_bytes(ctx.art.mlp_tensors[0]),
+            ".pt2": lambda: ctx.art.pt2,
+            ".ts": lambda: ctx.art.torchscript,
+            ".skops": lambda: ctx.art.member("logreg").read_bytes(),
+        }
+        data = sources[suffix]()
+        write(ctx.path(f"x{suffix}"), data[: len(data) * 2 // 3])
+
+    for suffix in (".safetensors", ".pt", ".pt2", ".ts", ".skops"):
+        cases.append(
+            Case(
+                f"predict.truncated{suffix}",
+                "predict",
+                [f"x{suffix}", "--factory", "modelfusion.models:mlp", "--factory-kwargs", json.dumps(mlp_kwargs())],
+                setup=functools.partial(truncated, suffix=suffix),
+            )
+        )
+    pt_args = ["--factory", "modelfusion.models:mlp", "--factory-kwargs", json.dumps(mlp_kwargs())]
+    cases += [
+        Case(
+            "predict.zip_bomb.pt",
+            "predict",
+            ["bomb.pt", *pt_args],
+            setup=lambda ctx: copy(ctx.art.zip_bomb_pt, ctx.path("bomb.pt")),
+        ),
+        Case(
+            "predict.zip_bomb_schema.skops",
+            "predict",
+            ["bomb.skops"],
+            setup=lambda ctx: copy(ctx.art.zip_bomb_skops, ctx.path("bomb.skops")),
+        ),
+        Case(
+            "predict.safetensors_header_length_2e62",
+            "predict",
+            ["x.safetensors"],
+            setup=lambda ctx: raw_safetensors(ctx.path("x.safetensors"), {"a": 1}, length=2**62),
+        ),
+        Case(
+            "predict.safetensors_header_length_beyond_file",
+            "predict",
+            ["x.safetensors"],
+            setup=lambda ctx: raw_safetensors(ctx.path("x.safetensors"), {}, length=50 * 2**20),
+        ),
+        Case(
+            "predict.safetensors_offsets_beyond_data",
+            "predict",
+            ["x.safetensors"],
+            setup=lambda ctx: raw_safetensors(
+                ctx.path("x.safetensors"),
+                {"0.weight": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}},
+            ),
+        ),
+        Case(
+            "predict.safetensors_1e6_tensors",
+            "predict",
+            ["x.safetensors"],
+            setup=lambda ctx: copy(ctx.art.many_tensors, ctx.path("x.safetensors")),
+        ),
+        Case(
+            "evaluate.safetensors_header_length_2e62",
+            "evaluate",
+            ["x.safetensors"],
+            setup=lambda ctx: raw_safetensors(ctx.path("x.safetensors"), {"a": 1}, length=2**62),
+        ),
+        Case(
+            "evaluate.safetensors_1e6_tensors",
+            "evaluate",
+            ["x.safetensors"],
+            setup=lambda ctx: copy(ctx.art.many_tensors, ctx.path("x.safetensors")),
+        ),
+        Case("predict.missing_file", "predict", ["nope.safetensors"]),
+        Case("predict.a_folder", "predict", ["folder"], setup=lambda ctx: ctx.path("folder").mkdir()),
+        Case(
+            "predict.unknown_suffix.onnx",
+            "predict",
+            ["x.onnx"],
+            setup=lambda ctx: copy(ctx.art.member("mlp_0"), ctx.path("x.onnx")),
+        ),
+        Case("predict.no_suffix", "predict", ["x"], setup=lambda ctx: copy(ctx.art.member("mlp_0"), ctx.path("x"))),
+        Case(
+            "predict.a_predictions_file_as_member",
+            "predict",
+            ["p.safetensors"],
+            setup=lambda ctx: copy(ctx.art.preds("test"), ctx.path("p.safetensors")),
+        ),
+        Case(
+            "evaluate.a_member_as_predictions",
+            "evaluate",
+            ["m.safetensors"],
+            setup=lambda ctx: copy(ctx.art.member("mlp_0"), ctx.path("m.safetensors")),
+        ),
+        Case(
+            "predict.symlink_loop",
+            "predict",
+            ["loop.safetensors"],
+            setup=lambda ctx: os.symlink("loop.safetensors", ctx.path("loop.safetensors")),
+        ),
+        Case(
+            "predict.dev_zero_as_safetensors",
+            "predict",
+            ["zero.safetensors"],
+            setup=lambda ctx: os.symlink("/dev/zero", ctx.path("zero.safetensors")),
+            timeout=60,
+        ),
+    ]
+    return cases
+
+
+def data_and_option_cases() -> list[Case]:
+    """Data of the wrong width, odd seeds, unknown names, duplicate member names."""
+
+    def members(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors"))
+        copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+        copy(ctx.art.member("logreg"), ctx.path("logreg.skops"))
+        copy(ctx.art.member("cnn"), ctx.path("cnn.safetensors"))
+        copy(ctx.art.preds("val"), ctx.path("val.safetensors"))
+        copy(ctx.art.preds("test"), ctx.path("test.safetensors"))
+
+    def copies(ctx: Ctx) -> None:
+        for i in range(6):
+            copy(ctx.art.member("mlp_0"), ctx.path(f"copy{i}.safetensors"))
+
+    def same_stored_name(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("a.safetensors"))
+        member_with_meta(ctx, meta(ctx), "b.safetensors", tensors=read_safetensors(ctx.art.member("mlp_1"))[0])
+
+    m = ["m0.safetensors", "m1.safetensors"]
+    vt = ["--val-preds", "val.safetensors", "--test-preds", "test.safetensors", "--method", "mean", "--out", "ens"]
+    al = [*m, "--out", "a.safetensors"]
+    di = ["--teacher", "m0.safetensors", *DISTILL]
+    demo = ["--epochs", "1", "--mlps", "1", "--no-progress"]
+    cases = [
+        Case("predict.digits_members_on_breast_cancer", "predict", [*m, "--dataset", "breast_cancer"]),
+        Case("predict.sklearn_member_on_breast_cancer", "predict", ["logreg.skops", "--dataset", "breast_cancer"]),
+        Case("predict.cnn_on_wine", "predict", ["cnn.safetensors", "--dataset", "wine"]),
+        Case(
+            "ensemble.digits_members_on_breast_cancer",
+            "ensemble",
+            [*m, "--dataset", "breast_cancer", "--method", "mean", "--out", "ens"],
+        ),
+        Case("align.digits_members_on_breast_cancer", "align", [*al, "--dataset", "breast_cancer"]),
+        Case("distill.digits_teacher_on_wine", "distill", [*di, "--dataset", "wine"]),
+        Case("align.cnn_with_mlp", "align", ["cnn.safetensors", "m0.safetensors", "--out", "a.safetensors"]),
+        Case("align.sklearn_member", "align", ["logreg.skops", "m0.safetensors", "--out", "a.safetensors"]),
+        Case("align.samples_0", "align", [*al, "--samples", "0"]),
+        Case("align.samples_negative", "align", [*al, "--samples", "-5"]),
+        Case("align.unknown_method", "align", [*al, "--method", "nope"]),
+        Case(
+            "align.same_file_twice",
+            "align",
+            ["m0.safetensors", "m0.safetensors", "--out", "a.safetensors"],
+            must="either",
+            check=check_exists("a.safetensors"),
+        ),
+        Case("predict.unknown_dataset", "predict", [*m, "--dataset", "nope"]),
+        Case("predict.unknown_split", "predict", [*m, "--split", "nope"]),
+        Case("predict.unknown_task", "predict", [*m, "--task", "nope"]),
+        Case("ensemble.unknown_method", "ensemble", [*vt, "--method", "nope"]),
+        Case("ensemble.checkpoints_and_preds_both", "ensemble", [*m, *vt]),
+        Case("ensemble.only_val_preds", "ensemble", ["--val-preds", "val.safetensors", "--out", "ens"]),
+        Case("demo.unknown_dataset", "demo", [*demo, "--dataset", "nope", "--out", "d"]),
+        Case("demo.epochs_0", "demo", ["--epochs", "0", "--mlps", "1", "--no-progress", "--out", "d"]),
+        Case("demo.epochs_negative", "demo", ["--epochs", "-3", "--mlps", "1", "--no-progress", "--out", "d"]),
+        Case(
+            "demo.mlps_0",
+            "demo",
+            ["--epochs", "1", "--mlps", "0", "--no-progress", "--out", "d"],
+            must="either",
+            check=check_exists("d/results.json"),
+        ),
+        Case("demo.mlps_negative", "demo", ["--epochs", "1", "--mlps", "-2", "--no-progress", "--out", "d"]),
+        Case(
+            "predict.six_copies_of_one_member",
+            "predict",
+            [f"copy{i}.safetensors" for i in range(6)],
+            must="either",
+            setup=copies,
+            check=check_unique_names("predictions.safetensors"),
+        ),
+        Case(
+            "ensemble.six_copies_of_one_member",
+            "ensemble",
+            [*[f"copy{i}.safetensors" for i in range(6)], "--method", "mean", "--out", "ens"],
+            must="either",
+            setup=copies,
+            check=check_exists("ens/results.json"),
+        ),
+        Case(
+            "predict.two_members_one_stored_name",
+            "predict",
+            ["a.safetensors", "b.safetensors"],
+            must="either",
+            setup=same_stored_name,
+            check=check_unique_names("predictions.safetensors"),
+        ),
+        Case(
+            "predict.out_wrong_kind.pt",
+            "predict",
+            [*m, "--out", "p.pt"],
+            must="either",
+            check=check_suffix_matches("p.pt"),
+        ),
+        Case("predict.out_wrong_kind.json", "predict", [*m, "--out", "p.json"]),
+        Case("predict.out_wrong_kind.skops", "predict", [*m, "--out", "p.skops"]),
+        Case(
+            "align.out_wrong_kind.pt", "align", [*m, "--out", "a.pt"], must="either", check=check_suffix_matches("a.pt")
+        ),
+        Case("align.out_wrong_kind.skops", "align", [*m, "--out", "a.skops"]),
+        Case(
+            "align.out_without_suffix", "align", [*m, "--out", "aligned"], must="either", check=check_exists("aligned")
+        ),
+        Case(
+            "distill.out_wrong_kind.pt",
+            "distill",
+            [*di, "--out", "s.pt"],
+            must="either",
+            check=check_suffix_matches("s.pt"),
+        ),
+        Case("distill.out_wrong_kind.skops", "distill", [*di, "--out", "s.skops"]),
+        Case("evaluate.json_wrong_kind.safetensors", "evaluate", ["test.safetensors", "--json", "r.safetensors"]),
+        Case("ensemble.out_wrong_kind.safetensors", "ensemble", [*vt[:-1], "ens.safetensors"]),
+    ]
+    seeds = {"seed_negative": "-1", "seed_huge": "99999999999999999999"}
+    for kind, seed in seeds.items():
+        cases += [
+            Case(
+                f"demo.{kind}",
+                "demo",
+                [*demo, "--seed", seed, "--out", "d"],
+                must="either",
+                check=check_exists("d/results.json"),
+            ),
+            Case(
+                f"predict.{kind}",
+                "predict",
+                [*m, "--seed", seed],
+                must="either",
+                check=check_exists("predictions.safetensors"),
+            ),
+            Case(
+                f"ensemble.{kind}",
+                "ensemble",
+                [*vt, "--seed", seed],
+                must="either",
+                check=check_exists("ens/results.json"),
+            ),
+            Case(f"evaluate.{kind}", "evaluate", ["test.safetensors", "--seed", seed], must="either"),
+            Case(f"align.{kind}", "align", [*al, "--seed", seed], must="either", check=check_exists("a.safetensors")),
+            Case(
+                f"distill.{kind}",
+                "distill",
+                [*di, "--seed", seed],
+                must="either",
+                check=check_exists("student.safetensors"),
+            ),
+        ]
+    for case in cases:
+        if case.setup is None:
+            case.setup = members
+        case.owned = case.owned or ("m0.safetensors", "m1.safetensors", "val.safetensors", "test.safetensors")
+    return cases
+
+
+def distill_cases() -> list[Case]:
+    """Bad training options, resuming from a checkpoint of another run, hostile combiners."""
+
+    def teacher(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors"))
+        copy(ctx.art.train_preds, ctx.path("train.safetensors"))
+
+    def with_checkpoint(ctx: Ctx, content: bytes | None = None) -> None:
+        teacher(ctx)
+        copy(ctx.art.distill_checkpoint, ctx.path("ckpt"))
+        if content is not None:
+            write(ctx.path("ckpt/distill_checkpoint.pt"), content)
+
+    def payload_checkpoint(ctx: Ctx) -> None:
+        with_checkpoint(ctx, torch_bytes(_Payload(ctx.marker)))
+
+    di = ["--teacher", "m0.safetensors", *STUDENT, "--no-progress"]
+    one = [*di, "--epochs", "1"]
+    resume = ["--teacher", "m0.safetensors", "--no-progress", "--epochs", "2", "--checkpoint-dir", "ckpt", "--resume"]
+    other_student = [
+        "--student",
+        "modelfusion.models:mlp",
+        "--student-kwargs",
+        json.dumps({**STUDENT_KWARGS, "hidden": [16]}),
+    ]
+    cases = [
+        Case("distill.batch_size_0", "distill", [*one, "--batch-size", "0"]),
+        Case("distill.batch_size_negative", "distill", [*one, "--batch-size", "-4"]),
+        Case("distill.epochs_0", "distill", [*di, "--epochs", "0"]),
+        Case("distill.epochs_negative", "distill", [*di, "--epochs", "-1"]),
+        Case("distill.lr_1e6_diverges", "distill", [*di, "--epochs", "3", "--lr", "1e6"]),
+        Case("distill.lr_negative", "distill", [*one, "--lr", "-1"]),
+        Case("distill.lr_nan", "distill", [*one, "--lr", "nan"]),
+        Case("distill.temperature_0", "distill", [*one, "--temperature", "0"]),
+        Case("distill.temperature_negative", "distill", [*one, "--temperature", "-2"]),
+        Case("distill.alpha_nan", "distill", [*one, "--alpha", "nan"]),
+        Case("distill.mixup_negative", "distill", [*one, "--mixup", "-1"]),
+        Case("distill.patience_negative", "distill", [*one, "--patience", "-1"]),
+        Case("distill.unknown_loss", "distill", [*one, "--loss", "nope"]),
+        Case("distill.weights_count_mismatch", "distill", [*one, "--weights", "1,2,3"]),
+        Case("distill.weights_nan", "distill", [*one, "--weights", "nan"]),
+        Case("distill.weights_negative", "distill", [*one, "--weights", "-1"]),
+        Case("distill.weights_not_numbers", "distill", [*one, "--weights", "a,b"]),
+        Case("distill.hint_without_equals", "distill", [*one, "--hint", "0"]),
+        Case("distill.hint_unknown_module", "distill", [*one, "--hint", "nope=0"]),
+        Case(
+            "distill.student_kwargs_invalid_json",
+            "distill",
+            [
+                "--teacher",
+                "m0.safetensors",
+                "--student",
+                "modelfusion.models:mlp",
+                "--student-kwargs",
+                "{hidden",
+                "--epochs",
+                "1",
+                "--no-progress",
+            ],
+        ),
+        Case(
+            "distill.student_kwargs_a_list",
+            "distill",
+            [
+                "--teacher",
+                "m0.safetensors",
+                "--student",
+                "modelfusion.models:mlp",
+                "--student-kwargs",
+                "[64, 10]",
+                "--epochs",
+                "1",
+                "--no-progress",
+            ],
+        ),
+        Case(
+            "distill.student_wrong_output_width",
+            "distill",
+            [
+                "--teacher",
+                "m0.safetensors",
+                "--student",
+                "modelfusion.models:mlp",
+                "--student-kwargs",
+                json.dumps({**STUDENT_KWARGS, "num_outputs": 3}),
+                "--epochs",
+                "1",
+                "--no-progress",
+            ],
+        ),
+        Case(
+            "distill.student_unknown_factory",
+            "distill",
+            ["--teacher", "m0.safetensors", "--student", "modelfusion.models:nope", "--epochs", "1", "--no-progress"],
+        ),
+        Case("distill.teacher_and_offline", "distill", [*one, "--offline", "train.safetensors"]),
+        Case("distill.offline_with_mixup", "distill", ["--offline", "train.safetensors", *DISTILL, "--mixup", "0.4"]),
+        Case("distill.offline_with_hint", "distill", ["--offline", "train.safetensors", *DISTILL, "--hint", "0=0"]),
+        Case("distill.resume_without_checkpoint", "distill", [*STUDENT, *resume]),
+        Case("distill.resume_other_student", "distill", [*other_student, *resume], setup=with_checkpoint),
+        Case("distill.resume_other_seed", "distill", [*STUDENT, *resume, "--seed", "5"], setup=with_checkpoint),
+        Case("distill.resume_other_lr", "distill", [*STUDENT, *resume, "--lr", "0.1"], setup=with_checkpoint),
+        Case(
+            "distill.resume_other_teacher",
+            "distill",
+            [*STUDENT, *resume[:1], "m1.safetensors", *resume[2:]],
+            setup=lambda ctx: (with_checkpoint(ctx), copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))),
+        ),
+        Case(
+            "distill.resume_corrupt_checkpoint",
+            "distill",
+            [*STUDENT, *resume],
+            setup=functools.partial(with_checkpoint, content=b"\x80\x02garbage" * 100),
+        ),
+        Case(
+            "distill.resume_payload_checkpoint", "distill", [*STUDENT, *resume], setup=payload_checkpoint, attack=True
+        ),
+        Case(
+            "distill.resume_empty_checkpoint",
+            "distill",
+            [*STUDENT, *resume],
+            setup=functools.partial(with_checkpoint, content=b""),
+        ),
+        Case(
+            "distill.resume_state_dict_not_a_checkpoint",
+            "distill",
+            [*STUDENT, *resume],
+            setup=lambda ctx: with_checkpoint(ctx, torch_bytes(ctx.art.mlp_tensors[0])),
+        ),
+    ]
+
+    def combiner(change, ctx: Ctx, raw=None, tensors=None) -> None:
+        teacher(ctx)
+        combiner_file(ctx, change=change, raw=raw, tensors=tensors)
+
+    def skops_blob(ctx: Ctx) -> None:
+        teacher(ctx)
+        evil_skops(ctx, module="os", cls="system", loader="FunctionNode")
+        blob = torch.frombuffer(bytearray(ctx.path("evil.skops").read_bytes()), dtype=torch.uint8)
+        combiner_file(ctx, change=lambda d: d["fitted"].update(extra_={"skops": "blob"}), tensors={"blob": blob})
+
+    def set_key(path: tuple, value):
+        def change(description: dict) -> None:
+            target = description
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+
+        return change
+
+    offline = ["--offline", "train.safetensors", *DISTILL, "--combiner", "evil_combiner.safetensors"]
+    combiners = {
+        "unknown_name": ("refuse", set_key(("name",), "nope"), False),
+        "unknown_param": ("refuse", set_key(("params", "evil"), {"json": 1}), False),
+        "param_wrong_type": ("refuse", set_key(("params", "normalize"), {"json": "yes"}), False),
+        "fitted_overrides_a_method": ("refuse", set_key(("fitted", "fuse"), {"json": 1}), False),
+        "tensor_key_missing": ("refuse", set_key(("fitted", "weights_"), {"tensor": "nope"}), False),
+        "weights_nan": ("refuse", None, False),
+        "description_not_a_dict": ("refuse", set_key(("fitted",), [1, 2]), False),
+        "other_members": ("refuse", set_key(("fitted", "member_names_"), {"json": ["x"]}), False),
+    }
+    for kind, (must, change, attack) in combiners.items():
+        setup = functools.partial(combiner, change)
+        if kind == "weights_nan":
+            setup = functools.partial(combiner, None, tensors={"weights_": torch.full((5,), float("nan"))})
+        cases.append(Case(f"distill.combiner_{kind}", "distill", offline, must=must, setup=setup, attack=attack))
+    cases += [
+        Case(
+            "distill.combiner_corrupt_json",
+            "distill",
+            offline,
+            setup=functools.partial(combiner, None, raw='{"name": "weighted", '),
+        ),
+        Case("distill.combiner_skops_blob_os_system", "distill", offline, setup=skops_blob, attack=True),
+        Case(
+            "distill.combiner_is_a_member_file",
+            "distill",
+            ["--offline", "train.safetensors", *DISTILL, "--combiner", "m0.safetensors"],
+            setup=teacher,
+        ),
+    ]
+    for case in cases:
+        if case.setup is None:
+            case.setup = teacher
+        case.owned = ("m0.safetensors", "train.safetensors")
+    return cases
+
+
+def merge_config_cases() -> list[Case]:
+    """Merge configs: bad values, bad YAML, alias bombs, zero-size tensors, shard indexes and symlinks that leave
+    the model folder."""
+
+    def hf(ctx: Ctx) -> None:
+        for name in ("base", "ft0", "ft1"):
+            copy(ctx.art.hf / name, ctx.path(name))
+
+    def config(text: str, ctx: Ctx) -> None:
+        hf(ctx)
+        write(ctx.path("cfg.yaml"), text)
+
+    def linear(params: str = "", top: str = "") -> str:
+        entries = [f"{{model: ft0{params}}}", f"{{model: ft1{params}}}"]
+        return "merge_method: linear\nmodels:\n" + yaml_list(entries) + "\n" + top
+
+    def ties(params: str = "weight: 1.0, density: 0.5", top: str = "") -> str:
+        entries = [f"{{model: ft0, parameters: {{{params}}}}}", f"{{model: ft1, parameters: {{{params}}}}}"]
+        return "merge_method: ties\nbase_model: base\nmodels:\n" + yaml_list(entries) + "\n" + top
+
+    def slerp(t: str) -> str:
+        return f"merge_method: slerp\nbase_model: base\nmodels:\n  - model: ft0\nparameters: {{t: {t}}}\n"
+
+    billion_laughs = "\n".join(
+        ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+        + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    )
+    texts = {
+        "weight_string_13": ("refuse", linear(", parameters: {weight: '13'}")),
+        "weight_nan": ("refuse", linear(", parameters: {weight: .nan}")),
+        "weight_inf": ("refuse", linear(", parameters: {weight: .inf}")),
+        "weight_1e400": ("refuse", linear(", parameters: {weight: 1e400}")),
+        "weight_negative_sum_zero": (
+            "refuse",
+            "merge_method: linear\nmodels:\n"
+            + yaml_list(["{model: ft0, parameters: {weight: 1}}", "{model: ft1, parameters: {weight: -1}}"])
+            + "\n",
+        ),
+        "weight_bool": ("refuse", linear(", parameters: {weight: true}")),
+        "weight_list": ("refuse", linear(", parameters: {weight: [1, 2]}")),
+        "typo_in_top_level_parameters": ("refuse", ties(top="parameters: {normalise: true}\n")),
+        "unknown_top_level_parameter": ("refuse", linear(top="parameters: {evil: 1}\n")),
+        "typo_in_top_level_key": ("refuse", ties() + "base_modle: base\n"),
+        "unknown_per_model_parameter": ("refuse", ties("weight: 1.0, density: 0.5, gamma: 0.1")),
+        "slerp_t_half_as_word": ("refuse", slerp("half")),
+        "slerp_t_nan": ("refuse", slerp(".nan")),
+        "slerp_t_2": ("either", slerp("2")),
+        "ties_density_2": ("refuse", ties("weight: 1.0, density: 2")),
+        "ties_density_negative": ("refuse", ties("weight: 1.0, density: -0.5")),
+        "ties_density_string": ("refuse", ties("weight: 1.0, density: half")),
+        "unknown_merge_method": ("refuse", "merge_method: nope\nmodels:\n  - model: ft0\n"),
+        "merge_method_a_list": ("refuse", "merge_method: [linear]\nmodels:\n  - model: ft0\n"),
+        "no_models": ("refuse", "merge_method: linear\nmodels: []\n"),
+        "models_not_a_list": ("refuse", "merge_method: linear\nmodels: ft0\n"),
+        "model_missing": ("refuse", "merge_method: linear\nmodels:\n  - model: nope\n  - model: ft0\n"),
+        "model_is_an_empty_folder": ("refuse", "merge_method: linear\nmodels:\n  - model: base\n  - model: empty\n"),
+        "model_path_absolute_etc": ("refuse", "merge_method: linear\nmodels:\n  - model: /etc\n  - model: ft0\n"),
+        "shard_size_zero": ("either", linear(top="shard_size: 0\n")),
+        "shard_size_negative": ("refuse", linear(top="shard_size: -5\n")),
+        "shard_size_words": ("refuse", linear(top="shard_size: lots\n")),
+        "dtype_unknown": ("refuse", linear(top="dtype: float8\n")),
+        "random_seed_negative": ("either", ties(top="random_seed: -1\n").replace("ties", "dare_ties")),
+        "random_seed_huge": ("either", ties(top="random_seed: 99999999999999999999\n").replace("ties", "dare_ties")),
+        "yaml_is_a_list": ("refuse", "- merge_method: linear\n- models: []\n"),
+        "yaml_is_a_scalar": ("refuse", "linear\n"),
+        "yaml_is_empty": ("refuse", ""),
+        "yaml_invalid": ("refuse", "merge_method: linear\nmodels: [\n"),
+        "yaml_binary_garbage": ("refuse", "\x00\x01\x02\xff"),
+        "yaml_python_tag": ("refuse", "merge_method: !!python/object/apply:os.system ['touch {marker}']\n"),
+        "yaml_alias_bomb_in_parameters": ("refuse", billion_laughs + "\n" + linear(top="parameters: {x: *a8}\n")),
+        "yaml_alias_bomb_in_models": ("refuse", billion_laughs + "\nmerge_method: linear\nmodels: *a8\n"),
+        "yaml_alias_bomb_as_unknown_key": ("refuse", billion_laughs + "\n" + linear()),
+        "yaml_alias_bomb_in_base_model": (
+            "refuse",
+            billion_laughs + "\n" + ties().replace("base_model: base", "base_model: *a8"),
+        ),
+        "align_on_hf_folders": ("refuse", linear(top="align: {method: weight_matching}\n")),
+        "align_unknown_dataset": ("refuse", linear(top="align: {dataset: nope}\n")),
+        "slices": ("refuse", "merge_method: linear\nslices:\n  - sources: []\n"),
+    }
+    cases = []
+    for kind, (must, text) in texts.items():
+
+        def setup(ctx: Ctx, text=text) -> None:
+            config(text.replace("{marker}", str(ctx.marker)), ctx)
+            ctx.path("empty").mkdir()
+
+        check = check_finite_merge("merged") if must == "either" else None
+        attack = kind == "yaml_python_tag"
+        cases.append(
+            Case(
+                f"merge.config_{kind}",
+                "merge",
+                ["cfg.yaml", "merged"],
+                must=must,
+                setup=setup,
+                check=check,
+                attack=attack,
+                owned=("cfg.yaml", "base", "ft0", "ft1"),
+            )
+        )
+
+    def huge_yaml(ctx: Ctx) -> None:
+        hf(ctx)
+        entries = "".join(f"  - {{model: ft{i % 2}, parameters: {{weight: {i}}}}}\n" for i in range(400_000))
+        write(ctx.path("cfg.yaml"), "merge_method: linear\nmodels:\n" + entries)
+
+    def zero_size(method: str, ctx: Ctx) -> None:
+        generator = torch.Generator().manual_seed(1)
+        for name in ("zb", "z0", "z1"):
+            tensors = {
+                "empty": torch.zeros(0),
+                "empty2d": torch.zeros(0, 8),
+                "w": torch.randn(8, 8, generator=generator),
+            }
+            ctx.path(name).mkdir()
+            save_file(tensors, str(ctx.path(f"{name}/model.safetensors")))
+        base = "base_model: zb\n" if method != "linear" else ""
+        models = (
+            ["model: z0"]
+            if method == "slerp"
+            else [
+                "{model: z0, parameters: {weight: 1.0, density: 0.5}}",
+                "{model: z1, parameters: {weight: 1.0, density: 0.5}}",
+            ]
+        )
+        if method in ("linear", "model_stock"):
+            models = ["model: z0", "model: z1"]
+        params = "parameters: {t: 0.5}\n" if method == "slerp" else ""
+        write(ctx.path("cfg.yaml"), f"merge_method: {method}\n{base}models:\n{yaml_list(models)}\n{params}")
+
+    def outside_shard(ctx: Ctx, absolute: bool = False) -> None:
+        hf(ctx)
+        tensors, _ = read_safetensors(ctx.art.hf / "ft1" / "model.safetensors")
+        save_file(tensors, str(ctx.path("outside.safetensors")))
+        ctx.path("ft1/model.safetensors").unlink()
+        target = str(ctx.path("outside.safetensors")) if absolute else "../outside.safetensors"
+        index = {"metadata": {}, "weight_map": {k: target for k in tensors}}
+        write(ctx.path("ft1/model.safetensors.index.json"), json.dumps(index))
+        write(ctx.path("cfg.yaml"), linear())
+
+    def bad_index(content: str, ctx: Ctx) -> None:
+        hf(ctx)
+        ctx.path("ft1/model.safetensors").unlink()
+        write(ctx.path("ft1/model.safetensors.index.json"), content)
+        write(ctx.path("cfg.yaml"), linear())
+
+    def symlinked_config(ctx: Ctx) -> None:
+        hf(ctx)
+        write(ctx.path("secret.json"), '{"api_key": "SECRET-7f3a"}\n')
+        ctx.path("base/config.json").unlink()
+        os.symlink(ctx.path("secret.json"), ctx.path("base/config.json"))
+        write(ctx.path("cfg.yaml"), ties())
+
+    def symlinked_tokenizer(ctx: Ctx) -> None:
+        hf(ctx)
+        write(ctx.path("secret.txt"), "SECRET-7f3a\n")
+        os.symlink("../secret.txt", ctx.path("base/tokenizer.txt"))
+        write(ctx.path("cfg.yaml"), ties())
+
+    def symlinked_weights(ctx: Ctx) -> None:
+        hf(ctx)
+        os.replace(ctx.path("ft1/model.safetensors"), ctx.path("elsewhere.safetensors"))
+        os.symlink(ctx.path("elsewhere.safetensors"), ctx.path("ft1/model.safetensors"))
+        write(ctx.path("cfg.yaml"), linear())
+
+    def many_tensors_model(ctx: Ctx) -> None:
+        for name in ("m0", "m1"):
+            ctx.path(name).mkdir()
+            copy(ctx.art.many_tensors, ctx.path(f"{name}/model.safetensors"))
+        write(ctx.path("cfg.yaml"), "merge_method: linear\nmodels:\n  - model: m0\n  - model: m1\n")
+
+    def header_2e62(ctx: Ctx) -> None:
+        hf(ctx)
+        raw_safetensors(ctx.path("ft1/model.safetensors"), {"a": 1}, length=2**62)
+        write(ctx.path("cfg.yaml"), linear())
+
+    def truncated_model(ctx: Ctx) -> None:
+        hf(ctx)
+        data = ctx.path("ft1/model.safetensors").read_bytes()
+        write(ctx.path("ft1/model.safetensors"), data[: len(data) * 2 // 3])
+        write(ctx.path("cfg.yaml"), linear())
+
+    owned = ("cfg.yaml", "base", "ft0", "ft1")
+    cases += [
+        Case("merge.config_huge_yaml_20MB", "merge", ["cfg.yaml", "merged"], setup=huge_yaml, owned=owned),
+        Case(
+            "merge.shard_index_points_outside_folder", "merge", ["cfg.yaml", "merged"], setup=outside_shard, owned=owned
+        ),
+        Case(
+            "merge.shard_index_absolute_path",
+            "merge",
+            ["cfg.yaml", "merged"],
+            setup=functools.partial(outside_shard, absolute=True),
+            owned=owned,
+        ),
+        Case(
+            "merge.shard_index_corrupt_json",
+            "merge",
+            ["cfg.yaml", "merged"],
+            setup=functools.partial(bad_index, '{"weight_map": '),
+            owned=owned,
+        ),
+        Case(
+            "merge.shard_index_weight_map_a_list",
+            "merge",
+            ["cfg.yaml", "merged"],
+            setup=functools.partial(bad_index, '{"weight_map": ["a"]}'),
+            owned=owned,
+        ),
+        Case(
+            "merge.shard_index_missing_shard",
+            "merge",
+            ["cfg.yaml", "merged"],
+            setup=functools.partial(bad_index, '{"weight_map": {"layer.weight": "nope.safetensors"}}'),
+            owned=owned,
+        ),
+        Case(
+            "merge.base_config_json_symlink_outside",
+            "merge",
+            ["cfg.yaml", "merged"],
+            must="either",
+            setup=symlinked_config,
+            check=check_no_leak("merged/config.json", "SECRET-7f3a"),
+            owned=(*owned, "secret.json"),
+        ),
+        Case(
+            "merge.base_tokenizer_symlink_outside",
+            "merge",
+            ["cfg.yaml", "merged"],
+            must="either",
+            setup=symlinked_tokenizer,
+            check=check_no_leak("merged/tokenizer.txt", "SECRET-7f3a"),
+            owned=(*owned, "secret.txt"),
+        ),
+        Case(
+            "merge.model_weights_symlink_outside",
+            "merge",
+            ["cfg.yaml", "merged"],
+            must="either",
+            setup=symlinked_weights,
+            check=check_finite_merge("merged"),
+            owned=("cfg.yaml", "elsewhere.safetensors"),
+        ),
+        Case(
+            "merge.model_with_1e6_tensors",
+            "merge",
+            ["cfg.yaml", "merged"],
+            must="either",
+            setup=many_tensors_model,
+            check=check_complete_merge("merged"),
+        ),
+        Case("merge.model_header_length_2e62", "merge", ["cfg.yaml", "merged"], setup=header_2e62, owned=owned),
+        Case("merge.model_truncated", "merge", ["cfg.yaml", "merged"], setup=truncated_model, owned=owned),
+        Case("merge.missing_config", "merge", ["nope.yaml", "merged"]),
+        Case("merge.config_is_a_folder", "merge", ["ft0", "merged"], setup=hf),
+    ]
+    for method in ("linear", "ties", "slerp", "model_stock", "dare_ties", "breadcrumbs", "task_arithmetic"):
+        cases.append(
+            Case(
+                f"merge.zero_size_tensors_{method}",
+                "merge",
+                ["cfg.yaml", "merged"],
+                must="either",
+                setup=functools.partial(zero_size, method),
+                check=check_complete_merge("merged"),
+                owned=("cfg.yaml", "z0", "z1", "zb"),
+            )
+        )
+    return cases
+
+
+def interrupt_cases() -> list[Case]:
+    """Merges of 3 x 200 MB stopped by a signal; a rerun beside the debris; two merges into one folder."""
+
+    def big_config(ctx: Ctx) -> None:
+        big = ctx.art.big
+        write(
+            ctx.path("cfg.yaml"),
+            f"merge_method: ties\nbase_model: {big / 'base'}\nmodels:\n"
+            + yaml_list(
+                [
+                    f"{{model: {big / 'm0'}, parameters: {{weight: 1.0, density: 0.5}}}}",
+                    f"{{model: {big / 'm1'}, parameters: {{weight: 1.0, density: 0.5}}}}",
+                ]
+            )
+            + "\nshard_size: 20MB\n",
+        )
+
+    def with_earlier_output(ctx: Ctx) -> None:
+        big_config(ctx)
+        copy(ctx.art.hf / "base", ctx.path("merged"))
+
+    cases = []
+    for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT):
+        name = sig.name.lower()
+        cases += [
+            Case(
+                f"merge.interrupted_by_{name}",
+                "merge",
+                ["cfg.yaml", "merged"],
+                must="either",
+                setup=big_config,
+                runner="signal",
+                signal=sig,
+                owned=("cfg.yaml",),
+            ),
+            Case(
+                f"merge.interrupted_by_{name}_over_earlier_output",
+                "merge",
+                ["cfg.yaml", "merged"],
+                must="either",
+                setup=with_earlier_output,
+                runner="signal",
+                signal=sig,
+                owned=("cfg.yaml", "merged"),
+            ),
+            Case(
+                f"merge.rerun_after_{name}",
+                "merge",
+                ["cfg.yaml", "merged"],
+                must="succeed",
+                setup=big_config,
+                runner="signal_rerun",
+                signal=sig,
+                check=check_complete_merge("merged"),
+                owned=("cfg.yaml",),
+            ),
+        ]
+    cases.append(
+        Case(
+            "merge.two_merges_into_one_folder",
+            "merge",
+            ["cfg.yaml", "merged"],
+            setup=big_config,
+            runner="concurrent",
+            owned=("cfg.yaml",),
+        )
+    )
+    return cases
+
+
+def api_cases() -> list[Case]:
+    """A few Python API calls on hostile inputs (a ModelFusionError counts as a clear refusal)."""
+
+    def member_attack(ctx: Ctx) -> None:
+        evil_meta_write_json(ctx)
+
+    def pt2_attack(ctx: Ctx) -> None:
+        evil_pt2_sample_inputs(ctx)
+
+    def traversal(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("outside/m0.safetensors"))
+        copy(ctx.art.combiner("mean"), ctx.path("ens/combiner.safetensors"))
+        manifest = {
+            "task": "classification",
+            "members": [{"name": "mlp_0", "file": "../outside/m0.safetensors"}],
+            "combiner": "combiner.safetensors",
+        }
+        write(ctx.path("ens/ensemble.json"), json.dumps(manifest))
+
+    def inputs_folder(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("proj/a.safetensors"))
+        copy(ctx.art.member("mlp_1"), ctx.path("proj/b.safetensors"))
+
+    def corrupt_preds(ctx: Ctx) -> None:
+        predictions_file(ctx, "p.safetensors", raw_meta='{"member_names": ')
+
+    def combiner_kwarg(ctx: Ctx) -> None:
+        combiner_file(ctx, change=lambda d: d["params"].update(evil={"json": 1}))
+
+    load_member = "from modelfusion.io import load_member"
+    return [
+        Case(
+            "api.load_member_metadata_write_json",
+            "api",
+            api(load_member, "load_member('evil.safetensors')"),
+            setup=member_attack,
+            attack=True,
+            markers=("written.json",),
+        ),
+        Case(
+            "api.load_model_pt2_payload",
+            "api",
+            api("from modelfusion.io import load_model", "load_model('evil.pt2')"),
+            setup=pt2_attack,
+            attack=True,
+        ),
+        Case(
+            "api.ensemble_module_load_path_traversal",
+            "api",
+            api("from modelfusion.ensemble import EnsembleModule", "EnsembleModule.load('ens')"),
+            setup=traversal,
+        ),
+        Case(
+            "api.merge_checkpoints_into_the_inputs_folder",
+            "api",
+            api(
+                "from modelfusion.merge import merge_checkpoints",
+                "merge_checkpoints(['proj/a.safetensors', 'proj/b.safetensors'], 'proj', 'linear', progress=False)",
+            ),
+            setup=inputs_folder,
+            owned=("proj",),
+        ),
+        Case(
+            "api.merge_state_dicts_nan_weight",
+            "api",
+            api(
+                "import torch",
+                "from modelfusion.merge import merge_state_dicts",
+                "sd = {'w': torch.ones(3)}",
+                "merge_state_dicts([sd, sd], 'linear', weight=[float('nan'), 1.0])",
+            ),
+        ),
+        Case(
+            "api.merge_state_dicts_unknown_param",
+            "api",
+            api(
+                "import torch",
+                "from modelfusion.merge import merge_state_dicts",
+                "sd = {'w': torch.ones(3)}",
+                "merge_state_dicts([sd, sd], 'linear', normalise=True)",
+            ),
+        ),
+        Case(
+            "api.predictions_load_corrupt_metadata",
+            "api",
+            api("from modelfusion.predictions import Predictions", "Predictions.load('p.safetensors')"),
+            setup=corrupt_preds,
+        ),
+        Case(
+            "api.load_combiner_unknown_param",
+            "api",
+            api("from modelfusion.ensemble import load_combiner", "load_combiner('evil_combiner.safetensors')"),
+            setup=combiner_kwarg,
+        ),
+        Case(
+            "api.align_checkpoints_out_is_an_input",
+            "api",
+            api(
+                "from modelfusion.align import align_checkpoints",
+                "from modelfusion.datasets import load_dataset",
+                "X = load_dataset('digits').train.X[:256]",
+                "align_checkpoints(['proj/a.safetensors', 'proj/b.safetensors'], [None, 'proj/a.safetensors'], X)",
+            ),
+            setup=inputs_folder,
+            owned=("proj",),
+        ),
+        Case(
+            "api.save_member_over_an_input",
+            "api",
+            api(
+                load_member,
+                "from modelfusion.io import save_member",
+                "save_member(load_member('proj/b.safetensors'), 'proj/a.safetensors')",
+            ),
+            setup=inputs_folder,
+            owned=("proj",),
+        ),
+    ]
+
+
+def control_cases() -> list[Case]:
+    """Valid inputs that must work: if one fails, the harness (or the build) is broken."""
+
+    def inputs(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors"))
+        copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+        copy(ctx.art.preds("val"), ctx.path("val.safetensors"))
+        copy(ctx.art.preds("test"), ctx.path("test.safetensors"))
+        copy(ctx.art.train_preds, ctx.path("train.safetensors"))
+        copy(ctx.art.combiner("weighted"), ctx.path("weighted.safetensors"))
+        for name in ("base", "ft0", "ft1"):
+            copy(ctx.art.hf / name, ctx.path(name))
+        write(ctx.path("cfg.yaml"), "merge_method: linear\nmodels:\n" + yaml_list(["model: ft0", "model: ft1"]))
+
+    def resume_setup(ctx: Ctx) -> None:
+        inputs(ctx)
+        copy(ctx.art.distill_checkpoint, ctx.path("ckpt"))
+
+    cases = [
+        Case(
+            "demo.control",
+            "demo",
+            ["--epochs", "1", "--mlps", "1", "--no-progress", "--out", "d"],
+            check=check_exists("d/results.json"),
+        ),
+        Case(
+            "predict.control",
+            "predict",
+            ["m0.safetensors", "m1.safetensors"],
+            check=check_exists("predictions.safetensors"),
+        ),
+        Case(
+            "ensemble.control",
+            "ensemble",
+            ["--val-preds", "val.safetensors", "--test-preds", "test.safetensors", "--method", "mean", "--out", "ens"],
+            check=check_exists("ens/results.json"),
+        ),
+        Case(
+            "ensemble.control_checkpoints",
+            "ensemble",
+            ["m0.safetensors", "m1.safetensors", "--method", "weighted", "--out", "ens"],
+            check=check_exists("ens/results.json"),
+        ),
+        Case("evaluate.control", "evaluate", ["test.safetensors", "--json", "r.json"], check=check_exists("r.json")),
+        Case("merge.control", "merge", ["cfg.yaml", "merged"], check=check_complete_merge("merged")),
+        Case(
+            "align.control",
+            "align",
+            ["m0.safetensors", "m1.safetensors", "--out", "a.safetensors"],
+            check=check_exists("a.safetensors"),
+        ),
+        Case(
+            "distill.control",
+            "distill",
+            ["--teacher", "m0.safetensors", *DISTILL],
+            check=check_exists("student.safetensors"),
+        ),
+        Case(
+            "distill.control_offline_combiner",
+            "distill",
+            ["--offline", "train.safetensors", *DISTILL, "--combiner", "weighted.safetensors"],
+            check=check_exists("student.safetensors"),
+        ),
+        Case(
+            "distill.control_resume",
+            "distill",
+            [
+                "--teacher",
+                "m0.safetensors",
+                *STUDENT,
+                "--no-progress",
+                "--epochs",
+                "2",
+                "--checkpoint-dir",
+                "ckpt",
+                "--resume",
+            ],
+            setup=resume_setup,
+            check=check_exists("student.safetensors"),
+        ),
+    ]
+    for case in cases:
+        case.must = "succeed"
+        case.setup = case.setup or inputs
+        case.owned = ("m0.safetensors", "m1.safetensors", "val.safetensors", "test.safetensors", "cfg.yaml", "ft0")
+    return cases
+
+
+def corpus() -> list[Case]:
+    cases = (
+        control_cases()
+        + code_execution_cases()
+        + output_destruction_cases()
+        + permission_cases()
+        + predictions_cases()
+        + checkpoint_metadata_cases()
+        + file_format_cases()
+        + data_and_option_cases()
+        + distill_cases()
+        + merge_config_cases()
+        + interrupt_cases()
+        + api_cases()
+    )
+    names = Counter(case.name for case in cases)
+    duplicates = [name for name, count in names.items() if count > 1]
+    if duplicates:
+        raise SystemExit(f"duplicate case names: {duplicates}")
+    return cases
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def print_report(records: list[dict]) -> None:
+    classes = list(reversed(PRIORITY))
+    total = Counter(r["class"] for r in records)
+    print(f"\n{len(records)} cases")
+    print("  " + "  ".join(f"{c}: {total[c]}" for c in classes if total[c]))
+    commands = sorted({r["command"] for r in records})
+    shown = [c for c in classes if total[c]]
+    width = max(len(c) for c in shown)
+    print("\n" + "command".ljust(10) + "".join(c.rjust(width + 2) for c in shown) + "total".rjust(8))
+    for command in commands:
+        counts = Counter(r["class"] for r in records if r["command"] == command)
+        row = "".join(str(counts[c]).rjust(width + 2) for c in shown)
+        print(command.ljust(10) + row + str(sum(counts.values())).rjust(8))
+    by_class = defaultdict(list)
+    for record in records:
+        by_class[record["class"]].append(record)
+    for cls in PRIORITY:
+        if cls == "clear" or not by_class[cls]:
+            continue
+        print(f"\n{cls} ({len(by_class[cls])}):")
+        for r in by_class[cls]:
+            detail = "; ".join(r["notes"])[:200]
+            print(f"  {r['name']:<58} rc={r['rc']!s:<4} {r['first_line'][:150]}" + (f"  [{detail}]" if detail else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", type=Path, default=ROOT / "src", help="the `src` folder of the checkout under test")
+    parser.add_argument("--only", action="append", help="run only cases whose name contains this (repeatable)")
+    parser.add_argument("--json", type=Path, help="write every case's record here")
+    parser.add_argument("--workdir", type=Path, help="artifacts and case folders (default: a new temp folder)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a case counts as hung")
+    parser.add_argument("--keep", action="store_true", help="keep the case folders (else removed after each case)")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = parser.parse_args()
+
+    cases = corpus()
+    if args.only:
+        cases = [c for c in cases if any(s in c.name for s in args.only)]
+    if args.list:
+        for case in cases:
+            print(f"{case.name:<60} {case.must}")
+        print(f"{len(cases)} cases")
+        return
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelfusion-hostile."))
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o755)  # `nobody` runs the permission cases in folders below it
+    (workdir / "cases").mkdir(exist_ok=True)
+    os.chmod(workdir / "cases", 0o755)
+    runner = Runner(args.src.resolve(), workdir, args.timeout)
+    print(f"modelfusion under test: {runner.verify_src()}")
+    print(f"work folder: {workdir}")
+    if runner.root:
+        print("running as root: permission cases run as `nobody` (setpriv) to emulate a normal user")
+    art_root = workdir / "artifacts"
+    art_root.mkdir(exist_ok=True)
+    os.chmod(art_root, 0o755)
+    art = Artifacts(art_root, runner)
+    records = []
+    started = time.perf_counter()
+    for i, case in enumerate(cases, 1):
+        record = run_case(case, runner, art)
+        records.append(record)
+        print(
+            f"[{i}/{len(cases)}] {record['class']:<13} {case.name:<58} rc={record['rc']!s:<4} "
+            f"{record['seconds']:5.1f}s {record['peak_rss_mib']:6.0f}MiB  {record['first_line'][:80]}",
+            flush=True,
+        )
+        if not args.keep:
+            shutil.rmtree(record["folder"], ignore_errors=True)
+    print(f"\n{len(cases)} cases in {time.perf_counter() - started:.0f}s")
+    print_report(records)
+    if args.json:
+        summary = {
+            "src": str(args.src.resolve()),
+            "imported": runner.verify_src(),
+            "root_emulated_with_nobody": runner.root,
+            "counts": dict(Counter(r["class"] for r in records)),
+            "cases": records,
+        }
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"\nJSON -> {args.json}")
+
+
+if __name__ == "__main__":
+    main()
