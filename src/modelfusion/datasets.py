@@ -17,6 +17,7 @@ import torch
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
+from ._checks import check_seed
 from .errors import ConfigError
 from .registry import Registry
 
@@ -201,6 +202,7 @@ def load_dataset(name: str, seed: int = 0, *, as_images: bool = False) -> Datase
         (torch.Size([1077, 64]), 10)
     """
     raw = _raw(name)
+    check_seed(seed)
     if as_images and raw.image_shape is None:
         raise ConfigError(f"dataset {name!r} is tabular and has no image form; drop as_images")
     parts = _split_indices(raw, seed)

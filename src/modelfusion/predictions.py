@@ -6,17 +6,29 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from ._checks import check_count
 from ._progress import progress_bar
-from ._safetensors import read_tensors, write_tensors
-from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError
+from ._safetensors import parse_description, read_tensors, write_tensors
+from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError, ModelFusionError
 from .members import Member, check_members
 
 __all__ = ["Predictions", "collect_predictions"]
 
 _METADATA_KEY = "modelfusion.predictions"
+
+
+class _PredictionsHeader(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    member_names: list[Annotated[StrictStr, Field(max_length=256)]]
+    task: Literal["classification", "regression"]
+    split: StrictStr = Field(max_length=64)
+    classes: list[StrictStr | StrictInt | StrictFloat | StrictBool] | None = None
 
 
 @dataclass(frozen=True)
@@ -51,16 +63,41 @@ class Predictions:
             )
         if self.outputs.shape[0] == 0:
             raise InvalidInputError("predictions of no members; pass at least one member's outputs")
+        if not self.outputs.is_floating_point():
+            raise InvalidInputError(f"outputs must be floating point, got {self.outputs.dtype}")
         if len(self.member_names) != self.outputs.shape[0]:
             raise InvalidInputError(
                 f"got {len(self.member_names)} member names for {self.outputs.shape[0]} members' outputs"
             )
+        repeated = sorted({n for n in self.member_names if self.member_names.count(n) > 1})
+        if repeated:
+            raise InvalidInputError(f"member names must be unique; {repeated} appear more than once")
         for name, out in zip(self.member_names, self.outputs, strict=True):
             _check_finite(out, name)
-        if self.labels is not None and len(self.labels) != self.outputs.shape[1]:
-            raise InvalidInputError(f"got {len(self.labels)} labels for {self.outputs.shape[1]} samples")
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
+            if self.task == "classification" and len(self.classes) != self.outputs.shape[2]:
+                raise InvalidInputError(f"got {len(self.classes)} classes for {self.outputs.shape[2]} output columns")
+        if self.labels is not None:
+            self._check_labels()
+
+    def _check_labels(self) -> None:
+        labels = self.labels
+        if labels.ndim != 1 or len(labels) != self.outputs.shape[1]:
+            raise InvalidInputError(
+                f"labels must be one per sample: got shape {tuple(labels.shape)} for {self.outputs.shape[1]} samples"
+            )
+        if self.task == "regression":
+            if not labels.is_floating_point() or not bool(torch.isfinite(labels).all()):
+                raise InvalidInputError("regression targets must be finite floating-point values")
+            return
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise InvalidInputError(f"class labels must be integer column indices, got {labels.dtype}")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.outputs.shape[2]):
+            raise InvalidInputError(
+                f"class labels must lie in 0..{self.outputs.shape[2] - 1} (the output columns), got values from "
+                f"{int(labels.min())} to {int(labels.max())}"
+            )
 
     @property
     def num_members(self) -> int:
@@ -103,17 +140,22 @@ class Predictions:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Predictions:
-        tensors, meta = read_tensors(path, key=_METADATA_KEY, what="predictions file")
-        if meta is None or "outputs" not in tensors:
+        """Read a file written by `save`; every problem with it is one `CheckpointError` naming the file."""
+        tensors, description = read_tensors(path, key=_METADATA_KEY, what="predictions file")
+        if description is None or "outputs" not in tensors:
             raise CheckpointError(f"{path} is a safetensors file but not a saved Predictions (no metadata)")
-        return cls(
-            outputs=tensors["outputs"],
-            labels=tensors.get("labels"),
-            member_names=tuple(meta["member_names"]),
-            task=meta["task"],
-            split=meta["split"],
-            classes=meta.get("classes"),
-        )
+        meta = parse_description(_PredictionsHeader, description, path, "predictions header")
+        try:
+            return cls(
+                outputs=tensors["outputs"],
+                labels=tensors.get("labels"),
+                member_names=tuple(meta.member_names),
+                task=meta.task,
+                split=meta.split,
+                classes=meta.classes,
+            )
+        except InvalidInputError as err:
+            raise CheckpointError(f"{path}: {err}") from None
 
     def join(self, other: Predictions) -> Predictions:
         """The members of both, on the same samples (same split, task, labels and classes)."""
@@ -149,6 +191,21 @@ def _check_output(member: Member, out: torch.Tensor, n: int) -> torch.Tensor:
     return out.float()
 
 
+def _run(member: Member, batch: torch.Tensor) -> torch.Tensor:
+    """`member.predict(batch)`; a member that cannot take these inputs (the wrong width, most often) fails with
+    one line naming it, instead of the library's traceback from deep inside."""
+    try:
+        return torch.as_tensor(member.predict(batch))
+    except ModelFusionError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        reason = " ".join(str(err).split())[:240] or type(err).__name__
+        raise IncompatibleModelsError(
+            f"member {member.name!r} cannot run on inputs of shape {list(batch.shape)} ({reason}); were the "
+            "members trained on this dataset?"
+        ) from None
+
+
 def collect_predictions(
     members: Sequence[Member],
     X: torch.Tensor,
@@ -173,6 +230,7 @@ def collect_predictions(
         >>> preds.outputs.shape  # [K, N, C]
     """
     members = check_members(members)
+    check_count(batch_size, "batch_size")
     X = torch.as_tensor(X)
     n = len(X)
     if n == 0:
@@ -187,7 +245,7 @@ def collect_predictions(
             parts = []
             for start in starts:
                 batch = X[start : start + batch_size]
-                parts.append(_check_output(member, torch.as_tensor(member.predict(batch)), len(batch)))
+                parts.append(_check_output(member, _run(member, batch), len(batch)))
                 bar.advance(task_id)
             outputs.append(torch.cat(parts))
     first = members[0]

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._checks import check_count, check_number, check_seed
 from ._modules import has_batchnorm
 from .datasets import Split
+from .errors import TrainingDivergedError
 
 __all__ = ["train_model", "score_classifier"]
 
@@ -35,10 +37,15 @@ def train_model(
     `param_groups` (AdamW's groups, each with its own `lr`) restricts training to those parameters; the
     `frozen` modules stay in eval mode while the rest trains, so their BatchNorm statistics do not move.
 
-    The validation split only chooses the epoch (early stopping); the test split is never seen.
+    The validation split only chooses the epoch (early stopping); the test split is never seen. A loss that
+    becomes NaN or infinite stops training with a `TrainingDivergedError` naming the epoch.
     The same seed gives the same weights: batch order comes from a seeded generator, and dropout draws from
     the global generator reseeded inside `fork_rng`, so the caller's random state is left as it was.
     """
+    check_seed(seed)
+    check_count(epochs, "epochs")
+    check_count(batch_size, "batch_size")
+    check_number(lr, "lr", low=0.0, open_low=True)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         groups = param_groups if param_groups is not None else [{"params": list(model.parameters())}]
@@ -53,7 +60,7 @@ def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, 
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cosine else None
     best_loss, best_state = float("inf"), copy.deepcopy(model.state_dict())
     n = len(train)
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         model.train()
         for module in frozen:
             module.eval()
@@ -65,6 +72,11 @@ def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, 
             optimizer.zero_grad()
             out = model(train.X[idx])
             loss = loss_fn(out.squeeze(-1) if task == "regression" else out, train.y[idx])
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"training diverged in epoch {epoch}: the loss became {loss.item()}; lower the learning "
+                    f"rate (now {lr:g}) or check the data for extreme values"
+                )
             loss.backward()
             optimizer.step()
             if scheduler is not None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from torch import nn
 
 from .._atomic import atomic_dir
@@ -138,6 +141,11 @@ class EnsembleModule(nn.Module):
                 "TorchMember(module, name=..., factory='package.module:function', factory_kwargs={...})"
             )
         path = Path(path)
+        unsafe = [n for n in self.member_names if not _SAFE_FILE_NAME.fullmatch(n) or n in (".", "..")]
+        if unsafe:
+            raise InvalidInputError(
+                f"member names {unsafe} cannot be file names; rename the members (letters, digits, '.', '_', '-')"
+            )
         with atomic_dir(path, overwrite=overwrite) as tmp:
             entries = []
             for name, module, (factory, kwargs) in zip(self.member_names, self.members, self.factories, strict=True):
@@ -158,13 +166,44 @@ class EnsembleModule(nn.Module):
 
         path = Path(path)
         manifest_path = path / "ensemble.json"
-        if not manifest_path.exists():
+        if not manifest_path.is_file():
             raise CheckpointError(f"{path} is not a saved EnsembleModule (no ensemble.json)")
-        manifest = json.loads(manifest_path.read_text())
+        try:
+            manifest = _Manifest.model_validate_json(manifest_path.read_bytes())
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            raise CheckpointError(f"{manifest_path}: field {where!r} is invalid ({first['msg']})") from None
+        folder = path.resolve()
+        files = [path / entry.file for entry in manifest.members] + [path / manifest.combiner]
+        outside = [str(f) for f in files if not f.resolve().is_relative_to(folder)]
+        if outside:
+            raise CheckpointError(f"{manifest_path} names files outside its folder: {', '.join(outside)}; refused")
         factories = factories or {}
         members = [
-            load_member(path / entry["file"], factory=factories.get(entry["name"]), task=manifest["task"])
-            for entry in manifest["members"]
+            load_member(path / entry.file, factory=factories.get(entry.name), task=manifest.task)
+            for entry in manifest.members
         ]
-        combiner = load_combiner(path / manifest["combiner"])
-        return cls(members, combiner, task=manifest["task"], vectorize=vectorize).eval()
+        combiner = load_combiner(path / manifest.combiner)
+        return cls(members, combiner, task=manifest.task, vectorize=vectorize).eval()
+
+
+# Member names become file names when an ensemble is saved.
+_SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class _ManifestEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr
+    file: StrictStr
+
+
+class _Manifest(BaseModel):
+    """`ensemble.json`: what `EnsembleModule.save` writes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["classification", "regression"]
+    members: list[_ManifestEntry] = Field(min_length=1, max_length=10_000)
+    combiner: StrictStr

@@ -6,6 +6,7 @@ tensor and read back with skops' safe loader, so loading a combiner never runs c
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from .._safetensors import read_tensors, write_tensors
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ModelFusionError
 from .base import Combiner
 
 __all__ = ["save_combiner", "load_combiner", "combiner_to_tensors", "combiner_from_tensors"]
@@ -47,21 +48,29 @@ def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def _decode(spec: dict, tensors: dict[str, torch.Tensor], registry) -> Any:
+    if not isinstance(spec, dict) or len(spec) not in (1, 2):
+        raise CheckpointError(f"an encoded value must be an object with one kind, got {str(spec)[:80]}")
     if "combiner" in spec:
         return _build(spec["combiner"], tensors, registry)
     if "tensor" in spec:
+        if spec["tensor"] not in tensors:
+            raise CheckpointError(f"the description refers to a tensor {str(spec['tensor'])[:80]!r} the file lacks")
         tensor = tensors[spec["tensor"]]
         return tensor.numpy() if spec.get("numpy") else tensor
     if "skops" in spec:
         from ..io.loading import load_skops
 
+        if spec["skops"] not in tensors:
+            raise CheckpointError(f"the description refers to a tensor {str(spec['skops'])[:80]!r} the file lacks")
         return load_skops(tensors[spec["skops"]].numpy().tobytes(), label=f"combiner attribute {spec['skops']!r}")
-    if "dict" in spec:
+    if "dict" in spec and isinstance(spec["dict"], dict):
         return {k: _decode(v, tensors, registry) for k, v in spec["dict"].items()}
-    if "list" in spec:
+    if "list" in spec and isinstance(spec["list"], list):
         items = [_decode(v, tensors, registry) for v in spec["list"]]
-        return tuple(items) if spec["tuple"] else items
-    return spec["json"]
+        return tuple(items) if spec.get("tuple") else items
+    if "json" in spec:
+        return spec["json"]
+    raise CheckpointError(f"an encoded value of unknown kind: {sorted(spec)}")
 
 
 def _describe(combiner: Combiner, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
@@ -73,11 +82,49 @@ def _describe(combiner: Combiner, prefix: str, tensors: dict[str, torch.Tensor])
 
 
 def _build(description: dict, tensors: dict[str, torch.Tensor], registry) -> Combiner:
-    params = {k: _decode(v, tensors, registry) for k, v in description["params"].items()}
-    combiner = registry[description["name"]](**params)
-    for attr, spec in description["fitted"].items():
+    """A combiner from its description: a registered name, constructor arguments it takes, fitted attributes
+    (public names ending in `_`): nothing in the file can name other code or set other attributes."""
+    if not isinstance(description, dict) or not isinstance(description.get("name"), str):
+        raise CheckpointError("a combiner description needs a registered 'name'")
+    if not isinstance(description.get("params", {}), dict) or not isinstance(description.get("fitted", {}), dict):
+        raise CheckpointError("a combiner description's 'params' and 'fitted' must be objects")
+    cls = registry[description["name"]]
+    accepted = inspect.signature(cls.__init__).parameters
+    unknown = [k for k in description.get("params", {}) if k not in accepted or k == "self"]
+    if unknown:
+        raise CheckpointError(f"combiner {description['name']!r} takes no arguments {unknown[:5]}")
+    params = {k: _decode(v, tensors, registry) for k, v in description.get("params", {}).items()}
+    try:
+        combiner = cls(**params)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"combiner {description['name']!r} rejected its stored arguments ({err})") from None
+    for attr, spec in description.get("fitted", {}).items():
+        if not (isinstance(attr, str) and attr.isidentifier() and attr.endswith("_") and not attr.startswith("_")):
+            raise CheckpointError(f"{str(attr)[:80]!r} is not a fitted attribute (a public name ending in '_')")
         setattr(combiner, attr, _decode(spec, tensors, registry))
+    _check_fitted_state(combiner)
     return combiner
+
+
+def _check_fitted_state(combiner: Combiner) -> None:
+    """Run the loaded combiner once on zeros shaped like its members' outputs, so that fitted values of the
+    wrong type or shape fail here, naming the file, instead of at prediction time."""
+    names, task = getattr(combiner, "member_names_", None), getattr(combiner, "task_", None)
+    if not isinstance(names, tuple | list) or not names or not all(isinstance(n, str) for n in names):
+        raise CheckpointError("the combiner's member_names_ must be a non-empty list of names")
+    if task not in combiner.tasks:
+        raise CheckpointError(f"the combiner's task_ must be one of {combiner.tasks}, got {str(task)[:40]!r}")
+    classes = getattr(combiner, "classes_", None)
+    if task == "classification" and (not isinstance(classes, tuple | list) or not classes):
+        raise CheckpointError("a classification combiner's classes_ must be a non-empty list")
+    shape = (len(names), 2, len(classes)) if task == "classification" else (len(names), 2)
+    try:
+        combiner._fuse(torch.zeros(shape, dtype=torch.float64), None)
+    except ModelFusionError:
+        pass  # a combiner that needs the inputs X says so clearly at prediction time
+    except Exception as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise CheckpointError(f"the combiner's fitted values do not fit its members ({reason})") from None
 
 
 def combiner_to_tensors(combiner: Combiner) -> tuple[dict[str, torch.Tensor], dict]:
@@ -99,8 +146,13 @@ def save_combiner(combiner: Combiner, path: str | os.PathLike) -> Path:
 
 
 def load_combiner(path: str | os.PathLike) -> Combiner:
-    """Read a combiner written by `save_combiner`."""
+    """Read a combiner written by `save_combiner`; any problem with the file is one `CheckpointError`."""
     tensors, description = read_tensors(path, key=_METADATA_KEY, what="combiner file")
     if description is None:
         raise CheckpointError(f"{path} is a safetensors file but not a saved combiner")
-    return combiner_from_tensors(tensors, description)
+    try:
+        return combiner_from_tensors(tensors, description)
+    except RecursionError:
+        raise CheckpointError(f"{path}: the combiner description nests too deeply") from None
+    except ModelFusionError as err:
+        raise CheckpointError(f"{path}: {err}" if str(path) not in str(err) else str(err)) from None
