@@ -248,6 +248,8 @@ class Artifacts:
     def demo(self) -> Path:
         """runs/demo of `run_demo("digits", epochs=2, n_mlps=2)`: members, predictions, combiners."""
         out = self.root / "demo"
+        if out.exists():  # built by an earlier run in this --workdir
+            return out
         code = (
             "import sys; from modelfusion.demo import run_demo; "
             "run_demo('digits', out=sys.argv[1], epochs=2, n_mlps=2, progress=False)"
@@ -268,6 +270,8 @@ class Artifacts:
     @functools.cached_property
     def train_preds(self) -> Path:
         out = self.root / "train_preds.safetensors"
+        if out.exists():  # built by an earlier run in this --workdir
+            return out
         members = [str(self.member(m)) for m in ("mlp_0", "mlp_1", "cnn", "logreg", "random_forest")]
         self._cli(
             "training predictions",
@@ -280,6 +284,8 @@ class Artifacts:
     def distill_checkpoint(self) -> Path:
         """A folder with distill_checkpoint.pt after 1 epoch (student hidden [8], seed 0, lr 1e-3)."""
         folder = self.root / "ckpt"
+        if folder.exists():  # built by an earlier run in this --workdir
+            return folder
         argv = [
             "-m",
             "modelfusion.cli",
@@ -304,6 +310,8 @@ class Artifacts:
     def hf(self) -> Path:
         """Hugging Face style folders base/, ft0/, ft1/ (model.safetensors + config.json) of a toy model."""
         root = self.root / "hf"
+        if root.exists():  # built by an earlier run in this --workdir
+            return root
         generator = torch.Generator().manual_seed(0)
         shapes = {"embed.weight": (32, 16), "layer.weight": (16, 16), "layer.bias": (16,), "head.weight": (4, 16)}
         base = {k: torch.randn(s, generator=generator) for k, s in shapes.items()}
@@ -320,6 +328,8 @@ class Artifacts:
     def big(self) -> Path:
         """base/, m0/, m1/: 200 MB of float32 each (50 tensors 1000x1000), for the interrupted merges."""
         root = self.root / "big"
+        if root.exists():  # built by an earlier run in this --workdir
+            return root
         generator = torch.Generator().manual_seed(0)
         for name in ("base", "m0", "m1"):
             (root / name).mkdir(parents=True)
@@ -346,6 +356,8 @@ class Artifacts:
     def zip_bomb_pt(self) -> Path:
         """A torch zip whose storage is declared 2 GiB and stored deflated (about 2 MB on disk)."""
         out = self.root / "bomb.pt"
+        if out.exists():  # built by an earlier run in this --workdir
+            return out
         numel = 2**29
         small = torch_bytes({"weight": torch.zeros(4)})
         pickled = zipfile.ZipFile(io.BytesIO(small)).read("archive/data.pkl")
@@ -363,6 +375,8 @@ class Artifacts:
     def zip_bomb_skops(self) -> Path:
         """A skops zip whose schema.json is `{` and 2 GiB of spaces (deflated to a few MB)."""
         out = self.root / "bomb.skops"
+        if out.exists():  # built by an earlier run in this --workdir
+            return out
         deflated_bomb(out, "schema.json", 2 * GIB, head=b"{", fill=b" " * 64)
         return out
 
@@ -370,6 +384,8 @@ class Artifacts:
     def many_tensors(self) -> Path:
         """A safetensors file whose header declares 10^6 (empty) tensors: a 59 MB header."""
         out = self.root / "many.safetensors"
+        if out.exists():  # built by an earlier run in this --workdir
+            return out
         header = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(10**6)}
         raw_safetensors(out, header)
         return out

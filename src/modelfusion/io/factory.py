@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ModelFusionError
 
 __all__ = [
     "resolve_factory",
@@ -86,9 +86,12 @@ def resolve_factory(spec: str | Callable[..., nn.Module]) -> Callable[..., nn.Mo
 def _call(factory: Callable[..., nn.Module], kwargs: Mapping, label: str) -> nn.Module:
     try:
         model = factory(**dict(kwargs))
-    except (TypeError, ValueError, RuntimeError) as err:
+    except ModelFusionError as err:  # a factory that builds other models from the same file (a spliced one)
+        raise CheckpointError(f"model factory {label}: {err}") from None
+    except (TypeError, ValueError, RuntimeError, IndexError, OverflowError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"model factory {label} rejected its arguments {dict(kwargs)}: {first}") from None
+        shown = str(dict(kwargs))[:300]
+        raise CheckpointError(f"model factory {label} rejected its arguments {shown}: {first}") from None
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"model factory {label} returned {type(model).__name__}, not an nn.Module")
     return model
@@ -99,8 +102,9 @@ def build_model(spec: str | Callable[..., nn.Module], kwargs: Mapping | None = N
     return _call(resolve_factory(spec), kwargs or {}, repr(spec))
 
 
-def _check_plain(value, where: str, depth: int = 0) -> int:
-    """Raise unless `value` is JSON data of bounded size; return its number of items."""
+def _check_plain(value, where: str, depth: int = 0, mapping: bool = False) -> int:
+    """Raise unless `value` is JSON data of bounded size (an object only where `mapping`); return its number of
+    items."""
     if value is None or isinstance(value, bool | int):
         return 1
     if isinstance(value, float):
@@ -111,17 +115,17 @@ def _check_plain(value, where: str, depth: int = 0) -> int:
         if len(value) > MAX_STRING_CHARS:
             raise CheckpointError(f"{where} is a string of {len(value)} characters (at most {MAX_STRING_CHARS})")
         return 1
-    if depth >= MAX_NESTING or not isinstance(value, list | dict):
+    if depth >= MAX_NESTING or not (isinstance(value, list) or (mapping and isinstance(value, dict))):
         raise CheckpointError(
             f"{where} is a {type(value).__name__}; a file may pass a factory only numbers, strings, booleans "
-            f"and lists of them (nested at most {MAX_NESTING} deep)"
+            f"and lists of them (nested at most {MAX_NESTING} deep; objects only where the factory takes a mapping)"
         )
     items = value.items() if isinstance(value, dict) else enumerate(value)
     count = 1
     for key, item in items:
         if not isinstance(key, str | int):
             raise CheckpointError(f"{where} has a key of type {type(key).__name__}")
-        count += _check_plain(item, f"{where}[{key!r}]", depth + 1)
+        count += _check_plain(item, f"{where}[{key!r}]", depth + 1, mapping)
         if count > MAX_ARGUMENT_ITEMS:
             raise CheckpointError(f"{where} has more than {MAX_ARGUMENT_ITEMS} items")
     return count
@@ -142,7 +146,12 @@ def _check_arguments(name: str, factory: Callable, kwargs: Mapping, source: str)
     missing = [p for p in accepted if parameters[p].default is inspect.Parameter.empty and p not in kwargs]
     if missing:
         raise CheckpointError(f"{source}: model factory {name!r} needs the arguments {missing}")
-    _check_plain(dict(kwargs), f"{source}: factory_kwargs")
+    total = 0
+    for key, value in kwargs.items():
+        takes_mapping = any(word in str(parameters[key].annotation) for word in ("Mapping", "dict"))
+        total += _check_plain(value, f"{source}: factory argument {key!r}", mapping=takes_mapping)
+        if total > MAX_ARGUMENT_ITEMS:
+            raise CheckpointError(f"{source}: the factory arguments have more than {MAX_ARGUMENT_ITEMS} items")
     return dict(kwargs)
 
 
@@ -164,7 +173,7 @@ def build_named_model(
         )
     factory = _registry()[registered]
     kwargs = _check_arguments(registered, factory, kwargs or {}, source)
-    label = repr(registered)
+    label = f"{registered!r} named by {source}"
     if state is not None:
         with torch.device("meta"):
             skeleton = _call(factory, kwargs, label)

@@ -1,0 +1,415 @@
+"""Hostile checkpoints: each one is refused with one clear line, runs no code and writes no file.
+
+Every payload here is live: the tests at the bottom show that the unsafe loaders (pickle, torch.export.load,
+torch.jit.load) run it, so a loader that let one through would fail these tests.
+"""
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import joblib
+import pytest
+import skops.io as sio
+import torch
+from safetensors.torch import save_file
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from typer.testing import CliRunner
+
+from modelfusion import ModelFusionError
+from modelfusion.cli import app
+from modelfusion.io import load_member, load_model
+from modelfusion.models import mlp
+
+KWARGS = {"in_features": 4, "num_outputs": 3, "hidden": [5]}
+
+
+class Payload:
+    """Unpickling it creates the file `marker` (through builtins.open): proof that code from a file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+class SaveOnLoad(torch.nn.Module):
+    """A TorchScript module whose `__setstate__`, run by torch.jit.load, writes a file with aten::save."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+        self.weight = torch.zeros(4, 3)
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, torch.Tensor, bool]:
+        return (self.marker, self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, torch.Tensor, bool]) -> None:
+        torch.ops.aten.save(state[1], state[0])
+        self.marker = state[0]
+        self.weight = state[1]
+        self.training = state[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight
+
+
+class SaveOnForward(torch.nn.Module):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.ops.aten.save(x, self.marker)
+        return x[:, :3]
+
+
+def _state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {k: v.contiguous() for k, v in mlp(**KWARGS).state_dict().items()}
+
+
+def _member_file(folder: Path, name: str, description) -> Path:
+    path = folder / name
+    header = description if isinstance(description, str) else json.dumps(description)
+    save_file(_state(), str(path), metadata={"modelfusion": header})
+    return path
+
+
+def _rewrite_zip(source: Path, target: Path, replace: dict[str, bytes]) -> Path:
+    """A copy of the zip `source` with the members whose names end in a key of `replace` swapped."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for name in old.namelist():
+            data = next((v for k, v in replace.items() if name.endswith(k)), None)
+            new.writestr(name, old.read(name) if data is None else data)
+    return target
+
+
+def _exported(folder: Path) -> Path:
+    path = folder / "real.pt2"
+    program = torch.export.export(torch.nn.Linear(4, 3).eval(), (torch.zeros(2, 4),))
+    torch.export.save(program, str(path))
+    return path
+
+
+def _torch_pickle(marker: Path) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(Payload(marker), buffer)
+    return buffer.getvalue()
+
+
+def _zip_bomb(path: Path, inner: str) -> Path:
+    """A zip whose one deflated member unpacks 256 MiB of zeros from a few hundred KB on disk."""
+    chunk = bytes(2**20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, archive.open(inner, "w") as member:
+        for _ in range(256):
+            member.write(chunk)
+    return path
+
+
+HOSTILE: dict[str, Callable[[Path, Path], Path]] = {}
+
+
+def hostile(name: str):
+    def register(build):
+        HOSTILE[name] = build
+        return build
+
+    return register
+
+
+# -- pickles under every name a checkpoint goes by --------------------------------------------------------
+for _suffix in (".pkl", ".pickle", ".pt", ".pth", ".bin"):
+
+    @hostile(f"raw pickle{_suffix}")
+    def _raw(folder, marker, suffix=_suffix):
+        path = folder / f"raw{suffix}"
+        path.write_bytes(pickle.dumps(Payload(marker)))
+        return path
+
+
+@hostile("joblib pickle")
+def _joblib(folder, marker):
+    path = folder / "model.joblib"
+    joblib.dump(Payload(marker), path)
+    return path
+
+
+for _suffix in (".pt", ".pth", ".bin"):
+
+    @hostile(f"torch zip with a pickled payload{_suffix}")
+    def _torch_zip(folder, marker, suffix=_suffix):
+        path = folder / f"zip{suffix}"
+        path.write_bytes(_torch_pickle(marker))
+        return path
+
+
+@hostile("payload beside a state dict")
+def _nested(folder, marker):
+    path = folder / "nested.pt"
+    torch.save({"state_dict": _state(), "extra": Payload(marker)}, path)
+    return path
+
+
+@hostile("real state-dict archive, data.pkl swapped")
+def _swapped(folder, marker):
+    real = folder / "real.pt"
+    torch.save(_state(), real)
+    return _rewrite_zip(real, folder / "swapped.pt", {"data.pkl": pickle.dumps(Payload(marker), protocol=2)})
+
+
+# -- programs: TorchScript and torch.export ---------------------------------------------------------------
+@hostile("TorchScript, data.pkl payload")
+def _script_data(folder, marker):
+    real = folder / "real_script.pt"
+    torch.jit.script(torch.nn.Linear(4, 3)).save(str(real))
+    return _rewrite_zip(real, folder / "script_data.pt", {"data.pkl": pickle.dumps(Payload(marker), protocol=2)})
+
+
+@hostile("TorchScript, constants.pkl payload")
+def _script_constants(folder, marker):
+    real = folder / "real_script.ts"
+    torch.jit.script(torch.nn.Linear(4, 3)).save(str(real))
+    return _rewrite_zip(real, folder / "constants.ts", {"constants.pkl": pickle.dumps(Payload(marker), protocol=2)})
+
+
+@hostile("TorchScript writing a file while loading")
+def _script_setstate(folder, marker):
+    path = folder / "setstate.pt"
+    torch.jit.script(SaveOnLoad(str(folder / "unused"))).save(str(path))
+    # The module was scripted with another path so that saving it wrote nothing; point it at the marker now.
+    archive = zipfile.ZipFile(path)
+    data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    archive.close()
+    return _rewrite_zip(path, folder / "setstate_marker.pt", {"data.pkl": data.replace(b"unused", b"PWNED!")})
+
+
+@hostile("TorchScript writing a file when run")
+def _script_forward(folder, marker):
+    path = folder / "forward.torchscript"
+    torch.jit.script(SaveOnForward(str(marker))).save(str(path))
+    return path
+
+
+@hostile("torch.export, pickled weight")
+def _export_weight(folder, marker):
+    real = _exported(folder)
+    archive = zipfile.ZipFile(real)
+    name = next(n for n in archive.namelist() if n.endswith("model_weights_config.json"))
+    config = json.loads(archive.read(name))
+    archive.close()
+    config["config"]["weight"]["use_pickle"] = True
+    replace = {"weights/weight_0": _torch_pickle(marker), "model_weights_config.json": json.dumps(config).encode()}
+    return _rewrite_zip(real, folder / "weight.pt2", replace)
+
+
+@hostile("torch.export, pickled sample inputs")
+def _export_sample(folder, marker):
+    return _rewrite_zip(_exported(folder), folder / "sample.pt2", {"sample_inputs/model.pt": _torch_pickle(marker)})
+
+
+# -- skops ---------------------------------------------------------------------------------------------
+@hostile("skops naming os.system")
+def _skops_system(folder, marker):
+    path = folder / "system.skops"
+    sio.dump(FunctionTransformer(os.system), path)
+    return path
+
+
+@hostile("skops with a class of ours")
+def _skops_class(folder, marker):
+    path = folder / "custom.skops"
+    sio.dump(make_pipeline(FunctionTransformer(shutil.rmtree), LogisticRegression()), path)
+    return path
+
+
+# -- zip bombs -------------------------------------------------------------------------------------------
+for _suffix, _inner in ((".pt", "archive/data.pkl"), (".pt2", "archive/models/model.json"), (".skops", "schema.json")):
+
+    @hostile(f"zip bomb{_suffix}")
+    def _bomb(folder, marker, suffix=_suffix, inner=_inner):
+        return _zip_bomb(folder / f"bomb{suffix}", inner)
+
+
+# -- safetensors headers that name code or dictate allocations --------------------------------------------
+@hostile("header naming load_model with trust")
+def _names_loader(folder, marker):
+    pickled = folder / "elsewhere.pkl"
+    pickled.write_bytes(pickle.dumps(Payload(marker)))
+    kwargs = {"path": str(pickled), "trust_code": True, "trust_pickle": True}
+    return _member_file(
+        folder, "loader.safetensors", {"factory": "modelfusion.io.loading:load_model", "factory_kwargs": kwargs}
+    )
+
+
+@hostile("header naming write_json")
+def _names_writer(folder, marker):
+    kwargs = {"path": str(marker), "data": {}}
+    return _member_file(
+        folder, "writer.safetensors", {"factory": "modelfusion._atomic:write_json", "factory_kwargs": kwargs}
+    )
+
+
+@hostile("header naming os.system")
+def _names_system(folder, marker):
+    kwargs = {"command": f"touch {marker}"}
+    return _member_file(folder, "system.safetensors", {"factory": "os:system", "factory_kwargs": kwargs})
+
+
+@hostile("header naming builtins.eval")
+def _names_eval(folder, marker):
+    kwargs = {"source": f"open({str(marker)!r}, 'w')"}
+    return _member_file(folder, "eval.safetensors", {"factory": "builtins:eval", "factory_kwargs": kwargs})
+
+
+@hostile("registered factory, a mapping argument")
+def _mapping_argument(folder, marker):
+    kwargs = {**KWARGS, "hidden": {"__class__": "os.system"}}
+    return _member_file(folder, "mapping.safetensors", {"factory": "mlp", "factory_kwargs": kwargs})
+
+
+@hostile("registered factory, a billion hidden units")
+def _allocation_bomb(folder, marker):
+    kwargs = {**KWARGS, "hidden": [10**9]}
+    return _member_file(folder, "huge.safetensors", {"factory": "mlp", "factory_kwargs": kwargs})
+
+
+@hostile("registered factory, an unknown argument")
+def _unknown_argument(folder, marker):
+    kwargs = {**KWARGS, "dropout": 0.1, "callback": "os:system"}
+    return _member_file(folder, "unknown.safetensors", {"factory": "mlp", "factory_kwargs": kwargs})
+
+
+@hostile("registered factory, arguments not an object")
+def _list_arguments(folder, marker):
+    return _member_file(folder, "list.safetensors", {"factory": "mlp", "factory_kwargs": [4, 3]})
+
+
+@hostile("spliced backbone naming os.system")
+def _spliced_system(folder, marker):
+    kwargs = {"backbone": "os:system", "backbone_kwargs": {"command": f"touch {marker}"}, "at": "0"}
+    kwargs |= {"num_outputs": 3, "in_features": 4}
+    return _member_file(folder, "spliced.safetensors", {"factory": "spliced", "factory_kwargs": kwargs})
+
+
+@hostile("spliced backbone naming write_json")
+def _spliced_writer(folder, marker):
+    kwargs = {"backbone": "modelfusion._atomic:write_json", "backbone_kwargs": {"path": str(marker), "data": 1}}
+    kwargs |= {"at": "0", "num_outputs": 3, "in_features": 4}
+    return _member_file(folder, "spliced_w.safetensors", {"factory": "spliced", "factory_kwargs": kwargs})
+
+
+@hostile("factory that is not a name")
+def _factory_number(folder, marker):
+    return _member_file(folder, "number.safetensors", {"factory": 12, "factory_kwargs": {}})
+
+
+@hostile("header JSON that is not JSON")
+def _broken_json(folder, marker):
+    return _member_file(folder, "broken.safetensors", '{"factory": "mlp", ')
+
+
+@hostile("header JSON nested 100,000 deep")
+def _deep_json(folder, marker):
+    return _member_file(folder, "deep.safetensors", "[" * 100_000 + "]" * 100_000)
+
+
+@hostile("header length past the end of the file")
+def _header_length(folder, marker):
+    path = folder / "length.safetensors"
+    path.write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    return path
+
+
+@hostile("a link named .safetensors to a pickle")
+def _link(folder, marker):
+    pickled = folder / "target.pkl"
+    pickled.write_bytes(pickle.dumps(Payload(marker)))
+    link = folder / "link.safetensors"
+    link.symlink_to(pickled)
+    return link
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture
+def corpus_folder(tmp_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    return folder
+
+
+def test_the_corpus_has_at_least_30_hostile_files():
+    assert len(HOSTILE) >= 30
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_file_is_refused_in_one_line_runs_nothing_and_writes_nothing(name, corpus_folder, tmp_path):
+    marker = tmp_path / "PWNED"
+    path = HOSTILE[name](corpus_folder, marker)
+    before = _snapshot(tmp_path)
+    with pytest.raises(ModelFusionError) as refused:
+        load_member(path)
+    message = str(refused.value)
+    assert "\n" not in message and str(path.name) in message
+    assert not marker.exists() and not (corpus_folder / "PWNED!").exists()
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize(
+    "name",
+    ["torch zip with a pickled payload.pt", "torch.export, pickled weight", "header naming load_model with trust"],
+)
+def test_the_cli_refuses_them_with_exit_code_2_and_no_output(name, corpus_folder, tmp_path):
+    marker = tmp_path / "PWNED"
+    path = HOSTILE[name](corpus_folder, marker)
+    out = tmp_path / "preds.safetensors"
+    result = CliRunner().invoke(app, ["predict", str(path), "--out", str(out)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert not marker.exists() and not out.exists()
+
+
+# -- the payloads are live: unsafe loaders run them ------------------------------------------------------
+def test_the_pickle_payload_runs_when_unpickled(tmp_path):
+    marker = tmp_path / "PWNED"
+    pickle.loads(pickle.dumps(Payload(marker)))
+    assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("name", ["torch.export, pickled weight", "torch.export, pickled sample inputs"])
+def test_torch_export_load_runs_the_archives_pickles(name, corpus_folder, tmp_path):
+    marker = tmp_path / "PWNED"
+    path = HOSTILE[name](corpus_folder, marker)
+    with pytest.raises(Exception):  # noqa: B017 - the file is no valid program, but the payload ran first
+        torch.export.load(str(path))
+    assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torch_jit_load_runs_the_files_code(corpus_folder, tmp_path):
+    path = HOSTILE["TorchScript writing a file while loading"](corpus_folder, tmp_path / "PWNED")
+    torch.jit.load(str(path))
+    assert (corpus_folder / "PWNED!").exists()
+    loaded = load_model(path, trust_code=True)  # trusted on purpose: the caller's explicit choice
+    assert loaded.format == "torchscript"
