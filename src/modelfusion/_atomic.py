@@ -99,17 +99,20 @@ def check_output(
     """Raise an `OutputError` unless `path` may be written as a `kind` output.
 
     Refused: an existing non-empty folder or an existing file (unless `overwrite`), and always an output that
-    is one of the `inputs` or (a folder) holds one of them.
+    is one of the `inputs`, holds one of them, or exists inside an input folder (part of a model folder).
     """
     target = _resolved(Path(path))
+    path = Path(path)
     for source in inputs:
         if source is None:
             continue
         source = _resolved(Path(source))
-        if source == target or (kind == "folder" and source.is_relative_to(target)):
+        if source == target or source.is_relative_to(target):
             what = "is" if source == target else "holds"
             raise OutputError(f"{path} {what} an input of this run ({source}); choose another output")
-    path = Path(path)
+        if source.is_dir() and target.is_relative_to(source) and path.exists():
+            raise OutputError(f"{path} is part of an input of this run ({source}); choose another output")
+    _check_creatable(path)
     if not path.exists() and not path.is_symlink():
         return
     if path.is_dir():
@@ -123,6 +126,17 @@ def check_output(
         problem = "exists" if kind == "file" else "is a file, not a folder"
     if not overwrite:
         raise OutputError(f"{path} {problem}; {_OVERWRITE_HINT}")
+
+
+def _check_creatable(path: Path) -> None:
+    """Raise unless the folder `path` goes into exists or can be created, and may be written."""
+    ancestor = Path(os.path.abspath(path)).parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot write {path}: {ancestor} is a file, not a folder; choose another output")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: the folder {ancestor} is not writable; choose another output")
 
 
 @contextlib.contextmanager
@@ -184,8 +198,7 @@ def _lock(target: Path) -> Iterator[None]:
     lock = target.parent / f".{target.name}.{_TAG}.lock"
     for _ in range(2):
         try:
-            with _writing(target):
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             break
         except FileExistsError:
             owner = _lock_owner(lock)
@@ -195,6 +208,8 @@ def _lock(target: Path) -> Iterator[None]:
                     f"wait for it to finish, or remove {lock} if that process is gone"
                 ) from None
             lock.unlink(missing_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot write {target} ({err.strerror}); choose a writable output location") from None
     else:
         raise OutputError(f"cannot lock {target}: {lock} keeps coming back; is another run starting?")
     try:
