@@ -86,8 +86,9 @@ def output_width(module: nn.Module, example_input: torch.Tensor, role: str) -> i
     try:
         with torch.no_grad():
             out = module(example_input[:2])
-    except RuntimeError as err:
-        raise InvalidInputError(f"{role} failed on the example input {tuple(example_input.shape)}: {err}") from None
+    except (RuntimeError, ValueError, IndexError) as err:
+        reason = " ".join(str(err).split())[:240]
+        raise InvalidInputError(f"{role} failed on the example input {tuple(example_input.shape)}: {reason}") from None
     finally:
         module.train(was_training)
     if not isinstance(out, torch.Tensor):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._modules import output_width
 from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
 from ..merge import merge_state_dicts
 from ..registry import Registry
@@ -75,6 +76,8 @@ def align(
         raise ConfigError("activation matching needs inputs X to compute activations on")
     if isinstance(spec, dict):
         spec = PermutationSpec.from_dict(spec)
+    if X is not None:
+        output_width(models[0], X, "model 0")  # inputs of the wrong width fail here, in one line
     if spec is None:
         if X is None:
             raise ConfigError("deriving the permutation spec needs an example batch X (or pass spec=...)")

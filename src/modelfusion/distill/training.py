@@ -188,12 +188,19 @@ def distill(
                 if feature_hints is not None:
                     parts["feature"] = feature_hints.loss()
                     parts["total"] = parts["total"] + feature_weight * parts["feature"]
-                if not torch.isfinite(parts["total"]):
-                    raise _diverged(state["epoch"] + 1, float(parts["total"]), lr, checkpoint)
+                if not torch.isfinite(parts["total"].detach()):
+                    kept = checkpoint if checkpoint is not None and state["epoch"] > 0 else None
+                    raise _diverged(state["epoch"] + 1, parts["total"].item(), lr, kept)
                 optimizer.zero_grad()
                 # Scaled so that DDP's mean over processes is the mean over the global batch.
                 (parts["total"] * (len(mine) * world / len(x))).backward()
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except RuntimeError as err:  # an update too large for float32 ("without overflow")
+                    if "overflow" not in str(err):
+                        raise
+                    kept = checkpoint if checkpoint is not None and state["epoch"] > 0 else None
+                    raise _diverged(state["epoch"] + 1, float("inf"), lr, kept) from None
                 scheduler.step()
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value.item() * len(mine)
@@ -268,8 +275,9 @@ def _check_same_settings(saved: dict | None, current: dict, checkpoint: Path) ->
 
 
 def _diverged(epoch: int, loss: float, lr: float, checkpoint: Path | None) -> TrainingDivergedError:
-    if checkpoint is not None and checkpoint.exists():
-        kept = f"the checkpoint in {checkpoint.parent} is from epoch {epoch - 1}, the last good one"
+    """`checkpoint`: the one holding the previous, good epoch (None when no epoch of this run was saved)."""
+    if checkpoint is not None:
+        kept = f"the checkpoint in {checkpoint.parent} holds epoch {epoch - 1}, the last good one"
     else:
         kept = "nothing was written"
     return TrainingDivergedError(

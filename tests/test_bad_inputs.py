@@ -1,0 +1,317 @@
+"""Every class of bad input a user can cause is one clear line (exit code 2 on the CLI), never a traceback
+and never silently accepted. docs/security.md lists each class with the test here that covers it."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from modelfusion import CheckpointError, ConfigError, InvalidInputError, TrainingDivergedError
+from modelfusion.cli import app
+from modelfusion.datasets import load_dataset
+from modelfusion.distill import ModelTeacher, distill
+from modelfusion.io import load_member, save_member
+from modelfusion.members import TorchMember
+from modelfusion.models import mlp
+from modelfusion.predictions import Predictions
+
+from .conftest import MLP_KWARGS, MLP_SPEC
+
+
+def _error_line(args: list[str]) -> str:
+    result = CliRunner().invoke(app, args)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.fixture
+def member_file(tmp_path, trained_mlp):
+    member = TorchMember(trained_mlp, name="mlp", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS)
+    return save_member(member, tmp_path / "mlp.safetensors")
+
+
+def _predictions_file(path: Path, labels: torch.Tensor, meta: dict | str | None = None) -> Path:
+    outputs = torch.randn(2, len(labels), 3)
+    description = meta if meta is not None else {"member_names": ["a", "b"], "task": "classification", "split": "val"}
+    header = description if isinstance(description, str) else json.dumps(description)
+    save_file({"outputs": outputs, "labels": labels}, str(path), metadata={"modelfusion.predictions": header})
+    return path
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (torch.tensor([0, 1, 3]), r"class labels must lie in 0\.\.2 .*from 0 to 3"),
+        (torch.tensor([0, -1, 2]), r"class labels must lie in 0\.\.2 .*from -1 to 2"),
+        (torch.tensor([0.0, 1.0, 2.0]), "class labels must be integer column indices"),
+        (torch.tensor([[0], [1], [2]]), "labels must be one per sample"),
+    ],
+)
+def test_predictions_with_bad_labels(tmp_path, labels, match):
+    path = _predictions_file(tmp_path / "p.safetensors", labels)
+    with pytest.raises(CheckpointError, match=match):
+        Predictions.load(path)
+    assert "p.safetensors" in _error_line(["evaluate", str(path)])
+
+
+@pytest.mark.parametrize(
+    "meta, match",
+    [
+        ('{"member_names": ["a", "b"], "task": ', "description is not JSON"),
+        ("[1, 2]", "is a list, not an object"),
+        ({"member_names": ["a", "b"], "task": "ranking", "split": "val"}, "field 'task' is invalid"),
+        ({"member_names": "ab", "task": "classification", "split": "val"}, "field 'member_names' is invalid"),
+        ({"member_names": ["a", "a"], "task": "classification", "split": "val"}, "appear more than once"),
+        ({"task": "classification", "split": "val"}, "field 'member_names' is invalid"),
+    ],
+)
+def test_predictions_with_corrupt_metadata(tmp_path, meta, match):
+    path = _predictions_file(tmp_path / "p.safetensors", torch.tensor([0, 1, 2]), meta)
+    with pytest.raises(CheckpointError, match=match):
+        Predictions.load(path)
+
+
+@pytest.mark.parametrize(
+    "header, match",
+    [
+        ('{"factory": "mlp", "task": ', "description is not JSON"),
+        ('{"factory": "mlp", "task": "ranking"}', "field 'task' is invalid"),
+        ('{"factory": ["mlp"]}', "field 'factory' is invalid"),
+        ('{"factory": "mlp", "factory_kwargs": {"in_features": "64"}}', "factory 'mlp'"),
+    ],
+)
+def test_checkpoint_with_corrupt_metadata(tmp_path, trained_mlp, header, match):
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in trained_mlp.state_dict().items()}, str(path), {"modelfusion": header})
+    with pytest.raises(CheckpointError, match=match):
+        load_member(path)
+
+
+def test_data_of_the_wrong_width_names_the_member(member_file, tmp_path):
+    line = _error_line(
+        ["predict", str(member_file), "--dataset", "breast_cancer", "--out", str(tmp_path / "p.safetensors")]
+    )
+    assert "member 'mlp' cannot run on inputs of shape" in line and "trained on this dataset" in line
+    line = _error_line(["ensemble", str(member_file), "--dataset", "wine", "--out", str(tmp_path / "e")])
+    assert "member 'mlp' cannot run on inputs" in line
+    line = _error_line(
+        ["align", str(member_file), str(member_file), "--dataset", "wine", "--out", str(tmp_path / "a.safetensors")]
+    )
+    assert "wine" in line or "shape" in line
+
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999", "4294967296"])
+def test_seeds_out_of_range(member_file, tmp_path, seed):
+    line = _error_line(["predict", str(member_file), "--seed", seed, "--out", str(tmp_path / "p.safetensors")])
+    assert "seed must be a whole number from 0 to 4294967295" in line
+    with pytest.raises(ConfigError, match="seed must be"):
+        load_dataset("digits", seed=int(seed))
+
+
+@pytest.mark.parametrize(
+    "option, value, match",
+    [
+        ("--batch-size", "0", "batch_size must be a whole number of at least 1"),
+        ("--batch-size", "-5", "batch_size must be a whole number of at least 1"),
+        ("--epochs", "0", "epochs must be a whole number of at least 1"),
+        ("--lr", "-0.1", "lr must be above 0"),
+        ("--lr", "nan", "lr must be a finite number"),
+    ],
+)
+def test_distill_numbers_out_of_range(member_file, tmp_path, option, value, match):
+    student = ["--student", MLP_SPEC, "--student-kwargs", json.dumps({**MLP_KWARGS, "hidden": [8]})]
+    args = ["distill", "--teacher", str(member_file), *student, option, value, "--out", str(tmp_path / "s.safetensors")]
+    assert match in _error_line([*args, "--no-progress"])
+    assert not (tmp_path / "s.safetensors").exists()
+
+
+class _TeacherGoingBad(ModelTeacher):
+    """A teacher whose outputs turn to NaN after `good` calls: training diverges in a later epoch."""
+
+    def __init__(self, model, good: int) -> None:
+        super().__init__(model)
+        self.good, self.calls = good, 0
+
+    def logits(self, X, index=None):
+        self.calls += 1
+        out = super().logits(X, index)
+        return out if self.calls <= self.good else out * float("nan")
+
+
+def test_diverging_distillation_names_the_epoch_and_keeps_the_last_good_checkpoint(digits, trained_mlp, tmp_path):
+    torch.manual_seed(0)
+    student = mlp(**{**MLP_KWARGS, "hidden": [8]})
+    batches = -(-len(digits.train) // 64)
+    teacher = _TeacherGoingBad(trained_mlp, good=1 + batches)  # the fingerprint's call, then one good epoch
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"diverged in epoch 2: the loss became nan; the checkpoint in .* "
+        r"holds epoch 1, the last good one",
+    ):
+        distill(student, teacher, digits.train, digits.val, epochs=3, checkpoint_dir=tmp_path, progress=False)
+    assert torch.load(tmp_path / "distill_checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_diverging_distillation_on_the_cli(member_file, tmp_path):
+    student = ["--student", MLP_SPEC, "--student-kwargs", json.dumps({**MLP_KWARGS, "hidden": [8]})]
+    out = tmp_path / "s.safetensors"
+    line = _error_line(["distill", "--teacher", str(member_file), *student, "--lr", "1e38", "--out", str(out)])
+    assert "diverged in epoch 1" in line and "nothing was written" in line and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [({"lr": 0.01}, "lr"), ({"seed": 1}, "seed"), ("student", "student"), ("teacher", "teacher")],
+)
+def test_resume_refuses_a_checkpoint_of_other_settings(digits, trained_mlp, tmp_path, change, field):
+    def run(lr=1e-3, seed=0, hidden=8, teacher=trained_mlp, resume=False, epochs=2):
+        torch.manual_seed(0)
+        student = mlp(**{**MLP_KWARGS, "hidden": [hidden]})
+        return distill(
+            student,
+            ModelTeacher(teacher),
+            digits.train,
+            digits.val,
+            lr=lr,
+            seed=seed,
+            epochs=epochs,
+            checkpoint_dir=tmp_path,
+            resume=resume,
+            progress=False,
+        )
+
+    run(epochs=2)
+    other_teacher = mlp(**MLP_KWARGS)
+    kwargs = (
+        {"student": {"hidden": 16}, "teacher": {"teacher": other_teacher}}[change]
+        if isinstance(change, str)
+        else change
+    )
+    with pytest.raises(CheckpointError, match=f"cannot resume from .*other settings: {field} "):
+        run(resume=True, epochs=2, **kwargs)
+    with pytest.raises(Exception, match="holds an earlier run; pass --resume"):
+        run(epochs=2)
+
+
+@pytest.fixture
+def merge_project(tmp_path):
+    for i in range(2):
+        torch.manual_seed(i)
+        save_file({"w": torch.randn(4, 3), "empty": torch.zeros(0, 3)}, str(tmp_path / f"m{i}.safetensors"))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (
+            "models:\n  - model: m0.safetensors\n    parameters: {weight: '13'}\n  - model: m1.safetensors\n    "
+            "parameters: {weight: 1}\n",
+            "parameter 'weight' of 'linear' must be a number, got str '13'",
+        ),
+        (
+            "models:\n  - model: m0.safetensors\n    parameters: {weight: .nan}\n  - model: m1.safetensors\n    "
+            "parameters: {weight: 1}\n",
+            "must be a finite number, got nan",
+        ),
+        (
+            "models:\n  - model: m0.safetensors\n    parameters: {weight: 1.0e+400}\n  - model: m1.safetensors\n    "
+            "parameters: {weight: 1}\n",
+            "must be a finite number, got inf",
+        ),
+        (
+            "models:\n  - model: m0.safetensors\n  - model: m1.safetensors\nparameters: {normalise: true}\n",
+            "merge method 'linear' has no parameter 'normalise'; it takes weight, normalize",
+        ),
+        (
+            "models:\n  - model: m0.safetensors\n  - model: m1.safetensors\nparameters: {weight: [1, 2, 3]}\n",
+            "has a list or mapping value",
+        ),
+    ],
+)
+def test_bad_merge_parameters(merge_project, config, match):
+    path = merge_project / "merge.yaml"
+    path.write_text("merge_method: linear\n" + config)
+    line = _error_line(["merge", str(path), str(merge_project / "out")])
+    assert match in line and "merge.yaml" in line
+    assert not (merge_project / "out").exists()
+
+
+def test_slerp_t_must_be_a_number(merge_project):
+    path = merge_project / "slerp.yaml"
+    path.write_text(
+        "merge_method: slerp\nbase_model: m0.safetensors\nmodels:\n  - model: m1.safetensors\nparameters: {t: half}\n"
+    )
+    assert "parameter 't' of 'slerp' must be a number, got str 'half'" in _error_line(["merge", str(path), "out"])
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "slerp", "task_arithmetic", "dare_linear"])
+def test_zero_size_tensors_merge(merge_project, method):
+    config = merge_project / f"{method}.yaml"
+    base = "" if method == "linear" else "base_model: m0.safetensors\n"
+    params = {"linear": "", "slerp": "parameters: {t: 0.3}\n"}.get(method, "parameters: {density: 0.5}\n")
+    config.write_text(
+        f"merge_method: {method}\n{base}models:\n  - model: m0.safetensors\n  - model: m1.safetensors\n{params}"
+    )
+    result = CliRunner().invoke(app, ["merge", str(config), str(merge_project / method)])
+    assert result.exit_code == 0, result.output
+    merged = load_file(str(merge_project / method / "model.safetensors"))
+    assert merged["empty"].shape == (0, 3) and merged["w"].shape == (4, 3)
+
+
+def test_shard_index_pointing_outside_its_folder(merge_project):
+    model = merge_project / "sharded"
+    model.mkdir()
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../m0.safetensors"}}))
+    config = merge_project / "merge.yaml"
+    config.write_text("merge_method: linear\nmodels:\n  - model: sharded\n  - model: m1.safetensors\n")
+    assert "names shards outside its folder" in _error_line(["merge", str(config), str(merge_project / "out")])
+
+
+def test_a_base_models_config_linked_outside_its_folder_is_not_copied(merge_project):
+    secret = merge_project / "secret.json"
+    secret.write_text('{"password": "hunter2"}')
+    for name in ("base", "tuned"):
+        (merge_project / name).mkdir()
+        save_file({"w": torch.randn(4, 3)}, str(merge_project / name / "model.safetensors"))
+    (merge_project / "base" / "config.json").symlink_to(secret)
+    (merge_project / "base" / "tokenizer.json").write_text("{}")
+    config = merge_project / "merge.yaml"
+    config.write_text("merge_method: task_arithmetic\nbase_model: base\nmodels:\n  - model: tuned\n")
+    result = CliRunner().invoke(app, ["merge", str(config), str(merge_project / "out")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (merge_project / "out").iterdir()) == ["model.safetensors", "tokenizer.json"]
+
+
+def test_duplicate_member_names(tmp_path, trained_mlp, digits):
+    member = TorchMember(trained_mlp, name="same", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS)
+    paths = [save_member(member, tmp_path / f"copy{i}.safetensors") for i in range(3)]
+    result = CliRunner().invoke(app, ["predict", *map(str, paths), "--out", str(tmp_path / "p.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "note: members share the names ['same']; each is named after its file" in result.output
+    assert Predictions.load(tmp_path / "p.safetensors").member_names == ("copy0", "copy1", "copy2")
+    with pytest.raises(InvalidInputError, match=r"\['x'\] appear more than once"):
+        Predictions(torch.zeros(2, 3, 4), None, ("x", "x"), "classification", "val")
+
+
+def test_an_unreadable_file_is_not_reported_missing(member_file, monkeypatch):
+    import modelfusion._safetensors as module
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(module, "open", refuse, raising=False)
+    with pytest.raises(CheckpointError, match="cannot open the checkpoint .Permission denied.; check its permissions"):
+        load_member(member_file)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_file_for_real(member_file):
+    member_file.chmod(0)
+    assert "Permission denied" in _error_line(["evaluate", str(member_file)])
