@@ -190,7 +190,7 @@ def distill(
                     parts["total"] = parts["total"] + feature_weight * parts["feature"]
                 if not torch.isfinite(parts["total"].detach()):
                     kept = checkpoint if checkpoint is not None and state["epoch"] > 0 else None
-                    raise _diverged(state["epoch"] + 1, parts["total"].item(), lr, kept)
+                    raise _diverged(state["epoch"] + 1, parts["total"].detach().item(), lr, kept)
                 optimizer.zero_grad()
                 # Scaled so that DDP's mean over processes is the mean over the global batch.
                 (parts["total"] * (len(mine) * world / len(x))).backward()
