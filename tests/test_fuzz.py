@@ -1,0 +1,397 @@
+"""Property-based fuzzing of every reader: whatever bytes, header or YAML a file holds, reading it gives a valid
+object or a `ModelFusionError`, never another exception (and never runs code: no flag trusts anything here).
+
+Each target runs `FAST_EXAMPLES` examples in the quick suite and `SLOW_EXAMPLES` (10,000 by default;
+`MODELFUSION_FUZZ_EXAMPLES` sets it, bench/fuzz.py runs longer campaigns) in the slow-marked one.
+"""
+
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import skops.io as sio
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+from sklearn.linear_model import LogisticRegression
+from typer.testing import CliRunner
+
+from modelfusion import ModelFusionError
+from modelfusion.cli import app
+from modelfusion.ensemble import load_combiner, make_combiner, save_combiner
+from modelfusion.io import load_member
+from modelfusion.merge import load_config, merge
+from modelfusion.models import mlp
+from modelfusion.predictions import Predictions
+
+FAST_EXAMPLES = 60
+SLOW_EXAMPLES = int(os.environ.get("MODELFUSION_FUZZ_EXAMPLES", "10000"))
+KWARGS = {"in_features": 4, "num_outputs": 3, "hidden": [5]}
+
+# -- strategies ----------------------------------------------------------------------------------------
+scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=25,
+)
+
+
+def _mutations(original: bytes) -> st.SearchStrategy[bytes]:
+    """`original` with a few random edits: overwritten, deleted or inserted bytes, or a truncation."""
+
+    @st.composite
+    def mutate(draw) -> bytes:
+        data = bytearray(original)
+        for _ in range(draw(st.integers(1, 4))):
+            kind = draw(st.sampled_from(["overwrite", "delete", "insert", "truncate"]))
+            at = draw(st.integers(0, max(len(data) - 1, 0)))
+            if kind == "overwrite" and data:
+                data[at] = draw(st.integers(0, 255))
+            elif kind == "delete":
+                del data[at : at + draw(st.integers(1, 64))]
+            elif kind == "insert":
+                data[at:at] = draw(st.binary(min_size=1, max_size=16))
+            else:
+                del data[at:]
+        return bytes(data)
+
+    return mutate()
+
+
+def _file_contents(original: bytes) -> st.SearchStrategy[bytes]:
+    return _mutations(original) | st.binary(max_size=512)
+
+
+# -- valid originals to mutate ---------------------------------------------------------------------------
+def _state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {k: v.contiguous() for k, v in mlp(**KWARGS).state_dict().items()}
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], key: str, description) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors, metadata={key: description if isinstance(description, str) else json.dumps(description)})
+
+
+MEMBER = _safetensors_bytes(
+    _state(), "modelfusion", {"name": "m", "task": "classification", "factory": "mlp", "factory_kwargs": KWARGS}
+)
+PREDICTIONS = _safetensors_bytes(
+    {"outputs": torch.randn(2, 5, 3), "labels": torch.tensor([0, 1, 2, 0, 1])},
+    "modelfusion.predictions",
+    {"member_names": ["a", "b"], "task": "classification", "split": "val", "classes": [0, 1, 2]},
+)
+
+
+def _torch_zip() -> bytes:
+    buffer = io.BytesIO()
+    torch.save(_state(), buffer)
+    return buffer.getvalue()
+
+
+def _skops_bytes() -> bytes:
+    estimator = LogisticRegression().fit([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]], [0, 1, 1])
+    return sio.dumps(estimator)
+
+
+def _combiner_bytes(tmp: Path) -> bytes:
+    from modelfusion.predictions import Predictions as P
+
+    preds = P(torch.randn(2, 20, 3), torch.arange(20) % 3, ("a", "b"), "classification", "val")
+    path = save_combiner(make_combiner("weighted").fit(preds), tmp / "c.safetensors")
+    return path.read_bytes()
+
+
+CONFIG = (
+    "merge_method: ties\nbase_model: m0.safetensors\nmodels:\n  - model: m1.safetensors\n"
+    "    parameters: {weight: 1.0, density: 0.5}\nparameters: {normalize: true}\ndtype: float32\n"
+)
+
+
+# -- the property ----------------------------------------------------------------------------------------
+def _only_our_errors(read: Callable[[], object]) -> None:
+    try:
+        read()
+    except ModelFusionError as err:
+        assert "\n" not in str(err), str(err)
+
+
+def _fuzz(strategy, check):
+    """Two tests of `check` over `strategy`: a quick one and a slow-marked one with SLOW_EXAMPLES examples."""
+
+    def make(examples: int):
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=[
+                HealthCheck.too_slow,
+                HealthCheck.data_too_large,
+                HealthCheck.function_scoped_fixture,
+            ],
+        )
+        @given(value=strategy)
+        def test(tmp_path, value):
+            check(tmp_path, value)
+
+        return test
+
+    return make(FAST_EXAMPLES), pytest.mark.slow(make(SLOW_EXAMPLES))
+
+
+def _write(folder: Path, name: str, data: bytes) -> Path:
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def _member_bytes(folder, data):
+    _only_our_errors(lambda: load_member(_write(folder, "m.safetensors", data)))
+
+
+def _member_header(folder, description):
+    data = _safetensors_bytes(
+        _state(), "modelfusion", description if isinstance(description, str) else json.dumps(description)
+    )
+    _only_our_errors(lambda: load_member(_write(folder, "h.safetensors", data)))
+
+
+member_headers = json_values | st.fixed_dictionaries(
+    {
+        "factory": st.sampled_from(["mlp", "cnn1d", "cnn2d", "spliced", "os:system", "modelfusion.models:mlp"])
+        | st.text(max_size=8),
+        "factory_kwargs": st.dictionaries(
+            st.sampled_from([*KWARGS, "dropout", "backbone", "at", "length"]), json_values, max_size=4
+        )
+        | st.just(KWARGS),
+    },
+    optional={"name": json_values, "task": json_values | st.just("regression"), "classes": json_values},
+)
+
+
+def _predictions_bytes(folder, data):
+    _only_our_errors(lambda: Predictions.load(_write(folder, "p.safetensors", data)))
+
+
+def _predictions_header(folder, description):
+    tensors = {"outputs": torch.randn(2, 3, 3), "labels": torch.tensor([0, 1, 2])}
+    data = _safetensors_bytes(tensors, "modelfusion.predictions", json.dumps(description))
+    _only_our_errors(lambda: Predictions.load(_write(folder, "ph.safetensors", data)))
+
+
+predictions_headers = json_values | st.fixed_dictionaries(
+    {
+        "member_names": json_values | st.just(["a", "b"]),
+        "task": json_values | st.just("classification"),
+        "split": json_values,
+    },
+    optional={"classes": json_values},
+)
+
+
+def _torch_file(folder, data):
+    _only_our_errors(lambda: load_member(_write(folder, "m.pt", data), factory="mlp", factory_kwargs=KWARGS))
+
+
+def _skops_file(folder, data):
+    _only_our_errors(lambda: load_member(_write(folder, "m.skops", data)))
+
+
+def _program_file(folder, data):
+    for name in ("m.pt2", "m.torchscript"):
+        _only_our_errors(lambda name=name: load_member(_write(folder, name, data)))
+
+
+def _combiner_file(folder, data):
+    _only_our_errors(lambda: load_combiner(_write(folder, "c.safetensors", data)))
+
+
+def _combiner_description(folder, description):
+    tensors = {"weights_": torch.tensor([0.5, 0.5])}
+    data = _safetensors_bytes(tensors, "modelfusion.combiner", json.dumps(description))
+    _only_our_errors(lambda: load_combiner(_write(folder, "cd.safetensors", data)))
+
+
+combiner_descriptions = json_values | st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["weighted", "mean", "stacking", "temperature", "greedy_selection"])
+        | st.text(max_size=6),
+        "params": st.dictionaries(st.text(max_size=8), st.fixed_dictionaries({"json": json_values}), max_size=3),
+        "fitted": st.dictionaries(
+            st.sampled_from(["member_names_", "task_", "classes_", "weights_", "__class__", "fuse"])
+            | st.text(max_size=6),
+            st.fixed_dictionaries({"json": json_values}) | st.just({"tensor": "weights_"}) | json_values,
+            max_size=5,
+        ),
+    }
+)
+
+
+def _config_text(folder, text):
+    _only_our_errors(lambda: load_config(_write(folder, "c.yaml", text.encode("utf-8", "surrogatepass"))))
+
+
+def _config_document(folder, document):
+    models = folder / "models"
+    if not models.exists():
+        models.mkdir()
+        for i in range(2):
+            save_file({"w": torch.full((3, 2), float(i)), "e": torch.zeros(0)}, str(models / f"m{i}.safetensors"))
+    text = yaml.safe_dump(document) if not isinstance(document, str) else document
+    config = _write(models, "c.yaml", text.encode())
+    _only_our_errors(lambda: merge(config, folder / "out", dry_run=True, progress=False))
+
+
+config_documents = st.text(max_size=200) | st.fixed_dictionaries(
+    {
+        "merge_method": st.sampled_from(["linear", "ties", "slerp", "task_arithmetic", "dare_ties", "model_stock"])
+        | st.text(max_size=6)
+    },
+    optional={
+        "models": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "model": st.sampled_from(["m0.safetensors", "m1.safetensors", "../x", "/etc/passwd"])
+                    | st.text(max_size=6)
+                },
+                optional={
+                    "parameters": st.dictionaries(
+                        st.sampled_from(["weight", "density", "t", "gamma"]), json_values, max_size=2
+                    )
+                },
+            ),
+            max_size=3,
+        ),
+        "base_model": st.sampled_from(["m0.safetensors", "m1.safetensors"]) | json_values,
+        "parameters": st.dictionaries(
+            st.sampled_from(["t", "normalize", "lambda", "rescale", "int8_mask"]) | st.text(max_size=5),
+            json_values,
+            max_size=3,
+        ),
+        "dtype": json_values | st.sampled_from(["float16", "bfloat16"]),
+        "random_seed": json_values,
+        "shard_size": json_values,
+        "align": json_values,
+    },
+)
+
+COMMANDS = ["predict", "ensemble", "evaluate", "merge", "align", "distill"]
+OPTIONS = [
+    "--out",
+    "--seed",
+    "--dataset",
+    "--split",
+    "--method",
+    "--factory",
+    "--factory-kwargs",
+    "--trust-type",
+    "--val-preds",
+    "--test-preds",
+    "--json",
+    "--dry-run",
+    "--overwrite",
+    "--student",
+    "--teacher",
+    "--offline",
+    "--epochs",
+    "--lr",
+    "--batch-size",
+    "--loss",
+    "--hint",
+    "--weights",
+    "--combiner",
+    "--samples",
+    "--resume",
+    "--checkpoint-dir",
+    "--no-progress",
+]
+VALUES = [
+    "-1",
+    "0",
+    "1",
+    "1e400",
+    "nan",
+    "digits",
+    "wine",
+    "nope",
+    "x.safetensors",
+    "out",
+    "{}",
+    "[1]",
+    '{"hidden": [1]}',
+    "a=b",
+    "mlp",
+    "os:system",
+    "",
+    "..",
+    "/",
+    "val",
+    "all",
+    "weighted",
+    "99999999999999999999",
+    "\x00",
+]
+
+
+def _cli_arguments(folder, argv):
+    for name, data in (("bad.safetensors", b"\x08" + bytes(7) + b"{}"), ("bad.yaml", b"merge_method: [")):
+        if not (folder / name).exists():
+            _write(folder, name, data)
+    argv = [
+        a.replace("FILE", str(folder / "bad.safetensors")).replace("CONFIG", str(folder / "bad.yaml")) for a in argv
+    ]
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        result = CliRunner().invoke(app, argv)
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code in (0, 2), (argv, result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (argv, result.exception)
+    assert "Traceback" not in result.output
+
+
+cli_argvs = st.tuples(
+    st.sampled_from(COMMANDS),
+    st.lists(st.sampled_from(OPTIONS) | st.sampled_from([*VALUES, "FILE", "CONFIG"]) | st.text(max_size=6), max_size=8),
+).map(lambda parts: [parts[0], *parts[1]])
+
+
+test_member_bytes, test_member_bytes_slow = _fuzz(_file_contents(MEMBER), _member_bytes)
+test_member_header, test_member_header_slow = _fuzz(member_headers, _member_header)
+test_predictions_bytes, test_predictions_bytes_slow = _fuzz(_file_contents(PREDICTIONS), _predictions_bytes)
+test_predictions_header, test_predictions_header_slow = _fuzz(predictions_headers, _predictions_header)
+test_torch_file, test_torch_file_slow = _fuzz(_file_contents(_torch_zip()), _torch_file)
+test_skops_file, test_skops_file_slow = _fuzz(_file_contents(_skops_bytes()), _skops_file)
+test_program_file, test_program_file_slow = _fuzz(_file_contents(_torch_zip()), _program_file)
+test_combiner_description, test_combiner_description_slow = _fuzz(combiner_descriptions, _combiner_description)
+test_config_text, test_config_text_slow = _fuzz(
+    st.text(max_size=300) | _mutations(CONFIG.encode()).map(lambda b: b.decode("utf-8", "replace")), _config_text
+)
+test_config_document, test_config_document_slow = _fuzz(config_documents, _config_document)
+test_cli_arguments, test_cli_arguments_slow = _fuzz(cli_argvs, _cli_arguments)
+
+
+@pytest.fixture(scope="module")
+def combiner_original(tmp_path_factory):
+    return _combiner_bytes(tmp_path_factory.mktemp("combiner"))
+
+
+@settings(max_examples=FAST_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_combiner_file(tmp_path, combiner_original, data):
+    _combiner_file(tmp_path, data.draw(_file_contents(combiner_original)))
+
+
+@pytest.mark.slow
+@settings(max_examples=SLOW_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_combiner_file_slow(tmp_path, combiner_original, data):
+    _combiner_file(tmp_path, data.draw(_file_contents(combiner_original)))
