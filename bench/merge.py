@@ -169,7 +169,7 @@ def main() -> None:
         )
         for method in args.methods.split(","):
             ours_out = root / f"out_ours_{method}"
-            ours = measure([str(OURS), "merge", str(configs[method]), str(ours_out)], env)
+            ours = measure([str(OURS), "merge", str(configs[method]), str(ours_out), "--overwrite"], env)
             difference = ""
             row = None
             if size in args.mergekit_sizes.split(",") and MERGEKIT.exists():

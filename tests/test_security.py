@@ -413,3 +413,78 @@ def test_torch_jit_load_runs_the_files_code(corpus_folder, tmp_path):
     assert (corpus_folder / "PWNED!").exists()
     loaded = load_model(path, trust_code=True)  # trusted on purpose: the caller's explicit choice
     assert loaded.format == "torchscript"
+
+
+# -- other files a run reads: merge configs, ensemble folders, combiner files ---------------------------
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcde", "bcdef", strict=True))
+            + "merge_method: linear\n",
+            r"expands to [\d,]+ values through aliases",
+        ),
+        ("merge_method: linear\nmodels: &m [*m]\n", "refers to itself through an alias"),
+        ("merge_method: linear\n# " + "x" * 2**21 + "\n", "a merge config is at most"),
+        ("a: " + "[" * 10_000 + "]" * 10_000 + "\n", "not valid YAML"),
+    ],
+)
+def test_hostile_merge_configs(tmp_path, text, match):
+    from modelfusion.merge import load_config
+
+    path = tmp_path / "merge.yaml"
+    path.write_text(text)
+    with pytest.raises(ModelFusionError, match=match):
+        load_config(path)
+
+
+def test_an_ensemble_folder_may_name_only_files_inside_it(tmp_path, trained_mlp, digits):
+    from modelfusion.ensemble import EnsembleModule, make_combiner
+    from modelfusion.members import TorchMember
+    from modelfusion.predictions import collect_predictions
+
+    def ensemble(names):
+        kwargs = {"in_features": 64, "num_outputs": 10, "hidden": [32]}
+        members = [TorchMember(trained_mlp, name=n, factory="mlp", factory_kwargs=kwargs) for n in names]
+        val = collect_predictions(members, digits.val.X, digits.val.y, "val", progress=False)
+        return EnsembleModule(members, make_combiner("mean").fit(val))
+
+    folder = ensemble(["a", "b"]).save(tmp_path / "ensemble")
+    manifest = json.loads((folder / "ensemble.json").read_text())
+    manifest["members"][0]["file"] = "../../outside.safetensors"
+    (folder / "ensemble.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFusionError, match="names files outside its folder"):
+        EnsembleModule.load(folder)
+
+    with pytest.raises(ModelFusionError, match="cannot be file names"):
+        ensemble(["../escaped", "b"]).save(tmp_path / "second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble"]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"name": "nope"}, "unknown combiner 'nope'"),
+        ({"params": {"callback": {"json": "os:system"}}}, "takes no arguments \\['callback'\\]"),
+        ({"fitted": {"__class__": {"json": "x"}}}, "is not a fitted attribute"),
+        ({"fitted": {"member_names_": {"json": 3}}}, "member_names_ must be a non-empty list"),
+        ({"fitted": {"weights_": {"tensor": "elsewhere"}}}, "refers to a tensor 'elsewhere' the file lacks"),
+    ],
+)
+def test_a_combiner_file_may_name_only_a_registered_combiner_and_its_own_state(tmp_path, change, match):
+    from safetensors import safe_open
+
+    from modelfusion.ensemble import load_combiner, make_combiner, save_combiner
+    from modelfusion.predictions import Predictions
+
+    preds = Predictions(torch.randn(2, 30, 3), torch.arange(30) % 3, ("a", "b"), "classification", "val")
+    path = save_combiner(make_combiner("weighted").fit(preds), tmp_path / "weighted.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        description = json.loads(f.metadata()["modelfusion.combiner"])
+    for key, value in change.items():
+        description[key] = {**description[key], **value} if isinstance(value, dict) else value
+    save_file(tensors, str(path), metadata={"modelfusion.combiner": json.dumps(description)})
+    with pytest.raises(ModelFusionError, match=match):
+        load_combiner(path)

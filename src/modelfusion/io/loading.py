@@ -31,6 +31,7 @@ SUFFIXES = (".safetensors", *STATE_DICT_SUFFIXES, *TORCHSCRIPT_SUFFIXES, ".pt2",
 MAX_EXPANSION = 100
 EXPANSION_SLACK_BYTES = 64 * 2**20
 MAX_ARCHIVE_ENTRIES = 100_000
+SAFE_UNPICKLER_TORCH = "2.10"  # the first torch whose weights_only=True loading has no known escape
 # Nested checkpoints often keep the weights under one of these keys.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -143,6 +144,11 @@ def _load_torch_file(path: Path, factory, factory_kwargs, trust_code: bool) -> L
         if not trust_code:
             raise _code_refused(path, "a TorchScript program")
         return LoadedModel(_wrap_errors(path, "TorchScript", lambda: torch.jit.load(str(path))), "torchscript")
+    if not trust_code and torch.torch_version.TorchVersion(torch.__version__) < SAFE_UNPICKLER_TORCH:
+        raise CheckpointError(
+            f"{path}: torch {torch.__version__}'s weights-only unpickler can run code (CVE-2025-32434, "
+            f"CVE-2026-24747); install torch >= {SAFE_UNPICKLER_TORCH}, or convert the file to safetensors"
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
