@@ -86,25 +86,14 @@ def _command(fn):
 
 
 def _load_members(paths: Sequence[Path], **options) -> list:
-    """Load each checkpoint; members whose stored names collide are renamed after their files, and told so."""
+    """Load each checkpoint; members whose stored names collide are named after their files, and told so."""
     from .io import load_member
+    from .members import name_after_files
 
     members = [load_member(path, **options) for path in paths]
-    names = [m.name for m in members]
-    clashing = {name for name in names if names.count(name) > 1}
-    if clashing:
-        stems = [Path(p).stem for p in paths]
-        for index, (member, path) in enumerate(zip(members, paths, strict=True)):
-            if member.name in clashing:
-                stem = Path(path).stem
-                member.name = stem if stems.count(stem) == 1 else f"{stem}_{index}"
-        renamed = ", ".join(f"{p} -> {m.name}" for p, m in zip(paths, members, strict=True) if m.name != Path(p).stem)
-        err_console.print(
-            f"note: members share the names {sorted(clashing)}; each is named after its file"
-            + (f" ({renamed})" if renamed else ""),
-            markup=False,
-            highlight=False,
-        )
+    note = name_after_files(members, paths)
+    if note:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
     return members
 
 

@@ -6,7 +6,9 @@ Adapters wrap any `nn.Module` and any fitted scikit-learn estimator, so both kin
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -15,7 +17,7 @@ from torch import nn
 
 from .errors import IncompatibleModelsError, InvalidInputError, NotFittedError
 
-__all__ = ["Member", "TorchMember", "SklearnMember", "as_member", "check_members"]
+__all__ = ["Member", "TorchMember", "SklearnMember", "as_member", "check_members", "name_after_files"]
 
 Task = Literal["classification", "regression"]
 TASKS = ("classification", "regression")
@@ -201,6 +203,24 @@ def as_member(obj, *, name: str | None = None, task: Task | None = None, **kwarg
         f"cannot use {type(obj).__name__} as a member: expected an nn.Module, a scikit-learn estimator, "
         "or an object with name, task, num_outputs, classes and predict(X)"
     )
+
+
+def name_after_files(members: Sequence[Member], paths: Sequence[str | os.PathLike]) -> str | None:
+    """Rename the members whose stored names collide after the files they came from (the stem, or the stem
+    and the position when stems collide too), in place. Returns a note saying what happened, or None.
+
+    Copies of one saved member keep its stored name; one leaderboard row each needs one name each.
+    """
+    names = [m.name for m in members]
+    clashing = sorted({name for name in names if names.count(name) > 1})
+    if not clashing:
+        return None
+    stems = [Path(p).stem for p in paths]
+    for index, (member, stem) in enumerate(zip(members, stems, strict=True)):
+        if member.name in clashing:
+            member.name = stem if stems.count(stem) == 1 else f"{stem}_{index}"
+    renamed = ", ".join(f"{p} -> {m.name}" for p, m, stem in zip(paths, members, stems, strict=True) if m.name != stem)
+    return f"members share the names {clashing}; each is named after its file" + (f" ({renamed})" if renamed else "")
 
 
 def check_members(members: Iterable[Member]) -> list[Member]:
