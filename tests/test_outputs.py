@@ -116,6 +116,14 @@ def test_file_outputs_refuse_existing_files_folders_inputs_and_other_formats(tmp
     assert existing.read_bytes() != b"mine"
 
 
+def test_overwrite_never_replaces_the_working_folder(project, monkeypatch):
+    monkeypatch.chdir(project / "model1")
+    before = _snapshot(project)
+    _refused(["merge", str(project / "merge.yaml"), ".", "--overwrite"], "holds the working folder")
+    _refused(["demo", "--out", str(project), "--overwrite"], "holds the working folder")
+    assert _snapshot(project) == before
+
+
 def test_an_unwritable_output_is_one_line(tmp_path, trained_mlp):
     member = save_member(
         TorchMember(trained_mlp, name="m", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS), tmp_path / "m"

@@ -99,10 +99,14 @@ def check_output(
     """Raise an `OutputError` unless `path` may be written as a `kind` output.
 
     Refused: an existing non-empty folder or an existing file (unless `overwrite`), and always an output that
-    is one of the `inputs`, holds one of them, or exists inside an input folder (part of a model folder).
+    is one of the `inputs`, holds one of them, exists inside an input folder (part of a model folder), or
+    holds the working folder or the home folder (`--out . --overwrite` must not replace a project).
     """
     target = _resolved(Path(path))
     path = Path(path)
+    for where in (Path.cwd(), Path.home()):
+        if _resolved(where).is_relative_to(target):
+            raise OutputError(f"{path} holds the working folder or the home folder ({where}); choose another output")
     for source in inputs:
         if source is None:
             continue
