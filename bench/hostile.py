@@ -526,7 +526,9 @@ def evil_pt2_sample_inputs(ctx: Ctx) -> str:
 
 def evil_pt2_pickled_weights(ctx: Ctx) -> str:
     """A real .pt2 whose first weight is marked `use_pickle` and is a payload."""
-    config = json.loads(zipfile.ZipFile(io.BytesIO(ctx.art.pt2)).read("m/data/weights/model_weights_config.json"))
+    archive = zipfile.ZipFile(io.BytesIO(ctx.art.pt2))
+    entry = next(n for n in archive.namelist() if n.endswith("data/weights/model_weights_config.json"))
+    config = json.loads(archive.read(entry))
     for entry in config["config"].values():
         entry["use_pickle"] = True
     payload = torch_bytes(_Payload(ctx.marker))
@@ -541,8 +543,30 @@ def evil_skops(ctx: Ctx, module: str, cls: str, loader: str) -> str:
     source = zipfile.ZipFile(io.BytesIO(ctx.art.skops_estimator))
     schema = json.loads(source.read("schema.json"))
     node = {"__class__": cls, "__module__": module, "__loader__": loader, "__id__": 1}
-    if loader == "ObjectNode":
-        node["content"] = {"__class__": "dict", "__module__": "builtins", "__loader__": "DictNode", "content": {}}
+    if loader == "ObjectNode":  # as skops writes an object with one attribute
+        attribute = {
+            "__class__": "str",
+            "__module__": "builtins",
+            "__loader__": "JsonNode",
+            "content": "1",
+            "is_json": True,
+            "__id__": 2,
+        }
+        key_type = {"__class__": "str", "__module__": "builtins", "__loader__": "TypeNode", "__id__": 3}
+        node["content"] = {
+            "__class__": "dict",
+            "__module__": "builtins",
+            "__loader__": "DictNode",
+            "__id__": 4,
+            "content": {"a": attribute},
+            "key_types": {
+                "__class__": "list",
+                "__module__": "builtins",
+                "__loader__": "ListNode",
+                "content": [key_type],
+                "__id__": 5,
+            },
+        }
     schema["content"]["content"]["solver"] = node
     with zipfile.ZipFile(ctx.path("evil.skops"), "w") as archive:
         for info in source.infolist():
@@ -699,9 +723,15 @@ class Runner:
             )
 
     def finish(self, process: subprocess.Popen, log: str, started: float, timeout: float) -> Result:
-        """Wait for `process` (killing its process group at the timeout); its exit, output and peak RSS."""
+        """Wait for `process` (killing its process group at the timeout); its exit, output and peak RSS.
+
+        The peak RSS is the kernel's high-water mark of the process's own memory (VmHWM, read while it runs):
+        wait4's ru_maxrss would also count this script's memory, which the child inherits at fork.
+        """
         timed_out = False
+        peak = 0
         while True:
+            peak = max(peak, high_water_mark(process.pid))
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
@@ -710,14 +740,14 @@ class Runner:
                 os.killpg(process.pid, signal.SIGKILL)
                 pid, status, usage = os.wait4(process.pid, 0)
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         process.returncode = os.waitstatus_to_exitcode(status)
         return Result(
             rc=None if timed_out else process.returncode,
             stdout=(self.logs / f"{log}.out").read_text(errors="replace"),
             stderr=(self.logs / f"{log}.err").read_text(errors="replace"),
             seconds=time.perf_counter() - started,
-            peak_rss=usage.ru_maxrss * 1024,
+            peak_rss=peak,
             timed_out=timed_out,
         )
 
@@ -727,6 +757,17 @@ class Runner:
         started = time.perf_counter()
         process = self.start(argv, cwd, log, as_nobody)
         return self.finish(process, log, started, timeout or self.timeout)
+
+
+def high_water_mark(pid: int) -> int:
+    """Peak resident memory (bytes) of a running process, from /proc; 0 once it has exited."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def substitute(value: str, ctx: Ctx) -> str:
@@ -774,8 +815,25 @@ def chown_tree(root: Path, uid: int) -> None:
 def run_case(case: Case, runner: Runner, art: Artifacts) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"{case.safe_name[:60]}.", dir=runner.workdir / "cases"))
     ctx = Ctx(case.safe_name, folder, art)
-    if case.setup is not None:
-        case.setup(ctx)
+    try:
+        if case.setup is not None:
+            case.setup(ctx)
+    except Exception as err:  # a builder that fails is a bug of this script: reported, not counted
+        return {
+            "name": case.name,
+            "command": case.command,
+            "must": case.must,
+            "class": "harness_error",
+            "flags": [],
+            "rc": None,
+            "first_line": f"setup failed: {type(err).__name__}: {err}"[:300],
+            "error_line": "",
+            "peak_rss_mib": 0,
+            "seconds": 0,
+            "notes": [],
+            "argv": [],
+            "folder": str(folder),
+        }
     if case.as_nobody and runner.root:
         chown_tree(folder, NOBODY)
         for path in folder.rglob("*"):  # the permission cases mark what must stay unreadable/unwritable
@@ -805,6 +863,7 @@ def run_case(case: Case, runner: Runner, art: Artifacts) -> dict:
         "flags": flags,
         "rc": result.rc,
         "first_line": first_line(result.stderr) or first_line(result.stdout),
+        "error_line": error_line(result.stderr),
         "peak_rss_mib": round(result.peak_rss / 2**20, 1),
         "seconds": round(result.seconds, 2),
         "notes": result.notes + notes,
@@ -816,6 +875,13 @@ def run_case(case: Case, runner: Runner, art: Artifacts) -> dict:
 
 def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")[:300]
+
+
+def error_line(text: str) -> str:
+    """The line that says what went wrong: our `error:` line, else the last line (a traceback's exception)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("error:")]
+    return (ours[0] if ours else lines[-1] if lines else "")[:300]
 
 
 # Runners for interrupted and concurrent merges.
@@ -2686,6 +2752,14 @@ def corpus() -> list[Case]:
 # ------------------------------------------------------------------------------------------- report
 
 
+def shown_line(record: dict, width: int) -> str:
+    """The first stderr line, and the error itself when that is not the first line (tracebacks, warnings)."""
+    first, error = record["first_line"], record.get("error_line", "")
+    if error and error != first:
+        return f"{first[: width // 3]} ... {error[: width - width // 3]}"
+    return first[:width]
+
+
 def print_report(records: list[dict]) -> None:
     classes = list(reversed(PRIORITY))
     total = Counter(r["class"] for r in records)
@@ -2708,7 +2782,7 @@ def print_report(records: list[dict]) -> None:
         print(f"\n{cls} ({len(by_class[cls])}):")
         for r in by_class[cls]:
             detail = "; ".join(r["notes"])[:200]
-            print(f"  {r['name']:<58} rc={r['rc']!s:<4} {r['first_line'][:150]}" + (f"  [{detail}]" if detail else ""))
+            print(f"  {r['name']:<58} rc={r['rc']!s:<4} {shown_line(r, 220)}" + (f"  [{detail}]" if detail else ""))
 
 
 def main() -> None:
@@ -2751,7 +2825,7 @@ def main() -> None:
         records.append(record)
         print(
             f"[{i}/{len(cases)}] {record['class']:<13} {case.name:<58} rc={record['rc']!s:<4} "
-            f"{record['seconds']:5.1f}s {record['peak_rss_mib']:6.0f}MiB  {record['first_line'][:80]}",
+            f"{record['seconds']:5.1f}s {record['peak_rss_mib']:6.0f}MiB  {shown_line(record, 100)}",
             flush=True,
         )
         if not args.keep:

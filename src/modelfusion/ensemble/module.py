@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from torch import nn
 
 from .._atomic import atomic_dir
+from .._safetensors import check_readable
 from ..errors import CheckpointError, IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..members import TorchMember
 from .base import Combiner
@@ -168,6 +169,7 @@ class EnsembleModule(nn.Module):
         manifest_path = path / "ensemble.json"
         if not manifest_path.is_file():
             raise CheckpointError(f"{path} is not a saved EnsembleModule (no ensemble.json)")
+        check_readable(manifest_path, "ensemble manifest")
         try:
             manifest = _Manifest.model_validate_json(manifest_path.read_bytes())
         except ValidationError as err:
