@@ -3,6 +3,7 @@ and never silently accepted. docs/security.md lists each class with the test her
 
 import json
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -315,3 +316,16 @@ def test_an_unreadable_file_is_not_reported_missing(member_file, monkeypatch):
 def test_an_unreadable_file_for_real(member_file):
     member_file.chmod(0)
     assert "Permission denied" in _error_line(["evaluate", str(member_file)])
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pt2", ".skops", ".torchscript"])
+def test_a_zip_whose_end_record_claims_several_disks(tmp_path, trained_mlp, suffix):
+    """Found by the fuzzer: zipfile.is_zipfile itself raises on such a file."""
+    path = tmp_path / f"spanning{suffix}"
+    torch.save(trained_mlp.state_dict(), path)
+    data = path.read_bytes()
+    end = data.rfind(b"PK\x05\x06")
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, 0, 2)  # a zip64 locator: "2 disks"
+    path.write_bytes(data[:end] + locator + data[end:])
+    with pytest.raises(CheckpointError, match="cannot read it as a zip archive"):
+        load_member(path, factory=MLP_SPEC, factory_kwargs=MLP_KWARGS)

@@ -95,7 +95,8 @@ def _model_for(path: Path, state: Mapping[str, torch.Tensor], factory, factory_k
 def _archive_names(path: Path) -> list[str] | None:
     """The member names of a zip archive (torch, TorchScript, torch.export and skops files are zips), after
     checking that its declared sizes are sane; None when `path` is not a zip."""
-    if not zipfile.is_zipfile(path):
+    # is_zipfile itself raises on some malformed end records ("zipfiles that span multiple disks").
+    if not _wrap_errors(path, "a zip archive", lambda: zipfile.is_zipfile(path)):
         return None
     archive = _wrap_errors(path, "a zip archive", lambda: zipfile.ZipFile(path))
     with archive:
