@@ -428,6 +428,7 @@ def test_torch_jit_load_runs_the_files_code(corpus_folder, tmp_path):
         ("merge_method: linear\nmodels: &m [*m]\n", "refers to itself through an alias"),
         ("merge_method: linear\n# " + "x" * 2**21 + "\n", "a merge config is at most"),
         ("a: " + "[" * 10_000 + "]" * 10_000 + "\n", "not valid YAML"),
+        ('merge_method: linear\nmodels:\n  - model: "m0\\0.safetensors"\n', "cannot hold a NUL character"),
     ],
 )
 def test_hostile_merge_configs(tmp_path, text, match):

@@ -34,6 +34,8 @@ MAX_TENSORS = 1_000_000
 
 def check_readable(path: Path, what: str) -> None:
     """Raise a CheckpointError naming the problem if `path` is not a file we can read."""
+    if "\x00" in str(path):
+        raise CheckpointError(f"{str(path)!r} holds a NUL character, which no file name can")
     if not path.exists():
         raise CheckpointError(f"{path}: no such file (expected a {what})")
     if path.is_dir():

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError
 from .methods import METHODS
@@ -48,10 +48,19 @@ MAX_CONFIG_BYTES = 2**20
 MAX_CONFIG_NODES = 100_000
 
 
+def _a_path(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("a model path cannot hold a NUL character")
+    return value
+
+
+ModelPath = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_a_path)]
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str
+    model: ModelPath
     parameters: dict[str, Any] = {}
 
     @field_validator("parameters")
@@ -80,7 +89,7 @@ class MergeConfig(BaseModel):
 
     merge_method: str
     models: list[ModelEntry] = []
-    base_model: str | None = None
+    base_model: ModelPath | None = None
     parameters: dict[str, Any] = {}
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     out_dtype: Literal["float32", "float16", "bfloat16"] | None = None

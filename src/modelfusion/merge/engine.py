@@ -74,6 +74,8 @@ class Checkpoint:
         from safetensors import safe_open
 
         self.path = Path(path)
+        if "\x00" in str(self.path):
+            raise CheckpointError(f"{str(self.path)!r} holds a NUL character, which no file name can")
         if not self.path.exists():
             raise CheckpointError(f"{self.path}: no such file or folder")
         self.folder = self.path if self.path.is_dir() else self.path.parent
