@@ -329,3 +329,10 @@ def test_a_zip_whose_end_record_claims_several_disks(tmp_path, trained_mlp, suff
     path.write_bytes(data[:end] + locator + data[end:])
     with pytest.raises(CheckpointError, match="cannot read it as a zip archive"):
         load_member(path, factory=MLP_SPEC, factory_kwargs=MLP_KWARGS)
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(merge_project):
+    """Found by the fuzzer: a path from a config was printed across two lines."""
+    config = merge_project / "merge.yaml"
+    config.write_text('merge_method: linear\nmodels:\n  - model: "evil\\nname"\n  - model: m1.safetensors\n')
+    assert "evil\\nname: no such file or folder" in _error_line(["merge", str(config), str(merge_project / "out")])

@@ -16,8 +16,16 @@ __all__ = [
 ]
 
 
+# Control characters (a newline in a file name a config gave) are shown escaped, so a message stays one line.
+_ESCAPED = {code: repr(chr(code))[1:-1] for code in range(32) if chr(code) != "\t"}
+
+
 class ModelFusionError(Exception):
-    """Base of every error modelfusion raises on purpose: the message says what is wrong and what to do."""
+    """Base of every error modelfusion raises on purpose: the message says what is wrong and what to do, on
+    one line."""
+
+    def __str__(self) -> str:
+        return super().__str__().translate(_ESCAPED)
 
 
 class CheckpointError(ModelFusionError):
@@ -48,7 +56,7 @@ class UnknownNameError(ConfigError, KeyError):
     """A name that is not in a registry (dataset, method, combiner)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
+        return str(self.args[0]).translate(_ESCAPED) if self.args else ""
 
 
 class NotFittedError(ModelFusionError, RuntimeError):
