@@ -8,16 +8,22 @@ PYTHONPATH=<src> (the checkout under test; checked before anything runs), OMP_NU
 address-space cap (so that a hostile input cannot take the machine down; an allocation refused by the cap
 counts as a `resource` failure) and a timeout, in a fresh folder that is also its working folder. Valid
 artifacts (a tiny digits demo: members, predictions, combiners; training predictions; a distillation
-checkpoint; small Hugging Face style folders; two 200 MB checkpoints for the interrupted merges; the zip bombs)
-are built once, lazily, with the checkout under test, in the work folder; hostile files are built per case.
+checkpoint; small Hugging Face style folders; three 200 MB checkpoints for the interrupted merges; the zip
+bombs) are built once, lazily, with the checkout under test, in the work folder (a --workdir given again reuses
+what an earlier run built there); hostile files are built per case. Compare two checkouts with two runs:
 
-Outcome classes, one per case (the first that applies, in this order):
+    .venv/bin/python bench/hostile.py --src /tmp/baseline/src --json /tmp/hostile_before.json
+    .venv/bin/python bench/hostile.py --json /tmp/hostile_after.json
+
+Outcome classes, one per case: the first that applies, in this order (the JSON also lists every one that
+applies, as `flags`):
 
     code_run       a payload ran: its marker file appeared, or an attack wrote a file it had no reason to write
     data_lost      a file or folder the user owned before the command (an input, the config, a sentinel) was
                    changed or removed
     hung           the command ran past the timeout
-    resource       peak RSS over 1 GiB, or an allocation refused by the address-space cap
+    resource       over 1 GiB of anonymous memory (sampled every 10 ms; memory-mapped inputs do not count), or an
+                   allocation refused by the address-space cap (peak RSS, VmHWM, is reported for every case)
     debris         hidden temporary files or folders (`.NAME...`) left behind
     traceback      a Python traceback, an exit code other than 0/2, or an error of more than one line
     silent         exit 0 although the input must be refused, or a success whose output is wrong or leaks data
@@ -58,7 +64,9 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
-RSS_LIMIT = GIB  # peak RSS above this is a `resource` failure
+# Anonymous memory above this is a `resource` failure. Anonymous, not all of RSS: a merge's memory-mapped
+# inputs (file pages the kernel can drop) are not memory the process allocated.
+MEMORY_LIMIT = GIB
 ADDRESS_SPACE_CAP = 8 * GIB  # RLIMIT_AS of every command
 NOBODY = 65534
 PRIORITY = (
@@ -137,7 +145,8 @@ class Result:
     stdout: str
     stderr: str
     seconds: float
-    peak_rss: int  # bytes
+    peak_rss: int  # bytes: the kernel's high-water mark (VmHWM), memory-mapped input pages included
+    peak_anon: int = 0  # bytes: the largest anonymous RSS sampled (every 10 ms), what the process allocated
     timed_out: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -282,7 +291,8 @@ class Artifacts:
 
     @functools.cached_property
     def distill_checkpoint(self) -> Path:
-        """A folder with distill_checkpoint.pt after 1 epoch (student hidden [8], seed 0, lr 1e-3)."""
+        """A folder with the distill_checkpoint.pt of a finished run: teacher mlp_0, student hidden [8], seed 0,
+        lr 1e-3, 2 epochs (the settings of the resume cases, which change one of them)."""
         folder = self.root / "ckpt"
         if folder.exists():  # built by an earlier run in this --workdir
             return folder
@@ -292,7 +302,10 @@ class Artifacts:
             "distill",
             "--teacher",
             str(self.member("mlp_0")),
-            *DISTILL,
+            *STUDENT,
+            "--epochs",
+            "2",
+            "--no-progress",
             "--checkpoint-dir",
             str(folder),
             "--out",
@@ -675,6 +688,7 @@ class Runner:
         self.src = src
         self.workdir = workdir
         self.timeout = timeout
+        self.peaks: dict[int, tuple[int, int]] = {}  # pid -> (peak RSS, peak anonymous RSS) seen so far
         self.home = workdir / "home"
         self.home.mkdir(exist_ok=True)
         os.chmod(self.home, 0o777)
@@ -694,6 +708,12 @@ class Runner:
         }
         self.prlimit = shutil.which("prlimit")
         self.setpriv = shutil.which("setpriv")
+
+    def sample(self, pid: int) -> None:
+        """Record the running process's peak RSS and peak anonymous memory so far (see `finish`)."""
+        rss, anon = memory_now(pid)
+        old_rss, old_anon = self.peaks.get(pid, (0, 0))
+        self.peaks[pid] = (max(old_rss, rss), max(old_anon, anon))
 
     def verify_src(self) -> str:
         code = "import modelfusion, sys; sys.stdout.write(modelfusion.__file__)"
@@ -729,9 +749,8 @@ class Runner:
         wait4's ru_maxrss would also count this script's memory, which the child inherits at fork.
         """
         timed_out = False
-        peak = 0
         while True:
-            peak = max(peak, high_water_mark(process.pid))
+            self.sample(process.pid)
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
@@ -742,12 +761,14 @@ class Runner:
                 break
             time.sleep(0.01)
         process.returncode = os.waitstatus_to_exitcode(status)
+        peak, anon = self.peaks.pop(process.pid, (0, 0))
         return Result(
             rc=None if timed_out else process.returncode,
             stdout=(self.logs / f"{log}.out").read_text(errors="replace"),
             stderr=(self.logs / f"{log}.err").read_text(errors="replace"),
             seconds=time.perf_counter() - started,
             peak_rss=peak,
+            peak_anon=anon,
             timed_out=timed_out,
         )
 
@@ -759,15 +780,17 @@ class Runner:
         return self.finish(process, log, started, timeout or self.timeout)
 
 
-def high_water_mark(pid: int) -> int:
-    """Peak resident memory (bytes) of a running process, from /proc; 0 once it has exited."""
+def memory_now(pid: int) -> tuple[int, int]:
+    """(peak RSS so far, anonymous RSS now) of a running process in bytes, from /proc; zeros once it exited."""
+    values = {"VmHWM:": 0, "RssAnon:": 0}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in values:
+                values[key] = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return 0
+    return values["VmHWM:"], values["RssAnon:"]
 
 
 def substitute(value: str, ctx: Ctx) -> str:
@@ -829,6 +852,7 @@ def run_case(case: Case, runner: Runner, art: Artifacts) -> dict:
             "first_line": f"setup failed: {type(err).__name__}: {err}"[:300],
             "error_line": "",
             "peak_rss_mib": 0,
+            "peak_anon_mib": 0,
             "seconds": 0,
             "notes": [],
             "argv": [],
@@ -865,6 +889,7 @@ def run_case(case: Case, runner: Runner, art: Artifacts) -> dict:
         "first_line": first_line(result.stderr) or first_line(result.stdout),
         "error_line": error_line(result.stderr),
         "peak_rss_mib": round(result.peak_rss / 2**20, 1),
+        "peak_anon_mib": round(result.peak_anon / 2**20, 1),
         "seconds": round(result.seconds, 2),
         "notes": result.notes + notes,
         "argv": [a for a in argv[1:] if len(a) < 300],
@@ -878,8 +903,10 @@ def first_line(text: str) -> str:
 
 
 def error_line(text: str) -> str:
-    """The line that says what went wrong: our `error:` line, else the last line (a traceback's exception)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    """The line that says what went wrong: our `error:` line, else the last line (a traceback's exception, or
+    the message inside typer's usage box)."""
+    lines = [line.strip(" │╭╮╰╯─") for line in text.splitlines()]
+    lines = [line for line in lines if any(c.isalnum() for c in line)]
     ours = [line for line in lines if line.startswith("error:")]
     return (ours[0] if ours else lines[-1] if lines else "")[:300]
 
@@ -887,15 +914,16 @@ def error_line(text: str) -> str:
 # Runners for interrupted and concurrent merges.
 
 
-def _wait_for_new_entry(folder: Path, before: set[str], process: subprocess.Popen, limit: float) -> bool:
-    """Wait until something new appears in `folder` (the merge started writing) or `limit` seconds."""
+def _wait_for_new_entry(runner: Runner, folder: Path, before: set[str], process: subprocess.Popen) -> bool:
+    """Wait until something new appears in `folder` (the merge started writing), at most 10 s."""
     started = time.perf_counter()
-    while time.perf_counter() - started < limit:
+    while time.perf_counter() - started < 10.0:
+        runner.sample(process.pid)
         if set(os.listdir(folder)) - before:
             return True
-        if process.poll() is not None:
-            return False
-        time.sleep(0.02)
+        if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return False  # it ended (left for `finish` to reap)
+        time.sleep(0.01)
     return False
 
 
@@ -904,10 +932,12 @@ def run_signal(case: Case, ctx: Ctx, runner: Runner, argv: list[str], timeout: f
     existing = set(os.listdir(ctx.dir))
     started = time.perf_counter()
     process = runner.start(argv, ctx.dir, case.safe_name)
-    seen = _wait_for_new_entry(ctx.dir, existing, process, 10.0)
-    time.sleep(0.5)
+    seen = _wait_for_new_entry(runner, ctx.dir, existing, process)
+    for _ in range(50):  # 0.5 s more
+        runner.sample(process.pid)
+        time.sleep(0.01)
     notes = []
-    if process.poll() is None:
+    if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         os.kill(process.pid, case.signal)
         notes.append(
             f"sent {signal.Signals(case.signal).name} after {time.perf_counter() - started:.1f}s"
@@ -925,6 +955,7 @@ def run_signal(case: Case, ctx: Ctx, runner: Runner, argv: list[str], timeout: f
         return first
     second = runner.execute(argv, ctx.dir, timeout, case.safe_name + ".rerun")
     second.peak_rss = max(first.peak_rss, second.peak_rss)
+    second.peak_anon = max(first.peak_anon, second.peak_anon)
     second.notes = notes + [f"rerun: exit {second.rc}"]
     return second
 
@@ -934,11 +965,12 @@ def run_concurrent(case: Case, ctx: Ctx, runner: Runner, argv: list[str], timeou
     existing = set(os.listdir(ctx.dir))
     started = time.perf_counter()
     first = runner.start(argv, ctx.dir, case.safe_name + ".first")
-    _wait_for_new_entry(ctx.dir, existing, first, 10.0)
+    _wait_for_new_entry(runner, ctx.dir, existing, first)
     second = runner.execute(argv, ctx.dir, timeout, case.safe_name)
     done = runner.finish(first, case.safe_name + ".first", started, timeout)
     second.notes = [f"first merge: exit {done.rc} ({first_line(done.stderr)})"]
     second.peak_rss = max(done.peak_rss, second.peak_rss)
+    second.peak_anon = max(done.peak_anon, second.peak_anon)
     if done.rc != 0:
         second.notes.append("the first merge failed")
     return second
@@ -981,9 +1013,9 @@ def classify(case: Case, ctx: Ctx, result: Result, before: dict, after: dict) ->
     if result.timed_out:
         flags.append("hung")
     text = (result.stderr + result.stdout).lower()
-    if result.peak_rss > RSS_LIMIT or any(s in text for s in ALLOCATION_FAILURES):
+    if result.peak_anon > MEMORY_LIMIT or any(s in text for s in ALLOCATION_FAILURES):
         flags.append("resource")
-        notes.append(f"peak RSS {result.peak_rss / 2**20:.0f} MiB")
+        notes.append(f"peak RSS {result.peak_rss / 2**20:.0f} MiB, anonymous {result.peak_anon / 2**20:.0f} MiB")
     debris = sorted({Path(p).parts[0] for p in new if is_hidden(p)})
     if debris:
         flags.append("debris")
@@ -1009,7 +1041,10 @@ def exit_class(case: Case, ctx: Ctx, result: Result, notes: list[str]) -> str:
     if case.must == "refuse":
         return "silent"
     if case.check is not None:
-        problem = case.check(ctx)
+        try:
+            problem = case.check(ctx)
+        except Exception as err:  # an output the check cannot even read is a wrong output
+            problem = f"the output is unreadable: {type(err).__name__}: {err}"[:300]
         if problem:
             notes.append(problem)
             return "silent"
@@ -2838,6 +2873,10 @@ def main() -> None:
             "imported": runner.verify_src(),
             "root_emulated_with_nobody": runner.root,
             "counts": dict(Counter(r["class"] for r in records)),
+            "per_command": {
+                command: dict(Counter(r["class"] for r in records if r["command"] == command))
+                for command in sorted({r["command"] for r in records})
+            },
             "cases": records,
         }
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
