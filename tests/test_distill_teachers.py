@@ -28,7 +28,7 @@ def test_several_models_average_probabilities_with_weights(nets):
     torch.testing.assert_close(torch.softmax(ModelTeacher(nets).logits(x), 1), probs.mean(0))
     weighted = torch.einsum("k,knc->nc", torch.tensor([0.5, 0.25, 0.25]), probs)
     torch.testing.assert_close(torch.softmax(ModelTeacher(nets, weights=[2, 1, 1]).logits(x), 1), weighted)
-    with pytest.raises(ConfigError, match="3 non-negative numbers"):
+    with pytest.raises(ConfigError, match="3 finite non-negative numbers"):
         ModelTeacher(nets, weights=[1, 1])
 
 

@@ -106,7 +106,7 @@ def test_file_outputs_refuse_existing_files_folders_inputs_and_other_formats(tmp
     _refused(["predict", str(member), "--out", str(folder)], "is a folder, not a file")
     _refused(["align", str(member), str(member), "--out", str(tmp_path / "x.pt")], "name it with .safetensors")
     _refused(["align", str(member), str(member), "--out", str(member), "--overwrite"], "an input of this run")
-    _refused(["evaluate", str(existing), "--json", str(existing), "--overwrite"], "an input of this run")
+    _refused(["evaluate", str(existing), "--json", str(existing), "--overwrite"], "name it with .json")
     student = ["--student", MLP_SPEC, "--student-kwargs", '{"in_features": 64, "num_outputs": 10}']
     _refused(["distill", "--teacher", str(member), *student, "--out", str(existing)], "exists; pass --overwrite")
     assert existing.read_bytes() == b"mine"

@@ -25,6 +25,8 @@ __all__ = ["atomic_path", "atomic_dir", "check_output", "remove_stale", "write_j
 
 _TAG = "modelfusion"
 _TEMPORARY = re.compile(rf"^\.(?P<name>.+)\.{_TAG}-(?P<pid>\d+)-[^.]+\.(?P<kind>tmp|old)$")
+# Suffixes that make a folder output look like a file (a checkpoint, a config, a report).
+_FILE_SUFFIXES = {".safetensors", ".pt", ".pth", ".bin", ".pt2", ".skops", ".pkl", ".joblib", ".json", ".yaml", ".yml"}
 _OVERWRITE_HINT = "pass --overwrite (Python: overwrite=True) to replace it, or choose another output"
 
 
@@ -117,6 +119,8 @@ def check_output(
         if source.is_dir() and target.is_relative_to(source) and path.exists():
             raise OutputError(f"{path} is part of an input of this run ({source}); choose another output")
     _check_creatable(path)
+    if kind == "folder" and path.suffix.lower() in _FILE_SUFFIXES:
+        raise OutputError(f"{path} is named like a {path.suffix} file but the output is a folder; name it without it")
     if not path.exists() and not path.is_symlink():
         return
     if path.is_dir():

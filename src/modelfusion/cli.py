@@ -444,6 +444,8 @@ def evaluate(
     from .report import print_leaderboard
 
     if json_out is not None:
+        if json_out.suffix != ".json":
+            raise ConfigError(f"--json {json_out}: the report is JSON; name it with .json")
         check_output(json_out, kind="file", overwrite=overwrite, inputs=[predictions])
     report = evaluate_predictions(Predictions.load(predictions), seed=seed)
     print_leaderboard(report, console)

@@ -38,8 +38,13 @@ def _check_weights(weights: Sequence[float] | None, count: int) -> torch.Tensor 
     if weights is None:
         return None
     weights = torch.as_tensor(weights, dtype=torch.float64)
-    if weights.shape != (count,) or (weights < 0).any() or weights.sum() <= 0:
-        raise ConfigError(f"teacher weights must be {count} non-negative numbers with a positive sum")
+    if (
+        weights.shape != (count,)
+        or not bool(torch.isfinite(weights).all())
+        or (weights < 0).any()
+        or weights.sum() <= 0
+    ):
+        raise ConfigError(f"teacher weights must be {count} finite non-negative numbers with a positive sum")
     return weights / weights.sum()
 
 

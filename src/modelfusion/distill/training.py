@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, check_output
 from .._checks import check_count, check_number, check_seed
 from .._progress import progress_bar
 from ..datasets import Split
@@ -150,6 +150,8 @@ def distill(
         "seed": int(seed),
         "world_size": world,
     }
+    if checkpoint is not None:
+        check_output(checkpoint, kind="file", overwrite=True)  # a folder that cannot be made fails now, not later
     if checkpoint is not None and not resume and checkpoint.exists() and not overwrite:
         raise OutputError(
             f"{checkpoint} holds an earlier run; pass --resume to continue it, --overwrite (overwrite=True) to "

@@ -119,12 +119,14 @@ def _check_fitted_state(combiner: Combiner) -> None:
         raise CheckpointError("a classification combiner's classes_ must be a non-empty list")
     shape = (len(names), 2, len(classes)) if task == "classification" else (len(names), 2)
     try:
-        combiner._fuse(torch.zeros(shape, dtype=torch.float64), None)
+        fused = combiner._fuse(torch.zeros(shape, dtype=torch.float64), None)
     except ModelFusionError:
-        pass  # a combiner that needs the inputs X says so clearly at prediction time
+        return  # a combiner that needs the inputs X says so clearly at prediction time
     except Exception as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise CheckpointError(f"the combiner's fitted values do not fit its members ({reason})") from None
+    if not bool(torch.isfinite(torch.as_tensor(fused)).all()):
+        raise CheckpointError("the combiner's fitted values give NaN or infinite outputs (NaN weights?)")
 
 
 def combiner_to_tensors(combiner: Combiner) -> tuple[dict[str, torch.Tensor], dict]:

@@ -87,6 +87,11 @@ def fuse_and_evaluate(
             f"validation predictions are of members {list(val.member_names)} but test predictions of "
             f"{list(test.member_names)}; both must come from the same members in the same order"
         )
+    if (val.task, val.num_classes, val.classes) != (test.task, test.num_classes, test.classes):
+        raise IncompatibleModelsError(
+            f"validation predictions are {val.task} over classes {val.classes} but test predictions {test.task} over "
+            f"{test.classes}; both must come from the same members on one dataset"
+        )
     names = combiners_for(val.task) if methods == "all" else list(methods)
     params = params or {}
     combiners, fused, seconds = {}, {}, {}

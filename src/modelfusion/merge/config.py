@@ -93,7 +93,7 @@ class MergeConfig(BaseModel):
     parameters: dict[str, Any] = {}
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     out_dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    random_seed: int = 0
+    random_seed: int = Field(0, ge=0, le=2**63 - 1)
     shard_size: str | int = "5GB"
     align: AlignOptions | None = None
 

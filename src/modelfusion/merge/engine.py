@@ -56,15 +56,21 @@ _CHUNK_BYTES = 8 * 2**20  # float32 bytes per block of rows: small enough that a
 
 def parse_size(size: str | int) -> int:
     """'5GB', '500MB', '1.5GiB' or a byte count -> bytes."""
-    if isinstance(size, int):
-        return size
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    text = size.strip().upper()
-    number = text.rstrip("KMGIB")
     try:
-        return int(float(number) * units[text[len(number) :]])
-    except (KeyError, ValueError):
-        raise ConfigError(f"cannot read the size {size!r}; write e.g. '5GB', '500MB' or a number of bytes") from None
+        if isinstance(size, bool) or not isinstance(size, int | str):
+            raise TypeError(size)
+        if isinstance(size, int):
+            count = size
+        else:
+            text = size.strip().upper()
+            number = text.rstrip("KMGIB")
+            count = int(float(number) * units[text[len(number) :]])
+    except (KeyError, ValueError, TypeError, OverflowError):
+        count = 0
+    if count < 1:
+        raise ConfigError(f"cannot read the size {size!r}; write a positive size, e.g. '5GB', '500MB' or 1000000")
+    return count
 
 
 class Checkpoint:

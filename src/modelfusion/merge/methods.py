@@ -506,12 +506,16 @@ def check_parameters(name: str, params: Mapping, num_models: int) -> None:
             if isinstance(value, list | tuple) and len(values) != num_models:
                 raise ConfigError(f"{where} has {len(values)} values for {num_models} models")
             for v in values:
-                _finite_number(v, where)
+                number = _finite_number(v, where)
+                if key == "density" and not 0 < number <= 1:
+                    raise ConfigError(f"{where} is the share of entries kept: from 0 (excluded) to 1, got {v!r}")
         elif "bool" in annotation:
             if not isinstance(value, bool):
                 raise ConfigError(f"{where} must be true or false, got {value!r}")
         elif "float" in annotation:
-            _finite_number(value, where)
+            number = _finite_number(value, where)
+            if key == "gamma" and not 0 <= number < 1:
+                raise ConfigError(f"{where} is the share of the largest entries dropped: from 0 to 1, got {value!r}")
         elif "str" in annotation and value is not None and not isinstance(value, str):
             raise ConfigError(f"{where} must be a name, got {type(value).__name__} {value!r}")
 
