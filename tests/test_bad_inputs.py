@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from modelfusion import CheckpointError, ConfigError, InvalidInputError, TrainingDivergedError
+from modelfusion import CheckpointError, ConfigError, IncompatibleModelsError, InvalidInputError, TrainingDivergedError
 from modelfusion.cli import app
 from modelfusion.datasets import load_dataset
 from modelfusion.distill import ModelTeacher, distill
@@ -336,3 +336,42 @@ def test_a_file_name_with_a_newline_stays_on_one_line(merge_project):
     config = merge_project / "merge.yaml"
     config.write_text('merge_method: linear\nmodels:\n  - model: "evil\\nname"\n  - model: m1.safetensors\n')
     assert "evil\\nname: no such file or folder" in _error_line(["merge", str(config), str(merge_project / "out")])
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (
+            "merge_method: ties\nbase_model: m0.safetensors\nmodels:\n  - model: m1.safetensors\n"
+            "    parameters: {density: 2}\n",
+            "share of entries kept: from 0 (excluded) to 1, got 2",
+        ),
+        (
+            "merge_method: linear\nmodels:\n  - model: m0.safetensors\n  - model: m1.safetensors\nshard_size: -5\n",
+            "write a positive size",
+        ),
+        (
+            "merge_method: linear\nmodels:\n  - model: m0.safetensors\n  - model: m1.safetensors\n"
+            "random_seed: 99999999999999999999999\n",
+            "random_seed",
+        ),
+    ],
+)
+def test_merge_values_out_of_range(merge_project, config, match):
+    path = merge_project / "merge.yaml"
+    path.write_text(config)
+    assert match in _error_line(["merge", str(path), str(merge_project / "out")])
+
+
+def test_a_folder_output_named_like_a_file(member_file, tmp_path):
+    line = _error_line(["ensemble", str(member_file), "--out", str(tmp_path / "ensemble.safetensors")])
+    assert "named like a .safetensors file but the output is a folder" in line
+
+
+def test_validation_and_test_predictions_of_other_classes(tmp_path):
+    from modelfusion.ensemble import fuse_and_evaluate
+
+    val = Predictions(torch.randn(2, 6, 3), torch.arange(6) % 3, ("a", "b"), "classification", "val", (0, 1, 2))
+    test = Predictions(torch.randn(2, 6, 3), torch.arange(6) % 3, ("a", "b"), "classification", "test", (2, 1, 0))
+    with pytest.raises(IncompatibleModelsError, match="over classes \\(0, 1, 2\\) but test predictions"):
+        fuse_and_evaluate(val, test, ["mean"])
