@@ -133,23 +133,23 @@ def distill(
     generator = torch.Generator().manual_seed(seed)
     state = {"epoch": 0, "best_nll": float("inf"), "best_epoch": 0, "history": [], "best_student": None}
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    settings = {
-        "student": _fingerprint(student.state_dict(), values=False),
-        "teacher": _fingerprint({"logits": teacher.logits(train.X[:_PROBE], torch.arange(min(_PROBE, len(train))))}),
-        "train": _fingerprint({"X": train.X, "y": train.y}),
-        "val": _fingerprint({"X": val.X, "y": val.y}),
-        "loss": loss,
-        "loss_params": sorted((str(k), float(v)) for k, v in loss_params.items()),
-        "epochs": epochs,
-        "lr": float(lr),
-        "weight_decay": float(weight_decay),
-        "batch_size": batch_size,
-        "mixup": float(mixup),
-        "feature_hints": _fingerprint(feature_hints.state_dict(), values=False) if feature_hints is not None else "",
-        "feature_weight": float(feature_weight),
-        "seed": int(seed),
-        "world_size": world,
-    }
+    settings = _settings(
+        student,
+        teacher,
+        train,
+        val,
+        feature_hints,
+        loss=loss,
+        loss_params=sorted((str(k), float(v)) for k, v in loss_params.items()),
+        epochs=epochs,
+        lr=float(lr),
+        weight_decay=float(weight_decay),
+        batch_size=batch_size,
+        mixup=float(mixup),
+        feature_weight=float(feature_weight),
+        seed=int(seed),
+        world_size=world,
+    )
     if checkpoint is not None:
         check_output(checkpoint, kind="file", overwrite=True)  # a folder that cannot be made fails now, not later
     if checkpoint is not None and not resume and checkpoint.exists() and not overwrite:
@@ -191,8 +191,7 @@ def distill(
                     parts["feature"] = feature_hints.loss()
                     parts["total"] = parts["total"] + feature_weight * parts["feature"]
                 if not torch.isfinite(parts["total"].detach()):
-                    kept = checkpoint if checkpoint is not None and state["epoch"] > 0 else None
-                    raise _diverged(state["epoch"] + 1, parts["total"].detach().item(), lr, kept)
+                    raise _diverged(state["epoch"], parts["total"].detach().item(), lr, checkpoint)
                 optimizer.zero_grad()
                 # Scaled so that DDP's mean over processes is the mean over the global batch.
                 (parts["total"] * (len(mine) * world / len(x))).backward()
@@ -201,8 +200,7 @@ def distill(
                 except RuntimeError as err:  # an update too large for float32 ("without overflow")
                     if "overflow" not in str(err):
                         raise
-                    kept = checkpoint if checkpoint is not None and state["epoch"] > 0 else None
-                    raise _diverged(state["epoch"] + 1, float("inf"), lr, kept) from None
+                    raise _diverged(state["epoch"], float("inf"), lr, checkpoint) from None
                 scheduler.step()
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value.item() * len(mine)
@@ -253,6 +251,20 @@ def _fingerprint(tensors: dict, *, values: bool = True) -> str:
     return digest.hexdigest()[:16]
 
 
+def _settings(student, teacher: Teacher, train: Split, val: Split, feature_hints, **numbers) -> dict:
+    """What a checkpoint must share with the run resuming it: the student's and hints' architecture, the
+    teacher (its logits on the first training samples), both splits, and every number of the recipe."""
+    probe = min(_PROBE, len(train))
+    return {
+        "student": _fingerprint(student.state_dict(), values=False),
+        "teacher": _fingerprint({"logits": teacher.logits(train.X[:probe], torch.arange(probe))}),
+        "train": _fingerprint({"X": train.X, "y": train.y}),
+        "val": _fingerprint({"X": val.X, "y": val.y}),
+        "feature_hints": _fingerprint(feature_hints.state_dict(), values=False) if feature_hints is not None else "",
+        **numbers,
+    }
+
+
 def _wrap_load(checkpoint: Path) -> dict:
     try:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -276,14 +288,15 @@ def _check_same_settings(saved: dict | None, current: dict, checkpoint: Path) ->
         )
 
 
-def _diverged(epoch: int, loss: float, lr: float, checkpoint: Path | None) -> TrainingDivergedError:
-    """`checkpoint`: the one holding the previous, good epoch (None when no epoch of this run was saved)."""
-    if checkpoint is not None:
-        kept = f"the checkpoint in {checkpoint.parent} holds epoch {epoch - 1}, the last good one"
+def _diverged(done: int, loss: float, lr: float, checkpoint: Path | None) -> TrainingDivergedError:
+    """The error for a loss that left the finite numbers in the epoch after the `done` finished ones; the
+    checkpoint (if any) holds the last of those."""
+    if checkpoint is not None and done > 0:
+        kept = f"the checkpoint in {checkpoint.parent} holds epoch {done}, the last good one"
     else:
         kept = "nothing was written"
     return TrainingDivergedError(
-        f"distillation diverged in epoch {epoch}: the loss became {loss}; {kept}. Lower the learning rate "
+        f"distillation diverged in epoch {done + 1}: the loss became {loss}; {kept}. Lower the learning rate "
         f"(now {lr:g}) or check the teacher's outputs"
     )
 
