@@ -84,6 +84,7 @@ def test_predictions_with_corrupt_metadata(tmp_path, meta, match):
         ('{"factory": "mlp", "task": ', "description is not JSON"),
         ('{"factory": "mlp", "task": "ranking"}', "field 'task' is invalid"),
         ('{"factory": ["mlp"]}', "field 'factory' is invalid"),
+        ('{"factory": "mlp", "num_outputs": "ten"}', "field 'num_outputs' is invalid"),
         ('{"factory": "mlp", "factory_kwargs": {"in_features": "64"}}', "factory 'mlp'"),
     ],
 )

@@ -468,6 +468,7 @@ def test_an_ensemble_folder_may_name_only_files_inside_it(tmp_path, trained_mlp,
     [
         ({"name": "nope"}, "unknown combiner 'nope'"),
         ({"params": {"callback": {"json": "os:system"}}}, "takes no arguments \\['callback'\\]"),
+        ({"params": {"normalize": {"json": "yes"}}}, "argument 'normalize' should be bool, got str"),
         ({"fitted": {"__class__": {"json": "x"}}}, "is not a fitted attribute"),
         ({"fitted": {"member_names_": {"json": 3}}}, "member_names_ must be a non-empty list"),
         ({"fitted": {"weights_": {"tensor": "elsewhere"}}}, "refers to a tensor 'elsewhere' the file lacks"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ValidationError
 
-from ._atomic import atomic_path
+from ._atomic import atomic_path, check_output
 from .errors import CheckpointError
 
 __all__ = [
@@ -73,11 +73,15 @@ def read_header(path: Path) -> dict:
     return header
 
 
-def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, key: str, description) -> Path:
-    """Write `tensors` with `description` as JSON under header key `key`, atomically."""
+def write_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, key: str, description, overwrite: bool = False
+) -> Path:
+    """Write `tensors` with `description` as JSON under header key `key`, atomically; an existing file is
+    replaced only with `overwrite`."""
     from safetensors.torch import save_file
 
     path = Path(path)
+    check_output(path, kind="file", overwrite=overwrite)
     tensors = {k: v.contiguous() for k, v in tensors.items()} or {"_empty": torch.zeros(0)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={key: json.dumps(description)})

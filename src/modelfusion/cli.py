@@ -29,6 +29,7 @@ err_console = Console(stderr=True)
 
 
 Overwrite = Annotated[bool, typer.Option(help="replace an existing output (never an input of the run)")]
+# Input paths are declared readable=False: the readers say themselves, in one line, why a file cannot be read.
 
 
 class _Stopped(KeyboardInterrupt):
@@ -146,7 +147,9 @@ def _parse_json_option(value: str | None, option: str) -> dict | None:
 
 @_command
 def predict(
-    checkpoints: Annotated[list[Path], typer.Argument(help="member checkpoints (see `modelfusion.io` for formats)")],
+    checkpoints: Annotated[
+        list[Path], typer.Argument(readable=False, help="member checkpoints (see `modelfusion.io` for formats)")
+    ],
     dataset: Annotated[str, typer.Option(help="embedded dataset to predict on")] = "digits",
     seed: Annotated[int, typer.Option(help="seed of the dataset split")] = 0,
     split: Annotated[str, typer.Option(help="split to predict: train, val or test")] = "test",
@@ -185,20 +188,24 @@ def predict(
     )
     part = load_dataset(dataset, seed=seed).split(split)
     preds = collect_predictions(members, part.X, part.y, split)
-    preds.save(out)
+    preds.save(out, overwrite=overwrite)
     console.print(f"saved predictions of {preds.num_members} members on {len(part)} {split} samples -> {out}")
 
 
 @_command
 def ensemble(
     checkpoints: Annotated[
-        list[Path] | None, typer.Argument(help="member checkpoints (or use --val-preds/--test-preds)")
+        list[Path] | None, typer.Argument(readable=False, help="member checkpoints (or use --val-preds/--test-preds)")
     ] = None,
     dataset: Annotated[str, typer.Option(help="embedded dataset the members were trained for")] = "digits",
     seed: Annotated[int, typer.Option(help="seed of the dataset split and of the bootstrap")] = 0,
     method: Annotated[list[str] | None, typer.Option(help="combiner name (repeat it), or 'all'")] = None,
-    val_preds: Annotated[Path | None, typer.Option(help="saved validation Predictions instead of checkpoints")] = None,
-    test_preds: Annotated[Path | None, typer.Option(help="saved test Predictions instead of checkpoints")] = None,
+    val_preds: Annotated[
+        Path | None, typer.Option(readable=False, help="saved validation Predictions instead of checkpoints")
+    ] = None,
+    test_preds: Annotated[
+        Path | None, typer.Option(readable=False, help="saved test Predictions instead of checkpoints")
+    ] = None,
     out: Annotated[Path, typer.Option(help="folder for combiners/ and results.json")] = Path("runs/ensemble"),
     factory: Annotated[
         str | None, typer.Option(help="model factory package.module:function for weights-only files")
@@ -247,7 +254,7 @@ def ensemble(
 
 @_command
 def merge(
-    config: Annotated[Path, typer.Argument(help="merge config (YAML, mergekit's common keys)")],
+    config: Annotated[Path, typer.Argument(readable=False, help="merge config (YAML, mergekit's common keys)")],
     out_dir: Annotated[Path, typer.Argument(help="output folder for the merged safetensors")],
     dry_run: Annotated[
         bool, typer.Option(help="check compatibility and the output, print the plan; write nothing")
@@ -282,17 +289,21 @@ def _parse_hints(hints: list[str]) -> dict[str, str]:
 def distill(
     student: Annotated[str, typer.Option(help="student factory package.module:function")],
     teacher: Annotated[
-        list[Path] | None, typer.Option(help="teacher checkpoint (repeat it for an ensemble of teachers)")
+        list[Path] | None,
+        typer.Option(readable=False, help="teacher checkpoint (repeat it for an ensemble of teachers)"),
     ] = None,
     offline: Annotated[
         Path | None,
-        typer.Option(help="saved Predictions of the teachers on the training split, instead of --teacher"),
+        typer.Option(
+            readable=False, help="saved Predictions of the teachers on the training split, instead of --teacher"
+        ),
     ] = None,
     weights: Annotated[
         str | None, typer.Option(help="comma-separated teacher weights for the probability mean")
     ] = None,
     combiner: Annotated[
-        Path | None, typer.Option(help="a fitted combiner file (from `modelfusion ensemble`) fusing the teachers")
+        Path | None,
+        typer.Option(readable=False, help="a fitted combiner file (from `modelfusion ensemble`) fusing the teachers"),
     ] = None,
     student_kwargs: Annotated[str | None, typer.Option(help="JSON object of the student factory's arguments")] = None,
     dataset: Annotated[str, typer.Option(help="embedded dataset")] = "digits",
@@ -380,7 +391,9 @@ def distill(
     )
     if process_rank()[0] != 0:  # under torchrun only the first process writes
         return
-    save_member(TorchMember(result.student, name=out.stem, factory=student, factory_kwargs=kwargs), out)
+    save_member(
+        TorchMember(result.student, name=out.stem, factory=student, factory_kwargs=kwargs), out, overwrite=overwrite
+    )
     best = result.history[result.best_epoch - 1]
     console.print(
         f"student: best epoch {result.best_epoch}, validation accuracy {best['val_accuracy']:.3f}, "
@@ -391,8 +404,12 @@ def distill(
 
 @_command
 def align(
-    reference: Annotated[Path, typer.Argument(help="the model whose unit order is kept (a saved torch member)")],
-    other: Annotated[Path, typer.Argument(help="the model to permute into that order (same architecture)")],
+    reference: Annotated[
+        Path, typer.Argument(readable=False, help="the model whose unit order is kept (a saved torch member)")
+    ],
+    other: Annotated[
+        Path, typer.Argument(readable=False, help="the model to permute into that order (same architecture)")
+    ],
     out: Annotated[Path, typer.Option(help="where to save the aligned copy of OTHER (.safetensors)")],
     dataset: Annotated[str, typer.Option(help="embedded dataset: inputs for the spec and activations")] = "digits",
     seed: Annotated[int, typer.Option(help="seed of the split and of the matching order")] = 0,
@@ -429,7 +446,9 @@ def align(
 
 @_command
 def evaluate(
-    predictions: Annotated[Path, typer.Argument(help="a saved Predictions file (from `modelfusion predict`)")],
+    predictions: Annotated[
+        Path, typer.Argument(readable=False, help="a saved Predictions file (from `modelfusion predict`)")
+    ],
     seed: Annotated[int, typer.Option(help="seed of the bootstrap")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON here")] = None,
     overwrite: Overwrite = False,

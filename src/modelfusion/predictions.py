@@ -125,8 +125,9 @@ class Predictions:
         index = [self.member_names.index(n) for n in names]
         return Predictions(self.outputs[index], self.labels, tuple(names), self.task, self.split, self.classes)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Save as one safetensors file whose header holds the JSON metadata; written atomically."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Save as one safetensors file whose header holds the JSON metadata; written atomically. An existing
+        file is replaced only with `overwrite`."""
         tensors = {"outputs": self.outputs}
         if self.labels is not None:
             tensors["labels"] = self.labels
@@ -136,7 +137,7 @@ class Predictions:
             "split": self.split,
             "classes": list(self.classes) if self.classes is not None else None,
         }
-        return write_tensors(path, tensors, key=_METADATA_KEY, description=meta)
+        return write_tensors(path, tensors, key=_METADATA_KEY, description=meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Predictions:

@@ -61,5 +61,5 @@ def align_checkpoints(
             factory=member.factory,
             factory_kwargs=member.factory_kwargs,
         )
-        written.append(save_member(aligned, Path(out)))
+        written.append(save_member(aligned, Path(out), overwrite=overwrite))
     return written, result

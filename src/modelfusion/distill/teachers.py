@@ -11,7 +11,7 @@ from torch import nn
 
 from ..datasets import Split
 from ..ensemble import Combiner, EnsembleModule
-from ..errors import ConfigError, InvalidInputError
+from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
 from ..members import TorchMember
 from ..predictions import Predictions
 
@@ -85,6 +85,16 @@ class ModelTeacher(Teacher):
 
     @torch.no_grad()
     def logits(self, X: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        try:
+            return self._logits(X)
+        except (RuntimeError, ValueError, IndexError) as err:
+            reason = " ".join(str(err).split())[:240]
+            raise IncompatibleModelsError(
+                f"the teachers cannot run on inputs of shape {list(X.shape)} ({reason}); were they trained on "
+                "this dataset?"
+            ) from None
+
+    def _logits(self, X: torch.Tensor) -> torch.Tensor:
         if self.ensemble is not None:
             return self.ensemble.eval()(X)
         outputs = torch.stack([m.eval()(X) for m in self.models])

@@ -14,6 +14,7 @@ from torch import nn
 
 from .._atomic import atomic_path, check_output
 from .._checks import check_count, check_number, check_seed
+from .._modules import output_width
 from .._progress import progress_bar
 from ..datasets import Split
 from ..errors import CheckpointError, ConfigError, OutputError, TrainingDivergedError
@@ -113,6 +114,7 @@ def distill(
         raise ConfigError("mixup labels the mixed inputs with the teacher only: set loss_params alpha=1")
     if len(train) == 0:
         raise ConfigError("distillation needs training samples")
+    output_width(student, train.X, "the student")  # a student built for other inputs fails here, in one line
 
     if feature_hints is not None and not teacher.augmentable:
         raise ConfigError("feature hints need a live teacher: an offline teacher runs no forward pass")

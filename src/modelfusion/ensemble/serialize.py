@@ -7,6 +7,7 @@ tensor and read back with skops' safe loader, so loading a combiner never runs c
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,12 @@ def _build(description: dict, tensors: dict[str, torch.Tensor], registry) -> Com
     if unknown:
         raise CheckpointError(f"combiner {description['name']!r} takes no arguments {unknown[:5]}")
     params = {k: _decode(v, tensors, registry) for k, v in description.get("params", {}).items()}
+    for key, value in params.items():
+        if not _of_annotated_type(value, str(accepted[key].annotation)):
+            raise CheckpointError(
+                f"combiner {description['name']!r}: argument {key!r} should be {accepted[key].annotation}, got "
+                f"{type(value).__name__} {str(value)[:40]!r}"
+            )
     try:
         combiner = cls(**params)
     except (TypeError, ValueError) as err:
@@ -104,6 +111,25 @@ def _build(description: dict, tensors: dict[str, torch.Tensor], registry) -> Com
         setattr(combiner, attr, _decode(spec, tensors, registry))
     _check_fitted_state(combiner)
     return combiner
+
+
+_NUMBER_CHECKS = {
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+    "str": lambda v: isinstance(v, str),
+    "dict": lambda v: isinstance(v, dict),
+    "Sequence[float]": lambda v: isinstance(v, list | tuple) and all(_NUMBER_CHECKS["float"](x) for x in v),
+}
+
+
+def _of_annotated_type(value, annotation: str) -> bool:
+    """Whether a stored constructor argument has the type its (string) annotation names; arguments without
+    a simple annotation (an estimator, a cross-validation splitter) pass."""
+    if value is None and "None" in annotation:
+        return True
+    check = _NUMBER_CHECKS.get(annotation.split("|")[0].strip())
+    return check is None or check(value)
 
 
 def _check_fitted_state(combiner: Combiner) -> None:
@@ -141,10 +167,11 @@ def combiner_from_tensors(tensors: dict[str, torch.Tensor], description: dict) -
     return _build(description, tensors, COMBINERS)
 
 
-def save_combiner(combiner: Combiner, path: str | os.PathLike) -> Path:
-    """Save a fitted combiner as one safetensors file (atomically); `load_combiner` reads it back."""
+def save_combiner(combiner: Combiner, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save a fitted combiner as one safetensors file (atomically); `load_combiner` reads it back. An existing
+    file is replaced only with `overwrite`."""
     tensors, description = combiner_to_tensors(combiner)
-    return write_tensors(path, tensors, key=_METADATA_KEY, description=description)
+    return write_tensors(path, tensors, key=_METADATA_KEY, description=description, overwrite=overwrite)
 
 
 def load_combiner(path: str | os.PathLike) -> Combiner:

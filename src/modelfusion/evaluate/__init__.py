@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from .._checks import check_seed
 from ..errors import InvalidInputError
 from ..predictions import Predictions
 from .diversity import diversity
@@ -133,6 +134,7 @@ def evaluate(
         >>> report = evaluate(test_preds, {"mean": fused_proba})
         >>> report.row("mean").vs_best_member["p_value"]
     """
+    check_seed(seed)
     if preds.labels is None:
         raise InvalidInputError(f"predictions on split {preds.split!r} have no labels; nothing to score against")
     fused = dict(fused or {})

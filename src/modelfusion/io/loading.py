@@ -49,6 +49,7 @@ class MemberHeader(BaseModel):
     classes: list[Label] | None = Field(None, max_length=1_000_000)
     factory: StrictStr | None = Field(None, max_length=1024)
     factory_kwargs: dict | None = None
+    num_outputs: StrictInt | None = Field(None, ge=1)
 
 
 @dataclass

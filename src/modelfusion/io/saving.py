@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, check_output
 from .._safetensors import write_tensors
 from ..errors import InvalidInputError
 from ..members import Member, SklearnMember, TorchMember
@@ -24,8 +24,10 @@ def save_member(
     *,
     factory: str | None = None,
     factory_kwargs: Mapping | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Save a member atomically; `load_member(path)` reads it back.
+    """Save a member atomically; `load_member(path)` reads it back. An existing file is replaced only with
+    `overwrite`.
 
     Torch members are written as a safetensors state dict whose header records the member's name, task,
     classes and (when given here or known to the member) the factory and its arguments: the registry name of
@@ -43,6 +45,7 @@ def save_member(
         import skops.io as sio
 
         path = path if path.suffix else path.with_suffix(".skops")
+        check_output(path, kind="file", overwrite=overwrite)
         with atomic_path(path) as tmp:
             sio.dump(member.estimator, tmp)
         return path
@@ -56,4 +59,4 @@ def save_member(
         metadata.update(factory=factory_name(factory) or factory, factory_kwargs=dict(kwargs or {}))
     # Cloning breaks storage sharing (tied weights), which safetensors refuses to write.
     state = {k: v.detach().cpu().clone() for k, v in member.module.state_dict().items()}
-    return write_tensors(path, state, key=METADATA_KEY, description=metadata)
+    return write_tensors(path, state, key=METADATA_KEY, description=metadata, overwrite=overwrite)
