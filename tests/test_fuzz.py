@@ -29,6 +29,9 @@ from modelfusion.merge import load_config, merge
 from modelfusion.models import mlp
 from modelfusion.predictions import Predictions
 
+# torch warns about the odd pickles mutated files hold; the property is about exceptions, not warnings.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 FAST_EXAMPLES = 60
 SLOW_EXAMPLES = int(os.environ.get("MODELFUSION_FUZZ_EXAMPLES", "10000"))
 KWARGS = {"in_features": 4, "num_outputs": 3, "hidden": [5]}
