@@ -953,6 +953,9 @@ def run_signal(case: Case, ctx: Ctx, runner: Runner, argv: list[str], timeout: f
         first.rc = 0  # the exit status of a killed process says nothing; only what it left behind counts
         first.stderr = ""
         return first
+    if first.rc == 0:  # it completed before the signal took effect: there is no debris to rerun beside
+        first.notes = notes + ["the merge completed before the signal took effect: inconclusive"]
+        return first
     second = runner.execute(argv, ctx.dir, timeout, case.safe_name + ".rerun")
     second.peak_rss = max(first.peak_rss, second.peak_rss)
     second.peak_anon = max(first.peak_anon, second.peak_anon)
