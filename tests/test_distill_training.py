@@ -109,3 +109,66 @@ def test_feature_hints_join_the_loss_and_train_their_adapters(trained_mlp, digit
     with pytest.raises(ConfigError, match="feature hints need a live teacher"):
         distill(student, OfflineTeacher(train_preds), digits.train, digits.val, epochs=1, feature_hints=hints)
     hints.remove()
+
+
+def _dropout_student():
+    torch.manual_seed(0)
+    return mlp(64, 10, hidden=[16], dropout=0.3)
+
+
+def _assert_same_weights(a, b):
+    a, b = a.state_dict(), b.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_a_dropout_student_depends_on_the_seed_alone_and_the_callers_rng_is_left_alone(trained_mlp, digits):
+    settings = dict(epochs=2, lr=1e-2, progress=False)
+    runs = []
+    for caller_seed in (1, 2):
+        student = _dropout_student()
+        torch.manual_seed(caller_seed)
+        before = torch.get_rng_state()
+        runs.append(distill(student, ModelTeacher(trained_mlp), digits.train, digits.val, seed=5, **settings))
+        assert torch.equal(torch.get_rng_state(), before)
+    _assert_same_weights(runs[0].student, runs[1].student)
+    assert runs[0].history == runs[1].history
+    other = distill(_dropout_student(), ModelTeacher(trained_mlp), digits.train, digits.val, seed=6, **settings)
+    assert other.history != runs[0].history  # the seed does reach the dropout masks and the batch order
+
+
+def test_resume_of_a_dropout_student_gives_the_uninterrupted_result_bit_for_bit(trained_mlp, digits, tmp_path):
+    settings = dict(epochs=3, lr=1e-2, seed=2, progress=False)
+    student = _dropout_student()
+    torch.manual_seed(10)
+    whole = distill(student, ModelTeacher(trained_mlp), digits.train, digits.val, **settings)
+    per_epoch = -(-len(digits.train) // 64)
+    student = _dropout_student()
+    torch.manual_seed(11)
+    with pytest.raises(KeyboardInterrupt):  # the fingerprint's call, epoch 1, then part of epoch 2
+        teacher = FailingTeacher(trained_mlp, 1 + per_epoch + 4)
+        distill(student, teacher, digits.train, digits.val, checkpoint_dir=tmp_path, **settings)
+    student = _dropout_student()
+    torch.manual_seed(12)
+    resumed = distill(
+        student, ModelTeacher(trained_mlp), digits.train, digits.val, checkpoint_dir=tmp_path, resume=True, **settings
+    )
+    assert resumed.history == whole.history  # epochs 2 and 3 ran after the resume with the same dropout masks
+    _assert_same_weights(whole.student, resumed.student)
+
+
+def test_resume_refuses_a_checkpoint_without_rng_state_in_one_line(trained_mlp, digits, tmp_path):
+    settings = dict(epochs=1, progress=False, checkpoint_dir=tmp_path)
+    distill(_dropout_student(), ModelTeacher(trained_mlp), digits.train, digits.val, **settings)
+    path = tmp_path / "distill_checkpoint.pt"
+    saved = torch.load(path, weights_only=True)
+    del saved["torch_rng"]  # as an earlier version wrote it
+    torch.save(saved, path)
+    with pytest.raises(CheckpointError, match="holds no random-number generator state") as err:
+        distill(_dropout_student(), ModelTeacher(trained_mlp), digits.train, digits.val, resume=True, **settings)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and "--overwrite" in message
+    torch.save({**saved, "torch_rng": torch.zeros(3, dtype=torch.uint8)}, path)  # a mangled one
+    with pytest.raises(CheckpointError, match=r"state is torch.uint8 \[3\], expected torch.uint8 \[1, 5056\]"):
+        distill(_dropout_student(), ModelTeacher(trained_mlp), digits.train, digits.val, resume=True, **settings)

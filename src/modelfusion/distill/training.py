@@ -1,4 +1,4 @@
-"""The distillation loop: plain PyTorch, seeded, with early stopping, atomic checkpoints and resume."""
+"""The distillation loop: plain PyTorch, seeded, with early stopping, atomic checkpoints and a bit-exact resume."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path, check_output
-from .._checks import check_count, check_number, check_seed
+from .._checks import MAX_SEED, check_count, check_number, check_seed
 from .._modules import output_width
 from .._progress import progress_bar
 from ..datasets import Split
@@ -77,11 +77,14 @@ def distill(
         feature_hints: FitNets hint losses between the student and the (live) teacher's modules; their
             adapters train with the student, and `feature_weight` times their loss joins the total.
         patience: stop after this many epochs without a better validation NLL (None: run every epoch).
-        seed: the same seed gives the same student.
+        seed: the same seed gives the same student, byte for byte, whatever the caller's random state was
+            (which is left as it was): batch order and mixup draw from a generator seeded with it, dropout from
+            torch's global generator, seeded with it inside `torch.random.fork_rng`.
         checkpoint_dir: where to write a checkpoint after each epoch (atomically); `resume=True` continues
-            from it with the same result as an uninterrupted run. The checkpoint records the run's settings and
-            a resume with other ones (student, teacher, data, seed, learning rate, ...) is refused; a fresh run
-            replaces an existing checkpoint only with `overwrite`.
+            from it with the same result as an uninterrupted run, byte for byte (the checkpoint holds the states
+            of both random generators). The checkpoint records the run's settings and a resume with other ones
+            (student, teacher, data, seed, learning rate, ...) is refused, as is one written before checkpoints
+            held the generators' states; a fresh run replaces an existing checkpoint only with `overwrite`.
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite; the message names the epoch, and the
@@ -132,7 +135,8 @@ def distill(
     trained = list(student.parameters()) + (list(feature_hints.parameters()) if feature_hints is not None else [])
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # batch order and mixup: the same in every process
+    global_rng = None
     state = {"epoch": 0, "best_nll": float("inf"), "best_epoch": 0, "history": [], "best_student": None}
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     settings = _settings(
@@ -170,9 +174,16 @@ def distill(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
+        global_rng = _saved_global_rng(saved, checkpoint, rank, world)
         state = {k: saved[k] for k in state}
 
-    with progress_bar(progress and rank == 0) as bar:
+    with torch.random.fork_rng(), progress_bar(progress and rank == 0) as bar:
+        # Dropout draws from torch's global generator: seeded (per process, so that the processes' shares of a
+        # batch get independent masks) or restored from the checkpoint; `fork_rng` gives the caller's back.
+        if global_rng is None:
+            torch.manual_seed(seed + rank * (MAX_SEED + 1))
+        else:
+            torch.set_rng_state(global_rng)
         task = bar.add_task("distilling", total=epochs, completed=state["epoch"])
         while state["epoch"] < epochs:
             student.train()
@@ -219,6 +230,8 @@ def distill(
                 advance=1,
                 description=f"distilling  loss {record['total']:.3f}  val acc {record['val_accuracy']:.3f}",
             )
+            # A collective (every process sends its global generator's state), so before the rank test.
+            global_rngs = _global_rng_states(world) if checkpoint is not None else None
             if checkpoint is not None and rank == 0:
                 saved = {
                     **state,
@@ -228,6 +241,7 @@ def distill(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "generator": generator.get_state(),
+                    "torch_rng": global_rngs,  # (world, 5056) uint8: each process's global generator
                 }
                 with atomic_path(checkpoint) as tmp:
                     torch.save(saved, tmp)
@@ -288,6 +302,38 @@ def _check_same_settings(saved: dict | None, current: dict, checkpoint: Path) ->
             f"cannot resume from {checkpoint}: it was written with other settings: {details}; rerun with the "
             "same settings, or start afresh without --resume"
         )
+
+
+def _saved_global_rng(saved: dict, checkpoint: Path, rank: int, world: int) -> torch.Tensor:
+    """This process's global generator state from the checkpoint; a checkpoint without one (written by an
+    earlier version) is refused: its run's dropout masks cannot be continued, so the result would be neither run."""
+    states = saved.get("torch_rng")
+    if states is None:
+        raise CheckpointError(
+            f"{checkpoint} holds no random-number generator state (an earlier version of modelfusion wrote it), so "
+            "resuming could not reproduce the uninterrupted run; rerun without --resume and with --overwrite "
+            "(overwrite=True) to start afresh"
+        )
+    width = torch.get_rng_state().numel()
+    if not isinstance(states, torch.Tensor) or states.dtype != torch.uint8 or tuple(states.shape) != (world, width):
+        found = f"{states.dtype} {list(states.shape)}" if isinstance(states, torch.Tensor) else type(states).__name__
+        raise CheckpointError(
+            f"{checkpoint}: its random-number generator state is {found}, expected torch.uint8 [{world}, {width}]; "
+            "the file is corrupt or was written by another torch; rerun without --resume and with --overwrite"
+        )
+    return states[rank].clone()
+
+
+def _global_rng_states(world: int) -> torch.Tensor:
+    """Every process's global generator state, (world, 5056) uint8, gathered (a collective under DDP)."""
+    state = torch.get_rng_state()  # (5056,) uint8
+    if world == 1:
+        return state[None]
+    import torch.distributed as dist
+
+    states = [torch.empty_like(state) for _ in range(world)]
+    dist.all_gather(states, state)
+    return torch.stack(states)
 
 
 def _diverged(done: int, loss: float, lr: float, checkpoint: Path | None) -> TrainingDivergedError:
