@@ -17,7 +17,7 @@ BIN = Path(sys.executable).parent
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(trained_mlp, tmp_path):
     """`torchrun --nproc_per_node=2 -m modelfusion.distill` (gloo, CPU) against a single process, with mixup
-    and a FitNets hint whose adapter DDP must keep in sync across the processes."""
+    and a FitNets hint whose adapter DDP must keep in sync across the processes, and a checkpoint."""
     teacher = save_member(
         TorchMember(trained_mlp, name="teacher", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS),
         tmp_path / "teacher.safetensors",
@@ -51,6 +51,8 @@ def test_two_processes_match_one_with_the_same_global_batch(trained_mlp, tmp_pat
             *args,
             "--out",
             str(tmp_path / "two.safetensors"),
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
         ],
         capture_output=True,
         text=True,
@@ -58,6 +60,11 @@ def test_two_processes_match_one_with_the_same_global_batch(trained_mlp, tmp_pat
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("validation accuracy") == 1  # only rank 0 reports and writes
+    # Rank 0's checkpoint holds both processes' global generators (gathered), which differ: each process seeds
+    # its own, so that the two shares of a batch get independent dropout masks.
+    rngs = torch.load(tmp_path / "ckpt" / "distill_checkpoint.pt", weights_only=True)["torch_rng"]
+    assert rngs.dtype == torch.uint8 and rngs.shape == (2, torch.get_rng_state().numel())
+    assert not torch.equal(rngs[0], rngs[1])
     one = subprocess.run(
         [sys.executable, "-m", "modelfusion.distill", *args, "--out", str(tmp_path / "one.safetensors")],
         capture_output=True,
