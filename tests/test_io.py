@@ -15,6 +15,7 @@ from modelfusion import CheckpointError
 from modelfusion.cli import app
 from modelfusion.io import load_member, load_model, save_member
 from modelfusion.members import SklearnMember, TorchMember
+from modelfusion.predictions import Predictions
 
 from .conftest import MLP_KWARGS, MLP_SPEC
 
@@ -115,6 +116,15 @@ def test_pickled_models_are_refused_unless_trusted(tmp_path, trained_mlp, digits
     with pytest.raises(CheckpointError, match="is a pickle: loading it runs code"):
         load_member(pickled)
     assert isinstance(load_member(pickled, trust_code=True), SklearnMember)
+    assert isinstance(load_member(pickled, trust_pickle=True), SklearnMember)  # the earlier public name
+
+    out = tmp_path / "preds.safetensors"
+    refused = CliRunner().invoke(app, ["predict", str(pickled), "--out", str(out)])
+    assert refused.exit_code == 2 and "--trust-code" in refused.output and not out.exists()
+    for flag in ("--trust-code", "--trust-pickle"):
+        accepted = CliRunner().invoke(app, ["predict", str(pickled), "--out", str(out), flag, "--overwrite"])
+        assert accepted.exit_code == 0, accepted.output
+        assert Predictions.load(out).member_names == ("forest",)
 
 
 def test_weights_only_file_without_factory(tmp_path, trained_mlp):

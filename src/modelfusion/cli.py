@@ -162,7 +162,12 @@ def predict(
     factory_kwargs: Annotated[str | None, typer.Option(help="JSON object of the factory's arguments")] = None,
     task: Annotated[str | None, typer.Option(help="classification or regression (default: from the file)")] = None,
     trust_code: Annotated[
-        bool, typer.Option(help="allow pickles, TorchScript and torch.export files (they run code from the file)")
+        bool,
+        typer.Option(
+            "--trust-code",
+            "--trust-pickle",
+            help="allow pickles, TorchScript and torch.export files (they run code from the file)",
+        ),
     ] = False,
     trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
     overwrite: Overwrite = False,
@@ -212,7 +217,12 @@ def ensemble(
     ] = None,
     factory_kwargs: Annotated[str | None, typer.Option(help="JSON object of the factory's arguments")] = None,
     trust_code: Annotated[
-        bool, typer.Option(help="allow pickles, TorchScript and torch.export files (they run code from the file)")
+        bool,
+        typer.Option(
+            "--trust-code",
+            "--trust-pickle",
+            help="allow pickles, TorchScript and torch.export files (they run code from the file)",
+        ),
     ] = False,
     trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
     overwrite: Overwrite = False,
@@ -224,6 +234,7 @@ def ensemble(
     from ._atomic import check_output
     from .datasets import load_dataset
     from .ensemble import COMBINERS, fuse_and_evaluate
+    from .errors import LeakageError
     from .predictions import Predictions, collect_predictions
     from .report import print_leaderboard
 
@@ -246,7 +257,12 @@ def ensemble(
         val, test = Predictions.load(val_preds), Predictions.load(test_preds)
     else:
         raise ConfigError("give member checkpoints, or both --val-preds and --test-preds")
-    run = fuse_and_evaluate(val, test, "all" if methods == ["all"] else methods, seed=seed)
+    try:
+        run = fuse_and_evaluate(val, test, "all" if methods == ["all"] else methods, seed=seed)
+    except LeakageError as err:
+        if val_preds is None:
+            raise
+        raise LeakageError(f"--val-preds {val_preds}, --test-preds {test_preds}: {err}") from None
     print_leaderboard(run.report, console)
     run.save(out, overwrite=overwrite, inputs=inputs)
     console.print(f"combiners and results.json -> {out}")

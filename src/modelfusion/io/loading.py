@@ -227,6 +227,7 @@ def load_model(
     factory_kwargs: Mapping | None = None,
     trust_code: bool = False,
     trusted_types: Sequence[str] = (),
+    trust_pickle: bool = False,
 ) -> LoadedModel:
     """Read a model (an `nn.Module` or a scikit-learn estimator) from `path`, safely.
 
@@ -237,11 +238,13 @@ def load_model(
         trust_code: allow formats whose loading or running executes code from the file (pickles, TorchScript,
             torch.export programs): only for files you trust.
         trusted_types: extra type names a skops file may contain (scikit-learn's own classes are trusted).
+        trust_pickle: the earlier name of `trust_code`, still accepted.
 
     Raises:
         CheckpointError: missing, unknown, corrupt or unsafe file, unimportable factory, weights that do
         not fit the factory's model.
     """
+    trust_code = trust_code or trust_pickle
     path = Path(path)
     check_readable(path, "checkpoint")
     suffix = path.suffix.lower()
@@ -281,6 +284,7 @@ def load_member(
     factory_kwargs: Mapping | None = None,
     trust_code: bool = False,
     trusted_types: Sequence[str] = (),
+    trust_pickle: bool = False,
     name: str | None = None,
     task: str | None = None,
     classes: Sequence | None = None,
@@ -300,7 +304,7 @@ def load_member(
         path,
         factory=factory,
         factory_kwargs=factory_kwargs,
-        trust_code=trust_code,
+        trust_code=trust_code or trust_pickle,
         trusted_types=trusted_types,
     )
     meta = loaded.metadata
