@@ -1659,8 +1659,13 @@ def predictions_cases() -> list[Case]:
             "ensemble.test_preds_given_as_val",
             "ensemble",
             ["--val-preds", "test.safetensors", "--test-preds", "test.safetensors", "--out", "ens"],
-            must="either",
             setup=lambda ctx: copy(ctx.art.preds("test"), ctx.path("test.safetensors")),
+        ),
+        Case(
+            "ensemble.val_preds_given_as_test",
+            "ensemble",
+            ["--val-preds", "val.safetensors", "--test-preds", "val.safetensors", "--out", "ens"],
+            setup=lambda ctx: copy(ctx.art.preds("val"), ctx.path("val.safetensors")),
         ),
         Case(
             "distill.offline_preds_of_the_test_split",

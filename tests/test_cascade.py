@@ -1,9 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from modelfusion import ConfigError, InvalidInputError, NotFittedError
+from modelfusion import ConfigError, InvalidInputError, LeakageError, NotFittedError
 from modelfusion.features import Cascade, Chained, plot_cascade_curve
 from modelfusion.models import mlp
 from modelfusion.predictions import Predictions, collect_predictions
@@ -72,6 +74,8 @@ def test_cascade_errors():
         Cascade([0.5, 0.5], costs=[1, 2]).route(preds)
     with pytest.raises(NotFittedError, match="call fit"):
         Cascade().route(preds)
+    with pytest.raises(LeakageError, match="cascade: refusing to fit on predictions of the 'test' split"):
+        Cascade(costs=[1, 2, 10], target_accuracy=1.0).fit(dataclasses.replace(preds, split="test"))
 
 
 def test_lazy_run_on_real_members_agrees_with_routing_saved_predictions(digits, digits_members, tmp_path):

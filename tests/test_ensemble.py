@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -8,9 +9,18 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
+from typer.testing import CliRunner
 
-from modelfusion import ConfigError, IncompatibleModelsError, InvalidInputError, NotFittedError, UnknownNameError
-from modelfusion.ensemble import COMBINERS, Mean, combiners_for, make_combiner
+from modelfusion import (
+    ConfigError,
+    IncompatibleModelsError,
+    InvalidInputError,
+    LeakageError,
+    NotFittedError,
+    UnknownNameError,
+)
+from modelfusion.cli import app
+from modelfusion.ensemble import COMBINERS, Mean, combiners_for, fuse_and_evaluate, load_combiner, make_combiner
 from modelfusion.ensemble.temperature import fit_temperature
 from modelfusion.members import SklearnMember
 from modelfusion.predictions import Predictions, collect_predictions
@@ -252,20 +262,124 @@ def test_every_registered_combiner_fits_and_predicts(name, digits_val_test, regr
         assert set(combiner.get_params()) == set(make_combiner(name).get_params())
 
 
-@pytest.mark.parametrize("name", combiners_for("classification"))
-def test_fitting_uses_validation_only(name, digits_val_test):
-    """Leakage check: test labels never influence the fused test output, and fit leaves its input alone."""
-    val, test = digits_val_test
+def _same_state(a, b) -> bool:
+    """Exact equality of fitted states: tensors, arrays, dicts, sequences and objects (a scikit-learn
+    meta-learner, a base combiner) compared attribute by attribute."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "__dict__") and type(a) is type(b):
+        return _same_state(vars(a), vars(b))
+    return a == b
+
+
+def _corrupted(preds: Predictions, split: str | None = None) -> Predictions:
+    """The same outputs with every label wrong (classification: the next class) or targets reversed."""
+    if preds.task == "classification":
+        labels = (preds.labels + 1) % preds.num_classes
+    else:
+        labels = -preds.labels.flip(0)
+    return dataclasses.replace(preds, labels=labels, split=split or preds.split)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_fuse_and_evaluate_never_sees_test_labels(task, digits_val_test, regression_val_test):
+    """Leakage check: corrupting every test label changes no fitted state and no fused test output."""
+    val, test = digits_val_test if task == "classification" else regression_val_test
+    names = combiners_for(task)
+    # The check has teeth: fitted on these test outputs, the learning combiners do depend on the labels, so
+    # a fuse_and_evaluate that fitted on test (however its split was named) would fail the asserts below.
+    as_val = dataclasses.replace(test, split="val")
+    label_dependent = {
+        name
+        for name in names
+        if not _same_state(
+            make_combiner(name).fit(as_val).fitted_state(), make_combiner(name).fit(_corrupted(as_val)).fitted_state()
+        )
+    }
+    assert {"weighted", "stacking", "greedy_selection"} <= label_dependent
+
     before = val.outputs.clone()
-    combiner = make_combiner(name).fit(val)
-    assert torch.equal(val.outputs, before)
-    unlabeled = Predictions(test.outputs, None, test.member_names, test.task, "test")
-    shuffled = Predictions(
-        test.outputs, test.labels[torch.randperm(len(test.labels))], test.member_names, test.task, "test"
-    )
-    reference = combiner.fuse(test)
-    assert torch.equal(combiner.fuse(unlabeled), reference) and torch.equal(combiner.fuse(shuffled), reference)
-    assert torch.equal(make_combiner(name).fit(val).fuse(test), reference)  # deterministic
+    run = fuse_and_evaluate(val, test, "all")
+    corrupted = fuse_and_evaluate(val, _corrupted(test), "all")
+    assert torch.equal(val.outputs, before)  # fitting leaves its input alone
+    assert set(run.combiners) == set(corrupted.combiners) == set(names)
+    for name in names:
+        fitted, other = run.combiners[name], corrupted.combiners[name]
+        assert _same_state(fitted.fitted_state(), other.fitted_state()), name
+        assert torch.equal(fitted.fuse(test), other.fuse(test)), name
+        assert _same_state(make_combiner(name).fit(val).fitted_state(), fitted.fitted_state()), name  # val only
+
+
+def test_fitting_on_the_test_split_is_refused(digits_val_test, regression_val_test):
+    for val, test in (digits_val_test, regression_val_test):
+        for name in combiners_for(val.task):
+            with pytest.raises(
+                LeakageError, match=f"combiner '{name}': refusing to fit on predictions of the 'test' split"
+            ):
+                make_combiner(name).fit(test)
+        with pytest.raises(LeakageError, match="of the 'Test ' split"):
+            make_combiner("mean").fit(dataclasses.replace(val, split="Test "))
+        with pytest.raises(LeakageError, match="validation predictions are of the 'test' split"):
+            fuse_and_evaluate(test, val, ["mean"])  # swapped
+        with pytest.raises(LeakageError, match="validation predictions are of the 'test' split"):
+            fuse_and_evaluate(test, test, ["mean"])
+        for same in (val, dataclasses.replace(val)):  # one object twice, or a copy of it
+            with pytest.raises(LeakageError, match="validation and test predictions are the same \\(split 'val'"):
+                fuse_and_evaluate(val, same, ["mean"])
+    assert issubclass(LeakageError, InvalidInputError)
+
+
+def _ensemble_cli(*args: str):
+    return CliRunner().invoke(app, ["ensemble", *args])
+
+
+def test_ensemble_command_never_sees_test_labels(tmp_path, digits_val_test):
+    val, test = digits_val_test
+    val.save(tmp_path / "val.safetensors")
+    test.save(tmp_path / "test.safetensors")
+    _corrupted(test).save(tmp_path / "corrupted.safetensors")
+    methods = ["--method", "weighted", "--method", "stacking", "--method", "temperature"]
+    for preds in ("test", "corrupted"):
+        args = [
+            "--val-preds",
+            str(tmp_path / "val.safetensors"),
+            "--test-preds",
+            str(tmp_path / f"{preds}.safetensors"),
+        ]
+        result = _ensemble_cli(*args, *methods, "--out", str(tmp_path / f"run_{preds}"))
+        assert result.exit_code == 0, result.output
+    for name in ("weighted", "stacking", "temperature"):  # files differ in skops' zip timestamps: load them
+        fitted = [
+            load_combiner(tmp_path / run / "combiners" / f"{name}.safetensors") for run in ("run_test", "run_corrupted")
+        ]
+        assert _same_state(fitted[0].fitted_state(), fitted[1].fitted_state()), name
+        assert torch.equal(fitted[0].fuse(test), fitted[1].fuse(test)), name
+
+
+def test_ensemble_command_refuses_to_fit_on_test(tmp_path, digits_val_test):
+    val, test = digits_val_test
+    val.save(tmp_path / "val.safetensors")
+    test.save(tmp_path / "test.safetensors")
+    for val_file, test_file, reason in (
+        ("test", "test", "the validation predictions are of the 'test' split"),
+        ("test", "val", "the validation predictions are of the 'test' split"),
+        ("val", "val", "the validation and test predictions are the same (split 'val'"),
+    ):
+        val_path, test_path = tmp_path / f"{val_file}.safetensors", tmp_path / f"{test_file}.safetensors"
+        result = _ensemble_cli(
+            "--val-preds", str(val_path), "--test-preds", str(test_path), "--out", str(tmp_path / "o")
+        )
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert lines[0].startswith(f"error: --val-preds {val_path}, --test-preds {test_path}: {reason}")
+        assert "fit on validation predictions" in lines[0] or "give the validation split's" in lines[0]
+    assert not (tmp_path / "o").exists()
 
 
 def test_contract_errors(digits_val_test):

@@ -7,6 +7,7 @@ __all__ = [
     "CheckpointError",
     "IncompatibleModelsError",
     "InvalidInputError",
+    "LeakageError",
     "ConfigError",
     "UnknownNameError",
     "NotFittedError",
@@ -46,6 +47,11 @@ class IncompatibleModelsError(ModelFusionError):
 
 class InvalidInputError(ModelFusionError, ValueError):
     """Bad data: wrong shapes, NaN/inf values, empty inputs."""
+
+
+class LeakageError(InvalidInputError):
+    """Labels of the split a fusion is scored on would reach its fit: fitting on test predictions, or the same
+    predictions given as validation and as test."""
 
 
 class ConfigError(ModelFusionError, ValueError):

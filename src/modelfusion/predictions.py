@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from ._checks import check_count
 from ._progress import progress_bar
 from ._safetensors import parse_description, read_tensors, write_tensors
-from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError, ModelFusionError
+from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError, LeakageError, ModelFusionError
 from .members import Member, check_members
 
 __all__ = ["Predictions", "collect_predictions"]
@@ -171,6 +171,21 @@ class Predictions:
         outputs = torch.cat([self.outputs, other.outputs])
         names = self.member_names + other.member_names
         return Predictions(outputs, self.labels, names, self.task, self.split, self.classes)
+
+
+def is_test_split(split: str) -> bool:
+    """Whether predictions of `split` are the test split's, which nothing may be fitted on ("test", "Test ")."""
+    return split.strip().lower() == "test"
+
+
+def check_fit_split(preds: Predictions, fitter: str) -> None:
+    """Refuse to fit `fitter` (e.g. "combiner 'weighted'") on test predictions: whatever is fitted on them has
+    seen the labels it is then scored on, and its test score means nothing."""
+    if is_test_split(preds.split):
+        raise LeakageError(
+            f"{fitter}: refusing to fit on predictions of the {preds.split!r} split (it would then be scored on the "
+            "labels it learned from); fit on validation predictions (split 'val') and only score on test"
+        )
 
 
 def _check_finite(out: torch.Tensor, name: str) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import IncompatibleModelsError, InvalidInputError, NotFittedError
-from ..predictions import Predictions
+from ..predictions import Predictions, check_fit_split
 
 __all__ = ["Combiner"]
 
@@ -31,7 +31,9 @@ class Combiner:
 
     # -- fitting -------------------------------------------------------------------------------------
     def fit(self, preds: Predictions, y: torch.Tensor | None = None, *, X: torch.Tensor | None = None) -> Combiner:
-        """Learn from validation predictions; `y` defaults to `preds.labels`."""
+        """Learn from validation predictions; `y` defaults to `preds.labels`. Predictions of the test split are
+        refused (`LeakageError`): a combiner fitted on them is scored on the labels it learned from."""
+        check_fit_split(preds, f"combiner {self.name!r}")
         if preds.task not in self.tasks:
             raise InvalidInputError(
                 f"combiner {self.name!r} supports {' and '.join(self.tasks)}, not {preds.task}; pick another method"

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from .._atomic import atomic_dir, jsonable, write_json
-from ..errors import IncompatibleModelsError
+from ..errors import IncompatibleModelsError, LeakageError
 from ..evaluate import Report, evaluate
-from ..predictions import Predictions
+from ..predictions import Predictions, is_test_split
 from .base import Combiner
 from .serialize import save_combiner
 
@@ -69,8 +69,10 @@ def fuse_and_evaluate(
     """Fit each combiner on `val`, fuse `test`, and score members and fusions together.
 
     Args:
-        val: member predictions with labels on the validation split (the only data anything is fitted on).
-        test: predictions of the same members on the test split (only scored).
+        val: member predictions with labels on the validation split (the only data anything is fitted on);
+            predictions of the test split are refused (`LeakageError`).
+        test: predictions of the same members on the test split (only scored); the same predictions as `val`
+            are refused.
         methods: combiner names, or "all" for every combiner that supports the task.
         params: per-method constructor arguments, e.g. `{"weighted": {"shrinkage": 0.1}}`.
         X_val, X_test: original inputs, for combiners that use them (stacking with passthrough).
@@ -82,6 +84,7 @@ def fuse_and_evaluate(
     """
     from . import combiners_for, make_combiner
 
+    _check_no_leak(val, test)
     if val.member_names != test.member_names:
         raise IncompatibleModelsError(
             f"validation predictions are of members {list(val.member_names)} but test predictions of "
@@ -102,3 +105,22 @@ def fuse_and_evaluate(
         combiners[name] = combiner
         fused[name] = combiner.fuse(test, X=X_test)
     return EnsembleRun(combiners, evaluate(test, fused, seed=seed), seconds)
+
+
+def _check_no_leak(val: Predictions, test: Predictions) -> None:
+    """Refuse what would score combiners on the labels they were fitted on: test predictions given as the
+    validation ones, or one set of predictions given as both."""
+    if is_test_split(val.split):
+        raise LeakageError(
+            f"the validation predictions are of the {val.split!r} split: combiners fitted on them would be scored "
+            "on the labels they learned from; fit on validation predictions (split 'val') and only score on test"
+        )
+    same = val is test or (
+        val.split == test.split and val.outputs.shape == test.outputs.shape and torch.equal(val.outputs, test.outputs)
+    )
+    if same:
+        raise LeakageError(
+            f"the validation and test predictions are the same (split {val.split!r}, identical outputs for "
+            f"{val.num_samples} samples): combiners would be scored on the labels they were fitted on; give the "
+            "validation split's predictions as val and the test split's as test"
+        )

@@ -21,7 +21,7 @@ from torch import nn
 from .._modules import freeze, output_width, truncate
 from ..errors import ConfigError, InvalidInputError, NotFittedError
 from ..members import as_member
-from ..predictions import Predictions
+from ..predictions import Predictions, check_fit_split
 from ..report.plots import pyplot, save_figure
 
 __all__ = ["Cascade", "CascadeResult", "Chained", "plot_cascade_curve"]
@@ -97,7 +97,9 @@ class Cascade:
 
     # -- choosing thresholds ---------------------------------------------------------------------------
     def fit(self, val: Predictions) -> Cascade:
-        """Choose the thresholds on validation predictions (members in cascade order)."""
+        """Choose the thresholds on validation predictions (members in cascade order); test predictions are
+        refused (`LeakageError`)."""
+        check_fit_split(val, "cascade")
         proba = val.probabilities(torch.float64).numpy()  # [K, N, C]
         if val.task != "classification" or val.labels is None:
             raise InvalidInputError("a cascade is fitted on labelled classification predictions")
