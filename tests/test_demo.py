@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from modelfusion.cli import app
+from modelfusion.datasets import load_dataset
 from modelfusion.ensemble import combiners_for
 from modelfusion.io import load_member
 from modelfusion.predictions import Predictions
@@ -57,7 +58,14 @@ def test_demo_regression_end_to_end(tmp_path):
     rows = {r["name"]: r for r in results["test"]["rows"]}
     assert {"ridge", "random_forest", "mlp_0", "mean"} <= set(rows)
     assert rows["mean"]["vs_best_member"]["test"] == "paired_bootstrap"
-    assert all(r["metrics"]["rmse"] < 80 for r in rows.values())  # the target's std is about 77
+    # Predicting the training mean scores RMSE 71.9 on this test split; at seed 0 the demo reaches 0.78 of it
+    # (best member and best fusion; seeds 1-3: 0.73-0.76) and its worst row 0.81.
+    data = load_dataset("diabetes", seed=results["dataset"]["seed"])
+    mean_rmse = (data.test.y - data.train.y.mean()).square().mean().sqrt().item()
+    rmse = {name: r["metrics"]["rmse"] for name, r in rows.items()}
+    best = {kind: min(rmse[n] for n, r in rows.items() if r["kind"] == kind) for kind in ("member", "fusion")}
+    assert best["member"] < 0.85 * mean_rmse and best["fusion"] < 0.85 * mean_rmse, (best, mean_rmse)
+    assert max(rmse.values()) < 0.9 * mean_rmse, (rmse, mean_rmse)
 
 
 def test_predict_command_on_saved_members(tmp_path):
