@@ -33,6 +33,11 @@ class OutputScale(nn.Module):
         return x * self.scale + self.shift
 
 
+def _dropout(p: float) -> list[nn.Module]:
+    # Dropout layers only when used, so that the layer indices of files saved without them stay valid.
+    return [nn.Dropout(p)] if p else []
+
+
 @MODELS.register("mlp")
 def mlp(
     in_features: int,
@@ -46,9 +51,7 @@ def mlp(
     layers: list[nn.Module] = []
     width = in_features
     for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU()]
-        if dropout:
-            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(width, size), nn.ReLU(), *_dropout(dropout)]
         width = size
     layers.append(nn.Linear(width, num_outputs))
     if target_mean is not None or target_std is not None:
@@ -62,8 +65,10 @@ def cnn2d(
     num_outputs: int = 10,
     channels: Sequence[int] = (32, 64),
     hidden: int = 128,
+    dropout: float = 0.0,
 ) -> nn.Sequential:
-    """A small 2-D CNN (3x3 convs, BatchNorm, one 2x2 max-pool) for 8x8 digits given as flat 64 features."""
+    """A small 2-D CNN (3x3 convs, BatchNorm, one 2x2 max-pool) for 8x8 digits given as flat 64 features;
+    with `dropout`, a Dropout before each linear layer."""
     in_channels, height, width = image_shape
     c1, c2 = channels
     return nn.Sequential(
@@ -76,8 +81,10 @@ def cnn2d(
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
+        *_dropout(dropout),
         nn.Linear(c2 * (height // 2) * (width // 2), hidden),
         nn.ReLU(),
+        *_dropout(dropout),
         nn.Linear(hidden, num_outputs),
     )
 

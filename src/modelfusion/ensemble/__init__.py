@@ -10,6 +10,9 @@
 | `stacking` | a scikit-learn meta-learner over member outputs, cross-fitted | meta-learner |
 | `greedy_selection` | Caruana et al. (2004) ensemble selection with replacement | selection counts |
 | `temperature` | temperature per member, a base combiner, temperature of the fused output | temperatures |
+
+Members to fuse, when none exist yet: `train_members(recipe, data, method=...)` (seeds, bagging, kfold with
+out-of-fold predictions for stacking, snapshot, swa; see `modelfusion.ensemble.train`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .selection import GreedySelection
 from .serialize import load_combiner, save_combiner
 from .stacking import Stacking
 from .temperature import TemperatureScaling
+from .train import TRAINING_METHODS, MeanOfModels, TrainedMembers, train_members
 from .voting import HardVote, SoftVote, Voting
 from .weighted import WeightedAverage
 from .workflow import EnsembleRun, fuse_and_evaluate
@@ -37,6 +41,10 @@ __all__ = [
     "load_combiner",
     "fuse_and_evaluate",
     "EnsembleRun",
+    "train_members",
+    "TrainedMembers",
+    "TRAINING_METHODS",
+    "MeanOfModels",
     "Mean",
     "MeanLogit",
     "Median",
