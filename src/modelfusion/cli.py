@@ -110,8 +110,15 @@ def demo(
     ] = "digits",
     seed: Annotated[int, typer.Option(help="seed of the split and of every member")] = 0,
     out: Annotated[Path, typer.Option(help="folder for members, predictions and results.json")] = Path("runs/demo"),
-    epochs: Annotated[int, typer.Option(help="training epochs of the torch members")] = 40,
-    mlps: Annotated[int, typer.Option(help="number of MLP members (different seeds)")] = 3,
+    epochs: Annotated[
+        int | None, typer.Option(help="training epochs of the torch members (default: their recipe's)")
+    ] = None,
+    networks: Annotated[
+        int,
+        typer.Option(
+            "--networks", "--mlps", help="networks of the dataset's recipe (different seeds; a CNN on image data)"
+        ),
+    ] = 3,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     overwrite: Overwrite = False,
 ) -> None:
@@ -126,7 +133,7 @@ def demo(
         seed=seed,
         out=out,
         epochs=epochs,
-        n_mlps=mlps,
+        n_networks=networks,
         progress=progress,
         overwrite=overwrite,
         console=console,
