@@ -31,7 +31,7 @@ from .members import TorchMember
 from .models import MODELS
 from .registry import Registry
 
-__all__ = ["train_model", "run_epochs", "score_classifier", "TrainingRecipe", "RECIPES", "recipe_for"]
+__all__ = ["train_model", "run_epochs", "mixup_weight", "score_classifier", "TrainingRecipe", "RECIPES", "recipe_for"]
 
 
 def train_model(
@@ -48,12 +48,15 @@ def train_model(
     cosine: bool = False,
     param_groups: list[dict] | None = None,
     frozen: Sequence[nn.Module] = (),
+    mixup: float = 0.0,
 ) -> nn.Module:
     """Train `model` in place with AdamW (constant rate, or a cosine schedule over all steps with `cosine`)
     and return it with the weights of its best validation epoch.
 
     `param_groups` (AdamW's groups, each with its own `lr`) restricts training to those parameters; the
     `frozen` modules stay in eval mode while the rest trains, so their BatchNorm statistics do not move.
+    `mixup > 0` (classification) trains on mixup batches (Zhang et al., 2018): inputs and their labels' losses
+    mixed with a weight drawn from Beta(mixup, mixup).
 
     The validation split only chooses the epoch (early stopping); the test split is never seen. A loss that
     becomes NaN or infinite stops training with a `TrainingDivergedError` naming the epoch.
@@ -64,13 +67,18 @@ def train_model(
     check_count(epochs, "epochs")
     check_count(batch_size, "batch_size")
     check_number(lr, "lr", low=0.0, open_low=True)
+    check_number(mixup, "mixup", low=0.0)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         groups = param_groups if param_groups is not None else [{"params": list(model.parameters())}]
-        return _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, cosine, groups, frozen)
+        return _train(
+            model, train, val, task, epochs, lr, weight_decay, batch_size, seed, cosine, groups, frozen, mixup
+        )
 
 
-def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, cosine, groups, frozen) -> nn.Module:
+def _train(
+    model, train, val, task, epochs, lr, weight_decay, batch_size, seed, cosine, groups, frozen, mixup
+) -> nn.Module:
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     steps = epochs * -(-len(train) // batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if cosine else None
@@ -86,6 +94,7 @@ def _train(model, train, val, task, epochs, lr, weight_decay, batch_size, seed, 
         seed=seed,
         scheduler=scheduler,
         frozen=frozen,
+        mixup=mixup,
     ):
         model.eval()
         with torch.no_grad():
@@ -113,6 +122,7 @@ def run_epochs(
     seed: int,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     frozen: Sequence[nn.Module] = (),
+    mixup: float = 0.0,
 ) -> Iterator[int]:
     """Train `model` on `train` for `epochs` epochs of seeded mini-batches, yielding each finished epoch's
     number (1, 2, ...) so the caller can evaluate, keep snapshots or average weights between epochs.
@@ -120,8 +130,12 @@ def run_epochs(
     `scheduler`, if given, steps after every batch. The model is in train mode during the steps (the `frozen`
     modules in eval mode); what the caller does between epochs is up to it. A loss that becomes NaN or
     infinite raises `TrainingDivergedError` naming the epoch. Dropout draws from torch's global generator:
-    seed it (inside `torch.random.fork_rng`) for repeatable runs, as `train_model` does.
+    seed it (inside `torch.random.fork_rng`) for repeatable runs, as `train_model` does. `mixup > 0`
+    (classification): each batch is mixed with a shuffled copy of itself and the two labels' losses weighted
+    alike; the weights and shuffles come from the seeded generator.
     """
+    if mixup and task != "classification":
+        raise ConfigError("mixup mixes labels of a classification task; use mixup=0 for regression")
     generator = torch.Generator().manual_seed(seed)
     loss_fn = _loss(task)
     n = len(train)
@@ -135,8 +149,15 @@ def run_epochs(
             if len(idx) < 2 and has_batchnorm(model):
                 continue  # BatchNorm cannot train on a batch of one
             optimizer.zero_grad()
-            out = model(train.X[idx])
-            loss = loss_fn(out.squeeze(-1) if task == "regression" else out, train.y[idx])
+            x, y = train.X[idx], train.y[idx]
+            if mixup:
+                weight = mixup_weight(mixup, generator)
+                partner = torch.randperm(len(idx), generator=generator)
+                out = model(weight * x + (1 - weight) * x[partner])
+                loss = weight * loss_fn(out, y) + (1 - weight) * loss_fn(out, y[partner])
+            else:
+                out = model(x)
+                loss = loss_fn(out.squeeze(-1) if task == "regression" else out, y)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"training diverged in epoch {epoch}: the loss became {loss.item()}; lower the learning "
@@ -147,6 +168,15 @@ def run_epochs(
             if scheduler is not None:
                 scheduler.step()
         yield epoch
+
+
+def mixup_weight(concentration: float, generator: torch.Generator) -> float:
+    """A Beta(c, c) draw by inverse-CDF sampling of a uniform from the seeded generator (scipy's
+    `betaincinv`), so mixup weights follow the training seed and survive a resume."""
+    from scipy.special import betaincinv
+
+    uniform = torch.rand(1, generator=generator, dtype=torch.float64).item()
+    return float(betaincinv(concentration, concentration, uniform))
 
 
 def score_classifier(model: nn.Module, split: Split) -> dict[str, float]:
@@ -177,6 +207,7 @@ class TrainingRecipe:
     weight_decay: float = 1e-4
     batch_size: int = 64
     cosine: bool = False
+    mixup: float = 0.0
     reaches: str = ""
 
     def factory_kwargs(self, data: Dataset) -> dict:
@@ -219,6 +250,7 @@ class TrainingRecipe:
             batch_size=self.batch_size,
             seed=seed,
             cosine=self.cosine,
+            mixup=self.mixup,
         )
 
     def member(self, model: nn.Module, data: Dataset, *, name: str) -> TorchMember:

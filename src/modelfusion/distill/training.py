@@ -18,7 +18,7 @@ from .._modules import output_width
 from .._progress import progress_bar
 from ..datasets import Split
 from ..errors import CheckpointError, ConfigError, OutputError, TrainingDivergedError
-from ..training import score_classifier
+from ..training import mixup_weight, score_classifier
 from .losses import LOSSES, FeatureHints
 from .teachers import Teacher
 
@@ -193,7 +193,7 @@ def distill(
                 index = order[start : start + batch_size]
                 x, y = train.X[index], train.y[index]
                 if mixup:  # on the global batch, with the generator every process shares
-                    weight = _beta(mixup, generator)
+                    weight = mixup_weight(mixup, generator)
                     x = weight * x + (1 - weight) * x[torch.randperm(len(x), generator=generator)]
                     index = None
                 mine = torch.arange(len(x)).tensor_split(world)[rank]
@@ -377,12 +377,3 @@ def _sum_over_processes(sums: dict[str, float]) -> dict[str, float]:
     values = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
     dist.all_reduce(values)
     return dict(zip(keys, values.tolist(), strict=True))
-
-
-def _beta(concentration: float, generator: torch.Generator) -> float:
-    """A Beta(c, c) draw by inverse-CDF sampling of a uniform from the seeded generator (scipy's
-    `betaincinv`), so mixup weights follow the training seed and survive a resume."""
-    from scipy.special import betaincinv
-
-    uniform = torch.rand(1, generator=generator, dtype=torch.float64).item()
-    return float(betaincinv(concentration, concentration, uniform))
