@@ -66,7 +66,7 @@ def test_weighted_nll_weights_match_a_brute_force_search():
     probs = rng.dirichlet(np.ones(3), size=(2, 60))  # two members, 60 samples, 3 classes
     labels = rng.integers(0, 3, 60)
     preds = _classification(probs, labels)
-    fitted = make_combiner("weighted").fit(preds).weights_.numpy()
+    fitted = make_combiner("weighted").fit(preds).fusion_weights_.numpy()  # the NLL fit, before any fallback
     grid = np.linspace(0, 1, 10001)
     q = probs[:, np.arange(60), labels]
     nll = [-np.log(w * q[0] + (1 - w) * q[1]).mean() for w in grid]

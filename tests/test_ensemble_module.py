@@ -5,7 +5,7 @@ from modelfusion import IncompatibleModelsError, InvalidInputError, NotFittedErr
 from modelfusion.ensemble import EnsembleModule, combiners_for, load_combiner, make_combiner, save_combiner
 from modelfusion.io.factory import build_model
 from modelfusion.members import TorchMember
-from modelfusion.predictions import collect_predictions
+from modelfusion.predictions import Predictions, collect_predictions
 from modelfusion.training import train_model
 
 from .conftest import MLP_KWARGS, MLP_SPEC
@@ -38,7 +38,7 @@ def test_module_output_equals_the_combiner(name, mlp_members, mlp_preds, digits)
     torch.testing.assert_close(fused, combiner.predict_proba(test), atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["weighted", "stacking", "temperature", "hard_vote"])
+@pytest.mark.parametrize("name", ["weighted", "stacking", "temperature", "hard_vote", "mean_logit"])
 def test_save_load_and_export(name, tmp_path, mlp_members, mlp_preds, digits):
     val, _ = mlp_preds
     module = EnsembleModule(mlp_members, make_combiner(name).fit(val)).eval()
@@ -53,6 +53,31 @@ def test_save_load_and_export(name, tmp_path, mlp_members, mlp_preds, digits):
     torch.testing.assert_close(program.module()(digits.test.X), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["weighted", "greedy_selection"])
+def test_a_fusion_that_fell_back_serves_its_member(name, mlp_members, mlp_preds, digits):
+    """One-hot weights are weights: the module serves (and exports as) the member the combiner fell back to."""
+    val, _ = mlp_preds
+    # Validation outputs under the members' names: mlp0 always right but underconfident (logit 0.5 on the
+    # label), mlp1 and mlp2 confident and wrong on every fifth sample. The NLL fit leans on mlp1 and mlp2, so
+    # the fusion is 80% accurate and the fallback picks mlp0 (100%).
+    labels = val.labels
+    wrong = torch.where(torch.arange(len(labels)) % 5 == 0, (labels + 1) % 10, labels)
+    outputs = torch.stack([0.5 * _one_hot(labels), 5.0 * _one_hot(wrong), 5.0 * _one_hot(wrong)])
+    crafted = Predictions(outputs, labels, val.member_names, "classification", "val", val.classes)
+    combiner = make_combiner(name).fit(crafted)
+    assert combiner.choice_ == "mlp0" and combiner.weights_.tolist() == [1.0, 0.0, 0.0]
+    module = EnsembleModule(mlp_members, combiner).eval()
+    with torch.no_grad():
+        expected = torch.log_softmax(mlp_members[0].module(digits.test.X), dim=1)
+        torch.testing.assert_close(module(digits.test.X), expected, atol=1e-5, rtol=1e-5)
+    program = torch.export.export(module, (digits.test.X[:8],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.testing.assert_close(program.module()(digits.test.X), expected, atol=1e-5, rtol=1e-5)
+
+
+def _one_hot(labels: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels, 10).float()
+
+
 def test_combiner_file_round_trip(tmp_path, mlp_preds):
     val, test = mlp_preds
     for name in combiners_for("classification"):
@@ -60,6 +85,7 @@ def test_combiner_file_round_trip(tmp_path, mlp_preds):
         loaded = load_combiner(save_combiner(combiner, tmp_path / f"{name}.safetensors"))
         assert torch.equal(loaded.fuse(test), combiner.fuse(test)), name
         assert loaded.get_params() == combiner.get_params()
+        assert loaded.fitted_state().keys() == combiner.fitted_state().keys(), name  # choice_, overconfident_, ...
 
 
 def test_vectorized_forward_equals_the_loop(mlp_members, mlp_preds, digits):

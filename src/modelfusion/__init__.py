@@ -10,6 +10,7 @@ from .errors import (
     ModelFusionError,
     NotFittedError,
     OutputError,
+    OverconfidenceWarning,
     TrainingDivergedError,
     UnknownNameError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "MissingExtraError",
     "NotFittedError",
     "OutputError",
+    "OverconfidenceWarning",
     "TrainingDivergedError",
     "UnknownNameError",
 ]

@@ -1,4 +1,6 @@
-"""Errors raised on purpose. Every one is a `ModelFusionError`; the CLI prints it on one line and exits 2."""
+"""Errors raised on purpose. Every one is a `ModelFusionError`; the CLI prints it on one line and exits 2.
+
+Warnings modelfusion emits on purpose are `UserWarning` subclasses defined here too."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ __all__ = [
     "MissingExtraError",
     "OutputError",
     "TrainingDivergedError",
+    "OverconfidenceWarning",
 ]
 
 
@@ -80,3 +83,8 @@ class OutputError(ModelFusionError):
 
 class TrainingDivergedError(ModelFusionError):
     """Training produced a non-finite loss; the message names the epoch and what was kept."""
+
+
+class OverconfidenceWarning(UserWarning):
+    """A member gives the true class of validation samples (almost) zero probability; the message names the
+    member, the count and what the combiner does about it."""

@@ -3,13 +3,19 @@
 | name | what it does | fitted on validation |
 |---|---|---|
 | `mean` | mean of probabilities (values for regression) | nothing |
-| `mean_logit` (= `geometric_mean`) | softmax of the mean logit | nothing |
+| `mean_logit` (= `geometric_mean`) | softmax of the mean log-probability, floored at log(`floor`) | nothing (warns) |
 | `median` | median of values (regression) | nothing |
-| `weighted` | weighted mean; NLL-optimal weights (NNLS for regression) | weights |
+| `weighted` | weighted mean; NLL-optimal weights (NNLS for regression), or the best member* | weights |
 | `soft_vote`, `hard_vote` | voting with fixed weights, hard ties broken by summed probability | nothing |
 | `stacking` | a scikit-learn meta-learner over member outputs, cross-fitted | meta-learner |
-| `greedy_selection` | Caruana et al. (2004) ensemble selection with replacement | selection counts |
+| `greedy_selection` | Caruana et al. (2004) selection with replacement, or the best member* | selection counts |
 | `temperature` | temperature per member, a base combiner, temperature of the fused output | temperatures |
+
+*`weighted` and `greedy_selection` are never less accurate on validation than their best member (lower MSE for
+regression): when that member is strictly better than the fitted fusion on the validation predictions, it is
+used alone, and `choice_` / `choice_reason_` say which was chosen and why (`fallback=False` turns this off).
+`mean_logit` warns (`OverconfidenceWarning`) about members that give a validation sample's true class a
+probability below `floor`, whose log-probabilities it floors so that one member's zero cannot veto a class.
 
 Members to fuse, when none exist yet: `train_members(recipe, data, method=...)` (seeds, bagging, kfold with
 out-of-fold predictions for stacking, snapshot, swa; see `modelfusion.ensemble.train`).

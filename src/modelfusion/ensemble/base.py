@@ -11,7 +11,7 @@ import torch
 from ..errors import IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..predictions import Predictions, check_fit_split
 
-__all__ = ["Combiner"]
+__all__ = ["Combiner", "best_member_or_fusion"]
 
 
 class Combiner:
@@ -111,3 +111,53 @@ def probabilities(outputs: torch.Tensor) -> torch.Tensor:
 def true_class_columns(values: np.ndarray, y: np.ndarray) -> np.ndarray:
     """`values[..., n, y_n]` for every leading index: `[..., N, C]` -> `[..., N]`."""
     return np.take_along_axis(values, y.reshape(*([1] * (values.ndim - 2)), -1, 1), axis=-1)[..., 0]
+
+
+def weighted_mean(weights: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """Weighted mean over members of probabilities (logits `[K, N, C]` -> `[N, C]`) or values (`[K, N]` -> `[N]`)."""
+    weights = weights.to(outputs.dtype)
+    if outputs.ndim == 3:
+        return torch.einsum("k,knc->nc", weights, probabilities(outputs))
+    return weights @ outputs
+
+
+def best_member_or_fusion(
+    weights: torch.Tensor, outputs: torch.Tensor, y: torch.Tensor, member_names: tuple[str, ...], *, fallback: bool
+) -> tuple[torch.Tensor, str, str]:
+    """The weights to use: the fitted `weights`, or one-hot on the best member when it beats their fusion.
+
+    Both are scored on the validation outputs the weights were fitted on. The best member has the highest
+    accuracy (ties: the lower NLL, then the first) or the lowest MSE; it replaces the fusion only when its
+    accuracy is strictly higher (its MSE strictly lower) and `fallback` is on. NLL cannot decide: the
+    NLL-optimal mixture never has a higher validation NLL than any member, even when it is less accurate.
+
+    Returns:
+        (weights `[K]`, choice: the member's name or "fusion", reason: one line quoting both figures).
+    """
+    fused = weighted_mean(weights, outputs)  # [N, C] or [N]
+    if outputs.ndim == 3:
+        log_proba = torch.log_softmax(outputs, dim=-1)  # [K, N, C]
+        member_scores = (log_proba.argmax(dim=-1) == y).double().mean(dim=1)  # accuracy, [K]
+        member_nll = -log_proba.gather(-1, y.view(1, -1, 1).expand(len(outputs), -1, 1)).mean(dim=(1, 2))  # [K]
+        best = min(range(len(outputs)), key=lambda k: (-member_scores[k].item(), member_nll[k].item(), k))
+        fusion_score = (fused.argmax(dim=-1) == y).double().mean().item()
+        member_wins = member_scores[best].item() > fusion_score
+        metric, fmt, win, keep = "accuracy", ".4f", ">", ">="
+    else:
+        member_scores = ((outputs - y.to(outputs.dtype)) ** 2).mean(dim=1)  # MSE, [K]
+        best = int(torch.argmin(member_scores))  # ties: the first
+        fusion_score = ((fused - y.to(fused.dtype)) ** 2).mean().item()
+        member_wins = member_scores[best].item() < fusion_score
+        metric, fmt, win, keep = "MSE", ".6g", "<", "<="
+    member, member_score = member_names[best], member_scores[best].item()
+    if member_wins and fallback:
+        one_hot = torch.zeros(len(outputs), dtype=torch.float64)
+        one_hot[best] = 1.0
+        reason = f"member {member!r}: validation {metric} {member_score:{fmt}} {win} fusion {fusion_score:{fmt}}"
+        return one_hot, member, reason
+    relation = f"best member {member!r} {member_score:{fmt}}"
+    if member_wins:
+        reason = f"fusion (fallback off): validation {metric} {fusion_score:{fmt}}, worse than {relation}"
+    else:
+        reason = f"fusion: validation {metric} {fusion_score:{fmt}} {keep} {relation}"
+    return weights.double().clone(), "fusion", reason  # a copy: safetensors refuses tensors sharing memory

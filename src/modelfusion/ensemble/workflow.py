@@ -29,12 +29,15 @@ class EnsembleRun:
     fit_seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        """JSON-able: each combiner's parameters, fit time and (stacking) cross-validated score, plus the report."""
+        """JSON-able: each combiner's parameters, fit time and what it fitted (stacking's cross-validated score;
+        weights and whether the best member replaced the fusion, and why; members `mean_logit` found
+        overconfident; temperatures), plus the report."""
         combiners = {}
         for name, combiner in self.combiners.items():
             entry = {"class": type(combiner).__name__, "params": jsonable(combiner.get_params())}
             entry["fit_seconds"] = round(self.fit_seconds[name], 4)
-            for attr in ("cv_score_", "weights_", "member_temperatures_", "fused_temperature_"):
+            fitted = ("cv_score_", "weights_", "fusion_weights_", "choice_", "choice_reason_", "overconfident_")
+            for attr in (*fitted, "member_temperatures_", "fused_temperature_"):
                 if hasattr(combiner, attr):
                     entry[attr.rstrip("_")] = jsonable(getattr(combiner, attr))
             combiners[name] = entry
