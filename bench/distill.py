@@ -3,17 +3,20 @@
     .venv/bin/python bench/distill.py [--datasets mnist1d,digits] [--seeds 5] [--epochs 150] [--out FILE.json]
                                       [--losses hinton,mse,hinton+hints|none] [--torchdistill]
 
-Per dataset and seed: five teachers (mnist1d: the paper's 1-D CNN; digits: MLP 64-128-10) trained on the
-train split with AdamW + cosine; their mean-probability ensemble; per student (mnist1d: the same 1-D CNN and
-one with half the channels; digits: MLP 64-32-10) a lone copy trained on labels only and one distilled copy
-per loss (Hinton KD, logit MSE, Hinton KD + FitNets hints on the last hidden features of teacher 0), all with
-the same epochs and cosine schedule.
+Per dataset and seed: five teachers trained with the dataset's recipe (`recipe_for(data)`: mnist1d and digits
+CNNs at their published accuracy; `train_members(..., method="seeds")`); their mean-probability ensemble; per
+student (mnist1d: the recipe's 1-D CNN, and one with a quarter of its channels; digits: MLP 64-32-10) a lone
+copy trained on labels only, a lone copy trained with mixup on labels (the augmentation the distilled
+students get, as its own row), and one distilled copy per loss (Hinton KD, logit MSE, Hinton KD + FitNets
+hints on the last hidden features of teacher 0): all with the same epochs, AdamW, cosine schedule and
+best-validation-NLL epoch.
 
 Each loss's recipe (T, alpha, mixup) is chosen on seed 0's validation split among a few candidates for the
-first student, never on test, and then used for every seed and student. Reported on test: accuracy
-(mean ± std over seeds and the 95% bootstrap CI of the pooled accuracy), NLL, ECE; the recovered fraction
-(distilled - lone) / (ensemble - lone) of the seed means with a 95% CI from a paired bootstrap of each
-seed's test samples; and the exact McNemar test of distilled against lone, pooled over seeds.
+first student, never on test, and then used for every seed and student. Reported on test, across seeds: mean
+± std and a 95% t-interval over the seeds (the seeds are the replicates; mnist1d's test set is shared by all
+seeds, so its samples are never pooled); NLL, ECE; the recovered fraction (distilled - lone) / (ensemble -
+lone) per seed, with its mean and t-interval over seeds, against both lone rows; per seed, the exact McNemar
+test of distilled against lone on that seed's test set, and a paired t-test over seeds.
 
 With --torchdistill, torchdistill's own DistillationBox and KDLoss distill the same teachers into the same
 student on the same split with the same optimizer, schedule and epochs (bench/torchdistill_runner.py, in
@@ -34,33 +37,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from reference_venvs import ROOT, ensure_venv
+from scipy import stats
 
 from modelfusion.datasets import load_dataset
 from modelfusion.distill import FeatureHints, ModelTeacher, distill
+from modelfusion.ensemble import train_members
 from modelfusion.evaluate.metrics import classification_metrics
-from modelfusion.evaluate.stats import bootstrap_counts, bootstrap_means, mcnemar_exact, percentile_interval
+from modelfusion.evaluate.stats import mcnemar_exact
 from modelfusion.io import save_member
-from modelfusion.io.factory import build_model
-from modelfusion.members import TorchMember
-from modelfusion.training import train_model
+from modelfusion.models import MODELS
+from modelfusion.training import recipe_for, train_model
 
-CNN1D = "modelfusion.models:cnn1d"
-MLP = "modelfusion.models:mlp"
 SETUPS = {
     "mnist1d": {
-        "teacher": (CNN1D, {"length": 40, "num_outputs": 10}),
-        "teacher_epochs": 60,
         "students": {
-            "cnn1d (same)": (CNN1D, {"length": 40, "num_outputs": 10}),
-            "cnn1d half width": (CNN1D, {"length": 40, "num_outputs": 10, "channels": 16}),
+            "cnn1d (the recipe's)": ("cnn1d", {"length": 40, "num_outputs": 10, "channels": 64, "batchnorm": True}),
+            "cnn1d quarter width": ("cnn1d", {"length": 40, "num_outputs": 10, "channels": 16, "batchnorm": True}),
         },
-        "hint": ("6", "6"),  # student module -> teacher module: the last conv block's ReLU, [N, C, 5]
+        "hint": ("9", "9"),  # student module -> teacher module: the last conv block's ReLU, [N, C, 5]
     },
     "digits": {
-        "teacher": (MLP, {"in_features": 64, "num_outputs": 10, "hidden": [128]}),
-        "teacher_epochs": 40,
-        "students": {"mlp 64-32-10": (MLP, {"in_features": 64, "num_outputs": 10, "hidden": [32]})},
-        "hint": ("1", "1"),  # the hidden ReLU
+        "students": {"mlp 64-32-10": ("mlp", {"in_features": 64, "num_outputs": 10, "hidden": [32]})},
+        "hint": ("1", "11"),  # the student's hidden ReLU -> the teacher CNN's hidden ReLU
     },
 }
 MIXUP = 0.4
@@ -78,7 +76,7 @@ CANDIDATES = {
 }
 FEATURE_WEIGHTS = (0.1, 1.0)  # of the hint loss, added to the chosen Hinton recipe
 TORCHDISTILL = "torchdistill KD (its KDLoss, T=1, alpha=0.5)"
-LONE = {"loss": "hinton", "loss_params": {"temperature": 1.0, "alpha": 0.0}, "mixup": 0.0}  # labels only
+LONE, LONE_MIXUP = "lone", "lone + mixup"
 
 
 def probabilities(model, X) -> np.ndarray:
@@ -87,9 +85,19 @@ def probabilities(model, X) -> np.ndarray:
         return torch.softmax(model(X).double(), dim=1).numpy()
 
 
-def train_student(factory, teacher_models, data, recipe, seed, args, hint=None):
+def build_student(factory, seed):
     torch.manual_seed(seed)
-    model = build_model(*factory)
+    return MODELS[factory[0]](**factory[1])
+
+
+def train_lone(factory, data, seed, args, mixup: float):
+    """The student architecture on labels alone, with distill's optimizer, schedule, epochs and epoch choice."""
+    model = build_student(factory, seed)
+    return train_model(model, data.train, data.val, epochs=args.epochs, lr=args.lr, seed=seed, cosine=True, mixup=mixup)
+
+
+def train_student(factory, teacher_models, data, recipe, seed, args, hint=None):
+    model = build_student(factory, seed)
     recipe = dict(recipe)
     hints = None
     if "feature_weight" in recipe:
@@ -141,14 +149,10 @@ def choose_recipes(factory, teachers, data, args, hint, losses) -> dict[str, tup
     return {loss: recipe for loss, recipe in chosen.items() if loss in losses}
 
 
-def torchdistill_probabilities(python: Path, teachers, setup, factory, seed: int, args) -> np.ndarray:
+def torchdistill_probabilities(python: Path, teachers, factory, seed: int, args) -> np.ndarray:
     """torchdistill's KD of the same teachers into the same student on the same split (its own venv)."""
     with tempfile.TemporaryDirectory() as folder:
-        paths = []
-        for i, teacher in enumerate(teachers):
-            spec, kwargs = setup["teacher"]
-            member = TorchMember(teacher, name=f"teacher_{i}", factory=spec, factory_kwargs=kwargs)
-            paths.append(str(save_member(member, Path(folder) / f"teacher_{i}.safetensors")))
+        paths = [str(save_member(member, Path(folder) / f"{member.name}.safetensors")) for member in teachers]
         out = Path(folder) / "torchdistill.npz"
         command = [str(python), str(Path(__file__).with_name("torchdistill_runner.py")), "--dataset", args.dataset]
         command += ["--seed", str(seed), "--epochs", str(args.epochs), "--lr", str(args.lr), "--out", str(out)]
@@ -167,50 +171,63 @@ def ensure_torchdistill() -> Path:
     return bin_dir / "python"
 
 
-def recovered_fraction(correct: dict[str, list[np.ndarray]], model: str) -> dict:
-    """(model - lone) / (ensemble - lone) of the seed-mean accuracies, with a paired bootstrap CI: each seed's
-    test samples are resampled once and shared by the three models."""
-    resampled = {name: [] for name in (model, "lone", "ensemble")}
-    for seed, lone in enumerate(correct["lone"]):
-        counts = bootstrap_counts(len(lone), seed=seed)
-        for name in resampled:
-            resampled[name].append(bootstrap_means(correct[name][seed].astype(float), counts))
-    means = {name: np.mean(values, axis=0) for name, values in resampled.items()}
-    point = {name: np.mean([c.mean() for c in correct[name]]) for name in resampled}
-    low, high = percentile_interval((means[model] - means["lone"]) / (means["ensemble"] - means["lone"]))
+def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The t-interval of the mean over seeds (the seeds are the independent replicates)."""
+    values = [v for v in values if np.isfinite(v)]
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, mean
+    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean - half, mean + half
+
+
+def recovered_fraction(accuracy: dict[str, list[float]], model: str, lone: str) -> dict:
+    """(model - lone) / (ensemble - lone) per seed, with its mean and t-interval over seeds; also the fraction
+    of the seed means."""
     per_seed = [
-        (m.mean() - lone.mean()) / (e.mean() - lone.mean()) if e.mean() != lone.mean() else float("nan")
-        for m, lone, e in zip(correct[model], correct["lone"], correct["ensemble"], strict=True)
+        (m - z) / (e - z) if e != z else float("nan")
+        for m, z, e in zip(accuracy[model], accuracy[lone], accuracy["ensemble"], strict=True)
     ]
+    low, high = t_interval(per_seed)
+    means = {name: float(np.mean(accuracy[name])) for name in (model, lone, "ensemble")}
     return {
-        "fraction": float((point[model] - point["lone"]) / (point["ensemble"] - point["lone"])),
-        "ci": [float(low), float(high)],
-        "per_seed": [float(f) for f in per_seed],
+        "of_means": (means[model] - means[lone]) / (means["ensemble"] - means[lone]),
+        "mean": float(np.nanmean(per_seed)),
+        "t_interval": [low, high],
+        "per_seed": per_seed,
     }
 
 
 def table(dataset: str, student: str, scores: dict, correct: dict, recovered: dict, recipes: dict) -> list[str]:
     lines = [
         f"\n#### {dataset}, student {student}\n",
-        "| model | test accuracy % (mean ± std) | pooled 95% CI | NLL | ECE | recovered [95% CI] | McNemar vs lone |",
-        "|---|---|---|---|---|---|---|",
+        "| model | test accuracy % (mean ± std) | 95% t-interval over seeds | NLL | ECE | recovered vs lone "
+        "[t-interval] | recovered vs lone + mixup [t-interval] | per seed vs lone: McNemar (+/-, p); paired t |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in scores.items():
         accs = [r["accuracy"] * 100 for r in rows]
-        pooled = np.concatenate(correct[name]).astype(float)
-        low, high = percentile_interval(bootstrap_means(pooled, bootstrap_counts(len(pooled), seed=0)))
+        low, high = t_interval(accs)
         spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        share = test = ""
-        if name in recovered:
-            fraction = recovered[name]
-            share = f"{fraction['fraction']:.0%} [{fraction['ci'][0]:.0%}, {fraction['ci'][1]:.0%}]"
-            mcnemar = mcnemar_exact(np.concatenate(correct[name]), np.concatenate(correct["lone"]))
-            test = f"+{mcnemar['a_only_correct']} / -{mcnemar['b_only_correct']}, p = {mcnemar['p_value']:.2g}"
+        shares, test = [], ""
+        for lone in (LONE, LONE_MIXUP):
+            fraction = recovered.get((name, lone))
+            shares.append(
+                ""
+                if fraction is None
+                else f"{fraction['mean']:.0%} [{fraction['t_interval'][0]:.0%}, {fraction['t_interval'][1]:.0%}]"
+            )
+        if name not in ("ensemble", LONE):
+            per_seed = [mcnemar_exact(a, b) for a, b in zip(correct[name], correct[LONE], strict=True)]
+            test = "; ".join(f"+{t['a_only_correct']}/-{t['b_only_correct']} p={t['p_value']:.2g}" for t in per_seed)
+            if len(rows) > 1:
+                paired = stats.ttest_rel([r["accuracy"] for r in rows], [r["accuracy"] for r in scores[LONE]])
+                test += f"; paired t p={paired.pvalue:.2g}"
         label = f"distilled: {name} ({recipes[name][0]})" if name in recipes else name
         lines.append(
-            f"| {label} | {statistics.mean(accs):.2f} ± {spread:.2f} | [{low * 100:.2f}, {high * 100:.2f}] | "
+            f"| {label} | {statistics.mean(accs):.2f} ± {spread:.2f} | [{low:.2f}, {high:.2f}] | "
             f"{statistics.mean(r['nll'] for r in rows):.3f} | {statistics.mean(r['ece'] for r in rows):.3f} | "
-            f"{share} | {test} |"
+            f"{shares[0]} | {shares[1]} | {test} |"
         )
     return lines
 
@@ -238,21 +255,9 @@ def main() -> None:
         for seed in range(args.seeds):
             started = time.perf_counter()
             data = load_dataset(dataset, seed=seed)
-            teachers = []
-            for i in range(5):
-                torch.manual_seed(seed * 100 + i)
-                net = build_model(*setup["teacher"])
-                teachers.append(
-                    train_model(
-                        net,
-                        data.train,
-                        data.val,
-                        epochs=setup["teacher_epochs"],
-                        lr=args.lr,
-                        seed=seed * 100 + i,
-                        cosine=True,
-                    )
-                )
+            teacher_recipe = recipe_for(data)
+            teacher_members = train_members(teacher_recipe, data, method="seeds", n=5, seed=seed).members
+            teachers = [member.module for member in teacher_members]
             if recipes is None:
                 print(f"{dataset}: choosing each loss's recipe on seed 0's validation split", flush=True)
                 first = next(iter(setup["students"].values()))
@@ -263,14 +268,15 @@ def main() -> None:
             for student, factory in setup["students"].items():
                 outputs = {
                     "ensemble": np.mean(member_probs, axis=0),
-                    "lone": probabilities(train_student(factory, teachers, data, LONE, seed, args), data.test.X),
+                    LONE: probabilities(train_lone(factory, data, seed, args, 0.0), data.test.X),
+                    LONE_MIXUP: probabilities(train_lone(factory, data, seed, args, MIXUP), data.test.X),
                 }
                 for loss, (_, recipe) in recipes.items():
                     model = train_student(factory, teachers, data, recipe, seed, args, setup["hint"])
                     outputs[loss] = probabilities(model, data.test.X)
                 if torchdistill_python is not None:
                     outputs[TORCHDISTILL] = torchdistill_probabilities(
-                        torchdistill_python, teachers, setup, factory, seed, args
+                        torchdistill_python, teacher_members, factory, seed, args
                     )
                 for name, proba in outputs.items():
                     scores[student].setdefault(name, []).append(classification_metrics(proba, y))
@@ -285,14 +291,18 @@ def main() -> None:
                 flush=True,
             )
         section = [
-            f"\n### {dataset}: {args.seeds} seeds, teachers {setup['teacher_epochs']} epochs (mean member accuracy "
-            f"{statistics.mean(member_accuracy) * 100:.2f}%), students {args.epochs} epochs"
+            f"\n### {dataset}: {args.seeds} seeds, teachers: recipe {teacher_recipe.name}, "
+            f"{teacher_recipe.epochs} epochs (mean member accuracy {statistics.mean(member_accuracy) * 100:.2f}%), "
+            f"students {args.epochs} epochs"
         ]
-        recovered = {  # the bootstrap runs once per distilled model: the table and the JSON share it
+        recovered = {
             student: {
-                name: recovered_fraction(correct[student], name)
+                (name, lone): recovered_fraction(
+                    {k: [r["accuracy"] for r in v] for k, v in scores[student].items()}, name, lone
+                )
                 for name in scores[student]
-                if name not in ("ensemble", "lone")
+                if name not in ("ensemble", LONE, LONE_MIXUP)
+                for lone in (LONE, LONE_MIXUP)
             }
             for student in scores
         }
@@ -303,7 +313,13 @@ def main() -> None:
         report[dataset] = {
             "member_accuracy": member_accuracy,
             "recipes": {loss: name for loss, (name, _) in recipes.items()},
-            "students": {student: {"scores": scores[student], "recovered": recovered[student]} for student in scores},
+            "students": {
+                student: {
+                    "scores": scores[student],
+                    "recovered": {f"{name} vs {lone}": v for (name, lone), v in recovered[student].items()},
+                }
+                for student in scores
+            },
         }
     print("\n## all results" + "\n".join(lines))
     if args.out:

@@ -1,16 +1,23 @@
-"""Output fusion against torchensemble and scikit-learn's ensembles, on the same splits and networks.
+"""Output fusion and training-time ensembles against torchensemble and scikit-learn, under one protocol.
 
     .venv/bin/python bench/ensembles.py [--datasets digits,mnist1d,breast_cancer,wine] [--seeds 5] [--out FILE]
 
-For each dataset and seed (fixed splits from `load_dataset(name, seed)`):
-- ours, 5 networks: five networks trained with different seeds (train split; validation picks the epoch),
-  then every combiner fitted on their validation predictions;
-- ours, 5 scikit-learn members: LR, RF, MLP, SVC, k-NN fitted on train, every combiner on validation;
-- scikit-learn's VotingClassifier (soft) and StackingClassifier (cv=5) over the same five estimators, fitted on
-  train as scikit-learn intends (they never see the validation split);
-- torchensemble's Voting, Bagging, Snapshot and GradientBoosting with the same five networks and epochs, run
-  in its own venv (bench/.venv-torchensemble, created here) on the train split with no test_loader;
-- ours, 10 members: both pools together (a bigger budget, reported apart).
+Protocol, per dataset and seed (fixed splits from `load_dataset(name, seed)`):
+- every network is the dataset's recipe (`recipe_for(data)`: mnist1d and digits CNNs at their published
+  accuracy), trained on the train split with the validation split choosing the epoch;
+- our pools: 5 networks by `train_members` with seeds, bagging, snapshot and swa; 5 scikit-learn members
+  (LR, RF, MLP, SVC, k-NN) fitted on train; networks + scikit-learn; and cross-fitted bags (the CNN by
+  `kfold`, the scikit-learn members by `cross_val_predict`) stacked by a logistic regression fitted on their
+  out-of-fold training outputs plus validation outputs;
+- every combiner is fitted on validation; the fusion we report per pool is the one `choose_combiner` picks by
+  5-fold cross-validated NLL on the validation split; "best member" is chosen by validation accuracy;
+  a best-on-test row appears only labelled "oracle";
+- anchors get the same data and epoch selection: scikit-learn's Voting and Stacking (which cross-fits itself)
+  are fitted on train + val; torchensemble's Voting, Bagging, Snapshot and GradientBoosting train the same
+  recipe network with its optimizer, rate, schedule, batch size and epochs on the train split, with the
+  validation split as the hold-out that picks their epoch (never the test split);
+- across seeds: mean ± std and a 95% t-interval over the seeds; paired tests per seed on that seed's test
+  set (McNemar), never pooled over a shared test set.
 The test split only scores. Also times fitting every combiner but stacking on a generated `Predictions` of
 10 members x 10,000 samples x 10 classes (target: under 1 s in total).
 """
@@ -29,29 +36,26 @@ from pathlib import Path
 import numpy as np
 import torch
 from reference_venvs import ensure_venv
+from scipy import stats
 from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier, StackingClassifier, VotingClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.svm import SVC
 
-from modelfusion.datasets import load_dataset
-from modelfusion.ensemble import combiners_for, fuse_and_evaluate, make_combiner
+from modelfusion.datasets import Dataset, load_dataset
+from modelfusion.ensemble import choose_combiner, combiners_for, fuse_and_evaluate, make_combiner, train_members
 from modelfusion.evaluate.metrics import classification_metrics
-from modelfusion.io.factory import build_model
-from modelfusion.members import SklearnMember, TorchMember
+from modelfusion.evaluate.stats import mcnemar_exact
+from modelfusion.members import SklearnMember
 from modelfusion.predictions import Predictions, collect_predictions
-from modelfusion.training import train_model
+from modelfusion.training import recipe_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = 5
-NETWORKS = {
-    "digits": ("modelfusion.models:mlp", {"in_features": 64, "num_outputs": 10, "hidden": [128]}, 40),
-    "mnist1d": ("modelfusion.models:cnn1d", {"length": 40, "num_outputs": 10}, 40),
-    "breast_cancer": ("modelfusion.models:mlp", {"in_features": 30, "num_outputs": 2, "hidden": [64]}, 40),
-    "wine": ("modelfusion.models:mlp", {"in_features": 13, "num_outputs": 3, "hidden": [32]}, 60),
-}
+TRAINING_METHODS = ("seeds", "bagging", "snapshot", "swa")
 
 
 def sklearn_estimators(seed: int) -> dict:
@@ -74,45 +78,85 @@ def ensure_torchensemble_venv() -> Path:
 
 def score(proba: np.ndarray, y: np.ndarray) -> dict:
     m = classification_metrics(proba, y)
-    return {"accuracy": m["accuracy"], "nll": m["nll"], "ece": m["ece"]}
+    return {"accuracy": m["accuracy"], "nll": m["nll"], "ece": m["ece"], "correct": (proba.argmax(1) == y).tolist()}
 
 
-def best_member_by_validation(val: Predictions, test: Predictions) -> dict:
-    """The member with the best validation accuracy (then NLL), scored on test: no peeking at test."""
-    val_proba, test_proba = val.probabilities(torch.float64).numpy(), test.probabilities(torch.float64).numpy()
-    y_val = val.labels.numpy()
-    keys = [(-score(p, y_val)["accuracy"], score(p, y_val)["nll"]) for p in val_proba]
-    best = min(range(len(keys)), key=keys.__getitem__)
-    return {**score(test_proba[best], test.labels.numpy()), "member": val.member_names[best]}
-
-
-def ours(val: Predictions, test: Predictions, label: str, member_seconds: float) -> dict:
+def pool_rows(val: Predictions, test: Predictions, label: str, seconds: float) -> dict:
+    """Rows of one pool: best member (by val), every combiner, the fusion chosen on val, the test oracle."""
     run = fuse_and_evaluate(val, test, "all")
-    rows = {f"{label}: best member (by val)": {**best_member_by_validation(val, test), "seconds": member_seconds}}
-    for row in run.report.rows:
-        if row.kind == "fusion":
-            metrics = {k: row.metrics[k] for k in ("accuracy", "nll", "ece")}
-            rows[f"{label}: {row.name}"] = {**metrics, "seconds": member_seconds + run.fit_seconds[row.name]}
+    y_val, y_test = val.labels.numpy(), test.labels.numpy()
+    val_proba, test_proba = val.probabilities(torch.float64).numpy(), test.probabilities(torch.float64).numpy()
+    keys = [(-classification_metrics(p, y_val)["accuracy"], classification_metrics(p, y_val)["nll"]) for p in val_proba]
+    best = min(range(len(keys)), key=keys.__getitem__)
+    rows = {f"{label}: best member (by val)": {**score(test_proba[best], y_test), "seconds": seconds}}
+    fused = {}
+    for name, combiner in run.combiners.items():
+        fused[name] = combiner.fuse(test).double().numpy()
+        rows[f"{label}: {name}"] = {**score(fused[name], y_test), "seconds": seconds + run.fit_seconds[name]}
+    choice = choose_combiner(val, list(run.combiners))
+    rows[f"{label}: chosen on val"] = {
+        **rows[f"{label}: {choice.name}"],
+        "chosen": choice.name,
+        "cv_nll": choice.scores[choice.name]["nll"],
+    }
+    oracle = max(run.combiners, key=lambda n: rows[f"{label}: {n}"]["accuracy"])
+    rows[f"{label}: oracle (best on test, not a result)"] = {**rows[f"{label}: {oracle}"], "chosen": oracle}
     return rows
+
+
+def networks_pool(data: Dataset, method: str, seed: int) -> tuple[Predictions, Predictions, float]:
+    start = time.perf_counter()
+    trained = train_members(recipe_for(data), data, method=method, n=MEMBERS, seed=seed)
+    seconds = time.perf_counter() - start
+    val = collect_predictions(trained.members, data.val.X, data.val.y, "val", progress=False)
+    test = collect_predictions(trained.members, data.test.X, data.test.y, "test", progress=False)
+    return val, test, seconds
+
+
+def cross_fitted_stack(data: Dataset, seed: int) -> dict:
+    """AutoGluon-style: bags of cross-fitted members, a logistic-regression stacker on their out-of-fold
+    training outputs and their validation outputs (all out-of-sample for the bags)."""
+    start = time.perf_counter()
+    kfold = train_members(recipe_for(data), data, method="kfold", n=MEMBERS, seed=seed)
+    bag = kfold.bag()
+    X_train, y_train = data.train.X.numpy(), data.train.y.numpy()
+    folds = StratifiedKFold(MEMBERS, shuffle=True, random_state=seed)
+    oof = [kfold.oof.outputs[0].log_softmax(-1)]
+    members = [bag]
+    for name, estimator in sklearn_estimators(seed).items():
+        proba = cross_val_predict(clone(estimator), X_train, y_train, cv=folds, method="predict_proba")
+        oof.append(torch.as_tensor(np.log(np.clip(proba, 1e-12, None)), dtype=torch.float32))
+        members.append(SklearnMember(clone(estimator).fit(X_train, y_train), name=name))
+    names = tuple(m.name for m in members)
+    val = collect_predictions(members, data.val.X, data.val.y, "val", progress=False)
+    test = collect_predictions(members, data.test.X, data.test.y, "test", progress=False)
+    fit_on = Predictions(
+        torch.cat([torch.stack(oof), val.outputs], dim=1),
+        torch.cat([data.train.y, data.val.y]),
+        names,
+        "classification",
+        "train+val",
+        val.classes,
+    )
+    stacker = make_combiner("stacking").fit(fit_on)
+    seconds = time.perf_counter() - start
+    return {
+        f"ours, cross-fitted bags ({len(names)}) + stacking on train OOF + val": {
+            **score(stacker.fuse(test).double().numpy(), data.test.y.numpy()),
+            "seconds": seconds,
+        }
+    }
 
 
 def run_one(dataset: str, seed: int, python: Path | None) -> dict:
     data = load_dataset(dataset, seed=seed)
     y_test = data.test.y.numpy()
-    factory, kwargs, epochs = NETWORKS[dataset]
     results = {}
-
-    start = time.perf_counter()
-    networks = []
-    for i in range(MEMBERS):
-        member_seed = seed * 100 + i
-        torch.manual_seed(member_seed)
-        net = train_model(build_model(factory, kwargs), data.train, data.val, epochs=epochs, seed=member_seed)
-        networks.append(TorchMember(net, name=f"net{i}"))
-    net_seconds = time.perf_counter() - start
-    net_val = collect_predictions(networks, data.val.X, data.val.y, "val", progress=False)
-    net_test = collect_predictions(networks, data.test.X, data.test.y, "test", progress=False)
-    results.update(ours(net_val, net_test, "ours, 5 networks", net_seconds))
+    pools = {}
+    for method in TRAINING_METHODS:
+        val, test, seconds = networks_pool(data, method, seed)
+        pools[method] = (val, test, seconds)
+        results.update(pool_rows(val, test, f"ours, 5 networks ({method})", seconds))
 
     X_train, y_train = data.train.X.numpy(), data.train.y.numpy()
     start = time.perf_counter()
@@ -121,11 +165,21 @@ def run_one(dataset: str, seed: int, python: Path | None) -> dict:
     sk_members = [SklearnMember(est, name=name) for name, est in fitted.items()]
     sk_val = collect_predictions(sk_members, data.val.X, data.val.y, "val", progress=False)
     sk_test = collect_predictions(sk_members, data.test.X, data.test.y, "test", progress=False)
-    results.update(ours(sk_val, sk_test, "ours, 5 scikit-learn members", sk_seconds))
+    results.update(pool_rows(sk_val, sk_test, "ours, 5 scikit-learn members", sk_seconds))
+    net_val, net_test, net_seconds = pools["seeds"]
+    results.update(
+        pool_rows(
+            net_val.join(sk_val),
+            net_test.join(sk_test),
+            "ours, 10 members (networks + scikit-learn)",
+            net_seconds + sk_seconds,
+        )
+    )
+    results.update(cross_fitted_stack(data, seed))
 
-    both_val, both_test = net_val.join(sk_val), net_test.join(sk_test)
-    results.update(ours(both_val, both_test, "ours, 10 members (both pools)", net_seconds + sk_seconds))
-
+    # scikit-learn's own ensembles get train + val: StackingClassifier cross-fits on all of it.
+    X_fit = np.concatenate([X_train, data.val.X.numpy()])
+    y_fit = np.concatenate([y_train, data.val.y.numpy()])
     for name, reference in (
         (
             "scikit-learn VotingClassifier (soft)",
@@ -134,36 +188,16 @@ def run_one(dataset: str, seed: int, python: Path | None) -> dict:
         ("scikit-learn StackingClassifier", StackingClassifier(list(sklearn_estimators(seed).items()), cv=5)),
     ):
         start = time.perf_counter()
-        reference = clone(reference).fit(X_train, y_train)
+        reference = clone(reference).fit(X_fit, y_fit)
         seconds = time.perf_counter() - start
         results[name] = {**score(reference.predict_proba(data.test.X.numpy()), y_test), "seconds": seconds}
 
     if python is not None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "te.npz"
-            subprocess.run(
-                [
-                    str(python),
-                    str(ROOT / "bench" / "torchensemble_runner.py"),
-                    "--dataset",
-                    dataset,
-                    "--seed",
-                    str(seed),
-                    "--epochs",
-                    str(epochs),
-                    "--factory",
-                    factory,
-                    "--factory-kwargs",
-                    json.dumps(kwargs),
-                    "--members",
-                    str(MEMBERS),
-                    "--out",
-                    str(out),
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
+            command = [str(python), str(ROOT / "bench" / "torchensemble_runner.py"), "--dataset", dataset]
+            command += ["--seed", str(seed), "--members", str(MEMBERS), "--out", str(out)]
+            subprocess.run(command, check=True, capture_output=True, text=True)
             arrays = np.load(out)
             for key in arrays.files:
                 if not key.endswith("_seconds"):
@@ -192,22 +226,52 @@ def combiner_fit_timing(repeats: int = 3) -> dict:
     return {"per_combiner": best, "total": sum(best.values()), "stacking": time.perf_counter() - start}
 
 
+def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The t-interval of the mean over seeds (the seeds are the independent replicates)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, mean
+    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean - half, mean + half
+
+
 def table(dataset: str, runs: list[dict]) -> str:
-    methods = list(runs[0])
     lines = [
-        f"### {dataset} ({len(runs)} seeds; mean ± std)",
+        f"### {dataset} ({len(runs)} seeds; mean ± std, 95% t-interval over seeds)",
         "",
-        "| method | test accuracy % | NLL | ECE | seconds |",
-        "|---|---|---|---|---|",
+        "| method | test accuracy % | 95% t-interval | NLL | ECE | seconds | chosen (per seed) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for method in methods:
+    for method in runs[0]:
+        if ": " in method and method.split(": ", 1)[1] in combiners_for("classification"):
+            continue  # every combiner's row is in the JSON; the table shows the choice, the member, the oracle
         cells = []
         for key, scale, fmt in (("accuracy", 100, ".2f"), ("nll", 1, ".3f"), ("ece", 1, ".3f"), ("seconds", 1, ".1f")):
             values = [run[method][key] * scale for run in runs]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):{fmt}} ± {spread:{fmt}}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            if key == "accuracy":
+                low, high = t_interval(values)
+                cells.append(f"[{low:.2f}, {high:.2f}]")
+        chosen = ", ".join(run[method].get("chosen", "") for run in runs).strip(", ")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {chosen} |")
     return "\n".join(lines)
+
+
+def paired(dataset: str, runs: list[dict], ours: str, other: str) -> str:
+    """Per seed, McNemar of `ours` against `other` on that seed's test set; and a paired t-test over seeds."""
+    cells, diffs = [], []
+    for seed, run in enumerate(runs):
+        test = mcnemar_exact(np.array(run[ours]["correct"]), np.array(run[other]["correct"]))
+        diffs.append(100 * (run[ours]["accuracy"] - run[other]["accuracy"]))
+        wins, losses = test["a_only_correct"], test["b_only_correct"]
+        cells.append(f"seed {seed}: {diffs[-1]:+.2f} (+{wins}/-{losses}, p={test['p_value']:.2g})")
+    t_test = stats.ttest_rel([r[ours]["accuracy"] for r in runs], [r[other]["accuracy"] for r in runs])
+    low, high = t_interval(diffs)
+    return (
+        f"- {dataset}: {ours} vs {other}: accuracy difference {statistics.mean(diffs):+.2f} points "
+        f"[{low:+.2f}, {high:+.2f}] over seeds (paired t p={t_test.pvalue:.2g}); " + "; ".join(cells)
+    )
 
 
 def main() -> None:
@@ -217,7 +281,6 @@ def main() -> None:
     parser.add_argument("--skip-torchensemble", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write all results as JSON here")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     timing = combiner_fit_timing()
     print("combiner fit + fuse, 10 members x 10,000 samples x 10 classes:")
     print("  " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timing["per_combiner"].items()))
@@ -232,11 +295,19 @@ def main() -> None:
             start = time.perf_counter()
             runs.append(run_one(dataset, seed, python))
             print(f"{dataset} seed {seed}: {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+            if args.out:
+                args.out.write_text(json.dumps({**everything, dataset: runs}))
         everything[dataset] = runs
         print(table(dataset, runs), flush=True)
         print(flush=True)
+        anchors = [m for m in runs[0] if m.startswith(("scikit-learn ", "torchensemble"))]
+        for ours in [m for m in runs[0] if m.endswith("chosen on val") or "stacking on train OOF" in m]:
+            own_best = ours.replace("chosen on val", "best member (by val)")
+            for other in [own_best] * (own_best in runs[0]) + anchors:
+                print(paired(dataset, runs, ours, other), flush=True)
+        print(flush=True)
     if args.out:
-        args.out.write_text(json.dumps(everything, indent=1))
+        args.out.write_text(json.dumps(everything))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""torchensemble on modelfusion's splits and networks; run by bench/ensembles.py inside its own venv.
+"""torchensemble on modelfusion's splits and recipe networks; run by bench/ensembles.py inside its own venv.
 
-    bench/.venv-torchensemble/bin/python bench/torchensemble_runner.py --dataset digits --seed 0 --epochs 40 --out f.npz
+    bench/.venv-torchensemble/bin/python bench/torchensemble_runner.py --dataset digits --seed 0 --out f.npz
 
 Trains VotingClassifier, BaggingClassifier, SnapshotEnsembleClassifier and GradientBoostingClassifier (5
-networks each) on the train split only, with no test_loader (torchensemble would pick epochs on it), and
-saves each method's test probabilities and training time.
+networks each) with the dataset's recipe (`recipe_for(data)`: network, AdamW rate and weight decay, cosine
+schedule, batch size, epochs; Snapshot gets the members' total epochs) on the train split. The validation
+split is torchensemble's hold-out (`test_loader`): it keeps the best validation epoch, as our members do;
+the test split is only predicted. Saves each method's test probabilities and training time.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +31,8 @@ from torchensemble import (
 )
 
 from modelfusion.datasets import load_dataset
-from modelfusion.io.factory import build_model
+from modelfusion.models import MODELS
+from modelfusion.training import recipe_for
 
 
 class Network(nn.Module):
@@ -36,10 +40,24 @@ class Network(nn.Module):
 
     def __init__(self, factory: str, kwargs: dict) -> None:
         super().__init__()
-        self.net = build_model(factory, kwargs)
+        self.net = MODELS[factory](**kwargs)
 
     def forward(self, x):
         return self.net(x)
+
+
+def load_best(model, save_dir: str) -> None:
+    """torchensemble's `io.load`, with `weights_only=False`: the file is the one this process just wrote (it
+    pickles the loss module, which torch's safe loader refuses)."""
+    (path,) = Path(save_dir).glob("*.pth")
+    state = torch.load(path, weights_only=False)
+    count = state["n_estimators"]  # a snapshot ensemble may keep fewer snapshots than it took
+    while len(model.estimators_) > count:
+        del model.estimators_[-1]
+    while len(model.estimators_) < count:
+        model.estimators_.append(model._make_estimator())
+    model._criterion = state["_criterion"]
+    model.load_state_dict(state["model"])
 
 
 METHODS = {
@@ -54,33 +72,37 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--factory", required=True)
-    parser.add_argument("--factory-kwargs", required=True)
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     logging.disable(logging.INFO)
     data = load_dataset(args.dataset, seed=args.seed)
+    recipe = recipe_for(data)
     train = DataLoader(
         TensorDataset(data.train.X, data.train.y),
-        batch_size=64,
+        batch_size=recipe.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(args.seed),
     )
-    estimator_args = {"factory": args.factory, "kwargs": json.loads(args.factory_kwargs)}
+    val = DataLoader(TensorDataset(data.val.X, data.val.y), batch_size=1024)
+    estimator_args = {"factory": recipe.factory, "kwargs": recipe.factory_kwargs(data)}
     results = {}
     for name, cls in METHODS.items():
         torch.manual_seed(args.seed)
         model = cls(estimator=Network, n_estimators=args.members, estimator_args=estimator_args, cuda=False)
-        model.set_optimizer("AdamW", lr=1e-3, weight_decay=1e-4)
-        start = time.perf_counter()
+        model.set_optimizer("AdamW", lr=recipe.lr, weight_decay=recipe.weight_decay)
         # Snapshot ensembles spend one model's budget on all snapshots; give it the members' total epochs.
-        epochs = args.epochs * args.members if name == "torchensemble_snapshot" else args.epochs
-        with contextlib.redirect_stdout(io.StringIO()):  # torchensemble prints every epoch
-            model.fit(train, epochs=epochs, save_model=False)
+        epochs = recipe.epochs * args.members if name == "torchensemble_snapshot" else recipe.epochs
+        if recipe.cosine and name != "torchensemble_snapshot":  # snapshot brings its own cyclic schedule
+            model.set_scheduler("CosineAnnealingLR", T_max=epochs)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as save_dir, contextlib.redirect_stdout(io.StringIO()):
+            # torchensemble saves the ensemble at its best hold-out accuracy; load that one back.
+            model.fit(train, epochs=epochs, test_loader=val, save_model=True, save_dir=save_dir)
+            load_best(model, save_dir)
         seconds = time.perf_counter() - start
+        model.eval()
         with torch.no_grad():
             proba = model.predict(data.test.X).numpy()
         results[name] = proba

@@ -43,7 +43,7 @@ def test_every_method_trains_distinct_reproducible_members(method, quick_recipe,
     again = train_members(quick_recipe, digits, method=method, n=3, seed=4, **params)
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's random state is left alone
     assert [m.name for m in first.members] == [f"digits-mlp_{method}_{i}" for i in range(3)]
-    for a, b in zip(first.members, again.members):
+    for a, b in zip(first.members, again.members, strict=True):
         assert torch.equal(_weights(a), _weights(b))
     assert not torch.equal(_weights(first.members[0]), _weights(first.members[1]))
     for member in first.members:

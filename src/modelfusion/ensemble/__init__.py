@@ -26,6 +26,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..registry import Registry
 from .base import Combiner
+from .choose import Choice, choose_combiner
 from .mean import Mean, MeanLogit, Median
 from .module import EnsembleModule
 from .selection import GreedySelection
@@ -48,6 +49,8 @@ __all__ = [
     "fuse_and_evaluate",
     "EnsembleRun",
     "train_members",
+    "choose_combiner",
+    "Choice",
     "TrainedMembers",
     "TRAINING_METHODS",
     "MeanOfModels",

@@ -176,6 +176,7 @@ def _snapshot(
             batch_size=recipe.batch_size,
             seed=seed,
             scheduler=scheduler,
+            mixup=recipe.mixup,
         ):
             if epoch % cycle_epochs == 0:
                 snapshots.append(copy.deepcopy(model).eval())
@@ -213,6 +214,7 @@ def _swa(
                 epochs=swa_epochs,
                 batch_size=recipe.batch_size,
                 seed=member_seed + 1,
+                mixup=recipe.mixup,
             ):
                 averaged.update_parameters(model)
                 scheduler.step()

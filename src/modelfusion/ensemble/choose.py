@@ -1,0 +1,98 @@
+"""Which fusion to report: chosen by cross-validation on the validation split, never by the test split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from ..errors import ConfigError
+from ..evaluate.metrics import classification_metrics
+from ..predictions import Predictions, check_fit_split
+
+__all__ = ["Choice", "choose_combiner"]
+
+_METRICS = {"classification": ("nll", "accuracy"), "regression": ("mse",)}
+
+
+@dataclass
+class Choice:
+    """The combiner chosen on validation, and every candidate's cross-validated scores."""
+
+    name: str
+    metric: str
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def reason(self) -> str:
+        """One line: the chosen combiner's cross-validated score against the runner-up's."""
+        ranked = sorted(self.scores, key=lambda n: _loss(self.scores[n], self.metric))
+        line = f"{self.name}: cross-validated {self.metric} {self.scores[self.name][self.metric]:.4f}"
+        if len(ranked) > 1:
+            runner_up = ranked[1]
+            line += f", next {runner_up} {self.scores[runner_up][self.metric]:.4f}"
+        return line + " (on the validation split only)"
+
+
+def _loss(scores: dict[str, float], metric: str) -> float:
+    return -scores[metric] if metric == "accuracy" else scores[metric]
+
+
+def choose_combiner(
+    val: Predictions,
+    methods: Sequence[str],
+    *,
+    metric: str | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    params: dict[str, dict] | None = None,
+) -> Choice:
+    """Cross-validate each combiner in `methods` on `val` and choose the best by `metric`.
+
+    Each combiner is fitted on `folds - 1` folds of the validation samples and scores the held-out fold, so
+    combiners that learn (weights, stacking) are judged on samples they were not fitted on, like those that
+    learn nothing. The test split is never involved: what is reported on test is then one choice, not the best
+    of many.
+
+    Args:
+        val: validation predictions with labels.
+        methods: candidate combiner names.
+        metric: "nll" (default) or "accuracy" for classification, "mse" for regression; ties go to the
+            earlier name in `methods`.
+        folds: folds over the validation samples (stratified for classification).
+        seed: seed of the fold assignment.
+        params: per-method constructor arguments.
+    """
+    from . import make_combiner
+
+    check_fit_split(val, "choose_combiner")
+    metric = metric or _METRICS[val.task][0]
+    if metric not in _METRICS[val.task]:
+        raise ConfigError(f"choose_combiner: metric for {val.task} must be one of {_METRICS[val.task]}, got {metric!r}")
+    if folds < 2 or not methods:
+        raise ConfigError(f"choose_combiner needs folds >= 2 and at least one method, got {folds} and {list(methods)}")
+    y = val.labels.numpy()
+    classification = val.task == "classification"
+    splitter = (StratifiedKFold if classification else KFold)(folds, shuffle=True, random_state=seed)
+    splits = [(torch.as_tensor(a), torch.as_tensor(b)) for a, b in splitter.split(np.zeros(len(y)), y)]
+    scores = {}
+    for name in methods:
+        held_out = torch.empty(val.outputs.shape[1:], dtype=torch.float64)  # fused [N, C] or [N]
+        for fit_rows, score_rows in splits:
+            combiner = make_combiner(name, **(params or {}).get(name, {})).fit(_rows(val, fit_rows))
+            held_out[score_rows] = combiner.fuse(_rows(val, score_rows)).double()
+        if classification:
+            metrics = classification_metrics(held_out.numpy(), y)
+            scores[name] = {"nll": float(metrics["nll"]), "accuracy": float(metrics["accuracy"])}
+        else:
+            scores[name] = {"mse": float(((held_out.numpy() - y) ** 2).mean())}
+    best = min(methods, key=lambda n: _loss(scores[n], metric))
+    return Choice(best, metric, scores)
+
+
+def _rows(preds: Predictions, rows: torch.Tensor) -> Predictions:
+    return Predictions(
+        preds.outputs[:, rows], preds.labels[rows], preds.member_names, preds.task, preds.split, preds.classes
+    )
