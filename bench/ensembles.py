@@ -55,7 +55,7 @@ from modelfusion.training import recipe_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMBERS = 5
-TRAINING_METHODS = ("seeds", "bagging", "snapshot", "swa")
+TRAINING_METHODS = ("seeds", "bagging", "snapshot", "swa")  # pools of 5 networks
 
 
 def sklearn_estimators(seed: int) -> dict:
@@ -148,12 +148,12 @@ def cross_fitted_stack(data: Dataset, seed: int) -> dict:
     }
 
 
-def run_one(dataset: str, seed: int, python: Path | None) -> dict:
+def run_one(dataset: str, seed: int, python: Path | None, methods: list[str]) -> dict:
     data = load_dataset(dataset, seed=seed)
     y_test = data.test.y.numpy()
     results = {}
     pools = {}
-    for method in TRAINING_METHODS:
+    for method in methods:
         val, test, seconds = networks_pool(data, method, seed)
         pools[method] = (val, test, seconds)
         results.update(pool_rows(val, test, f"ours, 5 networks ({method})", seconds))
@@ -278,6 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,mnist1d,breast_cancer,wine")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--methods", default=",".join(TRAINING_METHODS), help="training-time ensemble pools")
     parser.add_argument("--skip-torchensemble", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write all results as JSON here")
     args = parser.parse_args()
@@ -293,7 +294,7 @@ def main() -> None:
         runs = []
         for seed in range(args.seeds):
             start = time.perf_counter()
-            runs.append(run_one(dataset, seed, python))
+            runs.append(run_one(dataset, seed, python, args.methods.split(",")))
             print(f"{dataset} seed {seed}: {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
             if args.out:
                 args.out.write_text(json.dumps({**everything, dataset: runs}))
