@@ -20,7 +20,15 @@ from modelfusion import (
     UnknownNameError,
 )
 from modelfusion.cli import app
-from modelfusion.ensemble import COMBINERS, Mean, combiners_for, fuse_and_evaluate, load_combiner, make_combiner
+from modelfusion.ensemble import (
+    COMBINERS,
+    Mean,
+    choose_combiner,
+    combiners_for,
+    fuse_and_evaluate,
+    load_combiner,
+    make_combiner,
+)
 from modelfusion.ensemble.temperature import fit_temperature
 from modelfusion.members import SklearnMember
 from modelfusion.predictions import Predictions, collect_predictions
@@ -406,3 +414,33 @@ def test_contract_errors(digits_val_test):
         Predictions(torch.zeros(0, 3, 2), None, (), "classification", "val")
     with pytest.raises(InvalidInputError, match="produced 1 NaN"):
         Predictions(torch.tensor([[[math.nan, 0.0]]]), None, ("a",), "classification", "val")
+
+
+def test_choose_combiner_scores_each_candidate_on_held_out_validation_folds(digits_val_test):
+    val, _ = digits_val_test
+    choice = choose_combiner(val, ["mean", "hard_vote", "stacking"], folds=4, seed=0)
+    assert set(choice.scores) == {"mean", "hard_vote", "stacking"} and choice.metric == "nll"
+    # hard votes put probability near 0 on the true class when the vote is wrong: never the NLL choice
+    assert choice.name != "hard_vote"
+    assert choice.scores[choice.name]["nll"] == min(s["nll"] for s in choice.scores.values())
+    assert choice.name in choice.reason() and "validation split only" in choice.reason()
+    # the held-out score of a fitted combiner is worse than its in-sample score on the same samples
+    stacker = make_combiner("stacking").fit(val)
+    in_sample = float(torch.nn.functional.nll_loss(stacker.fuse(val).log(), val.labels))
+    assert choice.scores["stacking"]["nll"] > in_sample
+    # the same seed gives the same scores; "accuracy" ranks by accuracy
+    assert choose_combiner(val, ["mean", "hard_vote", "stacking"], folds=4, seed=0).scores == choice.scores
+    by_accuracy = choose_combiner(val, ["mean", "hard_vote"], metric="accuracy", folds=4)
+    assert by_accuracy.scores[by_accuracy.name]["accuracy"] == max(s["accuracy"] for s in by_accuracy.scores.values())
+
+
+def test_choose_combiner_refuses_test_predictions_and_bad_settings(digits_val_test, regression_val_test):
+    val, test = digits_val_test
+    with pytest.raises(LeakageError):
+        choose_combiner(test, ["mean"])
+    with pytest.raises(ConfigError, match="metric for classification must be one of"):
+        choose_combiner(val, ["mean"], metric="mse")
+    with pytest.raises(ConfigError, match="folds >= 2"):
+        choose_combiner(val, ["mean"], folds=1)
+    reg_val, _ = regression_val_test
+    assert choose_combiner(reg_val, ["mean", "median", "weighted"], folds=3).metric == "mse"

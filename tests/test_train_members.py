@@ -109,3 +109,21 @@ def test_recipes_reach_the_published_accuracy(name, dataset, seeds, target):
         model = RECIPES[name].train(data, seed=seed)
         accuracies.append(score_classifier(model, data.test)["accuracy"])
     assert np.mean(accuracies) >= target, accuracies
+
+
+def test_train_model_with_mixup_is_seeded_and_refused_for_regression(digits):
+    from modelfusion.models import mlp
+    from modelfusion.training import train_model
+
+    def trained(mixup, seed=0):
+        torch.manual_seed(0)
+        return train_model(mlp(64, 10, hidden=[32]), digits.train, digits.val, epochs=2, seed=seed, mixup=mixup)
+
+    plain, mixed, again = trained(0.0), trained(0.4), trained(0.4)
+    assert all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), again.state_dict().values(), strict=True))
+    assert not torch.equal(plain.state_dict()["0.weight"], mixed.state_dict()["0.weight"])
+    assert not torch.equal(trained(0.4, seed=1).state_dict()["0.weight"], mixed.state_dict()["0.weight"])
+    assert score_classifier(mixed, digits.test)["accuracy"] > 0.5  # 2 epochs; chance is 0.1
+    diabetes = load_dataset("diabetes")
+    with pytest.raises(ConfigError, match="mixup mixes labels of a classification task"):
+        train_model(mlp(10, 1), diabetes.train, diabetes.val, task="regression", epochs=1, mixup=0.4)
