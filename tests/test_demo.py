@@ -36,6 +36,11 @@ def test_demo_classification_end_to_end(tmp_path, digits):
     assert fusion["metrics"]["accuracy"] >= mean_member
     assert fusion["vs_best_member"]["against"] == results["test"]["best_member"]
     assert results["dataset"]["sizes"] == {"train": 1077, "val": 360, "test": 360}
+    # the fusion to deploy is chosen on validation, printed and recorded with every candidate's score
+    chosen = results["chosen"]
+    assert chosen["name"] in combiners_for("classification") and chosen["metric"] == "nll"
+    assert set(chosen["cross_validated"]) == set(combiners_for("classification"))
+    assert f"chosen on validation: {chosen['name']}: cross-validated nll" in printed
 
     # Saved members reload without flags and reproduce the saved test predictions exactly.
     test_preds = Predictions.load(out / "predictions" / "test.safetensors")

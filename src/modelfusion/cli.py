@@ -270,7 +270,7 @@ def ensemble(
         if val_preds is None:
             raise
         raise LeakageError(f"--val-preds {val_preds}, --test-preds {test_preds}: {err}") from None
-    print_leaderboard(run.report, console)
+    print_leaderboard(run.report, console, chosen=run.choice and run.choice.reason())
     run.save(out, overwrite=overwrite, inputs=inputs)
     console.print(f"combiners and results.json -> {out}")
 

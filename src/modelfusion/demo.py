@@ -136,7 +136,7 @@ def _train_fuse_and_score(
     test.save(folder / "predictions" / "test.safetensors")
 
     run = fuse_and_evaluate(val, test, "all", seed=data.seed)
-    print_leaderboard(run.report, console)
+    print_leaderboard(run.report, console, chosen=run.choice and run.choice.reason())
     for name, combiner in run.combiners.items():
         save_combiner(combiner, folder / "combiners" / f"{name}.safetensors")
 

@@ -48,6 +48,7 @@ def choose_combiner(
     folds: int = 5,
     seed: int = 0,
     params: dict[str, dict] | None = None,
+    X: torch.Tensor | None = None,
 ) -> Choice:
     """Cross-validate each combiner in `methods` on `val` and choose the best by `metric`.
 
@@ -64,6 +65,7 @@ def choose_combiner(
         folds: folds over the validation samples (stratified for classification).
         seed: seed of the fold assignment.
         params: per-method constructor arguments.
+        X: the validation inputs, for combiners that use them (stacking with passthrough).
     """
     from . import make_combiner
 
@@ -81,8 +83,11 @@ def choose_combiner(
     for name in methods:
         held_out = torch.empty(val.outputs.shape[1:], dtype=torch.float64)  # fused [N, C] or [N]
         for fit_rows, score_rows in splits:
-            combiner = make_combiner(name, **(params or {}).get(name, {})).fit(_rows(val, fit_rows))
-            held_out[score_rows] = combiner.fuse(_rows(val, score_rows)).double()
+            combiner = make_combiner(name, **(params or {}).get(name, {}))
+            combiner.fit(_rows(val, fit_rows), X=None if X is None else X[fit_rows])
+            held_out[score_rows] = combiner.fuse(
+                _rows(val, score_rows), X=None if X is None else X[score_rows]
+            ).double()
         if classification:
             metrics = classification_metrics(held_out.numpy(), y)
             scores[name] = {"nll": float(metrics["nll"]), "accuracy": float(metrics["accuracy"])}

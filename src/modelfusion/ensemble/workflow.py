@@ -15,6 +15,7 @@ from ..errors import IncompatibleModelsError, LeakageError
 from ..evaluate import Report, evaluate
 from ..predictions import Predictions, is_test_split
 from .base import Combiner
+from .choose import Choice, choose_combiner
 from .serialize import save_combiner
 
 __all__ = ["EnsembleRun", "fuse_and_evaluate"]
@@ -27,6 +28,7 @@ class EnsembleRun:
     combiners: dict[str, Combiner]
     report: Report
     fit_seconds: dict[str, float] = field(default_factory=dict)
+    choice: Choice | None = None  # the fusion to report, chosen on validation (None: too few samples)
 
     def summary(self) -> dict:
         """JSON-able: each combiner's parameters, fit time and what it fitted (stacking's cross-validated score;
@@ -41,7 +43,11 @@ class EnsembleRun:
                 if hasattr(combiner, attr):
                     entry[attr.rstrip("_")] = jsonable(getattr(combiner, attr))
             combiners[name] = entry
-        return {"combiners": combiners, "test": self.report.to_dict()}
+        chosen = None
+        if self.choice is not None:
+            chosen = {"name": self.choice.name, "metric": self.choice.metric, "reason": self.choice.reason()}
+            chosen["cross_validated"] = self.choice.scores
+        return {"combiners": combiners, "chosen": chosen, "test": self.report.to_dict()}
 
     def save(
         self, out: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
@@ -68,6 +74,7 @@ def fuse_and_evaluate(
     X_val: torch.Tensor | None = None,
     X_test: torch.Tensor | None = None,
     seed: int = 0,
+    choose: bool = True,
 ) -> EnsembleRun:
     """Fit each combiner on `val`, fuse `test`, and score members and fusions together.
 
@@ -79,7 +86,10 @@ def fuse_and_evaluate(
         methods: combiner names, or "all" for every combiner that supports the task.
         params: per-method constructor arguments, e.g. `{"weighted": {"shrinkage": 0.1}}`.
         X_val, X_test: original inputs, for combiners that use them (stacking with passthrough).
-        seed: seed of the bootstrap in the report.
+        seed: seed of the bootstrap in the report and of the folds that choose the fusion.
+        choose: also choose the fusion to report by 5-fold cross-validated NLL (MSE) on `val` (`choose_combiner`;
+            `run.choice`): the test leaderboard ranks every fusion, but picking its top row would be choosing on
+            test.
 
     Example:
         >>> run = fuse_and_evaluate(val_preds, test_preds, "all")
@@ -107,7 +117,18 @@ def fuse_and_evaluate(
         seconds[name] = time.perf_counter() - start
         combiners[name] = combiner
         fused[name] = combiner.fuse(test, X=X_test)
-    return EnsembleRun(combiners, evaluate(test, fused, seed=seed), seconds)
+    choice = _choose(val, names, params, X_val, seed) if choose else None
+    return EnsembleRun(combiners, evaluate(test, fused, seed=seed), seconds, choice)
+
+
+def _choose(val: Predictions, names: list[str], params: dict, X_val, seed: int) -> Choice | None:
+    """The combiner chosen on validation, with as many folds (at most 5) as the rarest class allows."""
+    folds = 5
+    if val.task == "classification":
+        folds = min(folds, int(torch.bincount(val.labels).min()))
+    if folds < 2:
+        return None
+    return choose_combiner(val, names, folds=folds, seed=seed, params=params, X=X_val)
 
 
 def _check_no_leak(val: Predictions, test: Predictions) -> None:

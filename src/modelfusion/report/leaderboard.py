@@ -60,8 +60,11 @@ def diversity_summary(report: Report) -> str:
     )
 
 
-def print_leaderboard(report: Report, console: Console | None = None) -> None:
-    """Print the leaderboard table and the diversity line."""
+def print_leaderboard(report: Report, console: Console | None = None, *, chosen: str | None = None) -> None:
+    """Print the leaderboard table, the diversity line and, given `chosen` (`Choice.reason()`), which fusion
+    was chosen on validation: the one to deploy, rather than the table's top row, which is ranked on test."""
     console = console or Console()
     console.print(leaderboard_table(report))
     console.print(diversity_summary(report), highlight=False)
+    if chosen is not None:
+        console.print(f"chosen on validation: {chosen}", highlight=False)
