@@ -203,6 +203,20 @@ def test_mean_logit_warns_about_a_real_member_with_zero_probabilities(mnist1d_me
         (torch.softmax(val.outputs[2].double(), 1)[torch.arange(val.num_samples), val.labels] < 1e-4).sum()
     )
     assert knn_misses > 20  # 5 neighbours: a class none of them has gets probability 0
-    with pytest.warns(OverconfidenceWarning, match=f"'knn' on {knn_misses} of {val.num_samples}"):
+    # the warning names members overconfident on >= 1% of the samples; the record holds every one
+    with pytest.warns(OverconfidenceWarning, match=f"member 'knn' gives .* on {knn_misses} of {val.num_samples}"):
         run = fuse_and_evaluate(val, test, ["mean_logit"])
-    assert run.summary()["combiners"]["mean_logit"]["overconfident"]["knn"] == knn_misses
+    overconfident = run.summary()["combiners"]["mean_logit"]["overconfident"]
+    assert overconfident["knn"] == knn_misses
+
+
+def test_mean_logit_does_not_warn_about_one_confident_mistake_in_hundreds():
+    labels = torch.zeros(200, dtype=torch.long)
+    logits = torch.zeros(2, 200, 2)
+    logits[:, :, 0] = 3.0  # both members right and sure
+    logits[0, 0] = torch.tensor([-20.0, 20.0])  # member 'a' confidently wrong on one sample of 200
+    preds = Predictions(logits, labels, ("a", "b"), "classification", "val", (0, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OverconfidenceWarning)
+        combiner = make_combiner("mean_logit").fit(preds)
+    assert combiner.overconfident_ == {"a": 1}

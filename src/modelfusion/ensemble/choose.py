@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OverconfidenceWarning
 from ..evaluate.metrics import classification_metrics
 from ..predictions import Predictions, check_fit_split
 
@@ -84,7 +85,9 @@ def choose_combiner(
         held_out = torch.empty(val.outputs.shape[1:], dtype=torch.float64)  # fused [N, C] or [N]
         for fit_rows, score_rows in splits:
             combiner = make_combiner(name, **(params or {}).get(name, {}))
-            combiner.fit(_rows(val, fit_rows), X=None if X is None else X[fit_rows])
+            with warnings.catch_warnings():  # once, from the fit on the whole split, is enough
+                warnings.simplefilter("ignore", OverconfidenceWarning)
+                combiner.fit(_rows(val, fit_rows), X=None if X is None else X[fit_rows])
             held_out[score_rows] = combiner.fuse(
                 _rows(val, score_rows), X=None if X is None else X[score_rows]
             ).double()

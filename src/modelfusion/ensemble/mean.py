@@ -67,8 +67,10 @@ class MeanLogit(Combiner):
         self.overconfident_ = {
             name: int(count) for name, count in zip(self.member_names_, counts.tolist(), strict=True) if count
         }
-        if self.overconfident_:
-            message = _overconfidence_message(self.overconfident_, num_samples, self.floor)
+        # One confidently wrong sample in hundreds is what a good network does; warn when it is a habit.
+        habitual = {name: count for name, count in self.overconfident_.items() if count >= 0.01 * num_samples}
+        if habitual:
+            message = _overconfidence_message(habitual, num_samples, self.floor)
             warnings.warn(message, OverconfidenceWarning, stacklevel=4)  # 4: the caller of fit
 
     def _fuse(self, outputs: torch.Tensor, X=None) -> torch.Tensor:
