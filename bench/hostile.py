@@ -255,13 +255,13 @@ class Artifacts:
 
     @functools.cached_property
     def demo(self) -> Path:
-        """runs/demo of `run_demo("digits", epochs=2, n_networks=2)`: members, predictions, combiners."""
+        """runs/demo of `run_demo("digits", epochs=2, n_mlps=2)`: members, predictions, combiners."""
         out = self.root / "demo"
         if out.exists():  # built by an earlier run in this --workdir
             return out
         code = (
             "import sys; from modelfusion.demo import run_demo; "
-            "run_demo('digits', out=sys.argv[1], epochs=2, n_networks=2, progress=False)"
+            "run_demo('digits', out=sys.argv[1], epochs=2, n_mlps=2, progress=False)"
         )
         self._cli("the demo members", ["-c", code, str(out)], self.root)
         return out
@@ -475,7 +475,7 @@ def evil_meta_merge_victim(ctx: Ctx) -> str:
 def evil_meta_run_demo(ctx: Ctx) -> str:
     """A trusted-prefix factory that trains and saves a demo over the user's earlier run in `victim/`."""
     copy(ctx.art.member("mlp_0"), ctx.path("victim/members/mlp_0.safetensors"))
-    kwargs = {"dataset": "digits", "out": str(ctx.path("victim")), "epochs": 1, "n_networks": 1, "progress": False}
+    kwargs = {"dataset": "digits", "out": str(ctx.path("victim")), "epochs": 1, "n_mlps": 1, "progress": False}
     return member_with_meta(ctx, meta(ctx, factory="modelfusion.demo:run_demo", factory_kwargs=kwargs))
 
 

@@ -28,7 +28,7 @@ def test_demo_classification_end_to_end(tmp_path, digits):
     results = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in results["test"]["rows"]}
     members = [r for r in rows.values() if r["kind"] == "member"]
-    assert {r["name"] for r in members} == {"cnn_0", "cnn_1", "mlp", "logreg", "random_forest"}
+    assert {r["name"] for r in members} == {"mlp_0", "mlp_1", "cnn", "logreg", "random_forest"}
     assert {r["name"] for r in rows.values() if r["kind"] == "fusion"} == set(combiners_for("classification"))
     assert {p.stem for p in (out / "combiners").iterdir()} == set(combiners_for("classification"))
     mean_member = sum(r["metrics"]["accuracy"] for r in members) / len(members)
@@ -76,11 +76,11 @@ def test_demo_regression_end_to_end(tmp_path):
 def test_predict_command_on_saved_members(tmp_path):
     out = tmp_path / "demo"
     _run_cli(["demo", "--out", str(out), "--epochs", "2", "--mlps", "1", "--no-progress"])
-    files = [str(out / "members" / name) for name in ("cnn_0.safetensors", "logreg.skops")]
+    files = [str(out / "members" / name) for name in ("mlp_0.safetensors", "logreg.skops")]
     _run_cli(["predict", *files, "--split", "val", "--out", str(tmp_path / "val.safetensors")])
     preds = Predictions.load(tmp_path / "val.safetensors")
-    saved = Predictions.load(out / "predictions" / "val.safetensors").select(["cnn_0", "logreg"])
-    assert preds.member_names == ("cnn_0", "logreg")
+    saved = Predictions.load(out / "predictions" / "val.safetensors").select(["mlp_0", "logreg"])
+    assert preds.member_names == ("mlp_0", "logreg")
     assert (preds.outputs == saved.outputs).all()
 
 
@@ -99,7 +99,7 @@ def test_console_script_runs_the_default_demo(tmp_path):
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     accuracies = {r["name"]: r["metrics"]["accuracy"] for r in results["test"]["rows"]}
-    assert accuracies["cnn_0"] > 0.95 and accuracies["mean"] > 0.95
+    assert accuracies["cnn"] > 0.95 and accuracies["mean"] > 0.95
 
 
 def test_bad_dataset_exits_2_with_one_line():
@@ -115,7 +115,7 @@ def test_ensemble_command_from_checkpoints_and_from_predictions(tmp_path, digits
 
     demo = tmp_path / "demo"
     _run_cli(["demo", "--out", str(demo), "--epochs", "2", "--mlps", "2", "--no-progress"])
-    members = [str(demo / "members" / f) for f in ("cnn_0.safetensors", "cnn_1.safetensors", "logreg.skops")]
+    members = [str(demo / "members" / f) for f in ("mlp_0.safetensors", "mlp_1.safetensors", "logreg.skops")]
     out = tmp_path / "ens"
     printed = _run_cli(["ensemble", *members, "--method", "weighted", "--method", "stacking", "--out", str(out)])
     assert "│ weighted" in printed and "│ stacking" in printed and "McNemar" in printed
@@ -123,7 +123,7 @@ def test_ensemble_command_from_checkpoints_and_from_predictions(tmp_path, digits
     assert set(results["combiners"]) == {"weighted", "stacking"}
     assert "cv_score" in results["combiners"]["stacking"] and len(results["combiners"]["weighted"]["weights"]) == 3
     weighted = load_combiner(out / "combiners" / "weighted.safetensors")
-    test = Predictions.load(demo / "predictions" / "test.safetensors").select(["cnn_0", "cnn_1", "logreg"])
+    test = Predictions.load(demo / "predictions" / "test.safetensors").select(["mlp_0", "mlp_1", "logreg"])
     fused = weighted.predict_proba(test)
     row = next(r for r in results["test"]["rows"] if r["name"] == "weighted")
     assert row["metrics"]["accuracy"] == pytest.approx((fused.argmax(1) == test.labels).float().mean().item())
@@ -149,9 +149,9 @@ def test_distill_command(tmp_path):
     out = tmp_path / "student.safetensors"
     teachers = [
         "--teacher",
-        str(demo / "members" / "cnn_0.safetensors"),
+        str(demo / "members" / "mlp_0.safetensors"),
         "--teacher",
-        str(demo / "members" / "mlp.safetensors"),
+        str(demo / "members" / "cnn.safetensors"),
     ]
     printed = _run_cli(
         [
@@ -195,7 +195,7 @@ def test_distill_command_offline_teachers_with_a_fitted_combiner_and_hints(tmp_p
     demo = tmp_path / "demo"
     _run_cli(["demo", "--out", str(demo), "--epochs", "3", "--mlps", "1", "--no-progress"])
     # in the order the demo's combiners were fitted on
-    members = [str(demo / "members" / f) for f in ("cnn_0.safetensors", "mlp.safetensors", "logreg.skops")]
+    members = [str(demo / "members" / f) for f in ("mlp_0.safetensors", "cnn.safetensors", "logreg.skops")]
     members.append(str(demo / "members" / "random_forest.skops"))
     train_preds = tmp_path / "train.safetensors"
     _run_cli(["predict", *members, "--split", "train", "--out", str(train_preds)])
@@ -215,7 +215,7 @@ def test_distill_command_offline_teachers_with_a_fitted_combiner_and_hints(tmp_p
     assert "cannot be combined with data augmentation" in fails(*offline, "--mixup", "0.4", "--alpha", "1")
     assert "one of the two" in fails(*offline, "--teacher", members[0])
     assert "--hint needs live teachers" in fails(*offline, "--hint", "1=1")
-    teacher = ["--teacher", str(demo / "members" / "mlp.safetensors")]
+    teacher = ["--teacher", str(demo / "members" / "mlp_0.safetensors")]
     assert "the teacher has no module named '9'; its modules are: 0, 1, 2" in fails(*teacher, "--hint", "1=9")
     assert "--hint takes STUDENT_MODULE=TEACHER_MODULE" in fails(*teacher, "--hint", "1")
     assert "--weights must be comma-separated numbers" in fails(*teacher, "--weights", "a,b")

@@ -113,12 +113,7 @@ def demo(
     epochs: Annotated[
         int | None, typer.Option(help="training epochs of the torch members (default: their recipe's)")
     ] = None,
-    networks: Annotated[
-        int,
-        typer.Option(
-            "--networks", "--mlps", help="networks of the dataset's recipe (different seeds; a CNN on image data)"
-        ),
-    ] = 3,
+    mlps: Annotated[int, typer.Option(help="number of MLP members (different seeds)")] = 3,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     overwrite: Overwrite = False,
 ) -> None:
@@ -133,7 +128,7 @@ def demo(
         seed=seed,
         out=out,
         epochs=epochs,
-        n_networks=networks,
+        n_mlps=mlps,
         progress=progress,
         overwrite=overwrite,
         console=console,

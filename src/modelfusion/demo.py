@@ -29,7 +29,7 @@ from .io import save_member
 from .members import Member, SklearnMember
 from .predictions import collect_predictions
 from .report import print_leaderboard
-from .training import TrainingRecipe, recipe_for
+from .training import RECIPES, TrainingRecipe, recipe_for
 
 __all__ = ["run_demo", "member_recipes", "DemoMember"]
 
@@ -44,15 +44,13 @@ class DemoMember:
     estimator: Callable[[], object] | None = None
 
 
-def member_recipes(data: Dataset, *, seed: int = 0, n_networks: int = 3) -> list[DemoMember]:
-    """The demo's members for `data`: `n_networks` networks of the dataset's recipe with different seeds (the
-    CNN on image data, which then also gets an MLP), a linear model and a random forest."""
+def member_recipes(data: Dataset, *, seed: int = 0, n_mlps: int = 3) -> list[DemoMember]:
+    """The demo's members for `data`: MLPs with different seeds, a CNN when the data has an image form (both
+    from the dataset's recipes), a linear model and a random forest."""
     classification = data.task == "classification"
-    network = recipe_for(data)
-    kind = "cnn" if network.factory.startswith("cnn") else "mlp"
-    members = [DemoMember(f"{kind}_{i}", network, seed=seed * 1000 + i) for i in range(n_networks)]
-    if kind == "cnn":
-        members.append(DemoMember("mlp", recipe_for(data, "mlp"), seed=seed * 1000 + 100))
+    members = [DemoMember(f"mlp_{i}", recipe_for(data, "mlp"), seed=seed * 1000 + i) for i in range(n_mlps)]
+    if classification and f"{data.name}-cnn" in RECIPES:
+        members.append(DemoMember("cnn", recipe_for(data, "cnn"), seed=seed * 1000 + 100))
     if classification:
         members += [
             DemoMember("logreg", estimator=lambda: LogisticRegression(C=1.0, max_iter=2000)),
@@ -83,7 +81,7 @@ def run_demo(
     seed: int = 0,
     out: str | Path = "runs/demo",
     epochs: int | None = None,
-    n_networks: int = 3,
+    n_mlps: int = 3,
     progress: bool = True,
     overwrite: bool = False,
     console: Console | None = None,
@@ -101,12 +99,12 @@ def run_demo(
     console = console or Console()
     start = time.perf_counter()
     out = Path(out)
-    if (epochs is not None and epochs < 1) or n_networks < 0:
-        raise ConfigError(f"the demo needs epochs >= 1 and networks >= 0, got epochs={epochs}, networks={n_networks}")
+    if (epochs is not None and epochs < 1) or n_mlps < 0:
+        raise ConfigError(f"the demo needs epochs >= 1 and mlps >= 0, got epochs={epochs}, mlps={n_mlps}")
     data = load_dataset(dataset, seed=seed)
     with atomic_dir(out, overwrite=overwrite) as folder:
         console.print(f"[bold]modelfusion demo[/bold]  {data.summary()}")
-        results = _train_fuse_and_score(data, folder, out, epochs, n_networks, progress, console)
+        results = _train_fuse_and_score(data, folder, out, epochs, n_mlps, progress, console)
         results["wall_seconds"] = round(time.perf_counter() - start, 2)
         write_json(folder / "results.json", results)
     console.print(f"results -> {out / 'results.json'}  ({results['wall_seconds']:.1f}s)")
@@ -114,11 +112,11 @@ def run_demo(
 
 
 def _train_fuse_and_score(
-    data: Dataset, folder: Path, out: Path, epochs: int, n_networks: int, progress: bool, console: Console
+    data: Dataset, folder: Path, out: Path, epochs: int, n_mlps: int, progress: bool, console: Console
 ) -> dict:
     """The demo's work, written into `folder` (which becomes `out` when all of it is done)."""
     members, member_info = [], []
-    for planned in member_recipes(data, seed=data.seed, n_networks=n_networks):
+    for planned in member_recipes(data, seed=data.seed, n_mlps=n_mlps):
         t0 = time.perf_counter()
         member = _train_member(planned, data, epochs)
         seconds = time.perf_counter() - t0
@@ -149,7 +147,7 @@ def _train_fuse_and_score(
             "source": data.source,
             "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")},
         },
-        "settings": {"epochs": epochs, "n_networks": n_networks},
+        "settings": {"epochs": epochs, "n_mlps": n_mlps},
         "members": member_info,
         **run.summary(),
         "environment": {
