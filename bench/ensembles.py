@@ -274,6 +274,18 @@ def paired(dataset: str, runs: list[dict], ours: str, other: str) -> str:
     )
 
 
+def report(dataset: str, runs: list[dict]) -> None:
+    """The table of `dataset` and the paired tests of each chosen fusion against its best member and the anchors."""
+    print(table(dataset, runs), flush=True)
+    print(flush=True)
+    anchors = [m for m in runs[0] if m.startswith(("scikit-learn ", "torchensemble"))]
+    for ours in [m for m in runs[0] if m.endswith("chosen on val") or "stacking on train OOF" in m]:
+        own_best = ours.replace("chosen on val", "best member (by val)")
+        for other in [own_best] * (own_best in runs[0]) + anchors:
+            print(paired(dataset, runs, ours, other), flush=True)
+    print(flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,mnist1d,breast_cancer,wine")
@@ -281,7 +293,13 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(TRAINING_METHODS), help="training-time ensemble pools")
     parser.add_argument("--skip-torchensemble", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write all results as JSON here")
+    parser.add_argument("--from-json", type=Path, help="only print the tables of an earlier run's --out file")
     args = parser.parse_args()
+    if args.from_json:
+        for dataset, runs in json.loads(args.from_json.read_text()).items():
+            if dataset != "combiner_timing":
+                report(dataset, runs)
+        return
     timing = combiner_fit_timing()
     print("combiner fit + fuse, 10 members x 10,000 samples x 10 classes:")
     print("  " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timing["per_combiner"].items()))
@@ -299,14 +317,7 @@ def main() -> None:
             if args.out:
                 args.out.write_text(json.dumps({**everything, dataset: runs}))
         everything[dataset] = runs
-        print(table(dataset, runs), flush=True)
-        print(flush=True)
-        anchors = [m for m in runs[0] if m.startswith(("scikit-learn ", "torchensemble"))]
-        for ours in [m for m in runs[0] if m.endswith("chosen on val") or "stacking on train OOF" in m]:
-            own_best = ours.replace("chosen on val", "best member (by val)")
-            for other in [own_best] * (own_best in runs[0]) + anchors:
-                print(paired(dataset, runs, ours, other), flush=True)
-        print(flush=True)
+        report(dataset, runs)
     if args.out:
         args.out.write_text(json.dumps(everything))
 
