@@ -1,6 +1,6 @@
 """The training recipes: each registered recipe against the candidates it was chosen from, on validation.
 
-    .venv/bin/python bench/recipes.py [--recipes mnist1d-cnn,mnist1d-mlp,digits-cnn] [--seeds 5] [--out FILE]
+    .venv/bin/python bench/recipes.py [--recipes mnist1d-cnn,mnist1d-mlp,digits-cnn] [--seeds 5] [--no-candidates]
 
 For every registered recipe and each alternative setting considered for it, trains one model per seed
 (`load_dataset(name, seed)` splits; validation chooses the epoch) and prints validation and test accuracy
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(DATASETS))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-candidates", action="store_true", help="only the registered recipes")
     args = parser.parse_args()
     report = {}
     print("| recipe / candidate | val accuracy % (mean) | test accuracy % (mean ± std) | seconds per model | chosen |")
@@ -86,7 +87,7 @@ def main() -> None:
     for name in args.recipes.split(","):
         recipe = RECIPES[name]
         results = {f"{name} (registered)": evaluate(recipe, DATASETS[name], args.seeds)}
-        for label, changes in CANDIDATES[name].items():
+        for label, changes in {} if args.no_candidates else CANDIDATES[name].items():
             results[label] = evaluate(dataclasses.replace(recipe, **changes), DATASETS[name], args.seeds)
         best = max(results, key=lambda k: results[k]["val"])
         for label, r in results.items():
