@@ -87,7 +87,7 @@ def main() -> None:
     for name in args.recipes.split(","):
         recipe = RECIPES[name]
         results = {f"{name} (registered)": evaluate(recipe, DATASETS[name], args.seeds)}
-        for label, changes in {} if args.no_candidates else CANDIDATES[name].items():
+        for label, changes in () if args.no_candidates else CANDIDATES[name].items():
             results[label] = evaluate(dataclasses.replace(recipe, **changes), DATASETS[name], args.seeds)
         best = max(results, key=lambda k: results[k]["val"])
         for label, r in results.items():
