@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -27,8 +28,19 @@ def main() -> None:
                 # Rank 0 still writes the student when the others finish; tearing gloo down under a peer that
                 # is still connected aborts the process ("terminate called without an active exception").
                 dist.barrier()
+                _all_left_the_barrier()
             dist.destroy_process_group()
     sys.exit(code)
+
+
+def _all_left_the_barrier(poll_seconds: float = 0.01) -> None:
+    """Wait, through torchrun's key-value store rather than gloo, until every process has returned from the last
+    barrier: gloo aborts a process whose peer tears down while the barrier's last messages are in flight
+    (pytorch/gloo#155, "barrier followed by context destruction causes some participants to fail")."""
+    store = dist.distributed_c10d._get_default_store()
+    store.add("modelfusion/left_barrier", 1)
+    while store.add("modelfusion/left_barrier", 0) < dist.get_world_size():
+        time.sleep(poll_seconds)
 
 
 if __name__ == "__main__":
