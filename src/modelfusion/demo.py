@@ -3,8 +3,8 @@
 Heterogeneous members (the classic "linear model + trees + neural networks" recipe) make errors that
 differ, which is what fusion feeds on; the networks are trained with the dataset's recipe
 (`modelfusion.training.RECIPES`), so the fusion is measured over members at their published accuracy.
-Everything fitted sees train (members) or validation (early
-stopping, combiners) data only; the test split is used once, for the leaderboard.
+Everything fitted sees train (members) or validation (early stopping, combiners, the choice of the fusion to
+report) data only; the test split is used once, for the leaderboard.
 """
 
 from __future__ import annotations
