@@ -139,7 +139,8 @@ def test_ensemble_command_errors(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["ensemble", "--method", "wieghted", "--val-preds", "x", "--test-preds", "y"])
     assert result.exit_code == 2 and "unknown combiner 'wieghted'; valid names:" in result.output
-    result = runner.invoke(app, ["ensemble", "--val-preds", str(tmp_path / "v.safetensors")])
+    out = ["--out", str(tmp_path / "ensemble")]  # not the default runs/ensemble: the working folder may hold one
+    result = runner.invoke(app, ["ensemble", "--val-preds", str(tmp_path / "v.safetensors"), *out])
     assert result.exit_code == 2 and "both --val-preds and --test-preds" in result.output
 
 
