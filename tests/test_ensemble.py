@@ -442,5 +442,8 @@ def test_choose_combiner_refuses_test_predictions_and_bad_settings(digits_val_te
         choose_combiner(val, ["mean"], metric="mse")
     with pytest.raises(ConfigError, match="folds >= 2"):
         choose_combiner(val, ["mean"], folds=1)
+    unlabelled = Predictions(val.outputs, None, val.member_names, val.task, "val", val.classes)
+    with pytest.raises(InvalidInputError, match="no labels"):
+        choose_combiner(unlabelled, ["mean"])
     reg_val, _ = regression_val_test
     assert choose_combiner(reg_val, ["mean", "median", "weighted"], folds=3).metric == "mse"

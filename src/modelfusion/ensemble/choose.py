@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from ..errors import ConfigError, OverconfidenceWarning
+from ..errors import ConfigError, InvalidInputError, OverconfidenceWarning
 from ..evaluate.metrics import classification_metrics
 from ..predictions import Predictions, check_fit_split
 
@@ -71,6 +71,8 @@ def choose_combiner(
     from . import make_combiner
 
     check_fit_split(val, "choose_combiner")
+    if val.labels is None:
+        raise InvalidInputError("choose_combiner: the validation predictions have no labels to score on")
     metric = metric or _METRICS[val.task][0]
     if metric not in _METRICS[val.task]:
         raise ConfigError(f"choose_combiner: metric for {val.task} must be one of {_METRICS[val.task]}, got {metric!r}")
