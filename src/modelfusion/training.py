@@ -2,8 +2,9 @@
 their published accuracy.
 
 A recipe is an architecture (a factory in `models.MODELS` with its data-independent arguments) and the
-training settings chosen for it on the validation split (never on test). The demo, the examples and every
-benchmark train their torch members with a recipe, so a fusion's gain is measured over members worth fusing.
+training settings chosen for it on the validation split (never on test). The demo and the ensemble and
+distillation benchmarks train their torch members with a recipe, so a fusion's gain is measured over members
+worth fusing.
 
 | recipe | model | test accuracy, seeds 0-4 (bench/recipes.py) | target (issue 12) |
 |---|---|---|---|
