@@ -43,7 +43,7 @@ from modelfusion.datasets import load_dataset
 from modelfusion.distill import FeatureHints, ModelTeacher, distill
 from modelfusion.ensemble import train_members
 from modelfusion.evaluate.metrics import classification_metrics
-from modelfusion.evaluate.stats import mcnemar_exact
+from modelfusion.evaluate.stats import mcnemar_exact, t_interval
 from modelfusion.io import save_member
 from modelfusion.models import MODELS
 from modelfusion.training import recipe_for, train_model
@@ -169,16 +169,6 @@ def ensure_torchdistill() -> Path:
         [["torch==2.14.1", "torchvision==0.29.1", "torchdistill==1.1.5"], ["-e", str(ROOT)]],
     )
     return bin_dir / "python"
-
-
-def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
-    """The t-interval of the mean over seeds (the seeds are the independent replicates)."""
-    values = [v for v in values if np.isfinite(v)]
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return mean, mean
-    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return mean - half, mean + half
 
 
 def recovered_fraction(accuracy: dict[str, list[float]], model: str, lone: str) -> dict:

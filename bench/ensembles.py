@@ -48,7 +48,7 @@ from sklearn.svm import SVC
 from modelfusion.datasets import Dataset, load_dataset
 from modelfusion.ensemble import choose_combiner, combiners_for, fuse_and_evaluate, make_combiner, train_members
 from modelfusion.evaluate.metrics import classification_metrics
-from modelfusion.evaluate.stats import mcnemar_exact
+from modelfusion.evaluate.stats import mcnemar_exact, t_interval
 from modelfusion.members import SklearnMember
 from modelfusion.predictions import Predictions, collect_predictions
 from modelfusion.training import recipe_for
@@ -224,15 +224,6 @@ def combiner_fit_timing(repeats: int = 3) -> dict:
     start = time.perf_counter()
     make_combiner("stacking").fit(preds)
     return {"per_combiner": best, "total": sum(best.values()), "stacking": time.perf_counter() - start}
-
-
-def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
-    """The t-interval of the mean over seeds (the seeds are the independent replicates)."""
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return mean, mean
-    half = stats.t.ppf((1 + confidence) / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return mean - half, mean + half
 
 
 def table(dataset: str, runs: list[dict]) -> str:

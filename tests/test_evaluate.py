@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import stats as scipy_stats
 from sklearn import metrics as skm
 
 from modelfusion import InvalidInputError
@@ -13,7 +14,13 @@ from modelfusion.evaluate.metrics import (
     expected_calibration_error,
     regression_metrics,
 )
-from modelfusion.evaluate.stats import bootstrap_counts, bootstrap_means, mcnemar_exact, paired_bootstrap_test
+from modelfusion.evaluate.stats import (
+    bootstrap_counts,
+    bootstrap_means,
+    mcnemar_exact,
+    paired_bootstrap_test,
+    t_interval,
+)
 from modelfusion.predictions import Predictions
 
 
@@ -160,3 +167,12 @@ def test_evaluate_bad_input(digits_members, digits):
         evaluate(preds, {"a": torch.full((4, 3), 1 / 3)})
     with pytest.raises(InvalidInputError, match="best_member 'zz' is not a member"):
         evaluate(preds, best_member="zz")
+
+
+def test_t_interval_over_seeds_matches_scipy_and_skips_non_finite():
+    values = [96.8, 97.3, 96.1, 97.0, 96.5]
+    low, high = t_interval(values)
+    expected = scipy_stats.t.interval(0.95, 4, loc=np.mean(values), scale=scipy_stats.sem(values))
+    np.testing.assert_allclose((low, high), expected)
+    assert t_interval([*values, float("nan")]) == (low, high)
+    assert t_interval([3.0]) == (3.0, 3.0)

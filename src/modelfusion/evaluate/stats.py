@@ -11,6 +11,7 @@ __all__ = [
     "percentile_interval",
     "mcnemar_exact",
     "paired_bootstrap_test",
+    "t_interval",
 ]
 
 
@@ -68,3 +69,15 @@ def paired_bootstrap_test(loss_a: np.ndarray, loss_b: np.ndarray, counts: np.nda
         "ci": [float(low), float(high)],
         "p_value": max(p, 1.0 / len(resampled)),
     }
+
+
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """The t-interval of the mean of independent replicates (e.g. one figure per seed); non-finite values (a
+    ratio over a zero gap) are left out, and fewer than two values give the mean twice."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    mean = float(finite.mean())
+    if len(finite) < 2:
+        return mean, mean
+    half = stats.t.ppf((1 + confidence) / 2, len(finite) - 1) * finite.std(ddof=1) / len(finite) ** 0.5
+    return mean - half, mean + half
