@@ -89,6 +89,11 @@ def test_bad_parameters_are_one_clear_error(quick_recipe, digits):
         train_members(quick_recipe, digits, method="kfold", n=1)
     with pytest.raises(ConfigError, match="method 'seeds' got bad parameters \\['cycle_epochs'\\]"):
         train_members(quick_recipe, digits, method="seeds", n=2, cycle_epochs=3)
+    # zero is refused, not read as "the default"
+    with pytest.raises(ConfigError, match="cycle_epochs"):
+        train_members(quick_recipe, digits, method="snapshot", n=2, cycle_epochs=0)
+    with pytest.raises(ConfigError, match="swa_lr"):
+        train_members(quick_recipe, digits, method="swa", n=1, swa_lr=0.0)
     with pytest.raises(Exception, match="unknown training-time ensemble method 'boosting'"):
         train_members(quick_recipe, digits, method="boosting")
 

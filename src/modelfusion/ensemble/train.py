@@ -158,7 +158,7 @@ def _kfold(recipe: TrainingRecipe, data: Dataset, *, n: int, seed: int) -> Train
 def _snapshot(
     recipe: TrainingRecipe, data: Dataset, *, n: int, seed: int, cycle_epochs: int | None = None
 ) -> TrainedMembers:
-    cycle_epochs = cycle_epochs or recipe.epochs
+    cycle_epochs = recipe.epochs if cycle_epochs is None else cycle_epochs
     check_count(cycle_epochs, "cycle_epochs")
     model = recipe.build(data, seed=seed)
     steps_per_epoch = -(-len(data.train) // recipe.batch_size)
@@ -193,8 +193,8 @@ def _swa(
     swa_epochs: int | None = None,
     swa_lr: float | None = None,
 ) -> TrainedMembers:
-    swa_epochs = swa_epochs or max(1, recipe.epochs // 4)
-    swa_lr = swa_lr or recipe.lr / 10
+    swa_epochs = max(1, recipe.epochs // 4) if swa_epochs is None else swa_epochs
+    swa_lr = recipe.lr / 10 if swa_lr is None else swa_lr
     check_count(swa_epochs, "swa_epochs")
     check_number(swa_lr, "swa_lr", low=0.0, open_low=True)
     models = []
