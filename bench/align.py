@@ -2,15 +2,15 @@
 
     .venv/bin/python bench/align.py [--seeds 3] [--models 5] [--rebasin] [--out FILE.json] [--plot docs/align.png]
 
-Per dataset (digits, mnist1d), architecture (an MLP: digits 64-256-256-10, mnist1d 40-512-512-10; a CNN with
-BatchNorm: digits' 2-D CNN, mnist1d's 1-D CNN) and seed: five models trained on the train split from
-different initializations (and batch orders). Two models (the first two): the endpoints, their output
-ensemble, and the 50/50 weight average naive, after weight matching and after activation matching, each with
-and without REPAIR (statistics on 1,024 training samples; for BatchNorm networks REPAIR is the recomputation
-of the running statistics); the loss and accuracy barriers along 11 interpolation points; the matching time.
-All five: the output ensemble and the uniform weight average, naive and after weight matching to the first
-model or to the running average, with and without REPAIR. Everything is scored on the test split; nothing is
-tuned.
+Per dataset (digits, mnist1d), architecture (the dataset's MLP and CNN recipes from modelfusion.training.RECIPES:
+MLPs digits 64-128-10 and mnist1d 40-512-512-512-10 with dropout; CNNs with BatchNorm) and seed: five models
+trained with the recipe on the train split from different initializations (and batch orders). Two models (the first
+two): the endpoints, their output ensemble, and the 50/50 weight average naive, after weight matching and after
+activation matching, each with and without REPAIR (statistics on 1,024 training samples; for BatchNorm networks
+REPAIR is the recomputation of the running statistics); the loss and accuracy barriers along 11 interpolation
+points; the matching time. All five: the output ensemble and the uniform weight average, naive and after weight
+matching to the first model or to the running average, with and without REPAIR. Everything is scored on the test
+split; nothing is tuned.
 """
 
 from __future__ import annotations
@@ -31,17 +31,14 @@ from reference_venvs import ROOT, ensure_venv
 from modelfusion.align import align, barriers, interpolation_curve, plot_interpolation, repair
 from modelfusion.datasets import load_dataset
 from modelfusion.io import save_member
-from modelfusion.io.factory import build_model
-from modelfusion.members import TorchMember
 from modelfusion.merge import merge_state_dicts
-from modelfusion.training import train_model
+from modelfusion.training import RECIPES
 
-LR = 3e-3
-SETUPS = {  # factory, its arguments, epochs
-    ("digits", "mlp"): ("modelfusion.models:mlp", {"in_features": 64, "num_outputs": 10, "hidden": [256, 256]}, 60),
-    ("digits", "cnn+bn"): ("modelfusion.models:cnn2d", {"channels": [32, 64], "hidden": 128}, 30),
-    ("mnist1d", "mlp"): ("modelfusion.models:mlp", {"in_features": 40, "num_outputs": 10, "hidden": [512, 512]}, 60),
-    ("mnist1d", "cnn+bn"): ("modelfusion.models:cnn1d", {"length": 40, "channels": 64, "batchnorm": True}, 60),
+SETUPS = {  # (dataset, architecture): the recipe that trains the models
+    ("digits", "mlp"): "digits-mlp",
+    ("digits", "cnn+bn"): "digits-cnn",
+    ("mnist1d", "mlp"): "mnist1d-mlp",
+    ("mnist1d", "cnn+bn"): "mnist1d-cnn",
 }
 REPAIR_SAMPLES = 1024
 
@@ -89,22 +86,9 @@ def ensure_rebasin() -> Path:
 
 
 def run(dataset: str, arch: str, seed: int, count: int, rebasin_python: Path | None) -> tuple[dict, dict]:
-    factory, kwargs, epochs = SETUPS[(dataset, arch)]
+    recipe = RECIPES[SETUPS[(dataset, arch)]]
     data = load_dataset(dataset, seed=seed)
-    models = []
-    for i in range(count):
-        torch.manual_seed(seed * 100 + i)
-        models.append(
-            train_model(
-                build_model(factory, kwargs),
-                data.train,
-                data.val,
-                epochs=epochs,
-                lr=LR,
-                seed=seed * 100 + i,
-                cosine=True,
-            )
-        )
+    models = [recipe.train(data, seed=seed * 100 + i) for i in range(count)]
     X = data.train.X[:REPAIR_SAMPLES]
     row: dict = {"endpoints": [scores(m, data.test)["accuracy"] for m in models[:2]]}
     row["ensemble of 2"] = ensemble_accuracy(models[:2], data.test)
@@ -132,9 +116,7 @@ def run(dataset: str, arch: str, seed: int, count: int, rebasin_python: Path | N
         row[f"{name} + REPAIR barriers"] = barriers(repaired_curve)
 
     if rebasin_python is not None:
-        members = [
-            TorchMember(m, name=f"model_{i}", factory=factory, factory_kwargs=kwargs) for i, m in enumerate(models)
-        ]
+        members = [recipe.member(m, data, name=f"model_{i}") for i, m in enumerate(models)]
         row["rebasin"] = rebasin_result(rebasin_python / "python", members, dataset, seed)
     row[f"ensemble of {count}"] = ensemble_accuracy(models, data.test)
     row[f"naive average of {count}"] = scores(averaged(models, models[0]), data.test)["accuracy"]

@@ -3,17 +3,18 @@
     .venv/bin/python bench/features.py [--parts transfer,fusion,cascade] [--seeds 5] [--out FILE.json]
                                        [--plot docs/cascade.png]
 
-transfer: a 2-D CNN pretrained on digits 0-4 (train split) learns digits 5-9 from 10 (and 3) labelled
-    samples per class (validation: as many again from the validation split; test: every 5-9 test sample),
+Every network that is not being fused is trained with its dataset's recipe (modelfusion.training.RECIPES).
+transfer: the digits-cnn recipe's 2-D CNN pretrained on digits 0-4 (train split) learns digits 5-9 from 10 (and
+    3) labelled samples per class (validation: as many again from the validation split; test: every 5-9 test sample),
     from scratch or spliced after its conv blocks with a new head and trained by each `finetune` schedule;
     the same epochs everywhere.
-fusion: a CNN and an MLP trained apart on the train split, then fused with frozen backbones (each one's last
+fusion: the recipes' CNN and MLP trained apart on the train split, then fused with frozen backbones (each one's last
     hidden layer projected to 64 and fused by attention, concatenation, gating or sum, with a new linear
     head trained on the train split), against output averaging and each model alone; digits and mnist1d.
 cascade: logistic regression, then the CNN (digits and mnist1d); each model's cost is its measured CPU time
     per sample; the thresholds reach the CNN's validation accuracy at the lowest validation cost.
 Everything is chosen on validation; the test split only scores. Accuracy: mean ± std over seeds and the 95%
-bootstrap CI of the pooled test predictions.
+t-interval over seeds (mnist1d's test split is shared by every seed, so its samples are not pooled).
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from modelfusion.datasets import Split, load_dataset
-from modelfusion.evaluate.stats import bootstrap_counts, bootstrap_means, percentile_interval
+from modelfusion.evaluate.stats import t_interval
 from modelfusion.features import Cascade, FeatureFusion, finetune, plot_cascade_curve, splice
 from modelfusion.members import SklearnMember, TorchMember
-from modelfusion.models import cnn1d, cnn2d, mlp
+from modelfusion.models import cnn2d
 from modelfusion.predictions import collect_predictions
-from modelfusion.training import train_model
+from modelfusion.training import RECIPES, train_model
 
 LR = 3e-3
 SCHEDULES = ("linear_probe", "full", "probe_then_finetune", "gradual")
@@ -47,12 +48,10 @@ def correct_of(model, split: Split) -> np.ndarray:
 
 def summary(correct: list[np.ndarray]) -> dict:
     accs = [c.mean() * 100 for c in correct]
-    pooled = np.concatenate(correct).astype(float)
-    low, high = percentile_interval(bootstrap_means(pooled, bootstrap_counts(len(pooled), seed=0)))
     return {
         "mean": statistics.mean(accs),
         "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-        "ci": [low * 100, high * 100],
+        "ci": list(t_interval(accs)),
         "per_seed": accs,
     }
 
@@ -78,19 +77,18 @@ def transfer(seeds: int, epochs: int, shots: int) -> dict:
         data = load_dataset("digits", seed=seed)
         old, new = range(0, 5), range(5, 10)
         torch.manual_seed(seed)
-        pretrained = train_model(
-            cnn2d(num_outputs=5),
+        pretrained = RECIPE.fit(
+            cnn2d(num_outputs=5, **RECIPE.architecture),
             subset(data.train, old, None, seed),
             subset(data.val, old, None, seed),
-            epochs=30,
-            lr=LR,
             seed=seed,
-            cosine=True,
         )
         train, val = subset(data.train, new, shots, seed), subset(data.val, new, shots, seed + 1000)
         test = subset(data.test, new, None, seed)
         torch.manual_seed(seed)
-        scratch = train_model(cnn2d(num_outputs=5), train, val, epochs=epochs, lr=LR, seed=seed, cosine=True)
+        scratch = train_model(
+            cnn2d(num_outputs=5, **RECIPE.architecture), train, val, epochs=epochs, lr=LR, seed=seed, cosine=True
+        )
         results.setdefault("from scratch", []).append(correct_of(scratch, test))
         for schedule in SCHEDULES:
             torch.manual_seed(seed)
@@ -103,15 +101,10 @@ def transfer(seeds: int, epochs: int, shots: int) -> dict:
     return {name: summary(c) for name, c in results.items()}
 
 
-FUSION_SETUPS = {
-    "digits": {
-        "cnn": (lambda: cnn2d(), "10", 40),
-        "mlp": (lambda: mlp(64, 10, hidden=[128]), "1", 40),
-    },
-    "mnist1d": {
-        "cnn": (lambda: cnn1d(length=40, hidden=128), "9", 60),
-        "mlp": (lambda: mlp(40, 10, hidden=[128, 128]), "3", 60),
-    },
+RECIPE = RECIPES["digits-cnn"]
+FUSED_LAYERS = {  # per dataset, the layer of each recipe's network whose output is fused: its last hidden one
+    "digits": {"cnn": "11", "mlp": "1"},
+    "mnist1d": {"cnn": "10", "mlp": "7"},
 }
 
 
@@ -120,16 +113,13 @@ def fusion(dataset: str, seeds: int, epochs: int) -> dict:
     for seed in range(seeds):
         data = load_dataset(dataset, seed=seed)
         models = {}
-        for i, (name, (build, _, member_epochs)) in enumerate(FUSION_SETUPS[dataset].items()):
-            torch.manual_seed(seed * 10 + i)
-            models[name] = train_model(
-                build(), data.train, data.val, epochs=member_epochs, lr=LR, seed=seed * 10 + i, cosine=True
-            )
+        for i, name in enumerate(FUSED_LAYERS[dataset]):
+            models[name] = RECIPES[f"{dataset}-{name}"].train(data, seed=seed * 10 + i)
             results.setdefault(f"{name} alone", []).append(correct_of(models[name], data.test))
         with torch.no_grad():
             mean = torch.stack([torch.softmax(m.eval()(data.test.X), 1) for m in models.values()]).mean(0)
         results.setdefault("output averaging", []).append((mean.argmax(1) == data.test.y).numpy())
-        layers = [layer for _, layer, _ in FUSION_SETUPS[dataset].values()]
+        layers = list(FUSED_LAYERS[dataset].values())
         for method in ("attention", "concat", "gating", "sum"):
             torch.manual_seed(seed)
             fused = FeatureFusion(models, data.train.X[:8], layers=layers, fusion=method, width=64, head=10)
@@ -156,9 +146,7 @@ def cascade(dataset: str, seeds: int) -> tuple[dict, list]:
     rows, curve = [], []
     for seed in range(seeds):
         data = load_dataset(dataset, seed=seed)
-        build, _, epochs = FUSION_SETUPS[dataset]["cnn"]
-        torch.manual_seed(seed)
-        cnn = train_model(build(), data.train, data.val, epochs=epochs, lr=LR, seed=seed, cosine=True)
+        cnn = RECIPES[f"{dataset}-cnn"].train(data, seed=seed)
         members = [
             SklearnMember(LogisticRegression(max_iter=2000).fit(data.train.X.numpy(), data.train.y.numpy()), name="lr"),
             TorchMember(cnn, name="cnn"),
@@ -211,7 +199,7 @@ def main() -> None:
         lines += [
             f"\n### Transfer: digits 0-4 -> 5-9 from {shots} labels per class ({args.seeds} seeds, "
             f"{args.transfer_epochs} epochs)\n",
-            "| regime | test accuracy % (mean ± std) | pooled 95% CI |",
+            "| regime | test accuracy % (mean ± std) | 95% t-interval over seeds |",
             "|---|---|---|",
         ] + [row(name, s) for name, s in report[f"transfer {shots}-shot"].items()]
     if "fusion" in parts:
@@ -220,7 +208,7 @@ def main() -> None:
             lines += [
                 f"\n### Fusion of a CNN and an MLP on {dataset} ({args.seeds} seeds, fusion trained "
                 f"{args.fusion_epochs} epochs)\n",
-                "| model | test accuracy % (mean ± std) | pooled 95% CI |",
+                "| model | test accuracy % (mean ± std) | 95% t-interval over seeds |",
                 "|---|---|---|",
             ] + [row(name, s) for name, s in report[f"fusion {dataset}"].items()]
     if "cascade" in parts:

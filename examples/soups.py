@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 
 import torch
 
@@ -18,11 +19,10 @@ from modelfusion.ensemble import make_combiner
 from modelfusion.evaluate import evaluate
 from modelfusion.members import TorchMember
 from modelfusion.merge import greedy_soup, merge_state_dicts, uniform_soup
-from modelfusion.models import mlp
 from modelfusion.predictions import collect_predictions
-from modelfusion.training import train_model
+from modelfusion.training import RECIPES
 
-RECIPES = [(1e-3, 0), (1e-3, 1), (3e-3, 2), (3e-3, 3), (3e-4, 4), (1e-2, 5)]  # (learning rate, seed)
+FINETUNES = [(1e-3, 0), (1e-3, 1), (3e-3, 2), (3e-3, 3), (3e-4, 4), (1e-2, 5)]  # (learning rate, seed)
 
 
 def accuracy(model, split) -> float:
@@ -35,14 +35,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     data = load_dataset("digits", seed=args.seed)
-    torch.manual_seed(args.seed)
-    pretrained = train_model(mlp(64, 10, hidden=[256, 256]), data.train, data.val, epochs=5, seed=args.seed)
+    recipe = RECIPES["digits-mlp"]  # the settings that reach digits' published accuracy
+    pretrained = recipe.train(data, seed=args.seed)
     finetunes = []
-    for lr, seed in RECIPES:
-        model = train_model(copy.deepcopy(pretrained), data.train, data.val, epochs=20, lr=lr, seed=100 + seed)
-        finetunes.append(model)
+    for lr, seed in FINETUNES:
+        finetune = dataclasses.replace(recipe, lr=lr, epochs=20)
+        finetunes.append(finetune.fit(copy.deepcopy(pretrained), data.train, data.val, seed=100 + seed))
 
-    candidates = {f"finetune lr={lr:g} seed={seed}": m for (lr, seed), m in zip(RECIPES, finetunes, strict=True)}
+    candidates = {f"finetune lr={lr:g} seed={seed}": m for (lr, seed), m in zip(FINETUNES, finetunes, strict=True)}
     candidates["uniform soup"] = uniform_soup(finetunes)
     greedy = greedy_soup(finetunes, lambda m: accuracy(m, data.val))
     candidates[f"greedy soup ({len(greedy.ingredients)} of {len(finetunes)})"] = greedy.model
@@ -56,7 +56,7 @@ def main() -> None:
     val = collect_predictions(members, data.val.X, data.val.y, "val", progress=False).select(finetune_names)
     ensemble = make_combiner("mean").fit(val).fuse(test.select(finetune_names))
     report = evaluate(test, {"output ensemble (mean of 6)": ensemble}, best_member=finetune_names[0])
-    print(f"digits seed {args.seed}: one pretrained MLP 64-256-256-10, six fine-tunes; test split")
+    print(f"digits seed {args.seed}: one MLP trained with recipe {recipe.name}, six fine-tunes; test split")
     print("| model | test accuracy % | NLL | forward passes |")
     print("|---|---|---|---|")
     for row in report.rows:

@@ -246,11 +246,27 @@ class TrainingRecipe:
         """Build and train a model with this recipe; `train` replaces the training split (a bootstrap sample or
         the other folds), and validation still chooses the epoch."""
         model = self.build(data, seed=seed)
+        return self.fit(
+            model, data.train if train is None else train, data.val, task=data.task, seed=seed, epochs=epochs
+        )
+
+    def fit(
+        self,
+        model: nn.Module,
+        train: Split,
+        val: Split,
+        *,
+        task: str = "classification",
+        seed: int = 0,
+        epochs: int | None = None,
+    ) -> nn.Module:
+        """Train `model` in place with this recipe's settings on any splits (a subset of the classes, a model
+        built around this recipe's architecture); validation chooses the epoch."""
         return train_model(
             model,
-            data.train if train is None else train,
-            data.val,
-            task=data.task,
+            train,
+            val,
+            task=task,
             epochs=epochs or self.epochs,
             lr=self.lr,
             weight_decay=self.weight_decay,
