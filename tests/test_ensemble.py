@@ -23,6 +23,7 @@ from modelfusion.cli import app
 from modelfusion.ensemble import (
     COMBINERS,
     Mean,
+    Voting,
     choose_combiner,
     combiners_for,
     fuse_and_evaluate,
@@ -432,6 +433,24 @@ def test_choose_combiner_scores_each_candidate_on_held_out_validation_folds(digi
     assert choose_combiner(val, ["mean", "hard_vote", "stacking"], folds=4, seed=0).scores == choice.scores
     by_accuracy = choose_combiner(val, ["mean", "hard_vote"], metric="accuracy", folds=4)
     assert by_accuracy.scores[by_accuracy.name]["accuracy"] == max(s["accuracy"] for s in by_accuracy.scores.values())
+
+
+def test_choose_combiner_by_nll_passes_over_vote_shares_that_win_only_on_an_easy_split():
+    # every member right on every sample, none sure: hard votes are one-hot (NLL near 0) and would win by NLL
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    logits = torch.randn(3, 40, 2, generator=generator) * 0.1
+    logits[:, torch.arange(40), labels] += 1.0
+    val = Predictions(logits, labels, ("a", "b", "c"), "classification", "val")
+    choice = choose_combiner(val, ["hard_vote", "mean", "weighted"], folds=4)
+    assert choice.scores["hard_vote"]["nll"] < min(choice.scores[n]["nll"] for n in ("mean", "weighted"))
+    assert choice.name != "hard_vote" and choice.not_eligible == ("hard_vote",)
+    assert "not eligible by NLL" in choice.reason() and "hard_vote" in choice.reason()
+    # by accuracy, or with nothing else to choose, vote shares compete
+    assert choose_combiner(val, ["hard_vote"], folds=4).name == "hard_vote"
+    assert choose_combiner(val, ["hard_vote", "mean"], metric="accuracy", folds=4).not_eligible == ()
+    assert Voting(voting="hard").estimates_probabilities is False
+    assert Voting(voting="soft").estimates_probabilities and make_combiner("mean").estimates_probabilities
 
 
 def test_choose_combiner_refuses_test_predictions_and_bad_settings(digits_val_test, regression_val_test):

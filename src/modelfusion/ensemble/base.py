@@ -29,6 +29,12 @@ class Combiner:
     tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
     uses_features: ClassVar[bool] = False  # True when fit/predict may also take the original inputs X
 
+    @property
+    def estimates_probabilities(self) -> bool:
+        """Whether the fused output is a probability estimate, so that its NLL means something (vote shares
+        are not: choosing by NLL leaves such combiners out)."""
+        return True
+
     # -- fitting -------------------------------------------------------------------------------------
     def fit(self, preds: Predictions, y: torch.Tensor | None = None, *, X: torch.Tensor | None = None) -> Combiner:
         """Learn from validation predictions; `y` defaults to `preds.labels`. Predictions of the test split are

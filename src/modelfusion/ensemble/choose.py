@@ -26,14 +26,18 @@ class Choice:
     name: str
     metric: str
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    not_eligible: tuple[str, ...] = ()  # scored, but their outputs are not probabilities to judge by NLL
 
     def reason(self) -> str:
         """One line: the chosen combiner's cross-validated score against the runner-up's."""
-        ranked = sorted(self.scores, key=lambda n: _loss(self.scores[n], self.metric))
+        eligible = [n for n in self.scores if n not in self.not_eligible]
+        ranked = sorted(eligible, key=lambda n: _loss(self.scores[n], self.metric))
         line = f"{self.name}: cross-validated {self.metric} {self.scores[self.name][self.metric]:.4f}"
         if len(ranked) > 1:
             runner_up = ranked[1]
             line += f", next {runner_up} {self.scores[runner_up][self.metric]:.4f}"
+        if self.not_eligible:
+            line += f"; not eligible by NLL (vote shares, not probabilities): {', '.join(self.not_eligible)}"
         return line + " (on the validation split only)"
 
 
@@ -62,7 +66,9 @@ def choose_combiner(
         val: validation predictions with labels.
         methods: candidate combiner names.
         metric: "nll" (default) or "accuracy" for classification, "mse" for regression; ties go to the
-            earlier name in `methods`.
+            earlier name in `methods`. By NLL, combiners whose outputs are not probability estimates (hard
+            voting's vote shares: one-hot when the members agree, so NLL 0 on a small, easy validation split) are
+            scored but not chosen, unless no other candidate is left.
         folds: folds over the validation samples (stratified for classification).
         seed: seed of the fold assignment.
         params: per-method constructor arguments.
@@ -98,8 +104,14 @@ def choose_combiner(
             scores[name] = {"nll": float(metrics["nll"]), "accuracy": float(metrics["accuracy"])}
         else:
             scores[name] = {"mse": float(((held_out.numpy() - y) ** 2).mean())}
-    best = min(methods, key=lambda n: _loss(scores[n], metric))
-    return Choice(best, metric, scores)
+    not_eligible = tuple(
+        name
+        for name in methods
+        if metric == "nll" and not make_combiner(name, **(params or {}).get(name, {})).estimates_probabilities
+    )
+    eligible = [name for name in methods if name not in not_eligible] or list(methods)
+    best = min(eligible, key=lambda n: _loss(scores[n], metric))
+    return Choice(best, metric, scores, tuple(n for n in not_eligible if n not in eligible))
 
 
 def _rows(preds: Predictions, rows: torch.Tensor) -> Predictions:

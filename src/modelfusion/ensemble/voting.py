@@ -30,6 +30,10 @@ class Voting(Combiner):
         self.voting = voting
         self.weights = weights
 
+    @property
+    def estimates_probabilities(self) -> bool:
+        return self.voting == "soft"
+
     def _fit(self, outputs: torch.Tensor, y=None, X=None) -> None:
         if self.voting not in ("soft", "hard"):
             raise ConfigError(f"{self.name}: voting must be 'soft' or 'hard', got {self.voting!r}")

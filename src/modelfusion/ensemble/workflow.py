@@ -47,6 +47,7 @@ class EnsembleRun:
         if self.choice is not None:
             chosen = {"name": self.choice.name, "metric": self.choice.metric, "reason": self.choice.reason()}
             chosen["cross_validated"] = self.choice.scores
+            chosen["not_eligible"] = list(self.choice.not_eligible)
         return {"combiners": combiners, "chosen": chosen, "test": self.report.to_dict()}
 
     def save(
