@@ -41,7 +41,7 @@ class Predictions:
         member_names: K unique names, in the order of `outputs`.
         task: "classification" or "regression".
         split: the split these predictions were made on ("val", "test", ...).
-        classes: the label of each output column (classification).
+        classes: the label of each output column (classification; by default the column indices).
     """
 
     outputs: torch.Tensor
@@ -74,6 +74,9 @@ class Predictions:
             raise InvalidInputError(f"member names must be unique; {repeated} appear more than once")
         for name, out in zip(self.member_names, self.outputs, strict=True):
             _check_finite(out, name)
+        if self.classes is None and self.task == "classification":
+            # a combiner fitted on these records its classes: without them, its saved file could not be read back
+            object.__setattr__(self, "classes", tuple(range(self.outputs.shape[2])))
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
             if self.task == "classification" and len(self.classes) != self.outputs.shape[2]:

@@ -35,6 +35,14 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> T:
+        """Remove `name` (and its aliases) and return what it held: for plugins and tests that register for a
+        while."""
+        obj = self[name]
+        del self._items[self._aliases.get(name, name)]
+        self._aliases = {a: n for a, n in self._aliases.items() if n in self._items}
+        return obj
+
     def alias(self, alias: str, name: str) -> None:
         """Let `alias` look up `name`: for two names of one method. Aliases stay out of `names()`."""
         if name not in self._items or alias in self._items or alias in self._aliases:

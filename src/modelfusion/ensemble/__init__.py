@@ -23,12 +23,11 @@ out-of-fold predictions for stacking, snapshot, swa; see `modelfusion.ensemble.t
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from ..registry import Registry
 from .base import Combiner
 from .choose import Choice, choose_combiner
 from .mean import Mean, MeanLogit, Median
 from .module import EnsembleModule
+from .registry import COMBINERS, combiners_for, make_combiner
 from .selection import GreedySelection
 from .serialize import load_combiner, save_combiner
 from .stacking import Stacking
@@ -65,38 +64,3 @@ __all__ = [
     "GreedySelection",
     "TemperatureScaling",
 ]
-
-COMBINERS: Registry[type[Combiner]] = Registry("combiner")
-for _cls in (
-    Mean,
-    MeanLogit,
-    Median,
-    WeightedAverage,
-    SoftVote,
-    HardVote,
-    Stacking,
-    GreedySelection,
-    TemperatureScaling,
-):
-    COMBINERS.register(_cls.name)(_cls)
-COMBINERS.alias("geometric_mean", "mean_logit")
-TemperatureScaling.registry = COMBINERS
-
-
-def make_combiner(name: str, **params) -> Combiner:
-    """Build the combiner registered as `name` with `params`; an unknown name lists the valid ones.
-
-    Example:
-        >>> combiner = make_combiner("weighted", shrinkage=0.1).fit(val_preds)
-        >>> proba = combiner.predict_proba(test_preds)
-    """
-    cls = COMBINERS[name]
-    try:
-        return cls(**params)
-    except TypeError as err:
-        raise ConfigError(f"combiner {name!r}: bad parameters {params} ({err})") from None
-
-
-def combiners_for(task: str) -> list[str]:
-    """Names of every combiner that supports `task`."""
-    return [name for name in COMBINERS.names() if task in COMBINERS[name].tasks]

@@ -8,6 +8,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from .._atomic import jsonable
 from ..errors import IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..predictions import Predictions, check_fit_split
 
@@ -103,6 +104,21 @@ class Combiner:
         if not hasattr(self, "member_names_"):
             raise NotFittedError(f"combiner {self.name!r} is not fitted yet; nothing to save")
         return {k: v for k, v in vars(self).items() if k.endswith("_") and not k.startswith("_")}
+
+    def learned_state(self) -> dict:
+        """What fitting learned: `fitted_state()` less what every combiner records about its inputs (member
+        names, task, classes)."""
+        inputs = ("member_names_", "task_", "classes_")
+        return {k: v for k, v in self.fitted_state().items() if k not in inputs}
+
+    def describe(self) -> dict:
+        """JSON-able: the class, the constructor arguments and the learned state (a nested combiner, such as
+        temperature's base, described the same way; tensors as lists; estimators by their repr)."""
+        learned = {
+            name.rstrip("_"): value.describe() if isinstance(value, Combiner) else jsonable(value)
+            for name, value in self.learned_state().items()
+        }
+        return {"class": type(self).__name__, "params": jsonable(self.get_params()), **learned}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

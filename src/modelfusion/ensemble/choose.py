@@ -13,6 +13,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from ..errors import ConfigError, InvalidInputError, OverconfidenceWarning
 from ..evaluate.metrics import classification_metrics
 from ..predictions import Predictions, check_fit_split
+from .registry import make_combiner
 
 __all__ = ["Choice", "choose_combiner"]
 
@@ -74,8 +75,6 @@ def choose_combiner(
         params: per-method constructor arguments.
         X: the validation inputs, for combiners that use them (stacking with passthrough).
     """
-    from . import make_combiner
-
     check_fit_split(val, "choose_combiner")
     if val.labels is None:
         raise InvalidInputError("choose_combiner: the validation predictions have no labels to score on")

@@ -9,22 +9,23 @@ import torch
 
 from ..errors import ConfigError, OverconfidenceWarning
 from .base import Combiner, probabilities
+from .registry import COMBINERS
 
 __all__ = ["Mean", "MeanLogit", "Median"]
 
 
+@COMBINERS.register("mean")
 class Mean(Combiner):
     """Mean of the members' probabilities (classification) or values (regression).
 
     The plain ensemble average, as in Deep Ensembles (Lakshminarayanan et al., 2017).
     """
 
-    name = "mean"
-
     def _fuse(self, outputs: torch.Tensor, X=None) -> torch.Tensor:
         return probabilities(outputs).mean(dim=0) if outputs.ndim == 3 else outputs.mean(dim=0)
 
 
+@COMBINERS.register("mean_logit")
 class MeanLogit(Combiner):
     """Softmax of the mean of the members' log-probabilities, each floored at `log(floor)`.
 
@@ -47,7 +48,6 @@ class MeanLogit(Combiner):
         {'random_forest': 37}
     """
 
-    name = "mean_logit"
     tasks = ("classification",)
 
     def __init__(self, *, floor: float = 1e-4) -> None:
@@ -89,10 +89,13 @@ def _overconfidence_message(counts: dict[str, int], num_samples: int, floor: flo
     return f"mean_logit: {what} log-probabilities are floored at log({floor:g})"
 
 
+COMBINERS.alias("geometric_mean", "mean_logit")
+
+
+@COMBINERS.register("median")
 class Median(Combiner):
     """Median of the members' values (regression): robust to one member that is far off."""
 
-    name = "median"
     tasks = ("regression",)
 
     def _fuse(self, outputs: torch.Tensor, X=None) -> torch.Tensor:

@@ -7,12 +7,14 @@ import torch
 
 from ..errors import ConfigError
 from .base import Combiner, best_member_or_fusion, probabilities, true_class_columns, weighted_mean
+from .registry import COMBINERS
 
 __all__ = ["GreedySelection"]
 
 _METRICS = {"classification": ("nll", "accuracy"), "regression": ("mse",)}
 
 
+@COMBINERS.register("greedy_selection")
 class GreedySelection(Combiner):
     """Hill-climb on the validation score by adding members, with replacement, to an averaged ensemble.
 
@@ -41,8 +43,6 @@ class GreedySelection(Combiner):
         weights_: the weights used, `[K]`. fusion_weights_: the selection's (equal unless it fell back).
         choice_: "fusion" or the name of the member used alone. choice_reason_: why, with both figures.
     """
-
-    name = "greedy_selection"
 
     def __init__(
         self,

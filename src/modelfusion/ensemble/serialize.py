@@ -18,6 +18,7 @@ import torch
 from .._safetensors import read_tensors, write_tensors
 from ..errors import CheckpointError, ModelFusionError
 from .base import Combiner
+from .registry import COMBINERS
 
 __all__ = ["save_combiner", "load_combiner", "combiner_to_tensors", "combiner_from_tensors"]
 
@@ -48,11 +49,11 @@ def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
     return {"json": value}
 
 
-def _decode(spec: dict, tensors: dict[str, torch.Tensor], registry) -> Any:
+def _decode(spec: dict, tensors: dict[str, torch.Tensor]) -> Any:
     if not isinstance(spec, dict) or len(spec) not in (1, 2):
         raise CheckpointError(f"an encoded value must be an object with one kind, got {str(spec)[:80]}")
     if "combiner" in spec:
-        return _build(spec["combiner"], tensors, registry)
+        return _build(spec["combiner"], tensors)
     if "tensor" in spec:
         if spec["tensor"] not in tensors:
             raise CheckpointError(f"the description refers to a tensor {str(spec['tensor'])[:80]!r} the file lacks")
@@ -65,9 +66,9 @@ def _decode(spec: dict, tensors: dict[str, torch.Tensor], registry) -> Any:
             raise CheckpointError(f"the description refers to a tensor {str(spec['skops'])[:80]!r} the file lacks")
         return load_skops(tensors[spec["skops"]].numpy().tobytes(), label=f"combiner attribute {spec['skops']!r}")
     if "dict" in spec and isinstance(spec["dict"], dict):
-        return {k: _decode(v, tensors, registry) for k, v in spec["dict"].items()}
+        return {k: _decode(v, tensors) for k, v in spec["dict"].items()}
     if "list" in spec and isinstance(spec["list"], list):
-        items = [_decode(v, tensors, registry) for v in spec["list"]]
+        items = [_decode(v, tensors) for v in spec["list"]]
         return tuple(items) if spec.get("tuple") else items
     if "json" in spec:
         return spec["json"]
@@ -82,19 +83,19 @@ def _describe(combiner: Combiner, prefix: str, tensors: dict[str, torch.Tensor])
     }
 
 
-def _build(description: dict, tensors: dict[str, torch.Tensor], registry) -> Combiner:
+def _build(description: dict, tensors: dict[str, torch.Tensor]) -> Combiner:
     """A combiner from its description: a registered name, constructor arguments it takes, fitted attributes
     (public names ending in `_`): nothing in the file can name other code or set other attributes."""
     if not isinstance(description, dict) or not isinstance(description.get("name"), str):
         raise CheckpointError("a combiner description needs a registered 'name'")
     if not isinstance(description.get("params", {}), dict) or not isinstance(description.get("fitted", {}), dict):
         raise CheckpointError("a combiner description's 'params' and 'fitted' must be objects")
-    cls = registry[description["name"]]
+    cls = COMBINERS[description["name"]]
     accepted = inspect.signature(cls.__init__).parameters
     unknown = [k for k in description.get("params", {}) if k not in accepted or k == "self"]
     if unknown:
         raise CheckpointError(f"combiner {description['name']!r} takes no arguments {unknown[:5]}")
-    params = {k: _decode(v, tensors, registry) for k, v in description.get("params", {}).items()}
+    params = {k: _decode(v, tensors) for k, v in description.get("params", {}).items()}
     for key, value in params.items():
         if not _of_annotated_type(value, str(accepted[key].annotation)):
             raise CheckpointError(
@@ -108,7 +109,7 @@ def _build(description: dict, tensors: dict[str, torch.Tensor], registry) -> Com
     for attr, spec in description.get("fitted", {}).items():
         if not (isinstance(attr, str) and attr.isidentifier() and attr.endswith("_") and not attr.startswith("_")):
             raise CheckpointError(f"{str(attr)[:80]!r} is not a fitted attribute (a public name ending in '_')")
-        setattr(combiner, attr, _decode(spec, tensors, registry))
+        setattr(combiner, attr, _decode(spec, tensors))
     _check_fitted_state(combiner)
     return combiner
 
@@ -162,9 +163,7 @@ def combiner_to_tensors(combiner: Combiner) -> tuple[dict[str, torch.Tensor], di
 
 
 def combiner_from_tensors(tensors: dict[str, torch.Tensor], description: dict) -> Combiner:
-    from . import COMBINERS
-
-    return _build(description, tensors, COMBINERS)
+    return _build(description, tensors)
 
 
 def save_combiner(combiner: Combiner, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

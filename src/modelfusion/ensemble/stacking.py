@@ -12,10 +12,12 @@ from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
 from ..errors import ConfigError, InvalidInputError
 from .base import Combiner, probabilities
+from .registry import COMBINERS
 
 __all__ = ["Stacking"]
 
 
+@COMBINERS.register("stacking")
 class Stacking(Combiner):
     """Stacked generalization (Wolpert, 1992): a meta-learner trained on member outputs.
 
@@ -35,7 +37,6 @@ class Stacking(Combiner):
         seed: seed of the fold split.
     """
 
-    name = "stacking"
     uses_features = True
 
     def __init__(

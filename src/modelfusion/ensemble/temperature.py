@@ -8,8 +8,8 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from ..errors import ConfigError
-from ..registry import Registry
 from .base import Combiner
+from .registry import COMBINERS
 
 __all__ = ["TemperatureScaling", "fit_temperature"]
 
@@ -28,6 +28,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
+@COMBINERS.register("temperature")
 class TemperatureScaling(Combiner):
     """Calibrate members, fuse them with `base`, then calibrate the fused output; every T fitted on validation.
 
@@ -41,9 +42,7 @@ class TemperatureScaling(Combiner):
         fused: fit one T on the fused output.
     """
 
-    name = "temperature"
     tasks = ("classification",)
-    registry: Registry | None = None  # set by the package, which owns the combiner registry
 
     def __init__(
         self, *, base: str = "mean", base_params: dict | None = None, per_member: bool = True, fused: bool = True
@@ -65,7 +64,7 @@ class TemperatureScaling(Combiner):
             dtype=torch.float64,
         )
         calibrated = outputs / self.member_temperatures_[:, None, None]
-        base = self.registry[self.base](**(self.base_params or {}))
+        base = COMBINERS[self.base](**(self.base_params or {}))
         self.base_ = base._fit_outputs(calibrated, y, X, self.member_names_, self.task_, self.classes_)
         fused_log_proba = torch.log(base._fuse(calibrated, X).clamp_min(1e-300)).numpy()
         self.fused_temperature_ = fit_temperature(fused_log_proba, target) if self.fused else 1.0

@@ -8,6 +8,7 @@ import torch
 
 from ..errors import ConfigError
 from .base import Combiner, probabilities
+from .registry import COMBINERS
 
 __all__ = ["Voting", "SoftVote", "HardVote"]
 
@@ -55,19 +56,17 @@ class Voting(Combiner):
         return shares / shares.sum(dim=-1, keepdim=True)
 
 
+@COMBINERS.register("soft_vote")
 class SoftVote(Voting):
     """Soft voting: the weighted mean of probabilities (`weights` fixed by the user, uniform by default)."""
-
-    name = "soft_vote"
 
     def __init__(self, *, weights: Sequence[float] | None = None) -> None:
         super().__init__(voting="soft", weights=weights)
 
 
+@COMBINERS.register("hard_vote")
 class HardVote(Voting):
     """Hard voting: the weighted majority class, ties broken by summed probability."""
-
-    name = "hard_vote"
 
     def __init__(self, *, weights: Sequence[float] | None = None) -> None:
         super().__init__(voting="hard", weights=weights)

@@ -9,10 +9,12 @@ from scipy.special import softmax
 
 from ..errors import ConfigError
 from .base import Combiner, best_member_or_fusion, probabilities, true_class_columns, weighted_mean
+from .registry import COMBINERS
 
 __all__ = ["WeightedAverage"]
 
 
+@COMBINERS.register("weighted")
 class WeightedAverage(Combiner):
     """Weighted mean of member probabilities (or values), weights fitted on the validation split.
 
@@ -42,8 +44,6 @@ class WeightedAverage(Combiner):
         >>> combiner.choice_reason_
         "member 'random_forest': validation accuracy 0.7625 > fusion 0.6637"
     """
-
-    name = "weighted"
 
     def __init__(self, *, shrinkage: float = 0.0, normalize: bool = True, fallback: bool = True) -> None:
         self.shrinkage = shrinkage

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
-from .._atomic import atomic_dir, jsonable, write_json
+from .._atomic import atomic_dir, write_json
 from ..errors import IncompatibleModelsError, LeakageError
 from ..evaluate import Report, evaluate
 from ..predictions import Predictions, is_test_split
 from .base import Combiner
 from .choose import Choice, choose_combiner
+from .registry import combiners_for, make_combiner
 from .serialize import save_combiner
 
 __all__ = ["EnsembleRun", "fuse_and_evaluate"]
@@ -31,18 +32,13 @@ class EnsembleRun:
     choice: Choice | None = None  # the fusion to report, chosen on validation (None: too few samples)
 
     def summary(self) -> dict:
-        """JSON-able: each combiner's parameters, fit time and what it fitted (stacking's cross-validated score;
-        weights and whether the best member replaced the fusion, and why; members `mean_logit` found
-        overconfident; temperatures), plus the report."""
-        combiners = {}
-        for name, combiner in self.combiners.items():
-            entry = {"class": type(combiner).__name__, "params": jsonable(combiner.get_params())}
-            entry["fit_seconds"] = round(self.fit_seconds[name], 4)
-            fitted = ("cv_score_", "weights_", "fusion_weights_", "choice_", "choice_reason_", "overconfident_")
-            for attr in (*fitted, "member_temperatures_", "fused_temperature_"):
-                if hasattr(combiner, attr):
-                    entry[attr.rstrip("_")] = jsonable(getattr(combiner, attr))
-            combiners[name] = entry
+        """JSON-able: each combiner's class, parameters, fit time and what it learned (`Combiner.describe`: the
+        weights and whether the best member replaced the fusion, and why; stacking's cross-validated score;
+        members `mean_logit` found overconfident; temperatures), the choice, and the report."""
+        combiners = {
+            name: {**combiner.describe(), "fit_seconds": round(self.fit_seconds[name], 4)}
+            for name, combiner in self.combiners.items()
+        }
         chosen = None
         if self.choice is not None:
             chosen = {"name": self.choice.name, "metric": self.choice.metric, "reason": self.choice.reason()}
@@ -96,8 +92,6 @@ def fuse_and_evaluate(
         >>> run = fuse_and_evaluate(val_preds, test_preds, "all")
         >>> run.report.ranked()[0].name
     """
-    from . import combiners_for, make_combiner
-
     _check_no_leak(val, test)
     if val.member_names != test.member_names:
         raise IncompatibleModelsError(
