@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -7,8 +8,9 @@ from typer.testing import CliRunner
 
 from modelfusion import CheckpointError, ConfigError, IncompatibleModelsError
 from modelfusion.cli import app
-from modelfusion.merge import Checkpoint, merge, merge_checkpoints, merge_state_dicts
+from modelfusion.merge import METHODS, Checkpoint, merge, merge_checkpoints, merge_state_dicts
 from modelfusion.merge import engine as engine_module
+from modelfusion.merge.methods import register_method
 
 from .llama import fine_tune, llama_state_dict, write_checkpoint
 
@@ -108,7 +110,7 @@ def test_interrupted_merge_leaves_nothing(llama, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setitem(engine_module.METHODS._items, "linear", failing)
+    monkeypatch.setitem(engine_module.METHODS._items, "linear", dataclasses.replace(original, function=failing))
     with pytest.raises(KeyboardInterrupt):
         merge_checkpoints([root / "ft0", root / "ft1"], tmp_path / "out", "linear", progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -228,3 +230,33 @@ def test_methods_stream_blocks_of_rows(llama, tmp_path, monkeypatch, method, par
     merged = load_file(str(tmp_path / "out" / "model.safetensors"))
     for name in expected:
         torch.testing.assert_close(merged[name], expected[name], rtol=0, atol=1e-7)
+
+
+def test_a_method_registered_outside_the_package_runs_streamed_in_memory_and_from_a_config(llama, tmp_path):
+    root, _, tunes = llama
+
+    def elementwise_max(tensors, base=None, *, margin: float = 0.0):
+        return torch.stack(tensors).amax(0) + margin
+
+    register_method("test_max", needs_base=False, rows_separable=True, reference="this test")(elementwise_max)
+    try:
+        merge_checkpoints(
+            [root / "ft0", root / "ft1"], tmp_path / "out", "test_max", params={"margin": 0.5}, progress=False
+        )
+        merged = _load(tmp_path / "out")
+        for name, tensor in tunes[0].items():
+            if tensor.is_floating_point():
+                torch.testing.assert_close(merged[name], torch.maximum(tensor, tunes[1][name]) + 0.5)
+        in_memory = merge_state_dicts(tunes[:2], "test_max", margin=0.5)
+        assert all(torch.equal(in_memory[name], merged[name]) for name in merged)
+        config = tmp_path / "max.yaml"
+        config.write_text(
+            f"merge_method: test_max\nmodels:\n  - model: {root / 'ft0'}\n  - model: {root / 'ft1'}\n"
+            "parameters: {margin: 0.5}\n"
+        )
+        merge(config, tmp_path / "from_config", progress=False)
+        assert all(torch.equal(_load(tmp_path / "from_config")[name], merged[name]) for name in merged)
+        with pytest.raises(ConfigError, match="'test_max' has no parameter 'weight'; it takes margin"):
+            merge_checkpoints([root / "ft0"], tmp_path / "bad", "test_max", params={"weight": 1}, progress=False)
+    finally:
+        METHODS.unregister("test_max")

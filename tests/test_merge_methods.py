@@ -1,4 +1,3 @@
-import inspect
 import math
 
 import pytest
@@ -7,7 +6,8 @@ from torch import nn
 
 from modelfusion import ConfigError, IncompatibleModelsError, UnknownNameError
 from modelfusion.merge import METHODS, merge_state_dicts
-from modelfusion.merge.methods import _Cut, sparsify
+from modelfusion.merge.methods import sparsify
+from modelfusion.merge.methods.sparsify import _Cut
 
 
 def t(*values):
@@ -114,7 +114,7 @@ def test_every_method_runs_on_a_small_model(name):
     ]
     models = models[:1] if name == "slerp" else models
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
-    params = {"density": 0.5} if "density" in inspect.signature(METHODS[name]).parameters else {}
+    params = {"density": 0.5} if "density" in METHODS[name].parameters else {}
     merged = merge_state_dicts(models, name, base=base, seed=1, **params)
     assert set(merged) == set(base.state_dict())
     assert merged["1.num_batches_tracked"].dtype == torch.int64
@@ -142,7 +142,7 @@ def test_cut_gives_the_same_selection_block_by_block():
 
 
 def test_kth_largest_is_exact_on_large_tensors():
-    from modelfusion.merge.methods import _kth_largest
+    from modelfusion.merge.methods.sparsify import _kth_largest
 
     generator = torch.Generator().manual_seed(0)
     cases = [torch.randn(3_000_000, generator=generator).abs(), torch.randint(0, 9, (2_000_000,)).float()]
@@ -150,3 +150,14 @@ def test_kth_largest_is_exact_on_large_tensors():
         n = values.numel()
         for k in (1, 1000, n // 3, n - 5):
             assert _kth_largest(values, k).item() == values.kthvalue(n - k + 1).values.item()
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_describes_itself(name):
+    method = METHODS[name]
+    assert method.name == name and method.reference
+    assert set(method.per_model) <= set(method.parameters) and not set(method.fixed) & set(method.parameters)
+    method.check({}, 2)  # the defaults alone are a valid configuration
+    if method.family is not None:
+        assert METHODS[method.family].fixed == {}  # the family's own method leaves every option free
+    assert method.needs_base or not method.fixed

@@ -11,12 +11,13 @@ from .._atomic import check_output
 from ..errors import ConfigError
 from .config import AlignOptions, MergeConfig, load_config
 from .engine import Checkpoint, MergePlan, merge_checkpoints
-from .methods import METHODS, check_parameters
+from .methods import METHODS, MergeMethod
 from .soups import GreedySoup, greedy_soup, uniform_soup
 from .state_dicts import merge_state_dicts
 
 __all__ = [
     "METHODS",
+    "MergeMethod",
     "merge",
     "merge_checkpoints",
     "merge_state_dicts",
@@ -53,7 +54,7 @@ def merge(
         config = load_config(config)
     try:
         models, base, params = config.resolve(root)
-        check_parameters(config.merge_method, params, len(models))
+        METHODS[config.merge_method].check(params, len(models))
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     inputs += [*models, base]

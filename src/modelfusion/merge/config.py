@@ -36,7 +36,6 @@ __all__ = ["MergeConfig", "ModelEntry", "AlignOptions", "load_config"]
 
 # mergekit's name for a parameter -> ours, where they differ.
 _RENAMED = {"lambda": "lambda_"}
-_PER_MODEL = ("weight", "density")
 _NOT_YET = {
     "slices": "slices (merging layer ranges of different models) are not supported yet; merge whole models",
     "tokenizer_source": "tokenizer_source is not supported yet; the base model's tokenizer files are copied",
@@ -115,12 +114,14 @@ class MergeConfig(BaseModel):
             candidate = Path(name).expanduser()
             return candidate if candidate.is_absolute() else root / candidate
 
+        method = METHODS[self.merge_method]
         base = path(self.base_model) if self.base_model else None
-        entries = [m for m in self.models if base is None or path(m.model) != base or self.merge_method == "linear"]
+        # a method that merges relative to the base does not merge the base with itself
+        entries = [m for m in self.models if not (method.needs_base and base is not None and path(m.model) == base)]
         if not entries:
             raise ConfigError("the config lists no models to merge (besides the base)")
         params = {_RENAMED.get(k, k): v for k, v in self.parameters.items()}
-        for key in _PER_MODEL:
+        for key in method.per_model:
             values = [m.parameters.get(key) for m in entries]
             if any(v is not None for v in values):
                 if any(v is None for v in values) and key not in params:
@@ -129,11 +130,12 @@ class MergeConfig(BaseModel):
                 default = params.pop(key, None)
                 params[key] = [default if v is None else v for v in values]
         for entry in entries:
-            unknown = set(entry.parameters) - set(_PER_MODEL)
+            unknown = set(entry.parameters) - set(method.per_model)
             if unknown:
                 raise ConfigError(
-                    f"model {entry.model}: per-model parameters {sorted(unknown)} are not supported; "
-                    f"per-model parameters are {list(_PER_MODEL)}, others go under the top-level parameters"
+                    f"model {entry.model}: per-model parameters {sorted(unknown)} are not supported by "
+                    f"{self.merge_method!r}; its per-model parameters are {list(method.per_model)}, others go under "
+                    "the top-level parameters"
                 )
         if "rescale" in params and isinstance(params["rescale"], bool):
             # mergekit's `rescale: true` restores the L1 norm; false turns rescaling off

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,26 +27,28 @@ from .._safetensors import check_readable, read_header
 from ..errors import CheckpointError, ConfigError, OutputError
 from ..io.loading import METADATA_KEY as MEMBER_KEY
 from .compat import TensorInfo, check_compatible, compatibility_problems
-from .methods import METHODS, check_parameters, takes_seed, task_arithmetic_blocks, task_arithmetic_options
+from .methods import METHODS, MergeMethod
 from .state_dicts import tensor_seed
 
 __all__ = ["Checkpoint", "MergePlan", "merge_checkpoints", "parse_size"]
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-_SAFETENSORS_DTYPES = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
+# safetensors' dtype codes; a dtype's name ("float32") is torch's
+_DTYPE_OF_CODE = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
+_CODE_OF_DTYPE = {dtype: code for code, dtype in _DTYPE_OF_CODE.items()}
+OUT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 # Small files worth carrying from the base model: configuration and tokenizer, never weights.
 _COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".md")
 _COPY_MAX_BYTES = 64 * 2**20
@@ -141,8 +143,9 @@ class Checkpoint:
         info = {}
         for name, file in self._where.items():
             tensor_slice = self._handles[file].get_slice(name)
-            dtype = tensor_slice.get_dtype()
-            info[name] = (tuple(tensor_slice.get_shape()), _SAFETENSORS_DTYPES.get(dtype, dtype.lower()))
+            code = tensor_slice.get_dtype()
+            dtype = _DTYPE_OF_CODE.get(code)
+            info[name] = (tuple(tensor_slice.get_shape()), str(dtype).removeprefix("torch.") if dtype else code.lower())
         return info
 
     def metadata(self) -> dict[str, str]:
@@ -169,6 +172,7 @@ class MergePlan:
     warnings: list[str] = field(default_factory=list)
     out_dir: Path | None = None
     output_refused: str | None = None  # why the output would be refused, found by a dry run
+    protected: list = field(default_factory=list)  # what the output must never replace: the inputs
 
     def describe(self) -> str:
         lines = [f"merge method {self.method!r} over {len(self.models)} models"]
@@ -183,20 +187,6 @@ class MergePlan:
             verdict = f"REFUSED: {self.output_refused}" if self.output_refused else "OK"
             lines.append(f"  output: {_shown(self.out_dir)}: {verdict}")
         return "\n".join(lines)
-
-
-_DTYPE_CODES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 def _shown(path: Path) -> Path:
@@ -252,7 +242,7 @@ class _StreamingWriter:
             shape, dtype = self.layout[name]
             nbytes = math.prod(shape) * dtype.itemsize
             header[name] = {
-                "dtype": _DTYPE_CODES[dtype],
+                "dtype": _CODE_OF_DTYPE[dtype],
                 "shape": list(shape),
                 "data_offsets": [offset, offset + nbytes],
             }
@@ -352,7 +342,7 @@ def merge_checkpoints(
         method: a name from `METHODS`.
         base: the base checkpoint for methods that use one; its config.json and tokenizer files are copied.
         params: the method's parameters; per-model ones as lists of K values.
-        out_dtype: "float32", "float16", "bfloat16" (default: each tensor keeps its input dtype).
+        out_dtype: "float32", "float16", "bfloat16", "float64" (default: each tensor keeps its input dtype).
         shard_size: the most bytes per output shard.
         seed: seed of random methods (DARE); each tensor's draws depend only on the seed and its name.
         dry_run: check compatibility and the output, and return the plan without reading or writing tensors.
@@ -361,13 +351,35 @@ def merge_checkpoints(
     Returns:
         The `MergePlan` that was (or, with `dry_run`, would be) carried out.
     """
-    merge = METHODS[method]
-    if out_dtype is not None and out_dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {out_dtype!r}; valid: {', '.join(DTYPES)}")
+    plan, sources = _plan(models, out_dir, method, base, dict(params or {}), out_dtype, dry_run, overwrite, inputs)
+    if dry_run:
+        return plan
+    _return_freed_memory_promptly()
+    with atomic_dir(out_dir, overwrite=overwrite, inputs=plan.protected) as tmp, progress_bar(progress) as bar:
+        _write(plan, sources, tmp, parse_size(shard_size), seed, bar)
+    (console or Console(stderr=True)).print(f"merged {plan.num_tensors} tensors -> {out_dir}", highlight=False)
+    return plan
+
+
+@dataclass
+class _Sources:
+    """The opened checkpoints of a plan, and the tensors the output will hold (name -> shape, dtype)."""
+
+    models: list[Checkpoint]
+    base: Checkpoint | None
+    layout: dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+def _plan(
+    models, out_dir, method: str, base, params: dict, out_dtype, dry_run: bool, overwrite: bool, inputs
+) -> tuple[MergePlan, _Sources]:
+    """Every check that needs no tensor data (method, parameters, output, files, compatibility), and the plan."""
+    merge_method = METHODS[method]
+    if out_dtype is not None and out_dtype not in OUT_DTYPES:
+        raise ConfigError(f"unknown dtype {out_dtype!r}; valid: {', '.join(OUT_DTYPES)}")
     if not models:
         raise ConfigError("no models to merge")
-    params = dict(params or {})
-    check_parameters(method, params, len(models))
+    merge_method.check(params, len(models))
     protected = [*models, base, *inputs]
     try:
         check_output(out_dir, kind="folder", overwrite=overwrite, inputs=protected)
@@ -376,15 +388,19 @@ def merge_checkpoints(
         if not dry_run:
             raise
         refused = str(err)
-    inputs = [Checkpoint(p) for p in models]
+    checkpoints = [Checkpoint(p) for p in models]
     base_checkpoint = Checkpoint(base) if base is not None else None
-    labelled = {str(c.path): c for c in ([base_checkpoint] if base_checkpoint else []) + inputs}
+    labelled = {str(c.path): c for c in ([base_checkpoint] if base_checkpoint else []) + checkpoints}
     inventories = {label: c.inventory() for label, c in labelled.items()}
     check_compatible(inventories)
-    reference = next(iter(inventories.values()))
+    reference = next(iter(inventories.values()))  # the base's inventory, or the first model's: dtypes kept
+    layout = {}
+    for name, (shape, dtype_name) in reference.items():
+        dtype = _torch_dtype(dtype_name)
+        layout[name] = (shape, getattr(torch, out_dtype) if out_dtype and dtype.is_floating_point else dtype)
     plan = MergePlan(
         method=method,
-        models=[c.path for c in inputs],
+        models=[c.path for c in checkpoints],
         base=base_checkpoint.path if base_checkpoint else None,
         params=params,
         out_dtype=out_dtype,
@@ -393,66 +409,69 @@ def merge_checkpoints(
         warnings=compatibility_problems(inventories),
         out_dir=Path(out_dir),
         output_refused=refused,
+        protected=protected,
     )
-    if dry_run:
-        return plan
-    _return_freed_memory_promptly()
+    return plan, _Sources(checkpoints, base_checkpoint, layout)
 
-    random = takes_seed(merge)
-    options = task_arithmetic_options(merge, params)
-    # The task-arithmetic family streams blocks of rows (ranking statistics come from one whole |delta| at a
-    # time); random drops (DARE) draw for whole tensors, so that a seed gives the same merge in memory.
-    streamed = options is not None and options.get("sparsification") != "random" and base_checkpoint is not None
-    blockwise = method == "linear" or streamed
-    layout = {}  # `reference` is the base's inventory, or the first model's: the dtypes the output keeps
-    for name, (shape, dtype_name) in reference.items():
-        dtype = _torch_dtype(dtype_name)
-        if out_dtype is not None and dtype.is_floating_point:
-            dtype = DTYPES[out_dtype]
-        layout[name] = (shape, dtype)
-    metadata = {"format": "pt", "modelfusion.merge": json.dumps({"method": method, "params": jsonable(params)})}
-    member = _member_description(next(iter(labelled.values())))
+
+def _write(plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, seed: int, bar) -> None:
+    """Merge every tensor into shards in `folder`, then carry the base's small files."""
+    metadata = {
+        "format": "pt",
+        "modelfusion.merge": json.dumps({"method": plan.method, "params": jsonable(plan.params)}),
+    }
+    member = _member_description(sources.base or sources.models[0])
     if member is not None:  # a saved member's task and factory carry over, so `load_member` reads the merge back
-        metadata[MEMBER_KEY] = json.dumps({**member, "name": Path(out_dir).name})
-    with atomic_dir(out_dir, overwrite=overwrite, inputs=protected) as tmp, progress_bar(progress) as bar:
-        writer = _StreamingWriter(tmp, layout, parse_size(shard_size), metadata)
-        task = bar.add_task(f"merging ({method})", total=len(reference))
-        for name, (shape, dtype) in layout.items():
-            row_bytes = math.prod(shape[1:]) * 4 if shape else 4
-            step = max(1, _CHUNK_BYTES // max(row_bytes, 1)) if blockwise and len(shape) >= 1 else None
-            # A tensor with no rows (shape [0, ...]) is still written once, empty.
-            blocks = [slice(i, i + step) for i in range(0, shape[0], step)] if step and shape[0] else [None]
-            floating = dtype.is_floating_point
-            if streamed and floating:
-                merged_blocks = task_arithmetic_blocks(
-                    lambda i, rows, name=name: inputs[i].read(name, rows),
-                    lambda rows, name=name: base_checkpoint.read(name, rows),
-                    blocks,
-                    len(inputs),
-                    **{**options, "seed": tensor_seed(seed, name)},
-                    numel=math.prod(shape),
-                )
-                for block in merged_blocks:
-                    writer.write(name, block.to(dtype))
-                bar.advance(task)
-                continue
-            for rows in blocks:
-                tensors = [c.read(name, rows) for c in inputs]
-                base_tensor = base_checkpoint.read(name, rows) if base_checkpoint else None
-                if floating:
-                    extra = {"seed": tensor_seed(seed, name)} if random else {}
-                    merged = merge(tensors, base_tensor, **params, **extra)
-                else:  # integer buffers are copied, not averaged
-                    merged = base_tensor if base_tensor is not None else tensors[0]
-                writer.write(name, merged.to(dtype))
-                del tensors, base_tensor, merged
-            bar.advance(task)
-        writer.finish()
-        source = base_checkpoint or inputs[0]
-        if source.path.is_dir():  # a folder is a model; a lone file's neighbours may be anything
-            _copy_small_files(source.folder, tmp, out_dtype)
-    (console or Console(stderr=True)).print(f"merged {len(reference)} tensors -> {out_dir}", highlight=False)
-    return plan
+        metadata[MEMBER_KEY] = json.dumps({**member, "name": plan.out_dir.name})
+    writer = _StreamingWriter(folder, sources.layout, shard_bytes, metadata)
+    task = bar.add_task(f"merging ({plan.method})", total=plan.num_tensors)
+    merge_method = METHODS[plan.method]
+    for name, (shape, dtype) in sources.layout.items():
+        for block in _merged_blocks(name, shape, dtype, merge_method, plan.params, sources, tensor_seed(seed, name)):
+            writer.write(name, block.to(dtype))
+        bar.advance(task)
+    writer.finish()
+    source = sources.base or sources.models[0]
+    if source.path.is_dir():  # a folder is a model; a lone file's neighbours may be anything
+        _copy_small_files(source.folder, folder, plan.out_dtype)
+
+
+def _merged_blocks(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    method: MergeMethod,
+    params: dict,
+    sources: _Sources,
+    seed: int,
+) -> Iterator[torch.Tensor]:
+    """One output tensor, as blocks of rows where the method allows streaming, else whole."""
+    block_function = method.blockwise(params, sources.base is not None)
+    blockwise = method.rows_separable or block_function is not None
+    row_bytes = math.prod(shape[1:]) * 4 if shape else 4
+    step = max(1, _CHUNK_BYTES // max(row_bytes, 1)) if blockwise and len(shape) >= 1 else None
+    # A tensor with no rows (shape [0, ...]) is still written once, empty.
+    blocks = [slice(i, i + step) for i in range(0, shape[0], step)] if step and shape[0] else [None]
+    models, base = sources.models, sources.base
+    if not dtype.is_floating_point:  # integer buffers are copied, not averaged
+        yield (base or models[0]).read(name)
+        return
+    extra = {"seed": seed} if method.random else {}
+    if block_function is not None:
+        yield from block_function(
+            lambda i, rows: models[i].read(name, rows),
+            lambda rows: base.read(name, rows),
+            blocks,
+            len(models),
+            numel=math.prod(shape),
+            **method.resolve(params),
+            **extra,
+        )
+        return
+    for rows in blocks:
+        tensors = [c.read(name, rows) for c in models]
+        yield method(tensors, base.read(name, rows) if base else None, **params, **extra)
+        del tensors
 
 
 def _member_description(checkpoint: Checkpoint) -> dict | None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .compat import check_compatible
-from .methods import METHODS, check_parameters, takes_seed
+from .methods import METHODS
 
 __all__ = ["merge_state_dicts", "tensor_seed"]
 
@@ -45,7 +45,7 @@ def merge_state_dicts(
         >>> soup = merge_state_dicts([m1, m2, m3], "linear")
         >>> ties = merge_state_dicts([ft1, ft2], "ties", base=pretrained, weight=[1, 1], density=0.2)
     """
-    merge = METHODS[method]
+    merge_method = METHODS[method]
     states = [_as_state_dict(m) for m in models]
     base_state = _as_state_dict(base) if base is not None else None
     labelled = {f"model {i}": s for i, s in enumerate(states)}
@@ -53,15 +53,14 @@ def merge_state_dicts(
         labelled = {"base": base_state, **labelled}
     check_compatible({k: {n: (tuple(t.shape), str(t.dtype)) for n, t in s.items()} for k, s in labelled.items()})
     seed = params.pop("seed", 0)
-    check_parameters(method, params, len(states))
-    random = takes_seed(merge)
+    merge_method.check(params, len(states))
     merged = {}
     with torch.no_grad():
         for name, reference in (base_state or states[0]).items():
             if not reference.is_floating_point():
                 merged[name] = reference.clone()
                 continue
-            extra = {"seed": tensor_seed(seed, name)} if random else {}
+            extra = {"seed": tensor_seed(seed, name)} if merge_method.random else {}
             base_tensor = base_state[name] if base_state is not None else None
-            merged[name] = merge([s[name] for s in states], base_tensor, **params, **extra)
+            merged[name] = merge_method([s[name] for s in states], base_tensor, **params, **extra)
     return merged

@@ -1,0 +1,33 @@
+"""Merge methods, one module per family; each registers a `MergeMethod` in `METHODS` that describes itself.
+
+| family | methods |
+|---|---|
+| `averaging` | `linear` (model soups), `model_stock` |
+| `interpolation` | `slerp` |
+| `task_arithmetic` | `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`, `breadcrumbs`, `breadcrumbs_ties` |
+
+`sparsify` holds the task-vector sparsifications that the task-arithmetic family configures. Arithmetic runs
+in float32 (float64 when an input is float64); the result has the first input's dtype.
+"""
+
+from __future__ import annotations
+
+from .averaging import linear, model_stock
+from .base import METHODS, MergeMethod, register_method
+from .interpolation import slerp
+from .sparsify import sparsify, task_vector_blocks
+from .task_arithmetic import TaskArithmeticOptions, task_arithmetic, task_arithmetic_blocks
+
+__all__ = [
+    "METHODS",
+    "MergeMethod",
+    "register_method",
+    "linear",
+    "slerp",
+    "model_stock",
+    "task_arithmetic",
+    "TaskArithmeticOptions",
+    "task_arithmetic_blocks",
+    "sparsify",
+    "task_vector_blocks",
+]

@@ -1,0 +1,36 @@
+"""Interpolation between two models on the sphere: SLERP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ...errors import ConfigError
+from .base import check_shapes, compute_dtype, need_base, register_method
+
+__all__ = ["slerp"]
+
+
+@register_method("slerp", needs_base=True, reference="Shoemake, 1985; mergekit's slerp")
+def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, t: float = 0.5) -> torch.Tensor:
+    """Spherical linear interpolation from `base` (t=0) to the one other model (t=1) (Shoemake, 1985).
+
+    As mergekit: the whole tensor is one vector; the angle comes from the normalized vectors (norms under
+    1e-8 count as 1), and near-parallel or near-opposite tensors (|cos| > 0.9995) fall back to linear
+    interpolation. The sine coefficients multiply the original, unnormalized tensors.
+    """
+    base = need_base(base, "slerp")
+    if len(tensors) != 1:
+        raise ConfigError(f"slerp interpolates the base with exactly one other model, got {len(tensors)}")
+    check_shapes(tensors, base)
+    dtype = compute_dtype([base, *tensors])
+    v0, v1 = base.to(dtype).reshape(-1), tensors[0].to(dtype).reshape(-1)
+    n0, n1 = v0.norm(), v1.norm()
+    dot = ((v0 / (n0 if n0 > 1e-8 else 1.0)) * (v1 / (n1 if n1 > 1e-8 else 1.0))).sum().clamp(-1.0, 1.0)
+    if abs(float(dot)) > 0.9995:
+        result = (1 - t) * v0 + t * v1
+    else:
+        theta = torch.arccos(dot)
+        result = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
+    return result.reshape(base.shape).to(base.dtype)

@@ -1,0 +1,154 @@
+"""Sparsifying task vectors: keep the largest entries (TIES), a random share rescaled (DARE), or drop the
+largest and the smallest (breadcrumbs); exact thresholds in linear time, applied block by block."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from ...errors import ConfigError
+
+__all__ = ["sparsify", "task_vector_blocks"]
+
+
+def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest value, exactly. Large tensors first narrow the search to a band around an estimate
+    from a fixed sample (two vectorized passes), then select within the band: much faster than `kthvalue`
+    over everything, with the same answer whatever the sample."""
+    n = flat.numel()
+    if n < 1 << 20:
+        return flat.kthvalue(n - k + 1).values
+    sample = flat[torch.randint(0, n, (1 << 16,), generator=torch.Generator().manual_seed(0))].double()
+    quantile = 1 - k / n
+    low, high = torch.quantile(
+        sample, torch.tensor([max(quantile - 0.01, 0.0), min(quantile + 0.01, 1.0)], dtype=torch.float64)
+    )
+    above = int((flat > high).sum())
+    band = flat[(flat >= low) & (flat <= high)]
+    rank = k - above  # the answer's rank from the top inside the band
+    if 1 <= rank <= band.numel():
+        return band.kthvalue(band.numel() - rank + 1).values
+    return flat.kthvalue(n - k + 1).values  # the estimate missed: select over everything
+
+
+class _Cut:
+    """Selects the k largest entries of a tensor that is then seen block by block, in index order.
+
+    A `kthvalue` threshold finds them in linear time (mergekit sorts every tensor); entries tied at the
+    threshold are taken in index order, as a stable descending sort would. `mask` is stateful: call it on
+    the blocks in order.
+    """
+
+    def __init__(self, magnitude: torch.Tensor, k: int) -> None:
+        flat = magnitude.reshape(-1)
+        n = flat.numel()
+        self.keep_all, self.keep_none, self.taken = k >= n, k <= 0, 0
+        if not (self.keep_all or self.keep_none):
+            self.threshold = _kth_largest(flat, k)
+            self.ties = k - int((flat > self.threshold).sum())
+
+    def mask(self, block: torch.Tensor) -> torch.Tensor:
+        if self.keep_all or self.keep_none:
+            return torch.full_like(block, self.keep_all, dtype=torch.bool)
+        mask = block > self.threshold
+        if self.taken < self.ties:
+            equal = (block.reshape(-1) == self.threshold).nonzero().flatten()[: self.ties - self.taken]
+            mask.view(-1)[equal] = True
+            self.taken += len(equal)
+        return mask
+
+
+def _selection(magnitude: torch.Tensor | None, density: float, method: str, gamma: float, generator_seed: int):
+    """A stateful `block magnitude -> keep mask` for one task vector (see `sparsify`)."""
+    if method == "random":
+        generator = torch.Generator().manual_seed(generator_seed)
+        return lambda block: torch.rand(block.shape, generator=generator, dtype=torch.float64) < density
+    n = magnitude.numel()
+    if method == "magnitude":
+        return _Cut(magnitude, max(1, int(density * n))).mask
+    if method == "breadcrumbs":
+        keep, top = int(n * density), int(n * gamma)
+        bottom = n - keep - top
+        if bottom < 0:
+            bottom, top = 0, n - keep
+        kept, dropped = _Cut(magnitude, n - bottom), _Cut(magnitude, top)
+        return lambda block: kept.mask(block) & ~dropped.mask(block)
+    raise ConfigError(f"unknown sparsification {method!r}; valid: magnitude, random, breadcrumbs")
+
+
+def sparsify(
+    delta: torch.Tensor,
+    density: float,
+    method: str,
+    *,
+    gamma: float = 0.01,
+    rescale: str | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Zero out most of a task vector.
+
+    Args:
+        density: share of entries kept.
+        method: "magnitude" (TIES: keep the top `density` by |delta|), "random" (DARE: keep each entry with
+            probability `density`), "breadcrumbs" (drop the top `gamma` and then the smallest, so that
+            `density` remain; Davari and Belilovsky, 2023).
+        rescale: None, "inverse_density" (DARE's 1 / density, Yu et al., 2024) or "l1" (restore the L1 norm,
+            as mergekit does).
+        seed: seed of the "random" draws.
+    """
+    blocks = task_vector_blocks(lambda rows: delta, [None], density, method, gamma=gamma, rescale=rescale, seed=seed)
+    return next(blocks)
+
+
+def task_vector_blocks(
+    read_delta: Callable[[slice | None], torch.Tensor],
+    blocks: Sequence[slice | None],
+    density: float,
+    method: str | None,
+    *,
+    gamma: float = 0.01,
+    rescale: str | None = None,
+    seed: int = 0,
+    numel: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """One sparsified task vector, block by block: `read_delta(rows)` gives its rows (None: all of it);
+    `numel`, the size of the whole tensor, is needed when there is more than one block.
+
+    Selections that rank magnitudes see the whole |delta| once (built block by block, one tensor in memory),
+    then every block is masked with the same thresholds, so the result does not depend on the blocks.
+    """
+    if method is None or density >= 1:
+        yield from (read_delta(rows) for rows in blocks)
+        return
+    if not 0 < density <= 1:
+        raise ConfigError(f"density must be in (0, 1], got {density}")
+    if rescale not in (None, "inverse_density", "l1"):
+        raise ConfigError(f"unknown rescale {rescale!r}; valid: inverse_density, l1, or none")
+    magnitude = None
+    if method != "random":
+        if len(blocks) == 1:
+            magnitude = read_delta(blocks[0]).abs().reshape(-1)
+        else:  # filled block by block into one buffer: no list of parts to concatenate
+            start = 0
+            for rows in blocks:
+                part = read_delta(rows).abs().reshape(-1)
+                if magnitude is None:
+                    magnitude = torch.empty(numel, dtype=part.dtype)
+                magnitude[start : start + part.numel()] = part
+                start += part.numel()
+    scale = 1.0 / density if rescale == "inverse_density" else 1.0
+    if rescale == "l1":
+        select = _selection(magnitude, density, method, gamma, seed)
+        before = after = 0.0
+        for rows in blocks:
+            block = read_delta(rows).abs()
+            before += float(block.sum())
+            after += float((block * select(block)).sum())
+        scale = before / after if before >= 1e-8 and after >= 1e-8 else 1.0
+    select = _selection(magnitude, density, method, gamma, seed)
+    del magnitude
+    for rows in blocks:
+        delta = read_delta(rows)
+        kept = delta * select(delta.abs())
+        yield kept * scale if scale != 1.0 else kept

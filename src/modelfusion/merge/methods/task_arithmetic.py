@@ -1,0 +1,184 @@
+"""Task arithmetic and the methods that configure it: TIES, DARE, breadcrumbs (one core, presets of it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import ConfigError
+from .base import METHODS, MergeMethod, check_shapes, compute_dtype, need_base, per_model
+from .sparsify import task_vector_blocks
+
+__all__ = ["TaskArithmeticOptions", "task_arithmetic", "task_arithmetic_blocks"]
+
+
+@dataclass(frozen=True)
+class TaskArithmeticOptions:
+    """The parameters of `base + lambda * mix(w_i * sparsify(x_i - base))`.
+
+    Attributes:
+        weight: one weight per model (default 1 each).
+        density: per model, the share of task-vector entries kept (1: all).
+        lambda_: the scale of the mixed task vector (YAML's `lambda`).
+        normalize: divide by the sum of the weights (of the agreeing models, with a consensus).
+        sparsification: None, "magnitude" (TIES), "random" (DARE) or "breadcrumbs" (see `sparsify`).
+        consensus: None, or "sum": TIES' sign election and disjoint mean.
+        gamma: breadcrumbs' share of the largest entries dropped.
+        rescale: None, "inverse_density" (DARE) or "l1" (mergekit's rescale).
+        seed: seed of the random drops.
+    """
+
+    weight: float | Sequence[float] | None = None
+    density: float | Sequence[float] | None = None
+    lambda_: float = 1.0
+    normalize: bool = False
+    sparsification: str | None = None
+    consensus: str | None = None
+    gamma: float = 0.01
+    rescale: str | None = None
+    seed: int = 0
+
+    @classmethod
+    def of(cls, params: dict) -> TaskArithmeticOptions:
+        try:
+            return cls(**params)
+        except TypeError as err:
+            raise ConfigError(f"task arithmetic: {err}") from None
+
+
+def task_arithmetic(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, **options) -> torch.Tensor:
+    """`base + lambda * mix(w_i * sparsify(x_i - base))`: the core that TIES, DARE and breadcrumbs configure.
+
+    Task arithmetic (Ilharco et al., 2023) adds weighted task vectors to the base. `sparsification` trims each
+    task vector first; `consensus="sum"` (TIES, Yadav et al., 2023) elects a sign per entry from the summed
+    weighted deltas and keeps only entries that agree, averaged over the models that kept them ("disjoint
+    mean"). `options` are the fields of `TaskArithmeticOptions`.
+    """
+    base = need_base(base, "task_arithmetic")
+    check_shapes(tensors, base)
+    return next(task_arithmetic_blocks(lambda i, rows: tensors[i], lambda rows: base, [None], len(tensors), **options))
+
+
+def task_arithmetic_blocks(
+    read: Callable[[int, slice | None], torch.Tensor],
+    read_base: Callable[[slice | None], torch.Tensor],
+    blocks: Sequence[slice | None],
+    count: int,
+    numel: int | None = None,
+    **options,
+) -> Iterator[torch.Tensor]:
+    """`task_arithmetic` over blocks of rows, for the streaming engine: `read(i, rows)` gives model i's rows
+    and `read_base(rows)` the base's; `numel` is the tensor's size. Yields the merged rows of each block."""
+    opts = TaskArithmeticOptions.of(options)
+    if opts.consensus not in (None, "sum"):
+        raise ConfigError(f"unknown consensus {opts.consensus!r}; valid: sum, or none")
+    weights = per_model("weight", opts.weight, count, 1.0)
+    densities = per_model("density", opts.density, count, 1.0)
+    cached: dict = {}
+
+    def base_rows(rows: slice | None) -> torch.Tensor:
+        """The base's rows, read once per block however many task vectors need them."""
+        key = None if rows is None else (rows.start, rows.stop)
+        if cached.get("key", ...) != key:
+            cached["key"], cached["value"] = key, read_base(rows)
+        return cached["value"]
+
+    def delta(i: int, rows: slice | None) -> torch.Tensor:
+        x, b = read(i, rows), base_rows(rows)
+        dtype = compute_dtype([x, b])
+        return x.to(dtype) - b.to(dtype)
+
+    vectors = [
+        task_vector_blocks(
+            lambda rows, i=i: delta(i, rows),
+            blocks,
+            densities[i],
+            opts.sparsification,
+            gamma=opts.gamma,
+            rescale=opts.rescale,
+            seed=opts.seed * 1_000_003 + i,
+            numel=numel,
+        )
+        for i in range(count)
+    ]
+    for rows in blocks:
+        mixed = _mix([next(vector) for vector in vectors], weights, opts)
+        base = base_rows(rows)
+        yield (base.to(mixed.dtype) + opts.lambda_ * mixed).to(base.dtype)
+
+
+def _mix(deltas: list[torch.Tensor], weights: list[float], opts: TaskArithmeticOptions) -> torch.Tensor:
+    """The weighted sum of the task vectors, or with a consensus their sign-elected disjoint sum."""
+    if opts.consensus is None:
+        mixed = torch.zeros_like(deltas[0])
+        for w, d in zip(weights, deltas, strict=True):
+            mixed.add_(d, alpha=w)
+        total = sum(weights)
+        if opts.normalize and abs(total) >= 1e-8:
+            mixed.div_(total)
+        return mixed
+    w = torch.tensor(weights, dtype=deltas[0].dtype).reshape(len(deltas), *([1] * deltas[0].ndim))
+    weighted = torch.stack(deltas) * w
+    # An entry agrees when it is non-zero with the elected sign (a zero sum elects +).
+    positive = weighted.sum(dim=0) >= 0
+    agree = torch.where(positive, weighted > 0, weighted < 0)
+    mixed = torch.where(agree, weighted, 0).sum(dim=0)
+    if opts.normalize:
+        divisor = (w * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+        mixed = mixed / divisor
+    return mixed
+
+
+def _register(name: str, reference: str, *, fixed: dict | None = None, defaults: dict | None = None) -> None:
+    METHODS.register(name)(
+        MergeMethod(
+            name,
+            task_arithmetic,
+            needs_base=True,
+            block_function=task_arithmetic_blocks,
+            # random drops (DARE) draw for whole tensors, so that a seed gives the same merge in memory
+            streams=lambda params: params.get("sparsification") != "random",
+            per_model=("weight", "density"),
+            fixed=fixed or {},
+            defaults=defaults or {},
+            options=TaskArithmeticOptions,
+            family="task_arithmetic",
+            reference=reference,
+        )
+    )
+
+
+_register("task_arithmetic", "Ilharco et al., 2023")
+_register(
+    "ties",
+    "TIES-merging (Yadav et al., 2023): magnitude trimming, sign election, disjoint mean",
+    fixed={"sparsification": "magnitude", "consensus": "sum"},
+    defaults={"normalize": True},
+)
+_register(
+    "dare_ties",
+    "DARE (Yu et al., 2024) random drop with rescaling, then TIES sign election",
+    fixed={"sparsification": "random", "consensus": "sum"},
+    defaults={"rescale": "inverse_density", "normalize": False},
+)
+_register(
+    "dare_linear",
+    "DARE (Yu et al., 2024): random drop with rescaling, then a weighted sum",
+    fixed={"sparsification": "random", "consensus": None},
+    defaults={"rescale": "inverse_density", "normalize": False},
+)
+_register(
+    "breadcrumbs",
+    "Model Breadcrumbs (Davari and Belilovsky, 2023): drop the largest and the smallest",
+    fixed={"sparsification": "breadcrumbs", "consensus": None},
+    defaults={"normalize": False},
+)
+_register(
+    "breadcrumbs_ties",
+    "Breadcrumbs sparsification with TIES sign election",
+    fixed={"sparsification": "breadcrumbs", "consensus": "sum"},
+    defaults={"normalize": False},
+)
