@@ -7,6 +7,7 @@ from torch import nn
 
 from modelfusion import ConfigError, IncompatibleModelsError, UnknownNameError
 from modelfusion.align import (
+    MATCHERS,
     PermutationSpec,
     align,
     barriers,
@@ -17,6 +18,7 @@ from modelfusion.align import (
     permute,
     plot_interpolation,
     random_permutations,
+    register_matcher,
     repair,
     weight_matching,
 )
@@ -163,14 +165,37 @@ def test_derived_specs_equal_hand_written_ones():
     assert PermutationSpec.from_dict(derived).to_dict() == derived
 
 
+@pytest.mark.parametrize("matcher", MATCHERS.names())
 @pytest.mark.parametrize("name", MODELS)
-def test_weight_and_activation_matching_recover_a_random_permutation_exactly(name):
+def test_every_matcher_recovers_a_random_permutation_exactly(name, matcher):
     model, x, spec, shuffled = _randomly_permuted(name, torch_seed=1, samples=64, permutation_seed=5)
-    found = weight_matching(spec, model.state_dict(), shuffled.state_dict())
+    found = MATCHERS[matcher](spec, model, shuffled, X=x)
     restored = permute(shuffled.state_dict(), spec, found)
     assert all(torch.equal(restored[k], v) for k, v in model.state_dict().items())
-    by_activations = align([model, shuffled], method="activation_matching", X=x, spec=spec)
-    assert all(torch.equal(by_activations.models[1].state_dict()[k], v) for k, v in model.state_dict().items())
+    by_align = align([model, shuffled], method=matcher, X=x, spec=spec)
+    assert all(torch.equal(by_align.models[1].state_dict()[k], v) for k, v in model.state_dict().items())
+    assert weight_matching(spec, model.state_dict(), shuffled.state_dict()).keys() == found.keys()
+
+
+def test_a_matcher_registered_outside_the_package_is_dispatched_by_align(digits):
+    seeds = []
+
+    def identity_matching(spec, reference, other, *, X=None, seed=0):
+        seeds.append(seed)
+        return {group: torch.arange(size) for group, size in spec.groups.items()}
+
+    register_matcher("test_identity", needs_inputs=False, weights_only=True)(identity_matching)
+    try:
+        models = []
+        for seed in range(3):
+            torch.manual_seed(seed)
+            models.append(mlp(64, 10, hidden=[16]))
+        result = align(models, method="test_identity", X=digits.train.X[:8], seed=10)
+        assert seeds == [11, 12]
+        for model, aligned in zip(models, result.models, strict=True):
+            assert all(torch.equal(aligned.state_dict()[k], v) for k, v in model.state_dict().items())
+    finally:
+        MATCHERS.unregister("test_identity")
 
 
 def test_unsupported_ops_and_bad_specs_are_clear_errors():

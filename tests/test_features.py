@@ -5,8 +5,9 @@ from torch import nn
 
 from modelfusion import CheckpointError, ConfigError, InvalidInputError, UnknownNameError
 from modelfusion._modules import truncate
-from modelfusion.features import FUSIONS, FeatureFusion, splice, spliced_model
+from modelfusion.features import FUSIONS, FeatureFusion, splice
 from modelfusion.io import load_member, save_member
+from modelfusion.io.factory import spliced_model
 from modelfusion.members import TorchMember
 from modelfusion.models import cnn2d, mlp
 from modelfusion.training import train_model
@@ -147,7 +148,7 @@ def test_spliced_model_is_a_copy_and_round_trips_through_safetensors(digits, tmp
         "in_features": 64,
     }
     path = save_member(
-        TorchMember(model, name="spliced", factory="modelfusion.features.splice:spliced_model", factory_kwargs=kwargs),
+        TorchMember(model, name="spliced", factory="spliced", factory_kwargs=kwargs),
         tmp_path / "member.safetensors",
     )
     torch.testing.assert_close(load_member(path).predict(x), model(x).detach())

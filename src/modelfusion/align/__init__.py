@@ -1,10 +1,10 @@
 """Permutation alignment: reorder the hidden units of models trained apart so that averaging their weights
 works, with the permutation spec derived from the model's graph; REPAIR; interpolation curves and barriers."""
 
-from .api import MATCHERS, AlignResult, align
+from .api import AlignResult, align
 from .files import align_checkpoints
 from .interpolation import barriers, interpolated_model, interpolation_curve, lerp_state, plot_interpolation
-from .matching import activation_matching, capture_activations, weight_matching
+from .matching import MATCHERS, Matcher, activation_matching, capture_activations, register_matcher, weight_matching
 from .repair import repair, reset_batchnorm
 from .spec import PermutationSpec, Segment, derive_spec, permute, random_permutations
 
@@ -13,6 +13,8 @@ __all__ = [
     "align_checkpoints",
     "AlignResult",
     "MATCHERS",
+    "Matcher",
+    "register_matcher",
     "PermutationSpec",
     "Segment",
     "derive_spec",

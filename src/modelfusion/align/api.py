@@ -12,16 +12,11 @@ from torch import nn
 
 from .._modules import output_width
 from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
-from ..merge import merge_state_dicts
-from ..registry import Registry
-from .matching import activation_matching, weight_matching
+from ..merge.state_dicts import merge_state_dicts
+from .matching import MATCHERS
 from .spec import PermutationSpec, derive_spec, permute
 
-__all__ = ["MATCHERS", "align", "AlignResult"]
-
-MATCHERS: Registry = Registry("alignment method")
-MATCHERS.register("weight_matching")(weight_matching)
-MATCHERS.register("activation_matching")(activation_matching)
+__all__ = ["align", "AlignResult"]
 
 
 @dataclass
@@ -50,10 +45,11 @@ def align(
 
     Args:
         models: two or more models of one architecture.
-        method: "weight_matching" (Ainsworth et al., 2022) or "activation_matching" (needs `X`).
+        method: a name from `MATCHERS`: "weight_matching" (Ainsworth et al., 2022) or "activation_matching"
+            (needs `X`).
         X: a batch of inputs: the example for deriving the spec, and the data for activation matching.
         spec: a `PermutationSpec` (or its dict form); derived from the first model's graph when None.
-        target: "reference" (each model matched to the first), or "average" (weight matching only: each model
+        target: "reference" (each model matched to the first), or "average" (matchers of weights only: each model
             matched in turn to the mean of all the others, repeated until no permutation changes or
             `max_rounds`; the first model's order is kept).
         seed: orders the groups in weight matching's coordinate descent.
@@ -65,15 +61,18 @@ def align(
         >>> aligned = align([model_a, model_b], X=data.train.X[:512])
         >>> merged = merge_state_dicts(aligned.models, "linear")
     """
-    MATCHERS[method]  # an unknown name fails here, listing the valid ones
+    matcher = MATCHERS[method]  # an unknown name fails here, listing the valid ones
     if len(models) < 2:
         raise InvalidInputError(f"alignment needs at least two models, got {len(models)}")
     if target not in ("reference", "average"):
         raise ConfigError(f"target must be 'reference' or 'average', got {target!r}")
-    if target == "average" and method != "weight_matching":
-        raise ConfigError("target='average' matches weights to an averaged model: use method='weight_matching'")
-    if method == "activation_matching" and X is None:
-        raise ConfigError("activation matching needs inputs X to compute activations on")
+    if target == "average" and not matcher.weights_only:
+        by_weights = [n for n in MATCHERS.names() if MATCHERS[n].weights_only]
+        raise ConfigError(
+            f"target='average' matches weights to an averaged model: use method={' or '.join(map(repr, by_weights))}"
+        )
+    if matcher.needs_inputs and X is None:
+        raise ConfigError(f"{method} needs inputs X to run the models on")
     if isinstance(spec, dict):
         spec = PermutationSpec.from_dict(spec)
     if X is not None:
@@ -97,10 +96,8 @@ def align(
     identity = {g: torch.arange(n) for g, n in spec.groups.items()}
     perms = [identity] + [None] * (len(models) - 1)
     for i in range(1, len(models)):
-        if method == "weight_matching":
-            perms[i] = weight_matching(spec, states[0], states[i], seed=seed + i)
-        else:
-            perms[i] = activation_matching(spec, models[0], models[i], X)
+        reference, other = (models[0], models[i]) if matcher.needs_inputs else (states[0], states[i])
+        perms[i] = matcher(spec, reference, other, X=X, seed=seed + i)
     rounds = 0
     if target == "average":
         generator = torch.Generator().manual_seed(seed)
@@ -109,7 +106,7 @@ def align(
             for i in (torch.randperm(len(models) - 1, generator=generator) + 1).tolist():
                 others = [permute(states[j], spec, perms[j]) for j in range(len(models)) if j != i]
                 mean_of_others = merge_state_dicts(others, "linear")
-                new = weight_matching(spec, mean_of_others, states[i], seed=seed + rounds * 100 + i)
+                new = matcher(spec, mean_of_others, states[i], X=X, seed=seed + rounds * 100 + i)
                 if any(not torch.equal(new[g], perms[i][g]) for g in new):
                     perms[i], changed = new, True
             if not changed:

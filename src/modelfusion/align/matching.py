@@ -1,17 +1,57 @@
-"""Finding the permutations: by weights (Ainsworth et al., 2022) or by activations (correlation of units)."""
+"""Finding the permutations: by weights (Ainsworth et al., 2022) or by activations (correlation of units).
+
+Every matcher is `matcher(spec, reference, other, *, X=None, seed=0) -> {group: permutation}`, where the models
+are modules or state dicts, and registers in `MATCHERS` with what it needs (`Matcher`), so `align` dispatches
+through the registry alone.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import Registry
 from .spec import PermutationSpec, axis_index
 
-__all__ = ["weight_matching", "activation_matching", "capture_activations"]
+__all__ = ["MATCHERS", "Matcher", "register_matcher", "weight_matching", "activation_matching", "capture_activations"]
+
+Model = nn.Module | Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """A registered matcher and what it needs: inputs `X` (to run the models), or only weights (then it can also
+    match a model to an averaged state dict, as `align(..., target="average")` does)."""
+
+    name: str
+    function: Callable[..., dict[str, torch.Tensor]]
+    needs_inputs: bool
+    weights_only: bool
+
+    def __call__(self, spec: PermutationSpec, reference: Model, other: Model, *, X=None, seed: int = 0):
+        return self.function(spec, reference, other, X=X, seed=seed)
+
+
+MATCHERS: Registry[Matcher] = Registry("alignment method")
+
+
+def register_matcher(name: str, *, needs_inputs: bool, weights_only: bool) -> Callable:
+    """Register the decorated `matcher(spec, reference, other, *, X=None, seed=0)` as `name`."""
+
+    def decorator(function: Callable[..., dict[str, torch.Tensor]]) -> Callable[..., dict[str, torch.Tensor]]:
+        MATCHERS.register(name)(Matcher(name, function, needs_inputs, weights_only))
+        return function
+
+    return decorator
+
+
+def _state(model: Model) -> Mapping[str, torch.Tensor]:
+    return model.state_dict() if isinstance(model, nn.Module) else model
 
 
 def _unit_rows(tensor: torch.Tensor, dim: int, segment_offset: int, segment) -> torch.Tensor:
@@ -49,11 +89,13 @@ def _assign(similarity: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(columns, dtype=torch.int64)
 
 
+@register_matcher("weight_matching", needs_inputs=False, weights_only=True)
 def weight_matching(
     spec: PermutationSpec,
-    reference: Mapping[str, torch.Tensor],
-    other: Mapping[str, torch.Tensor],
+    reference: Model,
+    other: Model,
     *,
+    X: torch.Tensor | None = None,
     seed: int = 0,
     max_rounds: int = 100,
 ) -> dict[str, torch.Tensor]:
@@ -65,8 +107,10 @@ def weight_matching(
     held fixed, until a whole round improves nothing.
 
     Returns:
-        group -> permutation (new unit i of `other` is its old unit `perm[i]`); apply with `permute`.
+        group -> permutation (new unit i of `other` is its old unit `perm[i]`); apply with `permute`. `X` is
+        not used.
     """
+    reference, other = _state(reference), _state(other)
     spec.check(reference)
     spec.check(other)
     perms = {g: torch.arange(n) for g, n in spec.groups.items()}
@@ -124,13 +168,17 @@ def _standardized(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean(0)) / (x.std(0) + 1e-8)
 
 
+@register_matcher("activation_matching", needs_inputs=True, weights_only=False)
 def activation_matching(
-    spec: PermutationSpec, reference: nn.Module, other: nn.Module, X: torch.Tensor
+    spec: PermutationSpec, reference: Model, other: Model, *, X: torch.Tensor | None = None, seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """Permutations of `other`'s units that best match `reference`'s by the correlation of their activations
     on `X` (Li et al., 2015, "Convergent learning"; Ainsworth et al., 2022, activation matching): per group,
-    a linear assignment on the correlation matrix summed over the group's tap nodes.
+    a linear assignment on the correlation matrix summed over the group's tap nodes. Deterministic (`seed` is
+    not used); the models must be modules, since they run.
     """
+    if X is None or not (isinstance(reference, nn.Module) and isinstance(other, nn.Module)):
+        raise ConfigError("activation matching runs both models on inputs: pass modules and a batch X")
     acts_reference = capture_activations(reference, spec, X)
     acts_other = capture_activations(other, spec, X)
     perms = {g: torch.arange(n) for g, n in spec.groups.items()}

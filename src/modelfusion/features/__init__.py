@@ -3,7 +3,7 @@ stage-wise transfer learning, and cascades of models that run one after another.
 
 from .cascade import Cascade, CascadeResult, Chained, plot_cascade_curve
 from .fusion import FUSIONS, Attention, Concat, FeatureFusion, Gating, Sum
-from .splice import Spliced, splice, spliced_model
+from .splice import Spliced, splice
 from .transfer import SCHEDULES, FinetuneResult, Stage, backbone_blocks, finetune
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "Gating",
     "Spliced",
     "splice",
-    "spliced_model",
     "SCHEDULES",
     "Stage",
     "finetune",

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .._modules import output_width, truncate
 from ..errors import InvalidInputError
-from ..io.factory import build_named_model
-from ..models import MODELS
 
-__all__ = ["Spliced", "splice", "spliced_model"]
+__all__ = ["Spliced", "splice"]
 
 
 class Spliced(nn.Module):
@@ -59,14 +57,3 @@ def splice(
     except InvalidInputError as err:
         raise InvalidInputError(f"the head does not take the cut's output (flattened width {width}): {err}") from None
     return model
-
-
-@MODELS.register("spliced")
-def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs: int, in_features: int) -> Spliced:
-    """A factory for checkpoints of spliced models (registered as "spliced"): rebuilds the backbone from its
-    own factory, cuts it and adds a `num_outputs` head, so `load_member` restores the weights. The backbone
-    factory must be registered too, with arguments checked like a file's: a checkpoint never names code to run.
-    For any other backbone, rebuild with `splice(your_backbone, ...)` and load the weights with load_state_dict.
-    """
-    trunk = build_named_model(backbone, backbone_kwargs, "a spliced checkpoint's backbone")
-    return splice(trunk, num_outputs, at=at, example_input=torch.zeros(2, in_features))

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ModelFusionError
+from ..features.splice import Spliced, splice
+from ..models import MODELS
 
 __all__ = [
     "resolve_factory",
@@ -24,6 +26,7 @@ __all__ = [
     "factory_name",
     "check_state_dict",
     "load_state_dict_checked",
+    "spliced_model",
 ]
 
 MAX_LISTED = 5
@@ -33,13 +36,6 @@ MAX_STRING_CHARS = 1024
 MAX_NESTING = 4
 
 
-def _registry():
-    from ..features import splice  # noqa: F401 - registers the spliced-model factory
-    from ..models import MODELS
-
-    return MODELS
-
-
 def factory_name(spec: str | Callable[..., nn.Module] | None) -> str | None:
     """The registry name of `spec` (a registered function, its name, or its `module:function`), else None.
 
@@ -47,7 +43,7 @@ def factory_name(spec: str | Callable[..., nn.Module] | None) -> str | None:
     """
     if spec is None:
         return None
-    models = _registry()
+    models = MODELS
     if isinstance(spec, str) and spec in models:
         return spec
     for name in models:
@@ -64,10 +60,10 @@ def resolve_factory(spec: str | Callable[..., nn.Module]) -> Callable[..., nn.Mo
         return spec
     name = factory_name(spec)
     if name is not None:
-        return _registry()[name]
+        return MODELS[name]
     if not isinstance(spec, str) or spec.count(":") != 1:
         raise CheckpointError(
-            f"model factory {spec!r} is neither a registered name ({', '.join(_registry().names())}) nor of the "
+            f"model factory {spec!r} is neither a registered name ({', '.join(MODELS.names())}) nor of the "
             "form 'package.module:function'"
         )
     module_name, attr = spec.split(":")
@@ -168,10 +164,10 @@ def build_named_model(
     if registered is None:
         raise CheckpointError(
             f"{source} names the model factory {name!r}, which is not registered "
-            f"({', '.join(_registry().names())}); if you trust it, "
+            f"({', '.join(MODELS.names())}); if you trust it, "
             f"pass factory={name!r} (CLI: --factory) or register it in modelfusion.models.MODELS"
         )
-    factory = _registry()[registered]
+    factory = MODELS[registered]
     kwargs = _check_arguments(registered, factory, kwargs or {}, source)
     label = f"{registered!r} named by {source}"
     if state is not None:
@@ -216,3 +212,14 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
     expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return model.eval()
+
+
+@MODELS.register("spliced")
+def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs: int, in_features: int) -> Spliced:
+    """A factory for checkpoints of spliced models (registered as "spliced"): rebuilds the backbone from its
+    own factory, cuts it and adds a `num_outputs` head, so `load_member` restores the weights. The backbone
+    factory must be registered too, with arguments checked like a file's: a checkpoint never names code to run.
+    For any other backbone, rebuild with `splice(your_backbone, ...)` and load the weights with load_state_dict.
+    """
+    trunk = build_named_model(backbone, backbone_kwargs, "a spliced checkpoint's backbone")
+    return splice(trunk, num_outputs, at=at, example_input=torch.zeros(2, in_features))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from pathlib import Path
 
 from .._atomic import check_output
 from ..errors import ConfigError
-from .config import AlignOptions, MergeConfig, load_config
+from .align_step import aligned_copies
+from .config import MergeConfig, load_config
 from .engine import Checkpoint, MergePlan, merge_checkpoints
 from .methods import METHODS, MergeMethod
 from .soups import GreedySoup, greedy_soup, uniform_soup
@@ -73,21 +73,6 @@ def merge(
     )
     if config.align is not None and not dry_run:
         check_output(out_dir, kind="folder", overwrite=overwrite, inputs=inputs)  # before the alignment's work
-        with tempfile.TemporaryDirectory() as folder:
-            models, base = _aligned(models, base, config.align, Path(folder))
+        with aligned_copies(models, base, config.align) as (models, base):
             return run(models, base=base)
     return run(models, base=base)
-
-
-def _aligned(
-    models: list[Path], base: Path | None, options: AlignOptions, folder: Path
-) -> tuple[list[Path], Path | None]:
-    """Aligned copies of the models (and base) in `folder`; the base, else the first model, is the reference."""
-    from ..align import align_checkpoints
-    from ..datasets import load_dataset
-
-    inputs = ([base] if base is not None else []) + models
-    outs = [folder / f"{i}_{p.name}" for i, p in enumerate(inputs)]
-    X = load_dataset(options.dataset, seed=options.seed).train.X[: options.samples]
-    written, _ = align_checkpoints(inputs, outs, X, method=options.method, target=options.target, seed=options.seed)
-    return (written[1:], written[0]) if base is not None else (written, None)

@@ -30,6 +30,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError
+from .align_step import AlignOptions
 from .methods import METHODS
 
 __all__ = ["MergeConfig", "ModelEntry", "AlignOptions", "load_config"]
@@ -66,19 +67,6 @@ class ModelEntry(BaseModel):
     @classmethod
     def _scalars_only(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_scalars(value)
-
-
-class AlignOptions(BaseModel):
-    """`align:` permute every model into the first one's (or the base's) unit order before merging
-    (`modelfusion.align`); the models are saved torch members, loaded in memory."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["weight_matching", "activation_matching"] = "weight_matching"
-    dataset: str = "digits"
-    samples: int = 1024
-    seed: int = 0
-    target: Literal["reference", "average"] = "reference"
 
 
 class MergeConfig(BaseModel):

@@ -1,0 +1,26 @@
+"""The code's shape, kept: no import circle between files of src/ (bench/shape.py finds them)."""
+
+import importlib.util
+from pathlib import Path
+
+SHAPE = Path(__file__).resolve().parents[1] / "bench" / "shape.py"
+
+
+def _shape():
+    spec = importlib.util.spec_from_file_location("shape", SHAPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_import_circle_between_files_of_src():
+    shape = _shape()
+    assert shape.circles(shape.import_graph()) == []
+
+
+def test_the_circle_finder_finds_a_planted_circle():
+    shape = _shape()
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert shape.circles(graph) == [["a", "b", "c"]]
+    graph = shape.import_graph()
+    assert "modelfusion.merge.methods.base" in graph["modelfusion.merge.methods.averaging"]
