@@ -3,11 +3,12 @@ deep inside numpy, scikit-learn or torch."""
 
 from __future__ import annotations
 
+import json
 import math
 
 from .errors import ConfigError
 
-__all__ = ["MAX_SEED", "check_seed", "check_count", "check_number"]
+__all__ = ["MAX_SEED", "check_seed", "check_count", "check_number", "parse_json_object"]
 
 # scikit-learn's random_state and numpy's legacy seeding take 32-bit seeds.
 MAX_SEED = 2**32 - 1
@@ -34,3 +35,16 @@ def check_number(value, name: str, *, low: float | None = None, open_low: bool =
         bound = f"above {low:g}" if open_low else f"at least {low:g}"
         raise ConfigError(f"{name} must be {bound}, got {value!r}")
     return float(value)
+
+
+def parse_json_object(value: str | None, option: str) -> dict | None:
+    """A JSON object given on the command line as `option`, or None."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{option} must be a JSON object, e.g. '{{\"hidden\": [128]}}' ({err})") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{option} must be a JSON object, got {type(parsed).__name__}")
+    return parsed

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
-import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.text import Text
 
-from .errors import ConfigError, InvalidInputError, ModelFusionError
+from ._checks import parse_json_object
+from ._cli_support import Overwrite, command_from_job, err_console, guarded
+from .errors import ConfigError, InvalidInputError
 
 app = typer.Typer(
     help="Fuse several trained models into one better predictor or one better model.",
@@ -25,65 +21,11 @@ app = typer.Typer(
 )
 # Rich wraps tables at 80 columns when output is not a terminal; the leaderboard needs about 100.
 console = Console(width=None if sys.stdout.isatty() else 110)
-err_console = Console(stderr=True)
-
-
-Overwrite = Annotated[bool, typer.Option(help="replace an existing output (never an input of the run)")]
-# Input paths are declared readable=False: the readers say themselves, in one line, why a file cannot be read.
-
-
-class _Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised like Ctrl-C so that every temporary output is cleaned up on the way out."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise _Stopped(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    """Print `message` as one `error:` line on stderr (no markup: paths may hold brackets)."""
-    line = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    err_console.print(Text.assemble(("error:", "red"), " ", line), soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _command(fn):
-    """Register `fn` as a command whose errors print as one line: exit code 2 for the ones a user can cause,
-    128 + the signal's number when stopped (Ctrl-C, SIGTERM, SIGHUP), after cleaning up."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            with _stop_on_signals():
-                return fn(*args, **kwargs)
-        except ModelFusionError as err:
-            raise _fail(str(err)) from None
-        except KeyboardInterrupt as err:
-            signum = getattr(err, "signum", signal.SIGINT)
-            name = signal.Signals(signum).name
-            raise _fail(f"stopped by {name}; no output was left half-written", 128 + signum) from None
-        except OSError as err:  # the system's refusals we did not foresee (a full disk, an I/O error)
-            where = f"{err.filename}: " if err.filename else ""
-            raise _fail(f"{where}{err.strerror or err}") from None
-
-    return app.command()(wrapper)
+    """Register `fn` as a command whose errors print as one line (`guarded`)."""
+    return app.command()(guarded(fn))
 
 
 def _load_members(paths: Sequence[Path], **options) -> list:
@@ -135,18 +77,6 @@ def demo(
     )
 
 
-def _parse_json_option(value: str | None, option: str) -> dict | None:
-    if value is None:
-        return None
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{option} must be a JSON object, e.g. '{{\"hidden\": [128]}}' ({err})") from None
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"{option} must be a JSON object, got {type(parsed).__name__}")
-    return parsed
-
-
 @_command
 def predict(
     checkpoints: Annotated[
@@ -184,7 +114,7 @@ def predict(
 
     _safetensors_out(out, "--out")
     check_output(out, kind="file", overwrite=overwrite, inputs=checkpoints)
-    kwargs = _parse_json_option(factory_kwargs, "--factory-kwargs")
+    kwargs = parse_json_object(factory_kwargs, "--factory-kwargs")
     members = _load_members(
         checkpoints,
         factory=factory,
@@ -248,7 +178,7 @@ def ensemble(
     inputs = [*(checkpoints or []), val_preds, test_preds]
     check_output(out, kind="folder", overwrite=overwrite, inputs=inputs)  # before any member runs
     if checkpoints:
-        kwargs = _parse_json_option(factory_kwargs, "--factory-kwargs")
+        kwargs = parse_json_object(factory_kwargs, "--factory-kwargs")
         members = _load_members(
             checkpoints, factory=factory, factory_kwargs=kwargs, trust_code=trust_code, trusted_types=trust_type or ()
         )
@@ -293,131 +223,20 @@ def merge(
             raise OutputError(plan.output_refused)
 
 
-def _parse_hints(hints: list[str]) -> dict[str, str]:
-    pairs = {}
-    for hint in hints:
-        student_module, sep, teacher_module = hint.partition("=")
-        if not sep or not student_module or not teacher_module:
-            raise ConfigError(f"--hint takes STUDENT_MODULE=TEACHER_MODULE (e.g. '1=1'), got {hint!r}")
-        pairs[student_module] = teacher_module
-    return pairs
+def _distill(job) -> None:
+    from .distill import run_job
+
+    run_job(job, console=console, note=lambda text: err_console.print(f"note: {text}", markup=False, highlight=False))
 
 
-@_command
-def distill(
-    student: Annotated[str, typer.Option(help="student factory package.module:function")],
-    teacher: Annotated[
-        list[Path] | None,
-        typer.Option(readable=False, help="teacher checkpoint (repeat it for an ensemble of teachers)"),
-    ] = None,
-    offline: Annotated[
-        Path | None,
-        typer.Option(
-            readable=False, help="saved Predictions of the teachers on the training split, instead of --teacher"
-        ),
-    ] = None,
-    weights: Annotated[
-        str | None, typer.Option(help="comma-separated teacher weights for the probability mean")
-    ] = None,
-    combiner: Annotated[
-        Path | None,
-        typer.Option(readable=False, help="a fitted combiner file (from `modelfusion ensemble`) fusing the teachers"),
-    ] = None,
-    student_kwargs: Annotated[str | None, typer.Option(help="JSON object of the student factory's arguments")] = None,
-    dataset: Annotated[str, typer.Option(help="embedded dataset")] = "digits",
-    seed: Annotated[int, typer.Option(help="seed of the split and of training")] = 0,
-    loss: Annotated[str, typer.Option(help="hinton or mse")] = "hinton",
-    temperature: Annotated[float, typer.Option(help="softening temperature (hinton)")] = 4.0,
-    alpha: Annotated[float, typer.Option(help="weight of the distillation term against the label loss")] = 0.5,
-    hint: Annotated[
-        list[str] | None,
-        typer.Option(help="FitNets hint STUDENT_MODULE=TEACHER_MODULE (repeatable; the first teacher's module)"),
-    ] = None,
-    feature_weight: Annotated[float, typer.Option(help="weight of the hint loss in the total")] = 1.0,
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 40,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="global batch size (split over torchrun's processes)")] = 64,
-    mixup: Annotated[float, typer.Option(help="Beta(m, m) mixup of transfer inputs; 0 turns it off")] = 0.0,
-    patience: Annotated[
-        int | None, typer.Option(help="stop after this many epochs without a better validation NLL")
-    ] = None,
-    checkpoint_dir: Annotated[Path | None, typer.Option(help="write a resumable checkpoint here each epoch")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the checkpoint in --checkpoint-dir")] = False,
-    out: Annotated[Path, typer.Option(help="where to save the student (.safetensors)")] = Path("student.safetensors"),
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-    overwrite: Overwrite = False,
-) -> None:
-    """Distill one teacher or an ensemble of teachers into a student on embedded data.
+def _register_distill() -> None:
+    """`modelfusion distill`: its options are `DistillJob`'s fields, as `python -m modelfusion.distill`'s are."""
+    from .distill.job import DistillJob
 
-    Python: `modelfusion.distill.distill(student, ModelTeacher(models), data.train, data.val, ...)`
-    (`OfflineTeacher(predictions)` for --offline).
-    """
-    import torch
+    app.command("distill")(guarded(command_from_job(DistillJob, _distill)))
 
-    from ._atomic import check_output
-    from .datasets import load_dataset
-    from .distill import FeatureHints, ModelTeacher, OfflineTeacher, process_rank
-    from .distill import distill as run_distill
-    from .ensemble import load_combiner
-    from .io import save_member
-    from .io.factory import build_model
-    from .members import TorchMember
 
-    if bool(teacher) == (offline is not None):
-        raise ConfigError("give the teachers as --teacher checkpoints or as --offline predictions (one of the two)")
-    _safetensors_out(out, "--out")
-    check_output(out, kind="file", overwrite=overwrite, inputs=[*(teacher or []), offline, combiner])
-    try:
-        teacher_weights = [float(w) for w in weights.split(",")] if weights else None
-    except ValueError:
-        raise ConfigError(f"--weights must be comma-separated numbers, got {weights!r}") from None
-    fusion = load_combiner(combiner) if combiner is not None else None
-    kwargs = _parse_json_option(student_kwargs, "--student-kwargs") or {}
-    data = load_dataset(dataset, seed=seed)
-    if offline is not None:
-        source = OfflineTeacher(offline, weights=teacher_weights, combiner=fusion)
-    else:
-        teachers = _load_members(teacher)
-        source = ModelTeacher(teachers, weights=teacher_weights, combiner=fusion)
-    torch.manual_seed(seed)
-    model = build_model(student, kwargs)
-    hints = None
-    if hint:
-        if offline is not None:
-            raise ConfigError("--hint needs live teachers (--teacher): offline predictions carry no features")
-        hints = FeatureHints(model, source.models[0], _parse_hints(hint), data.train.X[:8])
-    params = {"temperature": temperature, "alpha": alpha} if loss == "hinton" else {"alpha": alpha}
-    result = run_distill(
-        model,
-        source,
-        data.train,
-        data.val,
-        loss=loss,
-        loss_params=params,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        mixup=mixup,
-        feature_hints=hints,
-        feature_weight=feature_weight,
-        patience=patience,
-        seed=seed,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        overwrite=overwrite,
-        progress=progress,
-    )
-    if process_rank()[0] != 0:  # under torchrun only the first process writes
-        return
-    save_member(
-        TorchMember(result.student, name=out.stem, factory=student, factory_kwargs=kwargs), out, overwrite=overwrite
-    )
-    best = result.history[result.best_epoch - 1]
-    console.print(
-        f"student: best epoch {result.best_epoch}, validation accuracy {best['val_accuracy']:.3f}, "
-        f"NLL {best['val_nll']:.3f} -> {out}",
-        highlight=False,
-    )
+_register_distill()
 
 
 @_command

@@ -1,5 +1,6 @@
 """`torchrun --standalone --nproc_per_node=2 -m modelfusion.distill --teacher ... --student ...`: the
-`modelfusion distill` command on several processes (gloo on CPU, NCCL on GPU); also runs as one process."""
+`modelfusion distill` command on several processes (gloo on CPU, NCCL on GPU); also runs as one process. Its
+options are `DistillJob`'s fields, like the CLI's; the CLI itself is not imported."""
 
 from __future__ import annotations
 
@@ -12,14 +13,24 @@ import torch.distributed as dist
 
 
 def main() -> None:
-    from ..cli import app
+    import typer
+    from rich.console import Console
 
+    from .._cli_support import command_from_job, err_console, guarded
+    from .job import DistillJob, run_job
+
+    def run(job: DistillJob) -> None:
+        note = lambda text: err_console.print(f"note: {text}", markup=False, highlight=False)  # noqa: E731
+        run_job(job, console=Console(), note=note)
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(guarded(command_from_job(DistillJob, run)))
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     code = 0
     try:
-        app(["distill", *sys.argv[1:]])
+        app(sys.argv[1:], prog_name="python -m modelfusion.distill")
     except SystemExit as exit_:
         code = exit_.code or 0
     finally:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_number
 from .._modules import named_module
 from ..errors import ConfigError, InvalidInputError
 from ..registry import Registry
 
-__all__ = ["LOSSES", "hinton_kd", "logit_mse", "FeatureHints"]
+__all__ = ["LOSSES", "hinton_kd", "logit_mse", "FeatureHints", "resolve_loss_params"]
 
 LOSSES: Registry = Registry("distillation loss")
 
@@ -82,6 +84,24 @@ def logit_mse(
     centred_teacher = teacher_logits - teacher_logits.mean(dim=-1, keepdim=True)
     kd = F.mse_loss(centred_student, centred_teacher)
     return _mix(kd, _task_loss(student_logits, labels), alpha)
+
+
+def resolve_loss_params(loss: str, params: Mapping | None = None) -> dict[str, float]:
+    """Every parameter of the loss registered as `loss`, from `params` or its default; a parameter the loss
+    does not take, or one that is not a finite number, is refused with what it does take."""
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(LOSSES[loss]).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    params = dict(params or {})
+    unknown = sorted(str(k) for k in params if k not in defaults)
+    if unknown:
+        takes = ", ".join(defaults) or "no parameters"
+        raise ConfigError(f"distillation loss {loss!r} takes no parameter {', '.join(unknown)}; it takes {takes}")
+    for key, value in params.items():
+        check_number(value, f"loss parameter {key!r}")
+    return {**defaults, **params}
 
 
 class FeatureHints(nn.Module):

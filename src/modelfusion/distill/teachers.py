@@ -4,7 +4,8 @@ offline logits from a saved `Predictions` of the training split (no teacher forw
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
 from ..members import TorchMember
 from ..predictions import Predictions
 
-__all__ = ["Teacher", "ModelTeacher", "OfflineTeacher"]
+__all__ = ["Teacher", "ModelTeacher", "OfflineTeacher", "build_teacher"]
 
 
 class Teacher:
@@ -154,3 +155,37 @@ class OfflineTeacher(Teacher):
         if len(X) != len(index):
             raise InvalidInputError(f"got {len(index)} indices for a batch of {len(X)}")
         return self.table[index]
+
+
+def build_teacher(
+    models: Sequence[str | os.PathLike | nn.Module | TorchMember] | None = None,
+    *,
+    offline: Predictions | str | os.PathLike | None = None,
+    weights: Sequence[float] | None = None,
+    combiner: Combiner | str | os.PathLike | None = None,
+    note: Callable[[str], None] | None = None,
+) -> Teacher:
+    """The teacher a user names: live `models` (checkpoint files, members or modules; one or an ensemble) or
+    `offline` predictions of the training split, fused by the mean of probabilities (`weights`) or by a fitted
+    `combiner` (a `Combiner` or its file). Teachers whose stored names collide are named after their files
+    (`note` is told which), so that a combiner finds its members.
+    """
+    from ..ensemble import load_combiner
+    from ..io import load_member
+    from ..members import name_after_files
+
+    if bool(models) == (offline is not None):
+        raise ConfigError(
+            "give the teachers as models (--teacher checkpoints) or as offline predictions, one of the two"
+        )
+    if combiner is not None and not isinstance(combiner, Combiner):
+        combiner = load_combiner(combiner)
+    if offline is not None:
+        return OfflineTeacher(offline, weights=weights, combiner=combiner)
+    files = [m for m in models if isinstance(m, str | os.PathLike)]
+    loaded = [load_member(Path(m)) if isinstance(m, str | os.PathLike) else m for m in models]
+    if len(files) == len(loaded):
+        renamed = name_after_files(loaded, files)
+        if renamed and note is not None:
+            note(renamed)
+    return ModelTeacher(loaded, weights=weights, combiner=combiner)

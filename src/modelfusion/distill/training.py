@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from .._progress import progress_bar
 from ..datasets import Split
 from ..errors import CheckpointError, ConfigError, OutputError, TrainingDivergedError
 from ..training import mixup_weight, score_classifier
-from .losses import LOSSES, FeatureHints
+from .losses import LOSSES, FeatureHints, resolve_loss_params
 from .teachers import Teacher
 
 __all__ = ["distill", "DistillResult", "process_rank"]
@@ -97,8 +96,112 @@ def distill(
     Returns:
         A `DistillResult` with the student and its history (loss parts, validation NLL and accuracy per epoch).
     """
+    run = _setup(
+        student,
+        teacher,
+        train,
+        val,
+        loss=loss,
+        loss_params=loss_params,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        mixup=mixup,
+        feature_hints=feature_hints,
+        feature_weight=feature_weight,
+        patience=patience,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    state = run.state
+    with torch.random.fork_rng(), progress_bar(progress and run.rank == 0) as bar:
+        # Dropout draws from torch's global generator: seeded (per process, so that the processes' shares of a
+        # batch get independent masks) or restored from the checkpoint; `fork_rng` gives the caller's back.
+        if run.global_rng is None:
+            torch.manual_seed(seed + run.rank * (MAX_SEED + 1))
+        else:
+            torch.set_rng_state(run.global_rng)
+        task = bar.add_task("distilling", total=epochs, completed=state["epoch"])
+        while state["epoch"] < epochs:
+            record = {"epoch": state["epoch"] + 1, **_one_epoch(run), **_evaluate(student, val)}
+            state["history"].append(record)
+            if record["val_nll"] < state["best_nll"]:
+                state["best_nll"], state["best_epoch"] = record["val_nll"], record["epoch"]
+                state["best_student"] = copy.deepcopy(student.state_dict())
+            state["epoch"] += 1
+            bar.update(
+                task,
+                advance=1,
+                description=f"distilling  loss {record['total']:.3f}  val acc {record['val_accuracy']:.3f}",
+            )
+            _save_checkpoint(run)
+            if patience is not None and state["epoch"] - state["best_epoch"] >= patience:
+                break
+    student.load_state_dict(state["best_student"])
+    return DistillResult(student.eval(), state["history"], state["best_epoch"])
+
+
+@dataclass
+class _Run:
+    """Everything one distillation run trains with, and its progress (`state`, what a checkpoint restores)."""
+
+    student: nn.Module
+    teacher: Teacher
+    train: Split
+    model: nn.Module  # the student, or the DDP module around it and the hint adapters
+    feature_hints: FeatureHints | None
+    loss_fn: object
+    loss_params: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator  # batch order and mixup: the same in every process
+    batch_size: int
+    mixup: float
+    feature_weight: float
+    lr: float
+    rank: int
+    world: int
+    settings: dict
+    checkpoint: Path | None
+    global_rng: torch.Tensor | None = None  # the restored global generator of a resumed run
+    state: dict = field(
+        default_factory=lambda: {
+            "epoch": 0,
+            "best_nll": float("inf"),
+            "best_epoch": 0,
+            "history": [],
+            "best_student": None,
+        }
+    )
+
+
+def _setup(
+    student,
+    teacher,
+    train,
+    val,
+    *,
+    loss,
+    loss_params,
+    epochs,
+    lr,
+    weight_decay,
+    batch_size,
+    mixup,
+    feature_hints,
+    feature_weight,
+    patience,
+    seed,
+    checkpoint_dir,
+    resume,
+    overwrite,
+) -> _Run:
+    """Check every setting, build the optimizer and schedule, and restore a checkpoint when resuming."""
     loss_fn = LOSSES[loss]
-    loss_params = dict(loss_params or {})
+    loss_params = resolve_loss_params(loss, loss_params)
     check_seed(seed)
     check_count(epochs, "epochs")
     check_count(batch_size, "batch_size")
@@ -113,12 +216,11 @@ def distill(
             "an offline teacher's logits belong to the original inputs, so it cannot be combined with data "
             "augmentation (mixup); use a live ModelTeacher or mixup=0"
         )
-    if mixup and loss_params.get("alpha", inspect.signature(loss_fn).parameters["alpha"].default) != 1.0:
+    if mixup and loss_params["alpha"] != 1.0:
         raise ConfigError("mixup labels the mixed inputs with the teacher only: set loss_params alpha=1")
     if len(train) == 0:
         raise ConfigError("distillation needs training samples")
     output_width(student, train.X, "the student")  # a student built for other inputs fails here, in one line
-
     if feature_hints is not None and not teacher.augmentable:
         raise ConfigError("feature hints need a live teacher: an offline teacher runs no forward pass")
     teacher.check(train)
@@ -135,9 +237,6 @@ def distill(
     trained = list(student.parameters()) + (list(feature_hints.parameters()) if feature_hints is not None else [])
     optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)  # batch order and mixup: the same in every process
-    global_rng = None
-    state = {"epoch": 0, "best_nll": float("inf"), "best_epoch": 0, "history": [], "best_student": None}
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     settings = _settings(
         student,
@@ -156,6 +255,26 @@ def distill(
         seed=int(seed),
         world_size=world,
     )
+    run = _Run(
+        student,
+        teacher,
+        train,
+        model,
+        feature_hints,
+        loss_fn,
+        loss_params,
+        optimizer,
+        scheduler,
+        torch.Generator().manual_seed(seed),
+        batch_size,
+        float(mixup),
+        float(feature_weight),
+        lr,
+        rank,
+        world,
+        settings,
+        checkpoint,
+    )
     if checkpoint is not None:
         check_output(checkpoint, kind="file", overwrite=True)  # a folder that cannot be made fails now, not later
     if checkpoint is not None and not resume and checkpoint.exists() and not overwrite:
@@ -166,89 +285,81 @@ def distill(
     if resume:
         if checkpoint is None or not checkpoint.exists():
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {checkpoint_dir}")
-        saved = _wrap_load(checkpoint)
-        _check_same_settings(saved.get("settings"), settings, checkpoint)
-        student.load_state_dict(saved["student"])
-        if feature_hints is not None:
-            feature_hints.load_state_dict(saved["feature_hints"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
-        global_rng = _saved_global_rng(saved, checkpoint, rank, world)
-        state = {k: saved[k] for k in state}
+        _restore(run, _wrap_load(checkpoint))
+    return run
 
-    with torch.random.fork_rng(), progress_bar(progress and rank == 0) as bar:
-        # Dropout draws from torch's global generator: seeded (per process, so that the processes' shares of a
-        # batch get independent masks) or restored from the checkpoint; `fork_rng` gives the caller's back.
-        if global_rng is None:
-            torch.manual_seed(seed + rank * (MAX_SEED + 1))
-        else:
-            torch.set_rng_state(global_rng)
-        task = bar.add_task("distilling", total=epochs, completed=state["epoch"])
-        while state["epoch"] < epochs:
-            student.train()
-            sums: dict[str, float] = {}
-            order = torch.randperm(len(train), generator=generator)
-            for start in range(0, len(train), batch_size):
-                index = order[start : start + batch_size]
-                x, y = train.X[index], train.y[index]
-                if mixup:  # on the global batch, with the generator every process shares
-                    weight = mixup_weight(mixup, generator)
-                    x = weight * x + (1 - weight) * x[torch.randperm(len(x), generator=generator)]
-                    index = None
-                mine = torch.arange(len(x)).tensor_split(world)[rank]
-                local_index = None if index is None else index[mine]
-                target = teacher.logits(x[mine], local_index)
-                parts = loss_fn(model(x[mine]), target, None if mixup else y[mine], **loss_params)
-                if feature_hints is not None:
-                    parts["feature"] = feature_hints.loss()
-                    parts["total"] = parts["total"] + feature_weight * parts["feature"]
-                if not torch.isfinite(parts["total"].detach()):
-                    raise _diverged(state["epoch"], parts["total"].detach().item(), lr, checkpoint)
-                optimizer.zero_grad()
-                # Scaled so that DDP's mean over processes is the mean over the global batch.
-                (parts["total"] * (len(mine) * world / len(x))).backward()
-                try:
-                    optimizer.step()
-                except RuntimeError as err:  # an update too large for float32 ("without overflow")
-                    if "overflow" not in str(err):
-                        raise
-                    raise _diverged(state["epoch"], float("inf"), lr, checkpoint) from None
-                scheduler.step()
-                for key, value in parts.items():
-                    sums[key] = sums.get(key, 0.0) + value.item() * len(mine)
-            sums = _sum_over_processes(sums) if world > 1 else sums
-            record = {"epoch": state["epoch"] + 1, **{k: v / len(train) for k, v in sums.items()}}
-            record.update(_evaluate(student, val))
-            state["history"].append(record)
-            if record["val_nll"] < state["best_nll"]:
-                state["best_nll"], state["best_epoch"] = record["val_nll"], record["epoch"]
-                state["best_student"] = copy.deepcopy(student.state_dict())
-            state["epoch"] += 1
-            bar.update(
-                task,
-                advance=1,
-                description=f"distilling  loss {record['total']:.3f}  val acc {record['val_accuracy']:.3f}",
-            )
-            # A collective (every process sends its global generator's state), so before the rank test.
-            global_rngs = _global_rng_states(world) if checkpoint is not None else None
-            if checkpoint is not None and rank == 0:
-                saved = {
-                    **state,
-                    "settings": settings,
-                    "student": student.state_dict(),
-                    "feature_hints": feature_hints.state_dict() if feature_hints is not None else {},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": global_rngs,  # (world, 5056) uint8: each process's global generator
-                }
-                with atomic_path(checkpoint) as tmp:
-                    torch.save(saved, tmp)
-            if patience is not None and state["epoch"] - state["best_epoch"] >= patience:
-                break
-    student.load_state_dict(state["best_student"])
-    return DistillResult(student.eval(), state["history"], state["best_epoch"])
+
+def _one_epoch(run: _Run) -> dict[str, float]:
+    """Train one epoch; the mean of each loss part over the training samples."""
+    train, batch_size, world, rank = run.train, run.batch_size, run.world, run.rank
+    run.student.train()
+    sums: dict[str, float] = {}
+    order = torch.randperm(len(train), generator=run.generator)
+    for start in range(0, len(train), batch_size):
+        index = order[start : start + batch_size]
+        x, y = train.X[index], train.y[index]
+        if run.mixup:  # on the global batch, with the generator every process shares
+            weight = mixup_weight(run.mixup, run.generator)
+            x = weight * x + (1 - weight) * x[torch.randperm(len(x), generator=run.generator)]
+            index = None
+        mine = torch.arange(len(x)).tensor_split(world)[rank]
+        local_index = None if index is None else index[mine]
+        target = run.teacher.logits(x[mine], local_index)
+        parts = run.loss_fn(run.model(x[mine]), target, None if run.mixup else y[mine], **run.loss_params)
+        if run.feature_hints is not None:
+            parts["feature"] = run.feature_hints.loss()
+            parts["total"] = parts["total"] + run.feature_weight * parts["feature"]
+        if not torch.isfinite(parts["total"].detach()):
+            raise _diverged(run.state["epoch"], parts["total"].detach().item(), run.lr, run.checkpoint)
+        run.optimizer.zero_grad()
+        # Scaled so that DDP's mean over processes is the mean over the global batch.
+        (parts["total"] * (len(mine) * world / len(x))).backward()
+        try:
+            run.optimizer.step()
+        except RuntimeError as err:  # an update too large for float32 ("without overflow")
+            if "overflow" not in str(err):
+                raise
+            raise _diverged(run.state["epoch"], float("inf"), run.lr, run.checkpoint) from None
+        run.scheduler.step()
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value.item() * len(mine)
+    sums = _sum_over_processes(sums) if world > 1 else sums
+    return {k: v / len(train) for k, v in sums.items()}
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """Write the run's state atomically (the first process), with both random generators' states."""
+    if run.checkpoint is None:
+        return
+    # A collective (every process sends its global generator's state), so before the rank test.
+    global_rngs = _global_rng_states(run.world)
+    if run.rank != 0:
+        return
+    saved = {
+        **run.state,
+        "settings": run.settings,
+        "student": run.student.state_dict(),
+        "feature_hints": run.feature_hints.state_dict() if run.feature_hints is not None else {},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "generator": run.generator.get_state(),
+        "torch_rng": global_rngs,  # (world, 5056) uint8: each process's global generator
+    }
+    with atomic_path(run.checkpoint) as tmp:
+        torch.save(saved, tmp)
+
+
+def _restore(run: _Run, saved: dict) -> None:
+    """Continue `run` from a checkpoint written with the same settings."""
+    _check_same_settings(saved.get("settings"), run.settings, run.checkpoint)
+    run.student.load_state_dict(saved["student"])
+    if run.feature_hints is not None:
+        run.feature_hints.load_state_dict(saved["feature_hints"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.generator.set_state(saved["generator"])
+    run.global_rng = _saved_global_rng(saved, run.checkpoint, run.rank, run.world)
+    run.state = {k: saved[k] for k in run.state}
 
 
 _PROBE = 64  # training samples the teacher labels for its fingerprint

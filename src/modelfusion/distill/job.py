@@ -1,0 +1,154 @@
+"""A distillation run as one Python call, `run_job(DistillJob(...))`: teachers named by files, a student named by
+its factory, an embedded dataset, and the student saved as a member. `modelfusion distill` and the torchrun
+entry point (`python -m modelfusion.distill`) both build their options from `DistillJob`'s fields."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from .._atomic import check_output
+from .._checks import parse_json_object
+from ..errors import ConfigError, InvalidInputError
+from .losses import FeatureHints
+from .teachers import build_teacher
+from .training import DistillResult, distill, process_rank
+
+__all__ = ["DistillJob", "run_job"]
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+def _hints(pairs: list[str], option: str) -> dict[str, str]:
+    hints = {}
+    for pair in pairs:
+        student_module, sep, teacher_module = pair.partition("=")
+        if not sep or not student_module or not teacher_module:
+            raise ConfigError(f"{option} takes STUDENT_MODULE=TEACHER_MODULE (e.g. '1=1'), got {pair!r}")
+        hints[student_module] = teacher_module
+    return hints
+
+
+def _option(help: str, default=None, **cli) -> field:
+    """A field with its command-line help (`cli`: the option's type and parser where they differ)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True)
+class DistillJob:
+    """Distill one teacher or an ensemble of teachers into a student on embedded data.
+
+    Python: `modelfusion.distill.run_job(DistillJob(student=..., teacher=[...], ...))`, or for models in memory
+    `modelfusion.distill.distill(student, build_teacher(models), data.train, data.val, ...)`.
+    """
+
+    student: str = field(metadata={"help": "student factory: a registered name or package.module:function"})
+    teacher: list[Path] | None = _option("teacher checkpoint (repeat it for an ensemble of teachers)", readable=False)
+    offline: Path | None = _option(
+        "saved Predictions of the teachers on the training split, instead of --teacher", readable=False
+    )
+    weights: list[float] | None = _option(
+        "comma-separated teacher weights for the probability mean", cli=str | None, parse=_numbers
+    )
+    combiner: Path | None = _option(
+        "a fitted combiner file (from `modelfusion ensemble`) fusing the teachers", readable=False
+    )
+    student_kwargs: dict | None = _option(
+        "JSON object of the student factory's arguments", cli=str | None, parse=parse_json_object
+    )
+    dataset: str = _option("embedded dataset", "digits")
+    seed: int = _option("seed of the split and of training", 0)
+    loss: str = _option("distillation loss: hinton or mse (modelfusion.distill.LOSSES)", "hinton")
+    loss_params: dict | None = _option(
+        "JSON object of the loss's parameters, e.g. '{\"temperature\": 4}'", cli=str | None, parse=parse_json_object
+    )
+    temperature: float | None = _option("the loss's softening temperature (hinton; also in --loss-params)")
+    alpha: float | None = _option("weight of the distillation term against the label loss (also in --loss-params)")
+    hint: dict[str, str] | None = _option(
+        "FitNets hint STUDENT_MODULE=TEACHER_MODULE (repeatable; the first teacher's module)",
+        cli=list[str] | None,
+        parse=_hints,
+    )
+    feature_weight: float = _option("weight of the hint loss in the total", 1.0)
+    epochs: int = _option("training epochs", 40)
+    lr: float = _option("AdamW learning rate", 1e-3)
+    batch_size: int = _option("global batch size (split over torchrun's processes)", 64)
+    mixup: float = _option("Beta(m, m) mixup of transfer inputs; 0 turns it off", 0.0)
+    patience: int | None = _option("stop after this many epochs without a better validation NLL")
+    checkpoint_dir: Path | None = _option("write a resumable checkpoint here each epoch")
+    resume: bool = _option("continue from the checkpoint in --checkpoint-dir", False)
+    out: Path = _option("where to save the student (.safetensors)", Path("student.safetensors"))
+    progress: bool = _option("show a progress bar", True)
+    overwrite: bool = _option("replace an existing output (never an input of the run)", False)
+
+    def loss_parameters(self) -> dict:
+        """`loss_params` with `temperature` and `alpha` when given on their own."""
+        given = {"temperature": self.temperature, "alpha": self.alpha}
+        return {**(self.loss_params or {}), **{k: v for k, v in given.items() if v is not None}}
+
+
+def run_job(
+    job: DistillJob, *, console: Console | None = None, note: Callable[[str], None] | None = None
+) -> DistillResult:
+    """Check the output, build the teacher and the student, distill, and save the student (the first process
+    under torchrun); `console` gets the one-line result, `note` what was renamed among the teachers."""
+    from ..datasets import load_dataset
+    from ..io import save_member
+    from ..io.factory import build_model
+    from ..members import TorchMember
+
+    if job.out.suffix != ".safetensors":
+        raise InvalidInputError(f"--out {job.out}: outputs are safetensors files; name it with .safetensors")
+    check_output(
+        job.out, kind="file", overwrite=job.overwrite, inputs=[*(job.teacher or []), job.offline, job.combiner]
+    )
+    if job.hint and job.offline is not None:
+        raise ConfigError("--hint needs live teachers (--teacher): offline predictions carry no features")
+    teacher = build_teacher(job.teacher, offline=job.offline, weights=job.weights, combiner=job.combiner, note=note)
+    data = load_dataset(job.dataset, seed=job.seed)
+    kwargs = job.student_kwargs or {}
+    with torch.random.fork_rng():  # the student's and the hint adapters' initial weights come from the seed
+        torch.manual_seed(job.seed)
+        student = build_model(job.student, kwargs)
+        hints = FeatureHints(student, teacher.models[0], job.hint, data.train.X[:8]) if job.hint else None
+    result = distill(
+        student,
+        teacher,
+        data.train,
+        data.val,
+        loss=job.loss,
+        loss_params=job.loss_parameters(),
+        epochs=job.epochs,
+        lr=job.lr,
+        batch_size=job.batch_size,
+        mixup=job.mixup,
+        feature_hints=hints,
+        feature_weight=job.feature_weight,
+        patience=job.patience,
+        seed=job.seed,
+        checkpoint_dir=job.checkpoint_dir,
+        resume=job.resume,
+        overwrite=job.overwrite,
+        progress=job.progress,
+    )
+    if process_rank()[0] != 0:  # under torchrun only the first process writes
+        return result
+    member = TorchMember(result.student, name=job.out.stem, factory=job.student, factory_kwargs=kwargs)
+    save_member(member, job.out, overwrite=job.overwrite)
+    if console is not None:
+        best = result.history[result.best_epoch - 1]
+        console.print(
+            f"student: best epoch {result.best_epoch}, validation accuracy {best['val_accuracy']:.3f}, "
+            f"NLL {best['val_nll']:.3f} -> {job.out}",
+            highlight=False,
+        )
+    return result
