@@ -9,12 +9,14 @@ from modelfusion import ConfigError, IncompatibleModelsError, UnknownNameError
 from modelfusion.align import (
     MATCHERS,
     PermutationSpec,
+    Segment,
     align,
     barriers,
     capture_activations,
     derive_spec,
     interpolated_model,
     interpolation_curve,
+    module_rule,
     permute,
     plot_interpolation,
     random_permutations,
@@ -312,3 +314,13 @@ def test_align_command_and_the_align_option_of_merge_configs(two_mlps, digits, t
     assert merged_loss("align: {method: weight_matching, dataset: digits}\n") < merged_loss("")
     with pytest.raises(ConfigError, match="unknown key 'align.metod'"):
         merged_loss("align: {metod: weight_matching}\n")
+
+
+def test_one_rule_makes_derive_spec_support_a_new_operation():
+    model = nn.Sequential(nn.Linear(6, 5), nn.Softplus(), nn.Linear(5, 3))  # Softplus: no built-in rule
+    with pytest.raises(ConfigError, match="module Softplus at node"):
+        derive_spec(model, torch.randn(2, 6))
+    module_rule(nn.Softplus)(lambda walk, node, module, incoming: walk.tap(incoming, node))  # channel-wise
+    spec = derive_spec(model, torch.randn(2, 6))
+    assert spec.groups == {"P_0": 5} and spec.axes["2.weight"] == (None, (Segment("P_0", 5),))
+    assert spec.taps["P_0"] == ["_0", "_1"]

@@ -2,11 +2,12 @@
 works, with the permutation spec derived from the model's graph; REPAIR; interpolation curves and barriers."""
 
 from .api import AlignResult, align
+from .derive import derive_spec, function_rule, module_rule
 from .files import align_checkpoints
 from .interpolation import barriers, interpolated_model, interpolation_curve, lerp_state, plot_interpolation
 from .matching import MATCHERS, Matcher, activation_matching, capture_activations, register_matcher, weight_matching
 from .repair import repair, reset_batchnorm
-from .spec import PermutationSpec, Segment, derive_spec, permute, random_permutations
+from .spec import PermutationSpec, Segment, permute, random_permutations
 
 __all__ = [
     "align",
@@ -18,6 +19,8 @@ __all__ = [
     "PermutationSpec",
     "Segment",
     "derive_spec",
+    "module_rule",
+    "function_rule",
     "permute",
     "random_permutations",
     "weight_matching",

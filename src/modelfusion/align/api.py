@@ -13,8 +13,9 @@ from torch import nn
 from .._modules import output_width
 from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
 from ..merge.state_dicts import merge_state_dicts
+from .derive import derive_spec
 from .matching import MATCHERS
-from .spec import PermutationSpec, derive_spec, permute
+from .spec import PermutationSpec, permute
 
 __all__ = ["align", "AlignResult"]
 
