@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from modelfusion import ConfigError, InvalidInputError
-from modelfusion.distill import LOSSES, FeatureHints, hinton_kd, logit_mse
+from modelfusion.distill import LOSSES, FeatureHints, hinton_kd, logit_mse, resolve_loss_params
 from modelfusion.models import cnn2d, mlp
 
 
@@ -75,3 +75,23 @@ def test_feature_hints_conv_adapter_and_errors():
         FeatureHints(student, teacher, {"3": "7"}, example_input=x)  # 8x8 vs pooled 4x4
     with pytest.raises(InvalidInputError, match="run both models forward"):
         FeatureHints(student, teacher, {"3": "6"}, example_input=x).loss()
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_is_zero_at_the_teacher_positive_elsewhere_and_mixes_labels(name):
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(16, 5, generator=generator)
+    labels = torch.randint(0, 5, (16,), generator=generator)
+    params = resolve_loss_params(name)  # every parameter, at its default
+    assert set(params) >= {"alpha"}
+    pure = {**params, "alpha": 1.0}
+    assert LOSSES[name](teacher.clone(), teacher, None, **pure)["total"].item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(16, 5, generator=generator, requires_grad=True)
+    parts = LOSSES[name](student, teacher, labels, **{**params, "alpha": 0.5})
+    assert parts["kd"].item() > 0 and set(parts) == {"total", "kd", "task"}
+    parts["total"].backward()
+    assert student.grad is not None and torch.isfinite(student.grad).all()
+    with pytest.raises(ConfigError, match=f"distillation loss '{name}' takes no parameter bogus; it takes"):
+        resolve_loss_params(name, {"bogus": 1.0})
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        resolve_loss_params(name, {"alpha": float("nan")})

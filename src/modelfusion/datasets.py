@@ -10,7 +10,6 @@ import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -20,10 +19,10 @@ from sklearn.model_selection import train_test_split
 from ._checks import check_seed
 from .errors import ConfigError
 from .registry import Registry
+from .tasks import Task
 
 __all__ = ["Split", "Dataset", "DATASETS", "load_dataset"]
 
-Task = Literal["classification", "regression"]
 SPLIT_NAMES = ("train", "val", "test")
 
 

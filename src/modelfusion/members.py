@@ -9,18 +9,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import IncompatibleModelsError, InvalidInputError, NotFittedError
+from .tasks import TASKS, Task
 
 __all__ = ["Member", "TorchMember", "SklearnMember", "as_member", "check_members", "name_after_files"]
-
-Task = Literal["classification", "regression"]
-TASKS = ("classification", "regression")
 
 
 @runtime_checkable
@@ -37,7 +35,7 @@ class Member(Protocol):
         ...
 
 
-def _check_task(task: str, name: str) -> None:
+def _check_task(task: Task, name: str) -> None:
     if task not in TASKS:
         raise InvalidInputError(f"member {name!r}: task must be one of {TASKS}, got {task!r}")
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -16,6 +16,7 @@ from ._progress import progress_bar
 from ._safetensors import parse_description, read_tensors, write_tensors
 from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError, LeakageError, ModelFusionError
 from .members import Member, check_members
+from .tasks import TASKS, Task
 
 __all__ = ["Predictions", "collect_predictions"]
 
@@ -26,7 +27,7 @@ class _PredictionsHeader(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     member_names: list[Annotated[StrictStr, Field(max_length=256)]]
-    task: Literal["classification", "regression"]
+    task: Task
     split: StrictStr = Field(max_length=64)
     classes: list[StrictStr | StrictInt | StrictFloat | StrictBool] | None = None
 
@@ -47,14 +48,14 @@ class Predictions:
     outputs: torch.Tensor
     labels: torch.Tensor | None
     member_names: tuple[str, ...]
-    task: str
+    task: Task
     split: str
     classes: tuple | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "member_names", tuple(self.member_names))
         expected_ndim = 3 if self.task == "classification" else 2
-        if self.task not in ("classification", "regression"):
+        if self.task not in TASKS:
             raise InvalidInputError(f"task must be 'classification' or 'regression', got {self.task!r}")
         if self.outputs.ndim != expected_ndim:
             raise InvalidInputError(

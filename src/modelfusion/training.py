@@ -31,6 +31,7 @@ from .errors import ConfigError, TrainingDivergedError
 from .members import TorchMember
 from .models import MODELS
 from .registry import Registry
+from .tasks import Task
 
 __all__ = ["train_model", "run_epochs", "mixup_weight", "score_classifier", "TrainingRecipe", "RECIPES", "recipe_for"]
 
@@ -40,7 +41,7 @@ def train_model(
     train: Split,
     val: Split,
     *,
-    task: str = "classification",
+    task: Task = "classification",
     epochs: int = 30,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
@@ -108,7 +109,7 @@ def _train(
     return model
 
 
-def _loss(task: str) -> nn.Module:
+def _loss(task: Task) -> nn.Module:
     return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
 
 
@@ -117,7 +118,7 @@ def run_epochs(
     train: Split,
     optimizer: torch.optim.Optimizer,
     *,
-    task: str,
+    task: Task,
     epochs: int,
     batch_size: int,
     seed: int,
@@ -256,7 +257,7 @@ class TrainingRecipe:
         train: Split,
         val: Split,
         *,
-        task: str = "classification",
+        task: Task = "classification",
         seed: int = 0,
         epochs: int | None = None,
     ) -> nn.Module:

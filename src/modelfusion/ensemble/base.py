@@ -11,6 +11,7 @@ import torch
 from .._atomic import jsonable
 from ..errors import IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..predictions import Predictions, check_fit_split
+from ..tasks import TASKS, Task
 
 __all__ = ["Combiner", "best_member_or_fusion"]
 
@@ -27,7 +28,7 @@ class Combiner:
     """
 
     name: ClassVar[str]
-    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    tasks: ClassVar[tuple[Task, ...]] = TASKS
     uses_features: ClassVar[bool] = False  # True when fit/predict may also take the original inputs X
 
     @property

@@ -8,7 +8,6 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
@@ -18,6 +17,7 @@ from .._atomic import atomic_dir
 from .._safetensors import check_readable
 from ..errors import CheckpointError, IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..members import TorchMember
+from ..tasks import Task
 from .base import Combiner
 from .serialize import load_combiner, save_combiner
 
@@ -64,7 +64,7 @@ class EnsembleModule(nn.Module):
         members: Sequence[nn.Module | TorchMember],
         combiner: Combiner,
         *,
-        task: str | None = None,
+        task: Task | None = None,
         vectorize: bool | None = None,
     ) -> None:
         super().__init__()
@@ -206,6 +206,6 @@ class _Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["classification", "regression"]
+    task: Task
     members: list[_ManifestEntry] = Field(min_length=1, max_length=10_000)
     combiner: StrictStr

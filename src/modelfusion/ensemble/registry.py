@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from ..errors import ConfigError
 from ..registry import Registry
+from ..tasks import Task
 from .base import Combiner
 
 __all__ = ["COMBINERS", "make_combiner", "combiners_for"]
@@ -44,6 +45,6 @@ def make_combiner(name: str, **params) -> Combiner:
         raise ConfigError(f"combiner {name!r}: bad parameters {params} ({err})") from None
 
 
-def combiners_for(task: str) -> list[str]:
+def combiners_for(task: Task) -> list[str]:
     """Names of every combiner that supports `task`."""
     return [name for name in COMBINERS.names() if task in COMBINERS[name].tasks]

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
 from ..errors import ConfigError, InvalidInputError
+from ..tasks import Task
 from .base import Combiner, probabilities
 from .registry import COMBINERS
 
@@ -70,7 +71,7 @@ class Stacking(Combiner):
             columns = torch.cat([columns, torch.as_tensor(X, dtype=columns.dtype).reshape(len(columns), -1)], dim=1)
         return columns
 
-    def _build_meta_learner(self, task: str):
+    def _build_meta_learner(self, task: Task):
         spec = self.meta_learner
         if spec is None:
             return LogisticRegression(max_iter=2000) if task == "classification" else Ridge(alpha=1.0)

@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..members import TorchMember
 from ..predictions import Predictions
 from ..registry import Registry
+from ..tasks import Task
 from ..training import TrainingRecipe, run_epochs
 
 __all__ = ["train_members", "TrainedMembers", "MeanOfModels", "TRAINING_METHODS"]
@@ -38,7 +39,7 @@ __all__ = ["train_members", "TrainedMembers", "MeanOfModels", "TRAINING_METHODS"
 class MeanOfModels(nn.Module):
     """Several models as one: the log of their mean probability (classification) or their mean value."""
 
-    def __init__(self, models: list[nn.Module], task: str = "classification") -> None:
+    def __init__(self, models: list[nn.Module], task: Task = "classification") -> None:
         super().__init__()
         self.models = nn.ModuleList(models)
         self.task = task

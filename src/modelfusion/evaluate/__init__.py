@@ -16,6 +16,7 @@ import torch
 from .._checks import check_seed
 from ..errors import InvalidInputError
 from ..predictions import Predictions
+from ..tasks import Task
 from .diversity import diversity
 from .metrics import (
     classification_metrics,
@@ -61,7 +62,7 @@ class Row:
 class Report:
     """Scores of members and fusions on one split; `to_dict()` is what goes into results.json."""
 
-    task: str
+    task: Task
     split: str
     num_samples: int
     confidence: float

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..tasks import Task
+
 __all__ = [
     "oracle_accuracy",
     "disagreement_matrix",
@@ -45,7 +47,7 @@ def mean_off_diagonal(matrix: np.ndarray) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
 
-def diversity(outputs: np.ndarray, y: np.ndarray, task: str) -> dict:
+def diversity(outputs: np.ndarray, y: np.ndarray, task: Task) -> dict:
     """Oracle accuracy, mean pairwise disagreement and error correlation of K members.
 
     Args:

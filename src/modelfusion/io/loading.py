@@ -8,7 +8,7 @@ import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -17,6 +17,7 @@ from torch import nn
 from .._safetensors import check_readable, parse_description, read_tensors
 from ..errors import CheckpointError, ModelFusionError
 from ..members import Member, SklearnMember, TorchMember
+from ..tasks import Task
 from .factory import build_model, build_named_model, load_state_dict_checked
 
 __all__ = ["LoadedModel", "load_model", "load_member", "load_skops", "SUFFIXES", "METADATA_KEY"]
@@ -45,7 +46,7 @@ class MemberHeader(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: StrictStr | None = Field(None, max_length=256)
-    task: Literal["classification", "regression"] = "classification"
+    task: Task = "classification"
     classes: list[Label] | None = Field(None, max_length=1_000_000)
     factory: StrictStr | None = Field(None, max_length=1024)
     factory_kwargs: dict | None = None
@@ -286,7 +287,7 @@ def load_member(
     trusted_types: Sequence[str] = (),
     trust_pickle: bool = False,
     name: str | None = None,
-    task: str | None = None,
+    task: Task | None = None,
     classes: Sequence | None = None,
     batch_size: int = 1024,
 ) -> Member:

@@ -64,3 +64,15 @@ def test_finetune_errors(digits):
         finetune(model, digits.train, digits.val, head="classifier")
     with pytest.raises(ConfigError, match=r"stage 0 trains unknown modules \['backbone.99'\]"):
         finetune(model, digits.train, digits.val, schedule=[Stage(1, {"backbone.99": 1e-2})])
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_every_schedule_trains_the_head_first_within_the_epochs_and_leaves_flags_as_found(name, digits):
+    model = _spliced(digits)
+    stages = SCHEDULES[name](model, "head", 6, 1e-2)
+    assert sum(s.epochs for s in stages) == 6 and all(s.epochs >= 1 for s in stages)
+    assert all(s.rates.get("head") == 1e-2 or s.rates.get("head") is None for s in stages)
+    assert "head" in stages[0].rates  # the new head learns from the first stage on
+    frozen = dict(model.backbone.named_parameters())["1.weight"].requires_grad_(False)  # the caller's flag
+    result = finetune(model, digits.train, digits.val, schedule=name, epochs=2, lr=1e-2)
+    assert len(result.stages) >= 1 and not frozen.requires_grad
