@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -79,18 +80,32 @@ def freeze(modules: Iterable[nn.Module]) -> None:
             param.requires_grad_(False)
 
 
-def output_width(module: nn.Module, example_input: torch.Tensor, role: str) -> int:
-    """The flattened width of `module`'s output for one sample, by a dry forward pass in eval mode."""
-    was_training = module.training
-    module.eval()
+@contextlib.contextmanager
+def evaluating(module) -> Iterator[None]:
+    """`module` in eval mode, without gradients, inside the block; afterwards every submodule is back in the
+    mode it was in (a model with frozen BatchNorm layers in eval mode inside a training model stays so).
+    `torch.export` modules keep the mode they were exported in and refuse the switch, which is fine."""
+    modes = [(m, m.training) for m in module.modules()] if isinstance(module, nn.Module) else []
+    try:
+        module.eval()
+    except NotImplementedError:
+        modes = []
     try:
         with torch.no_grad():
+            yield
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
+
+
+def output_width(module: nn.Module, example_input: torch.Tensor, role: str) -> int:
+    """The flattened width of `module`'s output for one sample, by a dry forward pass in eval mode."""
+    try:
+        with evaluating(module):
             out = module(example_input[:2])
     except (RuntimeError, ValueError, IndexError) as err:
         reason = " ".join(str(err).split())[:240]
         raise InvalidInputError(f"{role} failed on the example input {tuple(example_input.shape)}: {reason}") from None
-    finally:
-        module.train(was_training)
     if not isinstance(out, torch.Tensor):
         raise InvalidInputError(f"{role} returned {type(out).__name__}; feature layers must return one tensor")
     return int(out[0].numel())

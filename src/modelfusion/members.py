@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._modules import evaluating
 from .errors import IncompatibleModelsError, InvalidInputError, NotFittedError
 from .tasks import TASKS, Task
 
@@ -81,15 +82,11 @@ class TorchMember:
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:
         X = torch.as_tensor(X)
-        was_training = _set_training(self.module, False)
-        try:
-            with torch.no_grad():
-                outputs = [
-                    self.module(X[i : i + self.batch_size].to(self.device)).detach().float().cpu()
-                    for i in range(0, len(X), self.batch_size)
-                ]
-        finally:
-            _set_training(self.module, was_training)
+        with evaluating(self.module):
+            outputs = [
+                self.module(X[i : i + self.batch_size].to(self.device)).detach().float().cpu()
+                for i in range(0, len(X), self.batch_size)
+            ]
         out = torch.cat(outputs) if outputs else torch.empty(0, self.num_outputs)
         if self.task == "regression" and out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
@@ -97,18 +94,6 @@ class TorchMember:
 
     def __repr__(self) -> str:
         return f"TorchMember({self.name!r}, {type(self.module).__name__}, task={self.task})"
-
-
-def _set_training(module, mode: bool) -> bool:
-    """Switch train/eval mode and return the previous mode. `torch.export` modules keep the mode they were
-    exported in and refuse the switch, which is fine: they were traced in eval mode."""
-    previous = bool(getattr(module, "training", False))
-    if previous != mode:
-        try:
-            module.train(mode)
-        except NotImplementedError:
-            pass
-    return previous
 
 
 def _infer_num_outputs(module: nn.Module) -> int:

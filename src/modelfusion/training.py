@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ._checks import check_count, check_number, check_seed
-from ._modules import has_batchnorm
+from ._modules import evaluating, has_batchnorm
 from .datasets import Dataset, Split
 from .errors import ConfigError, TrainingDivergedError
 from .members import TorchMember
@@ -188,10 +188,9 @@ def mixup_weight(concentration: float, generator: torch.Generator) -> float:
 
 
 def score_classifier(model: nn.Module, split: Split) -> dict[str, float]:
-    """Cross-entropy ("loss") and accuracy of a classifier on a whole split, in eval mode without gradients
-    (the model is left in eval mode)."""
-    model.eval()
-    with torch.no_grad():
+    """Cross-entropy ("loss") and accuracy of a classifier on a whole split, in eval mode without gradients;
+    the model's train/eval modes are left as they were."""
+    with evaluating(model):
         logits = model(split.X)
     return {
         "loss": nn.functional.cross_entropy(logits, split.y).item(),

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._modules import evaluating
 from ..datasets import Split
 from ..ensemble import Combiner, EnsembleModule
 from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
@@ -84,10 +85,11 @@ class ModelTeacher(Teacher):
         self.models = nn.ModuleList(modules)
         self.weights = _check_weights(weights, len(modules))
 
-    @torch.no_grad()
     def logits(self, X: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The teachers' (fused) logits, in eval mode without gradients; their modes are left as found."""
         try:
-            return self._logits(X)
+            with evaluating(self.ensemble if self.ensemble is not None else self.models):
+                return self._logits(X)
         except (RuntimeError, ValueError, IndexError) as err:
             reason = " ".join(str(err).split())[:240]
             raise IncompatibleModelsError(
@@ -97,8 +99,8 @@ class ModelTeacher(Teacher):
 
     def _logits(self, X: torch.Tensor) -> torch.Tensor:
         if self.ensemble is not None:
-            return self.ensemble.eval()(X)
-        outputs = torch.stack([m.eval()(X) for m in self.models])
+            return self.ensemble(X)
+        outputs = torch.stack([m(X) for m in self.models])
         if len(outputs) == 1 and self.weights is None:
             return outputs[0]
         return _weighted_log_mean(outputs, self.weights)
