@@ -285,7 +285,7 @@ config_documents = st.text(max_size=200) | st.fixed_dictionaries(
     },
 )
 
-COMMANDS = ["predict", "ensemble", "evaluate", "merge", "align", "distill"]
+COMMANDS = ["predict", "ensemble", "evaluate", "merge", "align", "distill", "splice", "finetune", "cascade"]
 OPTIONS = [
     "--out",
     "--seed",
@@ -314,6 +314,14 @@ OPTIONS = [
     "--resume",
     "--checkpoint-dir",
     "--no-progress",
+    "--loss-params",
+    "--at",
+    "--num-outputs",
+    "--schedule",
+    "--per-class",
+    "--costs",
+    "--target-accuracy",
+    "--budget",
 ]
 VALUES = [
     "-1",

@@ -258,10 +258,9 @@ def align(
 
     Python: `modelfusion.align.align([model_a, model_b], X=...)` (`align_checkpoints` for files).
     """
-    from .align import align_checkpoints, interpolated_model
+    from .align import align_checkpoints, midpoint_accuracy
     from .datasets import load_dataset
     from .io import load_member
-    from .training import score_classifier
 
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}")
@@ -269,14 +268,11 @@ def align(
     _, result = align_checkpoints(
         [reference, other], [None, out], data.train.X[:samples], method=method, seed=seed, overwrite=overwrite
     )
-
-    def midpoint_accuracy(b) -> float:
-        return score_classifier(interpolated_model(result.models[0], b, 0.5), data.val)["accuracy"]
-
+    naive = midpoint_accuracy(result.models[0], load_member(other).module, data.val)
+    aligned = midpoint_accuracy(*result.models, data.val)
     console.print(
         f"aligned {len(result.spec.groups)} unit groups by {method} in {result.seconds:.2f} s -> {out}\n"
-        f"validation accuracy of the 50/50 average: naive {midpoint_accuracy(load_member(other).module):.3f}, "
-        f"aligned {midpoint_accuracy(result.models[1]):.3f}",
+        f"validation accuracy of the 50/50 average: naive {naive:.3f}, aligned {aligned:.3f}",
         highlight=False,
     )
 
@@ -307,6 +303,179 @@ def evaluate(
     print_leaderboard(report, console)
     if json_out is not None:
         write_json(json_out, report.to_dict())
+
+
+def _torch_member(path: Path):
+    from .io import load_member
+    from .members import TorchMember
+
+    member = load_member(path)
+    if not isinstance(member, TorchMember):
+        raise InvalidInputError(f"{path}: a {type(member).__name__}, not a torch model; only torch models have layers")
+    return member
+
+
+@_command
+def splice(
+    backbone: Annotated[
+        Path, typer.Argument(readable=False, help="a saved torch member whose factory is registered (e.g. a demo CNN)")
+    ],
+    at: Annotated[str, typer.Option(help="the last module kept (an unknown name lists them)")],
+    num_outputs: Annotated[int, typer.Option(help="outputs of the new head (classes of the new task)")],
+    out: Annotated[Path, typer.Option(help="where to save the spliced model (.safetensors)")],
+    dataset: Annotated[str, typer.Option(help="embedded dataset whose inputs the backbone takes")] = "digits",
+    seed: Annotated[int, typer.Option(help="seed of the new head's initial weights")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Cut a trained backbone after a named layer and put a new head on it, ready for `finetune`.
+
+    Python: `modelfusion.features.spliced_member(load_member(path), num_outputs, at=..., example_input=X[:2])`.
+    """
+    import torch
+
+    from ._atomic import check_output
+    from ._checks import check_count
+    from .datasets import load_dataset
+    from .features import spliced_member
+    from .io import save_member
+
+    _safetensors_out(out, "--out")
+    check_count(num_outputs, "--num-outputs")
+    check_output(out, kind="file", overwrite=overwrite, inputs=[backbone])
+    member = _torch_member(backbone)
+    example = load_dataset(dataset, seed=seed).train.X[:2]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        spliced = spliced_member(member, num_outputs, at=at, example_input=example)
+    save_member(spliced, out, overwrite=overwrite)
+    head = sum(p.numel() for p in spliced.module.head.parameters())
+    console.print(
+        f"spliced {member.name} after {at!r}: a new {num_outputs}-output head ({head:,} parameters) -> {out}",
+        highlight=False,
+    )
+
+
+@_command
+def finetune(
+    checkpoint: Annotated[Path, typer.Argument(readable=False, help="a saved torch member (e.g. from `splice`)")],
+    out: Annotated[Path, typer.Option(help="where to save the fine-tuned model (.safetensors)")],
+    dataset: Annotated[str, typer.Option(help="embedded dataset to fine-tune on")] = "digits",
+    schedule: Annotated[
+        str, typer.Option(help="linear_probe, full, probe_then_finetune or gradual (modelfusion.features.SCHEDULES)")
+    ] = "probe_then_finetune",
+    head: Annotated[str, typer.Option(help="the name of the head module")] = "head",
+    epochs: Annotated[int, typer.Option(help="total epochs over every stage")] = 40,
+    lr: Annotated[float, typer.Option(help="the head's learning rate (the schedule sets the backbone's)")] = 1e-3,
+    per_class: Annotated[
+        int | None, typer.Option(help="train on this many labelled samples per class (and validate on as many)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the split, the few-shot draw and training")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Fine-tune a model on an embedded dataset stage by stage; validation keeps each stage's best epoch.
+
+    Python: `modelfusion.features.finetune(model, data.train, data.val, schedule=..., epochs=..., lr=...)`.
+    """
+    from ._atomic import check_output
+    from .datasets import load_dataset
+    from .features import finetune as run_finetune
+    from .io import save_member
+    from .training import score_classifier
+
+    _safetensors_out(out, "--out")
+    check_output(out, kind="file", overwrite=overwrite, inputs=[checkpoint])
+    member = _torch_member(checkpoint)
+    data = load_dataset(dataset, seed=seed)
+    if member.num_outputs != data.num_classes:
+        raise InvalidInputError(
+            f"{checkpoint} has {member.num_outputs} outputs but {dataset} has {data.num_classes} classes; "
+            f"splice it with --num-outputs {data.num_classes} first"
+        )
+    train, val = data.train, data.val
+    if per_class is not None:
+        train, val = train.per_class(per_class, seed=seed), val.per_class(per_class, seed=seed + 1)
+    result = run_finetune(member.module, train, val, schedule=schedule, head=head, epochs=epochs, lr=lr, seed=seed)
+    save_member(member, out, overwrite=overwrite)
+    stages = ", ".join(f"{s['name']} {s['val_accuracy']:.3f}" for s in result.stages)
+    test = score_classifier(member.module, data.test)["accuracy"]
+    console.print(
+        f"fine-tuned on {len(train)} samples; validation accuracy by stage: {stages}; test accuracy {test:.3f} "
+        f"-> {out}",
+        highlight=False,
+    )
+
+
+@_command
+def cascade(
+    checkpoints: Annotated[list[Path], typer.Argument(readable=False, help="the models, cheapest first")],
+    dataset: Annotated[str, typer.Option(help="embedded dataset")] = "digits",
+    seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
+    costs: Annotated[
+        str | None,
+        typer.Option(help="comma-separated cost per model (default: each one's measured CPU time per sample)"),
+    ] = None,
+    target_accuracy: Annotated[
+        float | None,
+        typer.Option(help="cheapest thresholds reaching this validation accuracy (default: the last model's)"),
+    ] = None,
+    budget: Annotated[
+        float | None, typer.Option(help="instead, the most accurate thresholds within this mean cost")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write thresholds and scores as JSON here")
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Run cheap models first and later ones only on the samples they are unsure of; thresholds on validation.
+
+    Python: `Cascade(costs=..., target_accuracy=...).fit(val_preds)` then `.predict(members, X)`
+    (`modelfusion.features`; `measured_costs(members, X)` for the default costs).
+    """
+    from ._atomic import check_output, write_json
+    from .datasets import load_dataset
+    from .features import Cascade, measured_costs
+    from .predictions import collect_predictions
+
+    if json_out is not None:
+        if json_out.suffix != ".json":
+            raise ConfigError(f"--json {json_out}: the report is JSON; name it with .json")
+        check_output(json_out, kind="file", overwrite=overwrite, inputs=checkpoints)
+    try:
+        given = [float(c) for c in costs.split(",")] if costs is not None else None
+    except ValueError:
+        raise ConfigError(f"--costs must be comma-separated numbers, got {costs!r}") from None
+    members = _load_members(checkpoints)
+    data = load_dataset(dataset, seed=seed)
+    per_sample = given if given is not None else measured_costs(members, data.val.X)
+    val = collect_predictions(members, data.val.X, data.val.y, "val", progress=False)
+    fitted = Cascade(costs=per_sample, target_accuracy=target_accuracy, budget=budget).fit(val)
+    run = fitted.predict(members, data.test.X)
+    alone = collect_predictions(members[-1:], data.test.X, data.test.y, "test", progress=False)
+    last_accuracy = float((alone.outputs[0].argmax(1) == data.test.y).double().mean())
+    shares = [float((run.stage == k).double().mean()) for k in range(len(members))]
+    report = {
+        "members": [m.name for m in members],
+        "costs": per_sample,
+        "thresholds": fitted.thresholds_,
+        "val": {"accuracy": fitted.val_accuracy_, "mean_cost": fitted.val_cost_},
+        "test": {"accuracy": run.accuracy(data.test.y), "mean_cost": run.mean_cost, "decided_by_stage": shares},
+        "last_model_alone": {"accuracy": last_accuracy, "cost": per_sample[-1]},
+    }
+    for k, member in enumerate(members):
+        threshold = f"threshold {fitted.thresholds_[k]:.3f}" if k < len(fitted.thresholds_) else "last"
+        console.print(
+            f"stage {k}: {member.name} (cost {per_sample[k]:.3g}), {threshold}: decides {shares[k]:.1%} of the "
+            "test samples",
+            highlight=False,
+        )
+    console.print(
+        f"test accuracy {report['test']['accuracy']:.3f} at mean cost {run.mean_cost:.3g}; the last model alone: "
+        f"{last_accuracy:.3f} at {per_sample[-1]:.3g} (thresholds chosen on validation: accuracy "
+        f"{fitted.val_accuracy_:.3f}, cost {fitted.val_cost_:.3g})",
+        highlight=False,
+    )
+    if json_out is not None:
+        write_json(json_out, report)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import torch
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
-from ._checks import check_seed
+from ._checks import check_count, check_seed
 from .errors import ConfigError
 from .registry import Registry
 from .tasks import Task
@@ -36,6 +36,18 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def per_class(self, count: int, *, seed: int = 0) -> Split:
+        """At most `count` samples of each class, drawn with `seed`, in their original order (few-shot
+        training and validation sets)."""
+        check_count(count, "the samples per class")
+        generator = torch.Generator().manual_seed(check_seed(seed))
+        keep = []
+        for label in torch.unique(self.y):
+            index = torch.nonzero(self.y == label)[:, 0]
+            keep.append(index[torch.randperm(len(index), generator=generator)[:count]])
+        rows = torch.cat(keep).sort().values
+        return Split(self.name, self.X[rows], self.y[rows])
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,14 @@ works, with the permutation spec derived from the model's graph; REPAIR; interpo
 from .api import AlignResult, align
 from .derive import derive_spec, function_rule, module_rule
 from .files import align_checkpoints
-from .interpolation import barriers, interpolated_model, interpolation_curve, lerp_state, plot_interpolation
+from .interpolation import (
+    barriers,
+    interpolated_model,
+    interpolation_curve,
+    lerp_state,
+    midpoint_accuracy,
+    plot_interpolation,
+)
 from .matching import MATCHERS, Matcher, activation_matching, capture_activations, register_matcher, weight_matching
 from .repair import repair, reset_batchnorm
 from .spec import PermutationSpec, Segment, permute, random_permutations
@@ -30,6 +37,7 @@ __all__ = [
     "reset_batchnorm",
     "lerp_state",
     "interpolated_model",
+    "midpoint_accuracy",
     "interpolation_curve",
     "barriers",
     "plot_interpolation",

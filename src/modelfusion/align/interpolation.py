@@ -14,7 +14,14 @@ from ..datasets import Split
 from ..report.plots import pyplot, save_figure
 from ..training import score_classifier
 
-__all__ = ["lerp_state", "interpolated_model", "interpolation_curve", "barriers", "plot_interpolation"]
+__all__ = [
+    "lerp_state",
+    "interpolated_model",
+    "midpoint_accuracy",
+    "interpolation_curve",
+    "barriers",
+    "plot_interpolation",
+]
 
 
 def lerp_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], alpha: float) -> dict:
@@ -28,6 +35,12 @@ def interpolated_model(a: nn.Module, b: Mapping[str, torch.Tensor] | nn.Module, 
     model = copy.deepcopy(a)
     model.load_state_dict(lerp_state(a.state_dict(), b_state, alpha))
     return model.eval()
+
+
+def midpoint_accuracy(a: nn.Module, b: nn.Module, split: Split) -> float:
+    """Accuracy on `split` of the 50/50 weight average of `a` and `b`: what averaging them gives, before
+    alignment (naive) or after (`b` permuted into `a`'s unit order)."""
+    return score_classifier(interpolated_model(a, b, 0.5), split)["accuracy"]
 
 
 def interpolation_curve(

@@ -1,9 +1,9 @@
 """Fusion inside the network: several backbones' features fused, backbones spliced onto new heads,
 stage-wise transfer learning, and cascades of models that run one after another."""
 
-from .cascade import Cascade, CascadeResult, Chained, plot_cascade_curve
+from .cascade import Cascade, CascadeResult, Chained, measured_costs, plot_cascade_curve
 from .fusion import FUSIONS, Attention, Concat, FeatureFusion, Gating, Sum
-from .splice import Spliced, splice
+from .splice import Spliced, splice, spliced_member
 from .transfer import SCHEDULES, FinetuneResult, Stage, backbone_blocks, finetune
 
 __all__ = [
@@ -15,12 +15,14 @@ __all__ = [
     "Gating",
     "Spliced",
     "splice",
+    "spliced_member",
     "SCHEDULES",
     "Stage",
     "finetune",
     "FinetuneResult",
     "backbone_blocks",
     "Cascade",
+    "measured_costs",
     "CascadeResult",
     "Chained",
     "plot_cascade_curve",

@@ -10,8 +10,9 @@ from torch import nn
 
 from .._modules import output_width, truncate
 from ..errors import InvalidInputError
+from ..members import TorchMember
 
-__all__ = ["Spliced", "splice"]
+__all__ = ["Spliced", "splice", "spliced_member"]
 
 
 class Spliced(nn.Module):
@@ -57,3 +58,27 @@ def splice(
     except InvalidInputError as err:
         raise InvalidInputError(f"the head does not take the cut's output (flattened width {width}): {err}") from None
     return model
+
+
+def spliced_member(backbone: TorchMember, num_outputs: int, *, at: str, example_input: torch.Tensor) -> TorchMember:
+    """`splice` for a saved member: the backbone cut after `at` with a new `num_outputs` head, as a member whose
+    file rebuilds itself (the registered factory "spliced" rebuilds the backbone from its own factory).
+
+    Example:
+        >>> member = spliced_member(load_member("cnn.safetensors"), 5, at="8", example_input=data.train.X[:2])
+        >>> save_member(member, "spliced.safetensors")
+    """
+    if backbone.factory is None:
+        raise InvalidInputError(
+            f"member {backbone.name!r} was saved without a registered factory, so a spliced file could not rebuild "
+            "it; splice the module in Python (`splice`) and save its state dict"
+        )
+    model = splice(backbone.module, num_outputs, at=at, example_input=example_input)
+    kwargs = {
+        "backbone": backbone.factory,
+        "backbone_kwargs": backbone.factory_kwargs,
+        "at": at,
+        "num_outputs": num_outputs,
+        "in_features": int(example_input[0].numel()),
+    }
+    return TorchMember(model, name=f"{backbone.name}_spliced", factory="spliced", factory_kwargs=kwargs)
