@@ -62,8 +62,8 @@ def test_splice_and_finetune_refuse_what_cannot_work(backbone, tmp_path, digits)
     assert "no module named '7'; its modules are: 0, 1, 2" in _error(
         ["splice", str(backbone), "--at", "7", "--num-outputs", "3", "--out", out]
     )
-    forest = SklearnMember(LogisticRegression(max_iter=200).fit(digits.train.X[:50].numpy(), digits.train.y[:50].numpy()))
-    skops = save_member(forest, tmp_path / "logreg.skops")
+    X, y = digits.train.X.numpy(), digits.train.y.numpy()
+    skops = save_member(SklearnMember(LogisticRegression(max_iter=200).fit(X, y)), tmp_path / "logreg.skops")
     assert "not a torch model" in _error(["splice", str(skops), "--at", "1", "--num-outputs", "3", "--out", out])
     _run(["splice", str(backbone), "--at", "1", "--num-outputs", "3", "--out", out])
     line = _error(["finetune", out, "--out", str(tmp_path / "t.safetensors")])
