@@ -95,3 +95,30 @@ def test_every_loss_is_zero_at_the_teacher_positive_elsewhere_and_mixes_labels(n
         resolve_loss_params(name, {"bogus": 1.0})
     with pytest.raises(ConfigError, match="must be a finite number"):
         resolve_loss_params(name, {"alpha": float("nan")})
+
+
+def test_a_loss_registered_outside_the_package_trains_a_student(digits, trained_mlp):
+    from modelfusion.distill import ModelTeacher, distill
+
+    def smooth_l1(student_logits, teacher_logits, labels=None, *, beta: float = 1.0, alpha: float = 1.0):
+        kd = torch.nn.functional.smooth_l1_loss(student_logits, teacher_logits, beta=beta)
+        return {"total": kd, "kd": kd}
+
+    LOSSES.register("test_smooth_l1")(smooth_l1)
+    try:
+        assert resolve_loss_params("test_smooth_l1", {"beta": 0.5}) == {"beta": 0.5, "alpha": 1.0}
+        torch.manual_seed(0)
+        student = mlp(64, 10, hidden=[8])
+        result = distill(
+            student,
+            ModelTeacher(trained_mlp),
+            digits.train,
+            digits.val,
+            loss="test_smooth_l1",
+            loss_params={"beta": 0.5},
+            epochs=2,
+            progress=False,
+        )
+        assert len(result.history) == 2 and result.history[1]["kd"] < result.history[0]["kd"]
+    finally:
+        LOSSES.unregister("test_smooth_l1")
