@@ -74,6 +74,81 @@ models:
   - {model: ft1, parameters: {weight: 1.0, density: 0.5}}
 dtype: float32
 """,
+    "breadcrumbs_ties": """merge_method: breadcrumbs_ties
+base_model: base
+models:
+  - {model: ft0, parameters: {weight: 1.0, density: 0.8, gamma: 0.05}}
+  - {model: ft1, parameters: {weight: 0.5, density: 0.7, gamma: 0.1}}
+parameters: {int8_mask: true}
+dtype: float32
+""",
+    "ties_int8_mask": """merge_method: ties
+base_model: base
+models:
+  - {model: ft0, parameters: {weight: 1.0, density: 0.5}}
+  - {model: ft1, parameters: {weight: 0.7, density: 0.3}}
+parameters: {int8_mask: true, lambda: 0.9}
+dtype: float32
+""",
+    "nearswap": """merge_method: nearswap
+base_model: base
+models:
+  - {model: base}
+  - {model: ft0}
+parameters: {t: 0.01}
+dtype: float32
+""",
+    "nuslerp": """merge_method: nuslerp
+base_model: base
+models:
+  - {model: ft0, parameters: {weight: 1.0}}
+  - {model: ft1, parameters: {weight: 0.5}}
+dtype: float32
+""",
+    "nuslerp_row_wise": """merge_method: nuslerp
+models:
+  - {model: ft0, parameters: {weight: 0.3}}
+  - {model: ft1, parameters: {weight: 0.7}}
+parameters: {nuslerp_flatten: false, nuslerp_row_wise: true}
+dtype: float32
+""",
+    "multislerp": """merge_method: multislerp
+base_model: base
+models:
+  - {model: ft0, parameters: {weight: 1.0}}
+  - {model: ft1, parameters: {weight: 0.5}}
+  - {model: ft2, parameters: {weight: 0.25}}
+dtype: float32
+""",
+    "karcher": """merge_method: karcher
+models:
+  - {model: ft0}
+  - {model: ft1}
+  - {model: ft2}
+parameters: {max_iter: 20, tol: 1.0e-6}
+dtype: float32
+""",
+    "sce": """merge_method: sce
+base_model: base
+models:
+  - {model: ft0}
+  - {model: ft1}
+  - {model: ft2}
+parameters: {select_topk: 0.5}
+dtype: float32
+""",
+    "passthrough": """merge_method: passthrough
+models:
+  - {model: ft1, parameters: {scale: 0.5}}
+dtype: float32
+""",
+    "della": """merge_method: della
+base_model: base
+models:
+  - {model: ft0, parameters: {weight: 1.0, density: 0.5, epsilon: 0.1}}
+  - {model: ft1, parameters: {weight: 1.0, density: 0.5, epsilon: 0.1}}
+dtype: float32
+""",
 }
 
 

@@ -238,7 +238,7 @@ def test_a_method_registered_outside_the_package_runs_streamed_in_memory_and_fro
     def elementwise_max(tensors, base=None, *, margin: float = 0.0):
         return torch.stack(tensors).amax(0) + margin
 
-    register_method("test_max", needs_base=False, rows_separable=True, reference="this test")(elementwise_max)
+    register_method("test_max", rows_separable=True, reference="this test")(elementwise_max)
     try:
         merge_checkpoints(
             [root / "ft0", root / "ft1"], tmp_path / "out", "test_max", params={"margin": 0.5}, progress=False

@@ -14,7 +14,25 @@ from modelfusion.merge import merge
 GOLDEN = Path(__file__).parent / "golden" / "mergekit"
 
 
-@pytest.mark.parametrize("method", ["linear", "slerp", "task_arithmetic", "ties", "breadcrumbs"])
+DETERMINISTIC = [
+    "linear",
+    "slerp",
+    "task_arithmetic",
+    "ties",
+    "breadcrumbs",
+    "breadcrumbs_ties",  # per-model gamma, int8_mask
+    "ties_int8_mask",
+    "nearswap",
+    "nuslerp",
+    "nuslerp_row_wise",
+    "multislerp",
+    "karcher",
+    "sce",
+    "passthrough",
+]
+
+
+@pytest.mark.parametrize("method", DETERMINISTIC)
 def test_deterministic_methods_equal_mergekit(method, tmp_path):
     merge(GOLDEN / f"{method}.yaml", tmp_path / "out", progress=False)
     ours = load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -44,3 +62,27 @@ def test_dare_matches_mergekit_statistics(tmp_path):
     for delta in (ours_delta, theirs_delta):
         assert (delta @ expected / (expected @ expected)).item() == pytest.approx(1.0, abs=0.05)
     assert ours_delta.abs().mean().item() == pytest.approx(theirs_delta.abs().mean().item(), rel=0.1)
+
+
+def test_della_matches_mergekit_statistics(tmp_path):
+    """DELLA's draws differ too; both keep about `density` of each task vector, the larger entries more often."""
+    merge(GOLDEN / "della.yaml", tmp_path / "out", progress=False)
+    ours = load_file(str(tmp_path / "out" / "model.safetensors"))
+    theirs = load_file(str(GOLDEN / "della.mergekit.safetensors"))
+    base = load_file(str(GOLDEN / "base" / "model.safetensors"))
+    tunes = [load_file(str(GOLDEN / f"ft{i}" / "model.safetensors")) for i in (0, 1)]
+    deltas = [torch.cat([(t[k] - base[k]).flatten() for k in base]) for t in tunes]
+    projections = []
+    for merged in (ours, theirs):
+        delta = torch.cat([(merged[k] - base[k]).flatten() for k in base])
+        # an entry is unchanged where both models dropped it or their kept entries cancel: about (1 - 0.5)^2
+        assert (delta == 0).float().mean().item() == pytest.approx(0.25, abs=0.03)
+        # the kept share is larger among the larger entries of a task vector (rank-dependent probabilities)
+        large = deltas[0].abs() > deltas[0].abs().median()
+        changed = delta != 0
+        assert changed[large].float().mean() > changed[~large].float().mean()
+        expected = (deltas[0] + deltas[1]) / 2
+        projections.append((delta @ expected / (expected @ expected)).item())
+    # both rescale the kept entries (ours by 1 / p per entry, mergekit to the L1 norm): the merged task vector's
+    # projection on the mean of the two is the same within 10%
+    assert projections[0] == pytest.approx(projections[1], rel=0.1), projections

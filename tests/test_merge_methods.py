@@ -105,16 +105,20 @@ def test_variants_lock_their_options():
         METHODS["tie"]
 
 
+MODELS_TAKEN = {"slerp": 1, "nearswap": 1, "passthrough": 1, "nuslerp": 2}  # besides the base; else 3
+
+
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_runs_on_a_small_model(name):
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
-    models = [
-        nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)) for _ in range(2 if name == "slerp" else 3)
-    ]
-    models = models[:1] if name == "slerp" else models
+    count = MODELS_TAKEN.get(name, 3)
+    models = [nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)) for _ in range(count)]
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
-    params = {"density": 0.5} if "density" in METHODS[name].parameters else {}
+    taken = METHODS[name].parameters
+    params = {"density": 0.5} if "density" in taken else {}
+    if "weight" in taken:
+        params["weight"] = [1.0 + i for i in range(count)]
     merged = merge_state_dicts(models, name, base=base, seed=1, **params)
     assert set(merged) == set(base.state_dict())
     assert merged["1.num_batches_tracked"].dtype == torch.int64

@@ -105,7 +105,7 @@ class MergeConfig(BaseModel):
         method = METHODS[self.merge_method]
         base = path(self.base_model) if self.base_model else None
         # a method that merges relative to the base does not merge the base with itself
-        entries = [m for m in self.models if not (method.needs_base and base is not None and path(m.model) == base)]
+        entries = [m for m in self.models if not (method.base != "none" and base is not None and path(m.model) == base)]
         if not entries:
             raise ConfigError("the config lists no models to merge (besides the base)")
         params = {_RENAMED.get(k, k): v for k, v in self.parameters.items()}

@@ -2,9 +2,11 @@
 
 | family | methods |
 |---|---|
-| `averaging` | `linear` (model soups), `model_stock` |
-| `interpolation` | `slerp` |
-| `task_arithmetic` | `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`, `breadcrumbs`, `breadcrumbs_ties` |
+| `averaging` | `linear` (model soups), `model_stock`, `passthrough` |
+| `interpolation` | `slerp`, `nearswap` |
+| `spherical` | `nuslerp`, `multislerp`, `karcher` |
+| `task_arithmetic` | `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`, `breadcrumbs`, `breadcrumbs_ties`, |
+| | `della`, `della_linear`, and `sce` |
 
 `sparsify` holds the task-vector sparsifications that the task-arithmetic family configures. Arithmetic runs
 in float32 (float64 when an input is float64); the result has the first input's dtype.
@@ -12,11 +14,12 @@ in float32 (float64 when an input is float64); the result has the first input's 
 
 from __future__ import annotations
 
-from .averaging import linear, model_stock
+from .averaging import linear, model_stock, passthrough
 from .base import METHODS, MergeMethod, register_method
-from .interpolation import slerp
+from .interpolation import nearswap, slerp
 from .sparsify import sparsify, task_vector_blocks
-from .task_arithmetic import TaskArithmeticOptions, task_arithmetic, task_arithmetic_blocks
+from .spherical import karcher, multislerp, nuslerp
+from .task_arithmetic import TaskArithmeticOptions, sce, task_arithmetic, task_arithmetic_blocks
 
 __all__ = [
     "METHODS",
@@ -25,6 +28,12 @@ __all__ = [
     "linear",
     "slerp",
     "model_stock",
+    "passthrough",
+    "nearswap",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "sce",
     "task_arithmetic",
     "TaskArithmeticOptions",
     "task_arithmetic_blocks",

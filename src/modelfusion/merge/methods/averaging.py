@@ -1,4 +1,5 @@
-"""Averaging: the weighted mean of the models (model soups) and Model Stock's step toward it from a base."""
+"""Averaging: the weighted mean of the models (model soups), Model Stock's step toward it from a base, and
+passthrough (one model, optionally scaled: the building block of frankenmerges)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,10 @@ import torch
 from ...errors import ConfigError
 from .base import check_shapes, compute_dtype, need_base, per_model, register_method
 
-__all__ = ["linear", "model_stock"]
+__all__ = ["linear", "model_stock", "passthrough"]
 
 
-@register_method(
-    "linear", needs_base=False, rows_separable=True, per_model=("weight",), reference="Wortsman et al., 2022"
-)
+@register_method("linear", base="none", rows_separable=True, per_model=("weight",), reference="Wortsman et al., 2022")
 def linear(
     tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, weight=None, normalize: bool = True
 ) -> torch.Tensor:
@@ -37,7 +36,7 @@ def linear(
     return total.to(tensors[0].dtype)
 
 
-@register_method("model_stock", needs_base=True, reference="Jang et al., 2024")
+@register_method("model_stock", base="required", reference="Jang et al., 2024")
 def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None) -> torch.Tensor:
     """Model Stock (Jang et al., 2024): move from the base toward the average of the fine-tunes by
     `t = N cos / (1 + (N - 1) cos)`, cos the mean pairwise cosine of their offsets from the base."""
@@ -61,3 +60,12 @@ def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = Non
     ratio = n * cos / denominator
     average = sum(t.to(dtype).reshape(-1) for t in tensors) / n
     return (ratio * average + (1 - ratio) * w0).reshape(base.shape).to(base.dtype)
+
+
+@register_method("passthrough", rows_separable=True, per_model=("scale",), reference="mergekit's passthrough")
+def passthrough(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, scale=None) -> torch.Tensor:
+    """The one model's tensor, times `scale` when given."""
+    if len(tensors) != 1:
+        raise ConfigError(f"passthrough takes exactly one model, got {len(tensors)}")
+    factor = per_model("scale", scale, 1, 1.0)[0]
+    return tensors[0] if factor == 1.0 else (tensors[0].to(compute_dtype(tensors)) * factor).to(tensors[0].dtype)

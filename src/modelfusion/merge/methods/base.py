@@ -35,7 +35,8 @@ class MergeMethod:
     Attributes:
         name: the registered name (a config's `merge_method`).
         function: `function(tensors, base=None, **params) -> Tensor`, pure.
-        needs_base: it merges relative to a base model (a config's base listed among the models is dropped).
+        base: "required" (it merges relative to a base model), "optional" (it uses one when given) or "none"
+            (a base is one more model); a config's base listed among the models is dropped unless "none".
         rows_separable: merging a block of rows gives that block of the merge, so the engine streams rows.
         block_function: for methods that need whole-tensor statistics but can still stream rows (TIES ranks
             magnitudes once per tensor), the function the engine streams with.
@@ -50,7 +51,7 @@ class MergeMethod:
 
     name: str
     function: Callable[..., torch.Tensor]
-    needs_base: bool
+    base: str
     rows_separable: bool = False
     block_function: BlockFunction | None = None
     streams: Callable[[Mapping], bool] = lambda params: True
@@ -77,6 +78,14 @@ class MergeMethod:
             for name, p in declared.items()
             if name not in _INTERNAL_PARAMETERS and name not in self.fixed
         }
+
+    def __post_init__(self) -> None:
+        if self.base not in ("required", "optional", "none"):
+            raise ValueError(f"merge method {self.name!r}: base must be 'required', 'optional' or 'none'")
+
+    @property
+    def needs_base(self) -> bool:
+        return self.base == "required"
 
     @property
     def random(self) -> bool:
@@ -122,31 +131,42 @@ class MergeMethod:
                 if isinstance(value, list | tuple) and len(values) != num_models:
                     raise ConfigError(f"{where} has {len(values)} values for {num_models} models")
                 for v in values:
-                    number = finite_number(v, where)
-                    if key == "density" and not 0 < number <= 1:
-                        raise ConfigError(f"{where} is the share of entries kept: from 0 (excluded) to 1, got {v!r}")
+                    _check_range(key, finite_number(v, where), where)
             elif "bool" in annotation:
                 if not isinstance(value, bool):
                     raise ConfigError(f"{where} must be true or false, got {value!r}")
+            elif annotation.startswith("int"):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ConfigError(f"{where} must be a whole number of at least 0, got {value!r}")
             elif "float" in annotation:
-                number = finite_number(value, where)
-                if key == "gamma" and not 0 <= number < 1:
-                    raise ConfigError(
-                        f"{where} is the share of the largest entries dropped: from 0 to 1, got {value!r}"
-                    )
+                _check_range(key, finite_number(value, where), where)
             elif "str" in annotation and value is not None and not isinstance(value, str):
                 raise ConfigError(f"{where} must be a name, got {type(value).__name__} {value!r}")
+
+
+# Parameters whose numbers have a meaning only in a range: (test, what the number is).
+_RANGES = {
+    "density": (lambda v: 0 < v <= 1, "the share of entries kept: from 0 (excluded) to 1"),
+    "gamma": (lambda v: 0 <= v < 1, "the share of the largest entries dropped: from 0 to 1"),
+    "epsilon": (lambda v: 0 <= v < 0.5, "the spread of keep probabilities around the density: from 0 to 0.5"),
+    "select_topk": (lambda v: 0 < v <= 1, "the share of entries selected: from 0 (excluded) to 1"),
+}
+
+
+def _check_range(key: str, number: float, where: str) -> None:
+    if key in _RANGES and not _RANGES[key][0](number):
+        raise ConfigError(f"{where} is {_RANGES[key][1]}, got {number!r}")
 
 
 METHODS: Registry[MergeMethod] = Registry("merge method")
 
 
-def register_method(name: str, *, needs_base: bool, **description) -> Callable:
+def register_method(name: str, *, base: str = "none", **description) -> Callable:
     """Register the decorated function as the merge method `name` (see `MergeMethod` for `description`); the
     function itself is returned unchanged, for direct calls."""
 
     def decorator(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-        METHODS.register(name)(MergeMethod(name, function, needs_base, **description))
+        METHODS.register(name)(MergeMethod(name, function, base, **description))
         return function
 
     return decorator

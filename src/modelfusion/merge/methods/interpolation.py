@@ -1,4 +1,4 @@
-"""Interpolation between two models on the sphere: SLERP."""
+"""Interpolation between two models: SLERP on the sphere, and NearSwap (the other model where the two are close)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 from ...errors import ConfigError
 from .base import check_shapes, compute_dtype, need_base, register_method
 
-__all__ = ["slerp"]
+__all__ = ["slerp", "nearswap"]
 
 
-@register_method("slerp", needs_base=True, reference="Shoemake, 1985; mergekit's slerp")
+@register_method("slerp", base="required", reference="Shoemake, 1985; mergekit's slerp")
 def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, t: float = 0.5) -> torch.Tensor:
     """Spherical linear interpolation from `base` (t=0) to the one other model (t=1) (Shoemake, 1985).
 
@@ -34,3 +34,17 @@ def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, 
         theta = torch.arccos(dot)
         result = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / torch.sin(theta)
     return result.reshape(base.shape).to(base.dtype)
+
+
+@register_method("nearswap", base="required", reference="alchemonaut/QuartetAnemoi-70B-t0.0001; mergekit")
+def nearswap(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, t: float = 0.5) -> torch.Tensor:
+    """Per entry, move from `base` toward the other model by `min(1, t / |base - other|)`: entries where the two
+    nearly agree take the other model's value, entries where they differ much stay near the base."""
+    base = need_base(base, "nearswap")
+    if len(tensors) != 1:
+        raise ConfigError(f"nearswap takes the base and exactly one other model, got {len(tensors)}")
+    check_shapes(tensors, base)
+    dtype = compute_dtype([base, *tensors])
+    a, b = base.to(dtype), tensors[0].to(dtype)
+    weight = (t / (a - b).abs().clamp(min=1e-6)).clamp(min=0, max=1)
+    return (weight * b + (1 - weight) * a).to(base.dtype)

@@ -1,5 +1,6 @@
-"""Sparsifying task vectors: keep the largest entries (TIES), a random share rescaled (DARE), or drop the
-largest and the smallest (breadcrumbs); exact thresholds in linear time, applied block by block."""
+"""Sparsifying task vectors: keep the largest entries (TIES), a random share rescaled (DARE), a random share
+more likely the larger an entry (DELLA), or drop the largest and the smallest (breadcrumbs); exact thresholds
+in linear time, applied block by block."""
 
 from __future__ import annotations
 
@@ -74,7 +75,32 @@ def _selection(magnitude: torch.Tensor | None, density: float, method: str, gamm
             bottom, top = 0, n - keep
         kept, dropped = _Cut(magnitude, n - bottom), _Cut(magnitude, top)
         return lambda block: kept.mask(block) & ~dropped.mask(block)
-    raise ConfigError(f"unknown sparsification {method!r}; valid: magnitude, random, breadcrumbs")
+    raise ConfigError(f"unknown sparsification {method!r}; valid: magnitude, random, breadcrumbs, della")
+
+
+def _della(delta: torch.Tensor, density: float, epsilon: float, rescale: str | None, seed: int) -> torch.Tensor:
+    """DELLA's MAGPRUNE (Deep et al., 2024): per row, entries are kept with probabilities from density - epsilon
+    (the smallest) to density + epsilon (the largest) by their magnitude's rank; "inverse_density" rescales each
+    kept entry by 1 / its probability (the paper), "l1" restores the row-block's L1 norm (mergekit)."""
+    if not (0 < density - epsilon and density + epsilon < 1):
+        raise ConfigError(
+            f"della: density - epsilon and density + epsilon must lie in (0, 1), got density {density}, "
+            f"epsilon {epsilon}"
+        )
+    rows = delta.reshape(1, -1) if delta.ndim < 2 else delta.reshape(delta.shape[0], -1)
+    width = rows.shape[1]
+    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(torch.float64)  # 0 = the smallest in its row
+    rank_share = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
+    probability = (density - epsilon) + rank_share * 2 * epsilon
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.rand(rows.shape, generator=generator, dtype=torch.float64) < probability
+    kept = rows * keep
+    if rescale == "inverse_density":
+        kept = (kept.double() / probability).to(rows.dtype)
+    elif rescale == "l1":
+        before, after = float(rows.abs().sum()), float(kept.abs().sum())
+        kept = kept * (before / after) if before >= 1e-8 and after >= 1e-8 else kept
+    return kept.reshape(delta.shape)
 
 
 def sparsify(
@@ -83,6 +109,7 @@ def sparsify(
     method: str,
     *,
     gamma: float = 0.01,
+    epsilon: float = 0.15,
     rescale: str | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
@@ -92,12 +119,15 @@ def sparsify(
         density: share of entries kept.
         method: "magnitude" (TIES: keep the top `density` by |delta|), "random" (DARE: keep each entry with
             probability `density`), "breadcrumbs" (drop the top `gamma` and then the smallest, so that
-            `density` remain; Davari and Belilovsky, 2023).
+            `density` remain; Davari and Belilovsky, 2023), "della" (keep each entry with a probability from
+            `density - epsilon` to `density + epsilon` by its magnitude's rank in its row; Deep et al., 2024).
         rescale: None, "inverse_density" (DARE's 1 / density, Yu et al., 2024) or "l1" (restore the L1 norm,
             as mergekit does).
-        seed: seed of the "random" draws.
+        seed: seed of the "random" and "della" draws.
     """
-    blocks = task_vector_blocks(lambda rows: delta, [None], density, method, gamma=gamma, rescale=rescale, seed=seed)
+    blocks = task_vector_blocks(
+        lambda rows: delta, [None], density, method, gamma=gamma, epsilon=epsilon, rescale=rescale, seed=seed
+    )
     return next(blocks)
 
 
@@ -108,6 +138,7 @@ def task_vector_blocks(
     method: str | None,
     *,
     gamma: float = 0.01,
+    epsilon: float = 0.15,
     rescale: str | None = None,
     seed: int = 0,
     numel: int | None = None,
@@ -125,6 +156,9 @@ def task_vector_blocks(
         raise ConfigError(f"density must be in (0, 1], got {density}")
     if rescale not in (None, "inverse_density", "l1"):
         raise ConfigError(f"unknown rescale {rescale!r}; valid: inverse_density, l1, or none")
+    if method == "della":  # random like DARE: the engine gives it whole tensors, never row blocks
+        yield from (_della(read_delta(rows), density, epsilon, rescale, seed) for rows in blocks)
+        return
     magnitude = None
     if method != "random":
         if len(blocks) == 1:

@@ -1,4 +1,5 @@
-"""Task arithmetic and the methods that configure it: TIES, DARE, breadcrumbs (one core, presets of it)."""
+"""Task arithmetic and the methods that configure it: TIES, DARE, breadcrumbs, DELLA (one core, presets of
+it); and SCE, which weighs task vectors by their variance instead."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import ConfigError
-from .base import METHODS, MergeMethod, check_shapes, compute_dtype, need_base, per_model
+from .base import METHODS, MergeMethod, check_shapes, compute_dtype, need_base, per_model, register_method
 from .sparsify import task_vector_blocks
 
-__all__ = ["TaskArithmeticOptions", "task_arithmetic", "task_arithmetic_blocks"]
+__all__ = ["TaskArithmeticOptions", "task_arithmetic", "task_arithmetic_blocks", "sce"]
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,12 @@ class TaskArithmeticOptions:
         density: per model, the share of task-vector entries kept (1: all).
         lambda_: the scale of the mixed task vector (YAML's `lambda`).
         normalize: divide by the sum of the weights (of the agreeing models, with a consensus).
-        sparsification: None, "magnitude" (TIES), "random" (DARE) or "breadcrumbs" (see `sparsify`).
+        sparsification: None, "magnitude" (TIES), "random" (DARE), "breadcrumbs" or "della" (see `sparsify`).
         consensus: None, or "sum": TIES' sign election and disjoint mean.
-        gamma: breadcrumbs' share of the largest entries dropped.
-        rescale: None, "inverse_density" (DARE) or "l1" (mergekit's rescale).
+        gamma: per model (or one for all), breadcrumbs' share of the largest entries dropped.
+        epsilon: per model (or one for all), DELLA's spread of keep probabilities around the density.
+        rescale: None, "inverse_density" (DARE, DELLA) or "l1" (mergekit's rescale).
+        int8_mask: accepted for mergekit's configs; masks here are booleans, so it changes nothing.
         seed: seed of the random drops.
     """
 
@@ -36,8 +39,10 @@ class TaskArithmeticOptions:
     normalize: bool = False
     sparsification: str | None = None
     consensus: str | None = None
-    gamma: float = 0.01
+    gamma: float | Sequence[float] = 0.01
+    epsilon: float | Sequence[float] = 0.15
     rescale: str | None = None
+    int8_mask: bool = False
     seed: int = 0
 
     @classmethod
@@ -76,6 +81,8 @@ def task_arithmetic_blocks(
         raise ConfigError(f"unknown consensus {opts.consensus!r}; valid: sum, or none")
     weights = per_model("weight", opts.weight, count, 1.0)
     densities = per_model("density", opts.density, count, 1.0)
+    gammas = per_model("gamma", opts.gamma, count, 0.01)
+    epsilons = per_model("epsilon", opts.epsilon, count, 0.15)
     cached: dict = {}
 
     def base_rows(rows: slice | None) -> torch.Tensor:
@@ -96,7 +103,8 @@ def task_arithmetic_blocks(
             blocks,
             densities[i],
             opts.sparsification,
-            gamma=opts.gamma,
+            gamma=gammas[i],
+            epsilon=epsilons[i],
             rescale=opts.rescale,
             seed=opts.seed * 1_000_003 + i,
             numel=numel,
@@ -137,11 +145,11 @@ def _register(name: str, reference: str, *, fixed: dict | None = None, defaults:
         MergeMethod(
             name,
             task_arithmetic,
-            needs_base=True,
+            base="required",
             block_function=task_arithmetic_blocks,
-            # random drops (DARE) draw for whole tensors, so that a seed gives the same merge in memory
-            streams=lambda params: params.get("sparsification") != "random",
-            per_model=("weight", "density"),
+            # random drops (DARE, DELLA) draw for whole tensors, so that a seed gives the same merge in memory
+            streams=lambda params: params.get("sparsification") not in ("random", "della"),
+            per_model=("weight", "density", "gamma", "epsilon"),
             fixed=fixed or {},
             defaults=defaults or {},
             options=TaskArithmeticOptions,
@@ -182,3 +190,47 @@ _register(
     fixed={"sparsification": "breadcrumbs", "consensus": "sum"},
     defaults={"normalize": False},
 )
+_register(
+    "della",
+    "DELLA-Merging (Deep et al., 2024): magnitude-ranked random drop, rescaled, then TIES sign election",
+    fixed={"sparsification": "della", "consensus": "sum"},
+    defaults={"rescale": "inverse_density", "normalize": True},
+)
+_register(
+    "della_linear",
+    "DELLA-Merging (Deep et al., 2024): magnitude-ranked random drop, rescaled, then a weighted sum",
+    fixed={"sparsification": "della", "consensus": None},
+    defaults={"rescale": "inverse_density", "normalize": False},
+)
+
+
+@register_method("sce", base="required", reference="Wan et al., 2024, FuseChat (arXiv:2408.07990); mergekit")
+def sce(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None = None,
+    *,
+    select_topk: float = 1.0,
+    int8_mask: bool = False,
+) -> torch.Tensor:
+    """Select, Calculate, Erase: keep the `select_topk` share of entries whose task vectors vary most across
+    the models, weigh each task vector by its mean square, keep only entries agreeing with the elected sign
+    (TIES), and add their weighted mean to the base. `int8_mask` is accepted for mergekit's configs."""
+    base = need_base(base, "sce")
+    check_shapes(tensors, base)
+    dtype = compute_dtype([base, *tensors])
+    b = base.to(dtype)
+    vectors = torch.stack([x.to(dtype) - b for x in tensors])
+    if select_topk < 1:
+        variance = vectors.var(dim=0, unbiased=False)
+        k = int(torch.count_nonzero(variance) * select_topk)
+        selected = torch.zeros(variance.numel(), dtype=dtype)
+        if k > 0:
+            selected[torch.topk(variance.abs().reshape(-1), k=k, largest=True).indices] = 1
+        vectors = vectors * selected.reshape(variance.shape)
+    agree = vectors.sign() == torch.where(vectors.sum(dim=0) >= 0, 1.0, -1.0).to(dtype)
+    mean_square = vectors.square().reshape(len(tensors), -1).mean(dim=1)
+    total = mean_square.sum().item()
+    weights = torch.full_like(mean_square, 1 / len(tensors)) if abs(total) < 1e-6 else mean_square / total
+    weights = weights.reshape(-1, *([1] * (vectors.ndim - 1))) * agree
+    merged = (vectors * weights).sum(dim=0) / weights.sum(dim=0).clamp(min=1e-6)
+    return (b + merged).to(base.dtype)
