@@ -14,7 +14,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +24,13 @@ from rich.console import Console
 from .._atomic import atomic_dir, check_output, jsonable
 from .._progress import progress_bar
 from .._safetensors import check_readable, read_header
-from ..errors import CheckpointError, ConfigError, OutputError
+from ..errors import CheckpointError, ConfigError, IncompatibleModelsError, OutputError
 from ..io.loading import METADATA_KEY as MEMBER_KEY
 from .compat import TensorInfo, check_compatible, compatibility_problems
 from .methods import METHODS, MergeMethod
 from .state_dicts import tensor_seed
 
-__all__ = ["Checkpoint", "MergePlan", "merge_checkpoints", "parse_size"]
+__all__ = ["Checkpoint", "MergePlan", "TensorSource", "Layout", "merge_checkpoints", "parse_size"]
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -173,6 +173,7 @@ class MergePlan:
     out_dir: Path | None = None
     output_refused: str | None = None  # why the output would be refused, found by a dry run
     protected: list = field(default_factory=list)  # what the output must never replace: the inputs
+    config_updates: dict = field(default_factory=dict)  # keys of the copied config.json the merge changes
 
     def describe(self) -> str:
         lines = [f"merge method {self.method!r} over {len(self.models)} models"]
@@ -182,11 +183,28 @@ class MergePlan:
         lines.append(f"  parameters: {self.params or '{}'}")
         lines.append(f"  output dtype: {self.out_dtype or 'as the inputs'}")
         lines.append(f"  {self.num_tensors} tensors, {self.input_bytes / 1e6:.2f} MB read from each input")
+        if self.config_updates:
+            lines.append(f"  config.json: {self.config_updates}")
         lines.append("  compatibility: " + ("OK" if not self.warnings else "; ".join(self.warnings)))
         if self.out_dir is not None:
             verdict = f"REFUSED: {self.output_refused}" if self.output_refused else "OK"
             lines.append(f"  output: {_shown(self.out_dir)}: {verdict}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """Where one output tensor comes from: each merged model's tensor (checkpoint index, tensor name), the
+    base's, and this tensor's parameters (None: the merge's)."""
+
+    name: str
+    inputs: tuple[tuple[int, str], ...]
+    base: tuple[int, str] | None = None
+    params: Mapping | None = None
+
+
+# Given each checkpoint's inventory (the models', then the base's), the output tensors and their sources.
+Layout = Callable[[list[Mapping[str, TensorInfo]]], list[TensorSource]]
 
 
 def _shown(path: Path) -> Path:
@@ -279,23 +297,24 @@ class _StreamingWriter:
             (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _copy_small_files(source: Path, target: Path, out_dtype: str | None) -> None:
-    """Carry the base model's configuration and tokenizer files; a link that leads outside its folder is
-    skipped, so a model folder cannot smuggle another file of the user's into the output."""
+def _copy_small_files(source: Path, target: Path, out_dtype: str | None, updates: Mapping) -> None:
+    """Carry the base model's configuration and tokenizer files, with `updates` (and the output dtype) in its
+    config.json; a link that leads outside its folder is skipped, so a model folder cannot smuggle another
+    file of the user's into the output."""
     folder = source.resolve()
     for file in sorted(source.iterdir()):
         if not file.is_file() or file.suffix not in _COPY_SUFFIXES or file.name == INDEX_NAME:
             continue
         if not file.resolve().is_relative_to(folder) or file.stat().st_size > _COPY_MAX_BYTES:
             continue
-        if file.name == "config.json" and out_dtype:
+        if file.name == "config.json" and (out_dtype or updates):
             try:
                 config = json.loads(file.read_bytes())
             except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
                 raise CheckpointError(f"{file}: not valid JSON ({err}); fix or remove it") from None
             if not isinstance(config, dict):
                 raise CheckpointError(f"{file}: a model config is a JSON object, got {type(config).__name__}")
-            config["torch_dtype"] = out_dtype
+            config.update({**updates, **({"torch_dtype": out_dtype} if out_dtype else {})})
             (target / file.name).write_text(json.dumps(config, indent=2) + "\n")
         else:
             shutil.copyfile(file, target / file.name)
@@ -332,6 +351,8 @@ def merge_checkpoints(
     inputs: Sequence[str | os.PathLike] = (),
     progress: bool = True,
     console: Console | None = None,
+    layout: Layout | None = None,
+    config_updates: Mapping | None = None,
 ) -> MergePlan:
     """Merge safetensors checkpoints tensor by tensor into `out_dir`.
 
@@ -347,11 +368,17 @@ def merge_checkpoints(
         seed: seed of random methods (DARE); each tensor's draws depend only on the seed and its name.
         dry_run: check compatibility and the output, and return the plan without reading or writing tensors.
         inputs: other files of the user's the output must not replace (the config).
+        layout: which input tensors make each output tensor, with what parameters (`slices`, gradients and
+            filters of a config); by default every model's tensor of the same name, with `params`.
+        config_updates: keys to set in the copied config.json (the layer count of a frankenmerge).
 
     Returns:
         The `MergePlan` that was (or, with `dry_run`, would be) carried out.
     """
-    plan, sources = _plan(models, out_dir, method, base, dict(params or {}), out_dtype, dry_run, overwrite, inputs)
+    plan, sources = _plan(
+        models, out_dir, method, base, dict(params or {}), out_dtype, dry_run, overwrite, inputs, layout
+    )
+    plan.config_updates = dict(config_updates or {})
     if dry_run:
         return plan
     _return_freed_memory_promptly()
@@ -363,15 +390,17 @@ def merge_checkpoints(
 
 @dataclass
 class _Sources:
-    """The opened checkpoints of a plan, and the tensors the output will hold (name -> shape, dtype)."""
+    """The opened checkpoints of a plan (the models', then the base's), each output tensor's sources, and the
+    tensors the output will hold (name -> shape, dtype)."""
 
-    models: list[Checkpoint]
-    base: Checkpoint | None
+    checkpoints: list[Checkpoint]
+    tensors: list[TensorSource]
     layout: dict[str, tuple[tuple[int, ...], torch.dtype]]
+    base: Checkpoint | None
 
 
 def _plan(
-    models, out_dir, method: str, base, params: dict, out_dtype, dry_run: bool, overwrite: bool, inputs
+    models, out_dir, method: str, base, params: dict, out_dtype, dry_run: bool, overwrite: bool, inputs, layout
 ) -> tuple[MergePlan, _Sources]:
     """Every check that needs no tensor data (method, parameters, output, files, compatibility), and the plan."""
     merge_method = METHODS[method]
@@ -379,7 +408,8 @@ def _plan(
         raise ConfigError(f"unknown dtype {out_dtype!r}; valid: {', '.join(OUT_DTYPES)}")
     if not models:
         raise ConfigError("no models to merge")
-    merge_method.check(params, len(models))
+    if layout is None:
+        merge_method.check(params, len(models))
     protected = [*models, base, *inputs]
     try:
         check_output(out_dir, kind="folder", overwrite=overwrite, inputs=protected)
@@ -390,28 +420,66 @@ def _plan(
         refused = str(err)
     checkpoints = [Checkpoint(p) for p in models]
     base_checkpoint = Checkpoint(base) if base is not None else None
-    labelled = {str(c.path): c for c in ([base_checkpoint] if base_checkpoint else []) + checkpoints}
-    inventories = {label: c.inventory() for label, c in labelled.items()}
-    check_compatible(inventories)
-    reference = next(iter(inventories.values()))  # the base's inventory, or the first model's: dtypes kept
-    layout = {}
-    for name, (shape, dtype_name) in reference.items():
+    opened = checkpoints + ([base_checkpoint] if base_checkpoint else [])
+    inventories = [c.inventory() for c in opened]
+    if layout is None:
+        order = ([len(models)] if base_checkpoint else []) + list(range(len(models)))  # the base first
+        labelled = {str(opened[i].path): inventories[i] for i in order}
+        check_compatible(labelled)
+        warnings = compatibility_problems(labelled)
+        tensors = _same_names(inventories[-1] if base_checkpoint else inventories[0], len(models), base_checkpoint)
+    else:
+        tensors = layout(inventories)
+        _check_sources(tensors, inventories, [str(c.path) for c in opened], merge_method)
+        warnings = []
+    out_layout = {}
+    for tensor in tensors:
+        index, name = tensor.base or tensor.inputs[0]  # the dtypes the output keeps: the base's, or the first's
+        shape, dtype_name = inventories[index][name]
         dtype = _torch_dtype(dtype_name)
-        layout[name] = (shape, getattr(torch, out_dtype) if out_dtype and dtype.is_floating_point else dtype)
+        out_layout[tensor.name] = (shape, getattr(torch, out_dtype) if out_dtype and dtype.is_floating_point else dtype)
     plan = MergePlan(
         method=method,
         models=[c.path for c in checkpoints],
         base=base_checkpoint.path if base_checkpoint else None,
         params=params,
         out_dtype=out_dtype,
-        num_tensors=len(reference),
-        input_bytes=sum(math.prod(shape) * _torch_dtype(dtype).itemsize for shape, dtype in reference.values()),
-        warnings=compatibility_problems(inventories),
+        num_tensors=len(tensors),
+        input_bytes=sum(math.prod(shape) * dtype.itemsize for shape, dtype in out_layout.values()),
+        warnings=warnings,
         out_dir=Path(out_dir),
         output_refused=refused,
         protected=protected,
     )
-    return plan, _Sources(checkpoints, base_checkpoint, layout)
+    return plan, _Sources(opened, tensors, out_layout, base_checkpoint)
+
+
+def _same_names(reference: Mapping[str, TensorInfo], count: int, base: Checkpoint | None) -> list[TensorSource]:
+    """The default layout: each output tensor from the models' (and the base's) tensors of the same name."""
+    return [
+        TensorSource(name, tuple((i, name) for i in range(count)), (count, name) if base is not None else None)
+        for name in reference
+    ]
+
+
+def _check_sources(tensors: list[TensorSource], inventories, labels: list[str], method: MergeMethod) -> None:
+    """Every source tensor exists and every output tensor's sources have one shape; each tensor's parameters
+    fit the method. All problems are listed, before any tensor is read."""
+    problems = []
+    for tensor in tensors:
+        sources = [*tensor.inputs, *([tensor.base] if tensor.base else [])]
+        missing = [f"{labels[i]} has no {name}" for i, name in sources if name not in inventories[i]]
+        if missing:
+            problems.extend(missing)
+            continue
+        shapes = {inventories[i][name][0] for i, name in sources}
+        if len(shapes) > 1:
+            problems.append(f"{tensor.name} comes from tensors of different shapes {sorted(shapes)}")
+    if problems:
+        listed = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise IncompatibleModelsError(f"the merge's tensors do not line up: {listed}")
+    for params, count in {(json.dumps(jsonable(t.params), sort_keys=True), len(t.inputs)) for t in tensors}:
+        method.check(json.loads(params), count)
 
 
 def _write(plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, seed: int, bar) -> None:
@@ -420,24 +488,27 @@ def _write(plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, s
         "format": "pt",
         "modelfusion.merge": json.dumps({"method": plan.method, "params": jsonable(plan.params)}),
     }
-    member = _member_description(sources.base or sources.models[0])
+    first = sources.base or sources.checkpoints[0]
+    member = _member_description(first)
     if member is not None:  # a saved member's task and factory carry over, so `load_member` reads the merge back
         metadata[MEMBER_KEY] = json.dumps({**member, "name": plan.out_dir.name})
     writer = _StreamingWriter(folder, sources.layout, shard_bytes, metadata)
     task = bar.add_task(f"merging ({plan.method})", total=plan.num_tensors)
     merge_method = METHODS[plan.method]
-    for name, (shape, dtype) in sources.layout.items():
-        for block in _merged_blocks(name, shape, dtype, merge_method, plan.params, sources, tensor_seed(seed, name)):
-            writer.write(name, block.to(dtype))
+    for tensor in sources.tensors:
+        shape, dtype = sources.layout[tensor.name]
+        params = plan.params if tensor.params is None else dict(tensor.params)
+        blocks = _merged_blocks(tensor, shape, dtype, merge_method, params, sources, tensor_seed(seed, tensor.name))
+        for block in blocks:
+            writer.write(tensor.name, block.to(dtype))
         bar.advance(task)
     writer.finish()
-    source = sources.base or sources.models[0]
-    if source.path.is_dir():  # a folder is a model; a lone file's neighbours may be anything
-        _copy_small_files(source.folder, folder, plan.out_dtype)
+    if first.path.is_dir():  # a folder is a model; a lone file's neighbours may be anything
+        _copy_small_files(first.folder, folder, plan.out_dtype, plan.config_updates)
 
 
 def _merged_blocks(
-    name: str,
+    tensor: TensorSource,
     shape: tuple[int, ...],
     dtype: torch.dtype,
     method: MergeMethod,
@@ -446,31 +517,35 @@ def _merged_blocks(
     seed: int,
 ) -> Iterator[torch.Tensor]:
     """One output tensor, as blocks of rows where the method allows streaming, else whole."""
-    block_function = method.blockwise(params, sources.base is not None)
+    checkpoints = sources.checkpoints
+
+    def read(source: tuple[int, str], rows: slice | None = None) -> torch.Tensor:
+        return checkpoints[source[0]].read(source[1], rows)
+
+    if not dtype.is_floating_point:  # integer buffers are copied, not averaged
+        yield read(tensor.base or tensor.inputs[0])
+        return
+    block_function = method.blockwise(params, tensor.base is not None)
     blockwise = method.rows_separable or block_function is not None
     row_bytes = math.prod(shape[1:]) * 4 if shape else 4
     step = max(1, _CHUNK_BYTES // max(row_bytes, 1)) if blockwise and len(shape) >= 1 else None
     # A tensor with no rows (shape [0, ...]) is still written once, empty.
     blocks = [slice(i, i + step) for i in range(0, shape[0], step)] if step and shape[0] else [None]
-    models, base = sources.models, sources.base
-    if not dtype.is_floating_point:  # integer buffers are copied, not averaged
-        yield (base or models[0]).read(name)
-        return
     extra = {"seed": seed} if method.random else {}
     if block_function is not None:
         yield from block_function(
-            lambda i, rows: models[i].read(name, rows),
-            lambda rows: base.read(name, rows),
+            lambda i, rows: read(tensor.inputs[i], rows),
+            lambda rows: read(tensor.base, rows),
             blocks,
-            len(models),
+            len(tensor.inputs),
             numel=math.prod(shape),
             **method.resolve(params),
             **extra,
         )
         return
     for rows in blocks:
-        tensors = [c.read(name, rows) for c in models]
-        yield method(tensors, base.read(name, rows) if base else None, **params, **extra)
+        tensors = [read(source, rows) for source in tensor.inputs]
+        yield method(tensors, read(tensor.base, rows) if tensor.base else None, **params, **extra)
         del tensors
 
 
