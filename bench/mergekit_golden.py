@@ -149,6 +149,65 @@ models:
   - {model: ft1, parameters: {weight: 1.0, density: 0.5, epsilon: 0.1}}
 dtype: float32
 """,
+    "slerp_gradient_slices": """slices:
+  - sources:
+      - {model: base4, layer_range: [0, 4]}
+      - {model: ft4_0, layer_range: [0, 4]}
+merge_method: slerp
+base_model: base4
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+dtype: float32
+""",
+    "passthrough_frankenmerge": """slices:
+  - sources: [{model: ft4_0, layer_range: [0, 3]}]
+  - sources: [{model: ft4_1, layer_range: [1, 4]}]
+merge_method: passthrough
+dtype: float32
+""",
+    "ties_slices": """slices:
+  - sources:
+      - {model: base4, layer_range: [0, 2]}
+      - {model: ft4_0, layer_range: [0, 2], parameters: {weight: 1.0, density: 0.5}}
+      - {model: ft4_1, layer_range: [0, 2], parameters: {weight: 0.5, density: 0.5}}
+  - sources:
+      - {model: base4, layer_range: [2, 4]}
+      - {model: ft4_0, layer_range: [2, 4], parameters: {weight: 0.2, density: 0.9}}
+      - {model: ft4_1, layer_range: [2, 4], parameters: {weight: 1.0, density: 0.9}}
+merge_method: ties
+base_model: base4
+dtype: float32
+""",
+    "ties_gradients": """merge_method: ties
+base_model: base4
+models:
+  - {model: ft4_0, parameters: {weight: [1.0, 0.5], density: [0.3, 0.8]}}
+  - {model: ft4_1, parameters: {weight: 0.7, density: 0.5}}
+parameters: {normalize: true, int8_mask: true}
+dtype: float32
+""",
+    "task_arithmetic_filters": """merge_method: task_arithmetic
+base_model: base4
+models:
+  - model: ft4_0
+    parameters:
+      weight: [{filter: mlp, value: 0.5}, {value: 1.0}]
+  - {model: ft4_1, parameters: {weight: 0.3}}
+parameters:
+  lambda: [{filter: self_attn, value: 0.6}, {value: 0.9}]
+dtype: float32
+""",
+    "linear_out_dtype": """merge_method: linear
+models:
+  - {model: ft4_0, parameters: {weight: 1.0}}
+  - {model: ft4_1, parameters: {weight: 3.0}}
+out_dtype: float16
+""",
 }
 
 
@@ -165,13 +224,17 @@ def main() -> None:
     write_checkpoint(GOLDEN / "base", base)
     for i in range(3):
         write_checkpoint(GOLDEN / f"ft{i}", fine_tune(base, scale=0.02, seed=i + 1))
+    deeper = llama_state_dict(layers=4, seed=10)  # for slices and gradients: four layers
+    write_checkpoint(GOLDEN / "base4", deeper)
+    for i in range(2):
+        write_checkpoint(GOLDEN / f"ft4_{i}", fine_tune(deeper, scale=0.02, seed=i + 11))
     for name, text in CONFIGS.items():
         config = GOLDEN / f"{name}.yaml"
         config.write_text(text)
         out = GOLDEN / f"out_{name}"
         # mergekit reads a relative model path as a hub repository: give it absolute paths, offline.
         absolute = GOLDEN / f"{name}.absolute.yaml"
-        absolute.write_text(re.sub(r"(model|base_model): (base|ft\d)", rf"\1: {GOLDEN}/\2", text))
+        absolute.write_text(re.sub(r"(model|base_model): (base4|ft4_\d|base|ft\d)", rf"\1: {GOLDEN}/\2", text))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         result = subprocess.run(
             [str(tool), str(absolute), str(out), "--no-copy-tokenizer", "--random-seed", "0"],
@@ -186,6 +249,8 @@ def main() -> None:
         if len(merged) != 1:
             raise SystemExit(f"expected one output file from mergekit for {name}, got {merged}")
         shutil.move(str(merged[0]), GOLDEN / f"{name}.mergekit.safetensors")
+        if "slices" in text:  # the layer count it writes
+            shutil.move(str(out / "config.json"), GOLDEN / f"{name}.mergekit.config.json")
         shutil.rmtree(out)
         print(f"{name}: golden written")
 

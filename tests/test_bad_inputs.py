@@ -232,8 +232,8 @@ def merge_project(tmp_path):
             "merge method 'linear' has no parameter 'normalise'; it takes weight, normalize",
         ),
         (
-            "models:\n  - model: m0.safetensors\n  - model: m1.safetensors\nparameters: {weight: [1, 2, 3]}\n",
-            "has a list or mapping value",
+            "models:\n  - model: m0.safetensors\n  - model: m1.safetensors\nparameters: {weight: {a: 1}}\n",
+            "a condition is a mapping with 'value'",
         ),
     ],
 )

@@ -3,6 +3,7 @@
 The golden outputs come from bench/mergekit_golden.py (mergekit in its own venv); mergekit is not needed here.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,13 @@ DETERMINISTIC = [
     "karcher",
     "sce",
     "passthrough",
+    # the config grammar
+    "slerp_gradient_slices",  # slices, a t gradient per filter
+    "passthrough_frankenmerge",  # layer ranges of two models stacked and renumbered
+    "ties_slices",  # per-slice, per-source parameters
+    "ties_gradients",  # per-model gradient lists, int8_mask
+    "task_arithmetic_filters",  # per-model and global filters, lambda
+    "linear_out_dtype",
 ]
 
 
@@ -86,3 +94,14 @@ def test_della_matches_mergekit_statistics(tmp_path):
     # both rescale the kept entries (ours by 1 / p per entry, mergekit to the L1 norm): the merged task vector's
     # projection on the mean of the two is the same within 10%
     assert projections[0] == pytest.approx(projections[1], rel=0.1), projections
+
+
+@pytest.mark.parametrize("method", ["slerp_gradient_slices", "passthrough_frankenmerge", "ties_slices"])
+def test_slices_write_mergekit_layer_count(method, tmp_path):
+    merge(GOLDEN / f"{method}.yaml", tmp_path / "out", progress=False)
+    ours = json.loads((tmp_path / "out" / "config.json").read_text())
+    theirs = json.loads((GOLDEN / f"{method}.mergekit.config.json").read_text())
+    assert ours["num_hidden_layers"] == theirs["num_hidden_layers"]
+    assert len({k.split(".")[2] for k in load_file(str(tmp_path / "out" / "model.safetensors")) if ".layers." in k}) == (
+        ours["num_hidden_layers"]
+    )

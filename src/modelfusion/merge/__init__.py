@@ -53,16 +53,20 @@ def merge(
         root, source, inputs = Path(config).resolve().parent, str(config), [config]
         config = load_config(config)
     try:
-        models, base, params = config.resolve(root)
-        METHODS[config.merge_method].check(params, len(models))
+        resolved = config.resolve(root)
+        if resolved.layout is None:
+            METHODS[config.merge_method].check(resolved.params, len(resolved.models))
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
+    models, base = resolved.models, resolved.base
     inputs += [*models, base]
     run = functools.partial(
         merge_checkpoints,
         out_dir=out_dir,
         method=config.merge_method,
-        params=params,
+        params=resolved.params,
+        layout=resolved.layout,
+        config_updates=resolved.config_updates,
         out_dtype=config.out_dtype or config.dtype,
         shard_size=config.shard_size,
         seed=config.random_seed,

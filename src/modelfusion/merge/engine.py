@@ -52,6 +52,7 @@ OUT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 # Small files worth carrying from the base model: configuration and tokenizer, never weights.
 _COPY_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".md")
 _COPY_MAX_BYTES = 64 * 2**20
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _INDEX_MAX_BYTES = 64 * 2**20
 _CHUNK_BYTES = 8 * 2**20  # float32 bytes per block of rows: small enough that a block's temporaries stay small
 
@@ -314,7 +315,12 @@ def _copy_small_files(source: Path, target: Path, out_dtype: str | None, updates
                 raise CheckpointError(f"{file}: not valid JSON ({err}); fix or remove it") from None
             if not isinstance(config, dict):
                 raise CheckpointError(f"{file}: a model config is a JSON object, got {type(config).__name__}")
-            config.update({**updates, **({"torch_dtype": out_dtype} if out_dtype else {})})
+            for key, value in updates.items():
+                if key == "num_hidden_layers":  # under the name this architecture's config uses
+                    key = next((k for k in _LAYER_COUNT_KEYS if k in config), key)
+                config[key] = value
+            if out_dtype:
+                config["torch_dtype"] = out_dtype
             (target / file.name).write_text(json.dumps(config, indent=2) + "\n")
         else:
             shutil.copyfile(file, target / file.name)
@@ -352,7 +358,7 @@ def merge_checkpoints(
     progress: bool = True,
     console: Console | None = None,
     layout: Layout | None = None,
-    config_updates: Mapping | None = None,
+    config_updates: Mapping | Callable[[], Mapping] | None = None,
 ) -> MergePlan:
     """Merge safetensors checkpoints tensor by tensor into `out_dir`.
 
@@ -370,7 +376,8 @@ def merge_checkpoints(
         inputs: other files of the user's the output must not replace (the config).
         layout: which input tensors make each output tensor, with what parameters (`slices`, gradients and
             filters of a config); by default every model's tensor of the same name, with `params`.
-        config_updates: keys to set in the copied config.json (the layer count of a frankenmerge).
+        config_updates: keys to set in the copied config.json (the layer count of a frankenmerge), or a function
+            that gives them once the layout has run.
 
     Returns:
         The `MergePlan` that was (or, with `dry_run`, would be) carried out.
@@ -378,7 +385,7 @@ def merge_checkpoints(
     plan, sources = _plan(
         models, out_dir, method, base, dict(params or {}), out_dtype, dry_run, overwrite, inputs, layout
     )
-    plan.config_updates = dict(config_updates or {})
+    plan.config_updates = dict((config_updates() if callable(config_updates) else config_updates) or {})
     if dry_run:
         return plan
     _return_freed_memory_promptly()
