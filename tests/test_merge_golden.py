@@ -102,6 +102,5 @@ def test_slices_write_mergekit_layer_count(method, tmp_path):
     ours = json.loads((tmp_path / "out" / "config.json").read_text())
     theirs = json.loads((GOLDEN / f"{method}.mergekit.config.json").read_text())
     assert ours["num_hidden_layers"] == theirs["num_hidden_layers"]
-    assert len({k.split(".")[2] for k in load_file(str(tmp_path / "out" / "model.safetensors")) if ".layers." in k}) == (
-        ours["num_hidden_layers"]
-    )
+    merged = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert len({k.split(".")[2] for k in merged if ".layers." in k}) == ours["num_hidden_layers"]
