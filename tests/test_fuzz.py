@@ -252,30 +252,64 @@ def _config_document(folder, document):
     _only_our_errors(lambda: merge(config, folder / "out", dry_run=True, progress=False))
 
 
+parameter_settings = (
+    json_values
+    | st.lists(st.floats(-2, 2) | st.integers(-2, 3), max_size=4)  # gradients
+    | st.lists(  # filters
+        st.fixed_dictionaries(
+            {"value": json_values}, optional={"filter": st.sampled_from(["w", "*", "e"]) | json_values}
+        ),
+        max_size=3,
+    )
+)
+model_names = st.sampled_from(["m0.safetensors", "m1.safetensors", "../x", "/etc/passwd"]) | st.text(max_size=6)
+slice_lists = st.lists(
+    st.fixed_dictionaries(
+        {
+            "sources": st.lists(
+                st.fixed_dictionaries(
+                    {"model": model_names, "layer_range": st.lists(st.integers(-2, 5), max_size=3) | json_values},
+                    optional={
+                        "parameters": st.dictionaries(
+                            st.sampled_from(["weight", "density"]), parameter_settings, max_size=2
+                        )
+                    },
+                ),
+                max_size=3,
+            )
+        },
+        optional={
+            "parameters": st.dictionaries(st.sampled_from(["t", "lambda", "weight"]), parameter_settings, max_size=2)
+        },
+    ),
+    max_size=2,
+)
+
 config_documents = st.text(max_size=200) | st.fixed_dictionaries(
     {
-        "merge_method": st.sampled_from(["linear", "ties", "slerp", "task_arithmetic", "dare_ties", "model_stock"])
+        "merge_method": st.sampled_from(
+            ["linear", "ties", "slerp", "task_arithmetic", "dare_ties", "model_stock", "passthrough", "nuslerp"]
+        )
         | st.text(max_size=6)
     },
     optional={
         "models": st.lists(
             st.fixed_dictionaries(
-                {
-                    "model": st.sampled_from(["m0.safetensors", "m1.safetensors", "../x", "/etc/passwd"])
-                    | st.text(max_size=6)
-                },
+                {"model": model_names},
                 optional={
                     "parameters": st.dictionaries(
-                        st.sampled_from(["weight", "density", "t", "gamma"]), json_values, max_size=2
+                        st.sampled_from(["weight", "density", "t", "gamma"]), parameter_settings, max_size=2
                     )
                 },
             ),
             max_size=3,
         ),
         "base_model": st.sampled_from(["m0.safetensors", "m1.safetensors"]) | json_values,
+        "slices": slice_lists,
+        "tokenizer_source": st.sampled_from(["base", "union"]) | json_values,
         "parameters": st.dictionaries(
             st.sampled_from(["t", "normalize", "lambda", "rescale", "int8_mask"]) | st.text(max_size=5),
-            json_values,
+            parameter_settings,
             max_size=3,
         ),
         "dtype": json_values | st.sampled_from(["float16", "bfloat16"]),

@@ -163,6 +163,8 @@ def _tensor(name, sources, spec: SliceSpec, base, method: MergeMethod, settings,
     if method.base == "required" and base_source is None:
         raise ConfigError(f"merge method {method.name!r} needs the base model among every slice's sources")
     models = [(s, n) for s, n in sources if base_source is None or s is not base_source[0]]
+    if not models:
+        raise ConfigError(f"{name}: its slice has no model to merge besides the base; add a source")
     params = {}
     for key, setting in {**settings, **spec.settings}.items():
         params[key] = evaluate_setting(setting, name, t)
