@@ -12,6 +12,7 @@ from .align_step import aligned_copies
 from .config import MergeConfig, load_config
 from .engine import Checkpoint, MergePlan, merge_checkpoints
 from .methods import METHODS, MergeMethod
+from .modules import DATA_METHODS, merge_modules
 from .soups import GreedySoup, greedy_soup, uniform_soup
 from .state_dicts import merge_state_dicts
 
@@ -21,6 +22,8 @@ __all__ = [
     "merge",
     "merge_checkpoints",
     "merge_state_dicts",
+    "merge_modules",
+    "DATA_METHODS",
     "MergeConfig",
     "MergePlan",
     "load_config",

@@ -5,6 +5,7 @@
 | `averaging` | `linear` (model soups), `model_stock`, `passthrough` |
 | `interpolation` | `slerp`, `nearswap` |
 | `spherical` | `nuslerp`, `multislerp`, `karcher` |
+| `tsv` | `tsv` (Task Singular Vectors) |
 | `task_arithmetic` | `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`, `breadcrumbs`, `breadcrumbs_ties`, |
 | | `della`, `della_linear`, and `sce` |
 
@@ -20,6 +21,7 @@ from .interpolation import nearswap, slerp
 from .sparsify import sparsify, task_vector_blocks
 from .spherical import karcher, multislerp, nuslerp
 from .task_arithmetic import TaskArithmeticOptions, sce, task_arithmetic, task_arithmetic_blocks
+from .tsv import tsv
 
 __all__ = [
     "METHODS",
@@ -34,6 +36,7 @@ __all__ = [
     "multislerp",
     "karcher",
     "sce",
+    "tsv",
     "task_arithmetic",
     "TaskArithmeticOptions",
     "task_arithmetic_blocks",
