@@ -153,7 +153,8 @@ def test_kth_largest_is_exact_on_large_tensors():
     for values in cases:
         n = values.numel()
         for k in (1, 1000, n // 3, n - 5):
-            assert _kth_largest(values, k).item() == values.kthvalue(n - k + 1).values.item()
+            value, larger = _kth_largest(values, k)
+            assert value.item() == values.kthvalue(n - k + 1).values.item() and larger == int((values > value).sum())
 
 
 @pytest.mark.parametrize("name", METHODS.names())

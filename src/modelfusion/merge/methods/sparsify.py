@@ -13,24 +13,25 @@ from ...errors import ConfigError
 __all__ = ["sparsify", "task_vector_blocks"]
 
 
-def _kth_largest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest value, exactly. Large tensors first narrow the search to a band around an estimate
-    from a fixed sample (two vectorized passes), then select within the band: much faster than `kthvalue`
-    over everything, with the same answer whatever the sample."""
+def _kth_largest(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+    """The k-th largest value, exactly, and how many values are strictly larger. Large tensors first narrow
+    the search to a band around an estimate from a fixed sample (two vectorized passes), then select within
+    the band: much faster than `kthvalue` over everything, with the same answer whatever the sample."""
     n = flat.numel()
-    if n < 1 << 20:
-        return flat.kthvalue(n - k + 1).values
-    sample = flat[torch.randint(0, n, (1 << 16,), generator=torch.Generator().manual_seed(0))].double()
-    quantile = 1 - k / n
-    low, high = torch.quantile(
-        sample, torch.tensor([max(quantile - 0.01, 0.0), min(quantile + 0.01, 1.0)], dtype=torch.float64)
-    )
-    above = int((flat > high).sum())
-    band = flat[(flat >= low) & (flat <= high)]
-    rank = k - above  # the answer's rank from the top inside the band
-    if 1 <= rank <= band.numel():
-        return band.kthvalue(band.numel() - rank + 1).values
-    return flat.kthvalue(n - k + 1).values  # the estimate missed: select over everything
+    if n >= 1 << 20:
+        sample = flat[torch.randint(0, n, (1 << 16,), generator=torch.Generator().manual_seed(0))]
+        size = sample.numel()
+        quantile = 1 - k / n  # a band of +-1% around it, read off the sample (kthvalue: no full sort)
+        low = sample.kthvalue(max(1, min(size, int(max(quantile - 0.01, 0.0) * size)))).values
+        high = sample.kthvalue(max(1, min(size, int(min(quantile + 0.01, 1.0) * size) + 1))).values
+        above = int(torch.count_nonzero(flat > high))
+        band = flat[(flat >= low) & (flat <= high)]
+        rank = k - above  # the answer's rank from the top inside the band
+        if 1 <= rank <= band.numel():
+            value = band.kthvalue(band.numel() - rank + 1).values
+            return value, above + int(torch.count_nonzero(band > value))
+    value = flat.kthvalue(n - k + 1).values  # small, or the estimate missed: select over everything
+    return value, int(torch.count_nonzero(flat > value))
 
 
 class _Cut:
@@ -46,8 +47,8 @@ class _Cut:
         n = flat.numel()
         self.keep_all, self.keep_none, self.taken = k >= n, k <= 0, 0
         if not (self.keep_all or self.keep_none):
-            self.threshold = _kth_largest(flat, k)
-            self.ties = k - int((flat > self.threshold).sum())
+            self.threshold, larger = _kth_largest(flat, k)
+            self.ties = k - larger  # entries equal to the threshold that are kept, first ones first
 
     def mask(self, block: torch.Tensor) -> torch.Tensor:
         if self.keep_all or self.keep_none:

@@ -127,16 +127,26 @@ def _mix(deltas: list[torch.Tensor], weights: list[float], opts: TaskArithmeticO
         if opts.normalize and abs(total) >= 1e-8:
             mixed.div_(total)
         return mixed
-    w = torch.tensor(weights, dtype=deltas[0].dtype).reshape(len(deltas), *([1] * deltas[0].ndim))
-    weighted = torch.stack(deltas) * w
-    # An entry agrees when it is non-zero with the elected sign (a zero sum elects +).
-    positive = weighted.sum(dim=0) >= 0
-    agree = torch.where(positive, weighted > 0, weighted < 0)
-    mixed = torch.where(agree, weighted, 0).sum(dim=0)
+    # TIES: the elected sign is that of the sum of the weighted deltas (a zero sum elects +); an entry agrees when
+    # its weighted delta is non-zero with that sign. The positive and negative parts are summed apart, so the
+    # merge is where(elected +, positive sum, negative sum) without a [models, entries] tensor.
+    positive, negative = torch.zeros_like(deltas[0]), torch.zeros_like(deltas[0])
+    count_positive = torch.zeros_like(deltas[0]) if opts.normalize else None
+    count_negative = torch.zeros_like(deltas[0]) if opts.normalize else None
+    for w, d in zip(weights, deltas, strict=True):
+        weighted = d * w
+        positive.add_(weighted.clamp(min=0))
+        negative.add_(weighted.clamp(max=0))
+        if opts.normalize:
+            count_positive.add_(weighted > 0, alpha=w)
+            count_negative.add_(weighted < 0, alpha=w)
+        del weighted
+    elected = (positive + negative) >= 0
+    mixed = torch.where(elected, positive, negative)
     if opts.normalize:
-        divisor = (w * agree).sum(dim=0)
+        divisor = torch.where(elected, count_positive, count_negative)
         divisor[divisor == 0] = 1
-        mixed = mixed / divisor
+        mixed.div_(divisor)
     return mixed
 
 
