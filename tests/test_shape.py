@@ -24,3 +24,13 @@ def test_the_circle_finder_finds_a_planted_circle():
     assert shape.circles(graph) == [["a", "b", "c"]]
     graph = shape.import_graph()
     assert "modelfusion.merge.methods.base" in graph["modelfusion.merge.methods.averaging"]
+
+
+def test_the_command_line_starts_without_torch():
+    """`modelfusion --help` stays fast: no command imports torch (or scikit-learn) before it runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, modelfusion.cli; print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert shown.strip() == "[]"

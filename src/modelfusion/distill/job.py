@@ -7,16 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from rich.console import Console
-
-from .._atomic import check_output
 from .._checks import parse_json_object
 from ..errors import ConfigError, InvalidInputError
-from .losses import FeatureHints
-from .teachers import build_teacher
-from .training import DistillResult, distill, process_rank
+
+if TYPE_CHECKING:  # the options are read by the command line, which starts without torch
+    from rich.console import Console
+
+    from .training import DistillResult
 
 __all__ = ["DistillJob", "run_job"]
 
@@ -101,10 +100,16 @@ def run_job(
 ) -> DistillResult:
     """Check the output, build the teacher and the student, distill, and save the student (the first process
     under torchrun); `console` gets the one-line result, `note` what was renamed among the teachers."""
+    import torch
+
+    from .._atomic import check_output
     from ..datasets import load_dataset
     from ..io import save_member
     from ..io.factory import build_model
     from ..members import TorchMember
+    from .losses import FeatureHints
+    from .teachers import build_teacher
+    from .training import distill, process_rank
 
     if job.out.suffix != ".safetensors":
         raise InvalidInputError(f"--out {job.out}: outputs are safetensors files; name it with .safetensors")
