@@ -84,7 +84,7 @@ def test_selection_matches_a_full_sort_even_with_ties():
     generator = torch.Generator().manual_seed(0)
     for values in (torch.randn(10_000, generator=generator).abs(), torch.randint(0, 5, (1000,)).float()):
         for k in (1, 17, 500, 999):
-            mask = _Cut(values, k).mask(values)
+            mask = _Cut.of(values, k).mask(values)
             assert int(mask.sum()) == k
             threshold = values.sort(descending=True).values[k - 1]
             assert bool((values[mask] >= threshold).all()) and bool((values[~mask] <= threshold).all())
@@ -139,10 +139,48 @@ def test_merge_state_dicts_reports_every_mismatch():
 
 def test_cut_gives_the_same_selection_block_by_block():
     values = torch.randint(0, 7, (1000,)).float()  # many ties at the threshold
-    whole = _Cut(values, 333).mask(values)
-    cut = _Cut(values, 333)
+    whole = _Cut.of(values, 333).mask(values)
+    cut = _Cut.of(values, 333)
     blocks = torch.cat([cut.mask(block) for block in values.split(128)])
     assert torch.equal(blocks, whole) and int(whole.sum()) == 333
+
+
+def test_a_streamed_cut_equals_the_whole_one_even_when_its_sample_misses():
+    generator = torch.Generator().manual_seed(1)
+    cases = [torch.randn(40_000, generator=generator).abs(), torch.randint(0, 5, (40_000,)).float()]
+    for values in cases:
+        blocks = values.split(4096)
+        for k in (1, 777, 20_000, 39_999):
+            whole = _Cut.of(values, k)
+            expected = whole.mask(values)
+            for sample in (values[::7], torch.zeros(10)):  # a fair sample, and one that misses the band
+                cut = _Cut.streamed(lambda blocks=blocks: iter(blocks), sample, values.numel(), k)
+                got = torch.cat([cut.mask(block) for block in blocks])
+                assert torch.equal(got, expected) and int(got.sum()) == k
+
+
+def test_ties_streamed_over_row_blocks_equals_ties_in_memory(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from modelfusion.merge import engine as engine_module
+    from modelfusion.merge import merge_checkpoints
+
+    generator = torch.Generator().manual_seed(2)
+    base = {"w": torch.randn(600, 300, generator=generator), "b": torch.randn(300, generator=generator)}
+    tunes = [{k: v + 0.1 * torch.randn(v.shape, generator=generator) for k, v in base.items()} for _ in range(3)]
+    paths = []
+    for i, state in enumerate([base, *tunes]):
+        paths.append(tmp_path / f"m{i}.safetensors")
+        save_file(state, str(paths[-1]))
+    expected = merge_state_dicts(tunes, "ties", base=base, density=0.3)
+    chunk = engine_module._CHUNK_BYTES
+    engine_module._CHUNK_BYTES = 300 * 4 * 64  # 64 rows a block: "w" streams in 10 blocks
+    try:
+        merge_checkpoints(paths[1:], tmp_path / "out", "ties", base=paths[0], params={"density": 0.3}, progress=False)
+    finally:
+        engine_module._CHUNK_BYTES = chunk
+    merged = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert all(torch.equal(merged[k], v) for k, v in expected.items())
 
 
 def test_kth_largest_is_exact_on_large_tensors():

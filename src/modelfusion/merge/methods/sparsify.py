@@ -13,23 +13,40 @@ from ...errors import ConfigError
 __all__ = ["sparsify", "task_vector_blocks"]
 
 
+def _band(sample: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds that, by the sample, hold the k-th largest of n values with a margin of 1% of the ranks."""
+    size = sample.numel()
+    quantile = 1 - k / n  # read off the sample with kthvalue: no full sort
+    low = sample.kthvalue(max(1, min(size, int(max(quantile - 0.01, 0.0) * size)))).values
+    high = sample.kthvalue(max(1, min(size, int(min(quantile + 0.01, 1.0) * size) + 1))).values
+    return low, high
+
+
+def _in_band(parts, low, high, k: int) -> tuple[torch.Tensor, int] | None:
+    """The k-th largest value and how many are larger, from the values of `parts` (flat tensors) that lie in
+    [low, high] and the count above high; None when the k-th largest is outside the band."""
+    above, band = 0, []
+    for flat in parts:
+        above += int(torch.count_nonzero(flat > high))
+        band.append(flat[(flat >= low) & (flat <= high)])
+    band = torch.cat(band)
+    rank = k - above  # the answer's rank from the top inside the band
+    if not 1 <= rank <= band.numel():
+        return None
+    value = band.kthvalue(band.numel() - rank + 1).values
+    return value, above + int(torch.count_nonzero(band > value))
+
+
 def _kth_largest(flat: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
     """The k-th largest value, exactly, and how many values are strictly larger. Large tensors first narrow
-    the search to a band around an estimate from a fixed sample (two vectorized passes), then select within
-    the band: much faster than `kthvalue` over everything, with the same answer whatever the sample."""
+    the search to a band around an estimate from a fixed sample, then select within the band: much faster
+    than `kthvalue` over everything, with the same answer whatever the sample."""
     n = flat.numel()
     if n >= 1 << 20:
         sample = flat[torch.randint(0, n, (1 << 16,), generator=torch.Generator().manual_seed(0))]
-        size = sample.numel()
-        quantile = 1 - k / n  # a band of +-1% around it, read off the sample (kthvalue: no full sort)
-        low = sample.kthvalue(max(1, min(size, int(max(quantile - 0.01, 0.0) * size)))).values
-        high = sample.kthvalue(max(1, min(size, int(min(quantile + 0.01, 1.0) * size) + 1))).values
-        above = int(torch.count_nonzero(flat > high))
-        band = flat[(flat >= low) & (flat <= high)]
-        rank = k - above  # the answer's rank from the top inside the band
-        if 1 <= rank <= band.numel():
-            value = band.kthvalue(band.numel() - rank + 1).values
-            return value, above + int(torch.count_nonzero(band > value))
+        found = _in_band([flat], *_band(sample, n, k), k)
+        if found is not None:
+            return found
     value = flat.kthvalue(n - k + 1).values  # small, or the estimate missed: select over everything
     return value, int(torch.count_nonzero(flat > value))
 
@@ -42,13 +59,30 @@ class _Cut:
     the blocks in order.
     """
 
-    def __init__(self, magnitude: torch.Tensor, k: int) -> None:
-        flat = magnitude.reshape(-1)
-        n = flat.numel()
+    def __init__(self, k: int, n: int, threshold: torch.Tensor | None = None, larger: int = 0) -> None:
         self.keep_all, self.keep_none, self.taken = k >= n, k <= 0, 0
-        if not (self.keep_all or self.keep_none):
-            self.threshold, larger = _kth_largest(flat, k)
-            self.ties = k - larger  # entries equal to the threshold that are kept, first ones first
+        self.threshold = threshold
+        self.ties = k - larger  # entries equal to the threshold that are kept, first ones first
+
+    @classmethod
+    def of(cls, magnitude: torch.Tensor, k: int) -> _Cut:
+        """The cut of a magnitude held whole."""
+        flat = magnitude.reshape(-1)
+        if k >= flat.numel() or k <= 0:
+            return cls(k, flat.numel())
+        return cls(k, flat.numel(), *_kth_largest(flat, k))
+
+    @classmethod
+    def streamed(cls, magnitudes: Callable[[], Iterator[torch.Tensor]], sample: torch.Tensor, n: int, k: int) -> _Cut:
+        """The cut of a magnitude seen block by block (`magnitudes()` yields them anew), never held whole:
+        one pass counts the values above a band the sample gives and keeps those inside it; the whole
+        magnitude is gathered only if the sample missed."""
+        if k >= n or k <= 0:
+            return cls(k, n)
+        found = _in_band((block.reshape(-1) for block in magnitudes()), *_band(sample, n, k), k)
+        if found is None:
+            found = _kth_largest(torch.cat([block.reshape(-1) for block in magnitudes()]), k)
+        return cls(k, n, *found)
 
     def mask(self, block: torch.Tensor) -> torch.Tensor:
         if self.keep_all or self.keep_none:
@@ -61,20 +95,20 @@ class _Cut:
         return mask
 
 
-def _selection(magnitude: torch.Tensor | None, density: float, method: str, gamma: float, generator_seed: int):
-    """A stateful `block magnitude -> keep mask` for one task vector (see `sparsify`)."""
+def _selection(cut: Callable[[int], _Cut] | None, n: int, density: float, method: str, gamma: float, seed: int):
+    """A stateful `block magnitude -> keep mask` for one task vector of n entries (see `sparsify`); `cut(k)`
+    selects the k largest magnitudes."""
     if method == "random":
-        generator = torch.Generator().manual_seed(generator_seed)
+        generator = torch.Generator().manual_seed(seed)
         return lambda block: torch.rand(block.shape, generator=generator, dtype=torch.float64) < density
-    n = magnitude.numel()
     if method == "magnitude":
-        return _Cut(magnitude, max(1, int(density * n))).mask
+        return cut(max(1, int(density * n))).mask
     if method == "breadcrumbs":
         keep, top = int(n * density), int(n * gamma)
         bottom = n - keep - top
         if bottom < 0:
             bottom, top = 0, n - keep
-        kept, dropped = _Cut(magnitude, n - bottom), _Cut(magnitude, top)
+        kept, dropped = cut(n - bottom), cut(top)
         return lambda block: kept.mask(block) & ~dropped.mask(block)
     raise ConfigError(f"unknown sparsification {method!r}; valid: magnitude, random, breadcrumbs, della")
 
@@ -147,8 +181,9 @@ def task_vector_blocks(
     """One sparsified task vector, block by block: `read_delta(rows)` gives its rows (None: all of it);
     `numel`, the size of the whole tensor, is needed when there is more than one block.
 
-    Selections that rank magnitudes see the whole |delta| once (built block by block, one tensor in memory),
-    then every block is masked with the same thresholds, so the result does not depend on the blocks.
+    Selections that rank magnitudes find their thresholds first (for several blocks, by passes over the blocks
+    that never hold the whole |delta|), then mask every block with them, so the result does not depend on the
+    blocks.
     """
     if method is None or density >= 1:
         yield from (read_delta(rows) for rows in blocks)
@@ -160,30 +195,37 @@ def task_vector_blocks(
     if method == "della":  # random like DARE: the engine gives it whole tensors, never row blocks
         yield from (_della(read_delta(rows), density, epsilon, rescale, seed) for rows in blocks)
         return
-    magnitude = None
+    cut, n = None, numel
     if method != "random":
         if len(blocks) == 1:
             magnitude = read_delta(blocks[0]).abs().reshape(-1)
-        else:  # filled block by block into one buffer: no list of parts to concatenate
-            start = 0
-            for rows in blocks:
-                part = read_delta(rows).abs().reshape(-1)
-                if magnitude is None:
-                    magnitude = torch.empty(numel, dtype=part.dtype)
-                magnitude[start : start + part.numel()] = part
-                start += part.numel()
+            n = magnitude.numel()
+
+            def cut(k: int) -> _Cut:
+                return _Cut.of(magnitude, k)
+        else:  # never the whole |delta| at once: the thresholds come from passes over the blocks
+
+            def cut(k: int) -> _Cut:
+                return _Cut.streamed(lambda: (read_delta(rows).abs() for rows in blocks), sample, numel, k)
+
+            sample = _row_sample(read_delta, blocks)
     scale = 1.0 / density if rescale == "inverse_density" else 1.0
     if rescale == "l1":
-        select = _selection(magnitude, density, method, gamma, seed)
+        select = _selection(cut, n, density, method, gamma, seed)
         before = after = 0.0
         for rows in blocks:
             block = read_delta(rows).abs()
             before += float(block.sum())
             after += float((block * select(block)).sum())
         scale = before / after if before >= 1e-8 and after >= 1e-8 else 1.0
-    select = _selection(magnitude, density, method, gamma, seed)
-    del magnitude
+    select = _selection(cut, n, density, method, gamma, seed)
     for rows in blocks:
         delta = read_delta(rows)
         kept = delta * select(delta.abs())
         yield kept * scale if scale != 1.0 else kept
+
+
+def _row_sample(read_delta: Callable[[slice | None], torch.Tensor], blocks: Sequence[slice]) -> torch.Tensor:
+    """|delta| of the first rows of up to 64 blocks spread over the tensor: the sample that places the band."""
+    step = max(1, len(blocks) // 64)
+    return torch.cat([read_delta(slice(b.start, b.start + 4)).abs().reshape(-1) for b in blocks[::step]])
