@@ -34,3 +34,17 @@ def test_the_command_line_starts_without_torch():
     code = "import sys, modelfusion.cli; print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))"
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert shown.strip() == "[]"
+
+
+def test_merging_and_loading_import_neither_scikit_learn_nor_matplotlib():
+    """A merge of big checkpoints keeps its memory for tensors: the merge engine and the readers do not pull in
+    the evaluation and plotting stack (about 65 MB of it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, modelfusion.merge, modelfusion.io; "
+        "print(sorted(m for m in ('sklearn', 'matplotlib', 'modelfusion.features') if m in sys.modules))"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert shown.strip() == "[]"

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ModelFusionError
-from ..features.splice import Spliced, splice
 from ..models import MODELS
 
 __all__ = [
@@ -215,11 +214,13 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
 
 
 @MODELS.register("spliced")
-def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs: int, in_features: int) -> Spliced:
+def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs: int, in_features: int) -> nn.Module:
     """A factory for checkpoints of spliced models (registered as "spliced"): rebuilds the backbone from its
     own factory, cuts it and adds a `num_outputs` head, so `load_member` restores the weights. The backbone
     factory must be registered too, with arguments checked like a file's: a checkpoint never names code to run.
     For any other backbone, rebuild with `splice(your_backbone, ...)` and load the weights with load_state_dict.
     """
+    from ..features.splice import splice  # here, not above: loading other checkpoints needs none of features
+
     trunk = build_named_model(backbone, backbone_kwargs, "a spliced checkpoint's backbone")
     return splice(trunk, num_outputs, at=at, example_input=torch.zeros(2, in_features))
