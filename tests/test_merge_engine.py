@@ -1,5 +1,6 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -264,3 +265,16 @@ def test_a_method_registered_outside_the_package_runs_streamed_in_memory_and_fro
             merge_checkpoints([root / "ft0"], tmp_path / "bad", "test_max", params={"weight": 1}, progress=False)
     finally:
         METHODS.unregister("test_max")
+
+
+def test_slice_errors_name_the_config_file(tmp_path):
+    golden = Path(__file__).parent / "golden" / "mergekit"
+    config = tmp_path / "frankenmerge.yaml"
+    config.write_text(
+        f"slices: [{{sources: [{{model: {golden / 'ft4_0'}, layer_range: [0, 9]}}]}}]\nmerge_method: passthrough\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"frankenmerge.yaml: slice 0: layer_range \[0, 9\] of .* outside its 4 layers"
+    ):
+        merge(config, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

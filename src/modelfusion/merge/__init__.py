@@ -78,8 +78,13 @@ def merge(
         inputs=inputs,
         progress=progress,
     )
-    if config.align is not None and not dry_run:
-        check_output(out_dir, kind="folder", overwrite=overwrite, inputs=inputs)  # before the alignment's work
-        with aligned_copies(models, base, config.align) as (models, base):
-            return run(models, base=base)
-    return run(models, base=base)
+    try:
+        if config.align is not None and not dry_run:
+            check_output(out_dir, kind="folder", overwrite=overwrite, inputs=inputs)  # before the alignment's work
+            with aligned_copies(models, base, config.align) as (models, base):
+                return run(models, base=base)
+        return run(models, base=base)
+    except ConfigError as err:  # a setting of the config (a slice's range, a parameter): name the file
+        if source in str(err):
+            raise
+        raise ConfigError(f"{source}: {err}") from None
