@@ -26,6 +26,7 @@ __all__ = [
     "check_state_dict",
     "load_state_dict_checked",
     "spliced_model",
+    "compressed_model",
 ]
 
 MAX_LISTED = 5
@@ -224,3 +225,14 @@ def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs:
 
     trunk = build_named_model(backbone, backbone_kwargs, "a spliced checkpoint's backbone")
     return splice(trunk, num_outputs, at=at, example_input=torch.zeros(2, in_features))
+
+
+@MODELS.register("compressed")
+def compressed_model(model: str, model_kwargs: Mapping, method: str, params: Mapping) -> nn.Module:
+    """A factory for checkpoints of compressed models (registered as "compressed"): rebuilds the original from
+    its own registered factory, checked like a file's, and gives it the compression's structure (quantized
+    layers, half precision) so that `load_member` restores the compressed weights."""
+    from ..compress import apply_compression  # here: loading other checkpoints needs none of it
+
+    original = build_named_model(model, model_kwargs, "a compressed checkpoint's original model")
+    return apply_compression(original, method, dict(params), structure_only=True)

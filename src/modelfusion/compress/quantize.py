@@ -1,0 +1,96 @@
+"""Weight-only quantization of Linear layers (int8, int4 packed two per byte) and half-precision casts.
+
+A quantized layer stores its weight as integers with one scale per output row, or per group of `group_size`
+input columns, and dequantizes it in its forward pass: the model takes and returns float32 like the original,
+and its saved size is what the integers and scales take.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["QuantizedLinear", "HalfPrecision", "quantize_linears"]
+
+
+class QuantizedLinear(nn.Module):
+    """A Linear layer whose weight is symmetric `bits`-bit integers (8, or 4 packed two per byte) times scales."""
+
+    def __init__(self, in_features: int, out_features: int, *, bits: int, group_size: int = 0, bias: bool = True):
+        super().__init__()
+        if bits not in (8, 4):
+            raise ConfigError(f"weight-only quantization takes 8 or 4 bits, got {bits}")
+        group = group_size or in_features
+        if in_features % group or (bits == 4 and in_features % 2):
+            raise ConfigError(
+                f"a Linear layer of {in_features} inputs cannot take groups of {group}"
+                + (" (int4 also needs an even number of inputs)" if bits == 4 else "")
+            )
+        self.in_features, self.out_features, self.bits, self.group = in_features, out_features, bits, group
+        width = in_features if bits == 8 else in_features // 2
+        self.register_buffer("packed", torch.zeros(out_features, width, dtype=torch.int8 if bits == 8 else torch.uint8))
+        self.register_buffer("scale", torch.ones(out_features, in_features // group, dtype=torch.float16))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @property
+    def largest(self) -> int:
+        return 127 if self.bits == 8 else 7
+
+    @classmethod
+    def of(cls, linear: nn.Linear, *, bits: int, group_size: int = 0) -> QuantizedLinear:
+        layer = cls(
+            linear.in_features, linear.out_features, bits=bits, group_size=group_size, bias=linear.bias is not None
+        )
+        weight = linear.weight.detach().float().reshape(linear.out_features, -1, layer.group)
+        scale = (weight.abs().amax(dim=2) / layer.largest).clamp(min=1e-12).half()
+        q = (
+            torch.round(weight / scale.float()[..., None])
+            .clamp(-layer.largest, layer.largest)
+            .reshape(linear.out_features, -1)
+        )
+        if bits == 8:
+            layer.packed.copy_(q.to(torch.int8))
+        else:
+            nibbles = (q + 8).to(torch.uint8)  # 1..15
+            layer.packed.copy_(nibbles[:, 0::2] | (nibbles[:, 1::2] << 4))
+        layer.scale.copy_(scale)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach().float())
+        return layer
+
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, float32 `[out, in]`."""
+        if self.bits == 8:
+            q = self.packed.float()
+        else:
+            low, high = (self.packed & 0x0F).float() - 8, (self.packed >> 4).float() - 8
+            q = torch.stack([low, high], dim=2).reshape(self.out_features, self.in_features)
+        scale = self.scale.float().repeat_interleave(self.group, dim=1)
+        return q * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight(), self.bias)
+
+
+class HalfPrecision(nn.Module):
+    """A model kept in float16 or bfloat16 that takes and returns float32."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+def quantize_linears(model: nn.Module, *, bits: int, group_size: int = 0) -> nn.Module:
+    """`model` with every Linear layer replaced by a `QuantizedLinear` (in place; returns the model)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(model, name, QuantizedLinear.of(child, bits=bits, group_size=group_size))
+        else:
+            quantize_linears(child, bits=bits, group_size=group_size)
+    return model
