@@ -232,7 +232,7 @@ def compressed_model(model: str, model_kwargs: Mapping, method: str, params: Map
     """A factory for checkpoints of compressed models (registered as "compressed"): rebuilds the original from
     its own registered factory, checked like a file's, and gives it the compression's structure (quantized
     layers, half precision) so that `load_member` restores the compressed weights."""
-    from ..compress import apply_compression  # here: loading other checkpoints needs none of it
+    from ..compress.methods import apply_compression  # here: loading other checkpoints needs none of it
 
     original = build_named_model(model, model_kwargs, "a compressed checkpoint's original model")
     return apply_compression(original, method, dict(params), structure_only=True)

@@ -1,0 +1,82 @@
+"""The registry of compression methods, each a small function over a copy of the model."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .prune import prune_magnitude
+from .quantize import HalfPrecision, QuantizedLinear, quantize_linears
+
+__all__ = ["COMPRESSORS", "Compressor", "apply_compression"]
+
+
+@dataclass(frozen=True)
+class Compressor:
+    """A compression method: `function(model, **params) -> compressed model`, and whether it changes the
+    model's structure (quantized layers, half precision) or only its weights' values (pruning), which decides
+    what a saved file must rebuild."""
+
+    function: Callable[..., nn.Module]
+    changes_structure: bool = True
+
+
+COMPRESSORS: Registry[Compressor] = Registry("compression method")
+
+
+def _register(name: str, *, changes_structure: bool = True) -> Callable:
+    def decorator(function: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        COMPRESSORS.register(name)(Compressor(function, changes_structure))
+        return function
+
+    return decorator
+
+
+@_register("int8-weight")
+def _int8(model: nn.Module, *, group_size: int = 0) -> nn.Module:
+    return _quantized(model, bits=8, group_size=group_size)
+
+
+@_register("int4")
+def _int4(model: nn.Module, *, group_size: int = 32) -> nn.Module:
+    return _quantized(model, bits=4, group_size=group_size)
+
+
+def _quantized(model: nn.Module, *, bits: int, group_size: int) -> nn.Module:
+    if isinstance(model, nn.Linear):
+        return QuantizedLinear.of(model, bits=bits, group_size=group_size)
+    return quantize_linears(model, bits=bits, group_size=group_size)
+
+
+@_register("fp16")
+def _fp16(model: nn.Module) -> nn.Module:
+    return HalfPrecision(model, torch.float16)
+
+
+@_register("bf16")
+def _bf16(model: nn.Module) -> nn.Module:
+    return HalfPrecision(model, torch.bfloat16)
+
+
+@_register("prune", changes_structure=False)
+def _prune(model: nn.Module, *, amount: float = 0.5, scope: str = "global") -> nn.Module:
+    return prune_magnitude(model, amount, scope=scope)
+
+
+def apply_compression(model: nn.Module, method: str, params: dict, *, structure_only: bool = False) -> nn.Module:
+    """`model` (a copy: the argument is not changed) compressed by `method` with `params`; with
+    `structure_only`, only what a saved file needs rebuilt (a method that changes values only returns the copy
+    as it is)."""
+    compressor = COMPRESSORS[method]
+    if structure_only and not compressor.changes_structure:
+        return copy.deepcopy(model)
+    try:
+        return compressor.function(copy.deepcopy(model), **params)
+    except TypeError as err:
+        raise ConfigError(f"compression {method!r}: bad parameters {params} ({err})") from None
