@@ -104,19 +104,11 @@ def slice_layout(
                     sources = [(s, f"{prefix}{(s.start or 0) + step}.{rest}") for s in spec.sources]
                     layers.append(_tensor(out, sources, spec, base, method, settings, t, labels))
             offset += count
-            if number in (0, len(slices) - 1):
-                for name in inventories[first.checkpoint]:
-                    if layer_of(name) is not None:
-                        continue
-                    early = any(hint in name for hint in _EMBEDDING_HINTS)
-                    if early and number == 0:
-                        pre.append(
-                            _tensor(name, [(s, name) for s in spec.sources], spec, base, method, settings, 0, labels)
-                        )
-                    elif not early and number == len(slices) - 1:
-                        post.append(
-                            _tensor(name, [(s, name) for s in spec.sources], spec, base, method, settings, 0, labels)
-                        )
+            for name in inventories[first.checkpoint]:  # outside the layers: from the first or the last slice
+                early = any(hint in name for hint in _EMBEDDING_HINTS)
+                if layer_of(name) is None and number == (0 if early else len(slices) - 1):
+                    tensor = _tensor(name, [(s, name) for s in spec.sources], spec, base, method, settings, 0, labels)
+                    (pre if early else post).append(tensor)
         layer_count[:] = [offset]
         return pre + layers + post
 
