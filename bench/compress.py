@@ -5,7 +5,8 @@
 Per seed: the `digits-mlp` recipe's MLP trained on that seed's split, then each method of
 `modelfusion.compress.COMPRESSORS` with its defaults. Bytes: the weights as stored (`Compressed.size_bytes`)
 against fp32. Accuracy on the test split (the loss is in points against the uncompressed model). Latency:
-median of 30 warm runs at batch 1 and batch 256, on the threads torch is given (the command sets one).
+median of 30 warm runs at batch 1 and batch 256 (`modelfusion.compress.measure`), on the threads torch is
+given (the command sets one).
 """
 
 from __future__ import annotations
@@ -13,27 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
-from modelfusion.compress import COMPRESSORS, compress
+from modelfusion.compress import COMPRESSORS, compress, measure
 from modelfusion.datasets import load_dataset
 from modelfusion.evaluate.stats import t_interval
 from modelfusion.training import RECIPES, score_classifier
-
-
-def latency(model, X: torch.Tensor, runs: int = 30) -> float:
-    """Median seconds of one forward pass on X, after 5 warm-up passes."""
-    with torch.no_grad():
-        for _ in range(5):
-            model(X)
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            model(X)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -50,13 +37,14 @@ def main() -> None:
         candidates = {"fp32": model, **{m: compress(model, m).model for m in COMPRESSORS.names()}}
         for name, compressed in candidates.items():
             size = fp32_bytes if name == "fp32" else compress(model, name).size_bytes
+            measured = measure(compressed, data.test, runs=30)
             rows.setdefault(name, []).append(
                 {
                     "bytes_ratio": size / fp32_bytes,
-                    "accuracy": score_classifier(compressed, data.test)["accuracy"] * 100,
-                    "loss_points": (base_accuracy - score_classifier(compressed, data.test)["accuracy"]) * 100,
-                    "latency_1_us": latency(compressed, data.test.X[:1]) * 1e6,
-                    "latency_256_us": latency(compressed, data.test.X[:256]) * 1e6,
+                    "accuracy": measured["accuracy"] * 100,
+                    "loss_points": (base_accuracy - measured["accuracy"]) * 100,
+                    "latency_1_us": measured["latency_batch_1_us"],
+                    "latency_256_us": measured["latency_batch_256_us"],
                 }
             )
         print(f"seed {seed}: " + ", ".join(f"{n} {r[-1]['accuracy']:.2f}%" for n, r in rows.items()), flush=True)

@@ -9,6 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
 from modelfusion.cli import app
+from modelfusion.compress import compress
 from modelfusion.features import Cascade, spliced_member
 from modelfusion.io import load_member, save_member
 from modelfusion.members import SklearnMember, TorchMember
@@ -111,3 +112,24 @@ def test_align_command_reports_the_api_midpoint_accuracies(tmp_path, digits):
     result = align(models, X=digits.train.X[:1024])
     naive, aligned = midpoint_accuracy(*models, digits.val), midpoint_accuracy(*result.models, digits.val)
     assert f"naive {naive:.3f}, aligned {aligned:.3f}" in printed
+
+
+def test_compress_command_writes_the_model_and_its_before_after_report(backbone, tmp_path, digits):
+    out = tmp_path / "small"
+    printed = _run(["compress", str(backbone), "--method", "int4", "--group-size", "16", "--out", str(out)])
+    assert "before" in printed and "after" in printed and "batch 256" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["after"]["bytes"] < 0.2 * report["before"]["bytes"] and report["params"] == {"group_size": 16}
+    loaded = load_member(out / "mlp_int4.safetensors")
+    expected = compress(load_member(backbone), "int4", group_size=16).model(digits.test.X).detach()
+    torch.testing.assert_close(loaded.predict(digits.test.X), expected)
+    assert report["after"]["accuracy"] == pytest.approx(
+        float((expected.argmax(1) == digits.test.y).float().mean()), abs=1e-6
+    )
+    assert "exists and is not empty; pass --overwrite" in _error(
+        ["compress", str(backbone), "--method", "int4", "--out", str(out)]
+    )
+    assert "unknown compression method 'int3'" in _error(
+        ["compress", str(backbone), "--method", "int3", "--out", str(tmp_path / "x")]
+    )
+    assert not (tmp_path / "x").exists()

@@ -319,7 +319,7 @@ config_documents = st.text(max_size=200) | st.fixed_dictionaries(
     },
 )
 
-COMMANDS = ["predict", "ensemble", "evaluate", "merge", "align", "distill", "splice", "finetune", "cascade"]
+COMMANDS = ["predict", "ensemble", "evaluate", "merge", "align", "distill", "splice", "finetune", "cascade", "compress"]
 OPTIONS = [
     "--out",
     "--seed",
@@ -356,6 +356,8 @@ OPTIONS = [
     "--costs",
     "--target-accuracy",
     "--budget",
+    "--amount",
+    "--group-size",
 ]
 VALUES = [
     "-1",

@@ -478,6 +478,56 @@ def cascade(
         write_json(json_out, report)
 
 
+@_command
+def compress(
+    checkpoint: Annotated[Path, typer.Argument(readable=False, help="a saved torch member with a registered factory")],
+    method: Annotated[str, typer.Option(help="int8-weight, int4, fp16, bf16 or prune (modelfusion.compress)")],
+    out: Annotated[Path, typer.Option(help="folder for the compressed model and report.json")],
+    amount: Annotated[float | None, typer.Option(help="prune: the fraction of weights removed")] = None,
+    group_size: Annotated[int | None, typer.Option(help="int8-weight, int4: inputs per scale (0: one per row)")] = None,
+    dataset: Annotated[str, typer.Option(help="embedded dataset the model was trained on, to score it")] = "digits",
+    seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Compress a saved model; print its bytes, test accuracy, NLL and latency before and after.
+
+    Python: `modelfusion.compress.compress(load_member(path), method, ...)`, `.save(path)`, `measure(model, split)`.
+    """
+    from rich.table import Table
+
+    from ._atomic import atomic_dir, check_output, write_json
+    from .compress import compress as run_compress
+    from .compress import measure
+    from .datasets import load_dataset
+
+    check_output(out, kind="folder", overwrite=overwrite, inputs=[checkpoint])  # before any work
+    member = _torch_member(checkpoint)
+    params = {k: v for k, v in {"amount": amount, "group_size": group_size}.items() if v is not None}
+    data = load_dataset(dataset, seed=seed)
+    result = run_compress(member, method, **params)
+    before = {**measure(member.module, data.test), "bytes": sum(t.nbytes for t in member.module.state_dict().values())}
+    after = {**measure(result.model, data.test), "bytes": result.size_bytes}
+    with atomic_dir(out, overwrite=overwrite, inputs=[checkpoint]) as tmp:
+        saved = result.save(tmp / f"{member.name}_{method}.safetensors")
+        write_json(tmp / "report.json", {"method": method, "params": params, "before": before, "after": after})
+    table = Table(
+        title=f"{member.name}: {method} (test split of {dataset}, seed {seed}; {before['threads']} thread(s))"
+    )
+    for column in ("", "bytes", "test accuracy", "NLL", "batch 1 (µs)", "batch 256 (µs)"):
+        table.add_column(column, justify="right")
+    for name, row in (("before", before), ("after", after)):
+        table.add_row(
+            name,
+            f"{row['bytes']:,}",
+            f"{row['accuracy']:.4f}",
+            f"{row['nll']:.4f}",
+            f"{row['latency_batch_1_us']:.0f}",
+            f"{row['latency_batch_256_us']:.0f}",
+        )
+    console.print(table)
+    console.print(f"-> {out / saved.name}", highlight=False)
+
+
 def main() -> None:
     app()
 
