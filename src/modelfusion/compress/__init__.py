@@ -31,6 +31,7 @@ from .quantize import HalfPrecision, QuantizedLinear
 
 __all__ = [
     "compress",
+    "measure",
     "Compressed",
     "Compressor",
     "COMPRESSORS",
