@@ -34,9 +34,9 @@ def main() -> None:
         model = RECIPES["digits-mlp"].train(data, seed=seed).eval()
         fp32_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         base_accuracy = score_classifier(model, data.test)["accuracy"]
-        candidates = {"fp32": model, **{m: compress(model, m).model for m in COMPRESSORS.names()}}
-        for name, compressed in candidates.items():
-            size = fp32_bytes if name == "fp32" else compress(model, name).size_bytes
+        results = {m: compress(model, m) for m in COMPRESSORS.names()}
+        candidates = {"fp32": (model, fp32_bytes), **{m: (r.model, r.size_bytes) for m, r in results.items()}}
+        for name, (compressed, size) in candidates.items():
             measured = measure(compressed, data.test, runs=30)
             rows.setdefault(name, []).append(
                 {

@@ -30,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 
 from modelfusion.datasets import Split, load_dataset
 from modelfusion.evaluate.stats import t_interval
-from modelfusion.features import Cascade, FeatureFusion, finetune, plot_cascade_curve, splice
+from modelfusion.features import Cascade, FeatureFusion, finetune, measured_costs, plot_cascade_curve, splice
 from modelfusion.members import SklearnMember, TorchMember
 from modelfusion.models import cnn2d
 from modelfusion.predictions import collect_predictions
@@ -132,16 +132,6 @@ def fusion(dataset: str, seeds: int, epochs: int) -> dict:
     return {name: summary(c) for name, c in results.items()}
 
 
-def seconds_per_sample(member, X: torch.Tensor, repeats: int = 5) -> float:
-    member.predict(X)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        member.predict(X)
-        best = min(best, time.perf_counter() - started)
-    return best / len(X)
-
-
 def cascade(dataset: str, seeds: int) -> tuple[dict, list]:
     rows, curve = [], []
     for seed in range(seeds):
@@ -151,7 +141,7 @@ def cascade(dataset: str, seeds: int) -> tuple[dict, list]:
             SklearnMember(LogisticRegression(max_iter=2000).fit(data.train.X.numpy(), data.train.y.numpy()), name="lr"),
             TorchMember(cnn, name="cnn"),
         ]
-        costs = [seconds_per_sample(m, data.test.X) * 1e6 for m in members]  # microseconds
+        costs = measured_costs(members, data.test.X)  # microseconds per sample
         val = collect_predictions(members, data.val.X, data.val.y, "val", progress=False)
         test = collect_predictions(members, data.test.X, data.test.y, "test", progress=False)
         fitted = Cascade(costs=costs).fit(val)  # target: the CNN's validation accuracy

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .._modules import evaluating
 from ..errors import ConfigError
 from .spec import Axis, PermutationSpec, Segment
 
@@ -254,11 +255,8 @@ def derive_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpe
             f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: {err}); pass a hand-written "
             "spec (PermutationSpec.from_dict)"
         ) from None
-    was_training = model.training
-    graph_module.eval()
-    with torch.no_grad():
+    with evaluating(graph_module):  # the traced modules are the model's: each gets its own mode back
         ShapeProp(graph_module).propagate(example_input[:2])
-    model.train(was_training)
     modules = dict(graph_module.named_modules())
     walk = _Walk()
     for node in graph_module.graph.nodes:

@@ -14,6 +14,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .._modules import evaluating
 from ..errors import ConfigError
 from ..registry import Registry
 from .spec import PermutationSpec, axis_index
@@ -152,12 +153,9 @@ def capture_activations(
                 captured[n.name].append(out.detach().movedim(1, -1).reshape(-1, out.shape[1]).double())
             return out
 
-    was_training = model.training
-    graph_module.eval()
-    with torch.no_grad():
+    with evaluating(graph_module):  # the traced modules are the model's: each gets its own mode back
         for start in range(0, len(X), batch_size):
             Recorder(graph_module).run(X[start : start + batch_size])
-    model.train(was_training)
     by_group: dict[str, list[torch.Tensor]] = {}
     for node, group in wanted.items():
         by_group.setdefault(group, []).append(torch.cat(captured[node]))
