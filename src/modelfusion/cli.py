@@ -377,6 +377,7 @@ def finetune(
     Python: `modelfusion.features.finetune(model, data.train, data.val, schedule=..., epochs=..., lr=...)`.
     """
     from ._atomic import check_output
+    from ._modules import output_width
     from .datasets import load_dataset
     from .features import finetune as run_finetune
     from .io import save_member
@@ -386,6 +387,7 @@ def finetune(
     check_output(out, kind="file", overwrite=overwrite, inputs=[checkpoint])
     member = _torch_member(checkpoint)
     data = load_dataset(dataset, seed=seed)
+    output_width(member.module, data.train.X, str(checkpoint))  # a model for other inputs fails here, in one line
     if member.num_outputs != data.num_classes:
         raise InvalidInputError(
             f"{checkpoint} has {member.num_outputs} outputs but {dataset} has {data.num_classes} classes; "
@@ -446,8 +448,8 @@ def cascade(
         raise ConfigError(f"--costs must be comma-separated numbers, got {costs!r}") from None
     members = _load_members(checkpoints)
     data = load_dataset(dataset, seed=seed)
+    val = collect_predictions(members, data.val.X, data.val.y, "val", progress=False)  # clear errors first
     per_sample = given if given is not None else measured_costs(members, data.val.X)
-    val = collect_predictions(members, data.val.X, data.val.y, "val", progress=False)
     fitted = Cascade(costs=per_sample, target_accuracy=target_accuracy, budget=budget).fit(val)
     run = fitted.predict(members, data.test.X)
     alone = collect_predictions(members[-1:], data.test.X, data.test.y, "test", progress=False)

@@ -116,8 +116,10 @@ def measure(model: nn.Module, split, *, runs: int = 20) -> dict[str, float]:
     import statistics
     import time
 
-    from .._modules import evaluating
+    from .._modules import evaluating, output_width
     from ..training import score_classifier
+
+    output_width(model, split.X, "the model")  # inputs of another dataset fail here, in one line
 
     def latency(X: torch.Tensor) -> float:
         for _ in range(3):
