@@ -133,3 +133,17 @@ def test_compress_command_writes_the_model_and_its_before_after_report(backbone,
         ["compress", str(backbone), "--method", "int3", "--out", str(tmp_path / "x")]
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_commands_given_another_datasets_inputs_fail_in_one_line_before_any_work(backbone, tmp_path, digits):
+    X, y = digits.train.X.numpy(), digits.train.y.numpy()
+    logreg = save_member(SklearnMember(LogisticRegression(max_iter=200).fit(X, y), name="lr"), tmp_path / "lr.skops")
+    other = ["--dataset", "mnist1d"]
+    assert "failed on the example input (1000, 40)" in _error(
+        ["compress", str(backbone), "--method", "int4", *other, "--out", str(tmp_path / "c")]
+    )
+    assert "failed on the example input" in _error(
+        ["finetune", str(backbone), *other, "--out", str(tmp_path / "t.safetensors")]
+    )
+    assert "cannot run on inputs of shape" in _error(["cascade", str(logreg), str(backbone), *other])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.skops", "mlp.safetensors"]
