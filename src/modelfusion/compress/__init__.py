@@ -1,17 +1,23 @@
-"""Compression of a fused result: weight-only quantization (int8, int4), half precision, magnitude pruning.
+"""Compression of a fused result: quantization (dynamic int8, weight-only int8 / int4, half precision) and
+pruning (magnitude, Wanda, structured removal of whole units), with an optional recovery by distillation.
 
-`compress(member_or_model, method, **params) -> Compressed`: `.model` takes the same float inputs as the
-original; `.size_bytes` is what its weights take stored (packed integers and scales; for pruning, the non-zero
-values and a bitmask of where they are); `.save(path)` writes a member that `load_member` reads back with the
-same outputs (the file names the registered factory "compressed", which rebuilds the original architecture
-from its own factory and applies the same compression structure).
+`compress(member_or_model, method, X=..., **params) -> Compressed`: `.model` takes the same float inputs as
+the original; `.size_bytes` is what its weights take stored (packed integers and scales; a pruned weight as
+its non-zero values and a bitmask of where they are, when that is smaller than dense); `.save(path)` writes a
+member that `load_member` reads back with the same outputs (the file names the registered factory
+"compressed", which rebuilds the original architecture from its own factory, shrinks the layers structured
+pruning shrank, and applies the same compression structure). `recover(compressed, data, epochs=...)`
+distills the uncompressed model into a pruned one to win back accuracy.
 
 | method | what it does | parameters |
 |---|---|---|
-| `int8-weight` | Linear weights as int8, one float16 scale per output row (or per group) | `group_size` |
+| `int8` | Linear layers computed in int8 (dynamic quantization: int8 weights, inputs quantized per batch) | |
+| `int8-weight` | Linear weights stored as int8, one float16 scale per output row (or per group) | `group_size` |
 | `int4` | Linear weights as int4, two per byte, float16 scales | `group_size` (default 32) |
 | `fp16`, `bf16` | every weight in half precision; inputs and outputs stay float32 | |
 | `prune` | unstructured magnitude pruning of Linear and convolution weights, made permanent | `amount`, `scope` |
+| `prune-wanda` | unstructured, per output row, by |weight| x input norm on `X` | `amount` |
+| `prune-structured` | whole units removed from every layer sharing them: a smaller dense model | `amount` |
 """
 
 from __future__ import annotations
@@ -27,15 +33,18 @@ from ..errors import InvalidInputError
 from ..members import TorchMember
 from .methods import COMPRESSORS, Compressor, apply_compression
 from .prune import prunable_weights
-from .quantize import HalfPrecision, QuantizedLinear
+from .quantize import DynamicInt8Linear, HalfPrecision, QuantizedLinear
+from .recover import recover
 
 __all__ = [
     "compress",
+    "recover",
     "measure",
     "Compressed",
     "Compressor",
     "COMPRESSORS",
     "QuantizedLinear",
+    "DynamicInt8Linear",
     "HalfPrecision",
     "apply_compression",
 ]
@@ -49,21 +58,21 @@ class Compressed:
     method: str
     params: dict = field(default_factory=dict)
     original: TorchMember | None = None
+    recover_epochs: int = 0
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the weights as stored: packed integers and scales, half-precision values, or for pruning
-        the non-zero values plus one bit per weight for where they are."""
-        state = self.model.state_dict()
-        if self.method != "prune":
-            return sum(t.numel() * t.element_size() for t in state.values())
-        pruned = {f"{name}.weight" if name else "weight" for name in prunable_weights(self.model)}
+        """Bytes of the weights as stored: packed integers and scales, half-precision values; a Linear or
+        convolution weight with zeros takes its non-zero values plus one bit per weight for where they are,
+        when that is smaller than storing it dense."""
+        prunable = {f"{name}.weight" if name else "weight" for name in prunable_weights(self.model)}
         total = 0
-        for key, tensor in state.items():
-            if key in pruned:
-                total += int(torch.count_nonzero(tensor)) * tensor.element_size() + (tensor.numel() + 7) // 8
-            else:
-                total += tensor.numel() * tensor.element_size()
+        for key, tensor in self.model.state_dict().items():
+            dense = tensor.numel() * tensor.element_size()
+            if key in prunable:
+                sparse = int(torch.count_nonzero(tensor)) * tensor.element_size() + (tensor.numel() + 7) // 8
+                dense = min(dense, sparse)
+            total += dense
         return total
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -77,11 +86,18 @@ class Compressed:
                 "saving a compressed model needs the original as a member with a registered factory "
                 "(compress(load_member(path), ...)); save the state dict yourself otherwise"
             )
+        original_shapes = {key: tuple(t.shape) for key, t in original.module.state_dict().items()}
+        shrunk = {
+            key: list(t.shape)
+            for key, t in self.model.state_dict().items()
+            if key in original_shapes and tuple(t.shape) != original_shapes[key]
+        }
         kwargs = {
             "model": original.factory,
             "model_kwargs": original.factory_kwargs,
             "method": self.method,
             "params": self.params,
+            **({"shapes": shrunk} if shrunk else {}),
         }
         member = TorchMember(
             self.model,
@@ -94,9 +110,10 @@ class Compressed:
         return save_member(member, path, overwrite=overwrite)
 
 
-def compress(model: nn.Module | TorchMember, method: str, **params) -> Compressed:
-    """Compress a model (or a torch member, which can then be saved) with a method of `COMPRESSORS`; the
-    argument is not changed.
+def compress(model: nn.Module | TorchMember, method: str, *, X: torch.Tensor | None = None, **params) -> Compressed:
+    """Compress a model (or a torch member, which can then be saved) with a method of `COMPRESSORS`; `X`
+    (training inputs) for the methods that need them (`COMPRESSORS[method].needs_inputs`: Wanda's input
+    norms, structured pruning's graph trace). The argument is not changed.
 
     Example:
         >>> small = compress(load_member("student.safetensors"), "int4", group_size=32)
@@ -106,7 +123,11 @@ def compress(model: nn.Module | TorchMember, method: str, **params) -> Compresse
     module = model.module if isinstance(model, TorchMember) else model
     if not isinstance(module, nn.Module):
         raise InvalidInputError(f"only torch models can be compressed, got {type(module).__name__}")
-    return Compressed(apply_compression(module, method, params).eval(), method, dict(params), original)
+    if X is not None:
+        from .._modules import output_width
+
+        output_width(module, X[:2], "the model")  # inputs of another dataset fail here, in one line
+    return Compressed(apply_compression(module, method, params, X=X).eval(), method, dict(params), original)
 
 
 def measure(model: nn.Module, split, *, runs: int = 20) -> dict[str, float]:

@@ -11,47 +11,48 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .prune import prune_magnitude
-from .quantize import HalfPrecision, QuantizedLinear, quantize_linears
+from .prune import prune_magnitude, prune_wanda
+from .quantize import DynamicInt8Linear, HalfPrecision, QuantizedLinear, quantize_linears
+from .structured import prune_structured
 
 __all__ = ["COMPRESSORS", "Compressor", "apply_compression"]
 
 
 @dataclass(frozen=True)
 class Compressor:
-    """A compression method: `function(model, **params) -> compressed model`, and whether it changes the
-    model's structure (quantized layers, half precision) or only its weights' values (pruning), which decides
-    what a saved file must rebuild."""
+    """A compression method: `function(model, **params) -> compressed model` (with `X=` example inputs when it
+    `needs_inputs`), and whether it changes the model's structure (quantized layers, half precision) or only
+    its weights' values and shapes (pruning), which decides what a saved file must rebuild."""
 
     function: Callable[..., nn.Module]
     changes_structure: bool = True
+    needs_inputs: bool = False
 
 
 COMPRESSORS: Registry[Compressor] = Registry("compression method")
 
 
-def _register(name: str, *, changes_structure: bool = True) -> Callable:
+def _register(name: str, *, changes_structure: bool = True, needs_inputs: bool = False) -> Callable:
     def decorator(function: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        COMPRESSORS.register(name)(Compressor(function, changes_structure))
+        COMPRESSORS.register(name)(Compressor(function, changes_structure, needs_inputs))
         return function
 
     return decorator
 
 
+@_register("int8")
+def _int8(model: nn.Module) -> nn.Module:
+    return quantize_linears(model, DynamicInt8Linear.of)
+
+
 @_register("int8-weight")
-def _int8(model: nn.Module, *, group_size: int = 0) -> nn.Module:
-    return _quantized(model, bits=8, group_size=group_size)
+def _int8_weight(model: nn.Module, *, group_size: int = 0) -> nn.Module:
+    return quantize_linears(model, lambda linear: QuantizedLinear.of(linear, bits=8, group_size=group_size))
 
 
 @_register("int4")
 def _int4(model: nn.Module, *, group_size: int = 32) -> nn.Module:
-    return _quantized(model, bits=4, group_size=group_size)
-
-
-def _quantized(model: nn.Module, *, bits: int, group_size: int) -> nn.Module:
-    if isinstance(model, nn.Linear):
-        return QuantizedLinear.of(model, bits=bits, group_size=group_size)
-    return quantize_linears(model, bits=bits, group_size=group_size)
+    return quantize_linears(model, lambda linear: QuantizedLinear.of(linear, bits=4, group_size=group_size))
 
 
 @_register("fp16")
@@ -69,14 +70,32 @@ def _prune(model: nn.Module, *, amount: float = 0.5, scope: str = "global") -> n
     return prune_magnitude(model, amount, scope=scope)
 
 
-def apply_compression(model: nn.Module, method: str, params: dict, *, structure_only: bool = False) -> nn.Module:
-    """`model` (a copy: the argument is not changed) compressed by `method` with `params`; with
-    `structure_only`, only what a saved file needs rebuilt (a method that changes values only returns the copy
-    as it is)."""
+@_register("prune-wanda", changes_structure=False, needs_inputs=True)
+def _prune_wanda(model: nn.Module, *, X: torch.Tensor | None, amount: float = 0.5) -> nn.Module:
+    return prune_wanda(model, X, amount)
+
+
+@_register("prune-structured", changes_structure=False, needs_inputs=True)
+def _prune_structured(model: nn.Module, *, X: torch.Tensor | None, amount: float = 0.5) -> nn.Module:
+    return prune_structured(model, X, amount)
+
+
+def apply_compression(
+    model: nn.Module,
+    method: str,
+    params: dict,
+    *,
+    X: torch.Tensor | None = None,
+    structure_only: bool = False,
+) -> nn.Module:
+    """`model` (a copy: the argument is not changed) compressed by `method` with `params` (and the example
+    inputs `X` for methods that need them); with `structure_only`, only what a saved file needs rebuilt (a
+    method that changes values only returns the copy as it is)."""
     compressor = COMPRESSORS[method]
     if structure_only and not compressor.changes_structure:
         return copy.deepcopy(model)
+    inputs = {"X": X} if compressor.needs_inputs else {}
     try:
-        return compressor.function(copy.deepcopy(model), **params)
+        return compressor.function(copy.deepcopy(model), **inputs, **params)
     except TypeError as err:
         raise ConfigError(f"compression {method!r}: bad parameters {params} ({err})") from None

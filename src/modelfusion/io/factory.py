@@ -228,11 +228,18 @@ def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs:
 
 
 @MODELS.register("compressed")
-def compressed_model(model: str, model_kwargs: Mapping, method: str, params: Mapping) -> nn.Module:
+def compressed_model(
+    model: str, model_kwargs: Mapping, method: str, params: Mapping, shapes: Mapping | None = None
+) -> nn.Module:
     """A factory for checkpoints of compressed models (registered as "compressed"): rebuilds the original from
-    its own registered factory, checked like a file's, and gives it the compression's structure (quantized
-    layers, half precision) so that `load_member` restores the compressed weights."""
-    from ..compress.methods import apply_compression  # here: loading other checkpoints needs none of it
+    its own registered factory, checked like a file's, shrinks the tensors structured pruning shrank
+    (`shapes`: name -> shape, never larger than the original's), and gives it the compression's structure
+    (quantized layers, half precision) so that `load_member` restores the compressed weights."""
+    # here: loading other checkpoints needs none of it
+    from ..compress.methods import apply_compression
+    from ..compress.structured import resize_tensors
 
     original = build_named_model(model, model_kwargs, "a compressed checkpoint's original model")
+    if shapes:
+        resize_tensors(original, shapes, what="a compressed checkpoint's shapes")
     return apply_compression(original, method, dict(params), structure_only=True)
