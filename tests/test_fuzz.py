@@ -442,3 +442,33 @@ def test_combiner_file(tmp_path, combiner_original, data):
 @given(data=st.data())
 def test_combiner_file_slow(tmp_path, combiner_original, data):
     _combiner_file(tmp_path, data.draw(_file_contents(combiner_original)))
+
+
+@pytest.fixture(scope="module")
+def onnx_original():
+    from modelfusion.compress.onnx import export_int8
+    from modelfusion.io.onnx import with_metadata
+
+    torch.manual_seed(0)
+    graph = export_int8(mlp(**KWARGS).eval(), torch.randn(4, KWARGS["in_features"]))
+    return with_metadata(graph.model_bytes, {"name": "m", "task": "classification", "classes": [0, 1, 2]})
+
+
+def _onnx_file(folder, data):
+    def read_and_run():
+        load_member(_write(folder, "m.onnx", data)).predict(torch.zeros(2, KWARGS["in_features"]))
+
+    _only_our_errors(read_and_run)
+
+
+@settings(max_examples=FAST_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_onnx_file(tmp_path, onnx_original, data):
+    _onnx_file(tmp_path, data.draw(_file_contents(onnx_original)))
+
+
+@pytest.mark.slow
+@settings(max_examples=SLOW_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_onnx_file_slow(tmp_path, onnx_original, data):
+    _onnx_file(tmp_path, data.draw(_file_contents(onnx_original)))

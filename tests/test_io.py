@@ -184,16 +184,16 @@ def test_truncated_safetensors(tmp_path, trained_mlp):
 def test_missing_unknown_and_folder(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_model(tmp_path / "nope.safetensors")
-    (tmp_path / "model.onnx").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match="unknown checkpoint format '.onnx'; supported: .safetensors"):
-        load_model(tmp_path / "model.onnx")
+    (tmp_path / "model.h5").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="unknown checkpoint format '.h5'; supported: .safetensors"):
+        load_model(tmp_path / "model.h5")
     with pytest.raises(CheckpointError, match="is a folder"):
         load_model(tmp_path)
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
-    (tmp_path / "model.onnx").write_bytes(b"x")
-    result = CliRunner().invoke(app, ["predict", str(tmp_path / "model.onnx")])
+    (tmp_path / "model.h5").write_bytes(b"x")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "model.h5")])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "unknown checkpoint format" in lines[0]

@@ -14,6 +14,7 @@ distills the uncompressed model into a pruned one to win back accuracy.
 | `int8` | Linear layers computed in int8 (dynamic quantization: int8 weights, inputs quantized per batch) | |
 | `int8-weight` | Linear weights stored as int8, one float16 scale per output row (or per group) | `group_size` |
 | `int4` | Linear weights as int4, two per byte, float16 scales | `group_size` (default 32) |
+| `onnx-int8` | exported to ONNX, weights int8 per channel by onnxruntime (extra `onnx`); saved as `.onnx` | |
 | `fp16`, `bf16` | every weight in half precision; inputs and outputs stay float32 | |
 | `prune` | unstructured magnitude pruning of Linear and convolution weights, made permanent | `amount`, `scope` |
 | `prune-wanda` | unstructured, per output row, by |weight| x input norm on `X` | `amount` |
@@ -64,7 +65,9 @@ class Compressed:
     def size_bytes(self) -> int:
         """Bytes of the weights as stored: packed integers and scales, half-precision values; a Linear or
         convolution weight with zeros takes its non-zero values plus one bit per weight for where they are,
-        when that is smaller than storing it dense."""
+        when that is smaller than storing it dense; an ONNX model takes its file's bytes."""
+        if COMPRESSORS[self.method].file_format == "onnx":
+            return len(self.model.model_bytes)
         prunable = {f"{name}.weight" if name else "weight" for name in prunable_weights(self.model)}
         total = 0
         for key, tensor in self.model.state_dict().items():
@@ -76,11 +79,20 @@ class Compressed:
         return total
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """A member file `load_member` reads back with the same outputs (needs the original's registered
-        factory)."""
+        """A member file `load_member` reads back with the same outputs: safetensors with the "compressed"
+        factory (needs the original's registered factory), or `.onnx` for `onnx-int8`."""
         from ..io import save_member
 
         original = self.original
+        if COMPRESSORS[self.method].file_format == "onnx":
+            name = original.name if original is not None else Path(path).stem
+            member = TorchMember(
+                self.model,
+                name=f"{name}_{self.method}",
+                task=original.task if original is not None else "classification",
+                classes=original.classes if original is not None else None,
+            )
+            return save_member(member, Path(path).with_suffix(".onnx"), overwrite=overwrite)
         if original is None or original.factory is None:
             raise InvalidInputError(
                 "saving a compressed model needs the original as a member with a registered factory "

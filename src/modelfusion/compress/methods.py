@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..registry import Registry
 from .prune import prune_magnitude, prune_wanda
 from .quantize import DynamicInt8Linear, HalfPrecision, QuantizedLinear, quantize_linears
@@ -22,19 +22,21 @@ __all__ = ["COMPRESSORS", "Compressor", "apply_compression"]
 class Compressor:
     """A compression method: `function(model, **params) -> compressed model` (with `X=` example inputs when it
     `needs_inputs`), and whether it changes the model's structure (quantized layers, half precision) or only
-    its weights' values and shapes (pruning), which decides what a saved file must rebuild."""
+    its weights' values and shapes (pruning), which decides what a saved file must rebuild; `file_format`:
+    "safetensors" (a member file of the "compressed" factory) or "onnx" (a graph any ONNX runtime reads)."""
 
     function: Callable[..., nn.Module]
     changes_structure: bool = True
     needs_inputs: bool = False
+    file_format: str = "safetensors"
 
 
 COMPRESSORS: Registry[Compressor] = Registry("compression method")
 
 
-def _register(name: str, *, changes_structure: bool = True, needs_inputs: bool = False) -> Callable:
+def _register(name: str, **properties) -> Callable:
     def decorator(function: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        COMPRESSORS.register(name)(Compressor(function, changes_structure, needs_inputs))
+        COMPRESSORS.register(name)(Compressor(function, **properties))
         return function
 
     return decorator
@@ -53,6 +55,13 @@ def _int8_weight(model: nn.Module, *, group_size: int = 0) -> nn.Module:
 @_register("int4")
 def _int4(model: nn.Module, *, group_size: int = 32) -> nn.Module:
     return quantize_linears(model, lambda linear: QuantizedLinear.of(linear, bits=4, group_size=group_size))
+
+
+@_register("onnx-int8", needs_inputs=True, file_format="onnx")
+def _onnx_int8(model: nn.Module, *, X: torch.Tensor | None) -> nn.Module:
+    from .onnx import export_int8  # here: the onnx extra is optional
+
+    return export_int8(model, X)
 
 
 @_register("fp16")
@@ -92,6 +101,8 @@ def apply_compression(
     inputs `X` for methods that need them); with `structure_only`, only what a saved file needs rebuilt (a
     method that changes values only returns the copy as it is)."""
     compressor = COMPRESSORS[method]
+    if structure_only and compressor.file_format != "safetensors":
+        raise CheckpointError(f"a {method!r} model is saved as {compressor.file_format}, not rebuilt by a factory")
     if structure_only and not compressor.changes_structure:
         return copy.deepcopy(model)
     inputs = {"X": X} if compressor.needs_inputs else {}

@@ -19,6 +19,7 @@ from ..errors import CheckpointError, ModelFusionError
 from ..members import Member, SklearnMember, TorchMember
 from ..tasks import Task
 from .factory import build_model, build_named_model, load_state_dict_checked
+from .onnx import OnnxModel
 
 __all__ = ["LoadedModel", "load_model", "load_member", "load_skops", "SUFFIXES", "METADATA_KEY"]
 
@@ -26,7 +27,7 @@ METADATA_KEY = "modelfusion"  # key of our JSON in a safetensors header
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin")
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
-SUFFIXES = (".safetensors", *STATE_DICT_SUFFIXES, *TORCHSCRIPT_SUFFIXES, ".pt2", ".skops", *PICKLE_SUFFIXES)
+SUFFIXES = (".safetensors", *STATE_DICT_SUFFIXES, *TORCHSCRIPT_SUFFIXES, ".pt2", ".onnx", ".skops", *PICKLE_SUFFIXES)
 # Zip archives may unpack to at most this many times their size (plus the slack): torch and TorchScript store
 # tensors uncompressed; only a zip bomb expands a hundredfold.
 MAX_EXPANSION = 100
@@ -268,6 +269,10 @@ def load_model(
             raise _code_refused(path, "a torch.export program")
         program = _wrap_errors(path, "a torch.export program", lambda: torch.export.load(str(path)))
         return LoadedModel(program.module(), "torch.export", _exported_metadata(program))
+    if suffix == ".onnx":
+        model = OnnxModel(path.read_bytes(), what=str(path))
+        header = parse_description(MemberHeader, model.metadata, path, "ONNX metadata")
+        return LoadedModel(model, "onnx", header.model_dump(exclude_unset=True))
     if suffix == ".skops":
         _archive_names(path)
         return LoadedModel(load_skops(path, trusted_types), "skops")

@@ -14,6 +14,7 @@ from ..errors import InvalidInputError
 from ..members import Member, SklearnMember, TorchMember
 from .factory import factory_name
 from .loading import METADATA_KEY
+from .onnx import OnnxModel, with_metadata
 
 __all__ = ["save_member"]
 
@@ -51,8 +52,14 @@ def save_member(
         return path
     if not isinstance(member, TorchMember):
         raise InvalidInputError(f"cannot save member {member.name!r} of type {type(member).__name__}")
-    path = path if path.suffix else path.with_suffix(".safetensors")
     metadata = {"name": member.name, "task": member.task, "classes": list(member.classes or [])}
+    if isinstance(member.module, OnnxModel):
+        path = path if path.suffix else path.with_suffix(".onnx")
+        check_output(path, kind="file", overwrite=overwrite)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(with_metadata(member.module.model_bytes, metadata))
+        return path
+    path = path if path.suffix else path.with_suffix(".safetensors")
     factory = factory or member.factory
     if factory is not None:
         kwargs = factory_kwargs if factory_kwargs is not None else member.factory_kwargs

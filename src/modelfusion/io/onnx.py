@@ -1,0 +1,87 @@
+"""ONNX models as members: read and written by onnxruntime and onnx (optional extra: `onnx`).
+
+ONNX files are data, not code: running one runs only the standard operators of the runtime, so
+`load_member` reads them without `trust_code`. Our name, task and classes travel in the model's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+
+__all__ = ["OnnxModel", "with_metadata", "onnxruntime_module", "ONNX_METADATA_KEY"]
+
+ONNX_METADATA_KEY = "modelfusion"  # key of our JSON (name, task, classes) in the ONNX model's metadata
+
+
+def onnxruntime_module():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError("ONNX models need onnxruntime: pip install 'modelfusion[onnx]'") from None
+    return onnxruntime
+
+
+class OnnxModel(nn.Module):
+    """An ONNX model (its serialized bytes) run by onnxruntime on the CPU, on as many threads as torch uses;
+    takes and returns float32 tensors."""
+
+    def __init__(self, model_bytes: bytes, *, what: str = "an ONNX model") -> None:
+        super().__init__()
+        runtime = onnxruntime_module()
+        options = runtime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3
+        try:  # onnxruntime raises its own kinds (Fail, InvalidGraph, ...), RuntimeErrors, and decoding errors
+            self.session = runtime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+            inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+            self.input_name = inputs[0].name if inputs else None
+            self.recorded = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+        except Exception as err:
+            first_line = (str(err).splitlines() or [""])[0][:200]
+            raise CheckpointError(f"{what} is not a valid ONNX model ({first_line})") from None
+        if len(inputs) != 1 or not outputs:
+            raise CheckpointError(
+                f"{what} takes {len(inputs)} inputs and gives {len(outputs)} outputs; members take one"
+            )
+        self.model_bytes = model_bytes
+
+    def __deepcopy__(self, memo: dict) -> OnnxModel:  # a runtime session cannot be copied: open another
+        return OnnxModel(self.model_bytes)
+
+    @property
+    def metadata(self) -> dict:
+        """What `with_metadata` recorded (name, task, classes); {} for other files."""
+        try:
+            value = json.loads(self.recorded) if self.recorded else {}
+        except json.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            output = self.session.run(None, {self.input_name: x.detach().float().contiguous().numpy()})[0]
+        except Exception as err:  # wrong width or rank: onnxruntime's InvalidArgument
+            first_line = (str(err).splitlines() or [""])[0][:200]
+            raise CheckpointError(
+                f"the ONNX model cannot take inputs of shape {tuple(x.shape)} ({first_line})"
+            ) from None
+        return torch.from_numpy(np.ascontiguousarray(output))
+
+
+def with_metadata(model_bytes: bytes, metadata: dict) -> bytes:
+    """The ONNX model with `metadata` (JSON) recorded under our key, replacing an earlier record."""
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    kept = [entry for entry in proto.metadata_props if entry.key != ONNX_METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(metadata)
+    return proto.SerializeToString()
