@@ -134,3 +134,20 @@ def test_module_errors(mlp_members, mlp_preds, digits_members, tmp_path):
     mixed = [mlp_members[0], mlp_members[1], build_model(MLP_SPEC, {**MLP_KWARGS, "hidden": [16]})]
     with pytest.raises(IncompatibleModelsError, match="vectorize=True needs members of one architecture"):
         EnsembleModule(mixed, combiner, vectorize=True)
+
+
+@pytest.mark.parametrize("method", ["int8", "prune-structured"])
+def test_an_ensemble_compresses_member_by_member_and_reloads(method, tmp_path, mlp_members, mlp_preds, digits):
+    from modelfusion.compress import compress
+
+    module = EnsembleModule(mlp_members, make_combiner("weighted").fit(mlp_preds[0])).eval()
+    result = compress(module, method, X=digits.train.X, **({"amount": 0.25} if method.startswith("prune") else {}))
+    fp32_bytes = sum(t.nbytes for m in mlp_members for t in m.module.state_dict().values())
+    assert result.size_bytes < (0.3 if method == "int8" else 0.8) * fp32_bytes
+    assert len(result.members) == 3 and result.model.combiner is module.combiner
+    with torch.no_grad():  # members of 3 epochs have thin margins: compare accuracy, not agreement
+        accuracy = [(m(digits.test.X).argmax(1) == digits.test.y).float().mean() for m in (module, result.model)]
+    assert accuracy[1] >= accuracy[0] - (0.02 if method == "int8" else 0.1)
+    loaded = EnsembleModule.load(result.save(tmp_path / "small"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(digits.test.X), result.model(digits.test.X))

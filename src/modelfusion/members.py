@@ -97,13 +97,17 @@ class TorchMember:
 
 
 def _infer_num_outputs(module: nn.Module) -> int:
-    """The width of the last Linear layer, for modules that end in one (the common case).
+    """The width of the last Linear layer, for modules that end in one (the common case): a layer with an
+    integer `out_features` (Linear, its quantized forms, an ONNX graph with a fixed output width).
 
     TorchScript keeps the layer's original class name instead of the class itself.
     """
-    linears = [m for m in module.modules() if isinstance(m, nn.Linear) or getattr(m, "original_name", None) == "Linear"]
+    linears = [m for m in module.modules() if getattr(m, "original_name", None) == "Linear"]
     if linears:
         return int(linears[-1].weight.shape[0])
+    widths = [m.out_features for m in module.modules() if isinstance(getattr(m, "out_features", None), int)]
+    if widths:
+        return widths[-1]
     raise InvalidInputError(
         f"cannot infer the number of classes of {type(module).__name__}; pass num_outputs= or classes="
     )

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import ConfigError, InvalidInputError
 from ..members import TorchMember
 from .methods import COMPRESSORS, Compressor, apply_compression
 from .prune import prunable_weights
@@ -42,6 +42,7 @@ __all__ = [
     "recover",
     "measure",
     "Compressed",
+    "CompressedEnsemble",
     "Compressor",
     "COMPRESSORS",
     "QuantizedLinear",
@@ -78,21 +79,15 @@ class Compressed:
             total += dense
         return total
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """A member file `load_member` reads back with the same outputs: safetensors with the "compressed"
-        factory (needs the original's registered factory), or `.onnx` for `onnx-int8`."""
-        from ..io import save_member
-
+    def as_member(self) -> TorchMember:
+        """The compressed model as a member that saves to a file `load_member` reads back: with the factory
+        "compressed" (which needs the original's registered factory), or as ONNX for `onnx-int8`."""
         original = self.original
+        name = f"{original.name}_{self.method}" if original is not None else self.method
+        task = original.task if original is not None else "classification"
+        classes = original.classes if original is not None else None
         if COMPRESSORS[self.method].file_format == "onnx":
-            name = original.name if original is not None else Path(path).stem
-            member = TorchMember(
-                self.model,
-                name=f"{name}_{self.method}",
-                task=original.task if original is not None else "classification",
-                classes=original.classes if original is not None else None,
-            )
-            return save_member(member, Path(path).with_suffix(".onnx"), overwrite=overwrite)
+            return TorchMember(self.model, name=name, task=task, classes=classes)
         if original is None or original.factory is None:
             raise InvalidInputError(
                 "saving a compressed model needs the original as a member with a registered factory "
@@ -111,26 +106,61 @@ class Compressed:
             "params": self.params,
             **({"shapes": shrunk} if shrunk else {}),
         }
-        member = TorchMember(
-            self.model,
-            name=f"{original.name}_{self.method}",
-            task=original.task,
-            classes=original.classes,
-            factory="compressed",
-            factory_kwargs=kwargs,
+        return TorchMember(
+            self.model, name=name, task=task, classes=classes, factory="compressed", factory_kwargs=kwargs
         )
-        return save_member(member, path, overwrite=overwrite)
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """A member file `load_member` reads back with the same outputs (`.onnx` for `onnx-int8`)."""
+        from ..io import save_member
+
+        return save_member(self.as_member(), path, overwrite=overwrite)
 
 
-def compress(model: nn.Module | TorchMember, method: str, *, X: torch.Tensor | None = None, **params) -> Compressed:
+@dataclass
+class CompressedEnsemble:
+    """An `EnsembleModule` whose members were compressed one by one; the combiner is kept as fitted."""
+
+    model: nn.Module  # an EnsembleModule
+    method: str
+    params: dict
+    members: list[Compressed]
+
+    @property
+    def size_bytes(self) -> int:
+        combiner = sum(t.nbytes for t in self.model.combiner.fitted_state().values() if isinstance(t, torch.Tensor))
+        return sum(member.size_bytes for member in self.members) + combiner
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """A folder `EnsembleModule.load` reads back."""
+        return self.model.save(path, overwrite=overwrite)
+
+
+def compress(
+    model: nn.Module | TorchMember, method: str, *, X: torch.Tensor | None = None, **params
+) -> Compressed | CompressedEnsemble:
     """Compress a model (or a torch member, which can then be saved) with a method of `COMPRESSORS`; `X`
     (training inputs) for the methods that need them (`COMPRESSORS[method].needs_inputs`: Wanda's input
-    norms, structured pruning's graph trace). The argument is not changed.
+    norms, structured pruning's graph trace, the ONNX export). An `EnsembleModule` is compressed member by
+    member (its combiner kept) into a `CompressedEnsemble`. The argument is not changed.
 
     Example:
         >>> small = compress(load_member("student.safetensors"), "int4", group_size=32)
         >>> small.size_bytes, small.save("student_int4.safetensors")
     """
+    from ..ensemble import EnsembleModule
+
+    if isinstance(model, EnsembleModule):
+        if COMPRESSORS[method].file_format != "safetensors":
+            raise ConfigError(f"an ensemble's members cannot be compressed with {method!r}; compress them one by one")
+        originals = [
+            TorchMember(module, name=name, task=model.task, factory=factory, factory_kwargs=kwargs)
+            for name, module, (factory, kwargs) in zip(model.member_names, model.members, model.factories, strict=True)
+        ]
+        parts = [compress(original, method, X=X, **params) for original in originals]
+        members = [part.as_member() if part.original.factory else part.model for part in parts]
+        ensemble = EnsembleModule(members, model.combiner, task=model.task, vectorize=False).eval()
+        return CompressedEnsemble(ensemble, method, dict(params), parts)
     original = model if isinstance(model, TorchMember) else None
     module = model.module if isinstance(model, TorchMember) else model
     if not isinstance(module, nn.Module):

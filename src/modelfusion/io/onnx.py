@@ -41,10 +41,12 @@ class OnnxModel(nn.Module):
             self.session = runtime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
             inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
             self.input_name = inputs[0].name if inputs else None
+            width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
             self.recorded = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
         except Exception as err:
             first_line = (str(err).splitlines() or [""])[0][:200]
             raise CheckpointError(f"{what} is not a valid ONNX model ({first_line})") from None
+        self.out_features = width if isinstance(width, int) else None  # what members infer their classes from
         if len(inputs) != 1 or not outputs:
             raise CheckpointError(
                 f"{what} takes {len(inputs)} inputs and gives {len(outputs)} outputs; members take one"

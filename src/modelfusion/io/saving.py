@@ -54,7 +54,7 @@ def save_member(
         raise InvalidInputError(f"cannot save member {member.name!r} of type {type(member).__name__}")
     metadata = {"name": member.name, "task": member.task, "classes": list(member.classes or [])}
     if isinstance(member.module, OnnxModel):
-        path = path if path.suffix else path.with_suffix(".onnx")
+        path = path.with_suffix(".onnx")  # an ONNX graph is never written under another format's name
         check_output(path, kind="file", overwrite=overwrite)
         with atomic_path(path) as tmp:
             tmp.write_bytes(with_metadata(member.module.model_bytes, metadata))
