@@ -23,10 +23,12 @@ def _run_cli(args):
 
 def test_demo_classification_end_to_end(tmp_path, digits):
     out = tmp_path / "demo"
-    printed = _run_cli(["demo", "--out", str(out), "--epochs", "8", "--mlps", "2", "--no-progress"])
+    printed = _run_cli(["demo", "--out", str(out), "--epochs", "8", "--mlps", "2", "--no-progress", "--report"])
     assert "Leaderboard" in printed and "│ mean " in printed and "McNemar" in printed
     results = json.loads((out / "results.json").read_text())
     rows = {r["name"]: r for r in results["test"]["rows"]}
+    report = (out / "report.html").read_text()
+    assert report.count("<tr class=") == len(rows) and "<h2>Reliability diagram</h2>" in report
     members = [r for r in rows.values() if r["kind"] == "member"]
     assert {r["name"] for r in members} == {"mlp_0", "mlp_1", "cnn", "logreg", "random_forest"}
     assert {r["name"] for r in rows.values() if r["kind"] == "fusion"} == set(combiners_for("classification"))
@@ -56,11 +58,14 @@ def test_demo_classification_end_to_end(tmp_path, digits):
 
 def test_demo_regression_end_to_end(tmp_path):
     out = tmp_path / "reg"
-    printed = _run_cli(["demo", "--dataset", "diabetes", "--out", str(out), "--epochs", "20", "--no-progress"])
+    argv = ["demo", "--dataset", "diabetes", "--out", str(out), "--epochs", "20", "--no-progress", "--report"]
+    printed = _run_cli(argv)
     assert "RMSE" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["test"]["task"] == "regression"
     rows = {r["name"]: r for r in results["test"]["rows"]}
+    report = (out / "report.html").read_text()  # ranked by RMSE; regression has no reliability diagram
+    assert report.count("<tr class=") == len(rows) and "test RMSE [CI]" in report and "Reliability diagram:" in report
     assert {"ridge", "random_forest", "mlp_0", "mean"} <= set(rows)
     assert rows["mean"]["vs_best_member"]["test"] == "paired_bootstrap"
     # Predicting the training mean scores RMSE 71.9 on this test split; at seed 0 the demo reaches 0.78 of it

@@ -13,6 +13,7 @@ from modelfusion.evaluate.metrics import (
     classification_metrics,
     expected_calibration_error,
     regression_metrics,
+    reliability_curve,
 )
 from modelfusion.evaluate.stats import (
     bootstrap_counts,
@@ -54,6 +55,20 @@ def test_ece_hand_worked():
     assert expected_calibration_error(proba, y, 15) == pytest.approx((0.8 + 0.4 + 0.3) / 4)
     perfect = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert expected_calibration_error(perfect, np.array([0, 1])) == 0.0
+
+
+def test_reliability_curve_hand_worked_and_its_gaps_weighted_by_counts_are_the_ece():
+    proba = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])
+    y = np.array([0, 1, 0, 1])
+    curve = reliability_curve(proba, y, 15)  # bins of 0.6, 0.7 and 0.9, in order; empty bins left out
+    assert curve["confidence"] == pytest.approx([0.6, 0.7, 0.9])
+    assert curve["accuracy"] == pytest.approx([1.0, 1.0, 0.5])
+    assert curve["count"] == [1, 1, 2]
+    proba, y = _random_proba(500, 4, seed=3)
+    curve = reliability_curve(proba, y, 10)
+    gaps = np.abs(np.array(curve["accuracy"]) - np.array(curve["confidence"])) * np.array(curve["count"])
+    assert sum(curve["count"]) == 500
+    assert gaps.sum() / 500 == pytest.approx(expected_calibration_error(proba, y, 10))
 
 
 def test_regression_metrics_match_scikit_learn():
@@ -135,6 +150,8 @@ def test_evaluate_members_and_fusion(digits_members, digits):
     low, high = row.ci["accuracy"]
     assert low <= row.metrics["accuracy"] <= high
     assert row.metrics["accuracy"] == pytest.approx((fused.argmax(1) == digits.test.y).float().mean().item())
+    assert set(report.reliability) == {"mlp", "logreg", "forest", "mean"}
+    assert sum(report.reliability["mean"]["count"]) == preds.num_samples
     json.dumps(report.to_dict())  # results.json material
     assert report.ranked()[0].metrics["accuracy"] == max(r.metrics["accuracy"] for r in report.rows)
     again = evaluate(preds, {"mean": fused}, seed=3)

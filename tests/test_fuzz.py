@@ -28,6 +28,9 @@ from modelfusion.io import load_member
 from modelfusion.merge import load_config, merge
 from modelfusion.models import mlp
 from modelfusion.predictions import Predictions
+from modelfusion.report import load_results, parse_results, render_report
+
+from .report_samples import auto_results, ensemble_results
 
 # torch warns about the odd pickles mutated files hold; the property is about exceptions, not warnings.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -319,7 +322,19 @@ config_documents = st.text(max_size=200) | st.fixed_dictionaries(
     },
 )
 
-COMMANDS = ["predict", "ensemble", "evaluate", "merge", "align", "distill", "splice", "finetune", "cascade", "compress"]
+COMMANDS = [
+    "predict",
+    "ensemble",
+    "evaluate",
+    "merge",
+    "align",
+    "distill",
+    "splice",
+    "finetune",
+    "cascade",
+    "compress",
+    "report",
+]
 OPTIONS = [
     "--out",
     "--seed",
@@ -334,6 +349,7 @@ OPTIONS = [
     "--json",
     "--dry-run",
     "--overwrite",
+    "--report",
     "--student",
     "--teacher",
     "--offline",
@@ -405,6 +421,48 @@ def _cli_arguments(folder, argv):
     assert "Traceback" not in result.output
 
 
+def _results_bytes(folder, data):
+    _only_our_errors(lambda: load_results(_write(folder, "results.json", data)))
+
+
+def _results_document(folder, document):
+    _only_our_errors(lambda: parse_results(document))
+
+
+def _with_replacement(original, key_path: list, value):
+    """A deep copy of `original` with the entry at `key_path` (dict keys, list indices) set to `value`."""
+    copy = json.loads(json.dumps(original))
+    target = copy
+    for key in key_path[:-1]:
+        target = target[key]
+    target[key_path[-1]] = value
+    return copy
+
+
+def _entries(document, path=()):
+    """The path to every entry of a JSON document."""
+    yield list(path)
+    children = (
+        document.items() if isinstance(document, dict) else enumerate(document) if isinstance(document, list) else ()
+    )
+    for key, child in children:
+        yield from _entries(child, (*path, key))
+
+
+RESULTS = {"auto": auto_results(), "ensemble": ensemble_results()}
+odd_numbers = st.sampled_from([float("nan"), float("inf"), -float("inf"), 0, -1, 1e308, 10**400, True, ""])
+results_documents = (
+    st.sampled_from(sorted(RESULTS))
+    .flatmap(
+        lambda shape: st.tuples(
+            st.just(RESULTS[shape]), st.sampled_from(list(_entries(RESULTS[shape]))[1:]), json_values | odd_numbers
+        )
+    )
+    .map(lambda drawn: _with_replacement(*drawn))
+    | json_values
+)
+
+
 cli_argvs = st.tuples(
     st.sampled_from(COMMANDS),
     st.lists(st.sampled_from(OPTIONS) | st.sampled_from([*VALUES, "FILE", "CONFIG"]) | st.text(max_size=6), max_size=8),
@@ -424,6 +482,22 @@ test_config_text, test_config_text_slow = _fuzz(
 )
 test_config_document, test_config_document_slow = _fuzz(config_documents, _config_document)
 test_cli_arguments, test_cli_arguments_slow = _fuzz(cli_argvs, _cli_arguments)
+test_results_bytes, test_results_bytes_slow = _fuzz(
+    _file_contents(json.dumps(RESULTS["ensemble"]).encode()) | _file_contents(json.dumps(RESULTS["auto"]).encode()),
+    _results_bytes,
+)
+test_results_document, test_results_document_slow = _fuzz(results_documents, _results_document)
+
+
+@settings(max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(document=results_documents.filter(lambda d: isinstance(d, dict) and "chosen" in d))
+def test_results_that_read_also_render(document):
+    """Rendering (matplotlib for each figure, so few examples) of results the reader accepts, odd numbers and all."""
+    try:
+        results = parse_results(document)
+    except ModelFusionError:
+        return
+    _only_our_errors(lambda: render_report(results))
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,11 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 110)
 
 
+WriteReport = Annotated[
+    bool, typer.Option("--report", help="also write report.html (the HTML report) next to results.json")
+]
+
+
 def _command(fn):
     """Register `fn` as a command whose errors print as one line (`guarded`)."""
     return app.command()(guarded(fn))
@@ -57,11 +62,12 @@ def demo(
     ] = None,
     mlps: Annotated[int, typer.Option(help="number of MLP members (different seeds)")] = 3,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    report: WriteReport = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Train diverse members on embedded data, fuse them, print the test leaderboard.
 
-    Python: `modelfusion.demo.run_demo(dataset, seed=..., out=..., overwrite=...)`.
+    Python: `modelfusion.demo.run_demo(dataset, seed=..., out=..., report=..., overwrite=...)`.
     """
     from .demo import run_demo
 
@@ -72,6 +78,7 @@ def demo(
         epochs=epochs,
         n_mlps=mlps,
         progress=progress,
+        report=report,
         overwrite=overwrite,
         console=console,
     )
@@ -157,22 +164,26 @@ def ensemble(
         ),
     ] = False,
     trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
+    report: WriteReport = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Fit combiners on validation predictions, print the test leaderboard, save combiners and results.json.
 
-    Python: `modelfusion.ensemble.fuse_and_evaluate(val_preds, test_preds, methods).save(out, overwrite=...)`.
+    Python: `modelfusion.ensemble.fuse_and_evaluate(val_preds, test_preds, methods).save(out, overwrite=...)`,
+    and `modelfusion.report.write_report(out / "results.json", out / "report.html")` for `--report`.
     """
     from ._atomic import check_output
     from .datasets import load_dataset
     from .ensemble import COMBINERS, fuse_and_evaluate
     from .errors import LeakageError
     from .predictions import Predictions, collect_predictions
-    from .report import print_leaderboard
+    from .report import check_report_extra, print_leaderboard, write_report
 
     methods = method or ["all"]
     for name in methods if methods != ["all"] else []:
         COMBINERS[name]  # an unknown name fails here, before any member runs
+    if report:
+        check_report_extra()  # before any member runs
     if checkpoints and (val_preds or test_preds):
         raise ConfigError("give member checkpoints or --val-preds/--test-preds, not both")
     inputs = [*(checkpoints or []), val_preds, test_preds]
@@ -197,7 +208,9 @@ def ensemble(
         raise LeakageError(f"--val-preds {val_preds}, --test-preds {test_preds}: {err}") from None
     print_leaderboard(run.report, console, chosen=run.choice and run.choice.reason())
     run.save(out, overwrite=overwrite, inputs=inputs)
-    console.print(f"combiners and results.json -> {out}")
+    if report:
+        write_report(out / "results.json", out / "report.html")
+    console.print(f"combiners, results.json{' and report.html' if report else ''} -> {out}", highlight=False)
 
 
 @_command
@@ -528,6 +541,29 @@ def compress(
         )
     console.print(table)
     console.print(f"-> {out / saved.name}", highlight=False)
+
+
+@_command
+def report(
+    results: Annotated[
+        Path, typer.Argument(readable=False, help="a results.json of `modelfusion auto`, `ensemble` or `demo`")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="where to write the HTML report (default: report.html beside RESULTS)")
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write one self-contained HTML report of a run: leaderboard, verdict, figures, configuration.
+
+    Python: `modelfusion.report.write_report(results, out, overwrite=...)`.
+    """
+    from .report import write_report
+
+    out = out if out is not None else results.parent / "report.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {out}: the report is HTML; name it with .html")
+    written = write_report(results, out, overwrite=overwrite)
+    console.print(f"report ({written.stat().st_size / 1e3:.0f} kB) -> {written}", highlight=False)
 
 
 def main() -> None:

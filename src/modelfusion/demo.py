@@ -28,7 +28,7 @@ from .errors import ConfigError
 from .io import save_member
 from .members import Member, SklearnMember
 from .predictions import collect_predictions
-from .report import print_leaderboard
+from .report import check_report_extra, print_leaderboard, write_report
 from .training import RECIPES, TrainingRecipe, recipe_for
 
 __all__ = ["run_demo", "member_recipes", "DemoMember"]
@@ -83,14 +83,15 @@ def run_demo(
     epochs: int | None = None,
     n_mlps: int = 3,
     progress: bool = True,
+    report: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
 ) -> dict:
     """Train members on `dataset`, fit every combiner on validation, score on test, print and save.
 
     Writes the folder `out`, all or nothing: `members/` (safetensors / skops), `predictions/{val,test}.safetensors`,
-    `combiners/NAME.safetensors` and `results.json`. An existing non-empty `out` is replaced only with
-    `overwrite`. Returns the content of `results.json`.
+    `combiners/NAME.safetensors`, `results.json` and, with `report`, `report.html` (`write_report`). An existing
+    non-empty `out` is replaced only with `overwrite`. Returns the content of `results.json`.
 
     Example:
         >>> results = run_demo("digits", out="runs/demo")
@@ -101,13 +102,19 @@ def run_demo(
     out = Path(out)
     if (epochs is not None and epochs < 1) or n_mlps < 0:
         raise ConfigError(f"the demo needs epochs >= 1 and mlps >= 0, got epochs={epochs}, mlps={n_mlps}")
+    if report:
+        check_report_extra()  # before any training
     data = load_dataset(dataset, seed=seed)
     with atomic_dir(out, overwrite=overwrite) as folder:
         console.print(f"[bold]modelfusion demo[/bold]  {data.summary()}")
         results = _train_fuse_and_score(data, folder, out, epochs, n_mlps, progress, console)
         results["wall_seconds"] = round(time.perf_counter() - start, 2)
         write_json(folder / "results.json", results)
+        if report:
+            write_report(folder / "results.json", folder / "report.html")
     console.print(f"results -> {out / 'results.json'}  ({results['wall_seconds']:.1f}s)")
+    if report:
+        console.print(f"report -> {out / 'report.html'}")
     return results
 
 

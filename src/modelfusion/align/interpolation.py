@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..datasets import Split
-from ..report.plots import pyplot, save_figure
+from ..report.plots import interpolation_figure, save_figure
 from ..training import score_classifier
 
 __all__ = [
@@ -82,15 +82,4 @@ def plot_interpolation(
     curves: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike, *, title: str = "Interpolation"
 ) -> Path:
     """Loss and accuracy against alpha, one line per curve name (needs the `report` extra)."""
-    plt = pyplot()
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for name, rows in curves.items():
-        alphas = [r["alpha"] for r in rows]
-        loss_axes.plot(alphas, [r["loss"] for r in rows], marker=".", label=name)
-        accuracy_axes.plot(alphas, [r["accuracy"] * 100 for r in rows], marker=".", label=name)
-    loss_axes.set(xlabel="alpha", ylabel="loss", title=title)
-    accuracy_axes.set(xlabel="alpha", ylabel="accuracy %")
-    for axes in (loss_axes, accuracy_axes):
-        axes.grid(alpha=0.3)
-    accuracy_axes.legend()
-    return save_figure(figure, path)
+    return save_figure(interpolation_figure(curves, title=title), path)

@@ -24,6 +24,7 @@ from .metrics import (
     per_sample_classification,
     per_sample_regression,
     regression_metrics,
+    reliability_curve,
 )
 from .stats import (
     bootstrap_counts,
@@ -40,6 +41,7 @@ __all__ = [
     "classification_metrics",
     "regression_metrics",
     "expected_calibration_error",
+    "reliability_curve",
     "mcnemar_exact",
 ]
 
@@ -70,6 +72,7 @@ class Report:
     best_member: str
     rows: list[Row]
     diversity: dict
+    reliability: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # name -> `reliability_curve`
 
     @property
     def primary_metric(self) -> str:
@@ -129,7 +132,8 @@ def evaluate(
         n_bins: bins of the expected calibration error.
 
     Returns:
-        A `Report` with one `Row` per member and fusion, the best member and diversity diagnostics.
+        A `Report` with one `Row` per member and fusion, the best member, diversity diagnostics and (classification)
+        each row's reliability curve.
 
     Example:
         >>> report = evaluate(test_preds, {"mean": fused_proba})
@@ -153,12 +157,13 @@ def evaluate(
         candidates[name] = values / values.sum(axis=1, keepdims=True) if classification else values
 
     counts = bootstrap_counts(preds.num_samples, n_resamples=n_resamples, seed=seed)
-    rows, per_sample = [], {}
+    rows, per_sample, reliability = [], {}, {}
     for name, values in candidates.items():
         if classification:
             y_int = y.astype(int)
             metrics = classification_metrics(values, y_int, n_bins=n_bins)
             samples = per_sample_classification(values, y_int)
+            reliability[name] = reliability_curve(values, y_int, n_bins)
             resampled = {k: bootstrap_means(v, counts) for k, v in samples.items()}
         else:
             metrics = regression_metrics(values, y)
@@ -199,4 +204,5 @@ def evaluate(
         best_member=best_member,
         rows=rows,
         diversity=diversity(members, y.astype(int) if classification else y, preds.task),
+        reliability=reliability,
     )

@@ -9,6 +9,7 @@ __all__ = [
     "classification_metrics",
     "regression_metrics",
     "expected_calibration_error",
+    "reliability_curve",
     "per_sample_classification",
     "per_sample_regression",
 ]
@@ -17,16 +18,36 @@ __all__ = [
 _EPS = 1e-15
 
 
-def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE (Guo et al., 2017): bin by confidence into `n_bins` equal-width bins, weight
-    |accuracy - confidence| of each bin by its share of samples."""
+def _confidence_bins(proba: np.ndarray, y: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin: sample count, correct count and summed top-label confidence."""
     confidence = proba.max(axis=1)
     correct = proba.argmax(axis=1) == y
     # Bin i holds confidences in (i/n, (i+1)/n]; a confidence of exactly 0 goes to the first bin.
     bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
-    gap = np.abs(np.bincount(bins, correct, n_bins) - np.bincount(bins, confidence, n_bins))
-    return float(gap.sum() / max(count.sum(), 1))
+    return (
+        np.bincount(bins, minlength=n_bins),
+        np.bincount(bins, correct, n_bins),
+        np.bincount(bins, confidence, n_bins),
+    )
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE (Guo et al., 2017): bin by confidence into `n_bins` equal-width bins, weight
+    |accuracy - confidence| of each bin by its share of samples."""
+    count, correct, confidence = _confidence_bins(proba, y, n_bins)
+    return float(np.abs(correct - confidence).sum() / max(count.sum(), 1))
+
+
+def reliability_curve(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[str, list[float]]:
+    """The reliability diagram behind the ECE: per non-empty confidence bin (the ECE's bins), the mean top-label
+    confidence, the accuracy and the number of samples. A calibrated model's accuracy equals its confidence."""
+    count, correct, confidence = _confidence_bins(proba, y, n_bins)
+    used = count > 0
+    return {
+        "confidence": (confidence[used] / count[used]).tolist(),
+        "accuracy": (correct[used] / count[used]).tolist(),
+        "count": count[used].tolist(),
+    }
 
 
 def per_sample_classification(proba: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from .._modules import freeze, output_width, truncate
 from ..errors import ConfigError, InvalidInputError, NotFittedError
 from ..members import as_member
 from ..predictions import Predictions, check_fit_split
-from ..report.plots import pyplot, save_figure
+from ..report.plots import cascade_figure, save_figure
 
 __all__ = ["Cascade", "CascadeResult", "Chained", "measured_costs", "plot_cascade_curve"]
 
@@ -290,11 +290,4 @@ def plot_cascade_curve(
 ) -> Path:
     """Accuracy against mean cost per sample, one line per curve name, saved as an image (needs the
     `report` extra)."""
-    plt = pyplot()
-    figure, axes = plt.subplots(figsize=(5, 3.5))
-    for name, rows in curves.items():
-        axes.plot([r["mean_cost"] for r in rows], [r["accuracy"] * 100 for r in rows], marker=".", label=name)
-    axes.set(xlabel="mean cost per sample", ylabel="accuracy %", title=title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    return save_figure(figure, path)
+    return save_figure(cascade_figure(curves, title=title), path)

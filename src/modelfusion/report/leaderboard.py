@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
-from ..evaluate import Report
+if TYPE_CHECKING:  # evaluate imports torch; the report reads results without it
+    from ..evaluate import Report
 
 __all__ = ["leaderboard_table", "print_leaderboard", "diversity_summary"]
 
