@@ -135,11 +135,38 @@ def test_compress_command_writes_the_model_and_its_before_after_report(backbone,
     assert not (tmp_path / "x").exists()
 
 
+def test_compress_prunes_units_recovers_and_compresses_an_ensemble_folder(backbone, tmp_path, digits):
+    from modelfusion.ensemble import EnsembleModule, make_combiner
+    from modelfusion.predictions import collect_predictions
+
+    out = tmp_path / "pruned"
+    printed = _run(
+        ["compress", str(backbone), "--method", "prune-structured", "--amount", "0.5", "--recover-epochs", "2"]
+        + ["--out", str(out)]
+    )
+    assert "2 recovery epochs" in printed and "McNemar against the uncompressed model: p = " in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["recover_epochs"] == 2 and 0 <= report["mcnemar"]["p_value"] <= 1
+    assert report["after"]["parameters"] < 0.6 * report["before"]["parameters"]
+    low, high = report["after"]["accuracy_ci"]
+    assert low <= report["after"]["accuracy"] <= high and report["after"]["accuracy"] > 0.7
+    assert load_member(out / "mlp_prune-structured.safetensors").module[0].out_features < 32
+
+    member = load_member(backbone)
+    val = collect_predictions([member], digits.val.X, digits.val.y, "val", progress=False)
+    folder = EnsembleModule([member], make_combiner("mean").fit(val)).save(tmp_path / "ensemble")
+    _run(["compress", str(folder), "--method", "int8", "--out", str(tmp_path / "small")])
+    loaded = EnsembleModule.load(tmp_path / "small" / "ensemble_int8")
+    assert torch.isfinite(loaded(digits.test.X)).all()
+    report = json.loads((tmp_path / "small" / "report.json").read_text())
+    assert report["after"]["bytes"] < 0.3 * report["before"]["bytes"]
+
+
 def test_commands_given_another_datasets_inputs_fail_in_one_line_before_any_work(backbone, tmp_path, digits):
     X, y = digits.train.X.numpy(), digits.train.y.numpy()
     logreg = save_member(SklearnMember(LogisticRegression(max_iter=200).fit(X, y), name="lr"), tmp_path / "lr.skops")
     other = ["--dataset", "mnist1d"]
-    assert "failed on the example input (1000, 40)" in _error(
+    assert "failed on the example input (" in _error(
         ["compress", str(backbone), "--method", "int4", *other, "--out", str(tmp_path / "c")]
     )
     assert "failed on the example input" in _error(

@@ -124,6 +124,7 @@ def test_structured_pruning_halves_every_hidden_group_and_round_trips(name, digi
     member = TorchMember(model, name=name)
     result = compress(member, "prune-structured", X=digits.train.X, amount=0.5)
     state = result.model.state_dict()
+    assert all(p.requires_grad for p in result.model.parameters())  # shrunk parameters still train
     for key, shape in expected_shapes.items():
         assert tuple(state[key].shape) == shape, key
     parameters = sum(t.numel() for t in result.model.parameters())
@@ -163,7 +164,7 @@ def test_recovery_wins_back_accuracy_and_keeps_the_zeros(method, trained_mlp, di
     pruned = compress(_member(trained_mlp), method, X=digits.train.X, amount=0.75)
     recovered = recover(pruned, trained_mlp, digits.train, digits.val, epochs=3, progress=False)
     before, after = score_classifier(pruned.model, digits.val), score_classifier(recovered.model, digits.val)
-    assert after["loss"] < before["loss"] and after["accuracy"] > before["accuracy"]
+    assert after["loss"] < before["loss"] - 0.05 and after["accuracy"] > before["accuracy"]
     for old, new in zip(pruned.model.parameters(), recovered.model.parameters(), strict=True):
         assert old.shape == new.shape
         assert torch.equal(new[old == 0], torch.zeros_like(new[old == 0])) or method == "prune-structured"

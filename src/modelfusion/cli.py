@@ -495,75 +495,70 @@ def cascade(
 
 @_command
 def compress(
-    checkpoint: Annotated[Path, typer.Argument(readable=False, help="a saved torch member with a registered factory")],
-    method: Annotated[str, typer.Option(help="int8-weight, int4, fp16, bf16 or prune (modelfusion.compress)")],
+    checkpoint: Annotated[
+        Path, typer.Argument(readable=False, help="a saved torch member (registered factory) or EnsembleModule folder")
+    ],
+    method: Annotated[
+        str,
+        typer.Option(
+            help="int8, int8-weight, int4, onnx-int8, fp16, bf16, prune, prune-wanda or prune-structured "
+            "(modelfusion.compress.COMPRESSORS)"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="folder for the compressed model and report.json")],
-    amount: Annotated[float | None, typer.Option(help="prune: the fraction of weights removed")] = None,
+    amount: Annotated[float | None, typer.Option(help="pruning: the fraction of weights or units removed")] = None,
     group_size: Annotated[int | None, typer.Option(help="int8-weight, int4: inputs per scale (0: one per row)")] = None,
+    recover_epochs: Annotated[
+        int, typer.Option(min=0, help="pruning: epochs of distillation from the uncompressed model")
+    ] = 0,
     dataset: Annotated[str, typer.Option(help="embedded dataset the model was trained on, to score it")] = "digits",
     seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
-    """Compress a saved model; print its bytes, test accuracy, NLL and latency before and after.
+    """Compress a saved model or ensemble; print its bytes, test accuracy and NLL (with 95% intervals), latency,
+    and McNemar's test against the uncompressed model.
 
-    Python: `modelfusion.compress.compress(load_member(path), method, ...)`, `.save(path)`, `measure(model, split)`.
+    Python: `modelfusion.compress.compress_and_measure(load_member(path), method, load_dataset(name), ...)`.
     """
     from rich.table import Table
 
     from ._atomic import atomic_dir, check_output, write_json
-    from .compress import compress as run_compress
-    from .compress import measure
+    from .compress import compress_and_measure
     from .datasets import load_dataset
 
     check_output(out, kind="folder", overwrite=overwrite, inputs=[checkpoint])  # before any work
-    member = _torch_member(checkpoint)
+    if checkpoint.is_dir():
+        from .ensemble import EnsembleModule
+
+        model, name = EnsembleModule.load(checkpoint), checkpoint.name
+    else:
+        model = _torch_member(checkpoint)
+        name = model.name
     params = {k: v for k, v in {"amount": amount, "group_size": group_size}.items() if v is not None}
-    data = load_dataset(dataset, seed=seed)
-    result = run_compress(member, method, **params)
-    before = {**measure(member.module, data.test), "bytes": sum(t.nbytes for t in member.module.state_dict().values())}
-    after = {**measure(result.model, data.test), "bytes": result.size_bytes}
-    with atomic_dir(out, overwrite=overwrite, inputs=[checkpoint]) as tmp:
-        saved = result.save(tmp / f"{member.name}_{method}.safetensors")
-        write_json(tmp / "report.json", {"method": method, "params": params, "before": before, "after": after})
-    table = Table(
-        title=f"{member.name}: {method} (test split of {dataset}, seed {seed}; {before['threads']} thread(s))"
+    run = compress_and_measure(
+        model, method, load_dataset(dataset, seed=seed), recover_epochs=recover_epochs, seed=seed, **params
     )
-    for column in ("", "bytes", "test accuracy", "NLL", "batch 1 (µs)", "batch 256 (µs)"):
+    with atomic_dir(out, overwrite=overwrite, inputs=[checkpoint]) as tmp:
+        saved = run.result.save(tmp / f"{name}_{method}")
+        write_json(tmp / "report.json", run.summary())
+    recovered = f", {recover_epochs} recovery epochs" if recover_epochs else ""
+    table = Table(
+        title=f"{name}: {method}{recovered} (test split of {dataset}, seed {seed}; {run.before['threads']} thread(s))"
+    )
+    for column in ("", "bytes", "test accuracy [95%]", "NLL [95%]", "batch 1 (µs)", "batch 256 (µs)"):
         table.add_column(column, justify="right")
-    for name, row in (("before", before), ("after", after)):
+    for label, row in (("before", run.before), ("after", run.after)):
         table.add_row(
-            name,
+            label,
             f"{row['bytes']:,}",
-            f"{row['accuracy']:.4f}",
-            f"{row['nll']:.4f}",
+            f"{row['accuracy']:.4f} [{row['accuracy_ci'][0]:.4f}, {row['accuracy_ci'][1]:.4f}]",
+            f"{row['nll']:.4f} [{row['nll_ci'][0]:.4f}, {row['nll_ci'][1]:.4f}]",
             f"{row['latency_batch_1_us']:.0f}",
             f"{row['latency_batch_256_us']:.0f}",
         )
     console.print(table)
+    console.print(f"McNemar against the uncompressed model: p = {run.mcnemar['p_value']:.3g}", highlight=False)
     console.print(f"-> {out / saved.name}", highlight=False)
-
-
-@_command
-def report(
-    results: Annotated[
-        Path, typer.Argument(readable=False, help="a results.json of `modelfusion auto`, `ensemble` or `demo`")
-    ],
-    out: Annotated[
-        Path | None, typer.Option(help="where to write the HTML report (default: report.html beside RESULTS)")
-    ] = None,
-    overwrite: Overwrite = False,
-) -> None:
-    """Write one self-contained HTML report of a run: leaderboard, verdict, figures, configuration.
-
-    Python: `modelfusion.report.write_report(results, out, overwrite=...)`.
-    """
-    from .report import write_report
-
-    out = out if out is not None else results.parent / "report.html"
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise ConfigError(f"--out {out}: the report is HTML; name it with .html")
-    written = write_report(results, out, overwrite=overwrite)
-    console.print(f"report ({written.stat().st_size / 1e3:.0f} kB) -> {written}", highlight=False)
 
 
 def main() -> None:

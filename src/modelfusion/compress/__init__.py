@@ -36,9 +36,12 @@ from .methods import COMPRESSORS, Compressor, apply_compression
 from .prune import prunable_weights
 from .quantize import DynamicInt8Linear, HalfPrecision, QuantizedLinear
 from .recover import recover
+from .workflow import CompressionRun, compress_and_measure
 
 __all__ = [
     "compress",
+    "compress_and_measure",
+    "CompressionRun",
     "recover",
     "measure",
     "Compressed",
@@ -172,15 +175,17 @@ def compress(
     return Compressed(apply_compression(module, method, params, X=X).eval(), method, dict(params), original)
 
 
-def measure(model: nn.Module, split, *, runs: int = 20) -> dict[str, float]:
-    """What a (compressed) classifier costs and scores on `split`: parameters, test accuracy and NLL, and the
-    median CPU latency of `runs` warm forward passes at batch 1 and batch 256 (on the threads torch has), all
-    in eval mode; the model's modes are left as found."""
+def measure(model: nn.Module, split, *, runs: int = 20, seed: int = 0) -> dict:
+    """What a (compressed) classifier costs and scores on `split`: parameters, accuracy and NLL with 95%
+    bootstrap intervals over the split's samples (`seed`), and the median CPU latency of `runs` warm forward
+    passes at batch 1 and batch 256 (on the threads torch has), all in eval mode; the model's modes are left as
+    found. `correct` lists which samples it got right (for McNemar tests)."""
     import statistics
     import time
 
     from .._modules import evaluating, output_width
-    from ..training import score_classifier
+    from ..evaluate.metrics import per_sample_classification
+    from ..evaluate.stats import bootstrap_counts, bootstrap_means, percentile_interval
 
     output_width(model, split.X, "the model")  # inputs of another dataset fail here, in one line
 
@@ -194,14 +199,20 @@ def measure(model: nn.Module, split, *, runs: int = 20) -> dict[str, float]:
             times.append(time.perf_counter() - started)
         return statistics.median(times) * 1e6
 
-    scores = score_classifier(model, split)
-    with evaluating(model):
+    with evaluating(model), torch.no_grad():
+        proba = torch.softmax(model(split.X).float(), dim=1).numpy()
         batch_1, batch_256 = latency(split.X[:1]), latency(split.X[:256])
+    per_sample = per_sample_classification(proba, split.y.numpy())
+    counts = bootstrap_counts(len(proba), seed=seed)
+    scores = {}
+    for metric in ("accuracy", "nll"):
+        low, high = percentile_interval(bootstrap_means(per_sample[metric], counts))
+        scores[metric], scores[f"{metric}_ci"] = float(per_sample[metric].mean()), [float(low), float(high)]
     return {
         "parameters": sum(t.numel() for t in model.state_dict().values()),
-        "accuracy": scores["accuracy"],
-        "nll": scores["loss"],
+        **scores,
         "latency_batch_1_us": batch_1,
         "latency_batch_256_us": batch_256,
         "threads": torch.get_num_threads(),
+        "correct": per_sample["accuracy"].astype(bool).tolist(),
     }

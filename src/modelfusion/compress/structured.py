@@ -82,8 +82,9 @@ def resize_tensors(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], *, w
         owner_name, _, attribute = name.rpartition(".")
         owner = model.get_submodule(owner_name)
         zeros = old.new_zeros(shape)
-        if attribute in owner._parameters:
-            owner._parameters[attribute] = nn.Parameter(zeros, requires_grad=old.requires_grad)
+        if attribute in owner._parameters:  # (state_dict() tensors are detached: ask the parameter itself)
+            trainable = owner._parameters[attribute].requires_grad
+            owner._parameters[attribute] = nn.Parameter(zeros, requires_grad=trainable)
         else:
             owner._buffers[attribute] = zeros
     for name, module in model.named_modules():
