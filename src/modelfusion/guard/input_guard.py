@@ -83,7 +83,7 @@ class InputGuard:
     Args:
         members: the models whose outputs and features the scores read (members, `nn.Module`s or fitted
             scikit-learn estimators); None: the guard screens the inputs alone (`mahalanobis` on the inputs).
-        score: a name in `SCORES`, or "auto": the score that best separates the validation split from its
+        ood_score: a name in `SCORES`, or "auto": the score that best separates the validation split from its
             feature-shuffled copy (`feature_shuffled`, AUROC), so nothing is chosen on a real shift.
         fpr: the share of validation samples the threshold may reject (the target false-positive rate).
         range_tolerance: a value may leave its feature's training range by this fraction of the range.
@@ -103,13 +103,13 @@ class InputGuard:
         self,
         members: Sequence | None = None,
         *,
-        score: str = "auto",
+        ood_score: str = "auto",
         fpr: float = 0.05,
         range_tolerance: float = 0.1,
         seed: int = 0,
     ) -> None:
         self.members = members
-        self.score = score
+        self.ood_score = ood_score
         self.fpr = fpr
         self.range_tolerance = range_tolerance
         self.seed = seed
@@ -118,8 +118,8 @@ class InputGuard:
     def fit(self, train: Split, val: Split | None = None) -> InputGuard:
         """Learn the schema and ranges on `train`, fit the feature scores there, then choose the score and
         its threshold on `val` (default: a stratified fifth of `train` held out)."""
-        if self.score != "auto":
-            SCORES[self.score]  # an unknown name lists the valid ones
+        if self.ood_score != "auto":
+            SCORES[self.ood_score]  # an unknown name lists the valid ones
         check_number(self.fpr, "fpr", low=0.0, open_low=True)
         if self.fpr >= 1:
             raise ConfigError(f"fpr must be below 1 (a share of validation samples), got {self.fpr}")
@@ -141,8 +141,8 @@ class InputGuard:
         self.low_, self.high_ = flat.min(0).values - margin, flat.max(0).values + margin
         self.member_names_ = tuple(m.name for m in self._members)
         candidates = [n for n in SCORES if SCORES[n].needs == "features" or self._members]
-        if self.score != "auto" and self.score not in candidates:
-            raise ConfigError(f"score {self.score!r} reads members' outputs; pass members= or use 'mahalanobis'")
+        if self.ood_score != "auto" and self.ood_score not in candidates:
+            raise ConfigError(f"score {self.ood_score!r} reads members' outputs; pass members= or use 'mahalanobis'")
         self.state_ = {}
         features = self._features(X)
         for name in candidates:
@@ -150,7 +150,7 @@ class InputGuard:
                 fitted = SCORES[name].fit(features, y)
                 self.state_.update({f"{name}.{k}": v for k, v in fitted.items()})
         self.val_auroc_ = self._proxy_aurocs(val_X, candidates)
-        self.score_ = max(self.val_auroc_, key=self.val_auroc_.get) if self.score == "auto" else self.score
+        self.score_ = max(self.val_auroc_, key=self.val_auroc_.get) if self.ood_score == "auto" else self.ood_score
         val_scores = self._scores(val_X, self.score_)
         self.threshold_ = float(np.quantile(val_scores, 1 - self.fpr))
         return self
@@ -241,23 +241,26 @@ class InputGuard:
         finite = torch.isfinite(X.reshape(len(X), -1)).all(1).numpy()
         return X.float(), finite
 
-    def score(self, X) -> np.ndarray:
-        """The chosen out-of-distribution score of each sample, `[N]` float64, higher = more unusual; inf for
-        a row with NaN or inf values."""
+    def score(self, X, *, name: str | None = None) -> np.ndarray:
+        """The out-of-distribution score of each sample, `[N]` float64, higher = more unusual; inf for a row
+        with NaN or inf values. `name`: another of the candidates scored at fit time (`val_auroc_`'s keys)
+        instead of the chosen `score_`."""
         X, finite = self._inputs(X)
-        return self._finite_scores(X, finite)
+        if name is not None and name not in self.val_auroc_:
+            raise ConfigError(f"score {name!r} was not fitted by this guard; fitted: {', '.join(self.val_auroc_)}")
+        return self._finite_scores(X, finite, name or self.score_)
 
-    def _finite_scores(self, X: torch.Tensor, finite: np.ndarray) -> np.ndarray:
+    def _finite_scores(self, X: torch.Tensor, finite: np.ndarray, name: str) -> np.ndarray:
         scores = np.full(len(X), math.inf)
         if finite.any():
-            scores[finite] = self._scores(X[torch.from_numpy(finite)], self.score_)
+            scores[finite] = self._scores(X[torch.from_numpy(finite)], name)
         return scores
 
     def check(self, X) -> Verdicts:
         """A verdict per sample: rejected for NaN/inf values, values outside the training ranges, or a score
         above the threshold. Inputs of the wrong shape or dtype are one `InvalidInputError` for the batch."""
         X, finite = self._inputs(X)
-        scores = self._finite_scores(X, finite)
+        scores = self._finite_scores(X, finite, self.score_)
         flat = X.reshape(len(X), -1).double()
         below, above = flat < self.low_, flat > self.high_
         reasons = []
@@ -306,7 +309,7 @@ class InputGuard:
         if header.score not in SCORES:
             raise CheckpointError(f"{path}: unknown score {header.score!r}; valid scores: {', '.join(SCORES)}")
         guard = cls(
-            members, score=header.score, fpr=header.fpr, range_tolerance=header.range_tolerance, seed=header.seed
+            members, ood_score=header.score, fpr=header.fpr, range_tolerance=header.range_tolerance, seed=header.seed
         )
         guard._members = cls._as_members(members)
         names = tuple(m.name for m in guard._members)
