@@ -202,8 +202,8 @@ def main() -> None:
         for seed in range(args.seeds):
             results[name].append(run_seed(name, seed))
             print(f"{name} seed {seed} done", flush=True)
-        if args.out:
-            Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+            if args.out:  # after every seed, so a long run stopped early keeps what it finished
+                Path(args.out).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     for name, runs in results.items():
         report(name, runs)

@@ -353,6 +353,7 @@ class InputGuard:
                 or means.dtype != torch.float64
                 or precision.dtype != torch.float64
                 or means.ndim != 2
+                or means.shape[0] == 0
                 or means.shape[1] != width
                 or tuple(precision.shape) != (width, width)
                 or not bool(torch.isfinite(means).all() and torch.isfinite(precision).all())
