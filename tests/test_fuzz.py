@@ -23,7 +23,9 @@ from typer.testing import CliRunner
 
 from modelfusion import ModelFusionError
 from modelfusion.cli import app
+from modelfusion.datasets import Split
 from modelfusion.ensemble import load_combiner, make_combiner, save_combiner
+from modelfusion.guard import InputGuard
 from modelfusion.io import load_member
 from modelfusion.merge import load_config, merge
 from modelfusion.models import mlp
@@ -94,6 +96,29 @@ PREDICTIONS = _safetensors_bytes(
     "modelfusion.predictions",
     {"member_names": ["a", "b"], "task": "classification", "split": "val", "classes": [0, 1, 2]},
 )
+
+
+def _guard_parts() -> tuple[dict, dict]:
+    """A guard fitted without members on a small synthetic split: the reader's valid original."""
+    generator = torch.Generator().manual_seed(0)
+    train = Split("train", torch.randn(60, 4, generator=generator), torch.arange(60) % 3)
+    guard = InputGuard().fit(train)
+    tensors = {"low": guard.low_, "high": guard.high_, **{f"state.{k}": v for k, v in guard.state_.items()}}
+    header = {
+        "input_shape": [4],
+        "score": guard.score_,
+        "threshold": guard.threshold_,
+        "fpr": 0.05,
+        "range_tolerance": 0.1,
+        "seed": 0,
+        "member_names": [],
+        "val_auroc": guard.val_auroc_,
+    }
+    return tensors, header
+
+
+GUARD_TENSORS, GUARD_HEADER = _guard_parts()
+GUARD = _safetensors_bytes(GUARD_TENSORS, "modelfusion.guard", GUARD_HEADER)
 
 
 def _torch_zip() -> bytes:
@@ -213,6 +238,20 @@ def _skops_file(folder, data):
 def _program_file(folder, data):
     for name in ("m.pt2", "m.torchscript"):
         _only_our_errors(lambda name=name: load_member(_write(folder, name, data)))
+
+
+def _guard_file(folder, data):
+    _only_our_errors(lambda: InputGuard.load(_write(folder, "g.safetensors", data)).score(torch.zeros(2, 4)))
+
+
+def _guard_header(folder, description):
+    data = _safetensors_bytes(GUARD_TENSORS, "modelfusion.guard", json.dumps(description))
+    _only_our_errors(lambda: InputGuard.load(_write(folder, "gh.safetensors", data)).check(torch.zeros(2, 4)))
+
+
+guard_headers = json_values | st.fixed_dictionaries(
+    {k: st.just(v) | json_values for k, v in GUARD_HEADER.items()},
+)
 
 
 def _combiner_file(folder, data):
@@ -476,6 +515,8 @@ test_predictions_header, test_predictions_header_slow = _fuzz(predictions_header
 test_torch_file, test_torch_file_slow = _fuzz(_file_contents(_torch_zip()), _torch_file)
 test_skops_file, test_skops_file_slow = _fuzz(_file_contents(_skops_bytes()), _skops_file)
 test_program_file, test_program_file_slow = _fuzz(_file_contents(_torch_zip()), _program_file)
+test_guard_file, test_guard_file_slow = _fuzz(_file_contents(GUARD), _guard_file)
+test_guard_header, test_guard_header_slow = _fuzz(guard_headers, _guard_header)
 test_combiner_description, test_combiner_description_slow = _fuzz(combiner_descriptions, _combiner_description)
 test_config_text, test_config_text_slow = _fuzz(
     st.text(max_size=300) | _mutations(CONFIG.encode()).map(lambda b: b.decode("utf-8", "replace")), _config_text

@@ -109,3 +109,23 @@ def output_width(module: nn.Module, example_input: torch.Tensor, role: str) -> i
     if not isinstance(out, torch.Tensor):
         raise InvalidInputError(f"{role} returned {type(out).__name__}; feature layers must return one tensor")
     return int(out[0].numel())
+
+
+def last_linear_inputs(module: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """What `module`'s last `nn.Linear` layer receives on `X`, flattened to `[N, D]` float64: the penultimate
+    features a classifier head sees. Captured with a forward pre-hook, in eval mode without gradients; the
+    module's modes are left as they were."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise InvalidInputError(f"{type(module).__name__} has no nn.Linear layer whose inputs could be features")
+    captured: list[torch.Tensor] = []
+    hook = linears[-1].register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0].detach()))
+    try:
+        with evaluating(module):
+            for start in range(0, len(X), batch_size):
+                module(X[start : start + batch_size])
+    finally:
+        hook.remove()
+    if not captured:
+        return torch.empty(0, linears[-1].in_features, dtype=torch.float64)
+    return torch.cat(captured).reshape(len(X), -1).double()

@@ -561,6 +561,183 @@ def compress(
     console.print(f"-> {out / saved.name}", highlight=False)
 
 
+guard_app = typer.Typer(
+    help="Screen inputs before they reach a model (fit, check) and find harmful training samples (clean).",
+    no_args_is_help=True,
+)
+app.add_typer(guard_app, name="guard")
+
+
+@guard_app.command("fit")
+@guarded
+def guard_fit(
+    checkpoints: Annotated[
+        list[Path] | None,
+        typer.Argument(readable=False, help="the members whose outputs the scores read (none: inputs alone)"),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="where to save the guard (.safetensors)")] = Path("guard.safetensors"),
+    dataset: Annotated[str, typer.Option(help="embedded dataset the members were trained on")] = "digits",
+    seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
+    score: Annotated[
+        str, typer.Option(help="auto (chosen on validation) or a name in modelfusion.guard.SCORES")
+    ] = "auto",
+    fpr: Annotated[float, typer.Option(help="share of validation samples the threshold may reject")] = 0.05,
+    range_tolerance: Annotated[float, typer.Option(help="allowed excursion beyond each feature's range")] = 0.1,
+    overwrite: Overwrite = False,
+) -> None:
+    """Fit an input guard on the training split; choose its score and threshold on the validation split.
+
+    Python: `InputGuard(members, ood_score=..., fpr=...).fit(data.train, data.val).save(out)` (`modelfusion.guard`).
+    """
+    from ._atomic import check_output
+    from .datasets import load_dataset
+    from .guard import InputGuard
+
+    checkpoints = checkpoints or []
+    _safetensors_out(out, "--out")
+    check_output(out, kind="file", overwrite=overwrite, inputs=checkpoints)
+    members = _load_members(checkpoints) if checkpoints else None
+    data = load_dataset(dataset, seed=seed)
+    guard = InputGuard(members, ood_score=score, fpr=fpr, range_tolerance=range_tolerance, seed=seed)
+    guard.fit(data.train, data.val)
+    guard.save(out, overwrite=overwrite)
+    aurocs = ", ".join(f"{name} {value:.3f}" for name, value in guard.val_auroc_.items())
+    console.print(
+        f"guard for {dataset} inputs {guard.input_shape_} with {len(guard.member_names_)} member(s): score "
+        f"{guard.score_}, threshold {guard.threshold_:.4g} (rejects {fpr:.1%} of validation); validation AUROC "
+        f"against feature-shuffled samples: {aurocs} -> {out}",
+        highlight=False,
+    )
+
+
+def _inputs_file(path: Path):
+    """A `.npy` array (never a pickle): the samples `guard check` screens."""
+    import numpy as np
+
+    from ._safetensors import check_readable
+    from .errors import CheckpointError
+
+    if path.suffix != ".npy":
+        raise InvalidInputError(f"--inputs {path}: give the samples as a NumPy .npy file")
+    check_readable(path, "NumPy .npy file")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise CheckpointError.unreadable(path, "a NumPy .npy array", err) from None
+
+
+@guard_app.command("check")
+@guarded
+def guard_check(
+    guard_file: Annotated[Path, typer.Argument(readable=False, help="a guard saved by `guard fit`")],
+    checkpoints: Annotated[
+        list[Path] | None, typer.Argument(readable=False, help="the members it was fitted with, in the same order")
+    ] = None,
+    inputs: Annotated[Path | None, typer.Option(help="samples to screen: a .npy array [N, features...]")] = None,
+    dataset: Annotated[str, typer.Option(help="without --inputs: screen this embedded dataset's split")] = "digits",
+    split: Annotated[str, typer.Option(help="without --inputs: train, val or test")] = "test",
+    seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write every verdict as JSON here")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Screen samples with a saved guard: print how many are rejected and why.
+
+    Python: `InputGuard.load(path, members=...).check(X)` (`modelfusion.guard`).
+    """
+    from ._atomic import check_output, write_json
+    from .datasets import load_dataset
+    from .guard import InputGuard
+
+    checkpoints = checkpoints or []
+    if json_out is not None:
+        if json_out.suffix != ".json":
+            raise ConfigError(f"--json {json_out}: the verdicts are JSON; name it with .json")
+        check_output(json_out, kind="file", overwrite=overwrite, inputs=[guard_file, *checkpoints])
+    members = _load_members(checkpoints) if checkpoints else None
+    guard = InputGuard.load(guard_file, members=members)
+    X = _inputs_file(inputs) if inputs is not None else load_dataset(dataset, seed=seed).split(split).X
+    verdicts = guard.check(X)
+    console.print(verdicts.summary(), highlight=False, markup=False)
+    for i in verdicts.rejected[:10]:
+        console.print(f"  row {i}: {verdicts.reasons[i]}", highlight=False, markup=False)
+    if len(verdicts.rejected) > 10:
+        console.print(f"  ... {len(verdicts.rejected) - 10} more", highlight=False)
+    if json_out is not None:
+        write_json(
+            json_out,
+            {
+                "score": verdicts.score,
+                "threshold": verdicts.threshold,
+                "ok": verdicts.ok.tolist(),
+                "reasons": list(verdicts.reasons),
+                "scores": [float(s) if s != float("inf") else None for s in verdicts.scores],
+            },
+        )
+
+
+@guard_app.command("clean")
+@guarded
+def guard_clean(
+    out: Annotated[Path, typer.Option(help="where to write the issues and accuracies (.json)")],
+    dataset: Annotated[str, typer.Option(help="embedded classification dataset whose training split is screened")] = (
+        "digits"
+    ),
+    recipe: Annotated[
+        str | None, typer.Option(help="training recipe of the fold members (default: the dataset's strongest)")
+    ] = None,
+    folds: Annotated[int, typer.Option(help="folds (members) of the out-of-fold predictions")] = 5,
+    noise: Annotated[
+        float, typer.Option(help="first flip this share of training labels (symmetric noise), to see it found")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="seed of the split, the noise, the folds and the members")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Find suspected mislabels and outliers in a training split, drop them, refit: accuracy before and after.
+
+    Python: `clean(data, members=recipe, folds=..., seed=...)` (`find_label_issues` alone finds them;
+    `inject_label_noise(data.train, rate, seed=...)` for --noise).
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from ._atomic import check_output, write_json
+    from .datasets import load_dataset
+    from .guard import clean, inject_label_noise
+
+    if out.suffix != ".json":
+        raise ConfigError(f"--out {out}: the report is JSON; name it with .json")
+    check_output(out, kind="file", overwrite=overwrite)
+    data = load_dataset(dataset, seed=seed)
+    flipped = None
+    if noise:
+        noisy, flipped = inject_label_noise(data.train, noise, seed=seed)
+        data = dataclasses.replace(data, train=noisy)
+    result = clean(data, members=recipe, folds=folds, seed=seed)
+    issues = result.issues
+    report = {
+        "dataset": dataset,
+        "seed": seed,
+        "folds": folds,
+        "label_issues": issues.label_issues.tolist(),
+        "suggested_labels": issues.suggested_labels[issues.label_issues].tolist(),
+        "outliers": issues.outliers.tolist(),
+        "accuracy": result.accuracy,
+    }
+    found = f"{len(issues.label_issues)} suspected mislabels and {len(issues.outliers)} outliers"
+    if flipped is not None:
+        hits = len(np.intersect1d(issues.label_issues, flipped))
+        report["injected"] = {"rate": noise, "flipped": flipped.tolist(), "found": hits}
+        found += f" ({hits} of the {len(flipped)} flipped labels among them)"
+    write_json(out, report)
+    test = result.accuracy["test"]
+    console.print(
+        f"{found} in {len(data.train)} training samples of {dataset}; test accuracy of the {folds}-fold fusion: "
+        f"{test['before']:.4f} before, {test['after']:.4f} after dropping them -> {out}",
+        highlight=False,
+    )
+
+
 def main() -> None:
     app()
 

@@ -15,13 +15,15 @@ from torch import nn
 
 from .._atomic import atomic_dir
 from .._safetensors import check_readable
-from ..errors import CheckpointError, IncompatibleModelsError, InvalidInputError, NotFittedError
+from ..errors import CheckpointError, ConfigError, IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..members import TorchMember
 from ..tasks import Task
 from .base import Combiner
 from .serialize import load_combiner, save_combiner
 
-__all__ = ["EnsembleModule", "same_architecture"]
+__all__ = ["EnsembleModule", "same_architecture", "apply_guard", "ON_REJECT"]
+
+ON_REJECT = ("raise", "abstain")
 
 # Whether members of one architecture run through torch.func.vmap by default. bench/ensemble_module.py
 # measures it on this CPU (docs/benchmarks.md): the loop was as fast or faster there, so vmap is opt-in.
@@ -52,6 +54,10 @@ class EnsembleModule(nn.Module):
         task: "classification" or "regression" (default: the combiner's).
         vectorize: run members of one architecture as one batched call (`torch.func.stack_module_state` +
             `vmap`). Default: `VECTORIZE_BY_DEFAULT` when the members share an architecture.
+        guard: a fitted input guard (`modelfusion.guard.InputGuard`, or anything whose `check(x)` returns
+            verdicts with `ok` and `reasons`) that screens every batch before it is answered (see
+            `apply_guard`). It is not saved with the module: save it apart (`InputGuard.save`).
+        on_reject: "raise" (an `InvalidInputError` naming the rejected rows and why) or "abstain" (NaN rows).
 
     Example:
         >>> module = EnsembleModule(torch_members, make_combiner("weighted").fit(val_preds)).eval()
@@ -66,8 +72,13 @@ class EnsembleModule(nn.Module):
         *,
         task: Task | None = None,
         vectorize: bool | None = None,
+        guard=None,
+        on_reject: str = "raise",
     ) -> None:
         super().__init__()
+        if on_reject not in ON_REJECT:
+            raise ConfigError(f"on_reject must be one of {ON_REJECT}, got {on_reject!r}")
+        self.guard, self.on_reject = guard, on_reject
         if not hasattr(combiner, "member_names_"):
             raise NotFittedError(f"combiner {combiner.name!r} is not fitted; fit it before building an EnsembleModule")
         modules, self.factories = [], []
@@ -122,9 +133,9 @@ class EnsembleModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = self.combiner._fuse(self.member_outputs(x), x if self.combiner.uses_features else None)
-        if self.task == "regression":
-            return fused
-        return torch.log(fused.clamp_min(torch.finfo(fused.dtype).tiny))
+        if self.task != "regression":
+            fused = torch.log(fused.clamp_min(torch.finfo(fused.dtype).tiny))
+        return fused if self.guard is None else apply_guard(self.guard, self.on_reject, x, fused)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Save into a folder (atomically): members as safetensors, the combiner, and `ensemble.json`.
@@ -188,6 +199,23 @@ class EnsembleModule(nn.Module):
         ]
         combiner = load_combiner(path / manifest.combiner)
         return cls(members, combiner, task=manifest.task, vectorize=vectorize).eval()
+
+
+def apply_guard(guard, on_reject: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """`out` (a model's answer to `x`) after `guard.check(x)`: unchanged when every row passes; otherwise an
+    `InvalidInputError` naming the first rejected rows and why ("raise"), or NaN in the rejected rows
+    ("abstain": the caller finds them with `out.isnan().any(-1)`)."""
+    verdicts = guard.check(x.detach().cpu())
+    if bool(verdicts.ok.all()):
+        return out
+    rejected = [i for i, ok in enumerate(verdicts.ok) if not ok]
+    if on_reject == "raise":
+        shown = "; ".join(f"row {i}: {verdicts.reasons[i]}" for i in rejected[:3])
+        more = f" (and {len(rejected) - 3} more)" if len(rejected) > 3 else ""
+        raise InvalidInputError(f"the input guard rejected {len(rejected)} of {len(x)} rows: {shown}{more}")
+    mask = torch.zeros(len(x), dtype=torch.bool, device=out.device)
+    mask[rejected] = True
+    return out.masked_fill(mask.reshape(-1, *([1] * (out.ndim - 1))), float("nan"))
 
 
 # Member names become file names when an ensemble is saved.

@@ -1,0 +1,233 @@
+"""Harmful training samples: suspected mislabels by confident learning on out-of-fold predictions of K-fold
+members, plus outliers far from the rest of the inputs; `clean` drops them and refits to show what it bought."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._checks import check_count, check_number, check_seed
+from ..datasets import Dataset, Split
+from ..errors import ConfigError, InvalidInputError
+from ..members import TorchMember
+from ..predictions import Predictions
+
+__all__ = [
+    "LabelIssues",
+    "Cleaned",
+    "confident_learning",
+    "input_outliers",
+    "find_label_issues",
+    "clean",
+    "inject_label_noise",
+]
+
+
+def confident_learning(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Which samples are likely mislabeled, from out-of-sample probabilities `[N, C]` and given labels `[N]`:
+    confident learning with pruning by noise rate (Northcutt, Jiang & Chuang, 2021, "Confident learning:
+    estimating uncertainty in dataset labels", https://arxiv.org/abs/1911.00068).
+
+    1. Per class j, the threshold t_j is the mean probability of j over the samples labeled j.
+    2. The confident joint counts, for each given label, the samples whose most probable class among those
+       above their thresholds is each true class; it is calibrated so that each row sums to that label's count.
+    3. For each off-diagonal cell (given i, true j), that many samples labeled i are flagged: those with the
+       largest margin p_j - p_i. A sample whose most probable class is its given label is never flagged.
+
+    Returns a boolean mask `[N]`.
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    n, num_classes = probs.shape
+    counts = np.bincount(labels, minlength=num_classes)
+    thresholds = np.array([probs[labels == j, j].mean() if counts[j] else np.inf for j in range(num_classes)])  # [C]
+    above = probs >= thresholds  # [N, C]
+    confident = np.where(above, probs, -np.inf).argmax(1)
+    has_any = above.any(1)
+    joint = np.zeros((num_classes, num_classes))
+    np.add.at(joint, (labels[has_any], confident[has_any]), 1)
+    row_sums = joint.sum(1, keepdims=True)
+    calibrated = np.divide(joint * counts[:, None], row_sums, out=np.zeros_like(joint), where=row_sums > 0)
+    flagged = np.zeros(n, dtype=bool)
+    for given in range(num_classes):
+        rows = np.flatnonzero(labels == given)
+        # keep at least one sample of each class: at most counts - 1 removed from a class
+        budget = max(int(counts[given]) - 1, 0)
+        for true in range(num_classes):
+            if true == given or budget == 0:
+                continue
+            remove = min(int(round(calibrated[given, true])), budget)
+            if remove == 0:
+                continue
+            margin = probs[rows, true] - probs[rows, given]
+            flagged[rows[np.argsort(-margin, kind="stable")[:remove]]] = True
+            budget -= remove
+    flagged &= probs.argmax(1) != labels
+    return flagged
+
+
+def input_outliers(X: torch.Tensor) -> np.ndarray:
+    """Which samples lie far from the others: Mahalanobis distance to the mean of `X` (Ledoit-Wolf covariance,
+    Lee et al., 2018) beyond Tukey's far-out fence, the upper quartile plus three interquartile ranges.
+    Labels play no part, so mislabels do not hide an outlier. Returns a boolean mask `[N]`."""
+    from sklearn.covariance import LedoitWolf
+
+    flat = X.reshape(len(X), -1).double().numpy()
+    distances = np.sqrt(LedoitWolf().fit(flat).mahalanobis(flat))
+    q1, q3 = np.percentile(distances, [25, 75])
+    return distances > q3 + 3 * (q3 - q1)
+
+
+@dataclass(frozen=True)
+class LabelIssues:
+    """What `find_label_issues` found in a training split.
+
+    Attributes:
+        indices: sorted row indices of every suspected sample (mislabeled or outlier).
+        label_issues: sorted indices of the suspected mislabels (confident learning).
+        outliers: sorted indices of the input outliers.
+        suggested_labels: `[N]` the out-of-fold prediction for each sample (what a relabeling would use).
+        oof: the out-of-fold predictions of the K-fold members the issues were read from.
+        members: the K-fold members (`TrainedMembers`), when they were trained here.
+    """
+
+    indices: np.ndarray
+    label_issues: np.ndarray
+    outliers: np.ndarray
+    suggested_labels: np.ndarray
+    oof: Predictions
+    members: object | None = None
+
+
+def _recipe(data: Dataset, members):
+    from ..training import RECIPES, TrainingRecipe, recipe_for
+
+    if members is None:
+        return recipe_for(data)
+    if isinstance(members, str):
+        return RECIPES[members]
+    if isinstance(members, TrainingRecipe):
+        return members
+    raise ConfigError(
+        f"members must be a TrainingRecipe, a name in RECIPES or out-of-fold Predictions, got {type(members).__name__}"
+    )
+
+
+def find_label_issues(data: Dataset, *, members: object = None, folds: int = 5, seed: int = 0) -> LabelIssues:
+    """The training samples of `data` that are likely mislabeled, and its input outliers.
+
+    K-fold members (`train_members(recipe, data, method="kfold", n=folds)`) predict each training sample
+    without having seen it; confident learning (`confident_learning`, Northcutt et al., 2021) reads the
+    mislabels from those out-of-fold probabilities. Validation only chooses the members' epochs; the test
+    split is never used.
+
+    Args:
+        data: the dataset whose `train` split is screened.
+        members: how the fold members are made: a `TrainingRecipe` or a name in `RECIPES` (default:
+            `recipe_for(data)`), or out-of-fold `Predictions` of the training split already made.
+        folds: number of folds (members).
+        seed: seed of the folds and the members.
+
+    Example:
+        >>> issues = find_label_issues(load_dataset("digits"), members="digits-mlp")
+        >>> issues.label_issues[:5], len(issues.outliers)
+    """
+    check_count(folds, "folds")
+    check_seed(seed)
+    if data.task != "classification":
+        raise InvalidInputError(f"label issues exist for classification; {data.name!r} is a {data.task} dataset")
+    trained = None
+    if isinstance(members, Predictions):
+        oof = members
+        if oof.task != "classification" or oof.num_samples != len(data.train) or oof.labels is None:
+            raise InvalidInputError(
+                f"out-of-fold predictions must be of the {len(data.train)} labeled training samples of a "
+                f"classifier, got {oof.num_samples} samples ({oof.task})"
+            )
+        if not torch.equal(oof.labels, data.train.y):
+            raise InvalidInputError("the out-of-fold predictions' labels differ from data.train.y; pass the same split")
+    else:
+        from ..ensemble.train import train_members
+
+        if folds < 2:
+            raise ConfigError(f"folds must be at least 2 (each member leaves one fold out), got {folds}")
+        trained = train_members(_recipe(data, members), data, method="kfold", n=folds, seed=seed)
+        oof = trained.oof
+    probs = oof.probabilities(torch.float64).mean(0).numpy()  # [N, C]
+    labels = data.train.y.numpy()
+    mislabeled = confident_learning(probs, labels)
+    outlying = input_outliers(data.train.X)
+    return LabelIssues(
+        indices=np.flatnonzero(mislabeled | outlying),
+        label_issues=np.flatnonzero(mislabeled),
+        outliers=np.flatnonzero(outlying),
+        suggested_labels=probs.argmax(1),
+        oof=oof,
+        members=trained,
+    )
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    """What `clean` did: the issues, the cleaned dataset, the K-fold fusion (`MeanOfModels`) trained before
+    and after dropping them, and the accuracy of each on the validation and test splits."""
+
+    issues: LabelIssues
+    data: Dataset
+    before: TorchMember
+    after: TorchMember
+    accuracy: dict[str, dict[str, float]]
+
+
+def clean(
+    data: Dataset, issues: LabelIssues | None = None, *, members: object = None, folds: int = 5, seed: int = 0
+) -> Cleaned:
+    """Drop the suspected samples (`find_label_issues`, or the `issues` given) from `data.train` and refit the
+    K-fold fusion on what is left, to show what cleaning recovered. Test accuracy is reported, never used.
+
+    Example:
+        >>> noisy, flipped = inject_label_noise(data.train, 0.2, seed=0)
+        >>> result = clean(dataclasses.replace(data, train=noisy), members="digits-mlp")
+        >>> result.accuracy["test"]        # {"before": ..., "after": ...}
+    """
+    from ..ensemble.train import train_members
+
+    check_count(folds, "folds")
+    recipe_source = members if not isinstance(members, Predictions) else None
+    if issues is None:
+        issues = find_label_issues(data, members=members, folds=folds, seed=seed)
+    recipe = _recipe(data, recipe_source)
+    before = issues.members or train_members(recipe, data, method="kfold", n=folds, seed=seed)
+    keep = np.setdiff1d(np.arange(len(data.train)), issues.indices)
+    kept = torch.as_tensor(keep)
+    cleaned = dataclasses.replace(data, train=Split("train", data.train.X[kept], data.train.y[kept]))
+    after = train_members(recipe, cleaned, method="kfold", n=folds, seed=seed)
+    fused = {"before": before.bag(f"{recipe.name}_noisy_bag"), "after": after.bag(f"{recipe.name}_cleaned_bag")}
+    accuracy = {
+        split: {
+            name: float((member.predict(data.split(split).X).argmax(1) == data.split(split).y).double().mean())
+            for name, member in fused.items()
+        }
+        for split in ("val", "test")
+    }
+    return Cleaned(issues, cleaned, fused["before"], fused["after"], accuracy)
+
+
+def inject_label_noise(split: Split, rate: float, *, seed: int = 0) -> tuple[Split, np.ndarray]:
+    """`split` with symmetric label noise: `round(rate * N)` samples drawn with `seed` each get another class,
+    drawn uniformly. Returns the noisy split and the sorted indices of the flipped samples."""
+    check_number(rate, "rate", low=0.0)
+    check_seed(seed)
+    if rate > 1:
+        raise ConfigError(f"the noise rate is a share of samples from 0 to 1, got {rate}")
+    labels = split.y.numpy()
+    num_classes = int(labels.max()) + 1
+    if num_classes < 2:
+        raise InvalidInputError("label noise needs at least two classes")
+    rng = np.random.default_rng(seed)
+    flipped = np.sort(rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False))
+    noisy = labels.copy()
+    noisy[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes
+    return Split(split.name, split.X, torch.from_numpy(noisy)), flipped

@@ -1,0 +1,289 @@
+"""The input guard: OOD scores, InputGuard on real members, label issues, serving with a guard, the CLI."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from modelfusion.cli import app
+from modelfusion.datasets import Split, load_dataset
+from modelfusion.ensemble import EnsembleModule, make_combiner
+from modelfusion.errors import (
+    ConfigError,
+    IncompatibleModelsError,
+    InvalidInputError,
+    NotFittedError,
+    UnknownNameError,
+)
+from modelfusion.guard import (
+    SCORES,
+    GuardedModel,
+    InputGuard,
+    clean,
+    confident_learning,
+    feature_shuffled,
+    find_label_issues,
+    inject_label_noise,
+    input_outliers,
+)
+from modelfusion.io import save_member
+from modelfusion.predictions import collect_predictions
+from modelfusion.training import RECIPES
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def members(digits):
+    recipe = RECIPES["digits-mlp"]
+    return [recipe.member(recipe.train(digits, seed=i), digits, name=f"mlp{i}") for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def guard(digits, members):
+    return InputGuard(members).fit(digits.train, digits.val)
+
+
+def _auroc(inlier, shifted) -> float:
+    return roc_auc_score(np.r_[np.zeros(len(inlier)), np.ones(len(shifted))], np.r_[inlier, shifted])
+
+
+# -- scores ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SCORES.names())
+def test_every_score_gives_one_finite_number_per_sample(name):
+    spec = SCORES[name]
+    logits = torch.randn(3, 7, 4)
+    if spec.needs == "logits":
+        out = spec.score(logits, {})
+    else:
+        feats = [torch.randn(50, 5, dtype=torch.float64)]
+        out = spec.score(feats[:1], spec.fit(feats, torch.arange(50) % 4))
+    assert out.shape[0] in (7, 50) and bool(torch.isfinite(out).all())
+    assert "arxiv.org" in spec.reference and spec.reference.split(",")[0] in (spec.score.__doc__ or "")
+
+
+def test_output_scores_match_their_definitions():
+    confident = torch.tensor([[[20.0, 0.0, 0.0]]]).expand(2, 1, 3)  # two members, agreeing and sure
+    split = torch.tensor([[[20.0, 0.0, 0.0]], [[0.0, 20.0, 0.0]]])  # two members, sure of different classes
+    assert SCORES["max_softmax"].score(confident, {}).item() == pytest.approx(0, abs=1e-6)
+    assert SCORES["max_softmax"].score(split, {}).item() == pytest.approx(0.5, abs=1e-6)
+    assert SCORES["mutual_information"].score(confident, {}).item() == pytest.approx(0, abs=1e-6)
+    assert SCORES["mutual_information"].score(split, {}).item() == pytest.approx(math.log(2), abs=1e-6)
+    assert SCORES["entropy"].score(torch.zeros(1, 1, 4), {}).item() == pytest.approx(math.log(4))
+    # energy of the mean logit: -logsumexp(0, 0, 0, 0) = -log 4, and the two split members cancel to 10, 10, 0
+    assert SCORES["energy"].score(torch.zeros(2, 1, 4), {}).item() == pytest.approx(-math.log(4))
+    assert SCORES["energy"].score(split, {}).item() == pytest.approx(-torch.logsumexp(torch.tensor([10.0, 10, 0]), 0))
+
+
+def test_mahalanobis_grows_away_from_the_class_means():
+    generator = torch.Generator().manual_seed(0)
+    feats = torch.randn(400, 3, generator=generator, dtype=torch.float64)
+    labels = torch.arange(400) % 2
+    feats[labels == 1] += 5
+    state = SCORES["mahalanobis"].fit([feats], labels)
+    probe = torch.tensor([[0.0, 0, 0], [5.0, 5, 5], [2.5, 2.5, 2.5], [20.0, -20, 0]], dtype=torch.float64)
+    d = SCORES["mahalanobis"].score([probe], state)
+    assert d[0] < 0.5 and d[1] < 0.5 and d[0] < d[2] < d[3]
+
+
+# -- InputGuard --------------------------------------------------------------------------------------------
+def test_guard_chooses_the_best_score_on_validation_and_sets_its_threshold(digits, guard):
+    assert set(guard.val_auroc_) == set(SCORES.names())
+    assert guard.score_ == max(guard.val_auroc_, key=guard.val_auroc_.get)
+    val_rejected = np.mean(guard.score(digits.val.X) > guard.threshold_)
+    assert 0.02 <= val_rejected <= 0.05
+    assert guard.input_shape_ == (64,)
+
+
+def test_guard_tells_shifted_inputs_from_test_inputs(digits, guard):
+    X = digits.test.X
+    inverted = digits.train.X.min(0).values + digits.train.X.max(0).values - X
+    noisy = X + torch.randn(X.shape, generator=torch.Generator().manual_seed(1))
+    assert _auroc(guard.score(X, name="mahalanobis"), guard.score(noisy, name="mahalanobis")) > 0.95
+    assert _auroc(guard.score(X, name="mutual_information"), guard.score(inverted, name="mutual_information")) > 0.95
+    verdicts = guard.check(noisy)
+    assert verdicts.ok.mean() < 0.5 < guard.check(X).ok.mean()
+
+
+def test_check_gives_each_rejected_row_its_reason(digits, guard):
+    X = digits.test.X[:4].clone()
+    X[1, 5] = float("nan")
+    X[2, 7] = 1e6
+    X[3] = -X[3] * 8
+    verdicts = guard.check(X)
+    assert verdicts.ok[0] and not verdicts.ok[1:].any()
+    assert verdicts.reasons[0] == ""
+    assert "non-finite values (features 5)" in verdicts.reasons[1] and math.isinf(verdicts.scores[1])
+    assert "outside the training range (features 7)" in verdicts.reasons[2]
+    assert list(verdicts.rejected) == [1, 2, 3]
+    assert verdicts.summary().startswith("3 of 4 rejected")
+
+
+def test_wrong_width_dtype_or_order_is_one_clear_error(digits, members, guard):
+    with pytest.raises(InvalidInputError, match=r"shape \(5, 63\).*\[N, 64\]"):
+        guard.check(digits.test.X[:5, :63])
+    with pytest.raises(InvalidInputError, match="dtype torch.int64"):
+        guard.score(torch.ones(5, 64, dtype=torch.int64))
+    with pytest.raises(NotFittedError):
+        InputGuard(members).check(digits.test.X)
+    with pytest.raises(UnknownNameError, match="mahalanobis"):
+        InputGuard(members, ood_score="nope").fit(digits.train, digits.val)
+    with pytest.raises(ConfigError, match="members"):
+        InputGuard(None, ood_score="energy").fit(digits.train, digits.val)
+    with pytest.raises(ConfigError, match="fpr"):
+        InputGuard(members, fpr=1.5).fit(digits.train, digits.val)
+    bad = Split("train", digits.train.X.clone(), digits.train.y)
+    bad.X[3, 0] = float("inf")
+    with pytest.raises(InvalidInputError, match="1 rows with NaN or inf"):
+        InputGuard().fit(bad, digits.val)
+
+
+def test_a_saved_guard_scores_the_same_and_refuses_other_members(tmp_path, digits, members, guard):
+    path = guard.save(tmp_path / "g.safetensors")
+    loaded = InputGuard.load(path, members=members)
+    assert loaded.score_ == guard.score_ and loaded.threshold_ == guard.threshold_
+    np.testing.assert_allclose(loaded.score(digits.test.X), guard.score(digits.test.X))
+    assert (loaded.check(digits.test.X).ok == guard.check(digits.test.X).ok).all()
+    with pytest.raises(IncompatibleModelsError, match="same members"):
+        InputGuard.load(path, members=members[:2])
+    with pytest.raises(IncompatibleModelsError):
+        InputGuard.load(path)
+
+
+def test_a_guard_without_members_screens_the_inputs_alone(tmp_path, digits):
+    guard = InputGuard(seed=3).fit(digits.train)  # validation: a fifth of train, held out
+    assert guard.score_ == "mahalanobis" and list(guard.val_auroc_) == ["mahalanobis"]
+    noisy = digits.test.X + torch.randn(digits.test.X.shape, generator=torch.Generator().manual_seed(0))
+    assert _auroc(guard.score(digits.test.X), guard.score(noisy)) > 0.95
+    loaded = InputGuard.load(guard.save(tmp_path / "g.safetensors"))
+    np.testing.assert_allclose(loaded.score(noisy), guard.score(noisy))
+
+
+def test_feature_shuffled_keeps_each_column_and_breaks_rows():
+    X = torch.arange(40.0).reshape(10, 4)
+    shuffled = feature_shuffled(X, seed=0)
+    assert torch.equal(shuffled.sort(0).values, X)
+    assert not torch.equal(shuffled, X)
+
+
+# -- serving -----------------------------------------------------------------------------------------------
+def test_ensemble_module_rejects_or_abstains_with_a_guard(digits, members, guard):
+    val = collect_predictions(members, digits.val.X, digits.val.y, "val", progress=False)
+    combiner = make_combiner("mean").fit(val)
+    X = digits.test.X[:6].clone()
+    X[2, 0] = float("nan")
+    strict = EnsembleModule(members, combiner, guard=guard).eval()
+    with pytest.raises(InvalidInputError, match="rejected 1 of 6 rows: row 2: non-finite"):
+        strict(X)
+    abstaining = EnsembleModule(members, combiner, guard=guard, on_reject="abstain").eval()
+    out = abstaining(X)
+    assert out[2].isnan().all() and not out[[0, 1, 3, 4, 5]].isnan().any()
+    torch.testing.assert_close(out[:2], EnsembleModule(members, combiner).eval()(X[:2]))
+    served = GuardedModel(members[0].module, guard, on_reject="abstain")
+    assert served(X)[2].isnan().all()
+    with pytest.raises(ConfigError, match="on_reject"):
+        GuardedModel(members[0].module, guard, on_reject="ignore")
+
+
+# -- label issues ------------------------------------------------------------------------------------------
+def test_confident_learning_flags_confidently_contradicted_labels():
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 100)
+    probs = np.full((300, 3), 0.05)
+    probs[np.arange(300), truth] = 0.9
+    probs += rng.uniform(0, 0.02, probs.shape)
+    probs /= probs.sum(1, keepdims=True)
+    labels = truth.copy()
+    flipped = rng.choice(300, 30, replace=False)
+    labels[flipped] = (labels[flipped] + 1) % 3
+    assert set(np.flatnonzero(confident_learning(probs, labels))) == set(flipped)
+    assert not confident_learning(probs, truth).any()
+
+
+def test_inject_label_noise_flips_the_stated_share(digits):
+    noisy, flipped = inject_label_noise(digits.train, 0.2, seed=4)
+    assert len(flipped) == round(0.2 * len(digits.train))
+    changed = np.flatnonzero(noisy.y.numpy() != digits.train.y.numpy())
+    assert list(changed) == list(flipped)
+    assert torch.equal(inject_label_noise(digits.train, 0.2, seed=4)[0].y, noisy.y)
+    with pytest.raises(ConfigError):
+        inject_label_noise(digits.train, 1.5)
+
+
+def test_find_label_issues_recovers_injected_noise_and_clean_refits(digits):
+    noisy, flipped = inject_label_noise(digits.train, 0.2, seed=0)
+    data = dataclasses.replace(digits, train=noisy)
+    issues = find_label_issues(data, members="digits-mlp", folds=3, seed=0)
+    hits = len(np.intersect1d(issues.label_issues, flipped))
+    assert hits / len(issues.label_issues) > 0.8 and hits / len(flipped) > 0.7
+    assert set(issues.indices) == set(issues.label_issues) | set(issues.outliers)
+    assert issues.oof.split == "train" and issues.oof.num_samples == len(noisy)
+    again = find_label_issues(data, members=issues.oof)  # the same probabilities give the same issues
+    assert np.array_equal(again.label_issues, issues.label_issues) and again.members is None
+    result = clean(data, issues, members="digits-mlp", folds=3, seed=0)
+    assert len(result.data.train) == len(noisy) - len(issues.indices)
+    assert set(result.accuracy) == {"val", "test"} and result.accuracy["val"]["after"] > 0.9
+
+
+def test_input_outliers_finds_planted_far_points(digits):
+    X = digits.train.X.clone()
+    X[[5, 50]] = 40.0
+    assert {5, 50} <= set(np.flatnonzero(input_outliers(X)))
+    assert input_outliers(X).mean() < 0.1
+
+
+def test_find_label_issues_refuses_what_it_cannot_read(digits):
+    with pytest.raises(InvalidInputError, match="regression"):
+        find_label_issues(load_dataset("diabetes"))
+    with pytest.raises(ConfigError, match="folds"):
+        find_label_issues(digits, folds=1)
+    with pytest.raises(ConfigError, match="members"):
+        find_label_issues(digits, members=3.5)
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------
+def test_guard_cli_fit_check_clean(tmp_path, monkeypatch, digits, members):
+    monkeypatch.chdir(tmp_path)
+    paths = [str(save_member(m, tmp_path / f"{m.name}.safetensors")) for m in members]
+    runner = CliRunner()
+    fit = runner.invoke(app, ["guard", "fit", *paths, "--out", "g.safetensors"])
+    assert fit.exit_code == 0, fit.output
+    assert "score" in fit.output and "g.safetensors" in fit.output
+    again = runner.invoke(app, ["guard", "fit", *paths, "--out", "g.safetensors"])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    X = digits.test.X[:5].numpy().copy()
+    X[1, 2] = np.nan
+    np.save(tmp_path / "x.npy", X)
+    check = runner.invoke(app, ["guard", "check", "g.safetensors", *paths, "--inputs", "x.npy", "--json", "v.json"])
+    assert check.exit_code == 0, check.output
+    assert "row 1: non-finite values (features 2)" in check.output
+    verdicts = json.loads((tmp_path / "v.json").read_text())
+    assert verdicts["ok"][1] is False and verdicts["scores"][1] is None
+    for argv, message in (
+        (["guard", "check", "g.safetensors", paths[0], "--inputs", "x.npy"], "same members"),
+        (["guard", "check", "g.safetensors", *paths, "--dataset", "mnist1d"], "shape"),
+        (["guard", "check", "g.safetensors", *paths, "--inputs", "v.json"], ".npy"),
+        (["guard", "fit", *paths, "--out", "h.safetensors", "--score", "nope"], "unknown"),
+        (["guard", "clean", "--out", "c.txt"], ".json"),
+    ):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, argv
+    (tmp_path / "pickle.npy").write_bytes(
+        b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    )
+    result = runner.invoke(app, ["guard", "check", "g.safetensors", *paths, "--inputs", "pickle.npy"])
+    assert result.exit_code == 2, result.output
+    cleaned = runner.invoke(
+        app, ["guard", "clean", "--out", "c.json", "--recipe", "digits-mlp", "--folds", "2", "--noise", "0.1"]
+    )
+    assert cleaned.exit_code == 0, cleaned.output
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["injected"]["found"] > 0.5 * len(report["injected"]["flipped"])
