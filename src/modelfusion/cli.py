@@ -738,6 +738,29 @@ def guard_clean(
     )
 
 
+@_command
+def report(
+    results: Annotated[
+        Path, typer.Argument(readable=False, help="a results.json of `modelfusion auto`, `ensemble` or `demo`")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="where to write the HTML report (default: report.html beside RESULTS)")
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write one self-contained HTML report of a run: leaderboard, verdict, figures, configuration.
+
+    Python: `modelfusion.report.write_report(results, out, overwrite=...)`.
+    """
+    from .report import write_report
+
+    out = out if out is not None else results.parent / "report.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ConfigError(f"--out {out}: the report is HTML; name it with .html")
+    written = write_report(results, out, overwrite=overwrite)
+    console.print(f"report ({written.stat().st_size / 1e3:.0f} kB) -> {written}", highlight=False)
+
+
 def main() -> None:
     app()
 

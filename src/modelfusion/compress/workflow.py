@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..members import TorchMember
+from .api import compress
+from .measure import measure
+from .recover import recover
 
 __all__ = ["CompressionRun", "compress_and_measure"]
 
@@ -50,7 +53,6 @@ def compress_and_measure(
     """`compress(model, method, X=data.train.X, **params)`, then with `recover_epochs` a distillation from the
     uncompressed model on `data.train` (epoch chosen on `data.val`), then `measure` of both on `data.test`."""
     from ..evaluate.stats import mcnemar_exact
-    from . import compress, measure, recover
 
     module = model.module if isinstance(model, TorchMember) else model
     result = compress(model, method, X=data.train.X, **params)
