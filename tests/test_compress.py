@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from modelfusion import CheckpointError, ConfigError, InvalidInputError
-from modelfusion.compress import COMPRESSORS, QuantizedLinear, compress
+from modelfusion.compress import COMPRESSORS, QuantizedConv, QuantizedLinear, compress
 from modelfusion.io import load_member
 from modelfusion.members import TorchMember
 from modelfusion.models import cnn1d, cnn2d, mlp
-from modelfusion.training import score_classifier
+from modelfusion.training import score_classifier, train_model
 
 from .conftest import MLP_KWARGS, MLP_SPEC
 from .test_align import TinyResNet
@@ -77,14 +77,22 @@ def test_pruning_removes_the_smallest_weights_globally_or_per_layer(trained_mlp)
             assert removed.max() <= kept.min()
 
 
-def test_a_cnn_quantizes_its_linear_layers_and_keeps_its_convolutions(digits):
+@pytest.mark.parametrize("method, convolutions_in_int8", [("int8", True), ("int8-weight", True), ("int4", False)])
+def test_a_cnn_quantizes_its_layers_and_round_trips(method, convolutions_in_int8, digits, tmp_path):
     torch.manual_seed(0)
-    model = cnn2d().eval()
-    result = compress(model, "int8-weight")
-    assert sum(isinstance(m, QuantizedLinear) for m in result.model.modules()) == 2
-    assert any(isinstance(m, nn.Conv2d) for m in result.model.modules())
+    kwargs = {"channels": [8, 16], "hidden": 32}
+    model = train_model(cnn2d(**kwargs), digits.train, digits.val, epochs=2, seed=0).eval()
+    result = compress(TorchMember(model, name="cnn", factory="cnn2d", factory_kwargs=kwargs), method)
+    modules = list(result.model.modules())
+    assert sum(isinstance(m, QuantizedConv) for m in modules) == (2 if convolutions_in_int8 else 0)
+    assert all(m.weight_int8.dtype == torch.int8 for m in modules if isinstance(m, QuantizedConv))
+    fp32_bytes = sum(t.nbytes for t in model.state_dict().values())
+    assert result.size_bytes < (0.3 if convolutions_in_int8 else 0.6) * fp32_bytes
     with torch.no_grad():
-        assert torch.isfinite(result.model(digits.test.X[:8])).all()
+        expected, got = model(digits.test.X), result.model(digits.test.X)
+    assert (expected.argmax(1) == got.argmax(1)).float().mean() >= 0.97
+    loaded = load_member(result.save(tmp_path / "cnn"))
+    torch.testing.assert_close(loaded.predict(digits.test.X), got)
 
 
 def test_bad_requests_are_clear(trained_mlp, tmp_path):

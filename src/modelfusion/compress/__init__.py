@@ -11,8 +11,8 @@ distills the uncompressed model into a pruned one to win back accuracy.
 
 | method | what it does | parameters |
 |---|---|---|
-| `int8` | Linear layers computed in int8 (dynamic quantization: int8 weights, inputs quantized per batch) | |
-| `int8-weight` | Linear weights stored as int8, one float16 scale per output row (or per group) | `group_size` |
+| `int8` | Linear layers computed in int8 (int8 weights, inputs quantized per batch); conv weights as int8 | |
+| `int8-weight` | Linear and conv weights stored as int8, one float16 scale per output row (or group) | `group_size` |
 | `int4` | Linear weights as int4, two per byte, float16 scales | `group_size` (default 32) |
 | `onnx-int8` | exported to ONNX, weights int8 per channel by onnxruntime (extra `onnx`); saved as `.onnx` | |
 | `fp16`, `bf16` | every weight in half precision; inputs and outputs stay float32 | |
@@ -24,7 +24,7 @@ distills the uncompressed model into a pruned one to win back accuracy.
 from .api import Compressed, CompressedEnsemble, compress
 from .measure import measure
 from .methods import COMPRESSORS, Compressor, apply_compression
-from .quantize import DynamicInt8Linear, HalfPrecision, QuantizedLinear
+from .quantize import DynamicInt8Linear, HalfPrecision, QuantizedConv, QuantizedLinear
 from .recover import recover
 from .workflow import CompressionRun, compress_and_measure
 
@@ -39,6 +39,7 @@ __all__ = [
     "Compressor",
     "COMPRESSORS",
     "QuantizedLinear",
+    "QuantizedConv",
     "DynamicInt8Linear",
     "HalfPrecision",
     "apply_compression",

@@ -12,7 +12,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..registry import Registry
 from .prune import prune_magnitude, prune_wanda
-from .quantize import DynamicInt8Linear, HalfPrecision, QuantizedLinear, quantize_linears
+from .quantize import DynamicInt8Linear, HalfPrecision, QuantizedConv, QuantizedLinear, quantize_layers
 from .structured import prune_structured
 
 __all__ = ["COMPRESSORS", "Compressor", "apply_compression"]
@@ -44,17 +44,34 @@ def _register(name: str, **properties) -> Callable:
 
 @_register("int8")
 def _int8(model: nn.Module) -> nn.Module:
-    return quantize_linears(model, DynamicInt8Linear.of)
+    return quantize_layers(model, lambda layer: _one_of(layer, DynamicInt8Linear.of, QuantizedConv))
 
 
 @_register("int8-weight")
 def _int8_weight(model: nn.Module, *, group_size: int = 0) -> nn.Module:
-    return quantize_linears(model, lambda linear: QuantizedLinear.of(linear, bits=8, group_size=group_size))
+    def linear(layer: nn.Linear) -> nn.Module:
+        return QuantizedLinear.of(layer, bits=8, group_size=group_size)
+
+    return quantize_layers(model, lambda layer: _one_of(layer, linear, QuantizedConv))
 
 
 @_register("int4")
 def _int4(model: nn.Module, *, group_size: int = 32) -> nn.Module:
-    return quantize_linears(model, lambda linear: QuantizedLinear.of(linear, bits=4, group_size=group_size))
+    def linear(layer: nn.Linear) -> nn.Module:
+        return QuantizedLinear.of(layer, bits=4, group_size=group_size)
+
+    return quantize_layers(model, lambda layer: _one_of(layer, linear, None))
+
+
+def _one_of(
+    layer: nn.Module, linear: Callable[[nn.Linear], nn.Module], conv: Callable[[nn.Module], nn.Module] | None
+) -> nn.Module | None:
+    """The quantized form of a Linear or convolution layer (None: leave the layer as it is)."""
+    if isinstance(layer, nn.Linear):
+        return linear(layer)
+    if conv is not None and isinstance(layer, nn.modules.conv._ConvNd):
+        return conv(layer)
+    return None
 
 
 @_register("onnx-int8", needs_inputs=True, file_format="onnx")

@@ -12,11 +12,13 @@ __all__ = ["prune_magnitude", "prune_wanda", "prunable_weights"]
 
 
 def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights of the model's Linear and convolution layers, by module name."""
+    """The float weights of the model's Linear and convolution layers, by module name (a quantized layer's
+    convolution keeps its settings but not its weight)."""
     return {
         name: module.weight
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear | nn.modules.conv._ConvNd)
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
     }
 
 

@@ -1,4 +1,5 @@
-"""Quantization of Linear layers: weight-only (int8, int4 packed two per byte), dynamic int8, and half precision.
+"""Quantization: weight-only int8 / int4 (packed two per byte) Linear layers, dynamic int8 Linear layers, int8
+convolution weights, and half precision.
 
 A weight-only quantized layer stores its weight as integers with one scale per output row, or per group of
 `group_size` input columns, and dequantizes it in its forward pass. A dynamic int8 layer stores the same int8
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["QuantizedLinear", "DynamicInt8Linear", "HalfPrecision", "quantize_linears"]
+__all__ = ["QuantizedLinear", "QuantizedConv", "DynamicInt8Linear", "HalfPrecision", "quantize_layers"]
 
 
 class QuantizedLinear(nn.Module):
@@ -143,10 +144,34 @@ class HalfPrecision(nn.Module):
         return self.model(x.to(self.dtype)).float()
 
 
-def quantize_linears(model: nn.Module, quantize: Callable[[nn.Linear], nn.Module]) -> nn.Module:
-    """`model` with every Linear layer replaced by `quantize(layer)` (in place; returns the model)."""
-    if isinstance(model, nn.Linear):
-        return quantize(model)
+class QuantizedConv(nn.Module):
+    """A convolution whose weight is stored as int8 with one float16 scale per output channel and dequantized
+    in its forward pass (torch has no int8 convolution kernel for inputs quantized on the fly); it computes in
+    float32 with the convolution's own settings (stride, padding, groups, ...)."""
+
+    def __init__(self, conv: nn.modules.conv._ConvNd) -> None:
+        super().__init__()
+        weight = conv.weight.detach().float()
+        del conv.weight  # the convolution keeps its settings and bias; its weight lives here as integers
+        self.conv = conv
+        self.register_buffer("weight_int8", torch.zeros(weight.shape, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(weight.shape[0], dtype=torch.float16))
+        scale = (weight.reshape(weight.shape[0], -1).abs().amax(dim=1) / 127).clamp(min=1e-12).half()
+        self.scale.copy_(scale)
+        per_channel = scale.float().reshape(-1, *[1] * (weight.ndim - 1))
+        self.weight_int8.copy_(torch.round(weight / per_channel).clamp(-127, 127).to(torch.int8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_channel = self.scale.float().reshape(-1, *[1] * (self.weight_int8.ndim - 1))
+        return self.conv._conv_forward(x, self.weight_int8.float() * per_channel, self.conv.bias)
+
+
+def quantize_layers(model: nn.Module, quantize: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """`model` with every layer for which `quantize(layer)` gives a module replaced by it (in place; returns the
+    model)."""
+    replaced = quantize(model)
+    if replaced is not None:
+        return replaced
     for name, child in list(model.named_children()):
-        setattr(model, name, quantize_linears(child, quantize))
+        setattr(model, name, quantize_layers(child, quantize))
     return model
