@@ -84,6 +84,87 @@ def demo(
     )
 
 
+def _seconds(text: str) -> float:
+    """A duration such as 300, 300s, 5m or 1h, in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise ConfigError(f"--budget {text!r}: give seconds, e.g. 300, 300s, 5m or 1h") from None
+    if not value > 0:
+        raise ConfigError(f"--budget {text!r}: the budget must be positive")
+    return value
+
+
+@_command
+def auto(
+    checkpoints: Annotated[
+        list[Path] | None, typer.Argument(readable=False, help="members (default: trained here from the recipes)")
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="embedded classification dataset the members belong to")] = "digits",
+    out: Annotated[Path, typer.Option(help="folder for results.json, report.html and the exported model")] = Path(
+        "runs/auto"
+    ),
+    budget: Annotated[
+        str | None, typer.Option(help="time budget (300, 300s, 5m): families that would start later are skipped")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the split, of the members trained here, of the bootstrap")] = 0,
+    report: Annotated[bool, typer.Option(help="write report.html (the HTML report)")] = True,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    overwrite: Overwrite = False,
+) -> None:
+    """Try every family of fusion on the members, choose on validation, confirm on test, export the chosen one.
+
+    Python: `modelfusion.auto.auto(members, load_dataset(dataset, seed=seed), out=..., budget_s=...)`.
+    """
+    from rich.table import Table
+
+    from ._atomic import check_output
+    from .auto import auto as run_auto
+    from .datasets import load_dataset
+    from .report.html import verdict_text
+    from .report.results import parse_results
+
+    budget_s = _seconds(budget) if budget is not None else None
+    check_output(out, kind="folder", overwrite=overwrite, inputs=checkpoints or [])  # before any work
+    members = _load_members(checkpoints) if checkpoints else None
+    data = load_dataset(dataset, seed=seed)
+    result = run_auto(
+        members,
+        data,
+        budget_s=budget_s,
+        seed=seed,
+        out=out,
+        report=report,
+        overwrite=overwrite,
+        progress=progress,
+        log=lambda line: console.print(line, highlight=False, markup=False),
+    )
+    table = Table(title=f"auto on {dataset} (seed {seed}): ranked on validation, scored on test")
+    columns = ("family", "candidate", "val %", "test % [95%]", "test NLL", "µs/sample", "kB", "passes")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("family", "candidate") else "right")
+    for row in result.results["leaderboard"]:
+        test, cost = row["test"], row["cost"]
+        low, high = test["accuracy_ci"]
+        table.add_row(
+            row["family"],
+            row["name"] + (" *" if row["name"] == result.chosen.name else ""),
+            f"{row['val']['accuracy'] * 100:.1f}",
+            f"{test['accuracy'] * 100:.1f} [{low * 100:.1f}, {high * 100:.1f}]",
+            f"{test['nll']:.3f}",
+            f"{cost['latency_batch_1_us']:,.0f}",
+            f"{cost['bytes'] / 1e3:,.0f}" if cost.get("bytes") is not None else "-",
+            f"{cost['forward_passes']:.2g}",
+        )
+    console.print(table)
+    console.print(verdict_text(parse_results(result.results)), highlight=False)
+    console.print(f"* chosen -> {result.results['chosen']['path']}", highlight=False)
+    written = ["results.json"] + (["report.html"] if report else [])
+    console.print(f"{', '.join(written)} -> {out}  ({result.results['wall_seconds']:.0f}s)", highlight=False)
+
+
 @_command
 def predict(
     checkpoints: Annotated[

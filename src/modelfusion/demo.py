@@ -31,7 +31,7 @@ from .predictions import collect_predictions
 from .report import check_report_extra, print_leaderboard, write_report
 from .training import RECIPES, TrainingRecipe, recipe_for
 
-__all__ = ["run_demo", "member_recipes", "DemoMember"]
+__all__ = ["run_demo", "member_recipes", "train_member", "DemoMember"]
 
 
 @dataclass
@@ -67,7 +67,8 @@ def member_recipes(data: Dataset, *, seed: int = 0, n_mlps: int = 3) -> list[Dem
     return members
 
 
-def _train_member(member: DemoMember, data: Dataset, epochs: int | None) -> Member:
+def train_member(member: DemoMember, data: Dataset, epochs: int | None) -> Member:
+    """Train one planned member: its recipe with its seed, or its estimator on the training split."""
     if member.estimator is not None:
         estimator = member.estimator().fit(data.train.X.numpy(), data.train.y.numpy())
         return SklearnMember(estimator, name=member.name)
@@ -125,7 +126,7 @@ def _train_fuse_and_score(
     members, member_info = [], []
     for planned in member_recipes(data, seed=data.seed, n_mlps=n_mlps):
         t0 = time.perf_counter()
-        member = _train_member(planned, data, epochs)
+        member = train_member(planned, data, epochs)
         seconds = time.perf_counter() - t0
         path = save_member(member, folder / "members" / planned.name).relative_to(folder)
         members.append(member)

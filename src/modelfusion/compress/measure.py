@@ -42,7 +42,8 @@ def measure(model: nn.Module, split, *, runs: int = 20, seed: int = 0) -> dict:
         low, high = percentile_interval(bootstrap_means(per_sample[metric], counts))
         scores[metric], scores[f"{metric}_ci"] = float(per_sample[metric].mean()), [float(low), float(high)]
     return {
-        "parameters": sum(t.numel() for t in model.state_dict().values()),
+        # values stored: weights and biases, and for quantized models their integers and scales
+        "parameters": getattr(model, "stored_values", None) or sum(t.numel() for t in model.state_dict().values()),
         **scores,
         "latency_batch_1_us": batch_1,
         "latency_batch_256_us": batch_256,

@@ -53,6 +53,15 @@ class OnnxModel(nn.Module):
             )
         self.model_bytes = model_bytes
 
+    @property
+    def stored_values(self) -> int:
+        """How many values the graph stores (its initializers: weights, scales, zero points)."""
+        import math
+
+        import onnx
+
+        return sum(math.prod(tensor.dims) for tensor in onnx.load_from_string(self.model_bytes).graph.initializer)
+
     def __deepcopy__(self, memo: dict) -> OnnxModel:  # a runtime session cannot be copied: open another
         return OnnxModel(self.model_bytes)
 

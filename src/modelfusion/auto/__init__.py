@@ -1,0 +1,7 @@
+"""`auto`: from members (or a dataset alone) to the best deployable fusion, chosen on validation, confirmed on
+test, exported, with a leaderboard of every family tried and its costs."""
+
+from .candidates import Candidate
+from .run import FAMILIES, AutoResult, auto, train_default_members
+
+__all__ = ["auto", "AutoResult", "Candidate", "FAMILIES", "train_default_members"]
