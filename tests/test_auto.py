@@ -1,0 +1,158 @@
+"""modelfusion auto: every family tried on real members, the choice made on validation only, the chosen model
+exported and read back, results the report reads, and the command's errors."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from typer.testing import CliRunner
+
+from modelfusion import ConfigError
+from modelfusion.auto import FAMILIES, auto
+from modelfusion.cli import app
+from modelfusion.datasets import load_dataset
+from modelfusion.ensemble import EnsembleModule
+from modelfusion.io import load_member, save_member
+from modelfusion.io.factory import build_model
+from modelfusion.members import SklearnMember, TorchMember
+from modelfusion.report.results import load_results
+from modelfusion.training import train_model
+
+from .conftest import MLP_KWARGS, MLP_SPEC
+
+
+@pytest.fixture(scope="module")
+def members(digits):
+    """Two MLPs of one architecture trained apart, and a logistic regression."""
+    mlps = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = train_model(build_model(MLP_SPEC, MLP_KWARGS), digits.train, digits.val, epochs=8, seed=seed)
+        mlps.append(TorchMember(model, name=f"mlp{seed}", factory="mlp", factory_kwargs=MLP_KWARGS))
+    X, y = digits.train.X.numpy(), digits.train.y.numpy()
+    return [*mlps, SklearnMember(LogisticRegression(max_iter=500).fit(X, y), name="logreg")]
+
+
+@pytest.fixture(scope="module")
+def run(members, digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto") / "run"
+    return auto(members, digits, out=out, progress=False, log=lambda line: None), out
+
+
+def test_every_family_reaches_the_leaderboard_and_the_choice_is_made_on_validation(run, digits):
+    result, out = run
+    families = {row["family"] for row in result.results["leaderboard"]}
+    assert families == {"member", "output", "merge", "distill", "cascade", "compress"}
+    exportable = [c for c in result.candidates if c.export is not None]
+    best_val = max(c.val["accuracy"] for c in exportable)
+    assert result.chosen.val["accuracy"] == best_val
+    assert result.best_member.family == "member"
+    assert result.best_member.val["accuracy"] == max(
+        c.val["accuracy"] for c in result.candidates if c.family == "member"
+    )
+    ranked = [row["val"]["accuracy"] for row in result.results["leaderboard"]]
+    assert ranked == sorted(ranked, reverse=True)
+    for row in result.results["leaderboard"]:
+        low, high = row["test"]["accuracy_ci"]
+        assert low <= row["test"]["accuracy"] <= high
+        assert row["cost"]["latency_batch_1_us"] > 0 and row["cost"]["forward_passes"] >= 1
+    # the combiners were fitted on validation: their validation scores are cross-validated, not in-sample
+    stacking = next(c for c in result.candidates if c.name == "stacking")
+    in_sample = float((stacking.val_proba.argmax(1) == digits.val.y.numpy()).mean())
+    assert stacking.val["accuracy"] <= in_sample and "cross-validated" in stacking.description
+
+
+def test_the_test_labels_never_decide(members, digits):
+    shuffled = torch.from_numpy(np.random.default_rng(0).permutation(digits.test.y.numpy()))
+    corrupted = dataclasses.replace(digits, test=dataclasses.replace(digits.test, y=shuffled))
+    families = ["output", "merge", "cascade"]
+    honest = auto(members, digits, families=families, progress=False, log=lambda line: None)
+    blind = auto(members, corrupted, families=families, progress=False, log=lambda line: None)
+    assert blind.chosen.name == honest.chosen.name
+    assert [c.name for c in blind.candidates] == [c.name for c in honest.candidates]
+    assert [r["name"] for r in blind.results["leaderboard"]] == [r["name"] for r in honest.results["leaderboard"]]
+    assert blind.results["chosen"]["test"]["accuracy"] < 0.3 < honest.results["chosen"]["test"]["accuracy"]
+
+
+def test_the_chosen_model_is_exported_and_reads_back_with_the_same_predictions(run, digits):
+    result, out = run
+    path = result.results["chosen"]["path"]
+    assert path.startswith(str(out / "model"))
+    if result.chosen.family == "output":
+        module = EnsembleModule.load(path) if (out / "model" / "ensemble.json").exists() else None
+        manifest = json.loads((out / "model" / "fusion.json").read_text()) if module is None else None
+        assert module is not None or manifest["combiner"] == "combiner.safetensors"
+    else:
+        loaded = load_member(path)
+        got = torch.softmax(loaded.predict(digits.test.X).double(), dim=1).numpy()
+        np.testing.assert_allclose(got, result.chosen.test_proba, atol=1e-5)
+    written = load_results(out / "results.json")
+    assert written.chosen.name == result.chosen.name and len(written.leaderboard) == len(result.candidates)
+    assert {"interpolation", "cascade", "reliability"} <= set(result.results["curves"])
+    assert (out / "report.html").stat().st_size > 10_000
+
+
+def test_each_candidate_exports_in_its_natural_form(run, digits, tmp_path):
+    result, _ = run
+    for family in ("merge", "distill", "compress"):
+        candidate = next(c for c in result.candidates if c.family == family)
+        loaded = load_member(candidate.export(tmp_path / family))
+        got = torch.softmax(loaded.predict(digits.test.X).double(), dim=1).numpy()
+        np.testing.assert_allclose(got, candidate.test_proba, atol=1e-5)
+    fusion = next(c for c in result.candidates if c.name == "mean")
+    folder = fusion.export(tmp_path / "fusion")
+    manifest = json.loads((folder / "fusion.json").read_text())  # a logistic regression is no torch member
+    assert len(manifest["members"]) == 3 and (folder / manifest["combiner"]).exists()
+
+
+def test_merging_is_skipped_with_its_reason_and_a_spent_budget_skips_the_rest(digits, members):
+    lines = []
+    mixed = [members[0], members[2]]
+    result = auto(mixed, digits, families=["merge", "distill"], budget_s=0.0, progress=False, log=lines.append)
+    assert [s["family"] for s in result.skipped] == ["merge", "distill"]
+    assert all("time budget" in s["reason"] for s in result.skipped)
+    result = auto(mixed, digits, families=["merge"], progress=False, log=lines.append)
+    assert result.skipped == [
+        {"family": "merge", "reason": "members differ in architecture (no two torch members share one)"}
+    ]
+    assert any(line.startswith("merge: skipped, members differ in architecture") for line in lines)
+
+
+def test_bad_requests_are_one_line_errors(members, tmp_path):
+    with pytest.raises(ConfigError, match="auto handles classification; diabetes is regression"):
+        auto(None, load_dataset("diabetes"), progress=False)
+    with pytest.raises(ConfigError, match="unknown families \\['soup'\\]"):
+        auto(members, load_dataset("digits"), families=["soup"], progress=False)
+    assert set(FAMILIES) == {"output", "merge", "distill", "cascade", "compress"}
+    runner = CliRunner()
+    member = save_member(members[0], tmp_path / "mlp0.safetensors")
+    for argv, message in (
+        (["auto", str(member), "--budget", "soon"], "--budget 'soon': give seconds"),
+        (["auto", str(member), "--dataset", "diabetes", "--out", str(tmp_path / "r")], "handles classification"),
+        (["auto", str(member), "--dataset", "mnist1d", "--out", str(tmp_path / "m")], "cannot run on inputs of shape"),
+        (["auto", str(tmp_path / "missing.safetensors")], "no such file"),
+    ):
+        printed = runner.invoke(app, argv)
+        assert printed.exit_code == 2, printed.output
+        lines = printed.output.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], printed.output
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    printed = runner.invoke(app, ["auto", str(member), "--out", str(tmp_path / "taken")])
+    assert printed.exit_code == 2 and "pass --overwrite" in printed.output
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_the_command_trains_members_for_a_dataset_alone_and_writes_everything(tmp_path):
+    out = tmp_path / "auto"
+    printed = CliRunner().invoke(app, ["auto", "--dataset", "wine", "--out", str(out), "--no-progress"])
+    assert printed.exit_code == 0, printed.output
+    assert "McNemar's exact test" in printed.output or "the best member" in printed.output
+    results = json.loads((out / "results.json").read_text())
+    assert len({row["family"] for row in results["leaderboard"]}) >= 4
+    assert (out / "report.html").exists() and results["chosen"]["path"].startswith(str(out / "model"))
