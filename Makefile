@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/modelfusion demo --overwrite
+	$(BIN)/modelfusion auto --dataset digits --out runs/auto --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

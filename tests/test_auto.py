@@ -130,10 +130,10 @@ def test_bad_requests_are_one_line_errors(members, tmp_path):
     runner = CliRunner()
     member = save_member(members[0], tmp_path / "mlp0.safetensors")
     for argv, message in (
-        (["auto", str(member), "--budget", "soon"], "--budget 'soon': give seconds"),
+        (["auto", str(member), "--budget", "soon", "--out", str(tmp_path / "x")], "--budget 'soon': give seconds"),
         (["auto", str(member), "--dataset", "diabetes", "--out", str(tmp_path / "r")], "handles classification"),
         (["auto", str(member), "--dataset", "mnist1d", "--out", str(tmp_path / "m")], "cannot run on inputs of shape"),
-        (["auto", str(tmp_path / "missing.safetensors")], "no such file"),
+        (["auto", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "x")], "no such file"),
     ):
         printed = runner.invoke(app, argv)
         assert printed.exit_code == 2, printed.output
@@ -144,7 +144,7 @@ def test_bad_requests_are_one_line_errors(members, tmp_path):
     printed = runner.invoke(app, ["auto", str(member), "--out", str(tmp_path / "taken")])
     assert printed.exit_code == 2 and "pass --overwrite" in printed.output
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
-    assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()
+    assert not any((tmp_path / name).exists() for name in ("r", "m", "x"))
 
 
 @pytest.mark.slow

@@ -60,8 +60,13 @@ def _cell(scores: Mapping[str, Any], metric: str) -> str:
     return text
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _leaderboard(results: Results) -> dict:
-    """Header and rows of the table, best first on test, with the columns some candidate has a value for."""
+    """Header and rows of the table, best first (on validation where every candidate has a score there, else on
+    test), with the columns some candidate has a value for."""
     primary = results.primary_metric
     higher = primary != "rmse"
     candidates = results.leaderboard
@@ -74,9 +79,13 @@ def _leaderboard(results: Results) -> dict:
     with_val = has("val", primary)
     with_p = any(c.p_vs_best_member is not None for c in candidates)
 
+    # Ranked as the choice was made, on validation, when every candidate has a validation score (auto);
+    # otherwise (ensemble, demo: members have none) on test, which then only orders the rows.
+    ranked_on = "val" if all(_finite(c.val.get(primary)) for c in candidates) else "test"
+
     def rank_key(c: Candidate) -> float:
-        value = c.test.get(primary)
-        if value is None or not math.isfinite(value):
+        value = getattr(c, ranked_on).get(primary)
+        if not _finite(value):
             return math.inf
         return -value if higher else value
 
@@ -95,7 +104,7 @@ def _leaderboard(results: Results) -> dict:
         mark = "chosen" if results.chosen and c.name == results.chosen.name else ""
         mark = mark or ("best-member" if c.name == best_member else "")
         rows.append({"cells": cells, "mark": mark})
-    return {"header": header, "rows": rows}
+    return {"header": header, "rows": rows, "ranked_on": "validation" if ranked_on == "val" else "test"}
 
 
 def verdict_text(results: Results) -> str:
