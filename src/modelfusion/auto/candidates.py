@@ -3,8 +3,6 @@ to export it; and the scoring every candidate gets alike."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..evaluate.metrics import classification_metrics, per_sample_classification
-from ..evaluate.stats import bootstrap_counts, bootstrap_means, percentile_interval
+from ..evaluate.timing import median_latency_us
 from ..members import Member, TorchMember
 
-__all__ = ["Candidate", "score", "latency_us", "model_cost", "member_cost"]
+__all__ = ["Candidate", "model_cost", "member_cost"]
 
 
 @dataclass
@@ -40,36 +37,11 @@ class Candidate:
     network: TorchMember | None = None
 
 
-def score(proba: np.ndarray, y: np.ndarray, *, seed: int = 0, n_resamples: int = 1000) -> dict:
-    """Accuracy, NLL, Brier score and ECE, with 95% percentile bootstrap intervals for accuracy and NLL."""
-    metrics = {
-        k: float(v) for k, v in classification_metrics(proba, y).items() if k in ("accuracy", "nll", "brier", "ece")
-    }
-    per_sample = per_sample_classification(proba, y)
-    counts = bootstrap_counts(len(y), n_resamples=n_resamples, seed=seed)
-    for metric in ("accuracy", "nll"):
-        low, high = percentile_interval(bootstrap_means(per_sample[metric], counts))
-        metrics[f"{metric}_ci"] = [float(low), float(high)]
-    return metrics
-
-
-def latency_us(run: Callable[[], object], *, runs: int = 20) -> float:
-    """Median wall time of `runs` calls after three warm-up calls, in microseconds."""
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e6
-
-
 def model_cost(model: nn.Module, X: torch.Tensor, *, stored_bytes: int | None = None, forward_passes: int = 1) -> dict:
     """Parameters, bytes stored, batch-1 latency on the CPU and forward passes per sample of a torch model."""
     state = model.state_dict().values()
     with torch.no_grad():
-        latency = latency_us(lambda: model(X[:1]))
+        latency = median_latency_us(lambda: model(X[:1]))
     return {
         "parameters": sum(t.numel() for t in state),
         "bytes": stored_bytes if stored_bytes is not None else sum(t.numel() * t.element_size() for t in state),
@@ -91,6 +63,6 @@ def member_cost(member: Member, X: torch.Tensor) -> dict:
     return {
         "parameters": None,
         "bytes": len(buffer.getvalue()),
-        "latency_batch_1_us": latency_us(lambda: member.predict(X[:1])),
+        "latency_batch_1_us": median_latency_us(lambda: member.predict(X[:1])),
         "forward_passes": 1,
     }

@@ -19,10 +19,10 @@ from .._progress import progress_bar
 from ..datasets import Dataset
 from ..errors import ConfigError, InvalidInputError
 from ..evaluate.metrics import reliability_curve
-from ..evaluate.stats import mcnemar_exact
+from ..evaluate.stats import mcnemar_exact, scores_with_intervals
 from ..members import Member, check_members
 from ..predictions import collect_predictions
-from .candidates import Candidate, score
+from .candidates import Candidate
 from .families import (
     Context,
     Skip,
@@ -191,7 +191,7 @@ def _finish(
                 "name": candidate.name,
                 "family": candidate.family,
                 "val": candidate.val,
-                "test": score(candidate.test_proba, y_test, seed=ctx.seed),
+                "test": scores_with_intervals(candidate.test_proba, y_test, seed=ctx.seed),
                 "cost": candidate.cost,
                 "p_vs_best_member": None if candidate is best_member else versus["p_value"],
                 "description": candidate.description,

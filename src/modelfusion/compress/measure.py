@@ -13,40 +13,25 @@ def measure(model: nn.Module, split, *, runs: int = 20, seed: int = 0) -> dict:
     bootstrap intervals over the split's samples (`seed`), and the median CPU latency of `runs` warm forward
     passes at batch 1 and batch 256 (on the threads torch has), all in eval mode; the model's modes are left as
     found. `correct` lists which samples it got right (for McNemar tests)."""
-    import statistics
-    import time
-
     from .._modules import evaluating, output_width
-    from ..evaluate.metrics import per_sample_classification
-    from ..evaluate.stats import bootstrap_counts, bootstrap_means, percentile_interval
+    from ..evaluate.stats import scores_with_intervals
+    from ..evaluate.timing import median_latency_us
 
     output_width(model, split.X, "the model")  # inputs of another dataset fail here, in one line
 
     def latency(X: torch.Tensor) -> float:
-        for _ in range(3):
-            model(X)
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            model(X)
-            times.append(time.perf_counter() - started)
-        return statistics.median(times) * 1e6
+        return median_latency_us(lambda: model(X), runs=runs)
 
     with evaluating(model), torch.no_grad():
         proba = torch.softmax(model(split.X).float(), dim=1).numpy()
         batch_1, batch_256 = latency(split.X[:1]), latency(split.X[:256])
-    per_sample = per_sample_classification(proba, split.y.numpy())
-    counts = bootstrap_counts(len(proba), seed=seed)
-    scores = {}
-    for metric in ("accuracy", "nll"):
-        low, high = percentile_interval(bootstrap_means(per_sample[metric], counts))
-        scores[metric], scores[f"{metric}_ci"] = float(per_sample[metric].mean()), [float(low), float(high)]
+    scores = scores_with_intervals(proba, split.y.numpy(), seed=seed)
     return {
         # values stored: weights and biases, and for quantized models their integers and scales
         "parameters": getattr(model, "stored_values", None) or sum(t.numel() for t in model.state_dict().values()),
-        **scores,
+        **{k: scores[k] for k in ("accuracy", "nll", "accuracy_ci", "nll_ci")},
         "latency_batch_1_us": batch_1,
         "latency_batch_256_us": batch_256,
         "threads": torch.get_num_threads(),
-        "correct": per_sample["accuracy"].astype(bool).tolist(),
+        "correct": (proba.argmax(1) == split.y.numpy()).tolist(),
     }

@@ -81,3 +81,18 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
         return mean, mean
     half = stats.t.ppf((1 + confidence) / 2, len(finite) - 1) * finite.std(ddof=1) / len(finite) ** 0.5
     return mean - half, mean + half
+
+
+def scores_with_intervals(proba: np.ndarray, y: np.ndarray, *, seed: int = 0, n_resamples: int = 1000) -> dict:
+    """A classifier's accuracy, NLL, Brier score and ECE on `(proba [N, C], y)`, with 95% percentile bootstrap
+    intervals (`<metric>_ci`) for accuracy and NLL."""
+    from .metrics import classification_metrics, per_sample_classification
+
+    metrics = classification_metrics(proba, y)
+    scores = {k: float(metrics[k]) for k in ("accuracy", "nll", "brier", "ece")}
+    per_sample = per_sample_classification(proba, y)
+    counts = bootstrap_counts(len(y), n_resamples=n_resamples, seed=seed)
+    for metric in ("accuracy", "nll"):
+        low, high = percentile_interval(bootstrap_means(per_sample[metric], counts))
+        scores[f"{metric}_ci"] = [float(low), float(high)]
+    return scores
