@@ -10,14 +10,15 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
-from modelfusion import ConfigError
-from modelfusion.auto import FAMILIES, auto
+from modelfusion import CheckpointError, ConfigError
+from modelfusion.auto import FAMILIES, auto, load_fusion, save_fusion
 from modelfusion.cli import app
 from modelfusion.datasets import load_dataset
-from modelfusion.ensemble import EnsembleModule
+from modelfusion.ensemble import make_combiner, save_combiner
 from modelfusion.io import load_member, save_member
 from modelfusion.io.factory import build_model
 from modelfusion.members import SklearnMember, TorchMember
+from modelfusion.predictions import collect_predictions
 from modelfusion.report.results import load_results
 from modelfusion.training import train_model
 
@@ -81,10 +82,10 @@ def test_the_chosen_model_is_exported_and_reads_back_with_the_same_predictions(r
     result, out = run
     path = result.results["chosen"]["path"]
     assert path.startswith(str(out / "model"))
-    if result.chosen.family == "output":
-        module = EnsembleModule.load(path) if (out / "model" / "ensemble.json").exists() else None
-        manifest = json.loads((out / "model" / "fusion.json").read_text()) if module is None else None
-        assert module is not None or manifest["combiner"] == "combiner.safetensors"
+    if result.chosen.family == "output":  # a logistic regression among the members: members + combiner
+        members, combiner = load_fusion(path)
+        test = collect_predictions(members, digits.test.X, digits.test.y, "test", progress=False)
+        np.testing.assert_allclose(combiner.predict_proba(test).double().numpy(), result.chosen.test_proba, atol=1e-5)
     else:
         loaded = load_member(path)
         got = torch.softmax(loaded.predict(digits.test.X).double(), dim=1).numpy()
@@ -102,10 +103,25 @@ def test_each_candidate_exports_in_its_natural_form(run, digits, tmp_path):
         loaded = load_member(candidate.export(tmp_path / family))
         got = torch.softmax(loaded.predict(digits.test.X).double(), dim=1).numpy()
         np.testing.assert_allclose(got, candidate.test_proba, atol=1e-5)
-    fusion = next(c for c in result.candidates if c.name == "mean")
-    folder = fusion.export(tmp_path / "fusion")
-    manifest = json.loads((folder / "fusion.json").read_text())  # a logistic regression is no torch member
-    assert len(manifest["members"]) == 3 and (folder / manifest["combiner"]).exists()
+    fusion = next(c for c in result.candidates if c.name == "weighted")
+    folder = fusion.export(tmp_path / "fusion")  # a logistic regression is no torch member: members + combiner
+    members, combiner = load_fusion(folder)
+    assert [m.name for m in members] == ["mlp0", "mlp1", "logreg"]
+    test = collect_predictions(members, digits.test.X, digits.test.y, "test", progress=False)
+    np.testing.assert_allclose(combiner.predict_proba(test).double().numpy(), fusion.test_proba, atol=1e-5)
+
+
+def test_a_fusion_folder_naming_files_outside_itself_is_refused(members, digits, tmp_path):
+    val = collect_predictions(members, digits.val.X, digits.val.y, "val", progress=False)
+    combiner = make_combiner("mean").fit(val)
+    folder = save_fusion(members, combiner, tmp_path / "fusion")
+    combiner.member_names_ = ("../mlp0", "mlp1", "logreg")
+    save_combiner(combiner, folder / "combiner.safetensors", overwrite=True)
+    with pytest.raises(CheckpointError, match="names member '../mlp0', which cannot be a file name"):
+        load_fusion(folder)
+    (folder / "combiner.safetensors").write_bytes(b"junk")
+    with pytest.raises(CheckpointError):
+        load_fusion(folder)
 
 
 def test_merging_is_skipped_with_its_reason_and_a_spent_budget_skips_the_rest(digits, members):

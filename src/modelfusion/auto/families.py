@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..datasets import Dataset
+from ..errors import ModelFusionError
 from ..members import Member, TorchMember
 from ..predictions import Predictions, collect_predictions
 from .candidates import Candidate, member_cost, model_cost
@@ -143,7 +144,7 @@ def output_family(ctx: Context) -> list[Candidate]:
                     "latency_batch_1_us": sum(latencies[m] for m in used),  # members run one after another
                     "forward_passes": len(used),
                 },
-                lambda path, combiner=combiner, used=used: _export_fusion(ctx, combiner, used, path),
+                lambda path, combiner=combiner: _export_fusion(ctx, combiner, path),
                 dict(run.choice.scores[name]),
                 f"fitted on validation; its validation scores are 5-fold cross-validated ({run.choice.reason()})"
                 if name == run.choice.name
@@ -160,20 +161,15 @@ def _members_used(combiner, names: Sequence[str]) -> list[str]:
     return list(names)
 
 
-def _export_fusion(ctx: Context, combiner, used: list[str], path: Path) -> Path:
-    """An `EnsembleModule` folder when every member is a torch model with a factory; otherwise a folder with
-    the members' files, the combiner and `fusion.json` (`modelfusion.auto.load_fusion` reads it)."""
-    from ..ensemble import EnsembleModule, save_combiner
-    from ..io import save_member
+def _export_fusion(ctx: Context, combiner, path: Path) -> Path:
+    """An `EnsembleModule` folder when every member is a torch model with a factory; otherwise the members'
+    files and the combiner (`modelfusion.auto.save_fusion`, read back by `load_fusion`)."""
+    from ..ensemble import EnsembleModule
+    from .export import save_fusion
 
     if all(isinstance(m, TorchMember) and m.factory for m in ctx.members):
         return EnsembleModule(ctx.members, combiner, vectorize=False).save(path)
-    path.mkdir(parents=True)
-    files = [str(save_member(m, path / "members" / m.name).relative_to(path)) for m in ctx.members]
-    save_combiner(combiner, path / "combiner.safetensors")
-    manifest = {"members": files, "combiner": "combiner.safetensors", "runs": used}
-    (path / "fusion.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
+    return save_fusion(ctx.members, combiner, path)
 
 
 def merge_family(ctx: Context) -> list[Candidate]:
@@ -201,7 +197,7 @@ def merge_family(ctx: Context) -> list[Candidate]:
     add(f"average of {len(models)}", uniform_soup(models), f"the mean of {', '.join(m.name for m in group)}'s weights")
     try:
         aligned = align(models, X=ctx.data.train.X[:1024], seed=ctx.seed).models
-    except Exception as err:  # noqa: BLE001 - an architecture the spec derivation does not cover: say so, go on
+    except ModelFusionError as err:  # an architecture the spec derivation does not cover: say so, go on
         ctx.curves.setdefault("notes", []).append(f"merge: alignment skipped ({str(err).splitlines()[0][:120]})")
     else:
         add(f"aligned average of {len(models)}", uniform_soup(aligned), "weights averaged after weight matching")
@@ -315,7 +311,7 @@ def compress_family(ctx: Context) -> list[Candidate]:
     candidates = [candidate(small, f"{best.name}, int8", "int8 weights; Linear layers computed in int8")]
     try:
         pruned = compress(member, "prune-structured", X=X, amount=0.5)
-    except Exception as err:  # noqa: BLE001 - an architecture structured pruning does not cover: say so, go on
+    except ModelFusionError as err:  # an architecture structured pruning does not cover: say so, go on
         ctx.curves.setdefault("notes", []).append(f"compress: structured pruning skipped ({str(err)[:120]})")
         return candidates
     recipe = recipe_for(ctx.data)

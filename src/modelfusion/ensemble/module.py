@@ -153,7 +153,7 @@ class EnsembleModule(nn.Module):
                 "TorchMember(module, name=..., factory='package.module:function', factory_kwargs={...})"
             )
         path = Path(path)
-        unsafe = [n for n in self.member_names if not _SAFE_FILE_NAME.fullmatch(n) or n in (".", "..")]
+        unsafe = [n for n in self.member_names if not safe_file_name(n)]
         if unsafe:
             raise InvalidInputError(
                 f"member names {unsafe} cannot be file names; rename the members (letters, digits, '.', '_', '-')"
@@ -220,6 +220,11 @@ def apply_guard(guard, on_reject: str, x: torch.Tensor, out: torch.Tensor) -> to
 
 # Member names become file names when an ensemble is saved.
 _SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def safe_file_name(name: str) -> bool:
+    """Whether a member's name can be its file's name: letters, digits, '.', '_', '-', and not '.' or '..'."""
+    return bool(_SAFE_FILE_NAME.fullmatch(name)) and name not in (".", "..")
 
 
 class _ManifestEntry(BaseModel):
