@@ -590,7 +590,7 @@ def compress(
     amount: Annotated[float | None, typer.Option(help="pruning: the fraction of weights or units removed")] = None,
     group_size: Annotated[int | None, typer.Option(help="int8-weight, int4: inputs per scale (0: one per row)")] = None,
     recover_epochs: Annotated[
-        int, typer.Option(min=0, help="pruning: epochs of distillation from the uncompressed model")
+        int, typer.Option(help="pruning: epochs of distillation from the uncompressed model")
     ] = 0,
     dataset: Annotated[str, typer.Option(help="embedded dataset the model was trained on, to score it")] = "digits",
     seed: Annotated[int, typer.Option(help="seed of the split")] = 0,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..members import TorchMember
 from .api import compress
 from .measure import measure
@@ -54,6 +55,8 @@ def compress_and_measure(
     uncompressed model on `data.train` (epoch chosen on `data.val`), then `measure` of both on `data.test`."""
     from ..evaluate.stats import mcnemar_exact
 
+    if recover_epochs < 0:
+        raise ConfigError(f"recover_epochs is a number of epochs (0: no recovery), got {recover_epochs}")
     module = model.module if isinstance(model, TorchMember) else model
     result = compress(model, method, X=data.train.X, **params)
     if recover_epochs:
