@@ -373,6 +373,7 @@ COMMANDS = [
     "cascade",
     "compress",
     "report",
+    "guard",  # with "fit" and "check" among the values; "clean" and "auto" train members, too slow to fuzz
 ]
 OPTIONS = [
     "--out",
@@ -413,8 +414,14 @@ OPTIONS = [
     "--budget",
     "--amount",
     "--group-size",
+    "--recover-epochs",
+    "--fpr",
+    "--score",
+    "--inputs",
 ]
 VALUES = [
+    "fit",
+    "check",
     "-1",
     "0",
     "1",
