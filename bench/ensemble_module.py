@@ -8,12 +8,11 @@ Prints a markdown table of milliseconds per forward (median over repeats) for me
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from modelfusion.ensemble import EnsembleModule, make_combiner
+from modelfusion.evaluate.timing import median_latency_us
 from modelfusion.models import cnn2d, mlp
 from modelfusion.predictions import Predictions
 
@@ -25,13 +24,7 @@ ARCHITECTURES = {
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    return median_latency_us(fn, runs=repeats, warmup=1) / 1000
 
 
 def main() -> None:
