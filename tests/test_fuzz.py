@@ -196,12 +196,23 @@ def _member_header(folder, description):
 
 member_headers = json_values | st.fixed_dictionaries(
     {
-        "factory": st.sampled_from(["mlp", "cnn1d", "cnn2d", "spliced", "os:system", "modelfusion.models:mlp"])
+        "factory": st.sampled_from(
+            ["mlp", "cnn1d", "cnn2d", "spliced", "compressed", "os:system", "modelfusion.models:mlp"]
+        )
         | st.text(max_size=8),
         "factory_kwargs": st.dictionaries(
             st.sampled_from([*KWARGS, "dropout", "backbone", "at", "length"]), json_values, max_size=4
         )
-        | st.just(KWARGS),
+        | st.just(KWARGS)
+        | st.fixed_dictionaries(  # a compressed checkpoint: the original's factory, a method, shrunk shapes
+            {
+                "model": st.just("mlp") | json_values,
+                "model_kwargs": st.just(KWARGS) | json_values,
+                "method": st.sampled_from(["int8", "int4", "prune-structured", "onnx-int8"]) | json_values,
+                "params": st.just({}) | json_values,
+            },
+            optional={"shapes": json_values | st.just({"0.weight": [2, KWARGS["in_features"]]})},
+        ),
     },
     optional={"name": json_values, "task": json_values | st.just("regression"), "classes": json_values},
 )

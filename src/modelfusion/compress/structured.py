@@ -70,11 +70,17 @@ def resize_tensors(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], *, w
     """Give the parameters and buffers named in `shapes` those (no larger) shapes, as zeros, and update the
     layers' size attributes to match; `load_state_dict` then fills the values. In place."""
     state = model.state_dict()
+    if not isinstance(shapes, Mapping):
+        raise CheckpointError(f"{what}: expected tensor names and their shapes, got {type(shapes).__name__}")
     for name, shape in shapes.items():
         if name not in state:
             raise CheckpointError(f"{what}: the model has no tensor {name!r}")
         old = state[name]
-        shape = tuple(int(d) for d in shape)
+        if not isinstance(shape, list | tuple) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in shape
+        ):
+            raise CheckpointError(f"{what}: the shape of {name} must be a list of integers, got {shape!r}")
+        shape = tuple(shape)
         if len(shape) != old.ndim or any(not 0 < new <= was for new, was in zip(shape, old.shape, strict=True)):
             raise CheckpointError(f"{what}: {name} may only shrink from {tuple(old.shape)}, got {shape}")
         if shape == tuple(old.shape):
