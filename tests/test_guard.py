@@ -228,9 +228,20 @@ def test_find_label_issues_recovers_injected_noise_and_clean_refits(digits):
     assert issues.oof.split == "train" and issues.oof.num_samples == len(noisy)
     again = find_label_issues(data, members=issues.oof)  # the same probabilities give the same issues
     assert np.array_equal(again.label_issues, issues.label_issues) and again.members is None
-    result = clean(data, issues, members="digits-mlp", folds=3, seed=0)
-    assert len(result.data.train) == len(noisy) - len(issues.indices)
-    assert set(result.accuracy) == {"val", "test"} and result.accuracy["val"]["after"] > 0.9
+    dropped = clean(data, issues, members="digits-mlp", folds=3, seed=0, strategy="drop")
+    assert len(dropped.data.train) == len(noisy) - len(issues.indices) and dropped.strategy == "drop"
+    assert set(dropped.accuracy) == {"val", "test"} and dropped.accuracy["val"]["after"] > 0.9
+    relabeled = clean(data, issues, members="digits-mlp", folds=3, seed=0, strategy="relabel")
+    assert len(relabeled.data.train) == len(noisy) - len(issues.outliers)
+    kept = np.setdiff1d(np.arange(len(noisy)), issues.outliers)
+    truth = digits.train.y.numpy()[kept]
+    # relabelling puts back most flipped labels: the relabelled split is closer to the truth than the noisy one
+    assert (relabeled.data.train.y.numpy() != truth).sum() < 0.5 * (noisy.y.numpy()[kept] != truth).sum()
+    chosen = clean(data, issues, members="digits-mlp", folds=3, seed=0)  # "auto": the better on validation
+    assert set(chosen.candidates) == {"drop", "relabel"}
+    assert chosen.candidates[chosen.strategy] == max(chosen.candidates.values())
+    with pytest.raises(ConfigError, match="strategy must be one of drop, relabel, auto"):
+        clean(data, issues, members="digits-mlp", strategy="burn")
 
 
 def test_input_outliers_finds_planted_far_points(digits):

@@ -771,11 +771,14 @@ def guard_clean(
         float, typer.Option(help="first flip this share of training labels (symmetric noise), to see it found")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="seed of the split, the noise, the folds and the members")] = 0,
+    strategy: Annotated[
+        str, typer.Option(help="drop the suspects, relabel them, or auto: the better on validation")
+    ] = "auto",
     overwrite: Overwrite = False,
 ) -> None:
-    """Find suspected mislabels and outliers in a training split, drop them, refit: accuracy before and after.
+    """Find suspected mislabels and outliers in a training split, clean them, refit: accuracy before and after.
 
-    Python: `clean(data, members=recipe, folds=..., seed=...)` (`find_label_issues` alone finds them;
+    Python: `clean(data, members=recipe, folds=..., seed=..., strategy=...)` (`find_label_issues` alone finds them;
     `inject_label_noise(data.train, rate, seed=...)` for --noise).
     """
     import dataclasses
@@ -794,7 +797,7 @@ def guard_clean(
     if noise:
         noisy, flipped = inject_label_noise(data.train, noise, seed=seed)
         data = dataclasses.replace(data, train=noisy)
-    result = clean(data, members=recipe, folds=folds, seed=seed)
+    result = clean(data, members=recipe, folds=folds, seed=seed, strategy=strategy)
     issues = result.issues
     report = {
         "dataset": dataset,
@@ -803,6 +806,8 @@ def guard_clean(
         "label_issues": issues.label_issues.tolist(),
         "suggested_labels": issues.suggested_labels[issues.label_issues].tolist(),
         "outliers": issues.outliers.tolist(),
+        "strategy": result.strategy,
+        "validation_accuracy_by_strategy": result.candidates,
         "accuracy": result.accuracy,
     }
     found = f"{len(issues.label_issues)} suspected mislabels and {len(issues.outliers)} outliers"
@@ -814,7 +819,8 @@ def guard_clean(
     test = result.accuracy["test"]
     console.print(
         f"{found} in {len(data.train)} training samples of {dataset}; test accuracy of the {folds}-fold fusion: "
-        f"{test['before']:.4f} before, {test['after']:.4f} after dropping them -> {out}",
+        f"{test['before']:.4f} before, {test['after']:.4f} after cleaning ({result.strategy}, chosen on validation "
+        f"among {', '.join(result.candidates)}) -> {out}",
         highlight=False,
     )
 
