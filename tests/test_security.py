@@ -490,3 +490,28 @@ def test_a_combiner_file_may_name_only_a_registered_combiner_and_its_own_state(t
     save_file(tensors, str(path), metadata={"modelfusion.combiner": json.dumps(description)})
     with pytest.raises(ModelFusionError, match=match):
         load_combiner(path)
+
+
+def test_an_onnx_file_whose_tensors_live_elsewhere_is_refused_before_any_runtime_reads(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.ones(12, dtype=np.float32).tobytes())
+    weight = numpy_helper.from_array(np.zeros((4, 3), dtype=np.float32), name="W")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value=str(secret))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "W"], ["output"])],
+        "reads_a_file",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 3])],
+        [weight],
+    )
+    path = tmp_path / "model.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    assert onnx.load(str(path), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
+    with pytest.raises(ModelFusionError, match="keeps tensors in external files"):
+        load_member(path)

@@ -34,6 +34,7 @@ class OnnxModel(nn.Module):
     def __init__(self, model_bytes: bytes, *, what: str = "an ONNX model") -> None:
         super().__init__()
         runtime = onnxruntime_module()
+        _refuse_external_data(model_bytes, what)
         options = runtime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3
@@ -83,6 +84,31 @@ class OnnxModel(nn.Module):
                 f"the ONNX model cannot take inputs of shape {tuple(x.shape)} ({first_line})"
             ) from None
         return torch.from_numpy(np.ascontiguousarray(output))
+
+
+def _refuse_external_data(model_bytes: bytes, what: str) -> None:
+    """A graph whose tensors live in external files would have the runtime read paths the file names; members
+    are one self-contained file, so such a graph is refused before any runtime sees it."""
+    import onnx
+
+    try:
+        proto = onnx.load_from_string(model_bytes)
+    except Exception as err:  # protobuf's DecodeError and the like
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{what} is not a valid ONNX model ({first_line})") from None
+
+    def tensors(graph):
+        yield from graph.initializer
+        yield from (t.values for t in graph.sparse_initializer)
+        for node in graph.node:
+            for attribute in node.attribute:
+                yield from ([attribute.t] if attribute.HasField("t") else [])
+                yield from attribute.tensors
+                for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    yield from tensors(subgraph)
+
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors(proto.graph)):
+        raise CheckpointError(f"{what} keeps tensors in external files; only self-contained ONNX files are read")
 
 
 def with_metadata(model_bytes: bytes, metadata: dict) -> bytes:
