@@ -60,10 +60,6 @@ def _cell(scores: Mapping[str, Any], metric: str) -> str:
     return text
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
 def _leaderboard(results: Results) -> dict:
     """Header and rows of the table, best first (on validation where every candidate has a score there, else on
     test), with the columns some candidate has a value for."""
@@ -81,11 +77,11 @@ def _leaderboard(results: Results) -> dict:
 
     # Ranked as the choice was made, on validation, when every candidate has a validation score (auto);
     # otherwise (ensemble, demo: members have none) on test, which then only orders the rows.
-    ranked_on = "val" if all(_finite(c.val.get(primary)) for c in candidates) else "test"
+    ranked_on = "val" if all(figures.finite(c.val.get(primary)) for c in candidates) else "test"
 
     def rank_key(c: Candidate) -> float:
         value = getattr(c, ranked_on).get(primary)
-        if not _finite(value):
+        if not figures.finite(value):
             return math.inf
         return -value if higher else value
 
