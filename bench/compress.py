@@ -27,7 +27,7 @@ import statistics
 
 import torch
 
-from modelfusion.compress import COMPRESSORS, compress, measure, recover
+from modelfusion.compress import COMPRESSORS, compress, dense_bytes, measure, recover
 from modelfusion.datasets import load_dataset
 from modelfusion.distill import ModelTeacher, distill
 from modelfusion.ensemble import EnsembleModule, make_combiner
@@ -38,10 +38,6 @@ from modelfusion.predictions import collect_predictions
 from modelfusion.training import RECIPES
 
 STUDENT = {"length": 40, "num_outputs": 10, "channels": 16, "batchnorm": True}  # a quarter of the recipe's 64
-
-
-def dense_bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def row(model, size: int, reference: dict | None, split, fp32_bytes: int) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..compress.measure import dense_bytes
 from ..evaluate.timing import median_latency_us
 from ..members import Member, TorchMember
 
@@ -44,7 +45,7 @@ def model_cost(model: nn.Module, X: torch.Tensor, *, stored_bytes: int | None = 
         latency = median_latency_us(lambda: model(X[:1]))
     return {
         "parameters": sum(t.numel() for t in state),
-        "bytes": stored_bytes if stored_bytes is not None else sum(t.numel() * t.element_size() for t in state),
+        "bytes": stored_bytes if stored_bytes is not None else dense_bytes(model),
         "latency_batch_1_us": latency,
         "forward_passes": forward_passes,
     }

@@ -22,7 +22,7 @@ distills the uncompressed model into a pruned one to win back accuracy.
 """
 
 from .api import Compressed, CompressedEnsemble, compress
-from .measure import measure
+from .measure import dense_bytes, measure
 from .methods import COMPRESSORS, Compressor, apply_compression
 from .quantize import DynamicInt8Linear, HalfPrecision, QuantizedConv, QuantizedLinear
 from .recover import recover
@@ -34,6 +34,7 @@ __all__ = [
     "CompressionRun",
     "recover",
     "measure",
+    "dense_bytes",
     "Compressed",
     "CompressedEnsemble",
     "Compressor",

@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["measure"]
+__all__ = ["measure", "dense_bytes"]
+
+
+def dense_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers stored as they are (dense, in their own dtypes)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def measure(model: nn.Module, split, *, runs: int = 20, seed: int = 0) -> dict:

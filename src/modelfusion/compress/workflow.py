@@ -9,7 +9,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..members import TorchMember
 from .api import compress
-from .measure import measure
+from .measure import dense_bytes, measure
 from .recover import recover
 
 __all__ = ["CompressionRun", "compress_and_measure"]
@@ -61,10 +61,6 @@ def compress_and_measure(
     result = compress(model, method, X=data.train.X, **params)
     if recover_epochs:
         result = recover(result, module, data.train, data.val, epochs=recover_epochs, seed=seed)
-    before = {**measure(module, data.test, runs=runs, seed=seed), "bytes": _dense_bytes(module)}
+    before = {**measure(module, data.test, runs=runs, seed=seed), "bytes": dense_bytes(module)}
     after = {**measure(result.model, data.test, runs=runs, seed=seed), "bytes": result.size_bytes}
     return CompressionRun(result, before, after, mcnemar_exact(before["correct"], after["correct"]))
-
-
-def _dense_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
