@@ -87,6 +87,16 @@ def test_a_fusion_that_kept_only_its_best_member_runs_one_member():
     assert next(c for c in results.leaderboard if c.name == "weighted").cost["forward_passes"] == 1
 
 
+@pytest.mark.parametrize("confidence", [10**400, "high", True, 95])
+def test_an_ensemble_results_file_with_an_odd_confidence_still_reads(confidence):
+    summary = ensemble_results()
+    summary["test"]["confidence"] = confidence
+    note = parse_results(summary).notes[0]
+    assert "intervals: percentile bootstrap" in note  # the level is left out, not formatted as a percentage
+    summary["test"]["confidence"] = 0.9
+    assert "intervals: 90% percentile bootstrap" in parse_results(summary).notes[0]
+
+
 def test_minimal_results_say_which_sections_they_lack(tmp_path):
     candidate = {"name": "m", "family": "member", "test": {"accuracy": 0.9}}
     html = write_report({"chosen": candidate, "leaderboard": [candidate]}, tmp_path / "r.html").read_text()

@@ -171,7 +171,7 @@ def parse_results(data: Any, source: str = "the results") -> Results:
             return Results.model_validate(_from_ensemble(data))
     except ValidationError as err:
         raise ConfigError(f"{source}: not results of modelfusion ({_validation_summary(err)})") from None
-    except (TypeError, ValueError, KeyError, AttributeError) as err:  # an ensemble results file with odd parts
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:  # an ensemble results file with odd parts
         raise ConfigError(f"{source}: not results of modelfusion ({type(err).__name__}: {err})") from None
     raise ConfigError(
         f"{source}: not results of modelfusion: it has neither 'leaderboard' (modelfusion auto) nor 'test.rows' "
@@ -236,10 +236,7 @@ def _from_ensemble(data: Mapping) -> dict:
         "curves": {"reliability": test.get("reliability") or {}},
         "config": {key: data[key] for key in ("dataset", "settings", "members") if key in data},
         "versions": {**({"modelfusion": data["modelfusion_version"]} if "modelfusion_version" in data else {})},
-        "notes": [
-            f"test split: {test.get('num_samples')} samples; intervals: {test.get('confidence', 0.95):.0%} "
-            f"percentile bootstrap over {test.get('n_resamples')} resamples",
-        ],
+        "notes": [_interval_note(test)],
     }
     results["versions"].update(data.get("environment") or {})
     results["config"]["combiners"] = {name: c.get("params") for name, c in combiners.items()}
@@ -258,6 +255,18 @@ def _from_ensemble(data: Mapping) -> dict:
     if "disagreement" in diversity:
         results["diversity"] = {"members": members, **diversity}
     return results
+
+
+def _interval_note(test: Mapping) -> str:
+    """How the test intervals were made, from a results file's own fields; a confidence that is not a share in
+    (0, 1) is left out rather than formatted as a percentage."""
+    confidence = test.get("confidence", 0.95)
+    is_share = isinstance(confidence, int | float) and not isinstance(confidence, bool) and 0 < confidence < 1
+    level = f"{confidence:.0%} " if is_share else ""
+    return (
+        f"test split: {test.get('num_samples')} samples; intervals: {level}percentile bootstrap over "
+        f"{test.get('n_resamples')} resamples"
+    )
 
 
 def _members_run(combiner: Mapping | None, members: list[str]) -> int:
