@@ -171,7 +171,7 @@ def parse_results(data: Any, source: str = "the results") -> Results:
             return Results.model_validate(_from_ensemble(data))
     except ValidationError as err:
         raise ConfigError(f"{source}: not results of modelfusion ({_validation_summary(err)})") from None
-    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:  # an ensemble results file with odd parts
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:  # an ensemble file, odd parts
         raise ConfigError(f"{source}: not results of modelfusion ({type(err).__name__}: {err})") from None
     raise ConfigError(
         f"{source}: not results of modelfusion: it has neither 'leaderboard' (modelfusion auto) nor 'test.rows' "
