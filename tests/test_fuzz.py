@@ -260,6 +260,34 @@ def _guard_header(folder, description):
     _only_our_errors(lambda: InputGuard.load(_write(folder, "gh.safetensors", data)).check(torch.zeros(2, 4)))
 
 
+def _guard_state(folder, tensors):
+    data = _safetensors_bytes(tensors, "modelfusion.guard", GUARD_HEADER)
+    _only_our_errors(lambda: InputGuard.load(_write(folder, "gs.safetensors", data)).check(torch.zeros(2, 4)))
+
+
+_odd_tensors = st.builds(
+    lambda dtype, shape, fill: torch.full(shape, fill, dtype=torch.float64).to(dtype),
+    st.sampled_from([torch.float64, torch.float32, torch.int64]),
+    st.lists(st.integers(0, 5), max_size=3).map(tuple),
+    st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, 1.0, -1.0]),
+) | st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=0, max_size=6).map(
+    lambda values: torch.tensor(values, dtype=torch.float64)
+)
+# The fitted guard's tensors with some replaced by odd ones, some dropped, and stray state keys added.
+guard_states = st.fixed_dictionaries(
+    {k: st.just(v) | _odd_tensors for k, v in GUARD_TENSORS.items()},
+).flatmap(
+    lambda tensors: st.builds(
+        lambda dropped, extra: {**{k: v for k, v in tensors.items() if k not in dropped}, **extra},
+        st.sets(st.sampled_from(sorted(tensors)), max_size=2),
+        st.dictionaries(
+            st.sampled_from(["state.combined.", "state.combined.combined", "state.combined.energy"])
+            | st.text(max_size=12).map(lambda t: "state.combined." + t),
+            _odd_tensors,
+            max_size=2,
+        ),
+    )
+)
 guard_headers = json_values | st.fixed_dictionaries(
     {k: st.just(v) | json_values for k, v in GUARD_HEADER.items()},
 )
@@ -535,6 +563,7 @@ test_skops_file, test_skops_file_slow = _fuzz(_file_contents(_skops_bytes()), _s
 test_program_file, test_program_file_slow = _fuzz(_file_contents(_torch_zip()), _program_file)
 test_guard_file, test_guard_file_slow = _fuzz(_file_contents(GUARD), _guard_file)
 test_guard_header, test_guard_header_slow = _fuzz(guard_headers, _guard_header)
+test_guard_state, test_guard_state_slow = _fuzz(guard_states, _guard_state)
 test_combiner_description, test_combiner_description_slow = _fuzz(combiner_descriptions, _combiner_description)
 test_config_text, test_config_text_slow = _fuzz(
     st.text(max_size=300) | _mutations(CONFIG.encode()).map(lambda b: b.decode("utf-8", "replace")), _config_text

@@ -63,11 +63,15 @@ def test_every_score_gives_one_finite_number_per_sample(name):
     logits = torch.randn(3, 7, 4)
     if spec.needs == "logits":
         out = spec.score(logits, {})
-    else:
+    elif spec.needs == "features":
         feats = [torch.randn(50, 5, dtype=torch.float64)]
-        out = spec.score(feats[:1], spec.fit(feats, torch.arange(50) % 4))
-    assert out.shape[0] in (7, 50) and bool(torch.isfinite(out).all())
-    assert "arxiv.org" in spec.reference and spec.reference.split(",")[0] in (spec.score.__doc__ or "")
+        out = spec.score([feats[0][:7]], spec.fit(feats, torch.arange(50) % 4))
+    else:
+        validation = {"energy": torch.randn(50, dtype=torch.float64), "mahalanobis": torch.rand(50).double()}
+        out = spec.score({"energy": torch.randn(7), "mahalanobis": torch.rand(7) * 3}, spec.fit(validation))
+    assert out.shape[0] == 7 and out.dtype == torch.float64 and bool(torch.isfinite(out).all())
+    if spec.needs != "scores":  # a score of its own comes from a paper; `combined` only combines them
+        assert "arxiv.org" in spec.reference and spec.reference.split(",")[0] in (spec.score.__doc__ or "")
 
 
 def test_output_scores_match_their_definitions():
@@ -83,6 +87,14 @@ def test_output_scores_match_their_definitions():
     assert SCORES["energy"].score(split, {}).item() == pytest.approx(-torch.logsumexp(torch.tensor([10.0, 10, 0]), 0))
 
 
+def test_combined_is_the_largest_validation_percentile_of_its_scores():
+    state = SCORES["combined"].fit({"a": torch.tensor([4.0, 1, 3, 2]), "b": torch.tensor([10.0, 20, 30, 40])})
+    assert torch.equal(state["a"], torch.tensor([1.0, 2, 3, 4], dtype=torch.float64))
+    # a: 2.5 is above half of its validation values, 0 above none, 9 above all; b: 35 above 3 of 4, 5 none
+    combined = SCORES["combined"].score({"a": torch.tensor([2.5, 0, 9]), "b": torch.tensor([35.0, 5, 5])}, state)
+    assert combined.tolist() == [0.75, 0.0, 1.0]
+
+
 def test_mahalanobis_grows_away_from_the_class_means():
     generator = torch.Generator().manual_seed(0)
     feats = torch.randn(400, 3, generator=generator, dtype=torch.float64)
@@ -95,12 +107,24 @@ def test_mahalanobis_grows_away_from_the_class_means():
 
 
 # -- InputGuard --------------------------------------------------------------------------------------------
-def test_guard_chooses_the_best_score_on_validation_and_sets_its_threshold(digits, guard):
-    assert set(guard.val_auroc_) == set(SCORES.names())
-    assert guard.score_ == max(guard.val_auroc_, key=guard.val_auroc_.get)
+def test_guard_combines_every_score_by_default_and_sets_its_threshold_on_validation(digits, guard):
+    assert set(guard.val_auroc_) == set(SCORES.names()) and guard.score_ == "combined"
     val_rejected = np.mean(guard.score(digits.val.X) > guard.threshold_)
     assert 0.02 <= val_rejected <= 0.05
     assert guard.input_shape_ == (64,)
+    # the largest of each score's percentile among the validation samples' values of that score
+    percentiles = [
+        np.searchsorted(np.sort(guard.score(digits.val.X, name=n)), guard.score(digits.test.X, name=n), side="right")
+        / len(digits.val)
+        for n in SCORES.names()
+        if n != "combined"
+    ]
+    np.testing.assert_allclose(guard.score(digits.test.X), np.max(percentiles, axis=0))
+
+
+def test_auto_chooses_the_score_that_best_separates_validation_from_its_shuffled_copy(digits, members):
+    chosen = InputGuard(members, ood_score="auto").fit(digits.train, digits.val)
+    assert chosen.score_ == max(chosen.val_auroc_, key=chosen.val_auroc_.get)
 
 
 def test_guard_tells_shifted_inputs_from_test_inputs(digits, guard):
@@ -109,6 +133,8 @@ def test_guard_tells_shifted_inputs_from_test_inputs(digits, guard):
     noisy = X + torch.randn(X.shape, generator=torch.Generator().manual_seed(1))
     assert _auroc(guard.score(X, name="mahalanobis"), guard.score(noisy, name="mahalanobis")) > 0.95
     assert _auroc(guard.score(X, name="mutual_information"), guard.score(inverted, name="mutual_information")) > 0.95
+    # the default catches both kinds of shift, where each of those two scores alone misses one of them
+    assert _auroc(guard.score(X), guard.score(noisy)) > 0.95 and _auroc(guard.score(X), guard.score(inverted)) > 0.95
     verdicts = guard.check(noisy)
     assert verdicts.ok.mean() < 0.5 < guard.check(X).ok.mean()
 
@@ -160,7 +186,7 @@ def test_a_saved_guard_scores_the_same_and_refuses_other_members(tmp_path, digit
 
 def test_a_guard_without_members_screens_the_inputs_alone(tmp_path, digits):
     guard = InputGuard(seed=3).fit(digits.train)  # validation: a fifth of train, held out
-    assert guard.score_ == "mahalanobis" and list(guard.val_auroc_) == ["mahalanobis"]
+    assert guard.score_ == "combined" and set(guard.val_auroc_) == {"mahalanobis", "combined"}
     noisy = digits.test.X + torch.randn(digits.test.X.shape, generator=torch.Generator().manual_seed(0))
     assert _auroc(guard.score(digits.test.X), guard.score(noisy)) > 0.95
     loaded = InputGuard.load(guard.save(tmp_path / "g.safetensors"))

@@ -660,8 +660,12 @@ def guard_fit(
     dataset: Annotated[str, typer.Option(help="embedded dataset the members were trained on")] = "digits",
     seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
     score: Annotated[
-        str, typer.Option(help="auto (chosen on validation) or a name in modelfusion.guard.SCORES")
-    ] = "auto",
+        str,
+        typer.Option(
+            help="a name in modelfusion.guard.SCORES (combined: the largest of every score's validation "
+            "percentile), or auto: the one that best separates validation from its feature-shuffled copy"
+        ),
+    ] = "combined",
     fpr: Annotated[float, typer.Option(help="share of validation samples the threshold may reject")] = 0.05,
     range_tolerance: Annotated[float, typer.Option(help="allowed excursion beyond each feature's range")] = 0.1,
     overwrite: Overwrite = False,

@@ -7,11 +7,13 @@
 | `mutual_information` | members' disagreement: entropy of the mean minus mean entropy | Lakshminarayanan et al., 2017 |
 | `energy` | -logsumexp of the fused logits (the members' mean logit) | Liu et al., 2020 |
 | `mahalanobis` | distance to the closest class mean of penultimate features (Ledoit-Wolf)* | Lee et al., 2018 |
+| `combined` | the largest of the other scores, each as its percentile among validation samples | |
 
 *Each torch member's features (the inputs when no torch member is given), averaged over members.
 
 An output score is a pure function of the members' logits `[K, N, C]`; `mahalanobis` is fitted on the training
-split's features and labels first (`fit`), and its fitted tensors are what a saved guard stores.
+split's features and labels first (`fit`), and `combined` on the other scores of the validation split; their
+fitted tensors are what a saved guard stores.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ class OODScore:
 
     Attributes:
         name: its registry name.
-        needs: "logits" (the members' outputs `[K, N, C]`) or "features" (a list of `[N, D]` float64 tensors,
-            one per feature source).
+        needs: "logits" (the members' outputs `[K, N, C]`), "features" (a list of `[N, D]` float64 tensors,
+            one per feature source) or "scores" (a dict of the other scores, name -> `[N]` float64).
         score: `(inputs, state) -> [N]` float64 scores, higher = more unusual.
-        fit: for "features" scores: `(features, labels) -> state` (a dict of tensors), else None.
+        fit: for "features" scores: `(features, labels) -> state` (a dict of tensors); for "scores" scores:
+            `(validation scores) -> state`; else None.
         reference: the paper.
     """
 
@@ -127,3 +130,22 @@ def mahalanobis(features: Sequence[torch.Tensor], state: dict[str, torch.Tensor]
         squared = torch.einsum("ncd,de,nce->nc", diff, precision, diff)
         distances.append(squared.min(-1).values.clamp_min(0).sqrt())
     return torch.stack(distances).mean(0)
+
+
+def _fit_combined(validation: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each score's validation values, sorted: the reference its percentiles are read against."""
+    return {name: torch.sort(values.double()).values for name, values in validation.items()}
+
+
+@_register("combined", "scores", "", fit=_fit_combined)
+def combined(scores: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The largest of the other scores, each first turned into its percentile among the validation samples'
+    values of that score (the share of them it is above). A sample is as unusual as its most unusual score
+    says, so no one kind of shift has to be foreseen: output scores notice inputs between classes, feature
+    distances notice inputs unlike any training sample, and which of them matters is rarely known in advance.
+    Percentiles put them on one scale; beyond the largest validation value every score reads 1."""
+    percentiles = [
+        torch.searchsorted(state[name], values.double().contiguous(), right=True) / len(state[name])
+        for name, values in scores.items()
+    ]
+    return torch.stack(percentiles).max(0).values.double()
