@@ -14,6 +14,7 @@ from modelfusion.cli import app
 from modelfusion.datasets import Split, load_dataset
 from modelfusion.ensemble import EnsembleModule, make_combiner
 from modelfusion.errors import (
+    CheckpointError,
     ConfigError,
     IncompatibleModelsError,
     InvalidInputError,
@@ -182,6 +183,24 @@ def test_a_saved_guard_scores_the_same_and_refuses_other_members(tmp_path, digit
         InputGuard.load(path, members=members[:2])
     with pytest.raises(IncompatibleModelsError):
         InputGuard.load(path)
+
+
+def test_a_guard_file_with_tampered_percentile_references_is_refused(tmp_path, members, guard):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = guard.save(tmp_path / "g.safetensors")
+    with safe_open(path, "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    for key, value, problem in [
+        ("state.combined.energy", tensors["state.combined.energy"].flip(0), "sorted float64"),
+        ("state.combined.energy", tensors["state.combined.energy"].float(), "sorted float64"),
+        ("state.combined.exec", torch.zeros(3, dtype=torch.float64), "'exec', which is not a score to combine"),
+        ("state.combined.combined", torch.zeros(3, dtype=torch.float64), "not a score to combine"),
+    ]:
+        save_file({**tensors, key: value}, tmp_path / "bad.safetensors", metadata=metadata)
+        with pytest.raises(CheckpointError, match=problem):
+            InputGuard.load(tmp_path / "bad.safetensors", members=members)
 
 
 def test_a_guard_without_members_screens_the_inputs_alone(tmp_path, digits):

@@ -361,9 +361,13 @@ class InputGuard:
         return guard
 
     def _check_state(self, path) -> None:
-        """The stored state fits the chosen score: checked on two zero samples, so a mismatched file fails
-        here and not at the first `check`."""
-        self._check_score_state(path, self.score_)
+        """The stored state fits every score the file names (the chosen one and those `score(X, name=...)`
+        offers): feature statistics are checked on two zero samples, so a mismatched file fails here and not
+        at the first `check`."""
+        for name in dict.fromkeys([self.score_, *self.val_auroc_]):
+            if name not in SCORES:
+                raise CheckpointError(f"{path}: unknown score {name!r}; valid scores: {', '.join(SCORES)}")
+            self._check_score_state(path, name)
 
     def _check_score_state(self, path, name: str) -> None:
         spec = SCORES[name]
