@@ -97,6 +97,18 @@ def test_an_ensemble_results_file_with_an_odd_confidence_still_reads(confidence)
     assert "intervals: 90% percentile bootstrap" in parse_results(summary).notes[0]
 
 
+def test_costs_read_as_whole_numbers_with_separators_from_a_thousand_up():
+    candidate = {
+        "name": "m",
+        "family": "member",
+        "test": {"accuracy": 0.9},
+        "cost": {"latency_batch_1_us": 10169.3, "parameters": 151690.0, "bytes": 999.5, "forward_passes": 1.8},
+    }
+    row = _table_rows(render_report(parse_results({"chosen": candidate, "leaderboard": [candidate]})))[0]
+    cells = re.findall(r"<td>(.*?)</td>", row)
+    assert cells[-4:] == ["10,169", "151,690", "999.5", "1.8"]
+
+
 def test_minimal_results_say_which_sections_they_lack(tmp_path):
     candidate = {"name": "m", "family": "member", "test": {"accuracy": 0.9}}
     html = write_report({"chosen": candidate, "leaderboard": [candidate]}, tmp_path / "r.html").read_text()

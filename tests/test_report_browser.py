@@ -63,8 +63,9 @@ def _open(browser, report: Path) -> tuple:
 
 @pytest.mark.parametrize("shape", ["auto", "ensemble"])
 def test_report_renders_in_a_browser_without_requests_errors_or_scripts(browser, tmp_path, shape):
-    if shape == "auto":  # a member named like a script: it must show as text and run nothing
-        results = auto_results([INJECTED, "mlp_1", "cnn", "mean_logit", "ties", "student", "cascade", "cnn_int8"])
+    if shape == "auto":  # a member named like a script: it must show as text and run nothing; a long name
+        long_name = "student of greedy_selection over every member, then half its units pruned and recovered, int8"
+        results = auto_results([INJECTED, "mlp_1", "cnn", "mean_logit", "ties", long_name, "cascade", "cnn_int8"])
         candidates, figures = 8, 5
     else:
         results, candidates, figures = ensemble_results(), 5, 3
@@ -83,6 +84,8 @@ def test_report_renders_in_a_browser_without_requests_errors_or_scripts(browser,
     names = [rows.nth(k).locator("td").nth(1).inner_text() for k in range(candidates)]
     assert sorted(names) == sorted(c["name"] for c in (results.get("leaderboard") or results["test"]["rows"]))
     assert page.locator("#verdict").inner_text().startswith("The chosen fusion")
+    # a wide leaderboard scrolls inside its box; the page itself never needs a horizontal scroll bar
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     shot = page.screenshot(path=tmp_path / "report.png", full_page=True)
     assert len(shot) > 10_000 and (tmp_path / "report.png").stat().st_size == len(shot)
     page.close()

@@ -47,6 +47,14 @@ def _number(value: Any, scale: float = 1, spec: str = ".4g") -> str:
     return format(value * scale, spec)
 
 
+def _cost(value: Any) -> str:
+    """A cost as people read one: whole numbers with separators from 1,000 up (10,169 µs, 151,690
+    parameters), else four significant digits (94.28 µs, 1.8 passes)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return _number(value)
+
+
 def _p_value(p: float | None) -> str:
     return _number(p, spec=".3g") if p is None or not math.isfinite(p) or p >= 1e-4 else f"{p:.1e}"
 
@@ -95,7 +103,7 @@ def _leaderboard(results: Results) -> dict:
         cells = [str(rank), c.name, c.family]
         cells += [_cell(c.val, primary)] if with_val else []
         cells += [_cell(c.test, m) if m == primary else _number(c.test.get(m), *METRICS[m][1:]) for m in tests]
-        cells += [_number(c.cost.get(k)) for k in costs]
+        cells += [_cost(c.cost.get(k)) for k in costs]
         cells += [_p_value(c.p_vs_best_member)] if with_p else []
         mark = "chosen" if results.chosen and c.name == results.chosen.name else ""
         mark = mark or ("best-member" if c.name == best_member else "")
