@@ -179,7 +179,7 @@ def _sections(results: Results) -> tuple[list[dict], list[str]]:
         "no reliability curves in these results (classification results of this version have them)",
         lambda: figures.reliability_svg(reliability),
         "Accuracy against confidence per confidence bin on the test split; a calibrated model lies on the "
-        "diagonal. Shown: " + ", ".join(reliability) + ".",
+        "diagonal, and a marker's area grows with the samples in its bin. Shown: " + ", ".join(reliability) + ".",
     )
     cost = _pareto_cost(results)
     section(
