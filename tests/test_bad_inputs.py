@@ -376,3 +376,24 @@ def test_validation_and_test_predictions_of_other_classes(tmp_path):
     test = Predictions(torch.randn(2, 6, 3), torch.arange(6) % 3, ("a", "b"), "classification", "test", (2, 1, 0))
     with pytest.raises(IncompatibleModelsError, match="over classes \\(0, 1, 2\\) but test predictions"):
         fuse_and_evaluate(val, test, ["mean"])
+
+
+def test_an_integer_too_long_to_convert_in_any_json_is_one_line(tmp_path, member_file):
+    """Python refuses to convert integers of more than 4,300 digits (a plain ValueError): every JSON reader
+    must still answer with its own one-line error."""
+    from modelfusion.report import load_results
+
+    huge = "9" * 5000
+    header = json.dumps({"__metadata__": {"modelfusion": "{}"}})[:-1] + f', "x": {huge}}}'
+    raw = header.encode()
+    (tmp_path / "big.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(CheckpointError, match="not JSON") as caught:
+        load_member(tmp_path / "big.safetensors")
+    assert "\n" not in str(caught.value)
+    tensors = load_file(member_file)
+    save_file(tensors, tmp_path / "desc.safetensors", metadata={"modelfusion": '{"name": ' + huge + "}"})
+    with pytest.raises(CheckpointError, match="not JSON"):
+        load_member(tmp_path / "desc.safetensors")
+    (tmp_path / "results.json").write_text('{"leaderboard": [' + huge + "]}")
+    with pytest.raises(ConfigError, match="not a JSON file"):
+        load_results(tmp_path / "results.json")

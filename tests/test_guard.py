@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -91,9 +92,14 @@ def test_output_scores_match_their_definitions():
 def test_combined_is_the_largest_validation_percentile_of_its_scores():
     state = SCORES["combined"].fit({"a": torch.tensor([4.0, 1, 3, 2]), "b": torch.tensor([10.0, 20, 30, 40])})
     assert torch.equal(state["a"], torch.tensor([1.0, 2, 3, 4], dtype=torch.float64))
-    # a: 2.5 is above half of its validation values, 0 above none, 9 above all; b: 35 above 3 of 4, 5 none
-    combined = SCORES["combined"].score({"a": torch.tensor([2.5, 0, 9]), "b": torch.tensor([35.0, 5, 5])}, state)
-    assert combined.tolist() == [0.75, 0.0, 1.0]
+    # a: 2.5 is above half of its validation values, 0 above none, 9 above all, 4 above 3 and ties 1 (counted
+    # half); b: 35 above 3 of 4, 5 above none
+    values = {"a": torch.tensor([2.5, 0, 9, 4]), "b": torch.tensor([35.0, 5, 5, 5])}
+    combined = SCORES["combined"].score(values, state)
+    assert combined.dtype == torch.float64 and combined.tolist() == [0.75, 0.0, 1.0, 0.875]
+    # a score constant on validation reads one half there, so a threshold set on validation stays below 1
+    constant = SCORES["combined"].fit({"mi": torch.zeros(5)})
+    assert SCORES["combined"].score({"mi": torch.tensor([0.0, 0.1])}, constant).tolist() == [0.5, 1.0]
 
 
 def test_mahalanobis_grows_away_from_the_class_means():
@@ -114,13 +120,22 @@ def test_guard_combines_every_score_by_default_and_sets_its_threshold_on_validat
     assert 0.02 <= val_rejected <= 0.05
     assert guard.input_shape_ == (64,)
     # the largest of each score's percentile among the validation samples' values of that score
-    percentiles = [
-        np.searchsorted(np.sort(guard.score(digits.val.X, name=n)), guard.score(digits.test.X, name=n), side="right")
-        / len(digits.val)
-        for n in SCORES.names()
-        if n != "combined"
-    ]
+    percentiles = []
+    for n in SCORES.names():
+        if n != "combined":
+            reference, test = np.sort(guard.score(digits.val.X, name=n)), guard.score(digits.test.X, name=n)
+            ranks = np.searchsorted(reference, test, side="left") + np.searchsorted(reference, test, side="right")
+            percentiles.append(ranks / (2 * len(reference)))
     np.testing.assert_allclose(guard.score(digits.test.X), np.max(percentiles, axis=0))
+
+
+def test_a_one_member_guard_still_rejects_its_share_of_validation(digits, members):
+    # one member's mutual information is zero everywhere: it must not pin the threshold at the top
+    guard = InputGuard(members[:1]).fit(digits.train, digits.val)
+    assert guard.threshold_ < 1
+    assert 0.02 <= np.mean(guard.score(digits.val.X) > guard.threshold_) <= 0.05
+    shuffled = feature_shuffled(digits.test.X, seed=0)
+    assert np.mean(guard.score(shuffled) > guard.threshold_) > 0.5
 
 
 def test_auto_chooses_the_score_that_best_separates_validation_from_its_shuffled_copy(digits, members):
@@ -138,6 +153,18 @@ def test_guard_tells_shifted_inputs_from_test_inputs(digits, guard):
     assert _auroc(guard.score(X), guard.score(noisy)) > 0.95 and _auroc(guard.score(X), guard.score(inverted)) > 0.95
     verdicts = guard.check(noisy)
     assert verdicts.ok.mean() < 0.5 < guard.check(X).ok.mean()
+
+
+def test_rows_beyond_float32_or_with_unmeasurable_scores_are_rejected(digits, guard):
+    X = digits.test.X[:3].double()
+    X[1, 0] = 1e300  # finite in float64, inf once the guard casts to float32: rejected as non-finite
+    X[2, :] = 3e38  # finite in float32, but the members' outputs overflow: no score may read NaN
+    verdicts = guard.check(X)
+    assert list(verdicts.rejected) == [1, 2] and math.isinf(verdicts.scores[1])
+    for name in guard.val_auroc_:
+        assert not np.isnan(guard.score(X, name=name)).any(), name
+    with pytest.raises(InvalidInputError, match="no samples"):
+        guard.check(digits.test.X[:0])
 
 
 def test_check_gives_each_rejected_row_its_reason(digits, guard):
@@ -201,6 +228,17 @@ def test_a_guard_file_with_tampered_percentile_references_is_refused(tmp_path, m
         save_file({**tensors, key: value}, tmp_path / "bad.safetensors", metadata=metadata)
         with pytest.raises(CheckpointError, match=problem):
             InputGuard.load(tmp_path / "bad.safetensors", members=members)
+    description = json.loads(metadata["modelfusion.guard"])
+    # a threshold too big for a float; an input shape the members cannot take (with ranges that match it)
+    for changes, tensor_changes, error in [
+        ({"threshold": 10**400}, {}, CheckpointError),
+        ({"input_shape": [32]}, {"low": tensors["low"][:32], "high": tensors["high"][:32]}, IncompatibleModelsError),
+    ]:
+        tampered = {**metadata, "modelfusion.guard": json.dumps({**description, **changes})}
+        save_file({**tensors, **tensor_changes}, tmp_path / "bad.safetensors", metadata=tampered)
+        with pytest.raises(error) as caught:
+            InputGuard.load(tmp_path / "bad.safetensors", members=members)
+        assert "\n" not in str(caught.value)
 
 
 def test_a_guard_without_members_screens_the_inputs_alone(tmp_path, digits):
@@ -313,6 +351,7 @@ def test_guard_cli_fit_check_clean(tmp_path, monkeypatch, digits, members):
     fit = runner.invoke(app, ["guard", "fit", *paths, "--out", "g.safetensors"])
     assert fit.exit_code == 0, fit.output
     assert "score" in fit.output and "g.safetensors" in fit.output
+    assert re.search(r"rejects \d+\.\d% of validation, asked 5\.0%", " ".join(fit.output.split())), fit.output
     again = runner.invoke(app, ["guard", "fit", *paths, "--out", "g.safetensors"])
     assert again.exit_code == 2 and "--overwrite" in again.output
     X = digits.test.X[:5].numpy().copy()
@@ -323,7 +362,9 @@ def test_guard_cli_fit_check_clean(tmp_path, monkeypatch, digits, members):
     assert "row 1: non-finite values (features 2)" in check.output
     verdicts = json.loads((tmp_path / "v.json").read_text())
     assert verdicts["ok"][1] is False and verdicts["scores"][1] is None
+    np.save(tmp_path / "empty.npy", X[:0])
     for argv, message in (
+        (["guard", "check", "g.safetensors", *paths, "--inputs", "empty.npy"], "no samples"),
         (["guard", "check", "g.safetensors", paths[0], "--inputs", "x.npy"], "same members"),
         (["guard", "check", "g.safetensors", *paths, "--dataset", "mnist1d"], "shape"),
         (["guard", "check", "g.safetensors", *paths, "--inputs", "v.json"], ".npy"),

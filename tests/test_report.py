@@ -102,11 +102,35 @@ def test_costs_read_as_whole_numbers_with_separators_from_a_thousand_up():
         "name": "m",
         "family": "member",
         "test": {"accuracy": 0.9},
-        "cost": {"latency_batch_1_us": 10169.3, "parameters": 151690.0, "bytes": 999.5, "forward_passes": 1.8},
+        "cost": {"latency_batch_1_us": 10169.3, "parameters": 151690.0, "bytes": 999.4, "forward_passes": 1.8},
     }
     row = _table_rows(render_report(parse_results({"chosen": candidate, "leaderboard": [candidate]})))[0]
     cells = re.findall(r"<td>(.*?)</td>", row)
-    assert cells[-4:] == ["10,169", "151,690", "999.5", "1.8"]
+    assert cells[-4:] == ["10,169", "151,690", "999.4", "1.8"]
+    candidate["cost"] = {"latency_batch_1_us": 999.96, "parameters": 1e308, "bytes": 1000, "forward_passes": 1}
+    row = _table_rows(render_report(parse_results({"chosen": candidate, "leaderboard": [candidate]})))[0]
+    assert re.findall(r"<td>(.*?)</td>", row)[-4:] == ["1,000", "1e+308", "1,000", "1"]  # no invented digits
+
+
+def test_results_with_a_lone_surrogate_are_one_line_not_a_broken_page(tmp_path):
+    (tmp_path / "r.json").write_text('{"leaderboard": [{"name": "m\\ud800", "family": "member", "test": {}}]}')
+    with pytest.raises(ConfigError, match="not valid Unicode"):
+        load_results(tmp_path / "r.json")
+
+
+def test_a_figure_the_numbers_cannot_draw_is_listed_as_missing_and_names_stay_literal(tmp_path):
+    rows = [
+        {"name": f"m{k} costs $5 or $6", "family": "member", "test": {"accuracy": 0.9}, "cost": {"bytes": 1e308}}
+        for k in range(2)
+    ]
+    reliability = {"m0 costs $5 or $6": {"confidence": [0.5, 0.9], "accuracy": [0.5, 1.0], "count": [1e308, 0]}}
+    reliability["empty"] = {"confidence": [0.5], "accuracy": [0.5], "count": [0]}
+    html = render_report(
+        parse_results({"chosen": rows[0], "leaderboard": rows, "curves": {"reliability": reliability}})
+    )
+    missing = html[html.index('<ul id="missing">') :]
+    assert "Accuracy against cost: cannot be drawn from these results" in missing
+    assert "<h2>Reliability diagram</h2>" in html and "Shown: m0 costs $5 or $6." in html  # not the empty curve
 
 
 def test_minimal_results_say_which_sections_they_lack(tmp_path):

@@ -43,7 +43,7 @@ def parse_json_object(value: str | None, option: str) -> dict | None:
         return None
     try:
         parsed = json.loads(value)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # not JSON, or an integer too long to convert
         raise ConfigError(f"{option} must be a JSON object, e.g. '{{\"hidden\": [128]}}' ({err})") from None
     if not isinstance(parsed, dict):
         raise ConfigError(f"{option} must be a JSON object, got {type(parsed).__name__}")

@@ -64,7 +64,7 @@ def read_header(path: Path) -> dict:
         raw = file.read(length)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # ValueError: not JSON, not UTF-8, or an integer too long
         raise CheckpointError.unreadable(path, "safetensors (its header is not JSON)", err) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
@@ -108,7 +108,7 @@ def read_tensors(path: str | os.PathLike, *, key: str | None, what: str) -> tupl
         return tensors, None
     try:
         description = json.loads(metadata[key])
-    except (TypeError, json.JSONDecodeError, RecursionError) as err:
+    except (TypeError, ValueError, RecursionError) as err:
         raise CheckpointError.unreadable(path, f"a {what} (its {key!r} description is not JSON)", err) from None
     if not isinstance(description, dict):
         raise CheckpointError(f"{path}: the {key!r} description is a {type(description).__name__}, not an object")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -687,9 +688,11 @@ def guard_fit(
     guard.fit(data.train, data.val)
     guard.save(out, overwrite=overwrite)
     aurocs = ", ".join(f"{name} {value:.3f}" for name, value in guard.val_auroc_.items())
+    rejected = float((guard.score(data.val.X) > guard.threshold_).mean())
     console.print(
         f"guard for {dataset} inputs {guard.input_shape_} with {len(guard.member_names_)} member(s): score "
-        f"{guard.score_}, threshold {guard.threshold_:.4g} (rejects {fpr:.1%} of validation); validation AUROC "
+        f"{guard.score_}, threshold {guard.threshold_:.4g} (rejects {rejected:.1%} of validation, asked "
+        f"{fpr:.1%}); validation AUROC "
         f"against feature-shuffled samples: {aurocs} -> {out}",
         highlight=False,
     )
@@ -755,7 +758,7 @@ def guard_check(
                 "threshold": verdicts.threshold,
                 "ok": verdicts.ok.tolist(),
                 "reasons": list(verdicts.reasons),
-                "scores": [float(s) if s != float("inf") else None for s in verdicts.scores],
+                "scores": [float(s) if math.isfinite(s) else None for s in verdicts.scores],  # JSON has no inf
             },
         )
 

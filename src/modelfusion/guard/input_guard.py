@@ -153,6 +153,12 @@ class InputGuard:
                 self._store_state(name, SCORES[name].fit(features, y))
         components = [n for n in candidates if SCORES[n].needs != "scores"]
         validation = self._score_all(val_X, components)
+        for name, values in validation.items():
+            if not np.isfinite(values).all():
+                raise InvalidInputError(
+                    f"score {name!r} is not finite on {int((~np.isfinite(values)).sum())} validation samples: the "
+                    "members' outputs or features overflow there; check member.predict(val.X) for inf or NaN"
+                )
         for name in candidates:
             if SCORES[name].needs == "scores":
                 self._store_state(name, SCORES[name].fit({n: torch.from_numpy(validation[n]) for n in components}))
@@ -268,8 +274,11 @@ class InputGuard:
                 f"inputs have shape {tuple(X.shape)} but the guard was fitted on samples of shape "
                 f"{self.input_shape_}: pass X of shape [N, {', '.join(map(str, self.input_shape_))}]"
             )
+        if len(X) == 0:
+            raise InvalidInputError("inputs have no samples (shape [0, ...]); pass at least one row to screen")
+        X = X.float()  # before the finiteness check: a float64 value beyond float32's range becomes inf here
         finite = torch.isfinite(X.reshape(len(X), -1)).all(1).numpy()
-        return X.float(), finite
+        return X, finite
 
     def score(self, X, *, name: str | None = None) -> np.ndarray:
         """The out-of-distribution score of each sample, `[N]` float64, higher = more unusual; inf for a row
@@ -283,7 +292,8 @@ class InputGuard:
     def _finite_scores(self, X: torch.Tensor, finite: np.ndarray, name: str) -> np.ndarray:
         scores = np.full(len(X), math.inf)
         if finite.any():
-            scores[finite] = self._scores(X[torch.from_numpy(finite)], name)
+            computed = self._scores(X[torch.from_numpy(finite)], name)
+            scores[finite] = np.where(np.isnan(computed), math.inf, computed)  # unmeasurable is most unusual
         return scores
 
     def check(self, X) -> Verdicts:
@@ -364,6 +374,15 @@ class InputGuard:
         """The stored state fits every score the file names (the chosen one and those `score(X, name=...)`
         offers): feature statistics are checked on two zero samples, so a mismatched file fails here and not
         at the first `check`."""
+        probe = torch.zeros(2, *self.input_shape_)
+        for member in self._members:
+            try:
+                member.predict(probe)
+            except (RuntimeError, ValueError, IndexError) as err:
+                raise IncompatibleModelsError(
+                    f"{path}: member {member.name!r} fails on inputs of the guard's shape {self.input_shape_} "
+                    f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                ) from None
         for name in dict.fromkeys([self.score_, *self.val_auroc_]):
             if name not in SCORES:
                 raise CheckpointError(f"{path}: unknown score {name!r}; valid scores: {', '.join(SCORES)}")
@@ -431,7 +450,7 @@ class _GuardHeader(BaseModel):
 
     input_shape: list[Annotated[StrictInt, Field(ge=1, le=2**20)]] = Field(min_length=1, max_length=8)
     score: StrictStr = Field(max_length=64)
-    threshold: StrictFloat | StrictInt
+    threshold: StrictFloat | Annotated[StrictInt, Field(ge=-(2**63), le=2**63)]  # a bigger int overflows a float
     fpr: StrictFloat | StrictInt = Field(gt=0, lt=1)
     range_tolerance: StrictFloat | StrictInt = Field(ge=0)
     seed: StrictInt = Field(ge=0, le=2**32 - 1)

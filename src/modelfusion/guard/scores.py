@@ -140,12 +140,16 @@ def _fit_combined(validation: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 @_register("combined", "scores", "", fit=_fit_combined)
 def combined(scores: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> torch.Tensor:
     """The largest of the other scores, each first turned into its percentile among the validation samples'
-    values of that score (the share of them it is above). A sample is as unusual as its most unusual score
-    says, so no one kind of shift has to be foreseen: output scores notice inputs between classes, feature
-    distances notice inputs unlike any training sample, and which of them matters is rarely known in advance.
-    Percentiles put them on one scale; beyond the largest validation value every score reads 1."""
-    percentiles = [
-        torch.searchsorted(state[name], values.double().contiguous(), right=True) / len(state[name])
-        for name, values in scores.items()
-    ]
-    return torch.stack(percentiles).max(0).values.double()
+    values of that score (the share of them it is above, ties counted half). A sample is as unusual as its
+    most unusual score says, so no one kind of shift has to be foreseen: output scores notice inputs between
+    classes, feature distances notice inputs unlike any training sample, and which of them matters is rarely
+    known in advance. Percentiles put them on one scale. Counting ties half keeps every validation sample
+    below 1 (a score constant on validation, such as one member's mutual information, reads 0.5), so a
+    threshold set on validation stays below the 1 that a value beyond every validation value reads."""
+    percentiles = []
+    for name, values in scores.items():
+        reference, values = state[name], values.double().contiguous()
+        below = torch.searchsorted(reference, values, right=False)
+        not_above = torch.searchsorted(reference, values, right=True)
+        percentiles.append((below + not_above).double() / (2 * len(reference)))
+    return torch.stack(percentiles).max(0).values

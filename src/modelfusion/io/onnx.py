@@ -71,7 +71,7 @@ class OnnxModel(nn.Module):
         """What `with_metadata` recorded (name, task, classes); {} for other files."""
         try:
             value = json.loads(self.recorded) if self.recorded else {}
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return {}
         return value if isinstance(value, dict) else {}
 

@@ -125,7 +125,7 @@ class Checkpoint:
             raise CheckpointError(f"{index}: {index.stat().st_size:,} bytes, more than an index can need")
         try:
             weight_map = json.loads(index.read_bytes())["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError) as err:
+        except (ValueError, RecursionError, KeyError, TypeError) as err:
             raise CheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
             raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")
@@ -311,7 +311,7 @@ def _copy_small_files(source: Path, target: Path, out_dtype: str | None, updates
         if file.name == "config.json" and (out_dtype or updates):
             try:
                 config = json.loads(file.read_bytes())
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            except (ValueError, RecursionError) as err:
                 raise CheckpointError(f"{file}: not valid JSON ({err}); fix or remove it") from None
             if not isinstance(config, dict):
                 raise CheckpointError(f"{file}: a model config is a JSON object, got {type(config).__name__}")
@@ -563,7 +563,7 @@ def _member_description(checkpoint: Checkpoint) -> dict | None:
         return None
     try:
         description = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:
         raise CheckpointError(f"{checkpoint.path}: its {MEMBER_KEY!r} description is not JSON ({err})") from None
     if not isinstance(description, dict):
         raise CheckpointError(f"{checkpoint.path}: its {MEMBER_KEY!r} description is not a JSON object")

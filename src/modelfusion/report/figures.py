@@ -16,19 +16,24 @@ def finite(*values: float | None) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
+def reliability_points(curve: ReliabilityCurve) -> list[tuple[float, float, float]]:
+    """(confidence, accuracy, samples) of each bin that holds samples and finite numbers."""
+    bins = zip(curve.confidence, curve.accuracy, curve.count, strict=True)  # lengths checked on reading
+    return [(c, a, n) for c, a, n in bins if finite(c, a, n) and n > 0]
+
+
 def reliability_svg(curves: Mapping[str, ReliabilityCurve]) -> str:
     """Accuracy against confidence per bin, one line per model, beside the diagonal of perfect calibration; a
     marker's area grows with its bin's samples, so a bin of two samples does not look like a finding."""
     figure, axes = pyplot().subplots(figsize=(5, 4))
     axes.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
     for name, curve in curves.items():
-        bins = zip(curve.confidence, curve.accuracy, curve.count, strict=True)  # lengths checked on reading
-        points = [(c, a, n) for c, a, n in bins if finite(c, a, n) and n > 0]
+        points = reliability_points(curve)
         if not points:
             continue
         most = max(n for _, _, n in points)
         (line,) = axes.plot([c for c, _, _ in points], [a for _, a, _ in points], linewidth=1, label=name)
-        sizes = [6 + 90 * n / most for _, _, n in points]
+        sizes = [6 + 90 * (n / most) for _, _, n in points]
         axes.scatter([c for c, _, _ in points], [a for _, a, _ in points], s=sizes, color=line.get_color(), alpha=0.8)
     axes.set(xlabel="confidence (top-label probability)", ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1.02))
     axes.grid(alpha=0.3)

@@ -16,7 +16,7 @@ from typing import Any
 from .._atomic import atomic_path, check_output
 from ..errors import MissingExtraError
 from . import figures
-from .plots import pyplot
+from .plots import plain_text, pyplot
 from .results import SIGNIFICANCE_LEVEL, Candidate, Results, load_results, parse_results
 
 __all__ = ["write_report", "render_report", "check_report_extra"]
@@ -49,9 +49,11 @@ def _number(value: Any, scale: float = 1, spec: str = ".4g") -> str:
 
 def _cost(value: Any) -> str:
     """A cost as people read one: whole numbers with separators from 1,000 up (10,169 µs, 151,690
-    parameters), else four significant digits (94.28 µs, 1.8 passes)."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and abs(value) >= 1000:
-        return f"{value:,.0f}"
+    parameters), else four significant digits (94.28 µs, 1.8 passes); past 1e15, where a float's digits
+    run out, four significant digits again."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if 999.5 <= abs(value) < 1e15:
+            return f"{value:,.0f}"
     return _number(value)
 
 
@@ -167,12 +169,21 @@ def _sections(results: Results) -> tuple[list[dict], list[str]]:
     highlight = [name for name in named if name]
 
     def section(title: str, available: bool, lacking: str, draw, caption: str) -> None:
-        if available:
-            shown.append({"title": title, "svg": draw(), "caption": caption})
-        else:
+        if not available:
             missing.append(f"{title}: {lacking}")
+            return
+        try:
+            with plain_text():
+                svg = draw()
+        except (ValueError, TypeError, OverflowError, ZeroDivisionError, IndexError) as err:
+            # numbers a results file may hold but matplotlib cannot place (1e308 on an axis, a name that is
+            # not valid Unicode); the rest of the page still says what it can
+            missing.append(f"{title}: cannot be drawn from these results ({type(err).__name__})")
+            return
+        shown.append({"title": title, "svg": svg, "caption": caption})
 
-    reliability = {n: c for n, c in curves.reliability.items() if n in highlight} or curves.reliability
+    drawable = {n: c for n, c in curves.reliability.items() if figures.reliability_points(c)}
+    reliability = {n: c for n, c in drawable.items() if n in highlight} or drawable
     section(
         "Reliability diagram",
         bool(reliability),

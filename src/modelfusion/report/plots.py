@@ -12,7 +12,7 @@ from pathlib import Path
 from .._atomic import atomic_path
 from ..errors import MissingExtraError
 
-__all__ = ["pyplot", "save_figure", "svg_markup", "interpolation_figure", "cascade_figure"]
+__all__ = ["pyplot", "plain_text", "save_figure", "svg_markup", "interpolation_figure", "cascade_figure"]
 
 Curve = Sequence[Mapping[str, float]]
 
@@ -27,6 +27,12 @@ def pyplot():
     except ImportError:
         raise MissingExtraError("plotting needs matplotlib: pip install 'modelfusion[report]'") from None
     return plt
+
+
+def plain_text():
+    """A context in which figure text is drawn as given: a `$` in a name from a results file is a dollar
+    sign, not the start of matplotlib's math markup."""
+    return pyplot().rc_context({"text.parse_math": False})
 
 
 def save_figure(figure, path: str | os.PathLike) -> Path:

@@ -164,6 +164,8 @@ def parse_results(data: Any, source: str = "the results") -> Results:
     `ConfigError` naming `source` and the first problem otherwise."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a JSON object of results, got {type(data).__name__}")
+    if _holds_invalid_text(data):
+        raise ConfigError(f"{source}: holds text that is not valid Unicode (a lone surrogate such as \\ud800)")
     try:
         if "leaderboard" in data:
             return Results.model_validate(data)
@@ -177,6 +179,25 @@ def parse_results(data: Any, source: str = "the results") -> Results:
         f"{source}: not results of modelfusion: it has neither 'leaderboard' (modelfusion auto) nor 'test.rows' "
         "(modelfusion ensemble or demo)"
     )
+
+
+def _holds_invalid_text(data: Any) -> bool:
+    """Whether a string anywhere in `data` cannot be written as UTF-8 (JSON's "\\ud800" escapes give such
+    strings); walked without recursion, so deep nesting cannot exhaust the stack."""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, Mapping):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list | tuple):
+            pending.extend(value)
+    return False
 
 
 def load_results(path: str | os.PathLike) -> Results:
@@ -197,8 +218,8 @@ def load_results(path: str | os.PathLike) -> Results:
         raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
-        reason = err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+    except (ValueError, RecursionError) as err:  # ValueError: not JSON, or an integer too long to convert
+        reason = "nested too deeply" if isinstance(err, RecursionError) else getattr(err, "msg", str(err))
         raise ConfigError(f"{path}: not a JSON file ({reason})") from None
     return parse_results(data, str(path))
 
