@@ -167,6 +167,14 @@ def test_rows_beyond_float32_or_with_unmeasurable_scores_are_rejected(digits, gu
         guard.check(digits.test.X[:0])
 
 
+def test_members_whose_outputs_overflow_on_validation_are_one_clear_error(digits):
+    overflowing = torch.nn.Linear(64, 10)
+    with torch.no_grad():
+        overflowing.weight.fill_(1e38)
+    with pytest.raises(InvalidInputError, match="not finite on .* validation samples"):
+        InputGuard([overflowing]).fit(digits.train, digits.val)
+
+
 def test_check_gives_each_rejected_row_its_reason(digits, guard):
     X = digits.test.X[:4].clone()
     X[1, 5] = float("nan")
