@@ -371,9 +371,9 @@ class InputGuard:
         return guard
 
     def _check_state(self, path) -> None:
-        """The stored state fits every score the file names (the chosen one and those `score(X, name=...)`
-        offers): feature statistics are checked on two zero samples, so a mismatched file fails here and not
-        at the first `check`."""
+        """The members take inputs of the file's shape, and the stored state fits every score the file names
+        (the chosen one and those `score(X, name=...)` offers); both are tried on two zero samples, so a
+        mismatched file fails here and not at the first `check`."""
         probe = torch.zeros(2, *self.input_shape_)
         for member in self._members:
             try:
