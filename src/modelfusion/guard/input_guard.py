@@ -162,10 +162,9 @@ class InputGuard:
         for name in candidates:
             if SCORES[name].needs == "scores":
                 self._store_state(name, SCORES[name].fit({n: torch.from_numpy(validation[n]) for n in components}))
-        self.val_auroc_ = self._proxy_aurocs(val_X, candidates)
+        self.val_auroc_, val_scores = self._proxy_aurocs(val_X, candidates)
         self.score_ = max(self.val_auroc_, key=self.val_auroc_.get) if self.ood_score == "auto" else self.ood_score
-        val_scores = self._scores(val_X, self.score_)
-        self.threshold_ = float(np.quantile(val_scores, 1 - self.fpr))
+        self.threshold_ = float(np.quantile(val_scores[self.score_], 1 - self.fpr))
         return self
 
     def _store_state(self, name: str, fitted: dict[str, torch.Tensor]) -> None:
@@ -213,13 +212,18 @@ class InputGuard:
         keep, held = train_test_split(np.arange(len(X)), test_size=0.2, random_state=self.seed, stratify=stratify)
         return X[keep], y[keep], X[held]
 
-    def _proxy_aurocs(self, val_X: torch.Tensor, candidates: list[str]) -> dict[str, float]:
+    def _proxy_aurocs(
+        self, val_X: torch.Tensor, candidates: list[str]
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Each candidate's AUROC of the validation split against its feature-shuffled copy, and its scores of
+        the validation split (scored in the same pass, for the threshold)."""
         from sklearn.metrics import roc_auc_score
 
         proxy = feature_shuffled(val_X, seed=self.seed)
         truth = np.r_[np.zeros(len(val_X)), np.ones(len(proxy))]
         scores = self._score_all(torch.cat([val_X, proxy]), candidates)
-        return {name: float(roc_auc_score(truth, scores[name])) for name in candidates}
+        aurocs = {name: float(roc_auc_score(truth, scores[name])) for name in candidates}
+        return aurocs, {name: values[: len(val_X)] for name, values in scores.items()}
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def _features(self, X: torch.Tensor) -> list[torch.Tensor]:
@@ -375,20 +379,21 @@ class InputGuard:
         (the chosen one and those `score(X, name=...)` offers); both are tried on two zero samples, so a
         mismatched file fails here and not at the first `check`."""
         probe = torch.zeros(2, *self.input_shape_)
-        for member in self._members:
-            try:
+        try:
+            for member in self._members:
                 member.predict(probe)
-            except (RuntimeError, ValueError, IndexError) as err:
-                raise IncompatibleModelsError(
-                    f"{path}: member {member.name!r} fails on inputs of the guard's shape {self.input_shape_} "
-                    f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-                ) from None
+            widths = [f.shape[1] for f in self._features(probe)]  # of each feature source
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise IncompatibleModelsError(
+                f"{path}: the members fail on inputs of the guard's shape {self.input_shape_} "
+                f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+            ) from None
         for name in dict.fromkeys([self.score_, *self.val_auroc_]):
             if name not in SCORES:
                 raise CheckpointError(f"{path}: unknown score {name!r}; valid scores: {', '.join(SCORES)}")
-            self._check_score_state(path, name)
+            self._check_score_state(path, name, widths)
 
-    def _check_score_state(self, path, name: str) -> None:
+    def _check_score_state(self, path, name: str, widths: list[int]) -> None:
         spec = SCORES[name]
         if spec.needs == "logits":
             if not self._members:
@@ -412,14 +417,8 @@ class InputGuard:
                         f"{path}: the validation scores of {part!r} in {name!r} must be a non-empty sorted float64 "
                         "vector of finite values"
                     )
-                self._check_score_state(path, part)
+                self._check_score_state(path, part, widths)
             return
-        try:
-            widths = [f.shape[1] for f in self._features(torch.zeros(2, *self.input_shape_))]
-        except (RuntimeError, ValueError, IndexError) as err:
-            raise IncompatibleModelsError(
-                f"{path}: the members fail on inputs of shape {self.input_shape_} ({err})"
-            ) from None
         for k, width in enumerate(widths):
             means = self.state_.get(f"{name}.{k}.means")
             precision = self.state_.get(f"{name}.{k}.precision")
