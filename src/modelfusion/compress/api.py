@@ -133,5 +133,5 @@ def compress(
     if X is not None:
         from .._modules import output_width
 
-        output_width(module, X[:2], "the model")  # inputs of another dataset fail here, in one line
+        output_width(module, X, "the model")  # inputs of another dataset fail here, in one line
     return Compressed(apply_compression(module, method, params, X=X).eval(), method, dict(params), original)

@@ -21,6 +21,14 @@ from ..errors import ConfigError
 __all__ = ["QuantizedLinear", "QuantizedConv", "DynamicInt8Linear", "HalfPrecision", "quantize_layers"]
 
 
+def symmetric_rows(weight: torch.Tensor, largest: int, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric quantization of each row (last dimension) of `weight`: the scale maps the row's largest
+    magnitude to `largest` (stored in `scale_dtype`), and the integers, still as floats, are the row divided by
+    its scale, rounded and clamped to [-largest, largest]. Returns (integers, scales)."""
+    scale = (weight.abs().amax(dim=-1) / largest).clamp(min=1e-12).to(scale_dtype)
+    return torch.round(weight / scale.float()[..., None]).clamp(-largest, largest), scale
+
+
 class QuantizedLinear(nn.Module):
     """A Linear layer whose weight is symmetric `bits`-bit integers (8, or 4 packed two per byte) times scales."""
 
@@ -50,12 +58,8 @@ class QuantizedLinear(nn.Module):
             linear.in_features, linear.out_features, bits=bits, group_size=group_size, bias=linear.bias is not None
         )
         weight = linear.weight.detach().float().reshape(linear.out_features, -1, layer.group)
-        scale = (weight.abs().amax(dim=2) / layer.largest).clamp(min=1e-12).half()
-        q = (
-            torch.round(weight / scale.float()[..., None])
-            .clamp(-layer.largest, layer.largest)
-            .reshape(linear.out_features, -1)
-        )
+        q, scale = symmetric_rows(weight, layer.largest, torch.float16)
+        q = q.reshape(linear.out_features, -1)
         if bits == 8:
             layer.packed.copy_(q.to(torch.int8))
         else:
@@ -110,9 +114,8 @@ class DynamicInt8Linear(nn.Module):
     @classmethod
     def of(cls, linear: nn.Linear) -> DynamicInt8Linear:
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        weight = linear.weight.detach().float()
-        scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
-        layer.weight_int8.copy_(torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        q, scale = symmetric_rows(linear.weight.detach().float(), 127, torch.float32)
+        layer.weight_int8.copy_(q.to(torch.int8))
         layer.scale.copy_(scale)
         if linear.bias is not None:
             layer.bias.copy_(linear.bias.detach().float())
@@ -157,10 +160,9 @@ class QuantizedConv(nn.Module):
         self.conv = conv
         self.register_buffer("weight_int8", torch.zeros(weight.shape, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(weight.shape[0], dtype=torch.float16))
-        scale = (weight.reshape(weight.shape[0], -1).abs().amax(dim=1) / 127).clamp(min=1e-12).half()
+        q, scale = symmetric_rows(weight.reshape(weight.shape[0], -1), 127, torch.float16)  # a row per channel
         self.scale.copy_(scale)
-        per_channel = scale.float().reshape(-1, *[1] * (weight.ndim - 1))
-        self.weight_int8.copy_(torch.round(weight / per_channel).clamp(-127, 127).to(torch.int8))
+        self.weight_int8.copy_(q.reshape(weight.shape).to(torch.int8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         per_channel = self.scale.float().reshape(-1, *[1] * (self.weight_int8.ndim - 1))
