@@ -17,11 +17,19 @@ __all__ = [
     "OutputError",
     "TrainingDivergedError",
     "OverconfidenceWarning",
+    "first_line",
 ]
 
 
 # Control characters (a newline in a file name a config gave) are shown escaped, so a message stays one line.
 _ESCAPED = {code: repr(chr(code))[1:-1] for code in range(32) if chr(code) != "\t"}
+
+
+def first_line(err: Exception, limit: int = 200) -> str:
+    """What a library's error says, fit for a one-line message: the first line of its text (at most `limit`
+    characters), or its type's name when it says nothing."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
 
 
 class ModelFusionError(Exception):
@@ -38,9 +46,9 @@ class CheckpointError(ModelFusionError):
     @classmethod
     def unreadable(cls, path, fmt: str, err: Exception) -> CheckpointError:
         """The one error for a file a reader choked on: the file, the format tried, the reader's first line."""
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         return cls(
-            f"{path}: cannot read it as {fmt} ({reason}); the file may be corrupt, truncated or of another format"
+            f"{path}: cannot read it as {fmt} ({first_line(err)}); the file may be corrupt, truncated or of another "
+            "format"
         )
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..datasets import Dataset
-from ..errors import ModelFusionError
+from ..errors import ModelFusionError, first_line
 from ..members import Member, TorchMember
 from ..predictions import Predictions, collect_predictions
 from .candidates import Candidate, member_cost, model_cost
@@ -198,7 +198,7 @@ def merge_family(ctx: Context) -> list[Candidate]:
     try:
         aligned = align(models, X=ctx.data.train.X[:1024], seed=ctx.seed).models
     except ModelFusionError as err:  # an architecture the spec derivation does not cover: say so, go on
-        ctx.curves.setdefault("notes", []).append(f"merge: alignment skipped ({str(err).splitlines()[0][:120]})")
+        ctx.curves.setdefault("notes", []).append(f"merge: alignment skipped ({first_line(err, 120)})")
     else:
         add(f"aligned average of {len(models)}", uniform_soup(aligned), "weights averaged after weight matching")
         ctx.curves["interpolation"][f"{group[0].name} -> {group[1].name} (aligned)"] = interpolation_curve(

@@ -21,7 +21,14 @@ from .._checks import check_number, check_seed
 from .._modules import last_linear_inputs
 from .._safetensors import parse_description, read_tensors, write_tensors
 from ..datasets import Split
-from ..errors import CheckpointError, ConfigError, IncompatibleModelsError, InvalidInputError, NotFittedError
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    IncompatibleModelsError,
+    InvalidInputError,
+    NotFittedError,
+    first_line,
+)
 from ..members import Member, TorchMember, as_member, check_members
 from .scores import SCORES
 
@@ -385,8 +392,7 @@ class InputGuard:
             widths = [f.shape[1] for f in self._features(probe)]  # of each feature source
         except (RuntimeError, ValueError, IndexError) as err:
             raise IncompatibleModelsError(
-                f"{path}: the members fail on inputs of the guard's shape {self.input_shape_} "
-                f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                f"{path}: the members fail on inputs of the guard's shape {self.input_shape_} ({first_line(err)})"
             ) from None
         for name in dict.fromkeys([self.score_, *self.val_auroc_]):
             if name not in SCORES:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ModelFusionError
+from ..errors import CheckpointError, ModelFusionError, first_line
 from ..models import MODELS
 
 __all__ = [
@@ -85,9 +85,8 @@ def _call(factory: Callable[..., nn.Module], kwargs: Mapping, label: str) -> nn.
     except ModelFusionError as err:  # a factory that builds other models from the same file (a spliced one)
         raise CheckpointError(f"model factory {label}: {err}") from None
     except (TypeError, ValueError, RuntimeError, IndexError, OverflowError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         shown = str(dict(kwargs))[:300]
-        raise CheckpointError(f"model factory {label} rejected its arguments {shown}: {first}") from None
+        raise CheckpointError(f"model factory {label} rejected its arguments {shown}: {first_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"model factory {label} returned {type(model).__name__}, not an nn.Module")
     return model

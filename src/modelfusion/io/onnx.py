@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, first_line
 
 __all__ = ["OnnxModel", "with_metadata", "onnxruntime_module", "ONNX_METADATA_KEY"]
 
@@ -45,8 +45,7 @@ class OnnxModel(nn.Module):
             width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
             self.recorded = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
         except Exception as err:
-            first_line = (str(err).splitlines() or [""])[0][:200]
-            raise CheckpointError(f"{what} is not a valid ONNX model ({first_line})") from None
+            raise CheckpointError(f"{what} is not a valid ONNX model ({first_line(err)})") from None
         self.out_features = width if isinstance(width, int) else None  # what members infer their classes from
         if len(inputs) != 1 or not outputs:
             raise CheckpointError(
@@ -79,9 +78,8 @@ class OnnxModel(nn.Module):
         try:
             output = self.session.run(None, {self.input_name: x.detach().float().contiguous().numpy()})[0]
         except Exception as err:  # wrong width or rank: onnxruntime's InvalidArgument
-            first_line = (str(err).splitlines() or [""])[0][:200]
             raise CheckpointError(
-                f"the ONNX model cannot take inputs of shape {tuple(x.shape)} ({first_line})"
+                f"the ONNX model cannot take inputs of shape {tuple(x.shape)} ({first_line(err)})"
             ) from None
         return torch.from_numpy(np.ascontiguousarray(output))
 
@@ -94,8 +92,7 @@ def _refuse_external_data(model_bytes: bytes, what: str) -> None:
     try:
         proto = onnx.load_from_string(model_bytes)
     except Exception as err:  # protobuf's DecodeError and the like
-        first_line = (str(err).splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{what} is not a valid ONNX model ({first_line})") from None
+        raise CheckpointError(f"{what} is not a valid ONNX model ({first_line(err)})") from None
 
     def tensors(graph):
         yield from graph.initializer
