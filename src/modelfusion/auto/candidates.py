@@ -56,14 +56,11 @@ def member_cost(member: Member, X: torch.Tensor) -> dict:
     not comparable, and its bytes are those of its skops file)."""
     if isinstance(member, TorchMember):
         return model_cost(member.module.eval(), X)
-    import io
-
     import skops.io as sio
 
-    buffer = io.BytesIO(sio.dumps(member.estimator))
     return {
         "parameters": None,
-        "bytes": len(buffer.getvalue()),
+        "bytes": len(sio.dumps(member.estimator)),
         "latency_batch_1_us": median_latency_us(lambda: member.predict(X[:1])),
         "forward_passes": 1,
     }

@@ -312,7 +312,7 @@ def compress_family(ctx: Context) -> list[Candidate]:
     try:
         pruned = compress(member, "prune-structured", X=X, amount=0.5)
     except ModelFusionError as err:  # an architecture structured pruning does not cover: say so, go on
-        ctx.curves.setdefault("notes", []).append(f"compress: structured pruning skipped ({str(err)[:120]})")
+        ctx.curves.setdefault("notes", []).append(f"compress: structured pruning skipped ({first_line(err, 120)})")
         return candidates
     recipe = recipe_for(ctx.data)
     epochs = max(1, recipe.epochs // 4)

@@ -18,6 +18,7 @@ from .._atomic import atomic_dir, check_output, jsonable, write_json
 from .._progress import progress_bar
 from ..datasets import Dataset
 from ..errors import ConfigError, InvalidInputError
+from ..evaluate.diversity import disagreement_matrix, oracle_accuracy
 from ..evaluate.metrics import reliability_curve
 from ..evaluate.stats import mcnemar_exact, scores_with_intervals
 from ..members import Member, check_members
@@ -198,14 +199,13 @@ def _finish(
             }
         )
     by_name = {row["name"]: row for row in leaderboard}
-    verdict = mcnemar_exact(chosen.test_proba.argmax(1) == y_test, best_correct)
     results = {
         "chosen": by_name[chosen.name],
         "leaderboard": leaderboard,
         "verdict": {
             "best_member": best_member.name,
             "chosen": chosen.name,
-            "p_value": None if chosen is best_member else verdict["p_value"],
+            "p_value": by_name[chosen.name]["p_vs_best_member"],
             "test": "McNemar's exact test",
         },
         "curves": {
@@ -256,11 +256,9 @@ def _finish(
 
 
 def _diversity(ctx: Context) -> dict:
-    predicted = ctx.test.probabilities(torch.float64).numpy().argmax(2)  # [K, N]
-    disagreement = (predicted[:, None, :] != predicted[None, :, :]).mean(axis=2)
-    correct = predicted == ctx.data.test.y.numpy()
+    proba = ctx.test.probabilities(torch.float64).numpy()  # [K, N, C]
     return {
         "members": list(ctx.test.member_names),
-        "disagreement": np.round(disagreement, 4).tolist(),
-        "oracle_accuracy": float(correct.any(axis=0).mean()),
+        "disagreement": np.round(disagreement_matrix(proba), 4).tolist(),
+        "oracle_accuracy": oracle_accuracy(proba, ctx.data.test.y.numpy()),
     }
