@@ -14,6 +14,13 @@ __all__ = ["MAX_SEED", "check_seed", "check_count", "check_number", "parse_json_
 MAX_SEED = 2**32 - 1
 
 
+def first_problem(err) -> tuple[str, str]:
+    """Where pydantic's first complaint in `err` (a `ValidationError`) points, as a dotted field path
+    ("(top level)" for the document itself), and what it says."""
+    first = err.errors()[0]
+    return ".".join(str(part) for part in first["loc"]) or "(top level)", first["msg"]
+
+
 def check_seed(seed, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"{name} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")

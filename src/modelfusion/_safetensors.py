@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from ._atomic import atomic_path, check_output
+from ._checks import first_problem
 from .errors import CheckpointError
 
 __all__ = [
@@ -120,6 +121,5 @@ def parse_description(schema: type[BaseModel], description: dict, path: Path | s
     try:
         return schema.model_validate(description)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise CheckpointError(f"{path}: the {what}'s field {where!r} is invalid ({first['msg']})") from None
+        where, problem = first_problem(err)
+        raise CheckpointError(f"{path}: the {what}'s field {where!r} is invalid ({problem})") from None

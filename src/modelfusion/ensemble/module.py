@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from torch import nn
 
 from .._atomic import atomic_dir
+from .._checks import first_problem
 from .._safetensors import check_readable
 from ..errors import CheckpointError, ConfigError, IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..members import TorchMember
@@ -184,9 +185,8 @@ class EnsembleModule(nn.Module):
         try:
             manifest = _Manifest.model_validate_json(manifest_path.read_bytes())
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            raise CheckpointError(f"{manifest_path}: field {where!r} is invalid ({first['msg']})") from None
+            where, problem = first_problem(err)
+            raise CheckpointError(f"{manifest_path}: field {where!r} is invalid ({problem})") from None
         folder = path.resolve()
         files = [path / entry.file for entry in manifest.members] + [path / manifest.combiner]
         outside = [str(f) for f in files if not f.resolve().is_relative_to(folder)]

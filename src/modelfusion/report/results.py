@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .._checks import first_problem
 from ..errors import ConfigError
 
 __all__ = ["Results", "Candidate", "load_results", "parse_results"]
@@ -153,10 +154,9 @@ class Results(_Model):
 
 
 def _validation_summary(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "the top level"
+    where, problem = first_problem(err)
     more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    return f"{where}: {problem}{more}"
 
 
 def parse_results(data: Any, source: str = "the results") -> Results:
