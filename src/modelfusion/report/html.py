@@ -176,8 +176,8 @@ def _sections(results: Results) -> tuple[list[dict], list[str]]:
             with plain_text():
                 svg = draw()
         except (ValueError, TypeError, OverflowError, ZeroDivisionError, IndexError) as err:
-            # numbers a results file may hold but matplotlib cannot place (1e308 on an axis, a name that is
-            # not valid Unicode); the rest of the page still says what it can
+            # what a results file may hold but matplotlib cannot draw (1e308 on an axis, a diversity matrix of
+            # no members); the rest of the page still says what it can
             missing.append(f"{title}: cannot be drawn from these results ({type(err).__name__})")
             return
         shown.append({"title": title, "svg": svg, "caption": caption})
