@@ -306,12 +306,12 @@ def test_duplicate_member_names(tmp_path, trained_mlp, digits):
 
 
 def test_an_unreadable_file_is_not_reported_missing(member_file, monkeypatch):
-    import modelfusion._safetensors as module
+    import modelfusion._files as module
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(module, "open", refuse, raising=False)
+    monkeypatch.setattr(module.os, "open", refuse)
     with pytest.raises(CheckpointError, match="cannot open the checkpoint .Permission denied.; check its permissions"):
         load_member(member_file)
 

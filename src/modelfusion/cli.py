@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ._checks import parse_json_object
 from ._cli_support import Overwrite, command_from_job, err_console, guarded
+from ._terminal import terminal_console
 from .errors import ConfigError, InvalidInputError
 
 app = typer.Typer(
@@ -21,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Rich wraps tables at 80 columns when output is not a terminal; the leaderboard needs about 100.
-console = Console(width=None if sys.stdout.isatty() else 110)
+console = terminal_console(piped_width=110)
 
 
 WriteReport = Annotated[

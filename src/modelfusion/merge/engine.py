@@ -25,6 +25,7 @@ from rich.console import Console
 from .._atomic import atomic_dir, check_output, jsonable
 from .._progress import progress_bar
 from .._safetensors import check_readable, read_header
+from .._terminal import terminal_console
 from ..errors import CheckpointError, ConfigError, IncompatibleModelsError, OutputError
 from ..io.loading import METADATA_KEY as MEMBER_KEY
 from .compat import TensorInfo, check_compatible, check_finite, compatibility_problems
@@ -399,7 +400,7 @@ def merge_checkpoints(
     _return_freed_memory_promptly()
     with atomic_dir(out_dir, overwrite=overwrite, inputs=plan.protected) as tmp, progress_bar(progress) as bar:
         _write(plan, sources, tmp, parse_size(shard_size), seed, bar, allow_nonfinite)
-    (console or Console(stderr=True)).print(f"merged {plan.num_tensors} tensors -> {out_dir}", highlight=False)
+    (console or terminal_console(stderr=True)).print(f"merged {plan.num_tensors} tensors -> {out_dir}", highlight=False)
     return plan
 
 
