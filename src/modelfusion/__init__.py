@@ -1,6 +1,7 @@
 """modelfusion: fuse several trained models into one better predictor or one better model."""
 
 from .errors import (
+    ArgumentError,
     CheckpointError,
     ConfigError,
     IncompatibleModelsError,
@@ -21,6 +22,7 @@ __all__ = [
     "__version__",
     "ModelFusionError",
     "CheckpointError",
+    "ArgumentError",
     "ConfigError",
     "IncompatibleModelsError",
     "InvalidInputError",

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path, check_output
-from .._checks import MAX_SEED, check_count, check_number, check_seed
+from .._checks import MAX_SEED, check_count, check_number, check_seed, checked
 from .._modules import output_width
 from .._progress import progress_bar
 from ..datasets import Split
@@ -40,6 +40,7 @@ def _evaluate(student: nn.Module, split: Split) -> dict[str, float]:
     return {"val_nll": scores["loss"], "val_accuracy": scores["accuracy"]}
 
 
+@checked
 def distill(
     student: nn.Module,
     teacher: Teacher,

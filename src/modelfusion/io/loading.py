@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from torch import nn
 
+from .._checks import PathArg, PositiveInt, checked
 from .._safetensors import check_readable, parse_description, read_tensors
 from ..errors import CheckpointError, ModelFusionError
 from ..members import Member, SklearnMember, TorchMember
@@ -283,8 +284,9 @@ def load_model(
     )
 
 
+@checked
 def load_member(
-    path: str | os.PathLike,
+    path: PathArg,
     *,
     factory: str | Callable[..., nn.Module] | None = None,
     factory_kwargs: Mapping | None = None,
@@ -294,7 +296,7 @@ def load_member(
     name: str | None = None,
     task: Task | None = None,
     classes: Sequence | None = None,
-    batch_size: int = 1024,
+    batch_size: PositiveInt = 1024,
 ) -> Member:
     """Load a checkpoint as a `Member` ready to predict.
 

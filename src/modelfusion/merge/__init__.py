@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 from .._atomic import check_output
+from .._checks import PathArg, checked
 from ..errors import ConfigError
 from .align_step import aligned_copies
 from .config import MergeConfig, load_config
@@ -34,9 +34,10 @@ __all__ = [
 ]
 
 
+@checked
 def merge(
-    config: MergeConfig | str | os.PathLike,
-    out_dir: str | os.PathLike,
+    config: MergeConfig | PathArg,
+    out_dir: PathArg,
     *,
     dry_run: bool = False,
     overwrite: bool = False,
