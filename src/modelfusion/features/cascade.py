@@ -22,8 +22,8 @@ from torch import nn
 from .._modules import freeze, output_width, truncate
 from ..errors import ConfigError, InvalidInputError, NotFittedError
 from ..members import as_member
+from ..plotting import cascade_figure, save_figure
 from ..predictions import Predictions, check_fit_split
-from ..report.plots import cascade_figure, save_figure
 
 __all__ = ["Cascade", "CascadeResult", "Chained", "measured_costs", "plot_cascade_curve"]
 

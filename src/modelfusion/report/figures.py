@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from .plots import cascade_figure, interpolation_figure, pyplot, svg_markup
+from ..plotting import cascade_figure, interpolation_figure, pyplot, svg_markup
 from .results import Candidate, Diversity, ReliabilityCurve
 
 __all__ = ["reliability_svg", "pareto_svg", "diversity_svg", "interpolation_svg", "cascade_svg", "pareto_front"]

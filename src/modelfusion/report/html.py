@@ -15,8 +15,8 @@ from typing import Any
 
 from .._atomic import atomic_path, check_output
 from ..errors import MissingExtraError
+from ..plotting import plain_text, pyplot
 from . import figures
-from .plots import plain_text, pyplot
 from .results import SIGNIFICANCE_LEVEL, Candidate, Results, load_results, parse_results
 
 __all__ = ["write_report", "render_report", "check_report_extra"]
