@@ -11,73 +11,43 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-from sklearn.linear_model import LogisticRegression, Ridge
 
 from . import __version__
 from ._atomic import atomic_dir, write_json
+from ._deprecation import deprecated
 from .datasets import Dataset, load_dataset
 from .ensemble import fuse_and_evaluate, save_combiner
 from .errors import ConfigError
 from .io import save_member
-from .members import Member, SklearnMember
+from .members import Member
 from .predictions import collect_predictions
 from .report import check_report_extra, print_leaderboard, write_report
-from .training import RECIPES, TrainingRecipe, recipe_for
+from .training import MemberPlan, member_plans
 
-__all__ = ["run_demo", "member_recipes", "train_member", "DemoMember"]
-
-
-@dataclass
-class DemoMember:
-    """One member of the demo: a training recipe with its seed, or a scikit-learn estimator."""
-
-    name: str
-    recipe: TrainingRecipe | None = None
-    seed: int = 0
-    estimator: Callable[[], object] | None = None
+__all__ = ["run_demo"]
 
 
-def member_recipes(data: Dataset, *, seed: int = 0, n_mlps: int = 3) -> list[DemoMember]:
-    """The demo's members for `data`: MLPs with different seeds, a CNN when the data has an image form (both
-    from the dataset's recipes), a linear model and a random forest."""
-    classification = data.task == "classification"
-    members = [DemoMember(f"mlp_{i}", recipe_for(data, "mlp"), seed=seed * 1000 + i) for i in range(n_mlps)]
-    if classification and f"{data.name}-cnn" in RECIPES:
-        members.append(DemoMember("cnn", recipe_for(data, "cnn"), seed=seed * 1000 + 100))
-    if classification:
-        members += [
-            DemoMember("logreg", estimator=lambda: LogisticRegression(C=1.0, max_iter=2000)),
-            DemoMember("random_forest", estimator=lambda: RandomForestClassifier(300, random_state=seed, n_jobs=-1)),
-        ]
-    else:
-        members += [
-            DemoMember("ridge", estimator=lambda: Ridge(alpha=1.0)),
-            DemoMember(
-                "random_forest",
-                estimator=lambda: RandomForestRegressor(300, min_samples_leaf=5, random_state=seed, n_jobs=-1),
-            ),
-        ]
-    return members
+def __getattr__(name: str):
+    if name == "DemoMember":  # moved with the member plans to `training`, which `auto` shares
+        deprecated("modelfusion.demo.DemoMember", "modelfusion.training.MemberPlan")
+        return MemberPlan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def train_member(member: DemoMember, data: Dataset, epochs: int | None) -> Member:
-    """Train one planned member: its recipe with its seed, or its estimator on the training split."""
-    if member.estimator is not None:
-        estimator = member.estimator().fit(data.train.X.numpy(), data.train.y.numpy())
-        if "n_jobs" in estimator.get_params():
-            # fitted in parallel, served on one job: starting joblib's workers costs a one-sample prediction of
-            # the digits forest more than its trees do (22 ms against 8 ms)
-            estimator.set_params(n_jobs=1)
-        return SklearnMember(estimator, name=member.name)
-    model = member.recipe.train(data, seed=member.seed, epochs=epochs)
-    return member.recipe.member(model, data, name=member.name)
+def member_recipes(data: Dataset, *, seed: int = 0, n_mlps: int = 3) -> list[MemberPlan]:
+    """Deprecated: `modelfusion.training.member_plans(data, seed=..., mlps=...)`."""
+    deprecated("modelfusion.demo.member_recipes", "modelfusion.training.member_plans")
+    return member_plans(data, seed=seed, mlps=n_mlps)
+
+
+def train_member(member: MemberPlan, data: Dataset, epochs: int | None) -> Member:
+    """Deprecated: `MemberPlan.train(data, epochs=...)`."""
+    deprecated("modelfusion.demo.train_member", "modelfusion.training.MemberPlan.train")
+    return member.train(data, epochs=epochs)
 
 
 def run_demo(
@@ -128,9 +98,9 @@ def _train_fuse_and_score(
 ) -> dict:
     """The demo's work, written into `folder` (which becomes `out` when all of it is done)."""
     members, member_info = [], []
-    for planned in member_recipes(data, seed=data.seed, n_mlps=n_mlps):
+    for planned in member_plans(data, seed=data.seed, mlps=n_mlps):
         t0 = time.perf_counter()
-        member = train_member(planned, data, epochs)
+        member = planned.train(data, epochs=epochs)
         seconds = time.perf_counter() - t0
         path = save_member(member, folder / "members" / planned.name).relative_to(folder)
         members.append(member)

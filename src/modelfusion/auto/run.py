@@ -61,21 +61,16 @@ class AutoResult:
 def train_default_members(
     data: Dataset, *, seed: int = 0, cnns: int = 5, log: Callable[[str], None] = print
 ) -> list[Member]:
-    """The members `auto` trains when given only a dataset: the demo's (MLPs of three seeds, a logistic
-    regression, a random forest) and, where the dataset has a CNN recipe, `cnns` CNNs of different seeds (a
-    deep ensemble of its strongest architecture), all from the dataset's recipes."""
-    from ..demo import DemoMember, member_recipes, train_member
-    from ..training import RECIPES
+    """The members `auto` trains when given only a dataset (`modelfusion.training.member_plans`): the demo's
+    (MLPs of three seeds, a logistic regression, a random forest) and, where the dataset has a CNN recipe,
+    `cnns` CNNs of different seeds (a deep ensemble of its strongest architecture)."""
+    from ..training import member_plans
 
-    planned = member_recipes(data, seed=seed)
-    if f"{data.name}-cnn" in RECIPES:
-        recipe = RECIPES[f"{data.name}-cnn"]
-        planned += [DemoMember(f"cnn_{i}", recipe, seed=seed * 1000 + 100 + i) for i in range(1, cnns)]
     members = []
-    for member in planned:
+    for plan in member_plans(data, seed=seed, cnns=cnns):
         started = time.perf_counter()
-        members.append(train_member(member, data, None))
-        log(f"  trained {member.name} in {time.perf_counter() - started:.1f}s")
+        members.append(plan.train(data))
+        log(f"  trained {plan.name} in {time.perf_counter() - started:.1f}s")
     return members
 
 
