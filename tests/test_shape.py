@@ -1,4 +1,5 @@
-"""The code's shape, kept: no import circle between files of src/ (bench/shape.py finds them)."""
+"""The code's shape, kept: imports point down the floors of DESIGN.md, and no import circle between files or
+packages of src/ (bench/shape.py finds them, lazy imports included)."""
 
 import importlib.util
 from pathlib import Path
@@ -16,6 +17,37 @@ def _shape():
 def test_no_import_circle_between_files_of_src():
     shape = _shape()
     assert shape.circles(shape.import_graph()) == []
+
+
+def test_no_import_points_up_a_floor_and_no_circle_between_packages():
+    shape = _shape()
+    graph = shape.import_graph()
+    assert shape.upward_imports(graph) == []
+    assert shape.circles(shape.package_graph(graph)) == []
+
+
+def test_an_upward_import_inside_a_function_is_found(tmp_path):
+    """A lazy import hides an arrow from Python, not from the check: a foundation module that imports `auto`
+    inside a function, and `report` under TYPE_CHECKING, are both upward."""
+    shape = _shape()
+    package = tmp_path / "modelfusion"
+    (package / "auto").mkdir(parents=True)
+    (package / "report").mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "auto" / "__init__.py").write_text("from ..errors import Oops\n")
+    (package / "report" / "__init__.py").write_text("")
+    (package / "errors.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from .report import Results\n"
+        "class Oops(Exception):\n    def hint(self):\n        from .auto import auto\n        return auto\n"
+    )
+    graph = shape.import_graph(package)
+    assert shape.upward_imports(graph) == [
+        ("modelfusion.errors", "modelfusion.auto"),
+        ("modelfusion.errors", "modelfusion.report"),
+    ]
+    assert shape.circles(graph) == [["modelfusion.auto", "modelfusion.errors"]]
+    assert shape.circles(shape.package_graph(graph)) == [["auto", "errors"]]
 
 
 def test_the_circle_finder_finds_a_planted_circle():
