@@ -19,7 +19,7 @@ from modelfusion.io import load_member, save_member
 from modelfusion.io.factory import build_model
 from modelfusion.members import SklearnMember, TorchMember
 from modelfusion.predictions import collect_predictions
-from modelfusion.report.results import load_results
+from modelfusion.results import load_results
 from modelfusion.training import train_model
 
 from .conftest import MLP_KWARGS, MLP_SPEC
@@ -45,7 +45,7 @@ def run(members, digits, tmp_path_factory):
 
 def test_every_family_reaches_the_leaderboard_and_the_choice_is_made_on_validation(run, digits):
     result, out = run
-    families = {row["family"] for row in result.results["leaderboard"]}
+    families = {row.family for row in result.results.leaderboard}
     assert families == {"member", "output", "merge", "distill", "cascade", "compress"}
     exportable = [c for c in result.candidates if c.export is not None]
     best_val = max(c.val["accuracy"] for c in exportable)
@@ -54,12 +54,12 @@ def test_every_family_reaches_the_leaderboard_and_the_choice_is_made_on_validati
     assert result.best_member.val["accuracy"] == max(
         c.val["accuracy"] for c in result.candidates if c.family == "member"
     )
-    ranked = [row["val"]["accuracy"] for row in result.results["leaderboard"]]
+    ranked = [row.val["accuracy"] for row in result.results.leaderboard]
     assert ranked == sorted(ranked, reverse=True)
-    for row in result.results["leaderboard"]:
-        low, high = row["test"]["accuracy_ci"]
-        assert low <= row["test"]["accuracy"] <= high
-        assert row["cost"]["latency_batch_1_us"] > 0 and row["cost"]["forward_passes"] >= 1
+    for row in result.results.leaderboard:
+        low, high = row.test["accuracy_ci"]
+        assert low <= row.test["accuracy"] <= high
+        assert row.cost.latency_batch_1_us > 0 and row.cost.forward_passes >= 1
     # the combiners were fitted on validation: their validation scores are cross-validated, not in-sample
     stacking = next(c for c in result.candidates if c.name == "stacking")
     in_sample = float((stacking.val_proba.argmax(1) == digits.val.y.numpy()).mean())
@@ -74,13 +74,13 @@ def test_the_test_labels_never_decide(members, digits):
     blind = auto(members, corrupted, families=families, progress=False, log=lambda line: None)
     assert blind.chosen.name == honest.chosen.name
     assert [c.name for c in blind.candidates] == [c.name for c in honest.candidates]
-    assert [r["name"] for r in blind.results["leaderboard"]] == [r["name"] for r in honest.results["leaderboard"]]
-    assert blind.results["chosen"]["test"]["accuracy"] < 0.3 < honest.results["chosen"]["test"]["accuracy"]
+    assert [r.name for r in blind.results.leaderboard] == [r.name for r in honest.results.leaderboard]
+    assert blind.chosen.test["accuracy"] < 0.3 < honest.chosen.test["accuracy"]
 
 
 def test_the_chosen_model_is_exported_and_reads_back_with_the_same_predictions(run, digits):
     result, out = run
-    path = result.results["chosen"]["path"]
+    path = result.chosen.path
     assert path.startswith(str(out / "model"))
     if result.chosen.family == "output":  # a logistic regression among the members: members + combiner
         members, combiner = load_fusion(path)
@@ -91,8 +91,14 @@ def test_the_chosen_model_is_exported_and_reads_back_with_the_same_predictions(r
         got = torch.softmax(loaded.predict(digits.test.X).double(), dim=1).numpy()
         np.testing.assert_allclose(got, result.chosen.test_proba, atol=1e-5)
     written = load_results(out / "results.json")
+    assert written == result.results  # written and read by the same schema
     assert written.chosen.name == result.chosen.name and len(written.leaderboard) == len(result.candidates)
-    assert {"interpolation", "cascade", "reliability"} <= set(result.results["curves"])
+    curves = written.curves
+    assert (
+        curves.interpolation
+        and curves.cascade
+        and set(curves.reliability) == {c.name for c in (result.best_member, result.chosen)}
+    )
     assert (out / "report.html").stat().st_size > 10_000
 
 
@@ -128,11 +134,11 @@ def test_merging_is_skipped_with_its_reason_and_a_spent_budget_skips_the_rest(di
     lines = []
     mixed = [members[0], members[2]]
     result = auto(mixed, digits, families=["merge", "distill"], budget_s=0.0, progress=False, log=lines.append)
-    assert [s["family"] for s in result.skipped] == ["merge", "distill"]
-    assert all("time budget" in s["reason"] for s in result.skipped)
+    assert [s.family for s in result.skipped] == ["merge", "distill"]
+    assert all("time budget" in s.reason for s in result.skipped)
     result = auto(mixed, digits, families=["merge"], progress=False, log=lines.append)
-    assert result.skipped == [
-        {"family": "merge", "reason": "members differ in architecture (no two torch members share one)"}
+    assert [(s.family, s.reason) for s in result.skipped] == [
+        ("merge", "members differ in architecture (no two torch members share one)")
     ]
     assert any(line.startswith("merge: skipped, members differ in architecture") for line in lines)
 

@@ -9,15 +9,12 @@ report) data only; the test split is used once, for the leaderboard.
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
-from . import __version__
-from ._atomic import atomic_dir, write_json
+from ._atomic import atomic_dir
 from ._deprecation import deprecated
 from .datasets import Dataset, load_dataset
 from .ensemble import fuse_and_evaluate, save_combiner
@@ -26,6 +23,7 @@ from .io import save_member
 from .members import Member
 from .predictions import collect_predictions
 from .report import check_report_extra, print_leaderboard, write_report
+from .results import Results, versions
 from .training import MemberPlan, member_plans
 
 __all__ = ["run_demo"]
@@ -61,16 +59,16 @@ def run_demo(
     report: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
-) -> dict:
+) -> Results:
     """Train members on `dataset`, fit every combiner on validation, score on test, print and save.
 
     Writes the folder `out`, all or nothing: `members/` (safetensors / skops), `predictions/{val,test}.safetensors`,
     `combiners/NAME.safetensors`, `results.json` and, with `report`, `report.html` (`write_report`). An existing
-    non-empty `out` is replaced only with `overwrite`. Returns the content of `results.json`.
+    non-empty `out` is replaced only with `overwrite`. Returns what `results.json` holds.
 
     Example:
         >>> results = run_demo("digits", out="runs/demo")
-        >>> results["test"]["best_member"]
+        >>> results.verdict.best_member, results.chosen.name
     """
     console = console or Console()
     start = time.perf_counter()
@@ -83,11 +81,11 @@ def run_demo(
     with atomic_dir(out, overwrite=overwrite) as folder:
         console.print(f"[bold]modelfusion demo[/bold]  {data.summary()}")
         results = _train_fuse_and_score(data, folder, out, epochs, n_mlps, progress, console)
-        results["wall_seconds"] = round(time.perf_counter() - start, 2)
-        write_json(folder / "results.json", results)
+        results = results.updated(wall_seconds=round(time.perf_counter() - start, 2))
+        results.save(folder / "results.json")
         if report:
-            write_report(folder / "results.json", folder / "report.html")
-    console.print(f"results -> {out / 'results.json'}  ({results['wall_seconds']:.1f}s)")
+            write_report(results, folder / "report.html")
+    console.print(f"results -> {out / 'results.json'}  ({results.wall_seconds:.1f}s)")
     if report:
         console.print(f"report -> {out / 'report.html'}")
     return results
@@ -95,19 +93,19 @@ def run_demo(
 
 def _train_fuse_and_score(
     data: Dataset, folder: Path, out: Path, epochs: int, n_mlps: int, progress: bool, console: Console
-) -> dict:
+) -> Results:
     """The demo's work, written into `folder` (which becomes `out` when all of it is done)."""
-    members, member_info = [], []
+    members, member_info = [], {}
     for planned in member_plans(data, seed=data.seed, mlps=n_mlps):
         t0 = time.perf_counter()
         member = planned.train(data, epochs=epochs)
         seconds = time.perf_counter() - t0
         path = save_member(member, folder / "members" / planned.name).relative_to(folder)
         members.append(member)
-        info = {"name": planned.name, "file": str(path), "train_seconds": round(seconds, 3)}
+        info = {"file": str(path), "train_seconds": round(seconds, 3)}
         if planned.recipe is not None:
             info["recipe"] = planned.recipe.name
-        member_info.append(info)
+        member_info[planned.name] = info
         console.print(f"  trained {planned.name:<14} in {seconds:5.1f}s -> {out / path}")
 
     val = collect_predictions(members, data.val.X, data.val.y, "val", progress=progress)
@@ -116,25 +114,19 @@ def _train_fuse_and_score(
     test.save(folder / "predictions" / "test.safetensors")
 
     run = fuse_and_evaluate(val, test, "all", seed=data.seed)
-    print_leaderboard(run.report, console, chosen=run.choice and run.choice.reason())
     for name, combiner in run.combiners.items():
         save_combiner(combiner, folder / "combiners" / f"{name}.safetensors")
-
-    return {
-        "modelfusion_version": __version__,
-        "dataset": {
-            "name": data.name,
-            "seed": data.seed,
-            "task": data.task,
-            "source": data.source,
-            "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")},
-        },
-        "settings": {"epochs": epochs, "n_mlps": n_mlps},
-        "members": member_info,
-        **run.summary(),
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
-    }
+    results = run.results()
+    dataset = {"name": data.name, "seed": data.seed, "task": data.task, "source": data.source}
+    dataset["sizes"] = {s: len(data.split(s)) for s in ("train", "val", "test")}
+    config = {"dataset": dataset, "settings": {"epochs": epochs, "n_mlps": n_mlps}, **results.config}
+    config["members"] = list(member_info)
+    candidates = [
+        c.scored(details={**c.details, **member_info[c.name]}) if c.name in member_info else c
+        for c in results.leaderboard
+    ]
+    chosen = next((c for c in candidates if results.chosen and c.name == results.chosen.name), None)
+    update = {"leaderboard": candidates, "chosen": chosen, "config": config, "versions": versions()}
+    results = results.updated(**update)
+    print_leaderboard(results, console)
+    return results

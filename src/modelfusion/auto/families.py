@@ -4,7 +4,6 @@ candidates a family adds (or the reason it adds none)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ..datasets import Dataset
 from ..errors import ModelFusionError, first_line
 from ..members import Member, TorchMember
 from ..predictions import Predictions, collect_predictions
-from .candidates import Candidate, member_cost, model_cost
+from .candidates import Candidate, Cost, member_cost, model_cost
 
 __all__ = [
     "Context",
@@ -81,14 +80,14 @@ def _torch_candidate(
     model = member.module.eval()
     val_proba, test_proba = _proba(model, ctx.data.val.X), _proba(model, ctx.data.test.X)
     return Candidate(
-        member.name,
-        family,
-        val_proba,
-        test_proba,
-        model_cost(model, ctx.data.test.X, stored_bytes=stored_bytes),
-        export or (lambda path: save_member(member, path.with_suffix(".safetensors"))),
-        _own_scores(val_proba, ctx.data.val.y.numpy()),
-        note,
+        name=member.name,
+        family=family,
+        val=_own_scores(val_proba, ctx.data.val.y.numpy()),
+        cost=model_cost(model, ctx.data.test.X, stored_bytes=stored_bytes),
+        description=note,
+        val_proba=val_proba,
+        test_proba=test_proba,
+        export=export or (lambda path: save_member(member, path.with_suffix(".safetensors"))),
         network=member if export is None else None,
     )
 
@@ -102,13 +101,13 @@ def members_family(ctx: Context) -> list[Candidate]:
     y = ctx.data.val.y.numpy()
     return [
         Candidate(
-            member.name,
-            "member",
-            val_proba[k],
-            test_proba[k],
-            member_cost(member, ctx.data.test.X),
-            lambda path, member=member: save_member(member, path),
-            _own_scores(val_proba[k], y),
+            name=member.name,
+            family="member",
+            val=_own_scores(val_proba[k], y),
+            cost=member_cost(member, ctx.data.test.X),
+            val_proba=val_proba[k],
+            test_proba=test_proba[k],
+            export=lambda path, member=member: save_member(member, path),
             network=member if isinstance(member, TorchMember) and member.factory else None,
         )
         for k, member in enumerate(ctx.members)
@@ -127,38 +126,29 @@ def output_family(ctx: Context) -> list[Candidate]:
     if run.choice is None:
         raise Skip("too few validation samples per class to cross-validate the combiners")
     ctx.fusion = run.combiners[run.choice.name]
-    latencies = {c.name: c.cost["latency_batch_1_us"] for c in ctx.candidates if c.family == "member"}
-    sizes = {c.name: c.cost["bytes"] for c in ctx.candidates if c.family == "member"}
+    costs = {c.name: c.cost for c in ctx.candidates if c.family == "member"}
     candidates = []
     for name, combiner in run.combiners.items():
-        used = _members_used(combiner, ctx.val.member_names)
+        used = [costs[m] for m in combiner.members_used()]
+        note = "fitted on validation; its validation scores are 5-fold cross-validated"
         candidates.append(
             Candidate(
-                name,
-                "output",
-                combiner.fuse(ctx.val).double().numpy(),
-                combiner.fuse(ctx.test).double().numpy(),
-                {
-                    "parameters": None,
-                    "bytes": sum(sizes[m] or 0 for m in used),
-                    "latency_batch_1_us": sum(latencies[m] for m in used),  # members run one after another
-                    "forward_passes": len(used),
-                },
-                lambda path, combiner=combiner: _export_fusion(ctx, combiner, path),
-                dict(run.choice.scores[name]),
-                f"fitted on validation; its validation scores are 5-fold cross-validated ({run.choice.reason()})"
-                if name == run.choice.name
-                else "fitted on validation; its validation scores are 5-fold cross-validated",
+                name=name,
+                family="output",
+                val=dict(run.choice.scores[name]),
+                cost=Cost(
+                    parameters=None,
+                    bytes=sum(c.bytes or 0 for c in used),
+                    latency_batch_1_us=sum(c.latency_batch_1_us for c in used),  # members run one after another
+                    forward_passes=len(used),
+                ),
+                description=f"{note} ({run.choice.reason()})" if name == run.choice.name else note,
+                val_proba=combiner.fuse(ctx.val).double().numpy(),
+                test_proba=combiner.fuse(ctx.test).double().numpy(),
+                export=lambda path, combiner=combiner: _export_fusion(ctx, combiner, path),
             )
         )
     return candidates
-
-
-def _members_used(combiner, names: Sequence[str]) -> list[str]:
-    weights = getattr(combiner, "weights_", None)
-    if isinstance(weights, torch.Tensor) and weights.ndim == 1 and len(weights) == len(names):
-        return [n for n, w in zip(names, weights.tolist(), strict=True) if w != 0]
-    return list(names)
 
 
 def _export_fusion(ctx: Context, combiner, path: Path) -> Path:
@@ -256,10 +246,10 @@ def cascade_family(ctx: Context) -> list[Candidate]:
     if fusion is None or len(members) < 2:
         raise Skip("no output fusion to fall back on")
     # the fastest members (within 1.5x of the fastest: timings vary from run to run), the most accurate of them
-    fastest = min(c.cost["latency_batch_1_us"] for c in members)
-    quick = [c for c in members if c.cost["latency_batch_1_us"] <= 1.5 * fastest]
+    fastest = min(c.cost.latency_batch_1_us for c in members)
+    quick = [c for c in members if c.cost.latency_batch_1_us <= 1.5 * fastest]
     cheap = max(quick, key=lambda c: (c.val["accuracy"], -c.val["nll"]))
-    costs = [cheap.cost["latency_batch_1_us"], fusion.cost["latency_batch_1_us"]]
+    costs = [cheap.cost.latency_batch_1_us, fusion.cost.latency_batch_1_us]
 
     def stages(first: np.ndarray, last: np.ndarray, y: torch.Tensor, split: str) -> Predictions:
         logits = torch.log(torch.from_numpy(np.stack([first, last])).clamp_min(1e-12)).float()
@@ -273,19 +263,19 @@ def cascade_family(ctx: Context) -> list[Candidate]:
     ctx.curves["cascade"][name] = cascade.curve(val)
     val_proba = routed_val.proba.numpy()
     candidate = Candidate(
-        name,
-        "cascade",
-        val_proba,
-        routed_test.proba.numpy(),
-        {
-            "parameters": None,
-            "bytes": (cheap.cost["bytes"] or 0) + (fusion.cost["bytes"] or 0),
-            "latency_batch_1_us": routed_test.mean_cost,  # mean over the test samples
-            "forward_passes": float(1 + (routed_test.stage > 0).double().mean() * fusion.cost["forward_passes"]),
-        },
-        None,
-        _own_scores(val_proba, ctx.data.val.y.numpy()),
-        f"threshold {cascade.thresholds_[0]:.3f} chosen on validation (where it is scored in-sample); no export",
+        name=name,
+        family="cascade",
+        val=_own_scores(val_proba, ctx.data.val.y.numpy()),
+        cost=Cost(
+            parameters=None,
+            bytes=(cheap.cost.bytes or 0) + (fusion.cost.bytes or 0),
+            latency_batch_1_us=routed_test.mean_cost,  # mean over the test samples
+            forward_passes=float(1 + (routed_test.stage > 0).double().mean() * fusion.cost.forward_passes),
+        ),
+        description=f"threshold {cascade.thresholds_[0]:.3f} chosen on validation (where it is scored in-sample); "
+        "no export",
+        val_proba=val_proba,
+        test_proba=routed_test.proba.numpy(),
     )
     return [candidate]
 

@@ -4,7 +4,6 @@ candidate exported; results.json in the shape `modelfusion.report` reads."""
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from .._atomic import atomic_dir, check_output, jsonable, write_json
+from .._atomic import atomic_dir, check_output
 from .._progress import progress_bar
 from ..datasets import Dataset
 from ..errors import ConfigError, InvalidInputError
@@ -23,6 +21,7 @@ from ..evaluate.metrics import reliability_curve
 from ..evaluate.stats import mcnemar_exact, scores_with_intervals
 from ..members import Member, check_members
 from ..predictions import collect_predictions
+from ..results import Curves, Diversity, Results, Skipped, Verdict, versions
 from .candidates import Candidate
 from .families import (
     Context,
@@ -49,13 +48,14 @@ FAMILIES: dict[str, Callable[[Context], list[Candidate]]] = {
 
 @dataclass
 class AutoResult:
-    """Every candidate scored, the one chosen on validation, and what was skipped and why."""
+    """Every candidate scored (in the order the families added them), the one chosen on validation, the best
+    member (chosen on validation too), the results written to results.json, and what was skipped and why."""
 
     candidates: list[Candidate]
     chosen: Candidate
     best_member: Candidate
-    results: dict
-    skipped: list[dict] = field(default_factory=list)
+    results: Results
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def train_default_members(
@@ -106,7 +106,7 @@ def auto(
 
     Example:
         >>> result = auto(None, load_dataset("digits"), out="runs/auto")
-        >>> result.chosen.name, result.results["leaderboard"][0]["test"]["accuracy"]
+        >>> result.chosen.name, result.results.leaderboard[0].test["accuracy"]
     """
     started = time.perf_counter()
     if data.task != "classification":
@@ -143,13 +143,13 @@ def auto(
             elapsed = time.perf_counter() - started
             if budget_s is not None and elapsed > budget_s:
                 reason = f"the time budget of {budget_s:.0f}s was spent ({elapsed:.0f}s)"
-                skipped.append({"family": name, "reason": reason})
+                skipped.append(Skipped(family=name, reason=reason))
                 log(f"{name}: skipped, {reason}")
             else:
                 try:
                     added = FAMILIES[name](ctx)
                 except Skip as reason:
-                    skipped.append({"family": name, "reason": str(reason)})
+                    skipped.append(Skipped(family=name, reason=str(reason)))
                     log(f"{name}: skipped, {reason}")
                 else:
                     ctx.candidates += added
@@ -167,52 +167,45 @@ def auto(
 
 
 def _rank_key(candidate: Candidate) -> tuple:
-    return (-candidate.val["accuracy"], candidate.val["nll"], candidate.cost.get("forward_passes") or 0)
+    return (-candidate.val["accuracy"], candidate.val["nll"], candidate.cost.forward_passes or 0)
 
 
 def _finish(
-    ctx: Context, skipped: list[dict], started: float, *, out, report: bool, overwrite: bool, config: dict
+    ctx: Context, skipped: list[Skipped], started: float, *, out, report: bool, overwrite: bool, config: dict
 ) -> AutoResult:
+    """Score every candidate on test (bootstrap intervals, McNemar's exact test against the best member, both
+    chosen on validation), build the results, and export the chosen candidate with them into `out`."""
     y_test = ctx.data.test.y.numpy()
-    members = [c for c in ctx.candidates if c.family == "member"]
-    best_member = min(members, key=_rank_key)
-    exportable = [c for c in ctx.candidates if c.export is not None]
-    chosen = min(exportable, key=_rank_key)
+    best_member = min((c for c in ctx.candidates if c.family == "member"), key=_rank_key)
+    chosen = min((c for c in ctx.candidates if c.export is not None), key=_rank_key)
     best_correct = best_member.test_proba.argmax(1) == y_test
-    leaderboard = []
-    for candidate in sorted(ctx.candidates, key=_rank_key):
+
+    def scored(candidate: Candidate) -> Candidate:
         versus = mcnemar_exact(candidate.test_proba.argmax(1) == y_test, best_correct)
-        leaderboard.append(
-            {
-                "name": candidate.name,
-                "family": candidate.family,
-                "val": candidate.val,
-                "test": scores_with_intervals(candidate.test_proba, y_test, seed=ctx.seed),
-                "cost": candidate.cost,
-                "p_vs_best_member": None if candidate is best_member else versus["p_value"],
-                "description": candidate.description,
-            }
+        return candidate.scored(
+            test=scores_with_intervals(candidate.test_proba, y_test, seed=ctx.seed),
+            p_vs_best_member=None if candidate is best_member else versus["p_value"],
+            description=candidate.description,
         )
-    by_name = {row["name"]: row for row in leaderboard}
-    results = {
-        "chosen": by_name[chosen.name],
-        "leaderboard": leaderboard,
-        "verdict": {
-            "best_member": best_member.name,
-            "chosen": chosen.name,
-            "p_value": by_name[chosen.name]["p_vs_best_member"],
-            "test": "McNemar's exact test",
-        },
-        "curves": {
-            "reliability": {
-                c.name: reliability_curve(c.test_proba, y_test) for c in (best_member, chosen) if c is not None
-            },
-            "interpolation": ctx.curves["interpolation"],
-            "cascade": ctx.curves["cascade"],
-        },
-        "diversity": _diversity(ctx),
-        "skipped": skipped,
-        "config": {
+
+    by_name = {c.name: scored(c) for c in ctx.candidates}
+    results = Results(
+        chosen=by_name[chosen.name],
+        leaderboard=[by_name[c.name] for c in sorted(ctx.candidates, key=_rank_key)],
+        verdict=Verdict(
+            best_member=best_member.name,
+            chosen=chosen.name,
+            p_value=by_name[chosen.name].p_vs_best_member,
+            test="McNemar's exact test",
+        ),
+        curves=Curves(
+            reliability={c.name: reliability_curve(c.test_proba, y_test) for c in (best_member, chosen)},
+            interpolation=ctx.curves["interpolation"],
+            cascade=ctx.curves["cascade"],
+        ),
+        diversity=_diversity(ctx),
+        skipped=skipped,
+        config={
             **config,
             "dataset": {
                 "name": ctx.data.name,
@@ -221,13 +214,8 @@ def _finish(
             },
             "members": [m.name for m in ctx.members],
         },
-        "versions": {
-            "modelfusion": __version__,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
-        "notes": [
+        versions=versions(),
+        notes=[
             "ranked on validation only (output combiners by 5-fold cross-validated scores on it); the test split "
             "only scores: accuracy and NLL with 95% percentile bootstrap intervals, McNemar's exact test against "
             "the best member (chosen on validation)",
@@ -235,25 +223,33 @@ def _finish(
             "bytes stored, forward passes per sample",
             *ctx.curves.get("notes", []),
         ],
-        "wall_seconds": round(time.perf_counter() - started, 2),
-    }
+        wall_seconds=round(time.perf_counter() - started, 2),
+    )
     if out is not None:
         out = Path(out)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             exported = chosen.export(tmp / "model")
-            results["chosen"]["path"] = str(out / exported.relative_to(tmp))
-            write_json(tmp / "results.json", jsonable(results))
+            results = _with_path(results, str(out / exported.relative_to(tmp)))
+            results.save(tmp / "results.json")
             if report:
                 from ..report import write_report
 
-                write_report(tmp / "results.json", tmp / "report.html")
-    return AutoResult(ctx.candidates, chosen, best_member, results, skipped)
+                write_report(results, tmp / "report.html")
+    candidates = [results.candidate(c.name) for c in ctx.candidates]
+    return AutoResult(candidates, results.chosen, results.candidate(best_member.name), results, skipped)
 
 
-def _diversity(ctx: Context) -> dict:
+def _with_path(results: Results, path: str) -> Results:
+    """`results` with the chosen candidate's export `path`, on its leaderboard row too."""
+    chosen = results.chosen.scored(path=path)
+    board = [chosen if c.name == chosen.name else c for c in results.leaderboard]
+    return results.updated(chosen=chosen, leaderboard=board)
+
+
+def _diversity(ctx: Context) -> Diversity:
     proba = ctx.test.probabilities(torch.float64).numpy()  # [K, N, C]
-    return {
-        "members": list(ctx.test.member_names),
-        "disagreement": np.round(disagreement_matrix(proba), 4).tolist(),
-        "oracle_accuracy": oracle_accuracy(proba, ctx.data.test.y.numpy()),
-    }
+    return Diversity(
+        members=list(ctx.test.member_names),
+        disagreement=np.round(disagreement_matrix(proba), 4).tolist(),
+        oracle_accuracy=oracle_accuracy(proba, ctx.data.test.y.numpy()),
+    )

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
-from .._atomic import atomic_dir, write_json
+from .._atomic import atomic_dir
 from ..errors import IncompatibleModelsError, LeakageError
 from ..evaluate import Report, evaluate
 from ..predictions import Predictions, is_test_split
+from ..results import Cost, Results, Verdict
 from .base import Combiner
 from .choose import Choice, choose_combiner
 from .registry import combiners_for, make_combiner
@@ -31,20 +32,42 @@ class EnsembleRun:
     fit_seconds: dict[str, float] = field(default_factory=dict)
     choice: Choice | None = None  # the fusion to report, chosen on validation (None: too few samples)
 
-    def summary(self) -> dict:
-        """JSON-able: each combiner's class, parameters, fit time and what it learned (`Combiner.describe`: the
-        weights and whether the best member replaced the fusion, and why; stacking's cross-validated score;
-        members `mean_logit` found overconfident; temperatures), the choice, and the report."""
-        combiners = {
-            name: {**combiner.describe(), "fit_seconds": round(self.fit_seconds[name], 4)}
-            for name, combiner in self.combiners.items()
-        }
-        chosen = None
+    def results(self) -> Results:
+        """The run in the one results schema (`modelfusion.results`): the test report's candidates (members and
+        fusions, `Report.to_results`), each fusion with its cross-validated validation scores, the members it
+        runs (`cost.forward_passes`) and what its combiner learned (`details["combiner"]`: `Combiner.describe`,
+        the weights and whether the best member replaced the fusion, and why; stacking's cross-validated
+        score; members `mean_logit` found overconfident; temperatures; and its fit time); the fusion chosen on
+        validation and its test against the best member."""
+        results = self.report.to_results()
+        cross_validated = self.choice.scores if self.choice is not None else {}
+        candidates = []
+        for candidate in results.leaderboard:
+            combiner = self.combiners.get(candidate.name)
+            if candidate.family != "output" or combiner is None:
+                candidates.append(candidate)
+                continue
+            learned = {**combiner.describe(), "fit_seconds": round(self.fit_seconds[candidate.name], 4)}
+            update = {"cost": Cost(forward_passes=len(combiner.members_used()))}
+            update["details"] = {**candidate.details, "combiner": learned}
+            if candidate.name in cross_validated:
+                update["val"] = dict(cross_validated[candidate.name])
+            candidates.append(candidate.scored(**update))
+        update = {"leaderboard": candidates}
         if self.choice is not None:
-            chosen = {"name": self.choice.name, "metric": self.choice.metric, "reason": self.choice.reason()}
-            chosen["cross_validated"] = self.choice.scores
-            chosen["not_eligible"] = list(self.choice.not_eligible)
-        return {"combiners": combiners, "chosen": chosen, "test": self.report.to_dict()}
+            chosen = next(c for c in candidates if c.name == self.choice.name)
+            versus = self.report.row(chosen.name).vs_best_member
+            update["chosen"] = chosen
+            update["verdict"] = Verdict(
+                best_member=self.report.best_member,
+                chosen=chosen.name,
+                p_value=versus["p_value"],
+                test="McNemar's exact test" if versus["test"] == "mcnemar_exact" else "a paired bootstrap test",
+            )
+            choice = {"metric": self.choice.metric, "not_eligible": list(self.choice.not_eligible)}
+            update["config"] = {**results.config, "choice": choice}
+            update["notes"] = [*results.notes, f"chosen on validation: {self.choice.reason()}"]
+        return results.updated(**update)
 
     def save(
         self, out: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
@@ -58,7 +81,7 @@ class EnsembleRun:
         with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
             for name, combiner in self.combiners.items():
                 save_combiner(combiner, tmp / "combiners" / f"{name}.safetensors")
-            write_json(tmp / "results.json", self.summary())
+            self.results().save(tmp / "results.json")
         return out
 
 
