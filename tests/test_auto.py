@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
 from modelfusion import CheckpointError, ConfigError
-from modelfusion.auto import FAMILIES, auto, load_fusion, save_fusion
+from modelfusion.auto import FAMILIES, Candidate, auto, load_fusion, save_fusion
 from modelfusion.cli import app
 from modelfusion.datasets import load_dataset
 from modelfusion.ensemble import make_combiner, save_combiner
@@ -39,10 +39,12 @@ def members(digits):
 
 @pytest.fixture(scope="module")
 def run(members, digits, tmp_path_factory):
+    """Every family on the members (distillation and recovery train for their recipes' epochs: slow)."""
     out = tmp_path_factory.mktemp("auto") / "run"
     return auto(members, digits, out=out, progress=False, log=lambda line: None), out
 
 
+@pytest.mark.slow
 def test_every_family_reaches_the_leaderboard_and_the_choice_is_made_on_validation(run, digits):
     result, out = run
     families = {row.family for row in result.results.leaderboard}
@@ -78,6 +80,7 @@ def test_the_test_labels_never_decide(members, digits):
     assert blind.chosen.test["accuracy"] < 0.3 < honest.chosen.test["accuracy"]
 
 
+@pytest.mark.slow
 def test_the_chosen_model_is_exported_and_reads_back_with_the_same_predictions(run, digits):
     result, out = run
     path = result.chosen.path
@@ -102,6 +105,7 @@ def test_the_chosen_model_is_exported_and_reads_back_with_the_same_predictions(r
     assert (out / "report.html").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_each_candidate_exports_in_its_natural_form(run, digits, tmp_path):
     result, _ = run
     for family in ("merge", "distill", "compress"):
@@ -115,6 +119,47 @@ def test_each_candidate_exports_in_its_natural_form(run, digits, tmp_path):
     assert [m.name for m in members] == ["mlp0", "mlp1", "logreg"]
     test = collect_predictions(members, digits.test.X, digits.test.y, "test", progress=False)
     np.testing.assert_allclose(combiner.predict_proba(test).double().numpy(), fusion.test_proba, atol=1e-5)
+
+
+def test_a_family_registered_outside_the_package_runs_after_what_it_requires(members, digits):
+    """Adding a family is one function in one file: it declares what it needs, gets only that, and returns its
+    own result; it runs after the families it requires (whatever order they are asked in), and is skipped,
+    with the reason, when one of them did not run."""
+    from modelfusion.auto import FAMILIES, FamilyResult, family
+    from modelfusion.results import Cost
+
+    seen = []
+
+    @family("sharpened", requires=("output",))
+    def sharpened(inputs):
+        seen.append(sorted(inputs.found))
+        fusion = inputs.found["output"].fusion
+        proba = {s: fusion.predict_proba(getattr(inputs, s)).double().pow(2).numpy() for s in ("val", "test")}
+        proba = {s: p / p.sum(1, keepdims=True) for s, p in proba.items()}
+        accuracy = float((proba["val"].argmax(1) == digits.val.y.numpy()).mean())
+        candidate = Candidate(
+            name=f"sharpened {fusion.name}",
+            family="sharpened",
+            val={"accuracy": accuracy, "nll": 1.0},
+            cost=Cost(forward_passes=len(fusion.members_used())),
+            val_proba=proba["val"],
+            test_proba=proba["test"],
+        )
+        return FamilyResult([candidate], notes=("sharpened: probabilities squared, no export",))
+
+    try:
+        lines = []
+        result = auto(members, digits, families=["sharpened", "output"], progress=False, log=lines.append)
+        assert seen == [["member", "output"]] and lines[0].startswith("output:") and lines[1].startswith("sharpened:")
+        row = next(c for c in result.results.leaderboard if c.family == "sharpened")
+        assert row.test["accuracy_ci"] and row.p_vs_best_member is not None and result.chosen.family != "sharpened"
+        assert "sharpened: probabilities squared, no export" in result.results.notes
+        result = auto(members, digits, families=["sharpened"], progress=False, log=lines.append)
+        assert [(s.family, s.reason) for s in result.skipped] == [
+            ("sharpened", "it needs the results of output, which did not run")
+        ]
+    finally:
+        FAMILIES.unregister("sharpened")
 
 
 def test_a_fusion_folder_naming_files_outside_itself_is_refused(members, digits, tmp_path):

@@ -3,6 +3,7 @@ candidate exported; results.json in the shape `modelfusion.report` reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -23,27 +24,10 @@ from ..members import Member, check_members
 from ..predictions import collect_predictions
 from ..results import Curves, Diversity, Results, Skipped, Verdict, versions
 from .candidates import Candidate
-from .families import (
-    Context,
-    Skip,
-    cascade_family,
-    compress_family,
-    distill_family,
-    members_family,
-    merge_family,
-    output_family,
-)
+from .families import members_family  # and the built-in families register, in the order auto runs them
+from .family import FAMILIES, FamilyResult, Inputs, Skip, run_order
 
 __all__ = ["auto", "AutoResult", "FAMILIES", "train_default_members"]
-
-# In this order: each family may use what the ones before it found (the fusion to distil, the network to compress).
-FAMILIES: dict[str, Callable[[Context], list[Candidate]]] = {
-    "output": output_family,
-    "merge": merge_family,
-    "distill": distill_family,
-    "cascade": cascade_family,
-    "compress": compress_family,
-}
 
 
 @dataclass
@@ -111,10 +95,10 @@ def auto(
     started = time.perf_counter()
     if data.task != "classification":
         raise ConfigError(f"auto handles classification; {data.name} is {data.task}: use modelfusion ensemble")
-    chosen_families = list(FAMILIES) if families is None else list(families)
+    chosen_families = list(FAMILIES.registered()) if families is None else list(families)
     unknown = sorted(set(chosen_families) - set(FAMILIES))
     if unknown:
-        raise ConfigError(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
+        raise ConfigError(f"unknown families {unknown}; choose from {', '.join(FAMILIES.registered())}")
     if out is not None:
         check_output(Path(out), kind="folder", overwrite=overwrite)  # before any work
         if report:
@@ -127,43 +111,57 @@ def auto(
     members = check_members(list(members))
     if not members:
         raise InvalidInputError("auto needs at least one member")
-    ctx = Context(
-        data,
-        members,
-        collect_predictions(members, data.val.X, data.val.y, "val", progress=False),
-        collect_predictions(members, data.test.X, data.test.y, "test", progress=False),
-        seed=seed,
-    )
-    ctx.candidates += members_family(ctx)
+    val = collect_predictions(members, data.val.X, data.val.y, "val", progress=False)
+    test = collect_predictions(members, data.test.X, data.test.y, "test", progress=False)
+    inputs = Inputs(data, members, val, test, seed, {})
+    found = {"member": members_family(inputs)}
+    skipped = _run_families(run_order(chosen_families), inputs, found, started, budget_s, progress, log)
+    config = {"families": chosen_families, "budget_s": budget_s, "seed": seed}
+    return _finish(inputs, found, skipped, started, out=out, report=report, overwrite=overwrite, config=config)
+
+
+def _run_families(
+    names: list[str],
+    inputs: Inputs,
+    found: dict[str, FamilyResult],
+    started: float,
+    budget_s: float | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[Skipped]:
+    """Run each family in `names` in turn, on the results of the families it requires or uses (into `found`);
+    the families that did not run, and why."""
     skipped = []
     with progress_bar(progress) as bar:
-        task = bar.add_task("auto", total=len(chosen_families))
-        for name in chosen_families:
+        task = bar.add_task("auto", total=len(names))
+        for name in names:
             bar.update(task, description=f"auto: {name}")
             elapsed = time.perf_counter() - started
-            if budget_s is not None and elapsed > budget_s:
-                reason = f"the time budget of {budget_s:.0f}s was spent ({elapsed:.0f}s)"
-                skipped.append(Skipped(family=name, reason=reason))
+            try:
+                found[name] = _run_family(name, inputs, found, budget_s, elapsed)
+            except Skip as reason:
+                skipped.append(Skipped(family=name, reason=str(reason)))
                 log(f"{name}: skipped, {reason}")
             else:
-                try:
-                    added = FAMILIES[name](ctx)
-                except Skip as reason:
-                    skipped.append(Skipped(family=name, reason=str(reason)))
-                    log(f"{name}: skipped, {reason}")
-                else:
-                    ctx.candidates += added
-                    log(f"{name}: {len(added)} candidate(s) in {time.perf_counter() - started - elapsed:.1f}s")
+                seconds = time.perf_counter() - started - elapsed
+                log(f"{name}: {len(found[name].candidates)} candidate(s) in {seconds:.1f}s")
             bar.advance(task)
-    return _finish(
-        ctx,
-        skipped,
-        started,
-        out=out,
-        report=report,
-        overwrite=overwrite,
-        config={"families": chosen_families, "budget_s": budget_s, "seed": seed},
-    )
+    return skipped
+
+
+def _run_family(
+    name: str, inputs: Inputs, found: dict[str, FamilyResult], budget_s: float | None, elapsed: float
+) -> FamilyResult:
+    """The family `name` run on what it requires and uses; `Skip` when the budget is spent or what it requires
+    did not run."""
+    if budget_s is not None and elapsed > budget_s:
+        raise Skip(f"the time budget of {budget_s:.0f}s was spent ({elapsed:.0f}s)")
+    family = FAMILIES[name]
+    missing = [f for f in family.requires if f not in found]
+    if missing:
+        raise Skip(f"it needs the results of {', '.join(missing)}, which did not run")
+    given = {f: found[f] for f in ("member", *family.requires, *family.uses) if f in found}
+    return family.run(dataclasses.replace(inputs, found=given))
 
 
 def _rank_key(candidate: Candidate) -> tuple:
@@ -171,13 +169,22 @@ def _rank_key(candidate: Candidate) -> tuple:
 
 
 def _finish(
-    ctx: Context, skipped: list[Skipped], started: float, *, out, report: bool, overwrite: bool, config: dict
+    ctx: Inputs,
+    found: dict[str, FamilyResult],
+    skipped: list[Skipped],
+    started: float,
+    *,
+    out,
+    report: bool,
+    overwrite: bool,
+    config: dict,
 ) -> AutoResult:
     """Score every candidate on test (bootstrap intervals, McNemar's exact test against the best member, both
     chosen on validation), build the results, and export the chosen candidate with them into `out`."""
+    candidates = [c for result in found.values() for c in result.candidates]  # in the order the families ran
     y_test = ctx.data.test.y.numpy()
-    best_member = min((c for c in ctx.candidates if c.family == "member"), key=_rank_key)
-    chosen = min((c for c in ctx.candidates if c.export is not None), key=_rank_key)
+    best_member = min(found["member"].candidates, key=_rank_key)
+    chosen = min((c for c in candidates if c.export is not None), key=_rank_key)
     best_correct = best_member.test_proba.argmax(1) == y_test
 
     def scored(candidate: Candidate) -> Candidate:
@@ -188,10 +195,10 @@ def _finish(
             description=candidate.description,
         )
 
-    by_name = {c.name: scored(c) for c in ctx.candidates}
+    by_name = {c.name: scored(c) for c in candidates}
     results = Results(
         chosen=by_name[chosen.name],
-        leaderboard=[by_name[c.name] for c in sorted(ctx.candidates, key=_rank_key)],
+        leaderboard=[by_name[c.name] for c in sorted(candidates, key=_rank_key)],
         verdict=Verdict(
             best_member=best_member.name,
             chosen=chosen.name,
@@ -200,8 +207,8 @@ def _finish(
         ),
         curves=Curves(
             reliability={c.name: reliability_curve(c.test_proba, y_test) for c in (best_member, chosen)},
-            interpolation=ctx.curves["interpolation"],
-            cascade=ctx.curves["cascade"],
+            interpolation=_curves(found, "interpolation"),
+            cascade=_curves(found, "cascade"),
         ),
         diversity=_diversity(ctx),
         skipped=skipped,
@@ -221,7 +228,7 @@ def _finish(
             "the best member (chosen on validation)",
             "cost: latency at batch 1 on this CPU (median of 20 runs; a fusion's is the sum of its members'), "
             "bytes stored, forward passes per sample",
-            *ctx.curves.get("notes", []),
+            *(note for result in found.values() for note in result.notes),
         ],
         wall_seconds=round(time.perf_counter() - started, 2),
     )
@@ -235,8 +242,13 @@ def _finish(
                 from ..report import write_report
 
                 write_report(results, tmp / "report.html")
-    candidates = [results.candidate(c.name) for c in ctx.candidates]
-    return AutoResult(candidates, results.chosen, results.candidate(best_member.name), results, skipped)
+    scored_candidates = [results.candidate(c.name) for c in candidates]
+    return AutoResult(scored_candidates, results.chosen, results.candidate(best_member.name), results, skipped)
+
+
+def _curves(found: dict[str, FamilyResult], kind: str) -> dict[str, list]:
+    """Every family's curves of `kind` ("interpolation", "cascade"), in the order the families ran."""
+    return {name: curve for result in found.values() for name, curve in result.curves.get(kind, {}).items()}
 
 
 def _with_path(results: Results, path: str) -> Results:
@@ -246,7 +258,7 @@ def _with_path(results: Results, path: str) -> Results:
     return results.updated(chosen=chosen, leaderboard=board)
 
 
-def _diversity(ctx: Context) -> Diversity:
+def _diversity(ctx: Inputs) -> Diversity:
     proba = ctx.test.probabilities(torch.float64).numpy()  # [K, N, C]
     return Diversity(
         members=list(ctx.test.member_names),

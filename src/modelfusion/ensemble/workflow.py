@@ -20,7 +20,7 @@ from .choose import Choice, choose_combiner
 from .registry import combiners_for, make_combiner
 from .serialize import save_combiner
 
-__all__ = ["EnsembleRun", "fuse_and_evaluate"]
+__all__ = ["EnsembleRun", "fuse_and_evaluate", "fit_combiners"]
 
 
 @dataclass
@@ -126,17 +126,33 @@ def fuse_and_evaluate(
             f"validation predictions are {val.task} over classes {val.classes} but test predictions {test.task} over "
             f"{test.classes}; both must come from the same members on one dataset"
         )
+    combiners, seconds, choice = fit_combiners(val, methods, params=params, X_val=X_val, seed=seed, choose=choose)
+    fused = {name: combiner.fuse(test, X=X_test) for name, combiner in combiners.items()}
+    return EnsembleRun(combiners, evaluate(test, fused, seed=seed), seconds, choice)
+
+
+def fit_combiners(
+    val: Predictions,
+    methods: Sequence[str] | str = "all",
+    *,
+    params: dict[str, dict] | None = None,
+    X_val: torch.Tensor | None = None,
+    seed: int = 0,
+    choose: bool = True,
+) -> tuple[dict[str, Combiner], dict[str, float], Choice | None]:
+    """Fit each combiner of `methods` ("all": every one for the task) on `val` and, with `choose`, choose one by
+    5-fold cross-validated NLL (MSE) on `val`: what `fuse_and_evaluate` does before it scores on test, for
+    callers that score in their own way (`auto`). Returns the fitted combiners, their fit times in seconds and
+    the choice (None: too few samples per class to cross-validate)."""
     names = combiners_for(val.task) if methods == "all" else list(methods)
     params = params or {}
-    combiners, fused, seconds = {}, {}, {}
+    combiners, seconds = {}, {}
     for name in names:
         start = time.perf_counter()
-        combiner = make_combiner(name, **params.get(name, {})).fit(val, X=X_val)
+        combiners[name] = make_combiner(name, **params.get(name, {})).fit(val, X=X_val)
         seconds[name] = time.perf_counter() - start
-        combiners[name] = combiner
-        fused[name] = combiner.fuse(test, X=X_test)
     choice = _choose(val, names, params, X_val, seed) if choose else None
-    return EnsembleRun(combiners, evaluate(test, fused, seed=seed), seconds, choice)
+    return combiners, seconds, choice
 
 
 def _choose(val: Predictions, names: list[str], params: dict, X_val, seed: int) -> Choice | None:
