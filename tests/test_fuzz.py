@@ -5,6 +5,7 @@ Each target runs `FAST_EXAMPLES` examples in the quick suite and `SLOW_EXAMPLES`
 `MODELFUSION_FUZZ_EXAMPLES` sets it, bench/fuzz.py runs longer campaigns) in the slow-marked one.
 """
 
+import functools
 import io
 import json
 import os
@@ -32,7 +33,7 @@ from modelfusion.models import mlp
 from modelfusion.predictions import Predictions
 from modelfusion.report import load_results, parse_results, render_report
 
-from .report_samples import auto_results, ensemble_results
+from .results_samples import auto_results, ensemble_results
 
 # torch warns about the odd pickles mutated files hold; the property is about exceptions, not warnings.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -534,16 +535,24 @@ def _entries(document, path=()):
         yield from _entries(child, (*path, key))
 
 
-RESULTS = {"auto": auto_results(), "ensemble": ensemble_results()}
+# The real writers' results (results_samples.py), made when a test first draws from them, not at collection.
+RESULTS = {"auto": auto_results, "ensemble": ensemble_results}
+
+
+@functools.cache
+def _results_entries(shape: str) -> tuple[dict, list]:
+    """The results of `shape` and the path to each of their entries (walked once)."""
+    document = RESULTS[shape]()
+    return document, list(_entries(document))[1:]
+
+
 odd_numbers = st.sampled_from([float("nan"), float("inf"), -float("inf"), 0, -1, 1e308, 10**400, True, ""])
 results_documents = (
     st.sampled_from(sorted(RESULTS))
     .flatmap(
-        lambda shape: st.tuples(
-            st.just(RESULTS[shape]), st.sampled_from(list(_entries(RESULTS[shape]))[1:]), json_values | odd_numbers
-        )
+        lambda shape: st.tuples(st.just(shape), st.sampled_from(_results_entries(shape)[1]), json_values | odd_numbers)
     )
-    .map(lambda drawn: _with_replacement(*drawn))
+    .map(lambda drawn: _with_replacement(_results_entries(drawn[0])[0], drawn[1], drawn[2]))
     | json_values
 )
 
@@ -572,7 +581,7 @@ test_config_document, test_config_document_slow = _fuzz(config_documents, _confi
 # Each example runs a whole command (186 s for 10,000 in CI); a quarter keeps the suite within its 15 minutes.
 test_cli_arguments, test_cli_arguments_slow = _fuzz(cli_argvs, _cli_arguments, slow_examples=SLOW_EXAMPLES // 4)
 test_results_bytes, test_results_bytes_slow = _fuzz(
-    _file_contents(json.dumps(RESULTS["ensemble"]).encode()) | _file_contents(json.dumps(RESULTS["auto"]).encode()),
+    st.deferred(lambda: st.one_of(*(_file_contents(json.dumps(made()).encode()) for made in RESULTS.values()))),
     _results_bytes,
 )
 test_results_document, test_results_document_slow = _fuzz(results_documents, _results_document)

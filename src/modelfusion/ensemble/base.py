@@ -79,6 +79,16 @@ class Combiner:
                 f"{list(preds.member_names)}; predict with the same members in the same order"
             )
 
+    def members_used(self) -> list[str]:
+        """The members this fitted combiner runs: those with a non-zero weight when it learned one weight per
+        member (a selection, or the best member alone after a fallback), else all of them."""
+        if not hasattr(self, "member_names_"):
+            raise NotFittedError(f"combiner {self.name!r} is not fitted yet; call fit(validation_predictions) first")
+        weights = getattr(self, "weights_", None)
+        if isinstance(weights, torch.Tensor) and weights.ndim == 1 and len(weights) == len(self.member_names_):
+            return [name for name, w in zip(self.member_names_, weights.tolist(), strict=True) if w != 0]
+        return list(self.member_names_)
+
     def fuse(self, preds: Predictions, *, X: torch.Tensor | None = None) -> torch.Tensor:
         """What `evaluate` scores: probabilities `[N, C]` (classification) or values `[N]` (regression)."""
         self._check_fitted(preds)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
 from .._modules import output_width, truncate
 from ..errors import InvalidInputError
+from ..io.factory import build_named_model
 from ..members import TorchMember
+from ..models import MODELS
 
-__all__ = ["Spliced", "splice", "spliced_member"]
+__all__ = ["Spliced", "splice", "spliced_member", "spliced_model"]
 
 
 class Spliced(nn.Module):
@@ -82,3 +84,15 @@ def spliced_member(backbone: TorchMember, num_outputs: int, *, at: str, example_
         "in_features": int(example_input[0].numel()),
     }
     return TorchMember(model, name=f"{backbone.name}_spliced", factory="spliced", factory_kwargs=kwargs)
+
+
+@MODELS.register("spliced")
+def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs: int, in_features: int) -> nn.Module:
+    """A factory for checkpoints of spliced models (registered as "spliced"): rebuilds the backbone from its
+    own factory, cuts it and adds a `num_outputs` head, so `load_member` restores the weights. The backbone
+    factory must be registered too, with arguments checked like a file's: a checkpoint never names code to run.
+    For any other backbone, rebuild with `splice(your_backbone, ...)` and load the weights with load_state_dict.
+    A file naming "spliced" imports this module (the entry point `spliced` of `modelfusion.models`).
+    """
+    trunk = build_named_model(backbone, backbone_kwargs, "a spliced checkpoint's backbone")
+    return splice(trunk, num_outputs, at=at, example_input=torch.zeros(2, in_features))

@@ -6,14 +6,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from .plots import cascade_figure, interpolation_figure, pyplot, svg_markup
-from .results import Candidate, Diversity, ReliabilityCurve
+from ..plotting import cascade_figure, interpolation_figure, pyplot, svg_markup
+from ..results import Candidate, Diversity, ReliabilityCurve
+from .leaderboard import finite
 
 __all__ = ["reliability_svg", "pareto_svg", "diversity_svg", "interpolation_svg", "cascade_svg", "pareto_front"]
-
-
-def finite(*values: float | None) -> bool:
-    return all(v is not None and math.isfinite(v) for v in values)
 
 
 def reliability_points(curve: ReliabilityCurve) -> list[tuple[float, float, float]]:
@@ -59,8 +56,8 @@ def pareto_svg(candidates: Sequence[Candidate], metric: str, cost: str, *, highl
     plt = pyplot()
     higher = metric != "rmse"
     scale = 100 if metric == "accuracy" else 1
-    shown = [c for c in candidates if finite(c.cost.get(cost), c.test.get(metric))]
-    points = [(c.cost[cost], c.test[metric] * scale) for c in shown]
+    shown = [c for c in candidates if finite(getattr(c.cost, cost), c.test.get(metric))]
+    points = [(getattr(c.cost, cost), c.test[metric] * scale) for c in shown]
     figure, axes = plt.subplots(figsize=(6, 4))
     for family in dict.fromkeys(c.family for c in shown):
         mine = [p for p, c in zip(points, shown, strict=True) if c.family == family]

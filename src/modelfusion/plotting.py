@@ -9,8 +9,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .._atomic import atomic_path
-from ..errors import MissingExtraError
+from ._atomic import atomic_path
+from .errors import MissingExtraError
 
 __all__ = ["pyplot", "plain_text", "save_figure", "svg_markup", "interpolation_figure", "cascade_figure"]
 
