@@ -72,7 +72,7 @@ def test_a_link_to_a_regular_file_is_read_and_reads_are_bounded(tmp_path):
     (tmp_path / "real.bin").write_bytes(b"x" * 100)
     (tmp_path / "link.bin").symlink_to(tmp_path / "real.bin")
     assert read_file(tmp_path / "link.bin", "file") == b"x" * 100
-    with pytest.raises(CheckpointError, match="100 bytes, more than a config may hold"):
+    with pytest.raises(CheckpointError, match="100 bytes; a config is at most 99 bytes"):
         read_file(tmp_path / "real.bin", "config", max_bytes=99)
 
 

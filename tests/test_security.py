@@ -515,3 +515,150 @@ def test_an_onnx_file_whose_tensors_live_elsewhere_is_refused_before_any_runtime
     assert onnx.load(str(path), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
     with pytest.raises(ModelFusionError, match="keeps tensors in external files"):
         load_member(path)
+
+
+# -- issue 23: a skops estimator that writes a file when it predicts ----------------------------------------
+@pytest.fixture(scope="module")
+def skops_members(tmp_path_factory, digits):
+    """A valid skops member (`good.skops`) and a stacking combiner over it (`stacking.safetensors`)."""
+    from modelfusion.ensemble import make_combiner, save_combiner
+    from modelfusion.io import save_member
+    from modelfusion.members import SklearnMember
+    from modelfusion.predictions import collect_predictions
+
+    folder = tmp_path_factory.mktemp("skops_members")
+    X, y = digits.train.X.numpy(), digits.train.y.numpy()
+    good = SklearnMember(LogisticRegression(max_iter=300).fit(X, y), name="good")
+    save_member(good, folder / "good.skops")
+    val = collect_predictions([good], digits.val.X, digits.val.y, "val", progress=False)
+    save_combiner(make_combiner("stacking", cv=3).fit(val), folder / "stacking.safetensors")
+    return folder
+
+
+def _with_meta_learner(combiner: Path, skops_file: Path, out: Path) -> Path:
+    """A copy of a stacking combiner file whose meta-learner is the estimator in `skops_file`."""
+    from safetensors import safe_open
+
+    with safe_open(str(combiner), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        description = json.loads(f.metadata()["modelfusion.combiner"])
+    key = description["fitted"]["meta_learner_"]["skops"]
+    tensors[key] = torch.frombuffer(bytearray(skops_file.read_bytes()), dtype=torch.uint8)
+    description["fitted"]["linear_head_"] = {"json": None}  # so that the meta-learner itself would predict
+    save_file(tensors, str(out), metadata={"modelfusion.combiner": json.dumps(description)})
+    return out
+
+
+SKOPS_COMMANDS = {
+    "predict": ["predict", "evil.skops", "--out", "p.safetensors"],
+    "ensemble": ["ensemble", "evil.skops", "good.skops", "--method", "mean", "--out", "ens"],
+    "cascade": ["cascade", "good.skops", "evil.skops"],
+    "guard fit": ["guard", "fit", "evil.skops", "--out", "guard.safetensors"],
+    "auto": ["auto", "evil.skops", "good.skops", "--out", "auto", "--no-report", "--no-progress"],
+    "distill --teacher": ["distill", "--teacher", "evil.skops", "--student", "mlp", "--epochs", "1", "--no-progress"],
+    "distill --combiner": [
+        "distill",
+        "--teacher",
+        "good.skops",
+        "--combiner",
+        "evil_stacking.safetensors",
+        "--student",
+        "mlp",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ],
+}
+
+
+@pytest.mark.parametrize("command", sorted(SKOPS_COMMANDS))
+def test_a_skops_file_writer_is_refused_by_every_command_and_the_victim_is_untouched(
+    command, skops_members, tmp_path, monkeypatch
+):
+    from .hostile_files import skops_file_writer
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's notes\n")
+    shutil.copy(skops_members / "good.skops", tmp_path / "good.skops")
+    evil = skops_file_writer(tmp_path / "evil.skops", victim)
+    _with_meta_learner(skops_members / "stacking.safetensors", evil, tmp_path / "evil_stacking.safetensors")
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    result = CliRunner().invoke(app, SKOPS_COMMANDS[command])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "holds what a skops file may not" in lines[0], result.output
+    assert "FunctionTransformer" in lines[0] and "function reference" in lines[0]
+    assert victim.read_text() == "the user's notes\n"
+    assert _snapshot(tmp_path) == before
+
+
+def test_the_skops_payload_is_live_when_trusted(tmp_path, digits):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's notes\n")
+    from .hostile_files import skops_file_writer
+
+    evil = skops_file_writer(tmp_path / "evil.skops", victim)
+    member = load_member(evil, trust_code=True)  # the caller's explicit choice
+    with pytest.raises(TypeError):  # the GzipFile is no array, but it was opened for writing first
+        member.predict(digits.test.X[:2])
+    assert victim.read_bytes() == b""
+
+
+def test_callables_anywhere_in_a_skops_tree_are_refused_and_trust_type_names_them(tmp_path, digits):
+    import numpy as np
+
+    X, y = digits.train.X.numpy()[:200], digits.train.y.numpy()[:200]
+    cases = {
+        "function_transformer": make_pipeline(FunctionTransformer(np.tanh), LogisticRegression(max_iter=50)),
+        "metric_callable": __import__("sklearn.neighbors", fromlist=["x"]).KNeighborsClassifier(
+            3, metric=lambda a, b: float(np.abs(a - b).sum())
+        ),
+    }
+    for name, estimator in cases.items():
+        path = tmp_path / f"{name}.skops"
+        sio.dump(estimator.fit(X, y), path)
+        with pytest.raises(ModelFusionError, match="holds what a skops file may not"):
+            load_member(path)
+    loaded = load_member(
+        tmp_path / "function_transformer.skops",
+        trusted_types=["sklearn.preprocessing._function_transformer.FunctionTransformer", "numpy.tanh"],
+    )
+    assert loaded.predict(digits.test.X[:3]).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        "sklearn.linear_model:LogisticRegression",
+        "sklearn.ensemble:RandomForestClassifier",
+        "sklearn.ensemble:HistGradientBoostingClassifier",
+        "sklearn.ensemble:GradientBoostingClassifier",
+        "sklearn.svm:SVC",
+        "sklearn.neighbors:KNeighborsClassifier",
+        "sklearn.naive_bayes:GaussianNB",
+        "sklearn.neural_network:MLPClassifier",
+        "sklearn.tree:DecisionTreeClassifier",
+    ],
+)
+def test_the_allowlist_loads_common_estimators_and_pipelines_of_them(estimator, tmp_path, digits):
+    import importlib
+    import warnings
+
+    import numpy as np
+    from sklearn.preprocessing import StandardScaler
+
+    module, name = estimator.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    defaults = cls().get_params()
+    params = {"probability": True} if name == "SVC" else {}
+    params.update({k: v for k, v in {"max_iter": 20, "n_estimators": 5}.items() if k in defaults})
+    model = make_pipeline(StandardScaler(), cls(**params))
+    X, y = digits.train.X.numpy()[:300], digits.train.y.numpy()[:300]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings of the short fits
+        model.fit(X, y)
+    sio.dump(model, tmp_path / "model.skops")
+    member = load_member(tmp_path / "model.skops")
+    expected = np.log(np.clip(model.predict_proba(digits.test.X[:5].numpy()), 1e-12, None))
+    assert np.allclose(member.predict(digits.test.X[:5]).numpy(), expected, atol=1e-5)

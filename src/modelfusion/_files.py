@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ModelFusionError
 
 __all__ = ["check_readable", "read_file", "open_regular", "safe_stem", "MAX_STEM_CHARS"]
 
@@ -43,68 +43,81 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def _stat_regular(path: Path, what: str) -> os.stat_result:
+def _stat_regular(path: Path, what: str, error: type[ModelFusionError]) -> os.stat_result:
     """`path`'s status (links followed) after checking that it names a regular file; never opens it."""
     if "\x00" in str(path):
-        raise CheckpointError(f"{str(path)!r} holds a NUL character, which no file name can")
+        raise error(f"{str(path)!r} holds a NUL character, which no file name can")
     try:
         status = os.stat(path)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file (expected a {what})") from None
+        raise error(f"{path}: no such file (expected a {what})") from None
     except OSError as err:  # a loop of links, a name too long, a folder we may not enter
-        raise CheckpointError(f"{path}: cannot open the {what} ({err.strerror}); check the path") from None
+        raise error(f"{path}: cannot open the {what} ({err.strerror}); check the path") from None
     if stat.S_ISDIR(status.st_mode):
-        raise CheckpointError(f"{path} is a folder; pass the {what} inside it")
+        raise error(f"{path} is a folder; pass the {what} inside it")
     if not stat.S_ISREG(status.st_mode):
-        raise CheckpointError(
+        raise error(
             f"{path} is {_kind(status.st_mode)}, not a regular file; only regular files are read (expected a {what})"
         )
     return status
 
 
 @contextlib.contextmanager
-def open_regular(path: str | os.PathLike, what: str, max_bytes: int | None = None) -> Iterator[BinaryIO]:
-    """Open `path` for reading after checking that it is a regular file of at most `max_bytes`.
+def open_regular(
+    path: str | os.PathLike,
+    what: str,
+    max_bytes: int | None = None,
+    *,
+    error: type[ModelFusionError] = CheckpointError,
+) -> Iterator[BinaryIO]:
+    """Open `path` for reading after checking that it is a regular file of at most `max_bytes`; every problem
+    is one `error` naming the file and `what` it should be.
 
     The check is made with `stat` before opening (a FIFO is never opened), and again on the open descriptor
     (the name may have been swapped in between): what is read is the file that was checked.
     """
     path = Path(path)
-    status = _stat_regular(path, what)
-    _check_size(path, status.st_size, what, max_bytes)
+    status = _stat_regular(path, what, error)
+    _check_size(path, status.st_size, what, max_bytes, error)
     try:  # O_NONBLOCK: should a FIFO appear under the name after the check, opening it returns at once
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
-        raise CheckpointError(f"{path}: cannot open the {what} ({err.strerror}); check its permissions") from None
+        raise error(f"{path}: cannot open the {what} ({err.strerror}); check its permissions") from None
     file = os.fdopen(fd, "rb")
     try:
         opened = os.fstat(fd)
         if not stat.S_ISREG(opened.st_mode):
-            raise CheckpointError(f"{path} is {_kind(opened.st_mode)}, not a regular file; only regular files are read")
-        _check_size(path, opened.st_size, what, max_bytes)
+            raise error(f"{path} is {_kind(opened.st_mode)}, not a regular file; only regular files are read")
+        _check_size(path, opened.st_size, what, max_bytes, error)
         os.set_blocking(fd, True)
         yield file
     finally:
         file.close()
 
 
-def _check_size(path: Path, size: int, what: str, max_bytes: int | None) -> None:
+def _check_size(path: Path, size: int, what: str, max_bytes: int | None, error: type[ModelFusionError]) -> None:
     if max_bytes is not None and size > max_bytes:
-        raise CheckpointError(f"{path}: {size:,} bytes, more than a {what} may hold ({max_bytes:,}); refused")
+        raise error(f"{path}: {size:,} bytes; a {what} is at most {max_bytes:,} bytes, so it is refused")
 
 
-def check_readable(path: str | os.PathLike, what: str) -> None:
+def check_readable(path: str | os.PathLike, what: str, *, error: type[ModelFusionError] = CheckpointError) -> None:
     """Raise a CheckpointError naming the problem unless `path` is a regular file we may read (a folder, a
     FIFO, a device, a socket, a missing or unreadable file: each is one line). Libraries that open the file
     themselves (safetensors, torch, zipfile, numpy) are called only after this check."""
-    with open_regular(path, what):
+    with open_regular(path, what, error=error):
         pass
 
 
-def read_file(path: str | os.PathLike, what: str, max_bytes: int | None = None) -> bytes:
+def read_file(
+    path: str | os.PathLike,
+    what: str,
+    max_bytes: int | None = None,
+    *,
+    error: type[ModelFusionError] = CheckpointError,
+) -> bytes:
     """The bytes of the regular file `path` (see `open_regular`), at most `max_bytes` of them and never more
     than the size it had when checked (a file that grows while being read is not followed)."""
-    with open_regular(path, what, max_bytes) as file:
+    with open_regular(path, what, max_bytes, error=error) as file:
         size = os.fstat(file.fileno()).st_size
         return file.read(size)
 

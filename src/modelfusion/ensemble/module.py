@@ -15,7 +15,7 @@ from torch import nn
 
 from .._atomic import atomic_dir
 from .._checks import first_problem
-from .._safetensors import check_readable
+from .._files import read_file
 from ..errors import CheckpointError, ConfigError, IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..members import TorchMember
 from ..tasks import Task
@@ -181,9 +181,9 @@ class EnsembleModule(nn.Module):
         manifest_path = path / "ensemble.json"
         if not manifest_path.is_file():
             raise CheckpointError(f"{path} is not a saved EnsembleModule (no ensemble.json)")
-        check_readable(manifest_path, "ensemble manifest")
+        raw = read_file(manifest_path, "ensemble manifest", _MANIFEST_MAX_BYTES)
         try:
-            manifest = _Manifest.model_validate_json(manifest_path.read_bytes())
+            manifest = _Manifest.model_validate_json(raw)
         except ValidationError as err:
             where, problem = first_problem(err)
             raise CheckpointError(f"{manifest_path}: field {where!r} is invalid ({problem})") from None
@@ -217,6 +217,8 @@ def apply_guard(guard, on_reject: str, x: torch.Tensor, out: torch.Tensor) -> to
     mask[rejected] = True
     return out.masked_fill(mask.reshape(-1, *([1] * (out.ndim - 1))), float("nan"))
 
+
+_MANIFEST_MAX_BYTES = 16 * 2**20  # a manifest lists file names: 10,000 members take well under 1 MB
 
 # Member names become file names when an ensemble is saved.
 _SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")

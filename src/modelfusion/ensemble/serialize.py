@@ -60,7 +60,7 @@ def _decode(spec: dict, tensors: dict[str, torch.Tensor]) -> Any:
         tensor = tensors[spec["tensor"]]
         return tensor.numpy() if spec.get("numpy") else tensor
     if "skops" in spec:
-        from ..io.loading import load_skops
+        from ..io.skops import load_skops
 
         if spec["skops"] not in tensors:
             raise CheckpointError(f"the description refers to a tensor {str(spec['skops'])[:80]!r} the file lacks")
