@@ -49,7 +49,7 @@ def special_file(folder: Path, kind: str, name: str) -> Path:
 
 
 # -- ONNX graphs whose size or run time their values decide ------------------------------------------------
-def _onnx_model(nodes, initializers, output_shape=None) -> bytes:
+def _onnx_model(nodes, initializers, output_shape=("batch", 10)) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.full((64, 10), 0.01, dtype=np.float32), "W")
@@ -57,7 +57,7 @@ def _onnx_model(nodes, initializers, output_shape=None) -> bytes:
         [helper.make_node("MatMul", ["input", "W"], ["mm"]), *nodes],
         "hostile",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(output_shape))],
         [weight, *(numpy_helper.from_array(value, name) for name, value in initializers.items())],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
@@ -73,7 +73,7 @@ def onnx_constant_of_shape(side: int = 40_000) -> bytes:
         helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
         helper.make_node("Add", ["mm", "total"], ["output"]),
     ]
-    return _onnx_model(nodes, {"shape": np.array([side, side], dtype=np.int64)}, ["batch", 10])
+    return _onnx_model(nodes, {"shape": np.array([side, side], dtype=np.int64)})
 
 
 def onnx_loop(turns: int = 10**15) -> bytes:
@@ -111,10 +111,10 @@ def onnx_expand_by_input() -> bytes:
         helper.make_node("Add", ["mm", "total"], ["output"]),
     ]
     initializers = {"one_dim": np.array([1], dtype=np.int64), "scalar": np.array(1.0, dtype=np.float32)}
-    return _onnx_model(nodes, initializers, ["batch", 10])
+    return _onnx_model(nodes, initializers)
 
 
-def onnx_broadcast(width: int = 40_000) -> bytes:
+def onnx_broadcast(width: int = 1_000_000) -> bytes:
     """Each sample's 64 inputs broadcast against `width` constants: 64 x `width` numbers per sample."""
     from onnx import helper
 
@@ -122,10 +122,12 @@ def onnx_broadcast(width: int = 40_000) -> bytes:
         helper.make_node("Unsqueeze", ["input", "axis"], ["column"]),
         helper.make_node("Add", ["column", "row"], ["wide"]),
         helper.make_node("ReduceSum", ["wide", "axes"], ["summed"], keepdims=0),
-        helper.make_node("Add", ["mm", "summed"], ["output"]),
+        helper.make_node("Unsqueeze", ["summed", "axis1"], ["summed_column"]),
+        helper.make_node("Add", ["mm", "summed_column"], ["output"]),
     ]
     initializers = {
         "axis": np.array([2], dtype=np.int64),
+        "axis1": np.array([1], dtype=np.int64),
         "row": np.zeros((1, 1, width), dtype=np.float32),
         "axes": np.array([1, 2], dtype=np.int64),
     }
@@ -136,7 +138,7 @@ ONNX_BOMBS = {
     "ConstantOfShape 40000 x 40000": (onnx_constant_of_shape, "ConstantOfShape"),
     "Loop of 10^15 turns": (onnx_loop, "Loop"),
     "Expand to a size the input's values decide": (onnx_expand_by_input, "Expand"),
-    "a broadcast to 64 x 40000 per sample": (onnx_broadcast, "Add"),
+    "a broadcast to 64 x 10^6 numbers per sample": (onnx_broadcast, "Add"),
 }
 
 

@@ -29,6 +29,8 @@ from modelfusion.cli import app
 from modelfusion.io import load_member, load_model
 from modelfusion.models import mlp
 
+from . import hostile_files
+
 KWARGS = {"in_features": 4, "num_outputs": 3, "hidden": [5]}
 
 
@@ -575,12 +577,10 @@ SKOPS_COMMANDS = {
 def test_a_skops_file_writer_is_refused_by_every_command_and_the_victim_is_untouched(
     command, skops_members, tmp_path, monkeypatch
 ):
-    from .hostile_files import skops_file_writer
-
     victim = tmp_path / "victim.txt"
     victim.write_text("the user's notes\n")
     shutil.copy(skops_members / "good.skops", tmp_path / "good.skops")
-    evil = skops_file_writer(tmp_path / "evil.skops", victim)
+    evil = hostile_files.skops_file_writer(tmp_path / "evil.skops", victim)
     _with_meta_learner(skops_members / "stacking.safetensors", evil, tmp_path / "evil_stacking.safetensors")
     monkeypatch.chdir(tmp_path)
     before = _snapshot(tmp_path)
@@ -596,9 +596,8 @@ def test_a_skops_file_writer_is_refused_by_every_command_and_the_victim_is_untou
 def test_the_skops_payload_is_live_when_trusted(tmp_path, digits):
     victim = tmp_path / "victim.txt"
     victim.write_text("the user's notes\n")
-    from .hostile_files import skops_file_writer
 
-    evil = skops_file_writer(tmp_path / "evil.skops", victim)
+    evil = hostile_files.skops_file_writer(tmp_path / "evil.skops", victim)
     member = load_member(evil, trust_code=True)  # the caller's explicit choice
     with pytest.raises(TypeError):  # the GzipFile is no array, but it was opened for writing first
         member.predict(digits.test.X[:2])
@@ -662,3 +661,92 @@ def test_the_allowlist_loads_common_estimators_and_pipelines_of_them(estimator, 
     member = load_member(tmp_path / "model.skops")
     expected = np.log(np.clip(model.predict_proba(digits.test.X[:5].numpy()), 1e-12, None))
     assert np.allclose(member.predict(digits.test.X[:5]).numpy(), expected, atol=1e-5)
+
+
+# -- issue 23: files that would fill memory or hang a command ----------------------------------------------
+@pytest.mark.parametrize("name", sorted(hostile_files.ONNX_BOMBS))
+def test_onnx_graphs_that_would_fill_memory_or_loop_are_refused_naming_the_operator(name, tmp_path):
+    build, operator = hostile_files.ONNX_BOMBS[name]
+    path = tmp_path / "bomb.onnx"
+    path.write_bytes(build())
+    with pytest.raises(ModelFusionError, match=f"operator {operator} ") as refused:
+        load_member(path)
+    assert "\n" not in str(refused.value) and "refused" in str(refused.value)
+
+
+def test_a_graph_the_caller_trusts_may_loop_and_valid_graphs_run_in_chunks(tmp_path, digits):
+    from modelfusion.io import onnx as onnx_io
+
+    path = tmp_path / "loop.onnx"
+    path.write_bytes(hostile_files.onnx_loop(turns=3))
+    with pytest.raises(ModelFusionError, match="operator Loop"):
+        load_member(path)
+    looped = load_member(path, trust_code=True)
+    X = digits.test.X[:50]
+    expected = X @ torch.full((64, 10), 0.01)
+    assert torch.allclose(looped.predict(X), expected, atol=1e-5)
+    wide = tmp_path / "wide.onnx"
+    wide.write_bytes(hostile_files.onnx_broadcast(width=1000))  # 64,000 numbers per sample: allowed
+    member = load_member(wide)
+    assert member.module.values_per_sample == 64_000
+    original = onnx_io.MAX_VALUES_PER_RUN
+    try:
+        onnx_io.MAX_VALUES_PER_RUN = 64_000 * 7  # chunks of 7 samples
+        chunked = member.predict(X)
+    finally:
+        onnx_io.MAX_VALUES_PER_RUN = original
+    assert torch.allclose(chunked, member.predict(X))
+
+
+@pytest.mark.parametrize("build", [hostile_files.spliced_bomb, hostile_files.compressed_bomb])
+def test_factory_arguments_that_would_build_far_more_than_the_file_holds_are_refused(build, tmp_path):
+    bomb = build(tmp_path)
+    valid = next(p for p in tmp_path.iterdir() if "valid" in p.name)
+    assert load_member(valid).predict(torch.zeros(2, 64)).shape[0] == 2
+    with pytest.raises(ModelFusionError, match=r"would allocate [\d,]+ bytes for [\d,]+ bytes of weights"):
+        load_member(bomb)
+
+
+def _special_readers(folder: Path) -> dict:
+    from modelfusion.ensemble import EnsembleModule, load_combiner
+    from modelfusion.guard import InputGuard
+    from modelfusion.merge import load_config
+    from modelfusion.predictions import Predictions
+    from modelfusion.report.results import load_results
+
+    return {
+        **{f"member{suffix}": (f"m{suffix}", load_member) for suffix in (".safetensors", ".pt", ".onnx", ".skops")},
+        "predictions": ("p.safetensors", Predictions.load),
+        "combiner": ("c.safetensors", load_combiner),
+        "guard": ("g.safetensors", InputGuard.load),
+        "merge config": ("merge.yaml", load_config),
+        "results.json": ("results.json", load_results),
+        "ensemble.json": ("ensemble/ensemble.json", lambda path: EnsembleModule.load(path.parent)),
+    }
+
+
+@pytest.mark.parametrize("kind", hostile_files.SPECIAL_KINDS)
+@pytest.mark.parametrize("reader", sorted(_special_readers(Path("."))))
+def test_readers_refuse_special_files_without_opening_them(kind, reader, tmp_path):
+    name, read = _special_readers(tmp_path)[reader]
+    path = hostile_files.special_file(tmp_path, kind, name)
+    error = hostile_files.finishes(lambda: read(path))
+    assert isinstance(error, ModelFusionError), error
+    assert "not a regular file" in str(error)
+
+
+@pytest.mark.parametrize("kind", hostile_files.SPECIAL_KINDS)
+def test_the_cli_refuses_special_files_in_one_line(kind, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hostile_files.special_file(tmp_path, kind, "m.safetensors")
+    hostile_files.special_file(tmp_path, kind, "x.npy")
+    for argv in (["predict", "m.safetensors"], ["evaluate", "m.safetensors"], ["guard", "check", "m.safetensors"]):
+        result = hostile_files.finishes(lambda argv=argv: _raise_result(CliRunner().invoke(app, argv)))
+        assert isinstance(result, AssertionError) and "not a regular file" in str(result), result
+
+
+def _raise_result(result) -> None:
+    """Turn a CLI result into an exception carrying its one error line (for `finishes`)."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    raise AssertionError(lines[0])

@@ -179,7 +179,7 @@ class EnsembleModule(nn.Module):
 
         path = Path(path)
         manifest_path = path / "ensemble.json"
-        if not manifest_path.is_file():
+        if not (manifest_path.exists() or manifest_path.is_symlink()):
             raise CheckpointError(f"{path} is not a saved EnsembleModule (no ensemble.json)")
         raw = read_file(manifest_path, "ensemble manifest", _MANIFEST_MAX_BYTES)
         try:

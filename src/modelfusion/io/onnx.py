@@ -105,7 +105,7 @@ class OnnxModel(nn.Module):
         self.trusted = trusted
         options = runtime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: errors reach the user as our one line
         try:  # onnxruntime raises its own kinds (Fail, InvalidGraph, ...), RuntimeErrors, and decoding errors
             self.session = runtime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
             inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
