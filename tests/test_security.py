@@ -460,9 +460,12 @@ def test_an_ensemble_folder_may_name_only_files_inside_it(tmp_path, trained_mlp,
     with pytest.raises(ModelFusionError, match="names files outside its folder"):
         EnsembleModule.load(folder)
 
-    with pytest.raises(ModelFusionError, match="cannot be file names"):
-        ensemble(["../escaped", "b"]).save(tmp_path / "second")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble"]
+    # names are data: they never become paths, and they come back as they were
+    hostile = ["../escaped", "/etc/passwd", "a\nb"]
+    second = ensemble(hostile).save(tmp_path / "second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble", "second"]
+    assert all(p.parent == second / "members" for p in (second / "members").iterdir())
+    assert EnsembleModule.load(second).member_names == tuple(hostile)
 
 
 @pytest.mark.parametrize(
@@ -750,3 +753,75 @@ def _raise_result(result) -> None:
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
     raise AssertionError(lines[0])
+
+
+# -- issue 23: a name from a file never becomes a path -----------------------------------------------------
+TRAVERSAL_NAMES = {
+    "absolute": "{outside}/victim",
+    "traversal": "../../outside/victim",
+    "NUL": "vic\x00tim",
+    "newline": "vic\ntim",
+    "very long": "v" * 256,  # the longest a header may hold: with the suffix, too long for a file name
+    "reserved": "CON",
+    "dot-dot": "..",
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TRAVERSAL_NAMES))
+def test_compress_writes_a_member_named_by_its_file_inside_its_output(kind, tmp_path, trained_mlp, monkeypatch):
+    from modelfusion.io import save_member
+    from modelfusion.members import TorchMember
+
+    from .conftest import MLP_KWARGS
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "marker.txt").write_text("the user's file\n")
+    work = tmp_path / "work" / "deeper"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    name = TRAVERSAL_NAMES[kind].replace("{outside}", str(outside))
+    member = TorchMember(trained_mlp, name="m", factory="mlp", factory_kwargs=MLP_KWARGS)
+    path = save_member(member, work / "m.safetensors")
+    _, header = _tensors_and_header(path)
+    header["name"] = name
+    save_file(_tensors_and_header(path)[0], str(path), metadata={"modelfusion": json.dumps(header)})
+    result = CliRunner().invoke(app, ["compress", "m.safetensors", "--method", "fp16", "--out", "c"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in outside.iterdir()) == ["marker.txt"]
+    assert (outside / "marker.txt").read_text() == "the user's file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "work"]
+    assert sorted(p.name for p in work.iterdir()) == ["c", "m.safetensors"]
+    written = [p for p in (work / "c").iterdir() if p.name != "report.json"]
+    assert len(written) == 1 and written[0].suffix == ".safetensors" and not written[0].name.startswith(".")
+    assert load_member(written[0]).name == f"{name or 'm'}_fp16"  # an empty name falls back to the stem
+
+
+def _tensors_and_header(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["modelfusion"])
+
+
+def test_a_fusion_folder_keeps_hostile_member_names_as_data(tmp_path, trained_mlp, digits_members, digits):
+    import copy
+
+    from modelfusion.auto.export import load_fusion, save_fusion
+    from modelfusion.ensemble import make_combiner
+    from modelfusion.members import TorchMember
+    from modelfusion.predictions import collect_predictions
+
+    from .conftest import MLP_KWARGS
+
+    names = ["../../x", "/abs/y", "CON"]
+    members = [TorchMember(trained_mlp, name=names[0], factory="mlp", factory_kwargs=MLP_KWARGS)]
+    for member, name in zip(digits_members[1:], names[1:], strict=True):
+        members.append(copy.copy(member))
+        members[-1].name = name
+    val = collect_predictions(members, digits.val.X, digits.val.y, "val", progress=False)
+    folder = save_fusion(members, make_combiner("mean").fit(val), tmp_path / "fusion")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fusion"]
+    loaded, _ = load_fusion(folder)
+    assert [m.name for m in loaded] == names

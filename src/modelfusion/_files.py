@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from .errors import CheckpointError, ModelFusionError
 
-__all__ = ["check_readable", "read_file", "open_regular", "safe_stem", "MAX_STEM_CHARS"]
+__all__ = ["check_readable", "read_file", "open_regular", "safe_stem", "unique_stems", "MAX_STEM_CHARS"]
 
 MAX_STEM_CHARS = 100
 # Device names Windows reserves in any folder (with any suffix): a stem never takes one of them.
@@ -142,3 +142,17 @@ def safe_stem(name: object, fallback: str = "model") -> str:
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
         cleaned = f"{cleaned}-{digest}"
     return cleaned
+
+
+def unique_stems(names: list[str] | tuple[str, ...], fallback: str = "model") -> list[str]:
+    """`safe_stem` of each name, made unique within the list (`_2`, `_3`... on the rare collision), in order:
+    the file stems of a folder of members, the same for the same names when it is read back."""
+    stems: list[str] = []
+    for name in names:
+        stem = base = safe_stem(name, fallback)
+        count = 1
+        while stem.lower() in (s.lower() for s in stems):  # case-insensitive file systems
+            count += 1
+            stem = f"{base}_{count}"
+        stems.append(stem)
+    return stems

@@ -604,6 +604,7 @@ def compress(
     from rich.table import Table
 
     from ._atomic import atomic_dir, check_output, write_json
+    from ._files import safe_stem
     from .compress import compress_and_measure
     from .datasets import load_dataset
 
@@ -620,7 +621,7 @@ def compress(
         model, method, load_dataset(dataset, seed=seed), recover_epochs=recover_epochs, seed=seed, **params
     )
     with atomic_dir(out, overwrite=overwrite, inputs=[checkpoint]) as tmp:
-        saved = run.result.save(tmp / f"{name}_{method}")
+        saved = run.result.save(tmp / f"{safe_stem(name)}_{safe_stem(method)}")  # the name comes from the file
         write_json(tmp / "report.json", run.summary())
     recovered = f", {recover_epochs} recovery epochs" if recover_epochs else ""
     table = Table(

@@ -19,7 +19,18 @@ from ._modules import evaluating
 from .errors import IncompatibleModelsError, InvalidInputError, NotFittedError
 from .tasks import TASKS, Task
 
-__all__ = ["Member", "TorchMember", "SklearnMember", "as_member", "check_members", "name_after_files"]
+__all__ = [
+    "Member",
+    "TorchMember",
+    "SklearnMember",
+    "as_member",
+    "check_members",
+    "name_after_files",
+    "MAX_NAME_CHARS",
+]
+
+# The longest member name a file may record: room for names derived from names ("<name>_fp16_spliced").
+MAX_NAME_CHARS = 1024
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ from ._checks import check_count
 from ._progress import progress_bar
 from ._safetensors import parse_description, read_tensors, write_tensors
 from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError, LeakageError, ModelFusionError
-from .members import Member, check_members
+from .members import MAX_NAME_CHARS, Member, check_members
 from .tasks import TASKS, Task
 
 __all__ = ["Predictions", "collect_predictions"]
@@ -26,7 +26,7 @@ _METADATA_KEY = "modelfusion.predictions"
 class _PredictionsHeader(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    member_names: list[Annotated[StrictStr, Field(max_length=256)]]
+    member_names: list[Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS)]]
     task: Task
     split: StrictStr = Field(max_length=64)
     classes: list[StrictStr | StrictInt | StrictFloat | StrictBool] | None = None

@@ -16,7 +16,7 @@ from torch import nn
 from .._files import read_file
 from .._safetensors import check_readable, parse_description, read_tensors
 from ..errors import CheckpointError, ModelFusionError
-from ..members import Member, SklearnMember, TorchMember
+from ..members import MAX_NAME_CHARS, Member, SklearnMember, TorchMember
 from ..tasks import Task
 from .archives import archive_names
 from .factory import build_model, build_named_model, load_state_dict_checked
@@ -44,7 +44,7 @@ class MemberHeader(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: StrictStr | None = Field(None, max_length=256)
+    name: StrictStr | None = Field(None, max_length=MAX_NAME_CHARS)
     task: Task = "classification"
     classes: list[Label] | None = Field(None, max_length=1_000_000)
     factory: StrictStr | None = Field(None, max_length=1024)
