@@ -825,3 +825,70 @@ def test_a_fusion_folder_keeps_hostile_member_names_as_data(tmp_path, trained_ml
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fusion"]
     loaded, _ = load_fusion(folder)
     assert [m.name for m in loaded] == names
+
+
+# -- issue 23: text from files reaches the terminal as text ------------------------------------------------
+HOSTILE_TEXT = [
+    "a[/]b",
+    "[bold red]x[/bold red]",
+    "c\x1b]0;PWNED\x07\x1b[2J\x1b[31md",
+    "e\re\u202ef",
+    "[link=file:///etc]g",
+]
+
+
+def test_names_with_markup_and_control_codes_are_shown_escaped(tmp_path, trained_mlp, monkeypatch):
+    from modelfusion.io import save_member
+    from modelfusion.members import TorchMember
+    from modelfusion.predictions import Predictions
+
+    from .conftest import MLP_KWARGS
+
+    monkeypatch.chdir(tmp_path)
+    files = []
+    for i, name in enumerate(HOSTILE_TEXT[:3]):
+        member = TorchMember(trained_mlp, name=name, factory="mlp", factory_kwargs=MLP_KWARGS)
+        files.append(str(save_member(member, tmp_path / f"m{i}.safetensors")))
+    runs = [
+        ["predict", *files, "--out", "p[/]x.safetensors"],
+        ["evaluate", "p[/]x.safetensors"],
+        ["ensemble", *files, "--method", "mean", "--out", "e[/]ns"],
+        ["cascade", *files],
+    ]
+    for argv in runs:
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0, (argv, result.output)
+        assert "\x1b" not in result.output and "\r" not in result.output and "\x07" not in result.output
+        assert "a[/]b" in result.output or argv[0] == "predict", result.output
+        assert "c\\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31md" in result.output or argv[0] == "predict", result.output
+    assert "q[/]x.safetensors" in CliRunner().invoke(app, ["predict", files[0], "--out", "q[/]x.safetensors"]).output
+    preds = Predictions.load(tmp_path / "p[/]x.safetensors")
+    relabelled = Predictions(
+        preds.outputs, preds.labels, preds.member_names, preds.task, "val\x1b[2J[/]", preds.classes
+    )
+    relabelled.save(tmp_path / "split.safetensors")
+    result = CliRunner().invoke(app, ["evaluate", "split.safetensors"])
+    assert result.exit_code == 0 and "val\\x1b[2J[/] split" in result.output, result.output
+
+
+def test_errors_and_notes_with_markup_and_control_codes_stay_one_escaped_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in HOSTILE_TEXT:
+        result = CliRunner().invoke(app, ["evaluate", f"{name}.safetensors"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.output
+        assert not any(c in result.output for c in "\x1b\r\x07\u202e"), result.output
+
+
+def test_a_command_whose_stdout_is_closed_still_does_its_work(tmp_path):
+    import subprocess
+    import sys
+
+    from modelfusion.predictions import Predictions
+
+    preds = Predictions(torch.randn(2, 40, 3), torch.arange(40) % 3, ("a", "b"), "classification", "test")
+    preds.save(tmp_path / "p.safetensors")
+    command = f"{sys.executable} -m modelfusion.cli evaluate p.safetensors --json r.json >&-"
+    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["split"] == "test"
