@@ -23,7 +23,15 @@ from typing import BinaryIO
 
 from .errors import CheckpointError, ModelFusionError
 
-__all__ = ["check_readable", "read_file", "open_regular", "safe_stem", "unique_stems", "MAX_STEM_CHARS"]
+__all__ = [
+    "check_readable",
+    "read_file",
+    "open_regular",
+    "first_repeated_file",
+    "safe_stem",
+    "unique_stems",
+    "MAX_STEM_CHARS",
+]
 
 MAX_STEM_CHARS = 100
 # Device names Windows reserves in any folder (with any suffix): a stem never takes one of them.
@@ -120,6 +128,37 @@ def read_file(
     with open_regular(path, what, max_bytes, error=error) as file:
         size = os.fstat(file.fileno()).st_size
         return file.read(size)
+
+
+def first_repeated_file(paths) -> tuple[int, int, str] | None:
+    """The first two of `paths` that are one file, as (i, j, how): the same file under two names (the same
+    path, a link, a hard link) or two files of identical bytes (copies). Paths that are not regular files are
+    skipped (their readers refuse them); files are hashed only when another has the same size."""
+    seen: dict[tuple[int, int], int] = {}
+    by_size: dict[int, list[int]] = {}
+    for index, path in enumerate(paths):
+        try:
+            status = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        if not stat.S_ISREG(status.st_mode):
+            continue
+        identity = (status.st_dev, status.st_ino)
+        if identity in seen:
+            return seen[identity], index, "the same file"
+        seen[identity] = index
+        by_size.setdefault(status.st_size, []).append(index)
+    for indices in by_size.values():
+        digests: dict[bytes, int] = {}
+        for index in indices if len(indices) > 1 else ():
+            digest = hashlib.sha256()
+            with open_regular(paths[index], "file") as file:
+                for block in iter(lambda file=file: file.read(2**22), b""):
+                    digest.update(block)
+            if digest.digest() in digests:
+                return digests[digest.digest()], index, "identical copies"
+            digests[digest.digest()] = index
+    return None
 
 
 def safe_stem(name: object, fallback: str = "model") -> str:

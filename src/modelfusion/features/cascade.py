@@ -22,7 +22,7 @@ from torch import nn
 from .._modules import freeze, output_width, truncate
 from ..errors import ConfigError, InvalidInputError, NotFittedError
 from ..members import as_member
-from ..predictions import Predictions, check_fit_split
+from ..predictions import Predictions, check_fit_labels, check_fit_split
 from ..report.plots import cascade_figure, save_figure
 
 __all__ = ["Cascade", "CascadeResult", "Chained", "measured_costs", "plot_cascade_curve"]
@@ -120,6 +120,7 @@ class Cascade:
         proba = val.probabilities(torch.float64).numpy()  # [K, N, C]
         if val.task != "classification" or val.labels is None:
             raise InvalidInputError("a cascade is fitted on labelled classification predictions")
+        check_fit_labels(val.labels, val.task, "cascade")
         if len(proba) < 2:
             raise InvalidInputError("a cascade needs at least two models")
         correct = proba.argmax(2) == val.labels.numpy()  # [K, N]

@@ -13,9 +13,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from torch import nn
 
-from .._files import read_file
+from .._files import first_repeated_file, read_file
 from .._safetensors import check_readable, parse_description, read_tensors
-from ..errors import CheckpointError, ModelFusionError
+from ..errors import CheckpointError, InvalidInputError, ModelFusionError
 from ..members import MAX_NAME_CHARS, Member, SklearnMember, TorchMember
 from ..tasks import Task
 from .archives import archive_names
@@ -23,7 +23,7 @@ from .factory import build_model, build_named_model, load_state_dict_checked
 from .onnx import OnnxModel
 from .skops import load_skops
 
-__all__ = ["LoadedModel", "load_model", "load_member", "load_skops", "SUFFIXES", "METADATA_KEY"]
+__all__ = ["LoadedModel", "load_model", "load_member", "load_members", "load_skops", "SUFFIXES", "METADATA_KEY"]
 
 METADATA_KEY = "modelfusion"  # key of our JSON in a safetensors header
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin")
@@ -257,6 +257,13 @@ def load_member(
         trust_code=trust_code or trust_pickle,
         trusted_types=trusted_types,
     )
+    try:
+        return _as_member(loaded, path, factory, factory_kwargs, name, task, classes, batch_size)
+    except InvalidInputError as err:  # what the file records does not make a member (classes twice, NaN)
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+def _as_member(loaded: LoadedModel, path, factory, factory_kwargs, name, task, classes, batch_size) -> Member:
     meta = loaded.metadata
     name = name or meta.get("name") or Path(path).stem
     if isinstance(loaded.model, nn.Module):
@@ -275,3 +282,26 @@ def load_member(
     if hasattr(loaded.model, "fit"):
         return SklearnMember(loaded.model, name=name, task=task)
     raise CheckpointError(f"{path} holds a {type(loaded.model).__name__}, neither an nn.Module nor an estimator")
+
+
+def load_members(
+    paths: Sequence[str | os.PathLike], *, note: Callable[[str], None] | None = None, **options
+) -> list[Member]:
+    """Load each checkpoint as a member (`load_member(path, **options)`), refusing a checkpoint given twice
+    (the same file under two names, or identical copies: in any fusion it would silently count twice).
+    Members whose stored names collide are named after their files, and `note` is told so.
+    """
+    from ..members import name_after_files
+
+    repeated = first_repeated_file(paths)
+    if repeated is not None:
+        first, second, how = repeated
+        raise InvalidInputError(
+            f"{paths[first]} and {paths[second]} are {how}: the same checkpoint given twice would count twice in "
+            "every fusion; give each member once"
+        )
+    members = [load_member(path, **options) for path in paths]
+    renamed = name_after_files(members, paths)
+    if renamed and note is not None:
+        note(renamed)
+    return members
