@@ -1,7 +1,7 @@
 """Hostile inputs against the `modelfusion` CLI (and a few Python API calls): every outcome classified.
 
-    .venv/bin/python bench/hostile.py [--src PATH/src] [--only SUBSTRING] [--json OUT] [--workdir DIR]
-                                      [--timeout 120] [--keep] [--list]
+    .venv/bin/python bench/hostile.py [--src PATH/src] [--only SUBSTRING] [--family NAME] [--json OUT]
+                                      [--workdir DIR] [--timeout 120] [--keep] [--list]
 
 Each case runs `python -m modelfusion.cli COMMAND ...` (API cases: `python -c ...`) as its own process with
 PYTHONPATH=<src> (the checkout under test; checked before anything runs), OMP_NUM_THREADS=1, an 8 GiB
@@ -30,6 +30,12 @@ applies, as `flags`):
     refused_valid  a clear refusal of an input that must be accepted (the control cases)
     usage          exit 2 from typer/click's own argument parsing ("Usage:")
     clear          exit 2 with a one-line `error: ...` (nothing else on stderr), or the documented success
+
+Issue 23's cases belong to families (`--family`, counted per family in the summary and the JSON): skops
+callables, names as paths, allocation and time bombs, special files, markup and control codes, silently
+accepted, ONNX debris (run with HOME in the case folder, where the runtime's telemetry used to write) and closed
+stdout (run with file descriptor 1 closed). Their hostile files come from tests/hostile_files.py, shared with
+the security tests.
 
 Running as root, file permissions do not apply: the unwritable-output and unreadable-file cases then run their
 command as the user `nobody` (setpriv) in a folder it owns, which emulates a normal user.
@@ -3184,33 +3190,13 @@ def silent_accept_cases() -> list[Case]:
         "nan": [float("nan"), *ten[1:]],
         "int_and_string": [1, "1", *ten[2:]],
     }.items():
-        cases.append(
-            Case(
-                f"predict.member_classes_{kind}",
-                "predict",
-                ["m.safetensors"],
-                setup=functools.partial(class_member, classes=classes),
-                family=SILENT_ACCEPTS,
-            )
-        )
-        cases.append(
-            Case(
-                f"evaluate.predictions_classes_{kind}",
-                "evaluate",
-                ["p.safetensors"],
-                setup=functools.partial(class_preds, classes=classes),
-                family=SILENT_ACCEPTS,
-            )
-        )
-        cases.append(
-            Case(
-                f"ensemble.val_predictions_classes_{kind}",
-                "ensemble",
-                [*vt, "--method", "mean"],
-                setup=functools.partial(class_preds, classes=classes),
-                family=SILENT_ACCEPTS,
-            )
-        )
+        for name, command, args, build in (
+            ("predict.member_classes", "predict", ["m.safetensors"], class_member),
+            ("evaluate.predictions_classes", "evaluate", ["p.safetensors"], class_preds),
+            ("ensemble.val_predictions_classes", "ensemble", [*vt, "--method", "mean"], class_preds),
+        ):
+            setup = functools.partial(build, classes=classes)
+            cases.append(Case(f"{name}_{kind}", command, args, setup=setup, family=SILENT_ACCEPTS))
     for how, second in (
         ("same_path", "m0.safetensors"),
         ("link", "m0_link.safetensors"),
