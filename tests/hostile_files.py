@@ -215,8 +215,8 @@ def skops_file_writer(path: Path, victim: Path) -> Path:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    X = np.random.default_rng(0).random((30, 64))
-    y = np.arange(30) % 3
+    X = np.random.default_rng(0).random((40, 64))
+    y = np.arange(40) % 10  # the ten digits, so that it fuses with any digits member
     step = FunctionTransformer(functools.partial(gzip.GzipFile, str(victim), "wb"))
     pipeline = Pipeline([("writer", step), ("model", LogisticRegression(max_iter=200).fit(X, y))])
     archive = zipfile.ZipFile(io.BytesIO(sio.dumps(pipeline)))
