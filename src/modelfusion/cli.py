@@ -298,15 +298,18 @@ def merge(
         bool, typer.Option(help="check compatibility and the output, print the plan; write nothing")
     ] = False,
     overwrite: Overwrite = False,
+    allow_nonfinite: Annotated[
+        bool, typer.Option(help="write merged tensors that hold NaN or inf instead of refusing the merge")
+    ] = False,
 ) -> None:
     """Merge same-architecture safetensors checkpoints tensor by tensor, as a config says.
 
-    Python: `modelfusion.merge.merge(config, out_dir, dry_run=..., overwrite=...)`.
+    Python: `modelfusion.merge.merge(config, out_dir, dry_run=..., overwrite=..., allow_nonfinite=...)`.
     """
     from .errors import OutputError
     from .merge import merge as run_merge
 
-    plan = run_merge(config, out_dir, dry_run=dry_run, overwrite=overwrite)
+    plan = run_merge(config, out_dir, dry_run=dry_run, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     if dry_run:
         console.print(plan.describe(), highlight=False, markup=False)
         if plan.output_refused:
