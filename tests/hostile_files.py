@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .limits import HANG_GUARD_S
 
-def finishes(call, seconds: float = 60.0) -> Exception | None:
+
+def finishes(call, seconds: float = HANG_GUARD_S) -> Exception | None:
     """Run `call` in a thread and return what it raised (None if nothing); fail if it is still blocked after
-    `seconds` (a reader that opened a FIFO would wait for a writer forever)."""
+    `seconds` (a reader that opened a FIFO would wait for a writer forever: the guard turns that hang into a
+    failure; a slow machine does not)."""
     outcome: dict = {}
 
     def run():

@@ -30,6 +30,7 @@ from modelfusion.io import load_member, load_model
 from modelfusion.models import mlp
 
 from . import hostile_files
+from .limits import HANG_GUARD_S
 
 KWARGS = {"in_features": 4, "num_outputs": 3, "hidden": [5]}
 
@@ -889,6 +890,6 @@ def test_a_command_whose_stdout_is_closed_still_does_its_work(tmp_path):
     preds = Predictions(torch.randn(2, 40, 3), torch.arange(40) % 3, ("a", "b"), "classification", "test")
     preds.save(tmp_path / "p.safetensors")
     command = f"{sys.executable} -m modelfusion.cli evaluate p.safetensors --json r.json >&-"
-    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert json.loads((tmp_path / "r.json").read_text())["split"] == "test"
