@@ -34,15 +34,11 @@ def _command(fn):
 
 
 def _load_members(paths: Sequence[Path], **options) -> list:
-    """Load each checkpoint; members whose stored names collide are named after their files, and told so."""
-    from .io import load_member
-    from .members import name_after_files
+    """Load each checkpoint (`modelfusion.io.load_members`: one given twice is refused); members whose stored
+    names collide are named after their files, and told so."""
+    from .io import load_members
 
-    members = [load_member(path, **options) for path in paths]
-    note = name_after_files(members, paths)
-    if note:
-        err_console.print(f"note: {note}", markup=False, highlight=False)
-    return members
+    return load_members(paths, note=lambda text: err_console.print(f"note: {text}", highlight=False), **options)
 
 
 def _safetensors_out(path: Path, option: str) -> None:

@@ -28,7 +28,7 @@ from ..errors import (
     NotFittedError,
     first_line,
 )
-from ..members import Member, TorchMember, as_member, check_members
+from ..members import MAX_NAME_CHARS, Member, TorchMember, as_member, check_members
 from .scores import SCORES
 
 __all__ = ["InputGuard", "Verdicts", "feature_shuffled"]
@@ -460,5 +460,5 @@ class _GuardHeader(BaseModel):
     fpr: StrictFloat | StrictInt = Field(gt=0, lt=1)
     range_tolerance: StrictFloat | StrictInt = Field(ge=0)
     seed: StrictInt = Field(ge=0, le=2**32 - 1)
-    member_names: list[Annotated[StrictStr, Field(max_length=256)]] = Field(max_length=1024)
+    member_names: list[Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS)]] = Field(max_length=1024)
     val_auroc: dict[Annotated[StrictStr, Field(max_length=64)], StrictFloat | StrictInt]

@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .._files import read_file
 from ..errors import ConfigError
 from .align_step import AlignOptions
 from .engine import Layout
@@ -291,16 +292,7 @@ def _refuse_duplicate_keys(mapping: yaml.MappingNode) -> None:
 def _read_yaml(path: Path):
     """The YAML document at `path`, refused before it is built if it is too big or expands too much through
     aliases ("billion laughs")."""
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
-    if path.is_dir():
-        raise ConfigError(f"{path} is a folder; pass the YAML config file")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config ({err.strerror}); check its permissions") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {len(data):,} bytes; a merge config is at most {MAX_CONFIG_BYTES:,}")
+    data = read_file(path, "merge config", MAX_CONFIG_BYTES, error=ConfigError)
     try:
         text = data.decode("utf-8")
         root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 from .._atomic import atomic_dir, check_output, jsonable
+from .._files import read_file
 from .._progress import progress_bar
 from .._safetensors import check_readable, read_header
 from .._terminal import terminal_console
@@ -127,11 +128,9 @@ class Checkpoint:
 
     def _indexed_shards(self, index: Path) -> list[Path]:
         """The shard files a sharded checkpoint's index names, each checked to lie inside the folder."""
-        check_readable(index, "safetensors index")
-        if index.stat().st_size > _INDEX_MAX_BYTES:
-            raise CheckpointError(f"{index}: {index.stat().st_size:,} bytes, more than an index can need")
+        raw = read_file(index, "safetensors index", _INDEX_MAX_BYTES)
         try:
-            weight_map = json.loads(index.read_bytes())["weight_map"]
+            weight_map = json.loads(raw)["weight_map"]
         except (ValueError, RecursionError, KeyError, TypeError) as err:
             raise CheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
@@ -317,7 +316,7 @@ def _copy_small_files(source: Path, target: Path, out_dtype: str | None, updates
             continue
         if file.name == "config.json" and (out_dtype or updates):
             try:
-                config = json.loads(file.read_bytes())
+                config = json.loads(read_file(file, "model config", _COPY_MAX_BYTES))
             except (ValueError, RecursionError) as err:
                 raise CheckpointError(f"{file}: not valid JSON ({err}); fix or remove it") from None
             if not isinstance(config, dict):
