@@ -10,7 +10,7 @@ from .._atomic import check_output
 from ..errors import ConfigError
 from .align_step import aligned_copies
 from .config import MergeConfig, load_config
-from .engine import Checkpoint, MergePlan, merge_checkpoints
+from .engine import AdaptedModel, Checkpoint, MergePlan, files_of, merge_checkpoints
 from .methods import METHODS, MergeMethod
 from .modules import DATA_METHODS, merge_modules
 from .soups import GreedySoup, greedy_soup, uniform_soup
@@ -28,6 +28,7 @@ __all__ = [
     "MergePlan",
     "load_config",
     "Checkpoint",
+    "AdaptedModel",
     "uniform_soup",
     "greedy_soup",
     "GreedySoup",
@@ -62,7 +63,7 @@ def merge(
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     models, base = resolved.models, resolved.base
-    inputs += [*models, base]
+    inputs += files_of([*models, *([base] if base is not None else [])])
     run = functools.partial(
         merge_checkpoints,
         out_dir=out_dir,
@@ -79,6 +80,8 @@ def merge(
         progress=progress,
     )
     try:
+        if config.align is not None and any(isinstance(m, AdaptedModel) for m in [*models, base]):
+            raise ConfigError("align: works on saved members; apply the LoRA adapters (MODEL+ADAPTER) without it")
         if config.align is not None and not dry_run:
             check_output(out_dir, kind="folder", overwrite=overwrite, inputs=inputs)  # before the alignment's work
             with aligned_copies(models, base, config.align) as (models, base):
