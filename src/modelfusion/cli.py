@@ -318,6 +318,65 @@ def merge(
             raise OutputError(plan.output_refused)
 
 
+@app.command("extract-lora")
+@guarded
+def extract_lora(
+    base: Annotated[Path, typer.Argument(readable=False, help="the base model (safetensors file or folder)")],
+    finetune: Annotated[Path, typer.Argument(readable=False, help="its fine-tune (same architecture)")],
+    rank: Annotated[int, typer.Option(help="rank of each low-rank update")],
+    out: Annotated[Path, typer.Option(help="the adapter folder to write (PEFT: adapter_config.json, ...)")],
+    embeddings: Annotated[
+        str, typer.Option(help="whole (stored as modules_to_save, as mergekit), lora, or skip")
+    ] = "whole",
+    svd: Annotated[str, typer.Option(help="exact, or randomized (faster on large matrices)")] = "exact",
+    overwrite: Overwrite = False,
+) -> None:
+    """Extract a LoRA adapter that turns BASE into FINETUNE, and report its reconstruction error.
+
+    Python: `modelfusion.merge.lora.extract_lora(base, finetune, out, rank=...)`.
+    """
+    from .merge.lora import REPORT_NAME
+    from .merge.lora import extract_lora as run_extraction
+
+    result = run_extraction(base, finetune, out, rank=rank, embeddings=embeddings, svd=svd, overwrite=overwrite)
+    console.print(f"{result.summary()}\nadapter -> {out} (errors per tensor in {REPORT_NAME})", highlight=False)
+
+
+@app.command("merge-adapters")
+@guarded
+def merge_adapters(
+    adapters: Annotated[list[Path], typer.Argument(readable=False, help="PEFT LoRA adapter folders of one base")],
+    out: Annotated[Path, typer.Option(help="the merged adapter folder to write")],
+    method: Annotated[str, typer.Option(help="linear, task_arithmetic, ties, dare_ties, tsv, wudi, ...")] = (
+        "task_arithmetic"
+    ),
+    weight: Annotated[list[float] | None, typer.Option(help="weight of each adapter (repeat, in order)")] = None,
+    density: Annotated[float | None, typer.Option(help="share of each update kept (ties, dare, ...)")] = None,
+    rank: Annotated[int | None, typer.Option(help="rank of the merged adapter (default: see the docs)")] = None,
+    base: Annotated[
+        Path | None, typer.Option(help="the base model, when adapters store whole tensors (modules_to_save)")
+    ] = None,
+    params: Annotated[
+        str | None, typer.Option(help="other parameters of the method as JSON, e.g. '{\"lambda_\": 0.8}'")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of random methods (DARE, DELLA)")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Merge LoRA adapters into one adapter, without forming the full weights where the method allows.
+
+    Python: `modelfusion.merge.lora.merge_adapters(adapters, out, method=..., rank=..., **params)`.
+    """
+    from .merge.lora import merge_adapters as run_merge
+
+    settings = parse_json_object(params, "--params") or {}
+    if weight:
+        settings["weight"] = list(weight)
+    if density is not None:
+        settings["density"] = density
+    result = run_merge(adapters, out, method=method, rank=rank, base=base, seed=seed, overwrite=overwrite, **settings)
+    console.print(f"{result.summary()}\nadapter -> {out}", highlight=False)
+
+
 def _distill(job) -> None:
     from .distill import run_job
 

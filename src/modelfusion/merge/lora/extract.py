@@ -109,7 +109,7 @@ def extract_lora(
         >>> result.overall_error
         0.0831
     """
-    from .._atomic import check_output
+    from ..._atomic import check_output
     from ..compat import check_compatible
     from ..engine import Checkpoint
 
