@@ -116,3 +116,30 @@ def peft_adapter(
     }
     (folder / "adapter_config.json").write_text(json.dumps(settings))
     return folder
+
+
+WORDS = (
+    "solve the equation add numbers sum product prime integer algebra "
+    "write python function code loop class import return variable "
+    "poem story love night moon river song"
+).split()
+
+
+def write_tokenizer(folder: Path, vocab: int = 50) -> None:
+    """A word-level tokenizer (transformers' fast tokenizer files) whose `vocab` ids are <s>, </s>, <unk>, the
+    words of `WORDS`, and fillers: enough for prompts in tests, made here, nothing downloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["<s>", "</s>", "<unk>", *WORDS]
+    words += [f"w{i}" for i in range(vocab - len(words))]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.add_special_tokens(["<s>", "</s>", "<unk>"])
+    tokenizer.save(str(folder / "tokenizer.json"))
+    settings = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))

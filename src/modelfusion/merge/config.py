@@ -288,7 +288,7 @@ def _expanded_nodes(node: yaml.Node, memo: dict[int, int], open_nodes: set[int])
     return memo[key]
 
 
-def _read_yaml(path: Path):
+def read_yaml(path: Path):
     """The YAML document at `path`, refused before it is built if it is too big or expands too much through
     aliases ("billion laughs")."""
     if not path.exists():
@@ -318,7 +318,7 @@ def _read_yaml(path: Path):
 def load_config(path: str | os.PathLike) -> MergeConfig:
     """Read and validate a YAML merge config; every problem is one `ConfigError` naming the field."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a merge config is a mapping with merge_method, models, ...")
     for key, message in _NOT_YET.items():

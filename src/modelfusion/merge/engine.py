@@ -279,7 +279,7 @@ def _shown(path: Path | AdaptedModel) -> Path | str:
         return path
 
 
-class _StreamingWriter:
+class StreamingWriter:
     """Writes safetensors shards whose headers are planned before any tensor is merged.
 
     Every output name, shape and dtype is known from the input headers, so each shard's header (with the
@@ -361,7 +361,7 @@ class _StreamingWriter:
             (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _copy_small_files(source: Path, target: Path, out_dtype: str | None, updates: Mapping) -> None:
+def copy_small_files(source: Path, target: Path, out_dtype: str | None, updates: Mapping) -> None:
     """Carry the base model's configuration and tokenizer files, with `updates` (and the output dtype) in its
     config.json; a link that leads outside its folder is skipped, so a model folder cannot smuggle another
     file of the user's into the output."""
@@ -507,7 +507,7 @@ def _plan(
     for tensor in tensors:
         index, name = tensor.base or tensor.inputs[0]  # the dtypes the output keeps: the base's, or the first's
         shape, dtype_name = inventories[index][name]
-        dtype = _torch_dtype(dtype_name)
+        dtype = torch_dtype(dtype_name)
         out_layout[tensor.name] = (shape, getattr(torch, out_dtype) if out_dtype and dtype.is_floating_point else dtype)
     plan = MergePlan(
         method=method,
@@ -567,7 +567,7 @@ def _write(plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, s
     member = _member_description(first)
     if member is not None:  # a saved member's task and factory carry over, so `load_member` reads the merge back
         metadata[MEMBER_KEY] = json.dumps({**member, "name": plan.out_dir.name})
-    writer = _StreamingWriter(folder, sources.layout, shard_bytes, metadata)
+    writer = StreamingWriter(folder, sources.layout, shard_bytes, metadata)
     task = bar.add_task(f"merging ({plan.method})", total=plan.num_tensors)
     merge_method = METHODS[plan.method]
     for tensor in sources.tensors:
@@ -579,7 +579,7 @@ def _write(plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, s
         bar.advance(task)
     writer.finish()
     if first.path.is_dir():  # a folder is a model; a lone file's neighbours may be anything
-        _copy_small_files(first.folder, folder, plan.out_dtype, plan.config_updates)
+        copy_small_files(first.folder, folder, plan.out_dtype, plan.config_updates)
 
 
 def _merged_blocks(
@@ -638,7 +638,7 @@ def _member_description(checkpoint: Checkpoint | AdaptedCheckpoint) -> dict | No
     return description
 
 
-def _torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise CheckpointError(f"tensors of dtype {name!r} cannot be merged")
