@@ -5,8 +5,8 @@ An adapter updates some tensors of a base model by low-rank products: for a Line
 Conv1D, `fan_in_fan_out`) the product is transposed. Here every update is held as a `LowRank` in the
 orientation of the tensor it changes (`delta = left @ right`, `left` [rows, r], `right` [r, cols]), with the
 scale folded in, so that merging and applying never need to know where it came from. Tensors an adapter stores
-whole (`modules_to_save`, e.g. a retrained head) replace the base's; `lora_B.bias` (PEFT's `lora_bias`) is added
-to the base's bias.
+whole (`modules_to_save`, e.g. a retrained head, or a wrapped layer's `base_layer` weight) replace the base's
+before its update is added; `lora_B.bias` (PEFT's `lora_bias`) is added to the base's bias.
 
 Reading follows the rules for files a user did not write: the config is bounded and validated, every tensor's
 shape and pairing is checked from the header before use, names from the file are data (never paths or patterns
@@ -149,9 +149,10 @@ class LoraAdapter:
             raise IncompatibleModelsError(f"{where} does not fit {model}: {listed}")
 
     def apply(self, name: str, tensor: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-        """The base tensor `name` (or its rows `rows`, given as `tensor`) with this adapter's change."""
+        """The base tensor `name` (or its rows `rows`, given as `tensor`) with this adapter's change: replaced by
+        the tensor the adapter stores whole, if any, then its low-rank update or bias change added."""
         if name in self.full:
-            return self.full[name] if rows is None else self.full[name][rows]
+            tensor = (self.full[name] if rows is None else self.full[name][rows]).to(tensor.dtype)
         if name in self.updates:
             return (tensor.float() + self.updates[name].delta(rows)).to(tensor.dtype)
         if name in self.bias:
@@ -238,8 +239,8 @@ def read_adapter(path: str | os.PathLike) -> LoraAdapter:
             whole[name[: -len(".lora_B.bias")] + ".bias+"] = key  # a change of the bias, not a new bias
         elif ".lora_" in name:
             raise CheckpointError(f"{weights}: tensor {key[:120]!r} is no LoRA tensor this reader knows")
-        else:
-            whole[name] = key
+        else:  # stored whole; PEFT stores a wrapped layer's own weight (an embedding's) under `base_layer`
+            whole[name.replace(".base_layer.", ".")] = key
         _check_entry(weights, key, entry)
     try:
         with safe_open(str(weights), framework="pt") as handle:
