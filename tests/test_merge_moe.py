@@ -133,3 +133,16 @@ def test_identical_prompts_and_foreign_models_are_refused(models):
     (models / "base" / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     with pytest.raises(IncompatibleModelsError, match="built from Llama or Mistral models"):
         build_moe(_config(models, ["ft0", "ft1"]), models / "out", progress=False)
+
+
+def test_moe_on_the_cli(models):
+    from typer.testing import CliRunner
+
+    from modelfusion.cli import app
+
+    path = _config(models, ["ft0", "ft1"], extra="gate_mode: cheap_embed")
+    result = CliRunner().invoke(app, ["moe", str(path), str(models / "moe"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "2 experts x 2 layers (hidden 16), 2 per token, router from cheap_embed" in result.output
+    again = CliRunner().invoke(app, ["moe", str(path), str(models / "moe")])
+    assert again.exit_code == 2 and "exists and is not empty" in again.output

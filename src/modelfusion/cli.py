@@ -377,6 +377,22 @@ def merge_adapters(
     console.print(f"{result.summary()}\nadapter -> {out}", highlight=False)
 
 
+@_command
+def moe(
+    config: Annotated[Path, typer.Argument(readable=False, help="mergekit-moe's YAML: base_model, experts, gate_mode")],
+    out_dir: Annotated[Path, typer.Argument(help="output folder for the Mixtral-style checkpoint")],
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    overwrite: Overwrite = False,
+) -> None:
+    """Assemble a Mixtral-style mixture of experts from dense fine-tunes of one base model.
+
+    Python: `modelfusion.merge.moe.build_moe(config, out_dir, overwrite=...)`.
+    """
+    from .merge.moe import build_moe
+
+    console.print(build_moe(config, out_dir, overwrite=overwrite, progress=progress).summary(), highlight=False)
+
+
 def _distill(job) -> None:
     from .distill import run_job
 
