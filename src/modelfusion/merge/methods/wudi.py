@@ -11,13 +11,17 @@ norms) get the mean task vector, as in the paper's code.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from ...errors import ConfigError
-from .base import check_shapes, compute_dtype, need_base, register_method
+from .base import Coefficient, Positive, check_shapes, compute_dtype, need_base, register_method
 
 __all__ = ["wudi"]
+
+Steps = Annotated[int, Field(strict=True, ge=0, le=100_000, description="Adam steps (0: task arithmetic's sum)")]
 
 
 @register_method(
@@ -29,9 +33,9 @@ def wudi(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None = None,
     *,
-    steps: int = 300,
-    lr: float = 0.02,
-    scale: float = 1.0,
+    steps: Steps = 300,
+    lr: Positive = 0.02,
+    scale: Coefficient = 1.0,
 ) -> torch.Tensor:
     """`base + scale * T`, T the merged task vector that minimizes `sum_i ||(T - tau_i) tau_i^T||^2 / ||tau_i||^2`.
 
