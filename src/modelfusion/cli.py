@@ -379,6 +379,42 @@ def merge_adapters(
     console.print(f"{result.summary()}\nadapter -> {out}", highlight=False)
 
 
+@app.command("merge-search")
+@guarded
+def merge_search(
+    config: Annotated[Path, typer.Argument(readable=False, help="a merge config listing models (saved members)")],
+    data: Annotated[str, typer.Option(help="the embedded dataset whose validation split scores each merge")],
+    out: Annotated[Path, typer.Option(help="where to write the best config (YAML); its curve goes beside it")],
+    evaluations: Annotated[int, typer.Option(help="merges to score, the config as given included")] = 60,
+    layer_groups: Annotated[int, typer.Option(help="1: a value per model; G: per model and group of layers")] = 1,
+    metric: Annotated[str, typer.Option(help="accuracy or nll")] = "accuracy",
+    optimizer: Annotated[str, typer.Option(help="cma (CMA-ES) or powell (scipy)")] = "cma",
+    seed: Annotated[int, typer.Option(help="seed of the split and of the search")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Tune a merge's per-model weights and densities on validation data; write the best config as YAML.
+
+    Python: `modelfusion.merge.search.search_merge(config, load_dataset(data).val, ...).save(out)`.
+    """
+    from .datasets import load_dataset
+    from .merge.search import search_merge
+
+    if out.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"--out {out}: the best config is YAML; name it with .yaml")
+    split = load_dataset(data, seed=seed).val
+    result = search_merge(
+        config,
+        split,
+        evaluations=evaluations,
+        layer_groups=layer_groups,
+        metric=metric,
+        optimizer=optimizer,
+        seed=seed,
+    )
+    result.save(out, overwrite=overwrite, inputs=[config])
+    console.print(f"{result.summary()}\nbest config -> {out}", highlight=False)
+
+
 @_command
 def moe(
     config: Annotated[Path, typer.Argument(readable=False, help="mergekit-moe's YAML: base_model, experts, gate_mode")],

@@ -43,6 +43,7 @@ def merge(
     overwrite: bool = False,
     progress: bool = True,
     allow_nonfinite: bool = False,
+    console=None,
 ) -> MergePlan:
     """Run a merge config (a `MergeConfig` or the path of its YAML) into `out_dir`.
 
@@ -81,6 +82,7 @@ def merge(
         inputs=inputs,
         progress=progress,
         allow_nonfinite=allow_nonfinite,
+        console=console,
     )
     try:
         if config.align is not None and any(isinstance(m, AdaptedModel) for m in [*models, base]):
