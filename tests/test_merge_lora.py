@@ -293,10 +293,10 @@ def test_adapter_folders_that_are_not_adapters(project):
         read_adapter(folder)
     (folder / "adapter_config.json").write_text("[1, 2]")
     (folder / "adapter_model.bin").unlink()
-    with pytest.raises(CheckpointError, match="a JSON object, got list"):
+    with pytest.raises(CheckpointError, match="a PEFT adapter config is a JSON object, got list"):
         read_adapter(folder)
     (folder / "adapter_config.json").write_bytes(b" " * (2**20 + 1))
-    with pytest.raises(CheckpointError, match="more than an adapter config can need"):
+    with pytest.raises(CheckpointError, match="more than a PEFT adapter config may hold"):
         read_adapter(folder)
     with pytest.raises(CheckpointError, match="no such folder"):
         read_adapter(root / "missing")

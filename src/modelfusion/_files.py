@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from .errors import CheckpointError
 
-__all__ = ["check_readable", "read_file", "open_regular", "safe_stem", "MAX_STEM_CHARS"]
+__all__ = ["check_readable", "read_file", "read_json_object", "open_regular", "safe_stem", "MAX_STEM_CHARS"]
 
 MAX_STEM_CHARS = 100
 # Device names Windows reserves in any folder (with any suffix): a stem never takes one of them.
@@ -107,6 +107,22 @@ def read_file(path: str | os.PathLike, what: str, max_bytes: int | None = None) 
     with open_regular(path, what, max_bytes) as file:
         size = os.fstat(file.fileno()).st_size
         return file.read(size)
+
+
+def read_json_object(path: str | os.PathLike, what: str, max_bytes: int = 2**20) -> dict:
+    """The JSON object in the regular file `path` (a config), at most `max_bytes`; anything else is one
+    CheckpointError naming the file."""
+    import json
+
+    from .errors import CheckpointError
+
+    try:
+        value = json.loads(read_file(path, what, max_bytes))
+    except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, an integer too long, nested too deep
+        raise CheckpointError.unreadable(path, "JSON", err) from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: a {what} is a JSON object, got {type(value).__name__}")
+    return value
 
 
 def safe_stem(name: object, fallback: str = "model") -> str:

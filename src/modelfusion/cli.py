@@ -396,7 +396,9 @@ def merge_search(
 
     Python: `modelfusion.merge.search.search_merge(config, load_dataset(data).val, ...).save(out)`.
     """
+    from ._atomic import atomic_path, check_output
     from .datasets import load_dataset
+    from .errors import MissingExtraError
     from .merge.search import search_merge
 
     if out.suffix not in (".yaml", ".yml"):
@@ -412,7 +414,17 @@ def merge_search(
         seed=seed,
     )
     result.save(out, overwrite=overwrite, inputs=[config])
-    console.print(f"{result.summary()}\nbest config -> {out}", highlight=False)
+    figure = out.with_suffix(".search.svg")
+    try:
+        from .report.figures import search_svg
+
+        check_output(figure, kind="file", overwrite=overwrite, inputs=[config])
+        svg = search_svg({config.name: result.curve_points()}, ylabel=f"validation {metric}")
+        with atomic_path(figure) as tmp:
+            tmp.write_text(svg)
+    except MissingExtraError as err:
+        err_console.print(f"note: no search curve drawn ({err})", markup=False, highlight=False)
+    console.print(f"{result.summary()}\nbest config -> {out} (its search curve beside it)", highlight=False)
 
 
 @_command

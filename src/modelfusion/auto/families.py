@@ -44,7 +44,7 @@ class Context:
     test: Predictions
     seed: int = 0
     candidates: list[Candidate] = field(default_factory=list)
-    curves: dict = field(default_factory=lambda: {"interpolation": {}, "cascade": {}})
+    curves: dict = field(default_factory=lambda: {"interpolation": {}, "cascade": {}, "search": {}})
     fusion: object | None = None  # the output fusion chosen on validation (a fitted combiner), for distillation
 
     @property
@@ -201,6 +201,7 @@ def merge_family(ctx: Context) -> list[Candidate]:
         ctx.curves.setdefault("notes", []).append(f"merge: alignment skipped ({first_line(err, 120)})")
     else:
         add(f"aligned average of {len(models)}", uniform_soup(aligned), "weights averaged after weight matching")
+        _searched_soup(ctx, group, aligned, add)
         ctx.curves["interpolation"][f"{group[0].name} -> {group[1].name} (aligned)"] = interpolation_curve(
             aligned[0], aligned[1], ctx.data.val
         )
@@ -208,6 +209,28 @@ def merge_family(ctx: Context) -> list[Candidate]:
         models[0], models[1], ctx.data.val
     )
     return candidates
+
+
+def _searched_soup(ctx: Context, group: list[TorchMember], aligned: list[nn.Module], add) -> None:
+    """The aligned members' weights in their average searched on validation (`merge.search`, CMA-ES), its
+    search curve kept for the report."""
+    from ..merge.search import search_soup
+
+    members = [
+        TorchMember(model, name=m.name, factory=m.factory, factory_kwargs=m.factory_kwargs)
+        for m, model in zip(group, aligned, strict=True)
+    ]
+    try:
+        merged, result = search_soup(members, ctx.data.val, evaluations=30, seed=ctx.seed)
+    except ModelFusionError as err:  # e.g. the search extra is missing: say so, go on
+        ctx.curves.setdefault("notes", []).append(f"merge: weight search skipped ({first_line(err, 120)})")
+        return
+    weights = ", ".join(f"{v:.2f}" for v in result.settings.values())
+    note = f"aligned weights searched on validation (CMA-ES, {len(result.curve)} merges): {weights}"
+    add(f"searched weights of {len(aligned)} (aligned)", merged, note)
+    ctx.curves["search"][f"weights of {len(aligned)} aligned members"] = [  # as NLL: the search maximizes -NLL
+        {"evaluation": p["evaluation"], "value": -p["score"], "best": -p["best"]} for p in result.curve
+    ]
 
 
 def distill_family(ctx: Context) -> list[Candidate]:

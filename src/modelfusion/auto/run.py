@@ -214,6 +214,7 @@ def _finish(
             },
             "interpolation": ctx.curves["interpolation"],
             "cascade": ctx.curves["cascade"],
+            "search": ctx.curves["search"],
         },
         "diversity": _diversity(ctx),
         "skipped": skipped,

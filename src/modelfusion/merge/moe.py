@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .._atomic import atomic_dir, check_output
 from .._checks import first_problem
+from .._files import read_json_object
 from .._progress import progress_bar
 from ..errors import CheckpointError, ConfigError, IncompatibleModelsError, MissingExtraError
 from .config import ModelPath, model_reference, read_yaml
@@ -195,16 +196,9 @@ def _check_prompts(config: MoEConfig, source: str) -> None:
 def _model_config(folder: Path) -> dict:
     """The base model's config.json: a Llama or Mistral model with the sizes the layout needs."""
     path = folder / "config.json"
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{folder}: no config.json; the base model must be a Hugging Face model folder")
-    if path.stat().st_size > _MAX_CONFIG_JSON:
-        raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes, more than a model config can need")
-    try:
-        config = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as err:
-        raise CheckpointError.unreadable(path, "JSON", err) from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: a model config is a JSON object")
+    config = read_json_object(path, "model config", _MAX_CONFIG_JSON)
     if config.get("model_type") not in ("llama", "mistral"):
         raise IncompatibleModelsError(
             f"{path}: model_type {str(config.get('model_type'))[:40]!r}; a Mixtral mixture is built from Llama or "

@@ -33,7 +33,7 @@ from .engine import AdaptedModel, open_checkpoint
 from .methods import METHODS
 from .slices import layer_of
 
-__all__ = ["search_merge", "SearchResult", "RANGES", "OPTIMIZERS"]
+__all__ = ["search_merge", "search_soup", "SearchResult", "RANGES", "OPTIMIZERS"]
 
 RANGES = {"weight": (0.0, 1.0), "density": (0.1, 1.0)}
 OPTIMIZERS = ("cma", "powell")
@@ -69,10 +69,10 @@ class SearchResult:
         return yaml.safe_dump(document, sort_keys=False)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False, inputs: Sequence = ()) -> Path:
-        """The best config at `path` (YAML); beside it `<name>.search.json` (the curve and the settings) and, with
-        matplotlib, `<name>.search.svg` (the curve drawn)."""
+        """The best config at `path` (YAML), and beside it `<name>.search.json`: the curve and the settings
+        (`modelfusion.report.figures.search_svg` draws the curve)."""
         path = Path(path)
-        curve_json, curve_svg = path.with_suffix(".search.json"), path.with_suffix(".search.svg")
+        curve_json = path.with_suffix(".search.json")
         for output in (path, curve_json):
             check_output(output, kind="file", overwrite=overwrite, inputs=inputs)
         with atomic_path(path) as tmp:
@@ -80,30 +80,11 @@ class SearchResult:
         summary = {"metric": self.metric, "score": self.score, "start_score": self.start_score}
         with atomic_path(curve_json) as tmp:
             tmp.write_text(json.dumps({**summary, "settings": self.settings, "curve": self.curve}, indent=1) + "\n")
-        try:
-            svg = search_curve_svg(self.curve, self.metric)
-        except MissingExtraError:
-            return path
-        check_output(curve_svg, kind="file", overwrite=overwrite, inputs=inputs)
-        with atomic_path(curve_svg) as tmp:
-            tmp.write_text(svg)
         return path
 
-
-def search_curve_svg(curve: list[dict], metric: str) -> str:
-    """Each evaluation's validation score and the best so far, as an SVG figure (the `report` extra)."""
-    from ..report.plots import pyplot, svg_markup
-
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6, 3.2))
-    steps = [p["evaluation"] for p in curve]
-    axis.plot(steps, [p["score"] for p in curve], ".", alpha=0.5, label="each merge")
-    axis.plot(steps, [p["best"] for p in curve], "-", label="best so far")
-    axis.set_xlabel("evaluation")
-    axis.set_ylabel(f"validation {metric}")
-    axis.set_title("Merge search")
-    axis.legend(loc="lower right")
-    return svg_markup(figure, "merge search")
+    def curve_points(self) -> list[dict]:
+        """The curve as the report draws it: each merge's validation score and the best so far."""
+        return [{"evaluation": p["evaluation"], "value": p["score"], "best": p["best"]} for p in self.curve]
 
 
 def _relative(model: str, where: Path) -> str:
@@ -327,3 +308,30 @@ def _optimize(objective, start: np.ndarray, evaluations: int, optimizer: str, se
             minimize(limited, start, method="Powell", bounds=[(0, 1)] * len(start), options={"maxfev": evaluations})
     except _Budget:
         return
+
+
+def search_soup(
+    members: Sequence,
+    data,
+    *,
+    method: str = "linear",
+    evaluations: int = 30,
+    metric: Literal["accuracy", "nll"] = "nll",
+    seed: int = 0,
+):
+    """`search_merge` over in-memory torch members of one registered factory (what `auto`'s merge family
+    searches): each member's weight in a `method` merge of them, scored on `data`. Returns the merged module and
+    the `SearchResult`."""
+    from ..io import load_member, save_member
+
+    with tempfile.TemporaryDirectory(prefix="modelfusion-soup-") as folder:
+        paths = []
+        for index, member in enumerate(members):
+            paths.append(save_member(member, Path(folder) / f"member{index}.safetensors"))
+        entries = [{"model": str(p), "parameters": {"weight": 1.0 / len(paths)}} for p in paths]
+        config = MergeConfig.model_validate({"merge_method": method, "models": entries})
+        result = search_merge(config, data, evaluations=evaluations, metric=metric, seed=seed)
+        merged = Path(folder) / "best"
+        _scored(result.config, merged, lambda out: 0.0)
+        module = load_member(next(merged.glob("*.safetensors"))).module
+    return module, result

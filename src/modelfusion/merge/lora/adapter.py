@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..._atomic import atomic_dir
-from ..._checks import first_problem
-from ..._safetensors import check_readable, read_header
+from ..._files import read_json_object
+from ..._safetensors import check_readable, parse_description, read_header
 from ...errors import CheckpointError, IncompatibleModelsError
 
 __all__ = ["LowRank", "LoraAdapter", "AdapterConfig", "read_adapter", "write_adapter", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -164,25 +164,12 @@ class LoraAdapter:
 # -- reading --------------------------------------------------------------------------------------------------
 def _read_config(folder: Path) -> AdapterConfig:
     path = folder / CONFIG_NAME
-    check_readable(path, "PEFT adapter config")
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise CheckpointError(f"{path}: {size:,} bytes, more than an adapter config can need ({MAX_CONFIG_BYTES:,})")
-    try:
-        raw = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as err:
-        raise CheckpointError.unreadable(path, "JSON", err) from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: an adapter config is a JSON object, got {type(raw).__name__}")
+    raw = read_json_object(path, "PEFT adapter config", MAX_CONFIG_BYTES)
     if raw.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{path}: peft_type {str(raw['peft_type'])[:40]!r} is not supported; only LORA is")
     if raw.get("use_dora"):
         raise CheckpointError(f"{path}: DoRA adapters (use_dora) are not supported; merge it into its model first")
-    try:
-        return AdapterConfig.model_validate(raw)
-    except ValidationError as err:
-        where, problem = first_problem(err)
-        raise CheckpointError(f"{path}: field {where!r} is invalid ({problem})") from None
+    return parse_description(AdapterConfig, raw, path, "PEFT adapter config")
 
 
 _SUFFIXES = {  # a tensor's name ends -> (the pair's part, layout)
