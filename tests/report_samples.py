@@ -56,6 +56,12 @@ def auto_results(names: list[str] | None = None) -> dict:
                     for t in np.linspace(0, 1, 21).tolist()
                 ]
             },
+            "search": {
+                "weights of 3 aligned members": [
+                    {"evaluation": i, "value": 0.5 - 0.01 * i + 0.05 * (i % 3), "best": 0.5 - 0.01 * i}
+                    for i in range(12)
+                ]
+            },
         },
         "diversity": {"members": members, "disagreement": disagreement.tolist(), "oracle_accuracy": 0.99},
         "skipped": [{"family": "align", "reason": "the members have different architectures"}],
