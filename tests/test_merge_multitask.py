@@ -180,3 +180,22 @@ def test_adamerging_lowers_the_entropy_of_each_tasks_predictions():
     assert after < 0.9 * before
     with pytest.raises(ConfigError, match="pass base="):
         merge_modules(models, "adamerging", data=data)
+
+
+# -- TALL masks -----------------------------------------------------------------------------------------------
+def test_tall_masks_keep_each_tasks_dominant_entries_of_the_summed_task_vector():
+    base = {"w": torch.zeros(3)}
+    tunes = [{"w": torch.tensor([1.0, 0.1, -1.0])}, {"w": torch.tensor([0.2, 1.0, 1.0])}]
+    merged = merge_per_task(tunes, base=base, method="tall_masks", tasks=["a", "b"], lambda_=0.5)
+    torch.testing.assert_close(merged.unified["w"], torch.tensor([1.2, 1.1, 0.0]))
+    # a: |1| >= 0.5 |0.2|, |0.1| < 0.5 |1|, |-1| >= 0.5 |1|; b: |0.2| < 0.5 |1|, |1| >= 0.5 |0.1|, |1| >= 0.5 |-1|
+    assert merged.masks["a"]["w"].tolist() == [True, False, True]
+    assert merged.masks["b"]["w"].tolist() == [False, True, True]
+    torch.testing.assert_close(merged.state_dict("a")["w"], torch.tensor([1.2, 0.0, 0.0]))
+    per_task = merge_per_task(tunes, base=base, method="tall_masks", tasks=["a", "b"], lambda_=[0.05, 10.0])
+    assert per_task.masks["a"]["w"].tolist() == [True, True, True] and per_task.masks["b"]["w"].tolist()[:2] == [
+        False,
+        False,
+    ]
+    with pytest.raises(ConfigError, match="one per task"):
+        merge_per_task(tunes, base=base, method="tall_masks", lambda_=[0.5])

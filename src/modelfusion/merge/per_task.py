@@ -24,7 +24,7 @@ from ..errors import CheckpointError, ConfigError, InvalidInputError
 from ..registry import Registry
 from .compat import check_compatible
 
-__all__ = ["PerTaskMerge", "TASK_METHODS", "merge_per_task", "emr"]
+__all__ = ["PerTaskMerge", "TASK_METHODS", "merge_per_task", "emr", "tall_masks"]
 
 _KEY = "modelfusion.per_task"
 _BASE, _UNIFIED, _MASK = "base.", "unified.", "mask."
@@ -180,6 +180,7 @@ def merge_per_task(
         base: the pretrained model they were fine-tuned from.
         method: a name from `TASK_METHODS` ("emr").
         tasks: the task names (default "0", "1", ...).
+        params: the method's settings (`tall_masks`: `lambda_`, one for all tasks or one per task, and `scale`).
 
     Example:
         >>> merged = merge_per_task([ft_a, ft_b], base=pretrained, tasks=["a", "b"])
@@ -223,3 +224,37 @@ def emr(states: list[dict], base: dict, tasks: tuple[str, ...]) -> PerTaskMerge:
                 kept[index] += (vector * agree[index]).abs().mean().double()
     rescalers = {t: float(own[i] / kept[i]) if kept[i] > 0 else 1.0 for i, t in enumerate(tasks)}
     return PerTaskMerge("emr", tasks, {k: v.clone() for k, v in base.items()}, unified, masks, rescalers)
+
+
+@TASK_METHODS.register("tall_masks")
+def tall_masks(
+    states: list[dict],
+    base: dict,
+    tasks: tuple[str, ...],
+    *,
+    lambda_: float | Sequence[float] = 0.4,
+    scale: float = 1.0,
+) -> PerTaskMerge:
+    """TALL masks (Wang et al., ICML 2024, "Localizing Task Information for Improved Model Merging and
+    Compression"): the multi-task vector `T = sum_i tau_i` is shared; task t keeps the entries where its own task
+    vector outweighs the others', `|tau_t| >= lambda_t |T - tau_t|`, so that its model is
+    `base + scale * mask_t * T`. `lambda_` (one for all tasks, or one per task, chosen on each task's validation
+    data in the paper) trades the task's own information against the others'."""
+    lambdas = [float(lambda_)] * len(tasks) if isinstance(lambda_, int | float) else [float(v) for v in lambda_]
+    if len(lambdas) != len(tasks) or not all(math.isfinite(v) and v >= 0 for v in lambdas):
+        raise ConfigError(
+            f"tall_masks: lambda_ is one number of at least 0, or one per task ({len(tasks)}); got {lambda_}"
+        )
+    if not math.isfinite(scale):
+        raise ConfigError(f"tall_masks: scale must be a finite number, got {scale}")
+    unified, masks = {}, {t: {} for t in tasks}
+    for name, weight in base.items():
+        if not weight.is_floating_point():
+            continue
+        vectors = torch.stack([s[name].to(torch.float32) - weight.to(torch.float32) for s in states])  # [K, ...]
+        total = vectors.sum(0)
+        unified[name] = total * scale
+        for index, task in enumerate(tasks):
+            masks[task][name] = vectors[index].abs() >= lambdas[index] * (total - vectors[index]).abs()
+    rescalers = dict.fromkeys(tasks, 1.0)
+    return PerTaskMerge("tall_masks", tasks, {k: v.clone() for k, v in base.items()}, unified, masks, rescalers)
