@@ -712,12 +712,11 @@ def test_factory_arguments_that_would_build_far_more_than_the_file_holds_are_ref
 
 
 def _special_readers(folder: Path) -> dict:
-    from modelfusion.results import load_results
-
     from modelfusion.ensemble import EnsembleModule, load_combiner
     from modelfusion.guard import InputGuard
     from modelfusion.merge import load_config
     from modelfusion.predictions import Predictions
+    from modelfusion.results import load_results
 
     return {
         **{f"member{suffix}": (f"m{suffix}", load_member) for suffix in (".safetensors", ".pt", ".onnx", ".skops")},
