@@ -3,6 +3,7 @@
 from .errors import (
     CheckpointError,
     ConfigError,
+    DataError,
     IncompatibleModelsError,
     InvalidInputError,
     LeakageError,
@@ -22,6 +23,7 @@ __all__ = [
     "ModelFusionError",
     "CheckpointError",
     "ConfigError",
+    "DataError",
     "IncompatibleModelsError",
     "InvalidInputError",
     "LeakageError",

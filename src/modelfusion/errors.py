@@ -9,6 +9,7 @@ __all__ = [
     "CheckpointError",
     "IncompatibleModelsError",
     "InvalidInputError",
+    "DataError",
     "LeakageError",
     "ConfigError",
     "UnknownNameError",
@@ -58,6 +59,10 @@ class IncompatibleModelsError(ModelFusionError):
 
 class InvalidInputError(ModelFusionError, ValueError):
     """Bad data: wrong shapes, NaN/inf values, empty inputs."""
+
+
+class DataError(InvalidInputError):
+    """A data file or folder that cannot be read as a dataset: the message names the file and the row or column."""
 
 
 class LeakageError(InvalidInputError):
