@@ -13,7 +13,7 @@ import torch
 
 from .errors import InvalidInputError
 
-__all__ = ["Texts", "is_texts"]
+__all__ = ["Texts", "is_texts", "as_texts"]
 
 
 class Texts(Sequence[str]):
