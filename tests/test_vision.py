@@ -72,3 +72,25 @@ def test_arguments_from_a_file_are_checked_against_the_factory(tmp_path):
     path = save_member(member, tmp_path / "r.safetensors")
     with pytest.raises(CheckpointError, match="takes no arguments \\['block'\\]"):
         load_member(path)
+
+
+def test_a_spliced_resnet_saves_and_reloads_through_registered_names_only(tmp_path):
+    from modelfusion.features import spliced_member
+
+    torch.manual_seed(0)
+    backbone = TorchMember(
+        MODELS["torchvision.resnet18"](num_classes=4), name="r", factory="torchvision.resnet18",
+        factory_kwargs={"num_classes": 4},
+    )  # fmt: skip
+    X = torch.randn(3, 3, 32, 32)
+    member = spliced_member(backbone, 6, at="layer3", example_input=X[:2])
+    path = save_member(member, tmp_path / "spliced.safetensors")
+    torch.testing.assert_close(load_member(path).predict(X), member.predict(X))
+    header = json.loads(json.loads(_header(path))["__metadata__"]["modelfusion"])
+    assert header["factory"] == "spliced" and header["factory_kwargs"]["backbone"] == "torchvision.resnet18"
+    assert header["factory_kwargs"]["input_shape"] == [3, 32, 32]
+
+
+def _header(path: Path) -> str:
+    data = path.read_bytes()
+    return data[8 : 8 + int.from_bytes(data[:8], "little")].decode()

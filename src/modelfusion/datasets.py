@@ -129,7 +129,7 @@ class Dataset:
         drawn from `X` (stratified, seeded). `class_names[i]` names label `i` when labels are 0..C-1.
 
         Example:
-            >>> data = Dataset.from_arrays(X, y, seed=0)  # X [N, F] numbers, y [N] labels
+            >>> data = Dataset.from_arrays(X, y, seed=0)  # X [1000, 20] numbers, y [1000] labels
             >>> data.train.X.shape, data.kind
             (torch.Size([600, 20]), 'tabular')
         """
@@ -372,9 +372,9 @@ def load_data(
             label, mixed types, an empty file, an image that does not decode, ...).
 
     Example:
-        >>> data = load_data("train.csv", target="species")
-        >>> data.summary()
-        'train: 7 features, 3 classes, train/val/test 90/30/30 (seed 0)'
+        >>> data = load_data("penguins.csv", target="species")
+        >>> data.kind, data.class_names
+        ('tabular', ('Adelie', 'Chinstrap', 'Gentoo'))
     """
     from .readers import read_source
 

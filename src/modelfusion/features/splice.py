@@ -80,5 +80,6 @@ def spliced_member(backbone: TorchMember, num_outputs: int, *, at: str, example_
         "at": at,
         "num_outputs": num_outputs,
         "in_features": int(example_input[0].numel()),
+        "input_shape": list(example_input.shape[1:]),
     }
     return TorchMember(model, name=f"{backbone.name}_spliced", factory="spliced", factory_kwargs=kwargs)

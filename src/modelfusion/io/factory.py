@@ -214,16 +214,27 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
 
 
 @MODELS.register("spliced")
-def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs: int, in_features: int) -> nn.Module:
+def spliced_model(
+    backbone: str,
+    backbone_kwargs: Mapping,
+    at: str,
+    num_outputs: int,
+    in_features: int,
+    input_shape: list[int] | None = None,
+) -> nn.Module:
     """A factory for checkpoints of spliced models (registered as "spliced"): rebuilds the backbone from its
     own factory, cuts it and adds a `num_outputs` head, so `load_member` restores the weights. The backbone
     factory must be registered too, with arguments checked like a file's: a checkpoint never names code to run.
     For any other backbone, rebuild with `splice(your_backbone, ...)` and load the weights with load_state_dict.
+    `input_shape` is one sample's shape for backbones that take images (`[3, 32, 32]`), else `[in_features]`.
     """
     from ..features.splice import splice  # here, not above: loading other checkpoints needs none of features
 
+    shape = list(input_shape) if input_shape else [in_features]
+    if not all(isinstance(d, int) and 0 < d <= MAX_ARGUMENT_ITEMS for d in shape) or math.prod(shape) != in_features:
+        raise CheckpointError(f"a spliced checkpoint's input_shape {shape} does not hold {in_features} features")
     trunk = build_named_model(backbone, backbone_kwargs, "a spliced checkpoint's backbone")
-    return splice(trunk, num_outputs, at=at, example_input=torch.zeros(2, in_features))
+    return splice(trunk, num_outputs, at=at, example_input=torch.zeros(2, *shape))
 
 
 @MODELS.register("compressed")
