@@ -17,6 +17,7 @@ from modelfusion.datasets import load_dataset
 from modelfusion.distill import ModelTeacher, distill
 from modelfusion.io import load_member, save_member
 from modelfusion.members import TorchMember
+from modelfusion.merge import METHODS, merge_state_dicts
 from modelfusion.models import mlp
 from modelfusion.predictions import Predictions
 
@@ -250,7 +251,9 @@ def test_slerp_t_must_be_a_number(merge_project):
     path.write_text(
         "merge_method: slerp\nbase_model: m0.safetensors\nmodels:\n  - model: m1.safetensors\nparameters: {t: half}\n"
     )
-    assert "parameter 't' of 'slerp' must be a number, got str 'half'" in _error_line(["merge", str(path), "out"])
+    line = _error_line(["merge", str(path), "out"])
+    assert "parameter 't' of 'slerp' (the position from the base (0) to the other model (1)) must be a number" in line
+    assert line.endswith("got str 'half'")
 
 
 @pytest.mark.parametrize("method", ["linear", "ties", "slerp", "task_arithmetic", "dare_linear"])
@@ -303,12 +306,12 @@ def test_duplicate_member_names(tmp_path, trained_mlp, digits):
 
 
 def test_an_unreadable_file_is_not_reported_missing(member_file, monkeypatch):
-    import modelfusion._safetensors as module
+    import modelfusion._files as module
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(module, "open", refuse, raising=False)
+    monkeypatch.setattr(module.os, "open", refuse)
     with pytest.raises(CheckpointError, match="cannot open the checkpoint .Permission denied.; check its permissions"):
         load_member(member_file)
 
@@ -345,7 +348,7 @@ def test_a_file_name_with_a_newline_stays_on_one_line(merge_project):
         (
             "merge_method: ties\nbase_model: m0.safetensors\nmodels:\n  - model: m1.safetensors\n"
             "    parameters: {density: 2}\n",
-            "share of entries kept: from 0 (excluded) to 1, got 2",
+            "parameter 'density' of 'ties' (the share of task-vector entries kept) must be at most 1, got 2",
         ),
         (
             "merge_method: linear\nmodels:\n  - model: m0.safetensors\n  - model: m1.safetensors\nshard_size: -5\n",
@@ -362,6 +365,94 @@ def test_merge_values_out_of_range(merge_project, config, match):
     path = merge_project / "merge.yaml"
     path.write_text(config)
     assert match in _error_line(["merge", str(path), str(merge_project / "out")])
+
+
+_TWO = "models:\n  - model: m0.safetensors\n  - model: m1.safetensors\n"
+_SLERP = "merge_method: slerp\nbase_model: m0.safetensors\nmodels:\n  - model: m1.safetensors\n"
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (
+            _SLERP + "parameters: {t: 1.7}\n",
+            "(the position from the base (0) to the other model (1)) must be at most 1",
+        ),
+        (_SLERP + "parameters: {t: -0.5}\n", "must be at least 0, got -0.5"),
+        (_SLERP.replace("slerp", "nearswap") + "parameters: {t: -1}\n", "'t' of 'nearswap' (the distance under"),
+        ("merge_method: multislerp\n" + _TWO + "parameters: {eps: -1}\n", "'eps' of 'multislerp' must be above 0"),
+        (
+            "merge_method: karcher\n" + _TWO + "parameters: {max_iter: 0}\n",
+            "'max_iter' of 'karcher' must be at least 1",
+        ),
+        ("merge_method: karcher\n" + _TWO + "parameters: {max_iter: 2.5}\n", "must be a whole number, got float 2.5"),
+        ("merge_method: linear\n" + _TWO + "parameters: {normalize: 1}\n", "must be true or false, got int 1"),
+        ("merge_method: linear\n" + _TWO + "random_seed: '5'\n", "random_seed: Input should be a valid integer"),
+        ("merge_method: linear\n" + _TWO + "models:\n  - model: m0.safetensors\n", "the key 'models' appears twice"),
+        (
+            "merge_method: linear\nmodels:\n  - model: m0.safetensors\n    parameters: {weight: 1.0e+308}\n"
+            "  - model: m1.safetensors\n    parameters: {weight: 1.0e+308}\n",
+            "parameter 'weight' of 'linear' must be at most 3.40282e+38, got 1e+308",
+        ),
+        (
+            "merge_method: linear\nmodels:\n  - model: m0.safetensors\n    parameters: {weight: 3.0e+38}\n"
+            "  - model: m1.safetensors\n    parameters: {weight: 3.0e+38}\nparameters: {normalize: false}\n",
+            "the merged tensor 'w' holds NaN or inf: its inputs are finite, so the merge's arithmetic overflowed",
+        ),
+        (
+            "merge_method: ties\nbase_model: m0.safetensors\n" + _TWO + "parameters: {density: 0.5, lambda: 1.0e+39}\n",
+            "parameter 'lambda' of 'ties' must be at most 3.40282e+38",
+        ),
+        ("merge_method: linear\nmodels:\n  - model: ~nosuchuser/x\n  - model: m1.safetensors\n", "'~nosuchuser' is"),
+        (
+            "merge_method: linear\nmodels:\n  - model: m0.safetensors\n  - model: nan.safetensors\n",
+            "nan.safetensors holds NaN",
+        ),
+        ("merge_method: linear\nmodels:\n  - model: shards\n  - model: shards\n", "'w' is in two shards"),
+    ],
+)
+def test_merge_values_and_inputs_out_of_range_are_refused(merge_project, config, match):
+    """Issue 28: each of these merged with exit 0 (or ended in a traceback); now one line, and no output."""
+    save_file(
+        {"w": torch.full((4, 3), float("nan")), "empty": torch.zeros(0, 3)}, str(merge_project / "nan.safetensors")
+    )
+    shards = merge_project / "shards"
+    shards.mkdir()
+    save_file({"w": torch.ones(4, 3)}, str(shards / "model-00001-of-00002.safetensors"))
+    save_file({"w": torch.zeros(4, 3), "empty": torch.zeros(0, 3)}, str(shards / "model-00002-of-00002.safetensors"))
+    index = {"w": "model-00001-of-00002.safetensors", "empty": "model-00002-of-00002.safetensors"}
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": index}))
+    path = merge_project / "merge.yaml"
+    path.write_text(config)
+    assert match in _error_line(["merge", str(path), str(merge_project / "out")])
+    assert not (merge_project / "out").exists()
+    assert not [p for p in merge_project.iterdir() if p.name.startswith(".")]
+
+
+def test_non_finite_merges_are_written_when_allowed(merge_project):
+    save_file(
+        {"w": torch.full((4, 3), float("inf")), "empty": torch.zeros(0, 3)}, str(merge_project / "inf.safetensors")
+    )
+    path = merge_project / "merge.yaml"
+    path.write_text("merge_method: linear\nmodels:\n  - model: m0.safetensors\n  - model: inf.safetensors\n")
+    result = CliRunner().invoke(app, ["merge", str(path), str(merge_project / "out"), "--allow-nonfinite"])
+    assert result.exit_code == 0, result.output
+    assert torch.isinf(load_file(str(merge_project / "out" / "model.safetensors"))["w"]).all()
+    states = [load_file(str(merge_project / n)) for n in ("m0.safetensors", "inf.safetensors")]
+    with pytest.raises(IncompatibleModelsError, match="model 1 holds NaN or inf"):
+        merge_state_dicts(states, "linear")
+    assert torch.isinf(merge_state_dicts(states, "linear", allow_nonfinite=True)["w"]).all()
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_merge_method_declares_checkable_parameters(name):
+    """The parameter model is built from each registered method's signature; its defaults pass its own check."""
+    method = METHODS[name]
+    defaults = {k: p.default for k, p in method.parameters.items() if p.default is not None}
+    method.check(defaults, 2)
+    for key in method.parameters:
+        with pytest.raises(ConfigError, match=f"parameter {key.rstrip('_')!r} of {name!r}"):
+            method.check({key: object()}, 2)
 
 
 def test_a_folder_output_named_like_a_file(member_file, tmp_path):

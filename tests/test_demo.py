@@ -14,6 +14,8 @@ from modelfusion.ensemble import combiners_for
 from modelfusion.io import load_member
 from modelfusion.predictions import Predictions
 
+from .limits import HANG_GUARD_S
+
 
 def _run_cli(args):
     result = CliRunner().invoke(app, args)
@@ -100,7 +102,7 @@ def test_console_script_runs_the_default_demo(tmp_path):
         [str(script), "demo", "--out", str(tmp_path / "demo"), "--no-progress"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
         env=env,
     )
     assert result.returncode == 0, result.stderr

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ._checks import parse_json_object
 from ._cli_support import Overwrite, command_from_job, err_console, guarded
+from ._terminal import terminal_console
 from .errors import ConfigError, InvalidInputError
 
 app = typer.Typer(
@@ -21,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Rich wraps tables at 80 columns when output is not a terminal; the leaderboard needs about 100.
-console = Console(width=None if sys.stdout.isatty() else 110)
+console = terminal_console(piped_width=110)
 
 
 WriteReport = Annotated[
@@ -303,15 +302,18 @@ def merge(
         bool, typer.Option(help="check compatibility and the output, print the plan; write nothing")
     ] = False,
     overwrite: Overwrite = False,
+    allow_nonfinite: Annotated[
+        bool, typer.Option(help="write merged tensors that hold NaN or inf instead of refusing the merge")
+    ] = False,
 ) -> None:
     """Merge same-architecture safetensors checkpoints tensor by tensor, as a config says.
 
-    Python: `modelfusion.merge.merge(config, out_dir, dry_run=..., overwrite=...)`.
+    Python: `modelfusion.merge.merge(config, out_dir, dry_run=..., overwrite=..., allow_nonfinite=...)`.
     """
     from .errors import OutputError
     from .merge import merge as run_merge
 
-    plan = run_merge(config, out_dir, dry_run=dry_run, overwrite=overwrite)
+    plan = run_merge(config, out_dir, dry_run=dry_run, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     if dry_run:
         console.print(plan.describe(), highlight=False, markup=False)
         if plan.output_refused:

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.text import Text
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from . import __version__
 from ._atomic import atomic_dir, write_json
+from ._terminal import terminal_console, terminal_text
 from .datasets import Dataset, load_dataset
 from .ensemble import fuse_and_evaluate, save_combiner
 from .errors import ConfigError
@@ -102,7 +104,7 @@ def run_demo(
         >>> results = run_demo("digits", out="runs/demo")
         >>> results["test"]["best_member"]
     """
-    console = console or Console()
+    console = console or terminal_console()
     start = time.perf_counter()
     out = Path(out)
     if (epochs is not None and epochs < 1) or n_mlps < 0:
@@ -111,7 +113,7 @@ def run_demo(
         check_report_extra()  # before any training
     data = load_dataset(dataset, seed=seed)
     with atomic_dir(out, overwrite=overwrite) as folder:
-        console.print(f"[bold]modelfusion demo[/bold]  {data.summary()}")
+        console.print(Text.assemble(("modelfusion demo", "bold"), "  ", terminal_text(data.summary())))
         results = _train_fuse_and_score(data, folder, out, epochs, n_mlps, progress, console)
         results["wall_seconds"] = round(time.perf_counter() - start, 2)
         write_json(folder / "results.json", results)

@@ -4,6 +4,8 @@ Warnings modelfusion emits on purpose are `UserWarning` subclasses defined here 
 
 from __future__ import annotations
 
+from ._terminal import escape_controls
+
 __all__ = [
     "ModelFusionError",
     "CheckpointError",
@@ -22,10 +24,6 @@ __all__ = [
 ]
 
 
-# Control characters (a newline in a file name a config gave) are shown escaped, so a message stays one line.
-_ESCAPED = {code: repr(chr(code))[1:-1] for code in range(32) if chr(code) != "\t"}
-
-
 def first_line(err: Exception, limit: int = 200) -> str:
     """What a library's error says, fit for a one-line message: the first line of its text (at most `limit`
     characters), or its type's name when it says nothing."""
@@ -38,7 +36,9 @@ class ModelFusionError(Exception):
     one line."""
 
     def __str__(self) -> str:
-        return super().__str__().translate(_ESCAPED)
+        # Control characters (a newline in a file name a config gave, an ESC sequence in a member's name) are
+        # shown escaped, so that a message stays one line and the terminal obeys nothing in it.
+        return escape_controls(super().__str__(), keep="\t")
 
 
 class CheckpointError(ModelFusionError):
@@ -78,7 +78,7 @@ class UnknownNameError(ConfigError, KeyError):
     """A name that is not in a registry (dataset, method, combiner)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]).translate(_ESCAPED) if self.args else ""
+        return escape_controls(self.args[0], keep="\t") if self.args else ""
 
 
 class NotFittedError(ModelFusionError, RuntimeError):

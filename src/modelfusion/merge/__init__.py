@@ -41,12 +41,14 @@ def merge(
     dry_run: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    allow_nonfinite: bool = False,
 ) -> MergePlan:
     """Run a merge config (a `MergeConfig` or the path of its YAML) into `out_dir`.
 
     Relative model paths are resolved against the config file's folder (or the working folder). An existing
     non-empty `out_dir` is replaced only with `overwrite`, and never when it is or holds the config or a model;
-    a dry run reports such a refusal in the plan (`MergePlan.output_refused`) instead of raising.
+    a dry run reports such a refusal in the plan (`MergePlan.output_refused`) instead of raising. A merged
+    tensor that holds NaN or inf is refused (naming the model whose tensor does) unless `allow_nonfinite`.
 
     Example:
         >>> merge("ties.yaml", "merged/")
@@ -77,6 +79,7 @@ def merge(
         overwrite=overwrite,
         inputs=inputs,
         progress=progress,
+        allow_nonfinite=allow_nonfinite,
     )
     try:
         if config.align is not None and not dry_run:

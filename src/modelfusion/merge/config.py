@@ -125,7 +125,7 @@ class MergeConfig(BaseModel):
     parameters: dict[str, Any] = {}
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     out_dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    random_seed: int = Field(0, ge=0, le=2**63 - 1)
+    random_seed: int = Field(0, ge=0, le=2**63 - 1, strict=True)
     shard_size: str | int = "5GB"
     align: AlignOptions | None = None
 
@@ -145,7 +145,10 @@ class MergeConfig(BaseModel):
         layout of the output tensors when slices, gradients or filters ask for one."""
 
         def path(name: str) -> Path:
-            candidate = Path(name).expanduser()
+            try:
+                candidate = Path(name).expanduser()
+            except RuntimeError:  # "~user/..." of a user this machine does not know
+                raise ConfigError(f"{name}: the home folder of {name.split('/')[0]!r} is unknown here") from None
             return candidate if candidate.is_absolute() else root / candidate
 
         if bool(self.models) == bool(self.slices):
@@ -265,10 +268,24 @@ def _expanded_nodes(node: yaml.Node, memo: dict[int, int], open_nodes: set[int])
         if isinstance(node, yaml.SequenceNode):
             children = node.value
         elif isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(node)
             children = [item for pair in node.value for item in pair]
         memo[key] = 1 + sum(_expanded_nodes(child, memo, open_nodes) for child in children)
         open_nodes.discard(key)
     return memo[key]
+
+
+def _refuse_duplicate_keys(mapping: yaml.MappingNode) -> None:
+    """YAML loaders keep the last of two equal keys silently (a second `models:` replaces the first): refuse."""
+    seen: dict[str, int] = {}
+    for key, _ in mapping.value:
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                raise ConfigError(
+                    f"the key {key.value[:60]!r} appears twice (lines {seen[key.value]} and {line}); keep one"
+                )
+            seen[key.value] = line
 
 
 def _read_yaml(path: Path):

@@ -10,6 +10,7 @@ renamed at the end, so an interrupted merge leaves nothing half-written.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import os
@@ -24,9 +25,10 @@ from rich.console import Console
 from .._atomic import atomic_dir, check_output, jsonable
 from .._progress import progress_bar
 from .._safetensors import check_readable, read_header
+from .._terminal import terminal_console
 from ..errors import CheckpointError, ConfigError, IncompatibleModelsError, OutputError
 from ..io.loading import METADATA_KEY as MEMBER_KEY
-from .compat import TensorInfo, check_compatible, compatibility_problems
+from .compat import TensorInfo, check_compatible, check_finite, compatibility_problems
 from .methods import METHODS, MergeMethod
 from .state_dicts import tensor_seed
 
@@ -100,6 +102,11 @@ class Checkpoint:
                 raise CheckpointError.unreadable(file, "safetensors", err) from None
             self._handles[file] = handle
             for name in handle.keys():
+                if name in self._where:
+                    raise CheckpointError(
+                        f"{self.path}: the tensor {name!r} is in two shards, {self._where[name].name} and {file.name}; "
+                        "a checkpoint holds each tensor once (remove the stale shard)"
+                    )
                 self._where[name] = file
 
     def _shard_files(self) -> list[Path]:
@@ -359,6 +366,7 @@ def merge_checkpoints(
     console: Console | None = None,
     layout: Layout | None = None,
     config_updates: Mapping | Callable[[], Mapping] | None = None,
+    allow_nonfinite: bool = False,
 ) -> MergePlan:
     """Merge safetensors checkpoints tensor by tensor into `out_dir`.
 
@@ -378,6 +386,7 @@ def merge_checkpoints(
             filters of a config); by default every model's tensor of the same name, with `params`.
         config_updates: keys to set in the copied config.json (the layer count of a frankenmerge), or a function
             that gives them once the layout has run.
+        allow_nonfinite: write merged tensors that hold NaN or inf instead of refusing them (and the merge).
 
     Returns:
         The `MergePlan` that was (or, with `dry_run`, would be) carried out.
@@ -390,8 +399,8 @@ def merge_checkpoints(
         return plan
     _return_freed_memory_promptly()
     with atomic_dir(out_dir, overwrite=overwrite, inputs=plan.protected) as tmp, progress_bar(progress) as bar:
-        _write(plan, sources, tmp, parse_size(shard_size), seed, bar)
-    (console or Console(stderr=True)).print(f"merged {plan.num_tensors} tensors -> {out_dir}", highlight=False)
+        _write(plan, sources, tmp, parse_size(shard_size), seed, bar, allow_nonfinite)
+    (console or terminal_console(stderr=True)).print(f"merged {plan.num_tensors} tensors -> {out_dir}", highlight=False)
     return plan
 
 
@@ -489,7 +498,9 @@ def _check_sources(tensors: list[TensorSource], inventories, labels: list[str], 
         method.check(json.loads(params), count)
 
 
-def _write(plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, seed: int, bar) -> None:
+def _write(
+    plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, seed: int, bar, allow_nonfinite: bool
+) -> None:
     """Merge every tensor into shards in `folder`, then carry the base's small files."""
     metadata = {
         "format": "pt",
@@ -507,7 +518,10 @@ def _write(plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, s
         params = plan.params if tensor.params is None else dict(tensor.params)
         blocks = _merged_blocks(tensor, shape, dtype, merge_method, params, sources, tensor_seed(seed, tensor.name))
         for block in blocks:
-            writer.write(tensor.name, block.to(dtype))
+            block = block.to(dtype)
+            if not allow_nonfinite:
+                check_finite(tensor.name, block, functools.partial(_inputs_of, tensor, sources))
+            writer.write(tensor.name, block)
         bar.advance(task)
     writer.finish()
     if first.path.is_dir():  # a folder is a model; a lone file's neighbours may be anything
@@ -554,6 +568,12 @@ def _merged_blocks(
         tensors = [read(source, rows) for source in tensor.inputs]
         yield method(tensors, read(tensor.base, rows) if tensor.base else None, **params, **extra)
         del tensors
+
+
+def _inputs_of(tensor: TensorSource, sources: _Sources) -> dict[str, torch.Tensor]:
+    """The whole input tensors one output tensor is merged from, by checkpoint path (to name a bad one)."""
+    labelled = [*tensor.inputs, *([tensor.base] if tensor.base else [])]
+    return {f"{sources.checkpoints[i].path}": sources.checkpoints[i].read(name) for i, name in labelled}
 
 
 def _member_description(checkpoint: Checkpoint) -> dict | None:

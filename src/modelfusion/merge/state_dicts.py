@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .compat import check_compatible
+from .compat import check_compatible, check_finite
 from .methods import METHODS
 
 __all__ = ["merge_state_dicts", "tensor_seed"]
@@ -28,6 +28,7 @@ def merge_state_dicts(
     method: str,
     *,
     base: Mapping[str, torch.Tensor] | nn.Module | None = None,
+    allow_nonfinite: bool = False,
     **params,
 ) -> dict[str, torch.Tensor]:
     """Merge same-architecture state dicts with a method from `METHODS`.
@@ -39,6 +40,7 @@ def merge_state_dicts(
         models: the K models (state dicts or modules).
         method: a name from `modelfusion.merge.METHODS`.
         base: the base model, for methods that use one (task arithmetic, TIES, DARE, SLERP, model stock).
+        allow_nonfinite: return merged tensors that hold NaN or inf instead of refusing them.
         params: the method's parameters; per-model ones (`weight`, `density`) as sequences of K values.
 
     Example:
@@ -63,4 +65,6 @@ def merge_state_dicts(
             extra = {"seed": tensor_seed(seed, name)} if merge_method.random else {}
             base_tensor = base_state[name] if base_state is not None else None
             merged[name] = merge_method([s[name] for s in states], base_tensor, **params, **extra)
+            if not allow_nonfinite:
+                check_finite(name, merged[name], lambda name=name: {label: s[name] for label, s in labelled.items()})
     return merged

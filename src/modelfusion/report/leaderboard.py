@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from .._terminal import terminal_console, terminal_text
+
 if TYPE_CHECKING:  # evaluate imports torch; the report reads results without it
     from ..evaluate import Report
 
@@ -16,7 +18,7 @@ __all__ = ["leaderboard_table", "print_leaderboard", "diversity_summary"]
 def leaderboard_table(report: Report) -> Table:
     """A rich table of `report`, best first."""
     pct = f"{report.confidence:.0%}"
-    title = f"Leaderboard: {report.split} split, {report.num_samples} samples"
+    title = terminal_text(f"Leaderboard: {report.split} split, {report.num_samples} samples")
     table = Table(title=title, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("model")
@@ -47,7 +49,7 @@ def leaderboard_table(report: Report) -> Table:
             versus = f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
         else:
             versus = "(best member)" if row.name == report.best_member else ""
-        table.add_row(str(rank), row.name, row.kind, *cells, versus)
+        table.add_row(str(rank), terminal_text(row.name), terminal_text(row.kind), *cells, versus)
     return table
 
 
@@ -66,8 +68,8 @@ def diversity_summary(report: Report) -> str:
 def print_leaderboard(report: Report, console: Console | None = None, *, chosen: str | None = None) -> None:
     """Print the leaderboard table, the diversity line and, given `chosen` (`Choice.reason()`), which fusion
     was chosen on validation: the one to deploy, rather than the table's top row, which is ranked on test."""
-    console = console or Console()
+    console = console or terminal_console()
     console.print(leaderboard_table(report))
-    console.print(diversity_summary(report), highlight=False)
+    console.print(terminal_text(diversity_summary(report)))
     if chosen is not None:
-        console.print(f"chosen on validation: {chosen}", highlight=False)
+        console.print(terminal_text(f"chosen on validation: {chosen}"))
