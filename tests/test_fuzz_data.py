@@ -130,20 +130,11 @@ def _fuzz_folder(template: Path, folder: Path, name: str, data: bytes) -> Path:
 
 @pytest.fixture(scope="module")
 def bert_folder(tmp_path_factory):
-    transformers = pytest.importorskip("transformers")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad"]
+    pytest.importorskip("transformers")
+    from .test_transformers_member import _save_bert
+
     folder = tmp_path_factory.mktemp("bert") / "bert"
-    config = transformers.BertConfig(
-        vocab_size=len(words),
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=8,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    transformers.BertForSequenceClassification(config).save_pretrained(str(folder))
-    transformers.BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(str(folder))
+    _save_bert(folder, seed=0)
     return folder
 
 

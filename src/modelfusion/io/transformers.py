@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._files import read_file
 from .._modules import evaluating
 from ..errors import CheckpointError, MissingExtraError, first_line
 from ..members import TorchMember
-from ..readers.files import regular_file
 from ..tasks import Task
 from ..texts import Texts, is_texts
 
@@ -90,9 +90,9 @@ class TransformersMember(TorchMember):
 
 
 def _read_config(folder: Path) -> dict:
-    path = regular_file(folder / "config.json", "transformers config", max_bytes=MAX_CONFIG_BYTES)
+    path = folder / "config.json"
     try:
-        config = json.loads(path.read_bytes())
+        config = json.loads(read_file(path, "transformers config", MAX_CONFIG_BYTES))
     except (ValueError, RecursionError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({first_line(err)})") from None
     if not isinstance(config, dict):

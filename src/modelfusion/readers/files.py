@@ -1,49 +1,61 @@
-"""Files a reader may open: regular files (no FIFOs, devices or folders) of bounded size, checked before any
-byte is read, so that no file can hang a reader or make it allocate more than the file could hold."""
+"""Files a reader may open, through the foundation's `_files` (regular files only, checked with `stat` before
+anything opens them, sizes bounded), with its refusals raised as `DataError`: a data file is not a checkpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from ..errors import DataError
+from .. import _files
+from ..errors import CheckpointError, DataError
 
-__all__ = ["MAX_FILE_BYTES", "regular_file", "checked_folder"]
+__all__ = ["MAX_FILE_BYTES", "regular_file", "open_data", "read_data", "checked_folder"]
 
 # A data file larger than this is refused before reading: tables, arrays and images are read whole into memory.
 MAX_FILE_BYTES = 8 * 2**30
 
 
-def _stat(path: Path, what: str) -> os.stat_result:
-    if "\x00" in str(path):
-        raise DataError(f"{str(path)!r} holds a NUL character, which no file name can")
+@contextlib.contextmanager
+def _as_data_errors() -> Iterator[None]:
     try:
-        return path.stat()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such {what}") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the {what} ({err.strerror})") from None
+        yield
+    except CheckpointError as err:
+        raise DataError(str(err)) from None
 
 
-def regular_file(path: str | os.PathLike, what: str, *, max_bytes: int = MAX_FILE_BYTES) -> Path:
-    """`path` as a Path after checking that it is a regular file of at most `max_bytes` that we may open."""
-    path = Path(path)
-    info = _stat(path, what)
-    if stat.S_ISDIR(info.st_mode):
-        raise DataError(f"{path} is a folder; expected a {what}")
-    if not stat.S_ISREG(info.st_mode):
-        raise DataError(f"{path} is not a regular file (a FIFO, socket or device); expected a {what}")
-    if info.st_size > max_bytes:
-        raise DataError(f"{path}: {info.st_size:,} bytes, more than the {max_bytes:,} a {what} may have")
-    if not os.access(path, os.R_OK):
-        raise DataError(f"{path}: cannot open the {what} (permission denied)")
-    return path
+@contextlib.contextmanager
+def open_data(path: str | os.PathLike, what: str, *, max_bytes: int | None = None) -> Iterator[BinaryIO]:
+    """`_files.open_regular` for data: the regular file `path`, at most `max_bytes` (default `MAX_FILE_BYTES`)."""
+    with _as_data_errors(), _files.open_regular(path, what, MAX_FILE_BYTES if max_bytes is None else max_bytes) as file:
+        yield file
+
+
+def read_data(path: str | os.PathLike, what: str, *, max_bytes: int | None = None) -> bytes:
+    with _as_data_errors():
+        return _files.read_file(path, what, MAX_FILE_BYTES if max_bytes is None else max_bytes)
+
+
+def regular_file(path: str | os.PathLike, what: str, *, max_bytes: int | None = None) -> Path:
+    """`path` as a Path after checking that it is a regular file of at most `max_bytes` that we may open, for the
+    libraries that open files themselves (numpy, pyarrow, Pillow)."""
+    with open_data(path, what, max_bytes=max_bytes):
+        pass
+    return Path(path)
 
 
 def checked_folder(path: str | os.PathLike, what: str) -> Path:
     """`path` as a Path after checking that it is a folder."""
     path = Path(path)
-    if not stat.S_ISDIR(_stat(path, what).st_mode):
+    if "\x00" in str(path):
+        raise DataError(f"{str(path)!r} holds a NUL character, which no file name can")
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        raise DataError(f"{path}: cannot open the {what} ({err.strerror})") from None
+    if not stat.S_ISDIR(mode):
         raise DataError(f"{path} is not a folder; expected a {what}")
     return path

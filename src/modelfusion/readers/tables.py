@@ -6,6 +6,7 @@ missing); the target column gives the labels and a column named `split` (train /
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..errors import DataError, MissingExtraError, first_line
 from . import Source
-from .files import regular_file
+from .files import open_data, read_data, regular_file
 
 __all__ = ["read_csv", "read_parquet", "read_hf_dataset", "is_hf_dataset", "TARGET_NAMES", "MAX_CELLS"]
 
@@ -70,9 +71,9 @@ def _parse_column(name: str, raw: Sequence[str], path: Path, line: Callable[[int
 
 
 def read_csv(path: str | Path, *, target: str | None, labelled: bool = True, delimiter: str = ",") -> Source:
-    path = regular_file(path, "CSV file")
+    path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
+        with open_data(path, "CSV file") as binary, io.TextIOWrapper(binary, encoding="utf-8-sig", newline="") as file:
             reader = csv.reader(file, delimiter=delimiter, strict=True)
             header = next(reader, None)
             if header is None:
@@ -223,10 +224,9 @@ def is_hf_dataset(folder: Path) -> bool:
 
 
 def _json_file(path: Path):
+    data = read_data(path, "JSON file", max_bytes=MAX_JSON_BYTES)
     try:
-        return json.loads(regular_file(path, "JSON file", max_bytes=MAX_JSON_BYTES).read_bytes())
-    except DataError:
-        raise
+        return json.loads(data)
     except (ValueError, RecursionError) as err:
         raise DataError(f"{path}: not valid JSON ({first_line(err)})") from None
 
