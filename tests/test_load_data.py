@@ -350,6 +350,11 @@ def test_arguments_are_checked(tmp_path):
         Dataset.from_arrays(X, y, kind="video")
     with pytest.raises(ConfigError, match="no image form"):
         Dataset.from_arrays(X, y, kind="tabular", as_images=True)
+    with pytest.raises(ConfigError, match="texts, which have no image form"):
+        Dataset.from_arrays(["a b", "c d", "e f"] * 4, [0, 1, 1] * 4, as_images=True)
+    with pytest.raises(ConfigError, match="image_size must be \\(width, height\\)"):
+        np.savez(tmp_path / "d.npz", X=X, y=y)
+        load_data(tmp_path / "d.npz", image_size=(0, 3))
     with pytest.raises(DataError, match="mixes strings and numbers"):
         Dataset.from_arrays(X[:6], np.array(["a", 1, "b", 2, "a", 1], dtype=object))
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from modelfusion import CheckpointError
+from modelfusion import CheckpointError, OutputError
 from modelfusion.datasets import Split
 from modelfusion.distill import ModelTeacher, distill
 from modelfusion.ensemble import make_combiner
-from modelfusion.io import load_member
+from modelfusion.io import load_member, save_member
 from modelfusion.io.transformers import TransformersMember
 from modelfusion.predictions import collect_predictions
 from modelfusion.texts import Texts
@@ -72,6 +72,17 @@ def test_a_saved_bert_gives_transformers_own_logits_on_strings_and_on_token_ids(
     assert got.std(0).min() > 1e-3  # the texts get different logits: the comparison is not of constants
     ids = member.module.tokenize(texts)
     torch.testing.assert_close(member.predict(ids), expected, atol=1e-5, rtol=0)
+
+
+def test_a_transformers_member_saves_as_a_folder_that_loads_back(berts, tmp_path):
+    member = load_member(berts[1][0], name="renamed")
+    path = save_member(member, tmp_path / "saved")
+    again = load_member(path)
+    texts, _ = _reviews(9, seed=3)
+    torch.testing.assert_close(again.predict(texts), member.predict(texts))
+    assert again.classes == member.classes and again.name == "saved"
+    with pytest.raises(OutputError, match="exists"):
+        save_member(member, tmp_path / "saved")
 
 
 def test_transformers_members_take_part_in_an_ensemble_on_texts(berts):

@@ -457,6 +457,12 @@ def _assemble(
 
     check_seed(seed)
     _check_fractions(val, test)
+    if image_size is not None and (
+        not isinstance(image_size, tuple | list)
+        or len(image_size) != 2
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in image_size)
+    ):
+        raise ConfigError(f"image_size must be (width, height), whole numbers from 1 to 4096, got {image_size!r}")
     if task is not None and task not in TASKS:
         raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if kind is not None and kind not in KINDS:
@@ -516,6 +522,8 @@ def _is_text_table(table: dict) -> str | None:
 
 def _fit(source, train, kind: Kind | None, as_images: bool, image_size) -> tuple[Preprocessing, Kind]:
     features = source.features
+    if as_images and (isinstance(features, dict | Texts) or features.dtype.kind == "U"):
+        raise ConfigError(f"{source.path} holds a table or texts, which have no image form; drop as_images")
     if isinstance(features, dict):
         text = _is_text_table(features)
         found: Kind = "text" if text else "tabular"

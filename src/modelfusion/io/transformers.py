@@ -9,6 +9,7 @@ ships for sequence classification (a folder asking for remote code, `auto_map`, 
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,13 @@ from ..members import TorchMember
 from ..tasks import Task
 from ..texts import Texts, is_texts
 
-__all__ = ["TransformersClassifier", "TransformersMember", "is_transformers_folder", "load_transformers_member"]
+__all__ = [
+    "TransformersClassifier",
+    "TransformersMember",
+    "is_transformers_folder",
+    "load_transformers_member",
+    "save_transformers_member",
+]
 
 MAX_CONFIG_BYTES = 1 * 2**20
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -171,3 +178,19 @@ def load_transformers_member(
         num_outputs=config.num_labels if task == "classification" else 1,
         batch_size=batch_size,
     )
+
+
+def save_transformers_member(member: TransformersMember, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the member as a `save_pretrained` folder (safetensors weights and tokenizer files; its classes as
+    the config's `id2label`), atomically; `load_member(path)` reads it back."""
+    from .._atomic import atomic_dir
+
+    module = member.module
+    model = copy.deepcopy(module.model)
+    if member.classes is not None:
+        model.config.id2label = {i: str(c) for i, c in enumerate(member.classes)}
+        model.config.label2id = {str(c): i for i, c in enumerate(member.classes)}
+    with atomic_dir(path, overwrite=overwrite) as folder:
+        model.save_pretrained(str(folder), safe_serialization=True)
+        module.tokenizer.save_pretrained(str(folder))
+    return Path(path)
