@@ -176,12 +176,24 @@ def _splits_of(values: np.ndarray, name: str, path: Path, row) -> np.ndarray:
 
 # -- Arrow (Parquet files and datasets folders) -----------------------------------------------------------
 def _arrow_columns(table, path: Path) -> dict[str, np.ndarray]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
+    """Numbers and strings of an Arrow table, after a full validation of its buffers: a damaged file mapped into
+    memory would otherwise be read past its ends (pyarrow checks offsets only when asked)."""
     if table.num_rows * max(table.num_columns, 1) > MAX_CELLS:
         raise DataError(f"{path}: {table.num_rows:,} rows x {table.num_columns} columns; at most {MAX_CELLS:,} values")
     _check_header(table.column_names, path)
+    try:
+        table.validate(full=True)
+        return _arrow_values(table, path)
+    except DataError:
+        raise
+    except Exception as err:  # ArrowInvalid and the casts' errors
+        raise DataError(f"{path}: the table's data is damaged ({first_line(err)})") from None
+
+
+def _arrow_values(table, path: Path) -> dict[str, np.ndarray]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     columns = {}
     for name, column in zip(table.column_names, table.columns, strict=True):
         kind = column.type
