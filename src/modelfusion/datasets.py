@@ -25,9 +25,7 @@ from sklearn.model_selection import train_test_split
 from ._checks import check_count, check_number, check_seed
 from .errors import ConfigError, DataError, first_line
 from .preprocessing import (
-    KINDS,
     ImageEncoding,
-    Kind,
     Preprocessing,
     Standardize,
     TableEncoding,
@@ -35,7 +33,7 @@ from .preprocessing import (
     infer_kind,
 )
 from .registry import Registry
-from .tasks import TASKS, Task
+from .tasks import KINDS, TASKS, Kind, Task
 from .texts import Texts
 
 __all__ = ["Split", "Dataset", "DATASETS", "load_dataset", "load_data", "prepare_inputs", "Texts"]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .registry import Registry
+from .vision import FACTORIES as VISION_FACTORIES
 
 __all__ = ["MODELS", "mlp", "cnn2d", "cnn1d", "OutputScale"]
 
@@ -117,5 +118,5 @@ def cnn1d(
     return nn.Sequential(*layers)
 
 
-# Registered last: the vision module registers its factories in MODELS, defined above.
-from . import vision  # noqa: E402, F401
+for _name, _factory in VISION_FACTORIES.items():
+    MODELS.register(_name)(_factory)

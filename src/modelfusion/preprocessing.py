@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ._checks import first_problem
 from .errors import DataError
+from .readers.source import Table
+from .tasks import KINDS, Kind
 from .texts import Texts
 
 __all__ = [
@@ -43,9 +45,6 @@ __all__ = [
     "MAX_CATEGORIES",
 ]
 
-Kind = Literal["tabular", "image", "sequence", "text"]
-KINDS: tuple[Kind, ...] = get_args(Kind)
-Table = dict[str, np.ndarray]  # column name -> float64 values (NaN: missing) or objects (str, None: missing)
 
 # A categorical column keeps its most frequent categories (one-hot columns); the rest encode as all zeros.
 MAX_CATEGORIES = 100

@@ -1,6 +1,6 @@
 """torchvision's ResNet and VGG classifiers, built from torch alone under torchvision's names and with its exact
 state-dict layout (`conv1.weight`, `layer1.0.bn1.running_mean`, `features.0.weight`, `classifier.6.bias`...),
-registered in `MODELS` as `torchvision.resnet18`, `torchvision.vgg16_bn`, ... (and `timm.resnet18`,
+registered in `modelfusion.models.MODELS` as `torchvision.resnet18`, `torchvision.vgg16_bn`, ... (and `timm.resnet18`,
 `timm.resnet34`, `timm.resnet50`, whose layout timm shares).
 
 Why not import torchvision: its wheels are compiled against one torch build, and beside the pinned CPU torch it
@@ -17,12 +17,12 @@ https://arxiv.org/abs/1409.1556, as torchvision implements them (ResNet v1.5: th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from .models import MODELS
-
-__all__ = ["ResNet", "VGG", "RESNET_LAYERS", "VGG_LAYERS"]
+__all__ = ["ResNet", "VGG", "RESNET_LAYERS", "VGG_LAYERS", "FACTORIES"]
 
 
 def _conv3x3(inputs: int, outputs: int, stride: int = 1) -> nn.Conv2d:
@@ -187,31 +187,28 @@ def _vgg(arch: str, batch_norm: bool, num_classes: int = 1000, dropout: float = 
     )
 
 
-def _register() -> None:
-    """One factory per architecture, each taking only `num_classes` (and `in_channels`, `dropout` for VGG): the
-    arguments a checkpoint may pass are plain numbers checked against these signatures."""
+def _resnet_factory(arch: str) -> Callable[..., ResNet]:
+    def build(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
+        return _resnet(arch, num_classes, in_channels)
 
-    def resnet_factory(arch: str):
-        def build(num_classes: int = 1000, in_channels: int = 3) -> ResNet:
-            return _resnet(arch, num_classes, in_channels)
-
-        build.__doc__ = f"torchvision's {arch} with `num_classes` outputs (random initialization)."
-        return build
-
-    def vgg_factory(arch: str, batch_norm: bool):
-        def build(num_classes: int = 1000, dropout: float = 0.5, in_channels: int = 3) -> VGG:
-            return _vgg(arch, batch_norm, num_classes, dropout, in_channels)
-
-        build.__doc__ = f"torchvision's {arch}{'_bn' if batch_norm else ''} with `num_classes` outputs."
-        return build
-
-    for arch in RESNET_LAYERS:
-        MODELS.register(f"torchvision.{arch}")(resnet_factory(arch))
-    for arch in TIMM_RESNETS:
-        MODELS.register(f"timm.{arch}")(resnet_factory(arch))
-    for arch in VGG_LAYERS:
-        MODELS.register(f"torchvision.{arch}")(vgg_factory(arch, False))
-        MODELS.register(f"torchvision.{arch}_bn")(vgg_factory(arch, True))
+    build.__doc__ = f"torchvision's {arch} with `num_classes` outputs (random initialization)."
+    return build
 
 
-_register()
+def _vgg_factory(arch: str, batch_norm: bool) -> Callable[..., VGG]:
+    def build(num_classes: int = 1000, dropout: float = 0.5, in_channels: int = 3) -> VGG:
+        return _vgg(arch, batch_norm, num_classes, dropout, in_channels)
+
+    build.__doc__ = f"torchvision's {arch}{'_bn' if batch_norm else ''} with `num_classes` outputs."
+    return build
+
+
+# Registry name -> factory, registered in `modelfusion.models.MODELS`. Each takes only `num_classes` (and
+# `in_channels`, `dropout` for VGG): the arguments a checkpoint may pass are plain numbers checked against these
+# signatures.
+FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    **{f"torchvision.{arch}": _resnet_factory(arch) for arch in RESNET_LAYERS},
+    **{f"timm.{arch}": _resnet_factory(arch) for arch in TIMM_RESNETS},
+    **{f"torchvision.{arch}": _vgg_factory(arch, False) for arch in VGG_LAYERS},
+    **{f"torchvision.{arch}_bn": _vgg_factory(arch, True) for arch in VGG_LAYERS},
+}

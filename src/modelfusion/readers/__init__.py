@@ -15,52 +15,15 @@ Every reader raises nothing but `DataError` (a `ModelFusionError`) naming the fi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import DataError
-from ..preprocessing import Kind, Table
-from ..texts import Texts
 from .files import checked_folder, regular_file
+from .source import Source, num_rows, take
 
 __all__ = ["Source", "read_source", "take", "num_rows", "SUFFIXES"]
 
 SUFFIXES = (".npz", ".csv", ".tsv", ".parquet")
-
-
-@dataclass
-class Source:
-    """What a reader found, before splitting and preprocessing.
-
-    `features` are numeric arrays `[N, ...]`, a `Table` (column -> values), `Texts`, or image paths (an object
-    array); `labels` the raw targets (numbers with NaN for gaps, or objects with None), None when the file has
-    none (new data at predict time); `assigned` the split of each row ("train", "val", "test") where the file
-    fixes it; `row` names row `i` in messages ("line 7", "the file a/b.png").
-    """
-
-    path: str
-    features: np.ndarray | Table | Texts
-    labels: np.ndarray | None
-    target: str  # where the labels came from, for messages ("column 'y'", "array y")
-    assigned: np.ndarray | None = None
-    kind: Kind | None = None
-    class_names: tuple[str, ...] | None = None
-    feature_names: tuple[str, ...] = ()
-    row: Callable[[int], str] = field(default=lambda i: f"row {i}")
-
-
-def num_rows(features) -> int:
-    return len(next(iter(features.values()))) if isinstance(features, dict) else len(features)
-
-
-def take(features, rows: np.ndarray):
-    """The rows `rows` of features of any form."""
-    if isinstance(features, dict):
-        return {name: values[rows] for name, values in features.items()}
-    return features[rows]
 
 
 def read_source(path: str | os.PathLike, *, target: str | None = None, labelled: bool = True) -> Source:

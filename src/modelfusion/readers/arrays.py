@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import DataError, first_line
 from ..texts import Texts
-from . import Source
 from .files import regular_file
+from .source import Source
 
 __all__ = ["read_npz", "arrays_source"]
 

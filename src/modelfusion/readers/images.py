@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, MissingExtraError, first_line
-from . import Source
 from .files import regular_file
+from .source import Source
 from .tables import SPLIT_VALUES
 
 __all__ = ["read_image_folder", "decode", "image_header", "IMAGE_SUFFIXES", "MAX_PIXELS"]

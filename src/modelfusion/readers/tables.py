@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, MissingExtraError, first_line
-from . import Source
 from .files import open_data, read_data, regular_file
+from .source import Source
 
 __all__ = ["read_csv", "read_parquet", "read_hf_dataset", "is_hf_dataset", "TARGET_NAMES", "MAX_CELLS"]
 
