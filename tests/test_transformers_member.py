@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelfusion import CheckpointError, OutputError
+from modelfusion import CheckpointError, InvalidInputError, OutputError
 from modelfusion.datasets import Split
 from modelfusion.distill import ModelTeacher, distill
 from modelfusion.ensemble import make_combiner
@@ -137,6 +137,13 @@ def test_folders_asking_for_code_or_unknown_architectures_are_refused(tmp_path, 
         (bad / "config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(CheckpointError, match=message):
             load_member(bad)
+    (bad / "config.json").write_text(json.dumps(config))
+    tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
+    (bad / "tokenizer_config.json").write_text(json.dumps({**tokenizer, "cls_token": "CLS]"}))  # a new token
+    with pytest.raises(CheckpointError, match="the tokenizer has 18 tokens but the model's embeddings take 17"):
+        load_member(bad)
+    with pytest.raises(InvalidInputError, match="token ids must lie in 0..16"):
+        load_member(folder).predict(torch.tensor([[2, 17, 3]]))
     (bad / "model.safetensors").unlink()
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="no model.safetensors"):

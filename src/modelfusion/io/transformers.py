@@ -19,7 +19,7 @@ from torch import nn
 
 from .._files import read_file
 from .._modules import evaluating
-from ..errors import CheckpointError, MissingExtraError, first_line
+from ..errors import CheckpointError, InvalidInputError, MissingExtraError, first_line
 from ..members import TorchMember
 from ..tasks import Task
 from ..texts import Texts, is_texts
@@ -67,8 +67,19 @@ class TransformersClassifier(nn.Module):
         )
         return encoded["input_ids"]
 
+    @property
+    def vocabulary_size(self) -> int:
+        return int(self.model.get_input_embeddings().num_embeddings)
+
     def forward(self, inputs) -> torch.Tensor:
-        ids = self.tokenize(inputs).to(self._device()) if is_texts(inputs) else inputs
+        ids = self.tokenize(inputs).to(self._device()) if is_texts(inputs) else torch.as_tensor(inputs)
+        if ids.ndim != 2 or ids.is_floating_point() or ids.is_complex():
+            raise InvalidInputError(f"token ids must be integers [N, L], got {ids.dtype} of shape {list(ids.shape)}")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocabulary_size):
+            raise InvalidInputError(
+                f"token ids must lie in 0..{self.vocabulary_size - 1} (the model's vocabulary), got "
+                f"{int(ids.min())}..{int(ids.max())}"
+            )
         attention = (ids != self.pad_token_id).long()
         return self.model(input_ids=ids.long(), attention_mask=attention).logits
 
@@ -170,6 +181,11 @@ def load_transformers_member(
         labels = config.id2label or {}
         classes = [labels.get(i, labels.get(str(i), i)) for i in range(config.num_labels)]
     module = TransformersClassifier(model.eval(), tokenizer, max_length=max_length)
+    if len(tokenizer) > module.vocabulary_size:
+        raise CheckpointError(
+            f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model's embeddings take "
+            f"{module.vocabulary_size}; the tokenizer files do not belong to this model"
+        )
     return TransformersMember(
         module,
         name=name or folder.name,
