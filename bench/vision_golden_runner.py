@@ -65,7 +65,8 @@ def main(out: str) -> None:
                 entry["output"] = model(fixed_input(shape)).tolist()
         golden[name] = entry
         print(name, len(entry["keys"]), "keys", flush=True)
-    Path(out).write_text(json.dumps(golden, indent=1) + "\n")
+    lines = ",\n".join(f"{json.dumps(name)}: {json.dumps(entry)}" for name, entry in golden.items())
+    Path(out).write_text("{\n" + lines + "\n}\n")  # one architecture a line
 
 
 if __name__ == "__main__":

@@ -408,8 +408,7 @@ def prepare_inputs(
     X = _apply(preprocessing, source.features, source.path)
     if source.labels is None:
         return X, None
-    keep = np.arange(len(source.labels))
-    return X, _encode_known(source, keep, class_names, task)
+    return X, _encode_known(source, class_names, task)
 
 
 def _apply(preprocessing: Preprocessing, features, where: str) -> torch.Tensor | Texts:
@@ -604,9 +603,9 @@ def _encode_labels(source, task: Task | None) -> tuple[Task, np.ndarray, tuple[s
     return task, encoded.astype(np.int64), tuple(names)
 
 
-def _encode_known(source, rows: np.ndarray, class_names: Sequence[str], task: Task) -> torch.Tensor:
+def _encode_known(source, class_names: Sequence[str], task: Task) -> torch.Tensor:
     """Labels of new data in the class order the model was trained with."""
-    labels = source.labels[rows]
+    labels = source.labels
     missing = _missing(labels)
     if missing.any():
         raise DataError(f"{source.path}: {source.target} {source.row(int(np.argmax(missing)))} has no label")
