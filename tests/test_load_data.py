@@ -289,6 +289,12 @@ BAD_INPUTS = {
         "'X' row 1 holds NaN",
     ),
     "npz without X": (lambda p: np.savez(p / "f.npz", a=np.zeros(3)) or p / "f.npz", "no array X \\(arrays found"),
+    "free text beside features": (
+        lambda p: _write_csv(
+            p / "f.csv", ["note", "a", "label"], [[f"said {i} things today", str(i), str(i % 2)] for i in range(12)]
+        ),
+        "column 'note' holds free text beside 1 other feature columns",
+    ),  # fmt: skip
     "not a zip": (lambda p: (p / "f.npz").write_bytes(b"hello") and p / "f.npz", "f.npz: not an NPZ file"),
     "unknown suffix": (lambda p: (p / "f.xlsx").write_bytes(b"x") and p / "f.xlsx", "unknown data format '.xlsx'"),
     "missing file": (lambda p: p / "nope.csv", "nope.csv: no such file \\(expected a CSV file\\)"),

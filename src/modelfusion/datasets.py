@@ -502,19 +502,31 @@ def _assemble(
     )
 
 
-def _is_text_table(table: dict) -> str | None:
-    """The text column of a table whose only feature is free text (many distinct strings, or several words
-    each on average), else None."""
-    if len(table) != 1:
-        return None
-    ((name, values),) = table.items()
-    if values.dtype != object:
-        return None
-    present = [v for v in values if v is not None]
-    words = np.mean([len(v.split()) for v in present]) if present else 0
+# A column of strings averaging this many words is free text, not categories.
+TEXT_MIN_WORDS = 3
+
+
+def _text_column(table: dict, where: str) -> str | None:
+    """The text column of a table whose only feature is free text (several words a value on average, or more
+    distinct values than categories are kept), else None. Free text beside other features is refused: one-hot
+    encoding sentences would only pretend to use them."""
     from .preprocessing import MAX_CATEGORIES
 
-    return name if len(set(present)) > MAX_CATEGORIES or words >= 3 else None
+    def words(values: np.ndarray) -> float:
+        present = [v for v in values if v is not None]
+        return float(np.mean([len(v.split()) for v in present])) if present else 0.0
+
+    texts = [n for n, v in table.items() if v.dtype == object and words(v) >= TEXT_MIN_WORDS]
+    if len(table) == 1:
+        ((name, values),) = table.items()
+        many = values.dtype == object and len({v for v in values if v is not None}) > MAX_CATEGORIES
+        return name if texts or many else None
+    if texts:
+        raise DataError(
+            f"{where}: column {texts[0]!r} holds free text beside {len(table) - 1} other feature columns; keep it "
+            "alone (with the target) for a text model, or drop it for a tabular one"
+        )
+    return None
 
 
 def _fit(source, train, kind: Kind | None, as_images: bool, image_size) -> tuple[Preprocessing, Kind]:
@@ -522,7 +534,7 @@ def _fit(source, train, kind: Kind | None, as_images: bool, image_size) -> tuple
     if as_images and (isinstance(features, dict | Texts) or features.dtype.kind == "U"):
         raise ConfigError(f"{source.path} holds a table or texts, which have no image form; drop as_images")
     if isinstance(features, dict):
-        text = _is_text_table(features)
+        text = _text_column(train, source.path)
         found: Kind = "text" if text else "tabular"
         _check_kind(kind, found, source.path, "a table")
         return (TextColumn(column=text), found) if text else (TableEncoding.fit(train), found)
@@ -531,8 +543,6 @@ def _fit(source, train, kind: Kind | None, as_images: bool, image_size) -> tuple
         return TextColumn(), "text"
     if features.dtype == object:  # image files
         _check_kind(kind, "image", source.path, "images")
-        if as_images is None:
-            raise ConfigError("as_images must be True or False")
         encoding, _ = ImageEncoding.fit(list(train), size=image_size, flatten=not as_images)
         return encoding, "image"
     kind = kind or infer_kind(train)
