@@ -219,6 +219,9 @@ def test_a_saved_datasets_folder_with_text_and_class_labels(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (48, 12, 30)
     assert data.test.y.tolist() == labels[60:]
     assert data.train.per_class(3).X.shape == (6,)
+    os.mkfifo(tmp_path / "reviews" / "train" / "notes")
+    with pytest.raises(DataError, match="notes is a named pipe \\(FIFO\\)"):
+        load_data(tmp_path / "reviews")
     one = datasets.Dataset.from_dict({"x1": [0.5, 1.5, 2.5] * 10, "target": [0, 1, 2] * 10})
     one.save_to_disk(str(tmp_path / "numbers"))
     assert load_data(tmp_path / "numbers").kind == "tabular"

@@ -2,6 +2,7 @@
 test), loaded by load_member with transformers' own logits, in an ensemble and as a distillation teacher."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -144,6 +145,10 @@ def test_folders_asking_for_code_or_unknown_architectures_are_refused(tmp_path, 
         load_member(bad)
     with pytest.raises(InvalidInputError, match="token ids must lie in 0..16"):
         load_member(folder).predict(torch.tensor([[2, 17, 3]]))
+    os.mkfifo(bad / "vocab.txt")  # would block transformers forever if it opened it
+    with pytest.raises(CheckpointError, match="vocab.txt is a named pipe \\(FIFO\\), not a regular file"):
+        load_member(bad)
+    (bad / "vocab.txt").unlink()
     (bad / "model.safetensors").unlink()
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="no model.safetensors"):

@@ -19,8 +19,9 @@ from torch import nn
 
 from .._files import read_file
 from .._modules import evaluating
-from ..errors import CheckpointError, InvalidInputError, MissingExtraError, first_line
+from ..errors import CheckpointError, DataError, InvalidInputError, MissingExtraError, first_line
 from ..members import TorchMember
+from ..readers.files import check_folder_files
 from ..tasks import Task
 from ..texts import Texts, is_texts
 
@@ -156,6 +157,10 @@ def load_transformers_member(
     """
     transformers = _transformers()
     folder = Path(folder)
+    try:  # transformers opens the folder's files itself: a FIFO among them would hang it
+        check_folder_files(folder, "transformers folder")
+    except DataError as err:
+        raise CheckpointError(str(err)) from None
     config_data = _read_config(folder)
     _check_architecture(folder, config_data, transformers)
     options = {"local_files_only": True, "trust_remote_code": False}

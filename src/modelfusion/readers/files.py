@@ -13,7 +13,7 @@ from typing import BinaryIO
 from .. import _files
 from ..errors import CheckpointError, DataError
 
-__all__ = ["MAX_FILE_BYTES", "regular_file", "open_data", "read_data", "checked_folder"]
+__all__ = ["MAX_FILE_BYTES", "regular_file", "open_data", "read_data", "checked_folder", "check_folder_files"]
 
 # A data file larger than this is refused before reading: tables, arrays and images are read whole into memory.
 MAX_FILE_BYTES = 8 * 2**30
@@ -59,3 +59,15 @@ def checked_folder(path: str | os.PathLike, what: str) -> Path:
     if not stat.S_ISDIR(mode):
         raise DataError(f"{path} is not a folder; expected a {what}")
     return path
+
+
+def check_folder_files(folder: Path, what: str, *, max_bytes: int | None = None) -> None:
+    """Refuse a folder that a library will read itself (transformers, datasets) when any file in it is not a
+    regular file (a FIFO would hang the library) or is over `max_bytes` (default `MAX_FILE_BYTES`)."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        raise DataError(f"{folder}: cannot list the {what} ({err.strerror})") from None
+    for entry in entries:
+        if not entry.is_dir():
+            regular_file(entry, f"file of a {what}", max_bytes=max_bytes)

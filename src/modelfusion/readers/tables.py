@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, MissingExtraError, first_line
-from .files import open_data, read_data, regular_file
+from .files import check_folder_files, open_data, read_data, regular_file
 from .source import Source
 
 __all__ = ["read_csv", "read_parquet", "read_hf_dataset", "is_hf_dataset", "TARGET_NAMES", "MAX_CELLS"]
@@ -249,7 +249,8 @@ def _json_file(path: Path):
 
 def _check_data_files(folder: Path) -> None:
     """The arrow files `state.json` lists must be plain names of regular files in the folder: a name from a file
-    is never a path we follow elsewhere."""
+    is never a path we follow elsewhere. Every file in the folder must be regular (datasets opens them itself)."""
+    check_folder_files(folder, "datasets folder")
     state = _json_file(folder / "state.json")
     files = state.get("_data_files") if isinstance(state, dict) else None
     if not isinstance(files, list) or not files:
@@ -271,6 +272,7 @@ def read_hf_dataset(folder: Path, *, target: str | None, labelled: bool = True) 
         names = listing.get("splits") if isinstance(listing, dict) else None
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise DataError(f"{folder / 'dataset_dict.json'}: no list of splits")
+        check_folder_files(folder, "datasets folder")
         parts = {}
         for name in names:
             split = SPLIT_VALUES.get(name.lower())
