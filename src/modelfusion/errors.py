@@ -11,6 +11,7 @@ __all__ = [
     "CheckpointError",
     "IncompatibleModelsError",
     "InvalidInputError",
+    "DataError",
     "LeakageError",
     "ConfigError",
     "ArgumentError",
@@ -59,6 +60,10 @@ class IncompatibleModelsError(ModelFusionError):
 
 class InvalidInputError(ModelFusionError, ValueError):
     """Bad data: wrong shapes, NaN/inf values, empty inputs."""
+
+
+class DataError(InvalidInputError):
+    """A data file or folder that cannot be read as a dataset: the message names the file and the row or column."""
 
 
 class LeakageError(InvalidInputError):

@@ -25,6 +25,7 @@ from .errors import (
 )
 from .members import MAX_NAME_CHARS, Member, check_classes, check_members
 from .tasks import TASKS, Task
+from .texts import as_texts, is_texts
 
 __all__ = ["Predictions", "collect_predictions"]
 
@@ -321,7 +322,7 @@ def collect_predictions(
 
     Args:
         members: members to run (checked for one task, equal class count and order, unique names).
-        X: inputs `[N, ...]`.
+        X: inputs `[N, ...]`, or N strings (`Texts`) for members that take text.
         y: targets `[N]`, kept with the predictions for scoring.
         split: the name recorded with the predictions.
         batch_size: samples per forward call.
@@ -333,7 +334,7 @@ def collect_predictions(
     """
     members = check_members(members)
     check_count(batch_size, "batch_size")
-    X = torch.as_tensor(X)
+    X = as_texts(X) if is_texts(X) else torch.as_tensor(X)  # strings go to members that tokenize them
     n = len(X)
     if n == 0:
         raise InvalidInputError("no samples to predict on (X is empty)")

@@ -23,6 +23,7 @@ from .archives import archive_names
 from .factory import build_model, build_named_model, load_state_dict_checked
 from .onnx import OnnxModel
 from .skops import load_skops
+from .transformers import is_transformers_folder, load_transformers_member
 
 __all__ = ["LoadedModel", "load_model", "load_member", "load_members", "load_skops", "SUFFIXES", "METADATA_KEY"]
 
@@ -245,13 +246,17 @@ def load_member(
     """Load a checkpoint as a `Member` ready to predict.
 
     Name, task and classes default to what the file records (files written by `save_member`), then to the
-    file's stem, classification, and `0..C-1`. See `load_model` for the other arguments.
+    file's stem, classification, and `0..C-1`. See `load_model` for the other arguments. A folder holding a
+    transformers sequence classifier (`config.json`, `model.safetensors`, tokenizer files) loads as a member
+    that predicts on lists of strings or token ids, in batches of at most 64 (`io.transformers`).
 
     Example:
         >>> member = load_member("runs/demo/members/mlp_0.safetensors")
         >>> member.predict(X).shape
         torch.Size([360, 10])
     """
+    if is_transformers_folder(Path(path)):
+        return load_transformers_member(path, name=name, task=task, classes=classes, batch_size=min(batch_size, 64))
     loaded = load_model(
         path,
         factory=factory,
