@@ -46,7 +46,7 @@ def tiny_disk(tmp_path):
     if not mounted:
         pytest.skip("mounting a small tmpfs needs root")
     yield folder
-    subprocess.run(["umount", str(folder)], check=False)
+    subprocess.run(["umount", "--lazy", str(folder)], check=False)  # lazy: never left mounted, even if busy
 
 
 def _commands(member_file: Path, out: Path, work: Path) -> dict[str, list[str]]:

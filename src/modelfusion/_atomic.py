@@ -15,7 +15,9 @@ import os
 import re
 import resource
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ __all__ = [
     "check_output",
     "check_space",
     "remove_stale",
+    "scratch_dir",
     "write_json",
     "jsonable",
 ]
@@ -240,6 +243,54 @@ def _temporary_prefix(target: Path) -> str:
 
 
 @contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C, SIGTERM and SIGHUP while a temporary file or folder is created and its name kept: one that
+    arrives then goes to its handler just after, when the name is known and the temporary can be removed.
+
+    The handlers are swapped, not the signal mask: torch's threads would take a signal the main thread blocks.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread handles signals
+        yield
+        return
+    pending: list[tuple[int, object]] = []
+    held = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append((signum, frame))) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum, frame in pending[:1]:
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
+def _prepare(target: Path) -> None:
+    with _writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(target.parent)
+
+
+@contextlib.contextmanager
+def scratch_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """A working folder beside `target` (never in the system's temporary folder), named for this process so
+    that, if it is killed, the next run writing beside it removes the folder; removed on exit."""
+    target = Path(target)
+    _prepare(target)
+    folder = None
+    try:
+        with _signals_held(), _writing(target):
+            folder = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
+        yield folder
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces `path`, on error it is removed.
 
@@ -253,13 +304,13 @@ def atomic_path(path: str | os.PathLike, *, size: int | None = None) -> Iterator
         raise OutputError(f"{target} is a folder, not a file; choose another output")
     if size is not None:
         check_space(target, size)
-    with _writing(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(target.parent)
-        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent)
-        os.close(fd)
-    tmp_path = Path(tmp)
+    _prepare(target)
+    tmp_path = None
     try:
+        with _signals_held(), _writing(target):
+            fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent)
+            tmp_path = Path(tmp)
+            os.close(fd)
         yield tmp_path
         with _writing(target):
             if tmp_path.exists():
@@ -267,7 +318,8 @@ def atomic_path(path: str | os.PathLike, *, size: int | None = None) -> Iterator
             os.replace(tmp_path, target)
     except BaseException as err:
         reason = _out_of_space(err, target, tmp_path) if isinstance(err, Exception) else None
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
         if reason is not None:
             raise OutputError(f"cannot write {target}: {reason}") from None
         raise
@@ -290,10 +342,27 @@ def _lock(target: Path) -> Iterator[None]:
     """Hold `.NAME.modelfusion.lock` beside `target`: one writer per output folder at a time. A lock whose
     owner died (kill -9) is taken over."""
     lock = target.parent / f".{target.name}.{_TAG}.lock"
+    acquired = False
+    try:
+        with _signals_held():  # a stop while the lock is taken is raised once `acquired` says whose it is
+            fd = _open_lock(lock, target)
+            acquired = True
+            try:
+                with _writing(target):
+                    os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+        yield
+    finally:
+        if acquired:
+            lock.unlink(missing_ok=True)
+
+
+def _open_lock(lock: Path, target: Path) -> int:
+    """Create the lock file (O_EXCL), taking over one whose owner died."""
     for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
+            return os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = _lock_owner(lock)
             if owner is None or (owner and _alive(owner)):
@@ -304,15 +373,7 @@ def _lock(target: Path) -> Iterator[None]:
             lock.unlink(missing_ok=True)
         except OSError as err:
             raise OutputError(f"cannot write {target} ({err.strerror}); choose a writable output location") from None
-    else:
-        raise OutputError(f"cannot lock {target}: {lock} keeps coming back; is another run starting?")
-    try:
-        with _writing(target):
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
+    raise OutputError(f"cannot lock {target}: {lock} keeps coming back; is another run starting?")
 
 
 @contextlib.contextmanager
@@ -327,13 +388,12 @@ def atomic_dir(
     target = Path(path)
     inputs = list(inputs)
     check_output(target, kind="folder", overwrite=overwrite, inputs=inputs)
-    with _writing(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(target.parent)
+    _prepare(target)
     with _lock(target):
-        with _writing(target):
-            tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
+        tmp = None
         try:
+            with _signals_held(), _writing(target):
+                tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
             yield tmp
             check_output(target, kind="folder", overwrite=overwrite, inputs=inputs)
             with _writing(target):
@@ -347,7 +407,8 @@ def atomic_dir(
                     os.replace(tmp, target)
         except BaseException as err:
             reason = _out_of_space(err, target, None) if isinstance(err, Exception) else None
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             if reason is not None:
                 raise OutputError(f"cannot write {target}: {reason}") from None
             raise

@@ -90,7 +90,7 @@ def merge(
             raise ConfigError("align: works on saved members; apply the LoRA adapters (MODEL+ADAPTER) without it")
         if config.align is not None and not dry_run:
             check_output(out_dir, kind="folder", overwrite=overwrite, inputs=inputs)  # before the alignment's work
-            with aligned_copies(models, base, config.align) as (models, base):
+            with aligned_copies(models, base, config.align, beside=Path(out_dir)) as (models, base):
                 return run(models, base=base)
         return run(models, base=base)
     except ConfigError as err:  # a setting of the config (a slice's range, a parameter): name the file
