@@ -1,6 +1,7 @@
 """Every class of bad input a user can cause is one clear line (exit code 2 on the CLI), never a traceback
 and never silently accepted. docs/security.md lists each class with the test here that covers it."""
 
+import copy
 import json
 import os
 import struct
@@ -295,8 +296,13 @@ def test_a_base_models_config_linked_outside_its_folder_is_not_copied(merge_proj
 
 
 def test_duplicate_member_names(tmp_path, trained_mlp, digits):
-    member = TorchMember(trained_mlp, name="same", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS)
-    paths = [save_member(member, tmp_path / f"copy{i}.safetensors") for i in range(3)]
+    paths = []
+    for i in range(3):  # three different models that were all saved under one name
+        module = copy.deepcopy(trained_mlp)
+        with torch.no_grad():
+            module[0].bias.add_(0.01 * i)
+        member = TorchMember(module, name="same", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS)
+        paths.append(save_member(member, tmp_path / f"copy{i}.safetensors"))
     result = CliRunner().invoke(app, ["predict", *map(str, paths), "--out", str(tmp_path / "p.safetensors")])
     assert result.exit_code == 0, result.output
     assert "note: members share the names ['same']; each is named after its file" in result.output
@@ -488,3 +494,102 @@ def test_an_integer_too_long_to_convert_in_any_json_is_one_line(tmp_path, member
     (tmp_path / "results.json").write_text('{"leaderboard": [' + huge + "]}")
     with pytest.raises(ConfigError, match="not a JSON file"):
         load_results(tmp_path / "results.json")
+
+
+# -- issue 23: inputs that used to be accepted silently ------------------------------------------------------
+def _split(split: str, seed: int, n: int = 60, labels=None) -> Predictions:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3 if labels is None else labels
+    return Predictions(torch.randn(2, n, 3, generator=generator), labels, ("a", "b"), "classification", split)
+
+
+@pytest.mark.parametrize("classes", [[0, 0, 1], [0.0, float("nan"), 2.0], [1, "1", 2], ["x", "y", "x"]])
+def test_duplicate_or_nan_classes_in_a_file_are_refused(tmp_path, member_file, classes):
+    tensors, header = load_file(member_file), json.loads(_header(member_file))
+    header["classes"] = classes + list(range(10, 17))
+    save_file(tensors, str(tmp_path / "m.safetensors"), metadata={"modelfusion": json.dumps(header)})
+    line = _error_line(["predict", str(tmp_path / "m.safetensors")])
+    assert "m.safetensors" in line and ("more than once" in line or "is not a label" in line)
+    preds = _split("test", 0)
+    path = tmp_path / "p.safetensors"
+    save_file(
+        {"outputs": preds.outputs, "labels": preds.labels},
+        str(path),
+        metadata={
+            "modelfusion.predictions": json.dumps(
+                {"member_names": ["a", "b"], "task": "classification", "split": "test", "classes": classes}
+            )
+        },
+    )
+    line = _error_line(["evaluate", str(path)])
+    assert "more than once" in line or "is not a label" in line
+
+
+def _header(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()["modelfusion"]
+
+
+def test_the_same_checkpoint_twice_is_refused(tmp_path, member_file, trained_mlp):
+    (tmp_path / "link.safetensors").symlink_to(member_file)
+    (tmp_path / "copy.safetensors").write_bytes(member_file.read_bytes())
+    for other, how in (
+        (member_file, "the same file"),
+        (tmp_path / "link.safetensors", "the same file"),
+        (tmp_path / "copy.safetensors", "identical copies"),
+    ):
+        for command in (["predict"], ["ensemble", "--method", "mean", "--out", str(tmp_path / "ens")]):
+            line = _error_line([command[0], str(member_file), str(other), *command[1:]])
+            assert how in line and "given twice" in line
+    assert not (tmp_path / "ens").exists() and not (tmp_path / "predictions.safetensors").exists()
+
+
+@pytest.mark.parametrize("split", ["val", "val\u200b", "Validation", "ｖａｌ"])
+def test_test_predictions_relabelled_as_validation_are_refused(tmp_path, split):
+    test = _split("test", 0)
+    test.save(tmp_path / "test.safetensors")
+    relabelled = Predictions(test.outputs, test.labels, test.member_names, test.task, split, test.classes)
+    relabelled.save(tmp_path / "val.safetensors")
+    permutation = torch.randperm(test.num_samples, generator=torch.Generator().manual_seed(1))
+    shuffled = Predictions(test.outputs[:, permutation], test.labels[permutation], ("a", "b"), "classification", split)
+    shuffled.save(tmp_path / "shuffled.safetensors")
+    for val in ("val.safetensors", "shuffled.safetensors"):
+        line = _error_line(
+            ["ensemble", "--val-preds", str(tmp_path / val), "--test-preds", str(tmp_path / "test.safetensors")]
+        )
+        assert "are the same" in line and "whatever the splits are called" in line
+
+
+@pytest.mark.parametrize("split", ["test\u200b", "ｔｅｓｔ", " TEST\u2060"])
+def test_a_test_split_under_an_invisible_disguise_is_never_fitted_on(tmp_path, split):
+    _split(split, 1).save(tmp_path / "val.safetensors")
+    _split("test", 0).save(tmp_path / "test.safetensors")
+    line = _error_line(
+        [
+            "ensemble",
+            "--val-preds",
+            str(tmp_path / "val.safetensors"),
+            "--test-preds",
+            str(tmp_path / "test.safetensors"),
+        ]
+    )
+    assert "combiners fitted on them would be scored on the labels they learned from" in line
+
+
+def test_validation_of_one_class_or_no_samples_is_one_line(tmp_path):
+    _split("test", 0).save(tmp_path / "test.safetensors")
+    _split("val", 1, labels=torch.ones(60, dtype=torch.long)).save(tmp_path / "one.safetensors")
+    empty = Predictions(torch.zeros(2, 0, 3), torch.zeros(0, dtype=torch.long), ("a", "b"), "classification", "val")
+    empty.save(tmp_path / "empty.safetensors")
+    test = str(tmp_path / "test.safetensors")
+    for method in ("all", "stacking", "weighted"):
+        line = _error_line(
+            ["ensemble", "--val-preds", str(tmp_path / "one.safetensors"), "--test-preds", test, "--method", method]
+        )
+        assert "every one of the 60 validation labels is class 1" in line
+        line = _error_line(
+            ["ensemble", "--val-preds", str(tmp_path / "empty.safetensors"), "--test-preds", test, "--method", method]
+        )
+        assert "no samples" in line

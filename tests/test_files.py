@@ -4,11 +4,9 @@ files made safe as file stems, and text from files shown, never obeyed, on the t
 from __future__ import annotations
 
 import io
-import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,43 +16,21 @@ from modelfusion._files import MAX_STEM_CHARS, check_readable, read_file, safe_s
 from modelfusion._terminal import escape_controls, terminal_console, terminal_text
 from modelfusion.errors import CheckpointError, ModelFusionError
 
-
-def _finishes(call, seconds: float = 10.0):
-    """Run `call` in a thread; return what it raised (or None), failing the test if it is still blocked."""
-    outcome = {}
-
-    def run():
-        try:
-            call()
-            outcome["error"] = None
-        except Exception as err:  # the caller inspects it
-            outcome["error"] = err
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"{call} still blocked after {seconds} s"
-    return outcome["error"]
+from .hostile_files import SPECIAL_KINDS, finishes, special_file
 
 
 def _special_files(folder: Path) -> dict[str, Path]:
-    fifo = folder / "pipe.safetensors"
-    os.mkfifo(fifo)
-    links = {}
-    for device in ("zero", "urandom"):
-        links[device] = folder / f"{device}.onnx"
-        links[device].symlink_to(f"/dev/{device}")
-    sock = folder / "sock.skops"
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(sock))
-    return {"fifo": fifo, "dev_zero": links["zero"], "dev_urandom": links["urandom"], "socket": sock}
+    files = {kind: special_file(folder, kind, f"{kind}.safetensors") for kind in SPECIAL_KINDS}
+    files["socket"] = folder / "sock.skops"
+    socket.socket(socket.AF_UNIX).bind(str(files["socket"]))
+    return files
 
 
-@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "dev_urandom", "socket"])
+@pytest.mark.parametrize("kind", [*SPECIAL_KINDS, "socket"])
 def test_only_regular_files_are_read_and_a_fifo_is_never_opened(tmp_path, kind):
     path = _special_files(tmp_path)[kind]
     for read in (lambda: check_readable(path, "checkpoint"), lambda: read_file(path, "checkpoint")):
-        error = _finishes(read)
+        error = finishes(read)
         assert isinstance(error, CheckpointError)
         assert "not a regular file" in str(error) and str(path) in str(error)
 
@@ -72,7 +48,7 @@ def test_a_link_to_a_regular_file_is_read_and_reads_are_bounded(tmp_path):
     (tmp_path / "real.bin").write_bytes(b"x" * 100)
     (tmp_path / "link.bin").symlink_to(tmp_path / "real.bin")
     assert read_file(tmp_path / "link.bin", "file") == b"x" * 100
-    with pytest.raises(CheckpointError, match="100 bytes, more than a config may hold"):
+    with pytest.raises(CheckpointError, match="100 bytes; a config is at most 99 bytes"):
         read_file(tmp_path / "real.bin", "config", max_bytes=99)
 
 

@@ -1,6 +1,7 @@
 """modelfusion: fuse several trained models into one better predictor or one better model."""
 
 from .errors import (
+    ArgumentError,
     CheckpointError,
     ConfigError,
     DataError,
@@ -22,6 +23,7 @@ __all__ = [
     "__version__",
     "ModelFusionError",
     "CheckpointError",
+    "ArgumentError",
     "ConfigError",
     "DataError",
     "IncompatibleModelsError",

@@ -14,6 +14,7 @@ __all__ = [
     "DataError",
     "LeakageError",
     "ConfigError",
+    "ArgumentError",
     "UnknownNameError",
     "NotFittedError",
     "MissingExtraError",
@@ -72,6 +73,11 @@ class LeakageError(InvalidInputError):
 
 class ConfigError(ModelFusionError, ValueError):
     """A bad configuration value or option."""
+
+
+class ArgumentError(ConfigError, TypeError):
+    """A public function called with an argument of the wrong type or out of its range (also a TypeError, as
+    Python's own wrong-type errors are)."""
 
 
 class UnknownNameError(ConfigError, KeyError):

@@ -21,7 +21,9 @@ from .vision import FACTORIES as VISION_FACTORIES
 
 __all__ = ["MODELS", "mlp", "cnn2d", "cnn1d", "OutputScale"]
 
-MODELS: Registry = Registry("model factory")
+# Families register their own factories ("spliced" in features, "compressed" in compress); the entry points of
+# the group `modelfusion.models` (pyproject.toml) say which module registers a name, imported when a file names it.
+MODELS: Registry = Registry("model factory", plugins="modelfusion.models")
 
 
 class OutputScale(nn.Module):

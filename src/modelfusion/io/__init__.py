@@ -14,7 +14,7 @@ TorchScript and torch.export files are programs: TorchScript runs the file's `__
 and `torch.export.load` unpickles parts of the archive, so they count as code (docs/security.md).
 """
 
-from .loading import SUFFIXES, load_member, load_model
+from .loading import SUFFIXES, load_member, load_members, load_model
 from .saving import save_member
 
-__all__ = ["load_member", "load_model", "save_member", "SUFFIXES"]
+__all__ = ["load_member", "load_members", "load_model", "save_member", "SUFFIXES"]

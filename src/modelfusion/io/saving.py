@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from torch import nn
 
 from .._atomic import atomic_path, check_output
+from .._checks import PathArg, checked
 from .._safetensors import write_tensors
 from ..errors import InvalidInputError
 from ..members import Member, SklearnMember, TorchMember
@@ -20,9 +20,10 @@ from .transformers import TransformersClassifier, save_transformers_member
 __all__ = ["save_member"]
 
 
+@checked
 def save_member(
     member: Member | nn.Module,
-    path: str | os.PathLike,
+    path: PathArg,
     *,
     factory: str | None = None,
     factory_kwargs: Mapping | None = None,
