@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from .._atomic import atomic_dir, check_output, jsonable
+from .._atomic import atomic_dir, check_output, check_space, jsonable
 from .._files import read_file
 from .._progress import progress_bar
 from .._safetensors import check_readable, read_header
@@ -460,6 +460,7 @@ def merge_checkpoints(
     plan.config_updates = dict((config_updates() if callable(config_updates) else config_updates) or {})
     if dry_run:
         return plan
+    check_space(out_dir, plan.input_bytes)  # the merged tensors: refused now rather than when the disk fills
     _return_freed_memory_promptly()
     with atomic_dir(out_dir, overwrite=overwrite, inputs=plan.protected) as tmp, progress_bar(progress) as bar:
         _write(plan, sources, tmp, parse_size(shard_size), seed, bar, allow_nonfinite)
