@@ -155,7 +155,11 @@ test_public_functions_refuse_wrong_arguments_in_one_line_slow = pytest.mark.slow
         ("merge", {"out_dir": None}, "argument 'out_dir' must be a path (text or os.PathLike), got NoneType"),
         ("merge_state_dicts", {"models": [{"w": [1.0]}, {"w": [2.0]}]}, "merge_state_dicts: argument 'models'"),
         ("evaluate", {"preds": None}, "evaluate: argument 'preds' must be a Predictions"),
-        ("collect_predictions", {"X": "text"}, "argument 'X' must be a torch.Tensor or a np.ndarray, got str"),
+        (
+            "collect_predictions",
+            {"X": "text"},
+            "argument 'X' must be a torch.Tensor or a np.ndarray or a Texts or a list[str], got str",
+        ),
         ("InputGuard.load", {"path": None}, "InputGuard.load: argument 'path'"),
         ("distill", {"student": None}, "distill: argument 'student' must be a nn.Module, got NoneType"),
     ],

@@ -1,6 +1,11 @@
 """Property-based fuzzing of the data readers and the transformers folder reader, like tests/test_fuzz.py: whatever
 a file holds, load_data / load_member give a valid result or a one-line `ModelFusionError`, never another
-exception."""
+exception.
+
+Each example reads a whole dataset (and the folder targets load a dataset or a model), so the slow halves run a
+quarter of `SLOW_EXAMPLES` for files and a twentieth for folders, to keep the suite within its budget;
+bench/fuzz.py runs them too (its `--examples` is `SLOW_EXAMPLES`, divided the same way).
+"""
 
 import csv
 import io
@@ -138,14 +143,19 @@ def bert_folder(tmp_path_factory):
     return folder
 
 
-test_npz_file, test_npz_file_slow = _fuzz(_file_contents(NPZ), _npz_file)
+FILE_EXAMPLES = SLOW_EXAMPLES // 4
+FOLDER_EXAMPLES = SLOW_EXAMPLES // 20
+
+test_npz_file, test_npz_file_slow = _fuzz(_file_contents(NPZ), _npz_file, slow_examples=FILE_EXAMPLES)
 test_csv_text, test_csv_text_slow = _fuzz(
-    st.text(max_size=300) | _mutations(CSV.encode()).map(lambda b: b.decode("utf-8", "replace")), _csv_file
+    st.text(max_size=300) | _mutations(CSV.encode()).map(lambda b: b.decode("utf-8", "replace")),
+    _csv_file,
+    slow_examples=FILE_EXAMPLES,
 )
-test_csv_table, test_csv_table_slow = _fuzz(tables, _csv_table)
-test_parquet_file, test_parquet_file_slow = _fuzz(_file_contents(PARQUET), _parquet_file)
+test_csv_table, test_csv_table_slow = _fuzz(tables, _csv_table, slow_examples=FILE_EXAMPLES)
+test_parquet_file, test_parquet_file_slow = _fuzz(_file_contents(PARQUET), _parquet_file, slow_examples=FILE_EXAMPLES)
 test_image_file, test_image_file_slow = _fuzz(
-    _file_contents(PNG) | _mutations(JPEG), _image_folder, slow_examples=SLOW_EXAMPLES // 4
+    _file_contents(PNG) | _mutations(JPEG), _image_folder, slow_examples=FOLDER_EXAMPLES
 )
 test_preprocessing_document, test_preprocessing_document_slow = _fuzz(
     json_values
@@ -167,12 +177,12 @@ test_preprocessing_document, test_preprocessing_document_slow = _fuzz(
     lambda folder, document: _only_our_errors(
         lambda: prepare_inputs(_write(folder, "new.csv", CSV.encode()), preprocessing_from_dict(document))
     ),
+    slow_examples=FILE_EXAMPLES,
 )
 
 
-# Folders: one file of a valid folder replaced by fuzzed bytes (each example loads a whole dataset or model, so
-# the slow half runs a tenth of the examples).
-def _folder_fuzz(fixture: str, read, slow_examples=SLOW_EXAMPLES // 10):
+# Folders: one file of a valid folder replaced by fuzzed bytes.
+def _folder_fuzz(fixture: str, read, slow_examples=FOLDER_EXAMPLES):
     from hypothesis import HealthCheck, given, settings
 
     def make(examples):

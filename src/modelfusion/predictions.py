@@ -25,7 +25,7 @@ from .errors import (
 )
 from .members import MAX_NAME_CHARS, Member, check_classes, check_members
 from .tasks import TASKS, Task
-from .texts import as_texts, is_texts
+from .texts import Texts, as_texts, is_texts
 
 __all__ = ["Predictions", "collect_predictions"]
 
@@ -311,7 +311,7 @@ def _check_fields(preds: Predictions) -> None:
 @checked
 def collect_predictions(
     members: Sequence[Member],
-    X: torch.Tensor | np.ndarray,
+    X: torch.Tensor | np.ndarray | Texts | list[str],
     y: torch.Tensor | np.ndarray | None = None,
     split: str = "test",
     *,
