@@ -22,15 +22,15 @@ def _weights(member):
     return torch.cat([p.detach().flatten() for p in member.module.state_dict().values() if p.is_floating_point()])
 
 
-def test_recipe_for_picks_each_datasets_recipe(digits):
+def test_recipe_for_picks_each_kinds_recipe(digits):
     assert recipe_for(digits).name == "digits-cnn"
     assert recipe_for(digits, "mlp").name == "digits-mlp"
     assert recipe_for(load_dataset("mnist1d")).name == "mnist1d-cnn"
     assert recipe_for(load_dataset("wine")).name == "tabular-mlp"
     assert recipe_for(load_dataset("diabetes")).name == "regression-mlp"
-    with pytest.raises(ConfigError, match="no CNN recipe for 'wine'"):
+    with pytest.raises(ConfigError, match=r"no CNN recipe for tabular data \('wine'\)"):
         recipe_for(load_dataset("wine"), "cnn")
-    with pytest.raises(ConfigError, match="needs 1-D image data"):
+    with pytest.raises(ConfigError, match=r"needs sequences \[C, L\]; 'digits' is image data"):
         RECIPES["mnist1d-cnn"].factory_kwargs(digits)
 
 

@@ -12,6 +12,7 @@ import signal
 import threading
 import typing
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,7 +22,7 @@ from ._checks import parse_json_object
 from ._terminal import escape_controls, terminal_console
 from .errors import ModelFusionError
 
-__all__ = ["err_console", "guarded", "fail", "parse_json_object", "command_from_job", "Overwrite"]
+__all__ = ["err_console", "guarded", "fail", "parse_json_object", "command_from_job", "with_data", "Overwrite"]
 
 err_console = terminal_console(stderr=True)
 
@@ -127,4 +128,46 @@ def command_from_job(job: type, run: Callable[[object], None]) -> Callable[..., 
     command.__signature__ = inspect.Signature(parameters)
     command.__doc__ = job.__doc__
     command.__name__ = job.__name__
+    return command
+
+
+def _data_parameters(taken: set[str]) -> list[inspect.Parameter]:
+    """`--dataset`, `--data`, `--target`, `--task`: the options of `DataChoice`, with its help (less those the
+    command declares itself, in `taken`)."""
+    from .data_options import DATA_HELP
+
+    types = {"dataset": str | None, "data": Path | None, "target": str | None, "task": str | None}
+    return [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=None,
+            annotation=Annotated[kind, typer.Option(help=DATA_HELP[name], readable=False if name == "data" else True)],
+        )
+        for name, kind in types.items()
+        if name not in taken
+    ]
+
+
+def with_data(fn: Callable) -> Callable:
+    """`fn`, whose parameter `data` takes a `DataChoice`, as a command with the shared data options in its place
+    (`--dataset NAME` or `--data PATH [--target COLUMN] [--task ...]`): declared once, for every command. A
+    command that declares `task` itself (`predict`: the members' task) gets it too, and so does the data."""
+    from .data_options import DataChoice
+
+    signature = inspect.signature(fn, eval_str=True)  # typer reads the types, not their text
+    taken = set(signature.parameters) - {"data"}
+    parameters = []
+    for parameter in signature.parameters.values():
+        parameters += _data_parameters(taken) if parameter.name == "data" else [parameter]
+
+    @functools.wraps(fn)
+    def command(*args, dataset=None, data=None, target=None, **options):
+        task = options.get("task") if "task" in taken else options.pop("task", None)
+        choice = DataChoice(dataset=dataset, data=data, target=target, task=task if data is not None else None)
+        if "task" not in taken and task is not None and data is None:
+            choice = DataChoice(dataset=dataset, task=task)  # refused: --task describes a --data file
+        return fn(*args, data=choice, **options)
+
+    command.__signature__ = signature.replace(parameters=parameters)
     return command

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Annotated
 import typer
 
 from ._checks import parse_json_object
-from ._cli_support import Overwrite, command_from_job, err_console, guarded
+from ._cli_support import Overwrite, command_from_job, err_console, guarded, with_data
 from ._terminal import terminal_console
+from .data_options import DataChoice
 from .errors import ConfigError, InvalidInputError
 
 app = typer.Typer(
@@ -29,8 +31,26 @@ WriteReport = Annotated[
 
 
 def _command(fn):
-    """Register `fn` as a command whose errors print as one line (`guarded`)."""
+    """Register `fn` as a command whose errors print as one line (`guarded`); a parameter `data` becomes the
+    shared data options (`with_data`: `--dataset NAME` or `--data PATH [--target COLUMN] [--task ...]`)."""
+    if "data" in inspect.signature(fn).parameters:
+        fn = with_data(fn)
     return app.command()(guarded(fn))
+
+
+Recipe = Annotated[
+    str | None,
+    typer.Option(
+        help="the networks' training recipe (modelfusion.training.RECIPES; default: chosen by the data's shape)"
+    ),
+]
+Estimator = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="estimator to train beside the networks (repeat it; modelfusion.estimators.ESTIMATORS, e.g. "
+        "hist_gradient_boosting, lightgbm; default: chosen by the data's shape)"
+    ),
+]
 
 
 def _load_members(paths: Sequence[Path], **options) -> list:
@@ -48,31 +68,35 @@ def _safetensors_out(path: Path, option: str) -> None:
 
 @_command
 def demo(
-    dataset: Annotated[
-        str, typer.Option(help="embedded dataset: digits, breast_cancer, wine, diabetes, mnist1d")
-    ] = "digits",
+    data: DataChoice = None,
     seed: Annotated[int, typer.Option(help="seed of the split and of every member")] = 0,
     out: Annotated[Path, typer.Option(help="folder for members, predictions and results.json")] = Path("runs/demo"),
     epochs: Annotated[
         int | None, typer.Option(help="training epochs of the torch members (default: their recipe's)")
     ] = None,
     mlps: Annotated[int, typer.Option(help="number of MLP members (different seeds)")] = 3,
+    recipe: Recipe = None,
+    estimator: Estimator = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     report: WriteReport = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """Train diverse members on embedded data, fuse them, print the test leaderboard.
+    """Train diverse members on the data, fuse them, print the test leaderboard.
 
-    Python: `modelfusion.demo.run_demo(dataset, seed=..., out=..., report=..., overwrite=...)`.
+    Python: `modelfusion.demo.run_demo(load_dataset(name) or load_data(path), out=..., report=..., overwrite=...)`.
     """
+    from ._atomic import check_output
     from .demo import run_demo
 
+    check_output(out, kind="folder", overwrite=overwrite, inputs=data.inputs)  # before any work
     run_demo(
-        dataset,
+        data.load(seed=seed),
         seed=seed,
         out=out,
         epochs=epochs,
         n_mlps=mlps,
+        recipe=recipe,
+        estimators=estimator,
         progress=progress,
         report=report,
         overwrite=overwrite,
@@ -98,36 +122,48 @@ def auto(
     checkpoints: Annotated[
         list[Path] | None, typer.Argument(readable=False, help="members (default: trained here from the recipes)")
     ] = None,
-    dataset: Annotated[str, typer.Option(help="embedded classification dataset the members belong to")] = "digits",
+    data: DataChoice = None,
     out: Annotated[Path, typer.Option(help="folder for results.json, report.html and the exported model")] = Path(
         "runs/auto"
     ),
     budget: Annotated[
-        str | None, typer.Option(help="time budget (300, 300s, 5m): families that would start later are skipped")
+        str | None,
+        typer.Option(
+            help="time budget (300, 300s, 5m, 1h), member training included: members and families that would not "
+            "finish in it are skipped"
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the split, of the members trained here, of the bootstrap")] = 0,
+    recipe: Recipe = None,
+    estimator: Estimator = None,
+    workers: Annotated[
+        int | None, typer.Option(help="processes training members in parallel (default: one per core, at most 4)")
+    ] = None,
     report: Annotated[bool, typer.Option(help="write report.html (the HTML report)")] = True,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     overwrite: Overwrite = False,
 ) -> None:
     """Try every family of fusion on the members, choose on validation, confirm on test, export the chosen one.
 
-    Python: `modelfusion.auto.auto(members, load_dataset(dataset, seed=seed), out=..., budget_s=...)`.
+    Python: `modelfusion.auto.auto(members, load_data(path) or load_dataset(name), out=..., budget_s=...)`.
     """
     from ._atomic import check_output
     from .auto import auto as run_auto
-    from .datasets import load_dataset
     from .report import print_leaderboard
 
     budget_s = _seconds(budget) if budget is not None else None
-    check_output(out, kind="folder", overwrite=overwrite, inputs=checkpoints or [])  # before any work
+    check_output(
+        out, kind="folder", overwrite=overwrite, inputs=[*(checkpoints or []), *data.inputs]
+    )  # before any work
     members = _load_members(checkpoints) if checkpoints else None
-    data = load_dataset(dataset, seed=seed)
     result = run_auto(
         members,
-        data,
+        data.load(seed=seed),
         budget_s=budget_s,
         seed=seed,
+        recipe=recipe,
+        estimators=estimator,
+        workers=workers,
         out=out,
         report=report,
         overwrite=overwrite,
@@ -145,9 +181,22 @@ def predict(
     checkpoints: Annotated[
         list[Path], typer.Argument(readable=False, help="member checkpoints (see `modelfusion.io` for formats)")
     ],
-    dataset: Annotated[str, typer.Option(help="embedded dataset to predict on")] = "digits",
+    data: DataChoice = None,
     seed: Annotated[int, typer.Option(help="seed of the dataset split")] = 0,
-    split: Annotated[str, typer.Option(help="split to predict: train, val or test")] = "test",
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="split to predict: train, val or test (default: test; with --data and a preprocessing, every row)"
+        ),
+    ] = None,
+    preprocessing: Annotated[
+        Path | None,
+        typer.Option(
+            readable=False,
+            help="the preprocessing.json saved with the members (default: the one beside them, if any): --data is new "
+            "data, every row prepared as the training data was",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="where to save the Predictions (.safetensors)")] = Path(
         "predictions.safetensors"
     ),
@@ -167,16 +216,22 @@ def predict(
     trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Run each member once on a split and save their outputs as Predictions.
+    """Run each member once on a split, or on new data, and save their outputs as Predictions.
 
-    Python: `load_member(...)` for each file, then `collect_predictions(members, X, y, split).save(out)`.
+    Python: `load_member(...)` for each file, then `collect_predictions(members, X, y, split).save(out)`, with `X, y`
+    a split of `load_data(path)` or, for new data, `read_preparation(path).prepare(new_file)` (`modelfusion.datasets`).
     """
     from ._atomic import check_output
-    from .datasets import load_dataset
+    from .datasets import prediction_inputs
     from .predictions import collect_predictions
 
     _safetensors_out(out, "--out")
-    check_output(out, kind="file", overwrite=overwrite, inputs=checkpoints)
+    check_output(out, kind="file", overwrite=overwrite, inputs=[*checkpoints, *data.inputs])
+    X, y, split, used = prediction_inputs(data, checkpoints, seed=seed, split=split, preprocessing=preprocessing)
+    if used is not None:
+        err_console.print(
+            f"note: {data.label} prepared with {used}; every row predicted", markup=False, highlight=False
+        )
     kwargs = parse_json_object(factory_kwargs, "--factory-kwargs")
     members = _load_members(
         checkpoints,
@@ -186,10 +241,9 @@ def predict(
         trust_code=trust_code,
         trusted_types=trust_type or (),
     )
-    part = load_dataset(dataset, seed=seed).split(split)
-    preds = collect_predictions(members, part.X, part.y, split)
+    preds = collect_predictions(members, X, y, split)
     preds.save(out, overwrite=overwrite)
-    console.print(f"saved predictions of {preds.num_members} members on {len(part)} {split} samples -> {out}")
+    console.print(f"saved predictions of {preds.num_members} members on {len(X)} {split} samples -> {out}")
 
 
 @_command
@@ -197,7 +251,7 @@ def ensemble(
     checkpoints: Annotated[
         list[Path] | None, typer.Argument(readable=False, help="member checkpoints (or use --val-preds/--test-preds)")
     ] = None,
-    dataset: Annotated[str, typer.Option(help="embedded dataset the members were trained for")] = "digits",
+    data: DataChoice = None,
     seed: Annotated[int, typer.Option(help="seed of the dataset split and of the bootstrap")] = 0,
     method: Annotated[list[str] | None, typer.Option(help="combiner name (repeat it), or 'all'")] = None,
     val_preds: Annotated[
@@ -238,11 +292,11 @@ def ensemble(
         COMBINERS[name]  # an unknown name fails here, before any member runs
     if report:
         check_report_extra()  # before any member runs
-    inputs = [*(checkpoints or []), val_preds, test_preds]
+    inputs = [*(checkpoints or []), val_preds, test_preds, *data.inputs]
     check_output(out, kind="folder", overwrite=overwrite, inputs=inputs)  # before any member runs
     options = {"factory": factory, "factory_kwargs": parse_json_object(factory_kwargs, "--factory-kwargs")}
     options.update(trust_code=trust_code, trusted_types=trust_type or ())
-    val, test = _ensemble_inputs(checkpoints, val_preds, test_preds, (dataset, seed), options)
+    val, test = _ensemble_inputs(checkpoints, val_preds, test_preds, (data, seed), options)
     try:
         run = fuse_and_evaluate(val, test, "all" if methods == ["all"] else methods, seed=seed)
     except LeakageError as err:
@@ -258,16 +312,15 @@ def ensemble(
 
 
 def _ensemble_inputs(checkpoints, val_preds: Path | None, test_preds: Path | None, dataset: tuple, options: dict):
-    """The validation and test predictions `ensemble` fits and scores: the checkpoints' on `dataset` (name,
-    seed), or read from the saved Predictions files."""
-    from .datasets import load_dataset
+    """The validation and test predictions `ensemble` fits and scores: the checkpoints' on `dataset` (the
+    `DataChoice`, seed), or read from the saved Predictions files."""
     from .predictions import Predictions, collect_predictions
 
     if checkpoints and (val_preds or test_preds):
         raise ConfigError("give member checkpoints or --val-preds/--test-preds, not both")
     if checkpoints:
         members = _load_members(checkpoints, **options)
-        data = load_dataset(dataset[0], seed=dataset[1])
+        data = dataset[0].load(seed=dataset[1])
         val = collect_predictions(members, data.val.X, data.val.y, "val")
         return val, collect_predictions(members, data.test.X, data.test.y, "test")
     if val_preds and test_preds:
@@ -362,10 +415,11 @@ def merge_adapters(
 
 @app.command("merge-search")
 @guarded
+@with_data
 def merge_search(
     config: Annotated[Path, typer.Argument(readable=False, help="a merge config listing models (saved members)")],
-    data: Annotated[str, typer.Option(help="the embedded dataset whose validation split scores each merge")],
     out: Annotated[Path, typer.Option(help="where to write the best config (YAML); its curve goes beside it")],
+    data: DataChoice = None,
     evaluations: Annotated[int, typer.Option(help="merges to score, the config as given included")] = 60,
     layer_groups: Annotated[int, typer.Option(help="1: a value per model; G: per model and group of layers")] = 1,
     metric: Annotated[str, typer.Option(help="accuracy or nll")] = "accuracy",
@@ -375,16 +429,16 @@ def merge_search(
 ) -> None:
     """Tune a merge's per-model weights and densities on validation data; write the best config as YAML.
 
-    Python: `modelfusion.merge.search.search_merge(config, load_dataset(data).val, ...).save(out)`.
+    Python: `modelfusion.merge.search.search_merge(config, load_data(path).val, ...).save(out)` (the validation
+    split scores each merge).
     """
     from ._atomic import atomic_path, check_output
-    from .datasets import load_dataset
     from .errors import MissingExtraError
     from .merge.search import search_merge
 
     if out.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"--out {out}: the best config is YAML; name it with .yaml")
-    split = load_dataset(data, seed=seed).val
+    split = data.load(seed=seed).val
     result = search_merge(
         config,
         split,
@@ -394,7 +448,7 @@ def merge_search(
         optimizer=optimizer,
         seed=seed,
     )
-    result.save(out, overwrite=overwrite, inputs=[config])
+    result.save(out, overwrite=overwrite, inputs=[config, *data.inputs])
     figure = out.with_suffix(".search.svg")
     try:
         from .report.figures import search_svg
@@ -449,7 +503,7 @@ def align(
         Path, typer.Argument(readable=False, help="the model to permute into that order (same architecture)")
     ],
     out: Annotated[Path, typer.Option(help="where to save the aligned copy of OTHER (.safetensors)")],
-    dataset: Annotated[str, typer.Option(help="embedded dataset: inputs for the spec and activations")] = "digits",
+    data: DataChoice = None,
     seed: Annotated[int, typer.Option(help="seed of the split and of the matching order")] = 0,
     method: Annotated[str, typer.Option(help="weight_matching or activation_matching")] = "weight_matching",
     samples: Annotated[int, typer.Option(help="training samples used for the spec and activations")] = 1024,
@@ -460,12 +514,11 @@ def align(
     Python: `modelfusion.align.align([model_a, model_b], X=...)` (`align_checkpoints` for files).
     """
     from .align import align_checkpoints, midpoint_accuracy
-    from .datasets import load_dataset
     from .io import load_member
 
     if samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {samples}")
-    data = load_dataset(dataset, seed=seed)
+    data = data.load(seed=seed)
     _, result = align_checkpoints(
         [reference, other], [None, out], data.train.X[:samples], method=method, seed=seed, overwrite=overwrite
     )
@@ -524,7 +577,7 @@ def splice(
     at: Annotated[str, typer.Option(help="the last module kept (an unknown name lists them)")],
     num_outputs: Annotated[int, typer.Option(help="outputs of the new head (classes of the new task)")],
     out: Annotated[Path, typer.Option(help="where to save the spliced model (.safetensors)")],
-    dataset: Annotated[str, typer.Option(help="embedded dataset whose inputs the backbone takes")] = "digits",
+    data: DataChoice = None,
     seed: Annotated[int, typer.Option(help="seed of the new head's initial weights")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
@@ -536,15 +589,14 @@ def splice(
 
     from ._atomic import check_output
     from ._checks import check_count
-    from .datasets import load_dataset
     from .features import spliced_member
     from .io import save_member
 
     _safetensors_out(out, "--out")
     check_count(num_outputs, "--num-outputs")
-    check_output(out, kind="file", overwrite=overwrite, inputs=[backbone])
+    check_output(out, kind="file", overwrite=overwrite, inputs=[backbone, *data.inputs])
     member = _torch_member(backbone)
-    example = load_dataset(dataset, seed=seed).train.X[:2]
+    example = data.load(seed=seed).train.X[:2]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         spliced = spliced_member(member, num_outputs, at=at, example_input=example)
@@ -560,7 +612,7 @@ def splice(
 def finetune(
     checkpoint: Annotated[Path, typer.Argument(readable=False, help="a saved torch member (e.g. from `splice`)")],
     out: Annotated[Path, typer.Option(help="where to save the fine-tuned model (.safetensors)")],
-    dataset: Annotated[str, typer.Option(help="embedded dataset to fine-tune on")] = "digits",
+    data: DataChoice = None,
     schedule: Annotated[
         str, typer.Option(help="linear_probe, full, probe_then_finetune or gradual (modelfusion.features.SCHEDULES)")
     ] = "probe_then_finetune",
@@ -579,19 +631,18 @@ def finetune(
     """
     from ._atomic import check_output
     from ._modules import output_width
-    from .datasets import load_dataset
     from .features import finetune as run_finetune
     from .io import save_member
     from .training import score_classifier
 
     _safetensors_out(out, "--out")
-    check_output(out, kind="file", overwrite=overwrite, inputs=[checkpoint])
+    check_output(out, kind="file", overwrite=overwrite, inputs=[checkpoint, *data.inputs])
     member = _torch_member(checkpoint)
-    data = load_dataset(dataset, seed=seed)
+    choice, data = data, data.load(seed=seed)
     output_width(member.module, data.train.X, str(checkpoint))  # a model for other inputs fails here, in one line
     if member.num_outputs != data.num_classes:
         raise InvalidInputError(
-            f"{checkpoint} has {member.num_outputs} outputs but {dataset} has {data.num_classes} classes; "
+            f"{checkpoint} has {member.num_outputs} outputs but {choice.label} has {data.num_classes} classes; "
             f"splice it with --num-outputs {data.num_classes} first"
         )
     train, val = data.train, data.val
@@ -611,7 +662,7 @@ def finetune(
 @_command
 def cascade(
     checkpoints: Annotated[list[Path], typer.Argument(readable=False, help="the models, cheapest first")],
-    dataset: Annotated[str, typer.Option(help="embedded dataset")] = "digits",
+    data: DataChoice = None,
     seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
     costs: Annotated[
         str | None,
@@ -635,19 +686,18 @@ def cascade(
     what --json writes); `Cascade(costs=...).fit(val_preds)` then `.predict(members, X)` for the cascade alone.
     """
     from ._atomic import check_output
-    from .datasets import load_dataset
     from .features import run_cascade
 
     if json_out is not None:
         if json_out.suffix != ".json":
             raise ConfigError(f"--json {json_out}: the results are JSON; name it with .json")
-        check_output(json_out, kind="file", overwrite=overwrite, inputs=checkpoints)
+        check_output(json_out, kind="file", overwrite=overwrite, inputs=[*checkpoints, *data.inputs])
     try:
         given = [float(c) for c in costs.split(",")] if costs is not None else None
     except ValueError:
         raise ConfigError(f"--costs must be comma-separated numbers, got {costs!r}") from None
     members = _load_members(checkpoints)
-    data = load_dataset(dataset, seed=seed)
+    data = data.load(seed=seed)
     run = run_cascade(members, data, costs=given, target_accuracy=target_accuracy, budget=budget)
     for line in run.lines():
         console.print(line, highlight=False, markup=False)
@@ -673,7 +723,7 @@ def compress(
     recover_epochs: Annotated[
         int, typer.Option(help="pruning: epochs of distillation from the uncompressed model")
     ] = 0,
-    dataset: Annotated[str, typer.Option(help="embedded dataset the model was trained on, to score it")] = "digits",
+    data: DataChoice = None,
     seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
@@ -685,10 +735,9 @@ def compress(
     """
     from ._atomic import check_output
     from .compress import compress_and_measure
-    from .datasets import load_dataset
     from .report import print_leaderboard
 
-    check_output(out, kind="folder", overwrite=overwrite, inputs=[checkpoint])  # before any work
+    check_output(out, kind="folder", overwrite=overwrite, inputs=[checkpoint, *data.inputs])  # before any work
     if checkpoint.is_dir():
         from .ensemble import EnsembleModule
 
@@ -697,7 +746,7 @@ def compress(
         model = _torch_member(checkpoint)
         name = model.name
     params = {k: v for k, v in {"amount": amount, "group_size": group_size}.items() if v is not None}
-    data = load_dataset(dataset, seed=seed)
+    data = data.load(seed=seed)
     run = compress_and_measure(model, method, data, recover_epochs=recover_epochs, seed=seed, name=name, **params)
     saved = run.save(out, overwrite=overwrite, inputs=[checkpoint])
     print_leaderboard(run.results(), console)
@@ -720,13 +769,14 @@ app.add_typer(guard_app, name="guard")
 
 @guard_app.command("fit")
 @guarded
+@with_data
 def guard_fit(
     checkpoints: Annotated[
         list[Path] | None,
         typer.Argument(readable=False, help="the members whose outputs the scores read (none: inputs alone)"),
     ] = None,
     out: Annotated[Path, typer.Option(help="where to save the guard (.safetensors)")] = Path("guard.safetensors"),
-    dataset: Annotated[str, typer.Option(help="embedded dataset the members were trained on")] = "digits",
+    data: DataChoice = None,
     seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
     score: Annotated[
         str,
@@ -744,21 +794,20 @@ def guard_fit(
     Python: `InputGuard(members, ood_score=..., fpr=...).fit(data.train, data.val).save(out)` (`modelfusion.guard`).
     """
     from ._atomic import check_output
-    from .datasets import load_dataset
     from .guard import InputGuard
 
     checkpoints = checkpoints or []
     _safetensors_out(out, "--out")
-    check_output(out, kind="file", overwrite=overwrite, inputs=checkpoints)
+    check_output(out, kind="file", overwrite=overwrite, inputs=[*checkpoints, *data.inputs])
     members = _load_members(checkpoints) if checkpoints else None
-    data = load_dataset(dataset, seed=seed)
+    choice, data = data, data.load(seed=seed)
     guard = InputGuard(members, ood_score=score, fpr=fpr, range_tolerance=range_tolerance, seed=seed)
     guard.fit(data.train, data.val)
     guard.save(out, overwrite=overwrite)
     aurocs = ", ".join(f"{name} {value:.3f}" for name, value in guard.val_auroc_.items())
     rejected = float((guard.score(data.val.X) > guard.threshold_).mean())
     console.print(
-        f"guard for {dataset} inputs {guard.input_shape_} with {len(guard.member_names_)} member(s): score "
+        f"guard for {choice.label} inputs {guard.input_shape_} with {len(guard.member_names_)} member(s): score "
         f"{guard.score_}, threshold {guard.threshold_:.4g} (rejects {rejected:.1%} of validation, asked "
         f"{fpr:.1%}); validation AUROC "
         f"against feature-shuffled samples: {aurocs} -> {out}",
@@ -784,14 +833,17 @@ def _inputs_file(path: Path):
 
 @guard_app.command("check")
 @guarded
+@with_data
 def guard_check(
     guard_file: Annotated[Path, typer.Argument(readable=False, help="a guard saved by `guard fit`")],
     checkpoints: Annotated[
         list[Path] | None, typer.Argument(readable=False, help="the members it was fitted with, in the same order")
     ] = None,
     inputs: Annotated[Path | None, typer.Option(help="samples to screen: a .npy array [N, features...]")] = None,
-    dataset: Annotated[str, typer.Option(help="without --inputs: screen this embedded dataset's split")] = "digits",
-    split: Annotated[str, typer.Option(help="without --inputs: train, val or test")] = "test",
+    data: DataChoice = None,
+    split: Annotated[
+        str, typer.Option(help="without --inputs: the split of the data to screen: train, val or test")
+    ] = ("test"),
     seed: Annotated[int, typer.Option(help="seed of the split")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write every verdict as JSON here")] = None,
     overwrite: Overwrite = False,
@@ -801,7 +853,6 @@ def guard_check(
     Python: `InputGuard.load(path, members=...).check(X)` (`modelfusion.guard`).
     """
     from ._atomic import check_output, write_json
-    from .datasets import load_dataset
     from .guard import InputGuard
 
     checkpoints = checkpoints or []
@@ -811,7 +862,7 @@ def guard_check(
         check_output(json_out, kind="file", overwrite=overwrite, inputs=[guard_file, *checkpoints])
     members = _load_members(checkpoints) if checkpoints else None
     guard = InputGuard.load(guard_file, members=members)
-    X = _inputs_file(inputs) if inputs is not None else load_dataset(dataset, seed=seed).split(split).X
+    X = _inputs_file(inputs) if inputs is not None else data.load(seed=seed).split(split).X
     verdicts = guard.check(X)
     console.print(verdicts.summary(), highlight=False, markup=False)
     for i in verdicts.rejected[:10]:
@@ -833,11 +884,10 @@ def guard_check(
 
 @guard_app.command("clean")
 @guarded
+@with_data
 def guard_clean(
     out: Annotated[Path, typer.Option(help="where to write the issues and accuracies (.json)")],
-    dataset: Annotated[str, typer.Option(help="embedded classification dataset whose training split is screened")] = (
-        "digits"
-    ),
+    data: DataChoice = None,
     recipe: Annotated[
         str | None, typer.Option(help="training recipe of the fold members (default: the dataset's strongest)")
     ] = None,
@@ -861,13 +911,12 @@ def guard_clean(
     import numpy as np
 
     from ._atomic import check_output, write_json
-    from .datasets import load_dataset
     from .guard import clean, inject_label_noise
 
     if out.suffix != ".json":
         raise ConfigError(f"--out {out}: the report is JSON; name it with .json")
-    check_output(out, kind="file", overwrite=overwrite)
-    data = load_dataset(dataset, seed=seed)
+    check_output(out, kind="file", overwrite=overwrite, inputs=data.inputs)
+    choice, data = data, data.load(seed=seed)
     flipped = None
     if noise:
         noisy, flipped = inject_label_noise(data.train, noise, seed=seed)
@@ -875,7 +924,7 @@ def guard_clean(
     result = clean(data, members=recipe, folds=folds, seed=seed, strategy=strategy)
     issues = result.issues
     report = {
-        "dataset": dataset,
+        "dataset": choice.label,
         "seed": seed,
         "folds": folds,
         "label_issues": issues.label_issues.tolist(),
@@ -893,7 +942,7 @@ def guard_clean(
     write_json(out, report)
     test = result.accuracy["test"]
     console.print(
-        f"{found} in {len(data.train)} training samples of {dataset}; test accuracy of the {folds}-fold fusion: "
+        f"{found} in {len(data.train)} training samples of {choice.label}; test accuracy of the {folds}-fold fusion: "
         f"{test['before']:.4f} before, {test['after']:.4f} after cleaning ({result.strategy}, chosen on validation "
         f"among {', '.join(result.candidates)}) -> {out}",
         highlight=False,

@@ -36,7 +36,19 @@ from .registry import Registry
 from .tasks import KINDS, TASKS, Kind, Task
 from .texts import Texts
 
-__all__ = ["Split", "Dataset", "DATASETS", "load_dataset", "load_data", "prepare_inputs", "Texts"]
+__all__ = [
+    "Split",
+    "Dataset",
+    "DATASETS",
+    "load_dataset",
+    "load_data",
+    "prepare_inputs",
+    "Preparation",
+    "read_preparation",
+    "find_preparation",
+    "prediction_inputs",
+    "Texts",
+]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -74,7 +86,8 @@ class Dataset:
     shape a CNN should see (`(1, 8, 8)` for digits, `(1, 40)` for mnist1d), or None for tabular data.
     `kind` is what the data is (tabular, image, sequence or text), for choosing models by shape;
     `preprocessing` the transform fitted on the training split (None for the embedded datasets), which
-    `prepare_inputs` applies to new data.
+    `prepare_inputs` applies to new data; `target` the label column a table was read with (None: the
+    conventional names).
     """
 
     name: str
@@ -89,6 +102,7 @@ class Dataset:
     source: str
     kind: Kind = "tabular"
     preprocessing: Preprocessing | None = None
+    target: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -155,6 +169,19 @@ class Dataset:
             raise ConfigError(f"dataset {self.name!r} was not read from a file; it has no preprocessing to apply")
         return prepare_inputs(path, self.preprocessing, class_names=self.class_names, task=self.task)
 
+    def preparation(self) -> Preparation:
+        """What new data needs to be prepared as this dataset was: its preprocessing, task and class names
+        (`save` it beside a model; `predict --data` applies it)."""
+        if self.preprocessing is None:
+            raise ConfigError(f"dataset {self.name!r} was not read from a file; it has no preprocessing to apply")
+        return Preparation(
+            preprocessing=self.preprocessing,
+            task=self.task,
+            class_names=self.class_names,
+            source=self.source,
+            target=self.target,
+        )
+
     def split(self, name: str) -> Split:
         if name not in SPLIT_NAMES:
             raise ConfigError(f"unknown split {name!r}; valid splits: {', '.join(SPLIT_NAMES)}")
@@ -165,6 +192,113 @@ class Dataset:
         task = f"{self.num_classes} classes" if self.task == "classification" else "regression"
         shape = "texts" if self.kind == "text" else f"{self.num_features} features"
         return f"{self.name}: {shape}, {task}, train/val/test {sizes} (seed {self.seed})"
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """A dataset's fitted preprocessing with its task and class names: what `predict --data NEW_FILE` needs to
+    prepare new data as the training data was (`save` writes it as JSON beside a model, `read_preparation`
+    reads it back, checked field by field)."""
+
+    preprocessing: Preprocessing
+    task: Task
+    class_names: tuple[str, ...]
+    source: str = ""
+    target: str | None = None
+
+    def prepare(self, path: str | os.PathLike) -> tuple[torch.Tensor | Texts, torch.Tensor | None]:
+        """Every row of the file or folder `path` prepared: `(X, y)`, `y` None when it has no labels."""
+        return prepare_inputs(
+            path, self.preprocessing, class_names=self.class_names, task=self.task, target=self.target
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from ._atomic import write_json
+
+        document = {
+            "format": PREPARATION_FORMAT,
+            "task": self.task,
+            "class_names": list(self.class_names),
+            "source": self.source,
+            "target": self.target,
+            "preprocessing": self.preprocessing.to_dict(),
+        }
+        write_json(path, document)
+        return Path(path)
+
+
+PREPARATION_FORMAT = "modelfusion.preparation/1"
+MAX_PREPARATION_BYTES = 256 * 2**20  # a table's categories and an image's statistics, with room
+
+
+def read_preparation(path: str | os.PathLike) -> Preparation:
+    """A `Preparation` saved by `Preparation.save`; anything else in the file is one `DataError` naming it."""
+    from ._files import read_json_object
+    from .errors import CheckpointError
+    from .preprocessing import preprocessing_from_dict
+
+    try:
+        document = read_json_object(path, "preprocessing file", MAX_PREPARATION_BYTES)
+    except CheckpointError as err:
+        raise DataError(str(err)) from None
+    if document.get("format") != PREPARATION_FORMAT:
+        raise DataError(f"{path}: not a preprocessing saved by modelfusion (format {document.get('format')!r})")
+    task, names = document.get("task"), document.get("class_names")
+    if task not in TASKS:
+        raise DataError(f"{path}: field task must be one of {', '.join(TASKS)}, got {task!r:.40}")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise DataError(f"{path}: field class_names must be a list of distinct names")
+    source, target = document.get("source", ""), document.get("target")
+    if target is not None and not isinstance(target, str):
+        raise DataError(f"{path}: field target must be a column name or null")
+    return Preparation(
+        preprocessing=preprocessing_from_dict(document.get("preprocessing"), source=str(path)),
+        task=task,
+        class_names=tuple(names),
+        source=source if isinstance(source, str) else "",
+        target=target,
+    )
+
+
+def find_preparation(checkpoints: Sequence[str | os.PathLike]) -> Path | None:
+    """The preprocessing saved with the first checkpoint: `preprocessing.json` in its folder or the folder above
+    (where `auto` and `demo` write it beside `model.*` and `members/`), or None."""
+    from .data_options import PREPROCESSING_FILE
+
+    if not checkpoints:
+        return None
+    first = Path(checkpoints[0]).absolute()
+    for folder in (first.parent, first.parent.parent):
+        candidate = folder / PREPROCESSING_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def prediction_inputs(
+    choice,
+    checkpoints: Sequence[str | os.PathLike] = (),
+    *,
+    seed: int = 0,
+    split: str | None = None,
+    preprocessing: str | os.PathLike | None = None,
+) -> tuple[torch.Tensor | Texts, torch.Tensor | None, str, Path | None]:
+    """What `predict` runs the members on, from a `DataChoice`: `(X, y, split name, preprocessing used)`.
+
+    New data: a `--data` file with a preprocessing (`preprocessing`, or the one saved beside the checkpoints)
+    and no `split` is prepared row by row as the training data was, every row predicted (split "new").
+    Otherwise: the `split` (default test) of the dataset or file, split as every command splits it.
+    """
+    if preprocessing is not None and choice.data is None:
+        raise ConfigError("--preprocessing prepares a --data file; give the new data with --data")
+    if preprocessing is not None and split is not None:
+        raise ConfigError("--preprocessing predicts every row of --data; drop --split, or drop --preprocessing")
+    found = preprocessing or (find_preparation(checkpoints) if choice.data is not None and split is None else None)
+    if found is not None:
+        X, y = read_preparation(found).prepare(choice.data)
+        return X, y, "new", Path(found)
+    part = choice.load(seed=seed).split(split or "test")
+    return part.X, part.y, part.name, None
 
 
 @dataclass(frozen=True)
@@ -388,6 +522,7 @@ def load_data(
         seed=seed,
         as_images=as_images,
         image_size=image_size,
+        target=target,
     )
 
 
@@ -448,6 +583,7 @@ def _assemble(
     seed: int,
     as_images: bool,
     image_size: tuple[int, int] | None = None,
+    target: str | None = None,
 ) -> Dataset:
     """Labels encoded, rows split, preprocessing fitted on the training rows: the Source as a Dataset."""
     from .readers import num_rows, take
@@ -498,6 +634,7 @@ def _assemble(
         source=source.path,
         kind=kind,
         preprocessing=preprocessing,
+        target=target,
         **splits,
     )
 

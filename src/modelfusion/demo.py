@@ -10,6 +10,7 @@ report) data only; the test split is used once, for the leaderboard.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -18,6 +19,7 @@ from rich.text import Text
 from ._atomic import atomic_dir
 from ._deprecation import deprecated
 from ._terminal import terminal_console, terminal_text
+from .data_options import PREPROCESSING_FILE
 from .datasets import Dataset, load_dataset
 from .ensemble import fuse_and_evaluate, save_combiner
 from .errors import ConfigError
@@ -51,22 +53,28 @@ def train_member(member: MemberPlan, data: Dataset, epochs: int | None) -> Membe
 
 
 def run_demo(
-    dataset: str = "digits",
+    dataset: str | Dataset = "digits",
     *,
     seed: int = 0,
     out: str | Path = "runs/demo",
     epochs: int | None = None,
     n_mlps: int = 3,
+    recipe: str | None = None,
+    estimators: Sequence[str] | None = None,
     progress: bool = True,
     report: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
 ) -> Results:
-    """Train members on `dataset`, fit every combiner on validation, score on test, print and save.
+    """Train members on `dataset` (an embedded dataset's name, or a `Dataset` from `load_data` or
+    `Dataset.from_arrays`), fit every combiner on validation, score on test, print and save.
 
-    Writes the folder `out`, all or nothing: `members/` (safetensors / skops), `predictions/{val,test}.safetensors`,
-    `combiners/NAME.safetensors`, `results.json` and, with `report`, `report.html` (`write_report`). An existing
-    non-empty `out` is replaced only with `overwrite`. Returns what `results.json` holds.
+    The members are `modelfusion.training.member_plans(data, ...)`: chosen by the data's shape, `recipe` and
+    `estimators` replacing the networks' recipe and the estimators. Writes the folder `out`, all or nothing:
+    `members/` (safetensors / skops), `predictions/{val,test}.safetensors`, `combiners/NAME.safetensors`,
+    `results.json`, `preprocessing.json` for data read from a file (what `predict --data` applies to new data)
+    and, with `report`, `report.html` (`write_report`). An existing non-empty `out` is replaced only with
+    `overwrite`. Returns what `results.json` holds.
 
     Example:
         >>> results = run_demo("digits", out="runs/demo")
@@ -79,10 +87,14 @@ def run_demo(
         raise ConfigError(f"the demo needs epochs >= 1 and mlps >= 0, got epochs={epochs}, mlps={n_mlps}")
     if report:
         check_report_extra()  # before any training
-    data = load_dataset(dataset, seed=seed)
+    data = load_dataset(dataset, seed=seed) if isinstance(dataset, str) else dataset
+    plans = member_plans(data, seed=data.seed, mlps=n_mlps, recipe=recipe, estimators=estimators)  # checked now
     with atomic_dir(out, overwrite=overwrite) as folder:
         console.print(Text.assemble(("modelfusion demo", "bold"), "  ", terminal_text(data.summary())))
-        results = _train_fuse_and_score(data, folder, out, epochs, n_mlps, progress, console)
+        settings = {"epochs": epochs, "n_mlps": n_mlps, **({"recipe": recipe} if recipe else {})}
+        results = _train_fuse_and_score(data, plans, folder, out, settings, progress, console)
+        if data.preprocessing is not None:
+            data.preparation().save(folder / PREPROCESSING_FILE)
         results = results.updated(wall_seconds=round(time.perf_counter() - start, 2))
         results.save(folder / "results.json")
         if report:
@@ -94,13 +106,13 @@ def run_demo(
 
 
 def _train_fuse_and_score(
-    data: Dataset, folder: Path, out: Path, epochs: int, n_mlps: int, progress: bool, console: Console
+    data: Dataset, plans: list[MemberPlan], folder: Path, out: Path, settings: dict, progress: bool, console: Console
 ) -> Results:
     """The demo's work, written into `folder` (which becomes `out` when all of it is done)."""
     members, member_info = [], {}
-    for planned in member_plans(data, seed=data.seed, mlps=n_mlps):
+    for planned in plans:
         t0 = time.perf_counter()
-        member = planned.train(data, epochs=epochs)
+        member = planned.train(data, epochs=settings["epochs"])
         seconds = time.perf_counter() - t0
         path = save_member(member, folder / "members" / planned.name).relative_to(folder)
         members.append(member)
@@ -121,7 +133,7 @@ def _train_fuse_and_score(
     results = run.results()
     dataset = {"name": data.name, "seed": data.seed, "task": data.task, "source": data.source}
     dataset["sizes"] = {s: len(data.split(s)) for s in ("train", "val", "test")}
-    config = {"dataset": dataset, "settings": {"epochs": epochs, "n_mlps": n_mlps}, **results.config}
+    config = {"dataset": dataset, "settings": settings, **results.config}
     config["members"] = list(member_info)
     candidates = [
         c.scored(details={**c.details, **member_info[c.name]}) if c.name in member_info else c

@@ -62,6 +62,16 @@ def _torch_candidate(
     )
 
 
+def _network_recipe(data):
+    """The network recipe for `data` (by its shape), or `Skip` saying why there is none (text data)."""
+    from ..training import recipe_for
+
+    try:
+        return recipe_for(data)
+    except ModelFusionError as err:
+        raise Skip(first_line(err, 160)) from None
+
+
 # -- the families ---------------------------------------------------------------------------------------------
 def members_family(ctx: Inputs) -> FamilyResult:
     """Every member as it is (always tried, first: what every other family is measured against)."""
@@ -205,16 +215,18 @@ def distill_family(ctx: Inputs) -> FamilyResult:
     (the fusion's probabilities on the training split), so scikit-learn members teach too."""
     from ..distill import OfflineTeacher, distill
     from ..io.factory import build_named_model
-    from ..training import recipe_for
+    from ..training import recipe_of
 
     fusion = ctx.found["output"].fusion
     by_name = {c.name: c for c in ctx.member_candidates}
     torch_members = [m for m in ctx.torch_members if m.factory and m.name in by_name]
-    recipe = recipe_for(ctx.data)
     if torch_members:
         best = max(torch_members, key=lambda m: by_name[m.name].val["accuracy"])
-        factory, kwargs, source = best.factory, dict(best.factory_kwargs or {}), f"the architecture of {best.name}"
+        factory, kwargs = best.factory, dict(best.factory_kwargs or {})
+        recipe = recipe_of(factory, kwargs, ctx.data)
+        source = f"the architecture of {best.name} ({recipe.name}'s settings)"
     else:
+        recipe = _network_recipe(ctx.data)
         factory, kwargs, source = recipe.factory, recipe.factory_kwargs(ctx.data), f"the {recipe.name} recipe"
     train = collect_predictions(ctx.members, ctx.data.train.X, ctx.data.train.y, "train", progress=False)
     torch.manual_seed(ctx.seed)
@@ -282,7 +294,7 @@ def compress_family(ctx: Inputs) -> FamilyResult:
     """The best single network on validation quantized (`int8`), and with half its units pruned and then
     recovered by distillation from it (a quarter of the recipe's epochs)."""
     from ..compress import compress, recover
-    from ..training import recipe_for
+    from ..training import recipe_of
 
     best = ctx.best_network()
     if best is None or best.network is None:
@@ -301,7 +313,7 @@ def compress_family(ctx: Inputs) -> FamilyResult:
         pruned = compress(member, "prune-structured", X=X, amount=0.5)
     except ModelFusionError as err:  # an architecture structured pruning does not cover: say so, go on
         return FamilyResult(candidates, notes=(f"compress: structured pruning skipped ({first_line(err, 120)})",))
-    recipe = recipe_for(ctx.data)
+    recipe = recipe_of(member.factory, member.factory_kwargs, ctx.data)
     epochs = max(1, recipe.epochs // 4)
     recovered = recover(pruned, member.module, ctx.data.train, ctx.data.val, epochs=epochs, lr=recipe.lr, seed=ctx.seed)
     note = f"half the units removed (structured pruning), {epochs} epochs of recovery by distillation"

@@ -15,6 +15,7 @@ import torch
 
 from .._atomic import atomic_dir, check_output
 from .._progress import progress_bar
+from ..data_options import PREPROCESSING_FILE
 from ..datasets import Dataset
 from ..errors import ConfigError, InvalidInputError
 from ..evaluate.diversity import disagreement_matrix, oracle_accuracy
@@ -42,20 +43,30 @@ class AutoResult:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def train_default_members(
-    data: Dataset, *, seed: int = 0, cnns: int = 5, log: Callable[[str], None] = print
-) -> list[Member]:
-    """The members `auto` trains when given only a dataset (`modelfusion.training.member_plans`): the demo's
-    (MLPs of three seeds, a logistic regression, a random forest) and, where the dataset has a CNN recipe,
-    `cnns` CNNs of different seeds (a deep ensemble of its strongest architecture)."""
-    from ..training import member_plans
+# The share of the time budget that training members may take; the families get the rest.
+MEMBERS_SHARE = 0.6
 
-    members = []
-    for plan in member_plans(data, seed=seed, cnns=cnns):
-        started = time.perf_counter()
-        members.append(plan.train(data))
-        log(f"  trained {plan.name} in {time.perf_counter() - started:.1f}s")
-    return members
+
+def train_default_members(
+    data: Dataset,
+    *,
+    seed: int = 0,
+    cnns: int = 5,
+    recipe: str | None = None,
+    estimators: Sequence[str] | None = None,
+    workers: int | None = None,
+    deadline_s: float | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Member]:
+    """The members `auto` trains when given only data (`modelfusion.training.member_plans`, chosen by the data's
+    shape): the demo's and, for images and sequences, `cnns` CNNs of different seeds (a deep ensemble of the
+    strongest architecture); for tables, the strong tabular MLPs, gradient-boosted trees (scikit-learn's, and
+    LightGBM, XGBoost, CatBoost when installed), a linear model and a forest. Trained in parallel processes
+    (`train_plans`); with `deadline_s`, members not done by then are skipped and logged."""
+    from ..training import member_plans, train_plans
+
+    plans = member_plans(data, seed=seed, cnns=cnns, recipe=recipe, estimators=estimators)
+    return train_plans(plans, data, workers=workers, deadline_s=deadline_s, log=log)
 
 
 def auto(
@@ -65,6 +76,9 @@ def auto(
     budget_s: float | None = None,
     families: Sequence[str] | None = None,
     seed: int = 0,
+    recipe: str | None = None,
+    estimators: Sequence[str] | None = None,
+    workers: int | None = None,
     out: str | os.PathLike | None = None,
     report: bool = True,
     overwrite: bool = False,
@@ -80,11 +94,18 @@ def auto(
     exact test against the best member (the best member chosen on validation too).
 
     Args:
-        members: fitted members (torch or scikit-learn) of one classification task on `data`.
-        data: the dataset: `train` trains the distilled student and recovery, `val` chooses, `test` scores.
-        budget_s: families that would start after this many seconds are skipped (and logged as such).
+        members: fitted members (torch, scikit-learn or transformers) of one classification task on `data`; None
+            trains them here (`train_default_members`: chosen by the data's shape).
+        data: the dataset (`load_dataset`, `load_data` or `Dataset.from_arrays`): `train` trains the members,
+            the distilled student and recovery, `val` chooses, `test` scores.
+        budget_s: the time budget, member training included: members still training after 60% of it are
+            stopped and skipped, families that would start after it are skipped (each logged as such).
         families: which of `FAMILIES` to try (default: all).
-        out: folder for results.json, the exported chosen model (`model.*`) and, with `report`, report.html
+        recipe, estimators: replace the networks' recipe and the estimators of the members trained here
+            (`modelfusion.training.member_plans`).
+        workers: processes training members in parallel (default: one per core, at most 4).
+        out: folder for results.json, the exported chosen model (`model.*`), `preprocessing.json` for data read
+            from a file (what `predict --data` applies to new data) and, with `report`, report.html
             (`modelfusion.report.write_report`); an existing non-empty folder is replaced only with `overwrite`.
         log: receives one line per family (what it added, or why it was skipped).
 
@@ -106,8 +127,13 @@ def auto(
 
             check_report_extra()
     if members is None:
-        members = train_default_members(data, seed=seed, log=log)
+        deadline = None if budget_s is None else MEMBERS_SHARE * budget_s - (time.perf_counter() - started)
+        members = train_default_members(
+            data, seed=seed, recipe=recipe, estimators=estimators, workers=workers, deadline_s=deadline, log=log
+        )
         log(f"members: trained {len(members)} from the recipes ({time.perf_counter() - started:.0f}s)")
+    elif recipe is not None or estimators is not None:
+        raise ConfigError("recipe and estimators choose the members trained here; drop them when giving members")
     members = check_members(list(members))
     if not members:
         raise InvalidInputError("auto needs at least one member")
@@ -117,6 +143,8 @@ def auto(
     found = {"member": members_family(inputs)}
     skipped = _run_families(run_order(chosen_families), inputs, found, started, budget_s, progress, log)
     config = {"families": chosen_families, "budget_s": budget_s, "seed": seed}
+    if recipe is not None:
+        config["recipe"] = recipe
     return _finish(inputs, found, skipped, started, out=out, report=report, overwrite=overwrite, config=config)
 
 
@@ -239,6 +267,8 @@ def _finish(
             exported = chosen.export(tmp / "model")
             results = _with_path(results, str(out / exported.relative_to(tmp)))
             results.save(tmp / "results.json")
+            if ctx.data.preprocessing is not None:
+                ctx.data.preparation().save(tmp / PREPROCESSING_FILE)
             if report:
                 from ..report import write_report
 

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._checks import parse_json_object
+from ..data_options import DATA_HELP, DataChoice
 from ..errors import ConfigError, InvalidInputError
 
 if TYPE_CHECKING:  # the options are read by the command line, which starts without torch
     from rich.console import Console
 
+    from ..datasets import Dataset
     from .training import DistillResult
 
 __all__ = ["DistillJob", "run_job"]
@@ -44,7 +46,7 @@ def _option(help: str, default=None, **cli) -> field:
 
 @dataclass(frozen=True)
 class DistillJob:
-    """Distill one teacher or an ensemble of teachers into a student on embedded data.
+    """Distill one teacher or an ensemble of teachers into a student on an embedded dataset or your data.
 
     Python: `modelfusion.distill.run_job(DistillJob(student=..., teacher=[...], ...))`, or for models in memory
     `modelfusion.distill.distill(student, build_teacher(models), data.train, data.val, ...)`.
@@ -64,7 +66,10 @@ class DistillJob:
     student_kwargs: dict | None = _option(
         "JSON object of the student factory's arguments", cli=str | None, parse=parse_json_object
     )
-    dataset: str = _option("embedded dataset", "digits")
+    dataset: str | None = _option(DATA_HELP["dataset"])
+    data: Path | None = _option(DATA_HELP["data"], readable=False)
+    target: str | None = _option(DATA_HELP["target"])
+    task: str | None = _option(DATA_HELP["task"])
     seed: int = _option("seed of the split and of training", 0)
     loss: str = _option("distillation loss: hinton or mse (modelfusion.distill.LOSSES)", "hinton")
     loss_params: dict | None = _option(
@@ -96,14 +101,18 @@ class DistillJob:
 
 
 def run_job(
-    job: DistillJob, *, console: Console | None = None, note: Callable[[str], None] | None = None
+    job: DistillJob,
+    *,
+    data: Dataset | None = None,
+    console: Console | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> DistillResult:
     """Check the output, build the teacher and the student, distill, and save the student (the first process
-    under torchrun); `console` gets the one-line result, `note` what was renamed among the teachers."""
+    under torchrun); `data` (from `load_data` or `Dataset.from_arrays`) replaces the job's `dataset`/`data`;
+    `console` gets the one-line result, `note` what was renamed among the teachers."""
     import torch
 
     from .._atomic import check_output
-    from ..datasets import load_dataset
     from ..io import save_member
     from ..io.factory import build_model
     from ..members import TorchMember
@@ -113,13 +122,17 @@ def run_job(
 
     if job.out.suffix != ".safetensors":
         raise InvalidInputError(f"--out {job.out}: outputs are safetensors files; name it with .safetensors")
+    choice = DataChoice(dataset=job.dataset, data=job.data, target=job.target, task=job.task)
     check_output(
-        job.out, kind="file", overwrite=job.overwrite, inputs=[*(job.teacher or []), job.offline, job.combiner]
+        job.out,
+        kind="file",
+        overwrite=job.overwrite,
+        inputs=[*(job.teacher or []), job.offline, job.combiner, *choice.inputs],
     )
     if job.hint and job.offline is not None:
         raise ConfigError("--hint needs live teachers (--teacher): offline predictions carry no features")
     teacher = build_teacher(job.teacher, offline=job.offline, weights=job.weights, combiner=job.combiner, note=note)
-    data = load_dataset(job.dataset, seed=job.seed)
+    data = data if data is not None else choice.load(seed=job.seed)
     kwargs = job.student_kwargs or {}
     with torch.random.fork_rng():  # the student's and the hint adapters' initial weights come from the seed
         torch.manual_seed(job.seed)

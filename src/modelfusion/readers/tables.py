@@ -144,7 +144,7 @@ def _source(path: Path, columns: dict[str, np.ndarray], target, labelled, row, c
     """The Source of a table: the target column's labels apart, the split column (if any) as the splits."""
     names = list(columns)
     label_name = None
-    if labelled or target is not None:
+    if labelled or target in names:  # new data (not labelled) may lack the target column: features only
         label_name = _find_target(names, target, path)
     elif any(n.strip().lower() in TARGET_NAMES for n in names):
         label_name = next(n for n in names if n.strip().lower() in TARGET_NAMES)  # new data with its labels
@@ -300,7 +300,7 @@ def read_hf_dataset(folder: Path, *, target: str | None, labelled: bool = True) 
         raise DataError(f"{folder}: the dataset has no rows")
     columns = _arrow_columns(table, folder)
     names = list(columns)
-    label = _find_target(names, target, folder) if labelled or target is not None else None
+    label = _find_target(names, target, folder) if labelled or target in names else None
     class_names = None
     if label is not None and isinstance(features.get(label), datasets.ClassLabel):
         class_names = tuple(str(n) for n in features[label].names)
