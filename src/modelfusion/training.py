@@ -12,7 +12,7 @@ worth fusing.
 | `mnist1d-mlp` | MLP 3 x 512, dropout 0.5, 100 epochs | 73.9% | >= 66% (paper: 68%) |
 | `digits-cnn` | 2-D CNN 32-64 + dropout 0.5, 100 epochs | 99.2% | >= 98.5% |
 | `digits-mlp` | MLP 128, 40 epochs (the earlier demo's setting) | about 97% | |
-| `tabular-mlp` | MLP 512-256-128, BatchNorm, dropout 0.2, cosine, early stopping (patience 15) | | |
+| `tabular-mlp` | MLP 512-256, BatchNorm, dropout 0.3, cosine, 60 epochs, early stopping (patience 15) | | |
 | `regression-mlp` | MLP 64, 40 epochs | | |
 """
 
@@ -324,12 +324,13 @@ def _jsonable(value):
 
 # A strong MLP for tables (Kadra et al., "Well-tuned Simple Nets Excel on Tabular Datasets", 2021): BatchNorm,
 # dropout, weight decay, a cosine schedule and early stopping on validation; settings chosen on the validation
-# split of bench/autogluon.py's make_classification task (seed 0), never on its test split.
+# split of bench/autogluon.py's make_classification task (seed 0: validation accuracy 93.9% against 92.1% for
+# 3 x 512 with dropout 0.2 and 91.3% for 3 x 256 with LayerNorm), never on its test split.
 TABULAR_MLP = TrainingRecipe(
     "tabular-mlp",
     "mlp",
-    {"hidden": [512, 256, 128], "dropout": 0.2, "norm": "batch"},
-    epochs=100,
+    {"hidden": [512, 256], "dropout": 0.3, "norm": "batch"},
+    epochs=60,
     lr=2e-3,
     weight_decay=1e-2,
     batch_size=128,

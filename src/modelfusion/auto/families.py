@@ -238,6 +238,7 @@ def distill_family(ctx: Inputs) -> FamilyResult:
         ctx.data.val,
         epochs=recipe.epochs,
         lr=recipe.lr,
+        patience=recipe.patience,
         seed=ctx.seed,
         progress=False,
     ).student.eval()
