@@ -153,3 +153,50 @@ def test_folders_asking_for_code_or_unknown_architectures_are_refused(tmp_path, 
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         load_member(bad)
+
+
+def _text_data(count: int = 160):
+    from modelfusion.datasets import Dataset
+
+    texts, labels = _reviews(count, seed=3)
+    return Dataset.from_arrays(np.array(texts), labels.numpy(), class_names=["negative", "positive"], seed=0)
+
+
+def test_auto_fuses_transformers_members_and_says_why_other_families_do_not_apply(berts, tmp_path):
+    from modelfusion.auto import auto
+
+    data = _text_data()
+    members = [load_member(folder) for folder, _, _ in berts]
+    result = auto(members, data, out=tmp_path / "auto", report=False, progress=False, log=lambda line: None)
+    families = {c.family for c in result.candidates}
+    assert {"member", "output", "cascade"} <= families
+    reasons = {s.family: s.reason for s in result.skipped}
+    assert "no network recipe for text data" in reasons["distill"]
+    assert "transformers members (bert0, bert1)" in reasons["compress"] and "--method fp16" in reasons["compress"]
+    assert "architecture" in reasons["merge"]
+
+
+def test_compress_saves_a_transformers_member_in_half_precision_and_refuses_what_it_cannot_save(berts, tmp_path):
+    from modelfusion.compress import compress_and_measure
+
+    data = _text_data(80)
+    member = load_member(berts[0][0])
+    run = compress_and_measure(member, "fp16", data, runs=2)
+    saved = run.save(tmp_path / "fp16")
+    reloaded = load_member(saved)
+    assert isinstance(reloaded, TransformersMember)
+    with torch.no_grad():
+        expected = run.result.model(list(data.test.X)).float()
+    torch.testing.assert_close(reloaded.predict(data.test.X), expected, atol=1e-3, rtol=0)
+    int8 = compress_and_measure(member, "int8", data, runs=2)
+    assert 0 <= int8.after["accuracy"] <= 1
+    with pytest.raises(InvalidInputError, match="int8 is measured but cannot be saved.*fp16 or bf16"):
+        int8.save(tmp_path / "int8")
+
+
+def test_the_guard_refuses_texts_in_one_line(berts):
+    from modelfusion.guard import InputGuard
+
+    data = _text_data(60)
+    with pytest.raises(InvalidInputError, match="train.X holds texts: the guard screens numeric inputs"):
+        InputGuard([load_member(berts[0][0])]).fit(data.train, data.val)

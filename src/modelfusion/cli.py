@@ -708,7 +708,11 @@ def cascade(
 @_command
 def compress(
     checkpoint: Annotated[
-        Path, typer.Argument(readable=False, help="a saved torch member (registered factory) or EnsembleModule folder")
+        Path,
+        typer.Argument(
+            readable=False,
+            help="a saved torch member (registered factory), EnsembleModule folder or transformers folder",
+        ),
     ],
     method: Annotated[
         str,
@@ -738,7 +742,9 @@ def compress(
     from .report import print_leaderboard
 
     check_output(out, kind="folder", overwrite=overwrite, inputs=[checkpoint, *data.inputs])  # before any work
-    if checkpoint.is_dir():
+    from .io.transformers import is_transformers_folder
+
+    if checkpoint.is_dir() and not is_transformers_folder(checkpoint):
         from .ensemble import EnsembleModule
 
         model, name = EnsembleModule.load(checkpoint), checkpoint.name

@@ -392,15 +392,16 @@ BY_KIND: dict[str, dict[str, str]] = {
 def recipe_for(data: Dataset, architecture: str | None = None) -> TrainingRecipe:
     """The recipe for `data`, chosen by its shape (`data.kind`): the 1-D CNN for sequences, the 2-D CNN for
     images, the tabular MLP for tables; `architecture` "cnn" or "mlp" asks for one (every kind has an MLP).
-    Regression gets the regression MLP. Text has no network recipe here (its members are bag-of-words models
-    or the user's transformers)."""
+    Regression gets the regression MLP. Text has no network recipe here: its networks are the user's
+    transformers models."""
     if architecture not in (None, "cnn", "mlp"):
         raise ConfigError(f"architecture must be 'cnn' or 'mlp', got {architecture!r}")
     if data.task == "regression":
         return RECIPES["regression-mlp"]
     if data.kind not in BY_KIND:
         raise ConfigError(
-            f"no network recipe for {data.kind} data ({data.name!r}); fuse bag-of-words or transformers members"
+            f"no network recipe for {data.kind} data ({data.name!r}): the networks for texts are your own transformers "
+            "models (load_member(folder))"
         )
     choices = BY_KIND[data.kind]
     name = choices.get(architecture or next(iter(choices)))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelFusionError, first_line
+from ..io.transformers import TransformersMember
 from ..members import TorchMember
 from ..predictions import Predictions, collect_predictions
 from .candidates import Candidate, Cost, member_cost, model_cost
@@ -299,6 +300,12 @@ def compress_family(ctx: Inputs) -> FamilyResult:
 
     best = ctx.best_network()
     if best is None or best.network is None:
+        transformers = [m.name for m in ctx.members if isinstance(m, TransformersMember)]
+        if transformers:
+            raise Skip(
+                f"the transformers members ({', '.join(transformers)}) have no registered factory to rebuild a "
+                "compressed copy from; compress one with `modelfusion compress FOLDER --method fp16` (or bf16)"
+            )
         raise Skip("no single torch network with a registered factory among the candidates to compress")
     member, X = best.network, ctx.data.train.X
 

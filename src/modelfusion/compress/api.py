@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InvalidInputError
+from ..io.transformers import TransformersMember
 from ..members import TorchMember
 from .methods import COMPRESSORS, apply_compression
 from .prune import prunable_weights
@@ -53,6 +54,8 @@ class Compressed:
         classes = original.classes if original is not None else None
         if COMPRESSORS[self.method].file_format == "onnx":
             return TorchMember(self.model, name=name, task=task, classes=classes)
+        if isinstance(original, TransformersMember):
+            return self._as_transformers_member(name)
         if original is None or original.factory is None:
             raise InvalidInputError(
                 "saving a compressed model needs the original as a member with a registered factory "
@@ -75,8 +78,29 @@ class Compressed:
             self.model, name=name, task=task, classes=classes, factory="compressed", factory_kwargs=kwargs
         )
 
+    def _as_transformers_member(self, name: str) -> TorchMember:
+        """A transformers member compressed to half precision, as a transformers member (saved as a folder whose
+        weights are float16 or bfloat16); other methods replace layers with ones transformers cannot load."""
+        from .quantize import HalfPrecision
+
+        if not isinstance(self.model, HalfPrecision):
+            raise InvalidInputError(
+                f"a transformers model compressed with {self.method} is measured but cannot be saved: its layers have "
+                "no form transformers loads; use --method fp16 or bf16 to save a transformers folder"
+            )
+        original = self.original
+        return type(original)(
+            self.model.model,
+            name=name,
+            task=original.task,
+            classes=original.classes,
+            num_outputs=original.num_outputs,
+            batch_size=original.batch_size,
+        )
+
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """A member file `load_member` reads back with the same outputs (`.onnx` for `onnx-int8`)."""
+        """A member file `load_member` reads back with the same outputs (`.onnx` for `onnx-int8`; a transformers
+        folder for a transformers member in half precision)."""
         from ..io import save_member
 
         return save_member(self.as_member(), path, overwrite=overwrite)

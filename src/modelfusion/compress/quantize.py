@@ -145,7 +145,9 @@ class HalfPrecision(nn.Module):
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(self.dtype)).float()
+        # texts (and token ids) go in as they are: a transformers member tokenizes and embeds them itself
+        inputs = x.to(self.dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+        return self.model(inputs).float()
 
 
 class QuantizedConv(nn.Module):

@@ -29,6 +29,7 @@ from ..errors import (
     first_line,
 )
 from ..members import MAX_NAME_CHARS, Member, TorchMember, as_member, check_members
+from ..texts import is_texts
 from .scores import SCORES
 
 __all__ = ["InputGuard", "Verdicts", "feature_shuffled"]
@@ -197,6 +198,11 @@ class InputGuard:
         if not (hasattr(split, "X") and hasattr(split, "y")):
             raise InvalidInputError(
                 f"{name} must be a split with X and y (e.g. data.{name}), got {type(split).__name__}"
+            )
+        if is_texts(split.X):
+            raise InvalidInputError(
+                f"{name}.X holds texts: the guard screens numeric inputs (value ranges, feature statistics, "
+                "feature-shuffled proxies), which texts do not have; text inputs are not screened yet"
             )
         X, y = torch.as_tensor(split.X), torch.as_tensor(split.y)
         if not X.is_floating_point() or X.ndim < 2 or len(X) < 2:
