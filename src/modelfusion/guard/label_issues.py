@@ -4,11 +4,14 @@ members, plus outliers far from the rest of the inputs; `clean` drops them and r
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._atomic import write_json
 from .._checks import check_count, check_number, check_seed
 from ..datasets import Dataset, Split
 from ..errors import ConfigError, InvalidInputError
@@ -185,6 +188,37 @@ class Cleaned:
     after: TorchMember
     accuracy: dict[str, dict[str, float]]
     candidates: dict[str, float]
+    folds: int = 5
+
+    def to_json(self, *, flipped: np.ndarray | None = None, rate: float | None = None) -> dict:
+        """What was found and what cleaning did, as JSON: the suspected mislabels (training indices) with their
+        suggested labels, the outliers, the strategy, each strategy's validation accuracy and the fusion's
+        accuracy before and after; with `flipped` (the indices `inject_label_noise` changed, at `rate`), how
+        many of them were found."""
+        issues = self.issues
+        found = {
+            "dataset": self.data.name,
+            "seed": self.data.seed,
+            "folds": self.folds,
+            "label_issues": issues.label_issues.tolist(),
+            "suggested_labels": issues.suggested_labels[issues.label_issues].tolist(),
+            "outliers": issues.outliers.tolist(),
+            "strategy": self.strategy,
+            "validation_accuracy_by_strategy": self.candidates,
+            "accuracy": self.accuracy,
+        }
+        if flipped is not None:
+            found["injected"] = {"rate": rate, "flipped": flipped.tolist(), "found": self.found_among(flipped)}
+        return found
+
+    def found_among(self, flipped: np.ndarray) -> int:
+        """How many of the training indices `flipped` (labels known to be wrong) were found as mislabels."""
+        return len(np.intersect1d(self.issues.label_issues, flipped))
+
+    def save(self, path: str | os.PathLike, *, flipped: np.ndarray | None = None, rate: float | None = None) -> Path:
+        """Write `to_json(flipped=..., rate=...)` to `path` (atomically)."""
+        write_json(path, self.to_json(flipped=flipped, rate=rate))
+        return Path(path)
 
 
 def clean(
@@ -233,7 +267,7 @@ def clean(
     cleaned, after, _ = tried[chosen]
     fused = {"before": before.bag(f"{recipe.name}_noisy_bag"), "after": after}
     scores = {split: {name: accuracy(member, split) for name, member in fused.items()} for split in ("val", "test")}
-    return Cleaned(issues, chosen, cleaned, fused["before"], after, scores, {n: v[2] for n, v in tried.items()})
+    return Cleaned(issues, chosen, cleaned, fused["before"], after, scores, {n: v[2] for n, v in tried.items()}, folds)
 
 
 def _cleaned_split(train: Split, issues: LabelIssues, strategy: str) -> Split:
