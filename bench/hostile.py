@@ -2631,7 +2631,7 @@ def api_cases() -> list[Case]:
                 "import torch",
                 "from modelfusion.merge import merge_state_dicts",
                 "sd = {'w': torch.ones(3)}",
-                "merge_state_dicts([sd, sd], 'linear', weight=[float('nan'), 1.0])",
+                "merge_state_dicts([sd, sd], method='linear', weight=[float('nan'), 1.0])",
             ),
         ),
         Case(
@@ -2641,7 +2641,7 @@ def api_cases() -> list[Case]:
                 "import torch",
                 "from modelfusion.merge import merge_state_dicts",
                 "sd = {'w': torch.ones(3)}",
-                "merge_state_dicts([sd, sd], 'linear', normalise=True)",
+                "merge_state_dicts([sd, sd], method='linear', normalise=True)",
             ),
         ),
         Case(

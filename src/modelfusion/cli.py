@@ -722,7 +722,7 @@ def guard_clean(
 ) -> None:
     """Find suspected mislabels and outliers in a training split, clean them, refit: accuracy before and after.
 
-    Python: `clean(data, members=recipe, folds=..., seed=..., strategy=...)` (`find_label_issues` alone finds them;
+    Python: `clean(data, recipe=recipe, folds=..., seed=..., strategy=...)` (`find_label_issues` alone finds them;
     `inject_label_noise(data.train, rate, seed=...)` for --noise).
     """
     import dataclasses
@@ -739,7 +739,7 @@ def guard_clean(
     if noise:
         noisy, flipped = inject_label_noise(data.train, noise, seed=seed)
         data = dataclasses.replace(data, train=noisy)
-    result = clean(data, members=recipe, folds=folds, seed=seed, strategy=strategy)
+    result = clean(data, recipe=recipe, folds=folds, seed=seed, strategy=strategy)
     result.save(out, flipped=flipped, rate=noise if noise else None)
     found = f"{len(result.issues.label_issues)} suspected mislabels and {len(result.issues.outliers)} outliers"
     if flipped is not None:

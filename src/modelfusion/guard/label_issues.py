@@ -7,16 +7,21 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .._atomic import write_json
 from .._checks import check_count, check_number, check_seed
+from .._deprecation import deprecated
 from ..datasets import Dataset, Split
 from ..errors import ConfigError, InvalidInputError
 from ..members import TorchMember
 from ..predictions import Predictions
+
+if TYPE_CHECKING:
+    from ..training import TrainingRecipe
 
 __all__ = [
     "LabelIssues",
@@ -104,21 +109,42 @@ class LabelIssues:
     members: object | None = None
 
 
-def _recipe(data: Dataset, members):
+def _recipe(data: Dataset, recipe):
     from ..training import RECIPES, TrainingRecipe, recipe_for
 
-    if members is None:
+    if recipe is None:
         return recipe_for(data)
-    if isinstance(members, str):
-        return RECIPES[members]
-    if isinstance(members, TrainingRecipe):
-        return members
-    raise ConfigError(
-        f"members must be a TrainingRecipe, a name in RECIPES or out-of-fold Predictions, got {type(members).__name__}"
-    )
+    if isinstance(recipe, str):
+        return RECIPES[recipe]
+    if isinstance(recipe, TrainingRecipe):
+        return recipe
+    raise ConfigError(f"recipe must be a TrainingRecipe or a name in RECIPES, got {type(recipe).__name__}")
 
 
-def find_label_issues(data: Dataset, *, members: object = None, folds: int = 5, seed: int = 0) -> LabelIssues:
+def _recipe_or_predictions(recipe, predictions, members) -> tuple[object, Predictions | None]:
+    """`recipe` and `predictions`, from the deprecated `members` (which meant either) when it is given."""
+    if members is not None:
+        deprecated(
+            "members= in find_label_issues and clean",
+            "recipe= (a TrainingRecipe or a name in RECIPES) or predictions= (out-of-fold Predictions)",
+        )
+        if recipe is not None or predictions is not None:
+            raise ConfigError("give recipe= or predictions=, not members= as well")
+        return (None, members) if isinstance(members, Predictions) else (members, None)
+    if recipe is not None and predictions is not None:
+        raise ConfigError("give recipe= (fold members to train) or predictions= (out-of-fold ones), not both")
+    return recipe, predictions
+
+
+def find_label_issues(
+    data: Dataset,
+    *,
+    recipe: TrainingRecipe | str | None = None,
+    predictions: Predictions | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    members: object = None,
+) -> LabelIssues:
     """The training samples of `data` that are likely mislabeled, and its input outliers.
 
     K-fold members (`train_members(recipe, data, method="kfold", n=folds)`) predict each training sample
@@ -128,22 +154,25 @@ def find_label_issues(data: Dataset, *, members: object = None, folds: int = 5, 
 
     Args:
         data: the dataset whose `train` split is screened.
-        members: how the fold members are made: a `TrainingRecipe` or a name in `RECIPES` (default:
-            `recipe_for(data)`), or out-of-fold `Predictions` of the training split already made.
+        recipe: how the fold members are trained: a `TrainingRecipe` or a name in `RECIPES` (default:
+            `recipe_for(data)`).
+        predictions: instead, out-of-fold `Predictions` of the training split already made.
         folds: number of folds (members).
         seed: seed of the folds and the members.
+        members: deprecated: `recipe` or `predictions`, whichever it is.
 
     Example:
-        >>> issues = find_label_issues(load_dataset("digits"), members="digits-mlp")
+        >>> issues = find_label_issues(load_dataset("digits"), recipe="digits-mlp")
         >>> issues.label_issues[:5], len(issues.outliers)
     """
     check_count(folds, "folds")
     check_seed(seed)
     if data.task != "classification":
         raise InvalidInputError(f"label issues exist for classification; {data.name!r} is a {data.task} dataset")
+    recipe, predictions = _recipe_or_predictions(recipe, predictions, members)
     trained = None
-    if isinstance(members, Predictions):
-        oof = members
+    if predictions is not None:
+        oof = predictions
         if oof.task != "classification" or oof.num_samples != len(data.train) or oof.labels is None:
             raise InvalidInputError(
                 f"out-of-fold predictions must be of the {len(data.train)} labeled training samples of a "
@@ -156,7 +185,7 @@ def find_label_issues(data: Dataset, *, members: object = None, folds: int = 5, 
 
         if folds < 2:
             raise ConfigError(f"folds must be at least 2 (each member leaves one fold out), got {folds}")
-        trained = train_members(_recipe(data, members), data, method="kfold", n=folds, seed=seed)
+        trained = train_members(_recipe(data, recipe), data, method="kfold", n=folds, seed=seed)
         oof = trained.oof
     probs = oof.probabilities(torch.float64).mean(0).numpy()  # [N, C]
     labels = data.train.y.numpy()
@@ -225,10 +254,12 @@ def clean(
     data: Dataset,
     issues: LabelIssues | None = None,
     *,
-    members: object = None,
+    recipe: TrainingRecipe | str | None = None,
+    predictions: Predictions | None = None,
     folds: int = 5,
     seed: int = 0,
     strategy: str = "auto",
+    members: object = None,
 ) -> Cleaned:
     """Clean `data.train` of the suspected samples (`find_label_issues`, or the `issues` given) and refit the
     K-fold fusion, to show what cleaning recovered. Test accuracy is reported, never used.
@@ -236,11 +267,12 @@ def clean(
     Strategies: "drop" removes the suspects; "relabel" gives the suspected mislabels their out-of-fold predicted
     label (label correction, Northcutt et al. 2021, section 6) and removes the outliers; "auto" tries both and
     keeps the one whose fusion is more accurate on the validation split (more data kept is worth most when the
-    finder is precise; dropping is safer when it is not).
+    finder is precise; dropping is safer when it is not). `recipe` trains the fold members (and finds the
+    issues with `predictions`, as in `find_label_issues`, unless `issues` are given).
 
     Example:
         >>> noisy, flipped = inject_label_noise(data.train, 0.2, seed=0)
-        >>> result = clean(dataclasses.replace(data, train=noisy), members="digits-mlp")
+        >>> result = clean(dataclasses.replace(data, train=noisy), recipe="digits-mlp")
         >>> result.strategy, result.accuracy["test"]        # {"before": ..., "after": ...}
     """
     from ..ensemble.train import train_members
@@ -248,10 +280,10 @@ def clean(
     check_count(folds, "folds")
     if strategy not in CLEANING_STRATEGIES:
         raise ConfigError(f"strategy must be one of {', '.join(CLEANING_STRATEGIES)}, got {strategy!r}")
-    recipe_source = members if not isinstance(members, Predictions) else None
+    recipe, predictions = _recipe_or_predictions(recipe, predictions, members)
     if issues is None:
-        issues = find_label_issues(data, members=members, folds=folds, seed=seed)
-    recipe = _recipe(data, recipe_source)
+        issues = find_label_issues(data, recipe=recipe, predictions=predictions, folds=folds, seed=seed)
+    recipe = _recipe(data, recipe)
     before = issues.members or train_members(recipe, data, method="kfold", n=folds, seed=seed)
 
     def accuracy(member: TorchMember, split: str) -> float:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .._deprecation import keyword_only
 from .compat import check_compatible
 from .methods import METHODS
 
@@ -23,10 +24,11 @@ def _as_state_dict(model) -> Mapping[str, torch.Tensor]:
     return model.state_dict() if isinstance(model, nn.Module) else model
 
 
+@keyword_only("method")
 def merge_state_dicts(
     models: Sequence[Mapping[str, torch.Tensor] | nn.Module],
-    method: str,
     *,
+    method: str,
     base: Mapping[str, torch.Tensor] | nn.Module | None = None,
     **params,
 ) -> dict[str, torch.Tensor]:
@@ -41,9 +43,11 @@ def merge_state_dicts(
         base: the base model, for methods that use one (task arithmetic, TIES, DARE, SLERP, model stock).
         params: the method's parameters; per-model ones (`weight`, `density`) as sequences of K values.
 
+    `method` by position (`merge_state_dicts(models, "linear")`) still works, with a `DeprecationWarning`.
+
     Example:
-        >>> soup = merge_state_dicts([m1, m2, m3], "linear")
-        >>> ties = merge_state_dicts([ft1, ft2], "ties", base=pretrained, weight=[1, 1], density=0.2)
+        >>> soup = merge_state_dicts([m1, m2, m3], method="linear")
+        >>> ties = merge_state_dicts([ft1, ft2], method="ties", base=pretrained, weight=[1, 1], density=0.2)
     """
     merge_method = METHODS[method]
     states = [_as_state_dict(m) for m in models]
