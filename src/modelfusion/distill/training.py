@@ -164,20 +164,8 @@ def _setup(
     loss_fn = LOSSES[options.loss]
     loss_params = resolve_loss_params(options.loss, options.loss_params)
     _check_numbers(options)
+    _check_teaching(student, teacher, train, options, loss_params, feature_hints)
     mixup, batch_size = options.mixup, options.batch_size
-    if mixup and not teacher.augmentable:
-        raise ConfigError(
-            "an offline teacher's logits belong to the original inputs, so it cannot be combined with data "
-            "augmentation (mixup); use a live ModelTeacher or mixup=0"
-        )
-    if mixup and loss_params["alpha"] != 1.0:
-        raise ConfigError("mixup labels the mixed inputs with the teacher only: set loss_params alpha=1")
-    if len(train) == 0:
-        raise ConfigError("distillation needs training samples")
-    output_width(student, train.X, "the student")  # a student built for other inputs fails here, in one line
-    if feature_hints is not None and not teacher.augmentable:
-        raise ConfigError("feature hints need a live teacher: an offline teacher runs no forward pass")
-    teacher.check(train)
     rank, world = process_rank()
     if world > 1 and len(train) % batch_size and len(train) % batch_size < world:
         raise ConfigError(
@@ -191,8 +179,7 @@ def _setup(
     trained = list(student.parameters()) + (list(feature_hints.parameters()) if feature_hints is not None else [])
     optimizer = torch.optim.AdamW(trained, lr=options.lr, weight_decay=options.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs * steps_per_epoch)
-    checkpoint_dir = options.checkpoint_dir
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    checkpoint = Path(options.checkpoint_dir) / CHECKPOINT_NAME if options.checkpoint_dir is not None else None
     settings = _settings(
         student,
         teacher,
@@ -230,6 +217,32 @@ def _setup(
         settings=settings,
         checkpoint=checkpoint,
     )
+    _open_checkpoint(run, options)
+    return run
+
+
+def _check_teaching(student, teacher: Teacher, train: Split, options: DistillOptions, loss_params: dict, hints):
+    """Refuse what cannot teach, in one line each: augmentation or hints with an offline teacher, mixup with a
+    label loss, no training samples, a student or teacher for other inputs."""
+    if options.mixup and not teacher.augmentable:
+        raise ConfigError(
+            "an offline teacher's logits belong to the original inputs, so it cannot be combined with data "
+            "augmentation (mixup); use a live ModelTeacher or mixup=0"
+        )
+    if options.mixup and loss_params["alpha"] != 1.0:
+        raise ConfigError("mixup labels the mixed inputs with the teacher only: set loss_params alpha=1")
+    if len(train) == 0:
+        raise ConfigError("distillation needs training samples")
+    output_width(student, train.X, "the student")  # a student built for other inputs fails here, in one line
+    if hints is not None and not teacher.augmentable:
+        raise ConfigError("feature hints need a live teacher: an offline teacher runs no forward pass")
+    teacher.check(train)
+
+
+def _open_checkpoint(run: _Run, options: DistillOptions) -> None:
+    """Make sure the checkpoint can be written; refuse to replace an earlier run's without `overwrite`; restore
+    it with `resume`."""
+    checkpoint = run.checkpoint
     if checkpoint is not None:
         check_output(checkpoint, kind="file", overwrite=True)  # a folder that cannot be made fails now, not later
     if checkpoint is not None and not options.resume and checkpoint.exists() and not options.overwrite:
@@ -239,9 +252,8 @@ def _setup(
         )
     if options.resume:
         if checkpoint is None or not checkpoint.exists():
-            raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {checkpoint_dir}")
+            raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {options.checkpoint_dir}")
         _restore(run, _wrap_load(checkpoint))
-    return run
 
 
 def _check_numbers(options: DistillOptions) -> None:
