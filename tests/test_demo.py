@@ -23,6 +23,7 @@ from modelfusion.results import load_results
 from modelfusion.training import train_model
 
 from .conftest import MLP_KWARGS
+from .limits import HANG_GUARD_S
 
 
 def _run_cli(args):
@@ -148,7 +149,7 @@ def test_console_script_runs_the_default_demo(tmp_path):
         [str(script), "demo", "--out", str(tmp_path / "demo"), "--no-progress"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
         env=env,
     )
     assert result.returncode == 0, result.stderr

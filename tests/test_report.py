@@ -39,10 +39,11 @@ def test_report_of_auto_results_shows_every_section_and_loads_nothing(tmp_path):
     assert len(_table_rows(html)) == len(results["leaderboard"])
     for title in ("Verdict", "Leaderboard", "Reliability diagram", "Accuracy against cost", "Diversity of the members"):
         assert f"<h2>{title}</h2>" in html
-    for title in ("Interpolation between merged models", "Cascade", "Families not tried", "Configuration"):
+    for title in ("Interpolation between merged models", "Cascade", "Merge search", "Families not tried"):
         assert f"<h2>{title}</h2>" in html
+    assert "<h2>Configuration</h2>" in html
     assert "Not in these results" not in html
-    assert html.count("<svg") == 5
+    assert html.count("<svg") == 6
     assert results["skipped"][0]["reason"] in html and results["chosen"]["path"] in html
     assert _external_references(html) == []
     assert not re.search(r"<(script|img|image|link|iframe|object|embed)\b", html, flags=re.I)
@@ -142,7 +143,14 @@ def test_minimal_results_say_which_sections_they_lack(tmp_path):
     assert len(_table_rows(html)) == 1
     assert "No verdict" in html
     missing = html[html.index('<ul id="missing">') :]
-    for lacking in ("Reliability diagram", "Accuracy against cost", "Diversity", "Interpolation", "Cascade"):
+    for lacking in (
+        "Reliability diagram",
+        "Accuracy against cost",
+        "Diversity",
+        "Interpolation",
+        "Cascade",
+        "Merge search",
+    ):
         assert lacking in missing
     assert "No configuration recorded" in html and "No versions recorded" in html
 

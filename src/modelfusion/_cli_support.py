@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from ._checks import parse_json_object
+from ._terminal import escape_controls, terminal_console
 from .errors import ModelFusionError
 
 __all__ = ["err_console", "guarded", "fail", "parse_json_object", "command_from_job", "Overwrite"]
 
-err_console = Console(stderr=True)
+err_console = terminal_console(stderr=True)
 
 Overwrite = Annotated[bool, typer.Option(help="replace an existing output (never an input of the run)")]
 # Input paths are declared readable=False: the readers say themselves, in one line, why a file cannot be read.
@@ -38,12 +38,15 @@ class _Stopped(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
+def _stop_on_signals(stops: list[int]) -> Iterator[None]:
+    """Raise SIGTERM and SIGHUP as `_Stopped`, and note each in `stops`: a library may catch the exception and
+    raise its own (torch turns it into a ValueError), but the stop is still known."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum, frame):
+        stops.append(signum)
         raise _Stopped(signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -55,9 +58,10 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print `message` as one `error:` line on stderr (no markup: paths may hold brackets)."""
+    """Print `message` as one `error:` line on stderr (no markup: paths may hold brackets; control characters
+    escaped)."""
     line = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    err_console.print(Text.assemble(("error:", "red"), " ", line), soft_wrap=True)
+    err_console.print(Text.assemble(("error:", "red"), " ", escape_controls(line, keep="\t")), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -67,18 +71,21 @@ def guarded(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        stops: list[int] = []
         try:
-            with _stop_on_signals():
+            with _stop_on_signals(stops):
                 return fn(*args, **kwargs)
-        except ModelFusionError as err:
-            raise fail(str(err)) from None
-        except KeyboardInterrupt as err:
-            signum = getattr(err, "signum", signal.SIGINT)
-            name = signal.Signals(signum).name
-            raise fail(f"stopped by {name}; no output was left half-written", 128 + signum) from None
-        except OSError as err:  # the system's refusals we did not foresee (a full disk, an I/O error)
-            where = f"{err.filename}: " if err.filename else ""
-            raise fail(f"{where}{err.strerror or err}") from None
+        except BaseException as err:
+            if stops or isinstance(err, KeyboardInterrupt):  # whatever a library made of the stop on its way up
+                signum = stops[0] if stops else getattr(err, "signum", signal.SIGINT)
+                name = signal.Signals(signum).name
+                raise fail(f"stopped by {name}; no output was left half-written", 128 + signum) from None
+            if isinstance(err, ModelFusionError):
+                raise fail(str(err)) from None
+            if isinstance(err, OSError):  # the system's refusals we did not foresee (an I/O error)
+                where = f"{err.filename}: " if err.filename else ""
+                raise fail(f"{where}{err.strerror or err}") from None
+            raise
 
     return wrapper
 

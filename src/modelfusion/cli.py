@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ._checks import parse_json_object
 from ._cli_support import Overwrite, command_from_job, err_console, guarded
+from ._terminal import terminal_console
 from .errors import ConfigError, InvalidInputError
 
 app = typer.Typer(
@@ -20,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Rich wraps tables at 80 columns when output is not a terminal; the leaderboard needs about 120.
-console = Console(width=None if sys.stdout.isatty() else 120)
+console = terminal_console(piped_width=120)
 
 
 WriteReport = Annotated[
@@ -34,15 +33,11 @@ def _command(fn):
 
 
 def _load_members(paths: Sequence[Path], **options) -> list:
-    """Load each checkpoint; members whose stored names collide are named after their files, and told so."""
-    from .io import load_member
-    from .members import name_after_files
+    """Load each checkpoint (`modelfusion.io.load_members`: one given twice is refused); members whose stored
+    names collide are named after their files, and told so."""
+    from .io import load_members
 
-    members = [load_member(path, **options) for path in paths]
-    note = name_after_files(members, paths)
-    if note:
-        err_console.print(f"note: {note}", markup=False, highlight=False)
-    return members
+    return load_members(paths, note=lambda text: err_console.print(f"note: {text}", highlight=False), **options)
 
 
 def _safetensors_out(path: Path, option: str) -> None:
@@ -287,19 +282,145 @@ def merge(
         bool, typer.Option(help="check compatibility and the output, print the plan; write nothing")
     ] = False,
     overwrite: Overwrite = False,
+    allow_nonfinite: Annotated[
+        bool, typer.Option(help="write merged tensors that hold NaN or inf instead of refusing the merge")
+    ] = False,
 ) -> None:
     """Merge same-architecture safetensors checkpoints tensor by tensor, as a config says.
 
-    Python: `modelfusion.merge.merge(config, out_dir, dry_run=..., overwrite=...)`.
+    Python: `modelfusion.merge.merge(config, out_dir, dry_run=..., overwrite=..., allow_nonfinite=...)`.
     """
     from .errors import OutputError
     from .merge import merge as run_merge
 
-    plan = run_merge(config, out_dir, dry_run=dry_run, overwrite=overwrite)
+    plan = run_merge(config, out_dir, dry_run=dry_run, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     if dry_run:
         console.print(plan.describe(), highlight=False, markup=False)
         if plan.output_refused:
             raise OutputError(plan.output_refused)
+
+
+@app.command("extract-lora")
+@guarded
+def extract_lora(
+    base: Annotated[Path, typer.Argument(readable=False, help="the base model (safetensors file or folder)")],
+    finetune: Annotated[Path, typer.Argument(readable=False, help="its fine-tune (same architecture)")],
+    rank: Annotated[int, typer.Option(help="rank of each low-rank update")],
+    out: Annotated[Path, typer.Option(help="the adapter folder to write (PEFT: adapter_config.json, ...)")],
+    embeddings: Annotated[
+        str, typer.Option(help="whole (stored as modules_to_save, as mergekit), lora, or skip")
+    ] = "whole",
+    svd: Annotated[str, typer.Option(help="exact, or randomized (faster on large matrices)")] = "exact",
+    overwrite: Overwrite = False,
+) -> None:
+    """Extract a LoRA adapter that turns BASE into FINETUNE, and report its reconstruction error.
+
+    Python: `modelfusion.merge.lora.extract_lora(base, finetune, out, rank=...)`.
+    """
+    from .merge.lora import REPORT_NAME
+    from .merge.lora import extract_lora as run_extraction
+
+    result = run_extraction(base, finetune, out, rank=rank, embeddings=embeddings, svd=svd, overwrite=overwrite)
+    console.print(f"{result.summary()}\nadapter -> {out} (errors per tensor in {REPORT_NAME})", highlight=False)
+
+
+@app.command("merge-adapters")
+@guarded
+def merge_adapters(
+    adapters: Annotated[list[Path], typer.Argument(readable=False, help="PEFT LoRA adapter folders of one base")],
+    out: Annotated[Path, typer.Option(help="the merged adapter folder to write")],
+    method: Annotated[str, typer.Option(help="linear, task_arithmetic, ties, dare_ties, tsv, wudi, ...")] = (
+        "task_arithmetic"
+    ),
+    weight: Annotated[list[float] | None, typer.Option(help="weight of each adapter (repeat, in order)")] = None,
+    density: Annotated[float | None, typer.Option(help="share of each update kept (ties, dare, ...)")] = None,
+    rank: Annotated[int | None, typer.Option(help="rank of the merged adapter (default: see the docs)")] = None,
+    base: Annotated[
+        Path | None, typer.Option(help="the base model, when adapters store whole tensors (modules_to_save)")
+    ] = None,
+    params: Annotated[
+        str | None, typer.Option(help="other parameters of the method as JSON, e.g. '{\"lambda_\": 0.8}'")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of random methods (DARE, DELLA)")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Merge LoRA adapters into one adapter, without forming the full weights where the method allows.
+
+    Python: `modelfusion.merge.lora.merge_adapters(adapters, out, method=..., rank=..., **params)`.
+    """
+    from .merge.lora import merge_adapters as run_merge
+
+    settings = parse_json_object(params, "--params") or {}
+    if weight:
+        settings["weight"] = list(weight)
+    if density is not None:
+        settings["density"] = density
+    result = run_merge(adapters, out, method=method, rank=rank, base=base, seed=seed, overwrite=overwrite, **settings)
+    console.print(f"{result.summary()}\nadapter -> {out}", highlight=False)
+
+
+@app.command("merge-search")
+@guarded
+def merge_search(
+    config: Annotated[Path, typer.Argument(readable=False, help="a merge config listing models (saved members)")],
+    data: Annotated[str, typer.Option(help="the embedded dataset whose validation split scores each merge")],
+    out: Annotated[Path, typer.Option(help="where to write the best config (YAML); its curve goes beside it")],
+    evaluations: Annotated[int, typer.Option(help="merges to score, the config as given included")] = 60,
+    layer_groups: Annotated[int, typer.Option(help="1: a value per model; G: per model and group of layers")] = 1,
+    metric: Annotated[str, typer.Option(help="accuracy or nll")] = "accuracy",
+    optimizer: Annotated[str, typer.Option(help="cma (CMA-ES) or powell (scipy)")] = "cma",
+    seed: Annotated[int, typer.Option(help="seed of the split and of the search")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Tune a merge's per-model weights and densities on validation data; write the best config as YAML.
+
+    Python: `modelfusion.merge.search.search_merge(config, load_dataset(data).val, ...).save(out)`.
+    """
+    from ._atomic import atomic_path, check_output
+    from .datasets import load_dataset
+    from .errors import MissingExtraError
+    from .merge.search import search_merge
+
+    if out.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"--out {out}: the best config is YAML; name it with .yaml")
+    split = load_dataset(data, seed=seed).val
+    result = search_merge(
+        config,
+        split,
+        evaluations=evaluations,
+        layer_groups=layer_groups,
+        metric=metric,
+        optimizer=optimizer,
+        seed=seed,
+    )
+    result.save(out, overwrite=overwrite, inputs=[config])
+    figure = out.with_suffix(".search.svg")
+    try:
+        from .report.figures import search_svg
+
+        check_output(figure, kind="file", overwrite=overwrite, inputs=[config])
+        svg = search_svg({config.name: result.curve_points()}, ylabel=f"validation {metric}")
+        with atomic_path(figure) as tmp:
+            tmp.write_text(svg)
+    except MissingExtraError as err:
+        err_console.print(f"note: no search curve drawn ({err})", markup=False, highlight=False)
+    console.print(f"{result.summary()}\nbest config -> {out} (its search curve beside it)", highlight=False)
+
+
+@_command
+def moe(
+    config: Annotated[Path, typer.Argument(readable=False, help="mergekit-moe's YAML: base_model, experts, gate_mode")],
+    out_dir: Annotated[Path, typer.Argument(help="output folder for the Mixtral-style checkpoint")],
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    overwrite: Overwrite = False,
+) -> None:
+    """Assemble a Mixtral-style mixture of experts from dense fine-tunes of one base model.
+
+    Python: `modelfusion.merge.moe.build_moe(config, out_dir, overwrite=...)`.
+    """
+    from .merge.moe import build_moe
+
+    console.print(build_moe(config, out_dir, overwrite=overwrite, progress=progress).summary(), highlight=False)
 
 
 def _distill(job) -> None:

@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from ._atomic import atomic_dir
 from ._deprecation import deprecated
+from ._terminal import terminal_console, terminal_text
 from .datasets import Dataset, load_dataset
 from .ensemble import fuse_and_evaluate, save_combiner
 from .errors import ConfigError
@@ -70,7 +72,7 @@ def run_demo(
         >>> results = run_demo("digits", out="runs/demo")
         >>> results.verdict.best_member, results.chosen.name
     """
-    console = console or Console()
+    console = console or terminal_console()
     start = time.perf_counter()
     out = Path(out)
     if (epochs is not None and epochs < 1) or n_mlps < 0:
@@ -79,7 +81,7 @@ def run_demo(
         check_report_extra()  # before any training
     data = load_dataset(dataset, seed=seed)
     with atomic_dir(out, overwrite=overwrite) as folder:
-        console.print(f"[bold]modelfusion demo[/bold]  {data.summary()}")
+        console.print(Text.assemble(("modelfusion demo", "bold"), "  ", terminal_text(data.summary())))
         results = _train_fuse_and_score(data, folder, out, epochs, n_mlps, progress, console)
         results = results.updated(wall_seconds=round(time.perf_counter() - start, 2))
         results.save(folder / "results.json")

@@ -150,7 +150,7 @@ def merge_family(ctx: Inputs) -> FamilyResult:
     if len(group) < 2 or not same_architecture([m.module for m in group]):
         raise Skip("members differ in architecture (no two torch members share one)")
     models = [m.module.eval() for m in group]
-    candidates, curves, notes = [], {}, []
+    candidates, curves, search_curves, notes = [], {}, {}, []
 
     def add(name: str, merged: nn.Module, note: str) -> None:
         member = TorchMember(merged, name=name, factory=group[0].factory, factory_kwargs=group[0].factory_kwargs)
@@ -163,11 +163,39 @@ def merge_family(ctx: Inputs) -> FamilyResult:
         notes.append(f"merge: alignment skipped ({first_line(err, 120)})")
     else:
         add(f"aligned average of {len(models)}", uniform_soup(aligned), "weights averaged after weight matching")
+        search = _searched_soup(ctx, group, aligned, add)
+        if isinstance(search, str):
+            notes.append(search)
+        else:
+            search_curves.update(search)
         curves[f"{group[0].name} -> {group[1].name} (aligned)"] = interpolation_curve(
             aligned[0], aligned[1], ctx.data.val
         )
     curves[f"{group[0].name} -> {group[1].name}"] = interpolation_curve(models[0], models[1], ctx.data.val)
-    return FamilyResult(candidates, curves={"interpolation": curves}, notes=tuple(notes))
+    return FamilyResult(candidates, curves={"interpolation": curves, "search": search_curves}, notes=tuple(notes))
+
+
+def _searched_soup(ctx: Inputs, group: list[TorchMember], aligned: list[nn.Module], add) -> dict | str:
+    """The aligned members' weights in their average searched on validation (`merge.search`, CMA-ES), added
+    as a candidate; returns its search curve for the report, or the note saying why it was skipped."""
+    from ..merge.search import search_soup
+
+    members = [
+        TorchMember(model, name=m.name, factory=m.factory, factory_kwargs=m.factory_kwargs)
+        for m, model in zip(group, aligned, strict=True)
+    ]
+    try:
+        merged, result = search_soup(members, ctx.data.val, evaluations=30, seed=ctx.seed)
+    except ModelFusionError as err:  # e.g. the search extra is missing: say so, go on
+        return f"merge: weight search skipped ({first_line(err, 120)})"
+    weights = ", ".join(f"{v:.2f}" for v in result.settings.values())
+    note = f"aligned weights searched on validation (CMA-ES, {len(result.curve)} merges): {weights}"
+    add(f"searched weights of {len(aligned)} (aligned)", merged, note)
+    return {  # as NLL: the search maximizes -NLL
+        f"weights of {len(aligned)} aligned members": [
+            {"evaluation": p["evaluation"], "value": -p["score"], "best": -p["best"]} for p in result.curve
+        ]
+    }
 
 
 @family("distill", requires=("output",))

@@ -209,6 +209,7 @@ def _finish(
             reliability={c.name: reliability_curve(c.test_proba, y_test) for c in (best_member, chosen)},
             interpolation=_curves(found, "interpolation"),
             cascade=_curves(found, "cascade"),
+            search=_curves(found, "search"),
         ),
         diversity=_diversity(ctx),
         skipped=skipped,

@@ -10,6 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from .._atomic import atomic_dir
+from .._files import safe_stem
 from ..errors import ConfigError
 from ..members import TorchMember
 from ..results import Candidate, Cost, Results, Verdict, versions
@@ -82,7 +83,8 @@ class CompressionRun:
         Returns the model's path."""
         out = Path(out)
         with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
-            saved = self.result.save(tmp / f"{self.name}_{self.result.method}")
+            # the name comes from the file: a safe stem, never a path
+            saved = self.result.save(tmp / f"{safe_stem(self.name)}_{safe_stem(self.result.method)}")
             self.results().save(tmp / "results.json")
         return out / saved.name
 

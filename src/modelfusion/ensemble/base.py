@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .._atomic import jsonable
+from .._checks import checked
 from ..errors import IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..predictions import Predictions, check_fit_split
 from ..tasks import TASKS, Task
@@ -38,6 +39,7 @@ class Combiner:
         return True
 
     # -- fitting -------------------------------------------------------------------------------------
+    @checked
     def fit(self, preds: Predictions, y: torch.Tensor | None = None, *, X: torch.Tensor | None = None) -> Combiner:
         """Learn from validation predictions; `y` defaults to `preds.labels`. Predictions of the test split are
         refused (`LeakageError`): a combiner fitted on them is scored on the labels it learned from."""
@@ -92,12 +94,14 @@ class Combiner:
         self._check_fitted(preds)
         return self._fuse(preds.outputs.double(), X).float()
 
+    @checked
     def predict_proba(self, preds: Predictions, *, X: torch.Tensor | None = None) -> torch.Tensor:
         """Fused class probabilities `[N, C]`."""
         if getattr(self, "task_", None) == "regression":
             raise InvalidInputError(f"combiner {self.name!r} was fitted for regression; use predict()")
         return self.fuse(preds, X=X)
 
+    @checked
     def predict(self, preds: Predictions, *, X: torch.Tensor | None = None) -> torch.Tensor:
         """Fused labels `[N]` (classification) or values `[N]` (regression)."""
         fused = self.fuse(preds, X=X)

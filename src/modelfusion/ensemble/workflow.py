@@ -13,7 +13,7 @@ import torch
 from .._atomic import atomic_dir
 from ..errors import IncompatibleModelsError, LeakageError
 from ..evaluate import Report, evaluate
-from ..predictions import Predictions, is_test_split
+from ..predictions import Predictions, check_fit_labels, is_test_split, same_samples
 from ..results import Cost, Results, Verdict
 from .base import Combiner
 from .choose import Choice, choose_combiner
@@ -116,6 +116,7 @@ def fuse_and_evaluate(
         >>> run.report.ranked()[0].name
     """
     _check_no_leak(val, test)
+    check_fit_labels(val.labels, val.task, "the validation predictions")
     if val.member_names != test.member_names:
         raise IncompatibleModelsError(
             f"validation predictions are of members {list(val.member_names)} but test predictions of "
@@ -173,12 +174,10 @@ def _check_no_leak(val: Predictions, test: Predictions) -> None:
             f"the validation predictions are of the {val.split!r} split: combiners fitted on them would be scored "
             "on the labels they learned from; fit on validation predictions (split 'val') and only score on test"
         )
-    same = val is test or (
-        val.split == test.split and val.outputs.shape == test.outputs.shape and torch.equal(val.outputs, test.outputs)
-    )
-    if same:
+    if val is test or same_samples(val, test):
         raise LeakageError(
-            f"the validation and test predictions are the same (split {val.split!r}, identical outputs for "
-            f"{val.num_samples} samples): combiners would be scored on the labels they were fitted on; give the "
-            "validation split's predictions as val and the test split's as test"
+            f"the validation and test predictions are the same (split {val.split!r} and {test.split!r}: identical "
+            f"labels and outputs for the same {val.num_samples} samples, whatever the splits are called): combiners "
+            "would be scored on the labels they were fitted on; give the validation split's predictions as val and the "
+            "test split's as test"
         )

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .._checks import check_seed
+from .._checks import PositiveInt, Share, check_seed, checked
 from ..errors import InvalidInputError
 from ..predictions import Predictions
 from ..results import Candidate, Cost, Curves, Diversity, Results
@@ -172,15 +172,16 @@ def _best_member(rows: list[Row], preds: Predictions, given: str | None) -> str:
     return sorted(member_rows, key=lambda r: ((-1 if higher else 1) * r.metrics[metric], r.metrics[tie_break]))[0].name
 
 
+@checked
 def evaluate(
     preds: Predictions,
     fused: Mapping[str, torch.Tensor | np.ndarray] | None = None,
     *,
     best_member: str | None = None,
-    confidence: float = 0.95,
-    n_resamples: int = 1000,
+    confidence: Share = 0.95,
+    n_resamples: PositiveInt = 1000,
     seed: int = 0,
-    n_bins: int = 15,
+    n_bins: PositiveInt = 15,
 ) -> Report:
     """Score members and fused predictions on the labelled split held by `preds`.
 

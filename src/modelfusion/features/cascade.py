@@ -24,7 +24,7 @@ from ..datasets import Dataset
 from ..errors import ConfigError, InvalidInputError, NotFittedError
 from ..members import Member, as_member
 from ..plotting import cascade_figure, save_figure
-from ..predictions import Predictions, check_fit_split, collect_predictions
+from ..predictions import Predictions, check_fit_labels, check_fit_split, collect_predictions
 from ..results import Candidate, Cost, Curves, Results, Verdict, versions
 
 __all__ = [
@@ -130,6 +130,7 @@ class Cascade:
         proba = val.probabilities(torch.float64).numpy()  # [K, N, C]
         if val.task != "classification" or val.labels is None:
             raise InvalidInputError("a cascade is fitted on labelled classification predictions")
+        check_fit_labels(val.labels, val.task, "cascade")
         if len(proba) < 2:
             raise InvalidInputError("a cascade needs at least two models")
         correct = proba.argmax(2) == val.labels.numpy()  # [K, N]

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ..errors import CheckpointError, ModelFusionError, first_line
 from ..models import MODELS
@@ -32,6 +34,28 @@ MAX_LISTED = 5
 MAX_ARGUMENT_ITEMS = 4096
 MAX_STRING_CHARS = 1024
 MAX_NESTING = 4
+# Building a model may allocate more than the file holds (a spliced model's backbone is built whole, then cut;
+# a compressed model's original is built in float32, then shrunk and quantized), but not without bound: at
+# most this many times the bytes of the file's tensors, plus the slack.
+MAX_BUILD_EXPANSION = 16
+BUILD_SLACK_BYTES = 256 * 2**20
+
+
+class _Allocations(TorchDispatchMode):
+    """Counts the bytes of every new tensor made while active (views and in-place results are not new): on
+    the meta device, what building a model would allocate, without allocating it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for returned, value in zip(func._schema.returns, out if isinstance(out, tuple) else (out,), strict=False):
+            if returned.alias_info is None:
+                leaves, _ = tree_flatten(value)
+                self.bytes += sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+        return out
 
 
 def factory_name(spec: str | Callable[..., nn.Module] | None) -> str | None:
@@ -153,7 +177,10 @@ def build_named_model(
 
     The arguments must be JSON data the factory's signature accepts. With `state` (the file's tensors), the
     model is first built on the meta device and checked against `state`, so arguments that would allocate
-    more than the file holds (`hidden: [10**9]`) fail before any memory is taken.
+    more than the file holds (`hidden: [10**9]`) fail before any memory is taken: the model must have the
+    file's tensors, and building it (parts built and then dropped included, such as a spliced backbone's
+    layers after the cut) may allocate at most `MAX_BUILD_EXPANSION` times their bytes plus
+    `BUILD_SLACK_BYTES`.
     """
     registered = factory_name(name) if isinstance(name, str) else None
     if registered is None:
@@ -166,9 +193,18 @@ def build_named_model(
     kwargs = _check_arguments(registered, factory, kwargs or {}, source)
     label = f"{registered!r} named by {source}"
     if state is not None:
-        with torch.device("meta"):
+        with torch.device("meta"), _Allocations() as allocations:
             skeleton = _call(factory, kwargs, label)
         check_state_dict(skeleton, state, source)
+        held = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+        allowed = MAX_BUILD_EXPANSION * held + BUILD_SLACK_BYTES
+        if allocations.bytes > allowed:
+            raise CheckpointError(
+                f"{source}: building its model ({registered!r} with the file's arguments) would allocate "
+                f"{allocations.bytes:,} bytes for {held:,} bytes of weights (at most {MAX_BUILD_EXPANSION}x + "
+                f"{BUILD_SLACK_BYTES // 2**20} MiB); refused. If you trust the file, build the model yourself and "
+                "load its weights with load_state_dict"
+            )
     return _call(factory, kwargs, label)
 
 

@@ -6,11 +6,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from ..plotting import cascade_figure, interpolation_figure, pyplot, svg_markup
+from ..plotting import cascade_figure, interpolation_figure, pyplot, search_figure, svg_markup
 from ..results import Candidate, Diversity, ReliabilityCurve
 from .leaderboard import finite
 
-__all__ = ["reliability_svg", "pareto_svg", "diversity_svg", "interpolation_svg", "cascade_svg", "pareto_front"]
+__all__ = [
+    "reliability_svg",
+    "pareto_svg",
+    "diversity_svg",
+    "interpolation_svg",
+    "cascade_svg",
+    "search_svg",
+    "pareto_front",
+]
 
 
 def reliability_points(curve: ReliabilityCurve) -> list[tuple[float, float, float]]:
@@ -120,3 +128,10 @@ def interpolation_svg(curves: Mapping[str, Sequence]) -> str:
 def cascade_svg(curves: Mapping[str, Sequence]) -> str:
     """Accuracy against mean cost per sample as the cascade's threshold moves, one line per cascade."""
     return svg_markup(cascade_figure(_finite_rows(curves, ("mean_cost", "accuracy"))), "cascade")
+
+
+def search_svg(curves: Mapping[str, Sequence], *, ylabel: str = "validation NLL") -> str:
+    """A merge search's curve: each merge's validation value and the best so far, one line per search."""
+    rows = {name: [p if isinstance(p, dict) else p.model_dump() for p in points] for name, points in curves.items()}
+    finite_rows = {name: [r for r in points if finite(r["value"], r["best"])] for name, points in rows.items()}
+    return svg_markup(search_figure(finite_rows, ylabel=ylabel), "merge search")

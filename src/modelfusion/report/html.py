@@ -93,6 +93,14 @@ def _sections(results: Results) -> tuple[list[dict], list[str]]:
         lambda: figures.cascade_svg(curves.cascade),
         "Accuracy against mean cost per sample as the confidence threshold for passing a sample on goes from 0 to 1.",
     )
+    section(
+        "Merge search",
+        bool(curves.search),
+        "no merge search ran, so there is no search curve",
+        lambda: figures.search_svg(curves.search),
+        "Validation NLL of each merge the search scored (dots) and the best so far (line), as CMA-ES tunes the "
+        "merged members' weights.",
+    )
     return shown, missing
 
 

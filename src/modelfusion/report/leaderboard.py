@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .._deprecation import deprecated
+from .._terminal import terminal_console, terminal_text
+from ..errors import ArgumentError
 from ..results import SIGNIFICANCE_LEVEL, Candidate, Results, parse_results
 
 __all__ = ["Leaderboard", "leaderboard", "leaderboard_table", "print_leaderboard", "verdict_text", "diversity_summary"]
@@ -146,7 +148,13 @@ def leaderboard_table(results: Results) -> Table:
     """`leaderboard(results)` as a rich table for the terminal; the chosen row is bold and starred, the best
     member's row marked with a dagger."""
     board = leaderboard(results)
-    table = Table(title=board.title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table = Table(
+        title=terminal_text(board.title),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     shown = [k for k, column in enumerate(board.header) if column not in PAGE_ONLY]
     for k in shown:
         column = board.header[k]
@@ -158,7 +166,8 @@ def leaderboard_table(results: Results) -> Table:
     for row in board.rows:
         cells = list(row["cells"])
         cells[1] += {"chosen": " *", "best-member": " †"}.get(row["mark"], "")
-        table.add_row(*(cells[k] for k in shown), style="bold" if row["mark"] == "chosen" else None)
+        # names come from files: shown as the characters they hold, never as markup
+        table.add_row(*(terminal_text(cells[k]) for k in shown), style="bold" if row["mark"] == "chosen" else None)
     return table
 
 
@@ -226,9 +235,9 @@ def print_leaderboard(results: Results | Mapping, console: Console | None = None
         results = results.to_results()
         old.pop("chosen", None)
     if old:
-        raise TypeError(f"print_leaderboard() got unexpected keyword arguments {sorted(old)}")
+        raise ArgumentError(f"print_leaderboard() got unexpected keyword arguments {sorted(old)}")
     results = results if isinstance(results, Results) else parse_results(results)
-    console = console or Console()
+    console = console or terminal_console()
     console.print(leaderboard_table(results))
     verdict = verdict_text(results) if results.verdict is not None else ""
     for line in (diversity_summary(results), *results.notes, verdict):

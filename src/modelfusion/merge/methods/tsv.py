@@ -6,11 +6,13 @@ benchmark in the paper). Data-free: it needs only the base and the fine-tunes.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from ...errors import ConfigError
-from .base import check_shapes, compute_dtype, need_base, register_method
+from .base import Coefficient, Fraction, check_shapes, compute_dtype, need_base, register_method
 
 __all__ = ["tsv"]
 
@@ -22,9 +24,16 @@ def _closest_orthogonal(matrix: torch.Tensor) -> torch.Tensor:
     return u @ vh
 
 
+RankShare = Annotated[Fraction, Field(description="the fraction of each task's rank kept (0: one over the tasks)")]
+
+
 @register_method("tsv", base="required", reference="Gargiulo et al., 2025, Task Singular Vectors (TSV-Merge)")
 def tsv(
-    tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, alpha: float = 1.0, share: float = 0.0
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None = None,
+    *,
+    alpha: Coefficient = 1.0,
+    share: RankShare = 0.0,
 ) -> torch.Tensor:
     """`base + alpha * merged update`. For a matrix, each task's update `W_i - base` keeps its top `share` of
     singular directions (0: 1 / the number of tasks, so that together they fill the rank); the kept left and
