@@ -60,7 +60,7 @@ def every_method(seed: int) -> dict[str, dict]:
     fp32 = dense_bytes(model)
     rows = {"fp32": row(model, fp32, None, data.test, fp32)}
     for method in COMPRESSORS.names():
-        result = compress(model, method, X=data.train.X)
+        result = compress(model, method=method, X=data.train.X)
         rows[method] = row(result.model, result.size_bytes, rows["fp32"], data.test, fp32)
     return rows
 
@@ -71,7 +71,7 @@ def structured(seed: int, recover_epochs: int) -> tuple[dict[str, dict], torch.n
     model = recipe.train(data, seed=seed).eval()
     fp32 = dense_bytes(model)
     rows = {"fp32 (64 channels)": row(model, fp32, None, data.test, fp32)}
-    pruned = compress(model, "prune-structured", X=data.train.X, amount=0.5)
+    pruned = compress(model, method="prune-structured", X=data.train.X, amount=0.5)
     rows["half the channels removed"] = row(
         pruned.model, pruned.size_bytes, rows["fp32 (64 channels)"], data.test, fp32
     )
@@ -109,7 +109,7 @@ def story(seed: int, first_member: torch.nn.Module | None) -> dict[str, dict]:
     rows["distilled student (16 channels)"] = row(
         student, dense_bytes(student), rows["ensemble of 5 CNNs"], data.test, fp32
     )
-    small = compress(student, "int8")
+    small = compress(student, method="int8")
     rows["student, int8"] = row(small.model, small.size_bytes, rows["ensemble of 5 CNNs"], data.test, fp32)
     return rows
 

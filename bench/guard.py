@@ -119,7 +119,7 @@ def run_seed(name: str, seed: int) -> dict:
     out = {"clean_accuracy": accuracy(original.bag(), data.test), "noise": {}, "ood": {}}
     for rate in RATES:
         noisy, flipped = inject_label_noise(data.train, rate, seed=seed)
-        result = clean(dataclasses.replace(data, train=noisy), members=recipe, folds=FOLDS, seed=seed)
+        result = clean(dataclasses.replace(data, train=noisy), recipe=recipe, folds=FOLDS, seed=seed)
         probs = result.issues.oof.probabilities(torch.float64).mean(0).numpy()
         theirs = np.flatnonzero(cleanlab_issues(probs, noisy.y.numpy()))
         out["noise"][rate] = {

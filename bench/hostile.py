@@ -2670,7 +2670,7 @@ def api_cases() -> list[Case]:
                 "import torch",
                 "from modelfusion.merge import merge_state_dicts",
                 "sd = {'w': torch.ones(3)}",
-                "merge_state_dicts([sd, sd], 'linear', weight=[float('nan'), 1.0])",
+                "merge_state_dicts([sd, sd], method='linear', weight=[float('nan'), 1.0])",
             ),
         ),
         Case(
@@ -2680,7 +2680,7 @@ def api_cases() -> list[Case]:
                 "import torch",
                 "from modelfusion.merge import merge_state_dicts",
                 "sd = {'w': torch.ones(3)}",
-                "merge_state_dicts([sd, sd], 'linear', normalise=True)",
+                "merge_state_dicts([sd, sd], method='linear', normalise=True)",
             ),
         ),
         Case(
@@ -3290,7 +3290,7 @@ def onnx_debris_cases() -> list[Case]:
             "compress",
             ["m0.safetensors", "--method", "onnx-int8", "--out", "c"],
             "succeed",
-            ("c/report.json",),
+            ("c/results.json",),
         ),
         ("predict.refused_onnx_home_beside_the_files", "predict", ["bomb.onnx"], "refuse", ()),
     ]

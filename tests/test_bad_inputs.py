@@ -446,8 +446,8 @@ def test_non_finite_merges_are_written_when_allowed(merge_project):
     assert torch.isinf(load_file(str(merge_project / "out" / "model.safetensors"))["w"]).all()
     states = [load_file(str(merge_project / n)) for n in ("m0.safetensors", "inf.safetensors")]
     with pytest.raises(IncompatibleModelsError, match="model 1 holds NaN or inf"):
-        merge_state_dicts(states, "linear")
-    assert torch.isinf(merge_state_dicts(states, "linear", allow_nonfinite=True)["w"]).all()
+        merge_state_dicts(states, method="linear")
+    assert torch.isinf(merge_state_dicts(states, method="linear", allow_nonfinite=True)["w"]).all()
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -38,7 +38,7 @@ def test_quantized_linear_packs_and_dequantizes_within_half_a_step(bits, group):
 def test_every_method_keeps_accuracy_shrinks_or_sparsifies_and_round_trips(method, trained_mlp, digits, tmp_path):
     member = _member(trained_mlp)
     before = {k: v.clone() for k, v in trained_mlp.state_dict().items()}
-    result = compress(member, method, X=digits.train.X)
+    result = compress(member, method=method, X=digits.train.X)
     assert all(torch.equal(trained_mlp.state_dict()[k], v) for k, v in before.items())  # the original untouched
     fp32_bytes = sum(t.numel() * 4 for t in trained_mlp.state_dict().values())
     # onnx-int8: the graph itself weighs much next to the 2,410 weights of this small MLP
@@ -60,7 +60,7 @@ def test_every_method_keeps_accuracy_shrinks_or_sparsifies_and_round_trips(metho
 
 def test_pruning_removes_the_smallest_weights_globally_or_per_layer(trained_mlp):
     for scope in ("global", "layer"):
-        pruned = compress(trained_mlp, "prune", amount=0.7, scope=scope).model
+        pruned = compress(trained_mlp, method="prune", amount=0.7, scope=scope).model
         weights = [m.weight for m in pruned.modules() if isinstance(m, nn.Linear)]
         zeros = sum(int((w == 0).sum()) for w in weights)
         assert zeros == int(0.7 * sum(w.numel() for w in weights)) or scope == "layer"
@@ -82,7 +82,7 @@ def test_a_cnn_quantizes_its_layers_and_round_trips(method, convolutions_in_int8
     torch.manual_seed(0)
     kwargs = {"channels": [8, 16], "hidden": 32}
     model = train_model(cnn2d(**kwargs), digits.train, digits.val, epochs=2, seed=0).eval()
-    result = compress(TorchMember(model, name="cnn", factory="cnn2d", factory_kwargs=kwargs), method)
+    result = compress(TorchMember(model, name="cnn", factory="cnn2d", factory_kwargs=kwargs), method=method)
     modules = list(result.model.modules())
     assert sum(isinstance(m, QuantizedConv) for m in modules) == (2 if convolutions_in_int8 else 0)
     assert all(m.weight_int8.dtype == torch.int8 for m in modules if isinstance(m, QuantizedConv))
@@ -97,13 +97,13 @@ def test_a_cnn_quantizes_its_layers_and_round_trips(method, convolutions_in_int8
 
 def test_bad_requests_are_clear(trained_mlp, tmp_path):
     with pytest.raises(ConfigError, match="bad parameters"):
-        compress(trained_mlp, "int4", bits=3)
+        compress(trained_mlp, method="int4", bits=3)
     with pytest.raises(ConfigError, match="fraction of weights removed"):
-        compress(trained_mlp, "prune", amount=1.5)
+        compress(trained_mlp, method="prune", amount=1.5)
     with pytest.raises(InvalidInputError, match="needs the original as a member"):
-        compress(trained_mlp, "fp16").save(tmp_path / "x.safetensors")
+        compress(trained_mlp, method="fp16").save(tmp_path / "x.safetensors")
     with pytest.raises(ConfigError, match="unknown compression method 'int3'"):
-        compress(trained_mlp, "int3")
+        compress(trained_mlp, method="int3")
 
 
 def _with_statistics(model, X):
@@ -130,7 +130,7 @@ def test_structured_pruning_halves_every_hidden_group_and_round_trips(name, digi
     torch.manual_seed(0)
     model = _with_statistics(build(), digits.train.X)
     member = TorchMember(model, name=name)
-    result = compress(member, "prune-structured", X=digits.train.X, amount=0.5)
+    result = compress(member, method="prune-structured", X=digits.train.X, amount=0.5)
     state = result.model.state_dict()
     assert all(p.requires_grad for p in result.model.parameters())  # shrunk parameters still train
     for key, shape in expected_shapes.items():
@@ -143,7 +143,7 @@ def test_structured_pruning_halves_every_hidden_group_and_round_trips(name, digi
     # the layers' attributes follow their weights, so the pruned model prints and re-traces as it is
     assert all(m.out_features == m.weight.shape[0] for m in result.model.modules() if isinstance(m, nn.Linear))
     assert all(m.out_channels == m.weight.shape[0] for m in result.model.modules() if isinstance(m, nn.Conv1d))
-    again = compress(result.model, "prune-structured", X=digits.train.X, amount=0.5).model
+    again = compress(result.model, method="prune-structured", X=digits.train.X, amount=0.5).model
     assert sum(t.numel() for t in again.parameters()) < parameters
 
 
@@ -152,13 +152,13 @@ def test_structured_pruning_keeps_the_strongest_units(digits):
     model = mlp(64, 10, hidden=[8]).eval()
     with torch.no_grad():
         model[0].weight[[1, 5]] *= 10  # units 1 and 5 are the strongest by far
-    pruned = compress(model, "prune-structured", X=digits.train.X, amount=0.75).model
+    pruned = compress(model, method="prune-structured", X=digits.train.X, amount=0.75).model
     torch.testing.assert_close(pruned[0].weight, model[0].weight[[1, 5]])
     torch.testing.assert_close(pruned[2].weight, model[2].weight[:, [1, 5]])
 
 
 def test_a_structured_prune_saves_as_a_smaller_file_and_loads_back(trained_mlp, digits, tmp_path):
-    result = compress(_member(trained_mlp), "prune-structured", X=digits.train.X, amount=0.5)
+    result = compress(_member(trained_mlp), method="prune-structured", X=digits.train.X, amount=0.5)
     path = result.save(tmp_path / "small.safetensors")
     loaded = load_member(path)
     assert loaded.module[0].weight.shape == (16, 64)
@@ -169,7 +169,7 @@ def test_a_structured_prune_saves_as_a_smaller_file_and_loads_back(trained_mlp, 
 def test_recovery_wins_back_accuracy_and_keeps_the_zeros(method, trained_mlp, digits):
     from modelfusion.compress import recover
 
-    pruned = compress(_member(trained_mlp), method, X=digits.train.X, amount=0.75)
+    pruned = compress(_member(trained_mlp), method=method, X=digits.train.X, amount=0.75)
     recovered = recover(pruned, trained_mlp, digits.train, digits.val, epochs=3, progress=False)
     before, after = score_classifier(pruned.model, digits.val), score_classifier(recovered.model, digits.val)
     assert after["loss"] < before["loss"] - 0.05 and after["accuracy"] > before["accuracy"]
@@ -178,7 +178,7 @@ def test_recovery_wins_back_accuracy_and_keeps_the_zeros(method, trained_mlp, di
         assert torch.equal(new[old == 0], torch.zeros_like(new[old == 0])) or method == "prune-structured"
     assert recovered.recover_epochs == 3 and pruned.recover_epochs == 0
     with pytest.raises(ConfigError, match="recover a pruned model, then quantize"):
-        recover(compress(trained_mlp, "int8"), trained_mlp, digits.train, digits.val, epochs=1)
+        recover(compress(trained_mlp, method="int8"), trained_mlp, digits.train, digits.val, epochs=1)
 
 
 def test_wanda_weighs_weights_by_their_inputs(digits):
@@ -186,18 +186,18 @@ def test_wanda_weighs_weights_by_their_inputs(digits):
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, 0.5]]))
     X = torch.tensor([[0.1, 10.0], [0.1, -10.0]])  # the second input is 100 times larger
-    pruned = compress(model, "prune-wanda", X=X, amount=0.5).model
+    pruned = compress(model, method="prune-wanda", X=X, amount=0.5).model
     assert pruned.weight.tolist() == [[0.0, 0.5]]  # magnitude alone would have removed 0.5
-    assert compress(model, "prune", amount=0.5).model.weight.tolist() == [[1.0, 0.0]]
+    assert compress(model, method="prune", amount=0.5).model.weight.tolist() == [[1.0, 0.0]]
 
 
 def test_dynamic_int8_computes_in_int8_and_survives_a_reload(trained_mlp, digits):
     from modelfusion.compress import DynamicInt8Linear
 
-    result = compress(trained_mlp, "int8")
+    result = compress(trained_mlp, method="int8")
     layers = [m for m in result.model.modules() if isinstance(m, DynamicInt8Linear)]
     assert len(layers) == 2 and all(layer.weight_int8.dtype == torch.int8 for layer in layers)
-    rebuilt = compress(trained_mlp, "int8").model
+    rebuilt = compress(trained_mlp, method="int8").model
     with torch.no_grad():
         for layer in rebuilt.modules():
             if isinstance(layer, DynamicInt8Linear):
@@ -209,7 +209,7 @@ def test_dynamic_int8_computes_in_int8_and_survives_a_reload(trained_mlp, digits
 
 
 def test_onnx_int8_exports_a_quarter_size_graph_that_loads_as_a_member(trained_mlp, digits, tmp_path):
-    result = compress(_member(trained_mlp), "onnx-int8", X=digits.train.X)
+    result = compress(_member(trained_mlp), method="onnx-int8", X=digits.train.X)
     fp32_bytes = sum(t.numel() * 4 for t in trained_mlp.state_dict().values())
     assert result.size_bytes < 0.8 * fp32_bytes  # int8 weights and scales, and the graph (much, for 2,410 weights)
     path = result.save(tmp_path / "student")
@@ -224,3 +224,10 @@ def test_onnx_int8_exports_a_quarter_size_graph_that_loads_as_a_member(trained_m
     (tmp_path / "bad.onnx").write_bytes(b"not a graph")
     with pytest.raises(CheckpointError, match="bad.onnx is not a valid ONNX model"):
         load_member(tmp_path / "bad.onnx")
+
+
+def test_the_method_by_position_still_works_with_a_deprecation_warning(trained_mlp, digits):
+    with pytest.warns(DeprecationWarning, match=r"pass method=\.\.\."):
+        old = compress(trained_mlp, "int8")
+    new = compress(trained_mlp, method="int8")
+    torch.testing.assert_close(old.model(digits.test.X), new.model(digits.test.X))

@@ -312,27 +312,31 @@ def test_inject_label_noise_flips_the_stated_share(digits):
 def test_find_label_issues_recovers_injected_noise_and_clean_refits(digits):
     noisy, flipped = inject_label_noise(digits.train, 0.2, seed=0)
     data = dataclasses.replace(digits, train=noisy)
-    issues = find_label_issues(data, members="digits-mlp", folds=3, seed=0)
+    issues = find_label_issues(data, recipe="digits-mlp", folds=3, seed=0)
     hits = len(np.intersect1d(issues.label_issues, flipped))
     assert hits / len(issues.label_issues) > 0.8 and hits / len(flipped) > 0.7
     assert set(issues.indices) == set(issues.label_issues) | set(issues.outliers)
     assert issues.oof.split == "train" and issues.oof.num_samples == len(noisy)
-    again = find_label_issues(data, members=issues.oof)  # the same probabilities give the same issues
+    again = find_label_issues(data, predictions=issues.oof)  # the same probabilities give the same issues
     assert np.array_equal(again.label_issues, issues.label_issues) and again.members is None
-    dropped = clean(data, issues, members="digits-mlp", folds=3, seed=0, strategy="drop")
+    with pytest.warns(DeprecationWarning, match="use recipe= .* or predictions="):  # the old spelling, either kind
+        old = find_label_issues(data, members=issues.oof)
+    assert np.array_equal(old.label_issues, issues.label_issues)
+    dropped = clean(data, issues, recipe="digits-mlp", folds=3, seed=0, strategy="drop")
     assert len(dropped.data.train) == len(noisy) - len(issues.indices) and dropped.strategy == "drop"
     assert set(dropped.accuracy) == {"val", "test"} and dropped.accuracy["val"]["after"] > 0.9
-    relabeled = clean(data, issues, members="digits-mlp", folds=3, seed=0, strategy="relabel")
+    relabeled = clean(data, issues, recipe="digits-mlp", folds=3, seed=0, strategy="relabel")
     assert len(relabeled.data.train) == len(noisy) - len(issues.outliers)
     kept = np.setdiff1d(np.arange(len(noisy)), issues.outliers)
     truth = digits.train.y.numpy()[kept]
     # relabelling puts back most flipped labels: the relabelled split is closer to the truth than the noisy one
     assert (relabeled.data.train.y.numpy() != truth).sum() < 0.5 * (noisy.y.numpy()[kept] != truth).sum()
-    chosen = clean(data, issues, members="digits-mlp", folds=3, seed=0)  # "auto": the better on validation
+    with pytest.warns(DeprecationWarning, match="members= in find_label_issues and clean is deprecated"):
+        chosen = clean(data, issues, members="digits-mlp", folds=3, seed=0)  # "auto": the better on validation
     assert set(chosen.candidates) == {"drop", "relabel"}
     assert chosen.candidates[chosen.strategy] == max(chosen.candidates.values())
     with pytest.raises(ConfigError, match="strategy must be one of drop, relabel, auto"):
-        clean(data, issues, members="digits-mlp", strategy="burn")
+        clean(data, issues, recipe="digits-mlp", strategy="burn")
 
 
 def test_input_outliers_finds_planted_far_points(digits):
@@ -347,8 +351,10 @@ def test_find_label_issues_refuses_what_it_cannot_read(digits):
         find_label_issues(load_dataset("diabetes"))
     with pytest.raises(ConfigError, match="folds"):
         find_label_issues(digits, folds=1)
-    with pytest.raises(ConfigError, match="members"):
-        find_label_issues(digits, members=3.5)
+    with pytest.raises(ConfigError, match="recipe must be a TrainingRecipe or a name in RECIPES, got float"):
+        find_label_issues(digits, recipe=3.5)
+    with pytest.raises(ConfigError, match="not both"):
+        find_label_issues(digits, recipe="digits-mlp", predictions=find_label_issues)
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -800,7 +799,7 @@ def guard_check(
 
     Python: `InputGuard.load(path, members=...).check(X)` (`modelfusion.guard`).
     """
-    from ._atomic import check_output, write_json
+    from ._atomic import check_output
     from .datasets import load_dataset
     from .guard import InputGuard
 
@@ -819,16 +818,7 @@ def guard_check(
     if len(verdicts.rejected) > 10:
         console.print(f"  ... {len(verdicts.rejected) - 10} more", highlight=False)
     if json_out is not None:
-        write_json(
-            json_out,
-            {
-                "score": verdicts.score,
-                "threshold": verdicts.threshold,
-                "ok": verdicts.ok.tolist(),
-                "reasons": list(verdicts.reasons),
-                "scores": [float(s) if math.isfinite(s) else None for s in verdicts.scores],  # JSON has no inf
-            },
-        )
+        verdicts.save(json_out)
 
 
 @guard_app.command("clean")
@@ -853,14 +843,12 @@ def guard_clean(
 ) -> None:
     """Find suspected mislabels and outliers in a training split, clean them, refit: accuracy before and after.
 
-    Python: `clean(data, members=recipe, folds=..., seed=..., strategy=...)` (`find_label_issues` alone finds them;
+    Python: `clean(data, recipe=recipe, folds=..., seed=..., strategy=...)` (`find_label_issues` alone finds them;
     `inject_label_noise(data.train, rate, seed=...)` for --noise).
     """
     import dataclasses
 
-    import numpy as np
-
-    from ._atomic import check_output, write_json
+    from ._atomic import check_output
     from .datasets import load_dataset
     from .guard import clean, inject_label_noise
 
@@ -872,25 +860,11 @@ def guard_clean(
     if noise:
         noisy, flipped = inject_label_noise(data.train, noise, seed=seed)
         data = dataclasses.replace(data, train=noisy)
-    result = clean(data, members=recipe, folds=folds, seed=seed, strategy=strategy)
-    issues = result.issues
-    report = {
-        "dataset": dataset,
-        "seed": seed,
-        "folds": folds,
-        "label_issues": issues.label_issues.tolist(),
-        "suggested_labels": issues.suggested_labels[issues.label_issues].tolist(),
-        "outliers": issues.outliers.tolist(),
-        "strategy": result.strategy,
-        "validation_accuracy_by_strategy": result.candidates,
-        "accuracy": result.accuracy,
-    }
-    found = f"{len(issues.label_issues)} suspected mislabels and {len(issues.outliers)} outliers"
+    result = clean(data, recipe=recipe, folds=folds, seed=seed, strategy=strategy)
+    result.save(out, flipped=flipped, rate=noise if noise else None)
+    found = f"{len(result.issues.label_issues)} suspected mislabels and {len(result.issues.outliers)} outliers"
     if flipped is not None:
-        hits = len(np.intersect1d(issues.label_issues, flipped))
-        report["injected"] = {"rate": noise, "flipped": flipped.tolist(), "found": hits}
-        found += f" ({hits} of the {len(flipped)} flipped labels among them)"
-    write_json(out, report)
+        found += f" ({result.found_among(flipped)} of the {len(flipped)} flipped labels among them)"
     test = result.accuracy["test"]
     console.print(
         f"{found} in {len(data.train)} training samples of {dataset}; test accuracy of the {folds}-fold fusion: "

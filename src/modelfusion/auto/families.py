@@ -295,10 +295,10 @@ def compress_family(ctx: Inputs) -> FamilyResult:
             ctx, "compress", compressed, export=result.save, stored_bytes=result.size_bytes, note=note
         )
 
-    small = compress(member, "int8", X=X)
+    small = compress(member, method="int8", X=X)
     candidates = [candidate(small, f"{best.name}, int8", "int8 weights; Linear layers computed in int8")]
     try:
-        pruned = compress(member, "prune-structured", X=X, amount=0.5)
+        pruned = compress(member, method="prune-structured", X=X, amount=0.5)
     except ModelFusionError as err:  # an architecture structured pruning does not cover: say so, go on
         return FamilyResult(candidates, notes=(f"compress: structured pruning skipped ({first_line(err, 120)})",))
     recipe = recipe_for(ctx.data)

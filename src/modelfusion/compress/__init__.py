@@ -1,7 +1,7 @@
 """Compression of a fused result: quantization (dynamic int8, weight-only int8 / int4, half precision) and
 pruning (magnitude, Wanda, structured removal of whole units), with an optional recovery by distillation.
 
-`compress(member_or_model, method, X=..., **params) -> Compressed`: `.model` takes the same float inputs as
+`compress(member_or_model, method=..., X=..., **params) -> Compressed`: `.model` takes the same float inputs as
 the original; `.size_bytes` is what its weights take stored (packed integers and scales; a pruned weight as
 its non-zero values and a bitmask of where they are, when that is smaller than dense); `.save(path)` writes a
 member that `load_member` reads back with the same outputs (the file names the registered factory

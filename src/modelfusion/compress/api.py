@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._deprecation import keyword_only
 from ..errors import ConfigError, InvalidInputError
 from ..members import TorchMember
 from .methods import COMPRESSORS, apply_compression
@@ -56,7 +57,7 @@ class Compressed:
         if original is None or original.factory is None:
             raise InvalidInputError(
                 "saving a compressed model needs the original as a member with a registered factory "
-                "(compress(load_member(path), ...)); save the state dict yourself otherwise"
+                "(compress(load_member(path), method=...)); save the state dict yourself otherwise"
             )
         original_shapes = {key: tuple(t.shape) for key, t in original.module.state_dict().items()}
         shrunk = {
@@ -101,16 +102,18 @@ class CompressedEnsemble:
         return self.model.save(path, overwrite=overwrite)
 
 
+@keyword_only("method")
 def compress(
-    model: nn.Module | TorchMember, method: str, *, X: torch.Tensor | None = None, **params
+    model: nn.Module | TorchMember, *, method: str, X: torch.Tensor | None = None, **params
 ) -> Compressed | CompressedEnsemble:
     """Compress a model (or a torch member, which can then be saved) with a method of `COMPRESSORS`; `X`
     (training inputs) for the methods that need them (`COMPRESSORS[method].needs_inputs`: Wanda's input
     norms, structured pruning's graph trace, the ONNX export). An `EnsembleModule` is compressed member by
-    member (its combiner kept) into a `CompressedEnsemble`. The argument is not changed.
+    member (its combiner kept) into a `CompressedEnsemble`. The argument is not changed. `method` by position
+    (`compress(model, "int4")`) still works, with a `DeprecationWarning`.
 
     Example:
-        >>> small = compress(load_member("student.safetensors"), "int4", group_size=32)
+        >>> small = compress(load_member("student.safetensors"), method="int4", group_size=32)
         >>> small.size_bytes, small.save("student_int4.safetensors")
     """
     from ..ensemble import EnsembleModule
@@ -122,7 +125,7 @@ def compress(
             TorchMember(module, name=name, task=model.task, factory=factory, factory_kwargs=kwargs)
             for name, module, (factory, kwargs) in zip(model.member_names, model.members, model.factories, strict=True)
         ]
-        parts = [compress(original, method, X=X, **params) for original in originals]
+        parts = [compress(original, method=method, X=X, **params) for original in originals]
         members = [part.as_member() if part.original.factory else part.model for part in parts]
         ensemble = EnsembleModule(members, model.combiner, task=model.task, vectorize=False).eval()
         return CompressedEnsemble(ensemble, method, dict(params), parts)

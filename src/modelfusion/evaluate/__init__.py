@@ -142,6 +142,36 @@ def _check_fused(name: str, values: np.ndarray, preds: Predictions) -> None:
         raise InvalidInputError(f"fused prediction {name!r} must be probabilities (rows summing to 1)")
 
 
+def _scored(values: np.ndarray, y: np.ndarray, task: Task, counts: np.ndarray, confidence: float, n_bins: int):
+    """One candidate's metrics, per-sample losses and percentile intervals over the shared resamples."""
+    if task == "classification":
+        y_int = y.astype(int)
+        metrics = classification_metrics(values, y_int, n_bins=n_bins)
+        samples = per_sample_classification(values, y_int)
+        resampled = {k: bootstrap_means(v, counts) for k, v in samples.items()}
+    else:
+        metrics = regression_metrics(values, y)
+        samples = per_sample_regression(values, y)
+        resampled = {
+            "rmse": np.sqrt(bootstrap_means(samples["squared_error"], counts)),
+            "mae": bootstrap_means(samples["absolute_error"], counts),
+        }
+    ci = {k: [float(b) for b in percentile_interval(v, confidence)] for k, v in resampled.items()}
+    return metrics, samples, ci
+
+
+def _best_member(rows: list[Row], preds: Predictions, given: str | None) -> str:
+    """The member given, checked, or the best member by the primary metric (ties: NLL, or MAE)."""
+    if given is not None:
+        if given not in preds.member_names:
+            raise InvalidInputError(f"best_member {given!r} is not a member; members are {list(preds.member_names)}")
+        return given
+    metric, higher = PRIMARY[preds.task]
+    tie_break = "nll" if preds.task == "classification" else "mae"
+    member_rows = [r for r in rows if r.kind == "member"]
+    return sorted(member_rows, key=lambda r: ((-1 if higher else 1) * r.metrics[metric], r.metrics[tie_break]))[0].name
+
+
 @checked
 def evaluate(
     preds: Predictions,
@@ -193,32 +223,13 @@ def evaluate(
     counts = bootstrap_counts(preds.num_samples, n_resamples=n_resamples, seed=seed)
     rows, per_sample, reliability = [], {}, {}
     for name, values in candidates.items():
+        metrics, samples, ci = _scored(values, y, preds.task, counts, confidence, n_bins)
         if classification:
-            y_int = y.astype(int)
-            metrics = classification_metrics(values, y_int, n_bins=n_bins)
-            samples = per_sample_classification(values, y_int)
-            reliability[name] = reliability_curve(values, y_int, n_bins)
-            resampled = {k: bootstrap_means(v, counts) for k, v in samples.items()}
-        else:
-            metrics = regression_metrics(values, y)
-            samples = per_sample_regression(values, y)
-            resampled = {
-                "rmse": np.sqrt(bootstrap_means(samples["squared_error"], counts)),
-                "mae": bootstrap_means(samples["absolute_error"], counts),
-            }
-        ci = {k: [float(b) for b in percentile_interval(v, confidence)] for k, v in resampled.items()}
+            reliability[name] = reliability_curve(values, y.astype(int), n_bins)
         per_sample[name] = samples
         rows.append(Row(name, "fusion" if name in fused else "member", metrics, ci))
 
-    metric, higher = PRIMARY[preds.task]
-    member_rows = [r for r in rows if r.kind == "member"]
-    if best_member is None:
-        tie_break = "nll" if classification else "mae"
-        best_member = sorted(
-            member_rows, key=lambda r: ((-1 if higher else 1) * r.metrics[metric], r.metrics[tie_break])
-        )[0].name
-    elif best_member not in preds.member_names:
-        raise InvalidInputError(f"best_member {best_member!r} is not a member; members are {list(preds.member_names)}")
+    best_member = _best_member(rows, preds, best_member)
     best = per_sample[best_member]
     for row in rows:
         if row.kind == "fusion":

@@ -4,7 +4,7 @@
   out-of-distribution score (`SCORES`: max-softmax, entropy, mutual information, energy, Mahalanobis, and
   `combined`, the default: the largest of their validation percentiles), its threshold set on validation;
   `EnsembleModule(..., guard=)` and `GuardedModel` reject or abstain on what it rejects.
-- `find_label_issues(data, members=..., folds=5)`: suspected mislabels (confident learning on out-of-fold
+- `find_label_issues(data, recipe=..., folds=5)`: suspected mislabels (confident learning on out-of-fold
   predictions of K-fold members) and input outliers; `clean` drops them and refits.
 """
 

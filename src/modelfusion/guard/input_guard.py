@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from .._atomic import write_json
 from .._checks import PathArg, check_number, check_seed, checked
 from .._modules import last_linear_inputs
 from .._safetensors import parse_description, read_tensors, write_tensors
@@ -71,6 +72,22 @@ class Verdicts:
                 kinds[kind] = kinds.get(kind, 0) + 1
         detail = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
         return f"{len(self.rejected)} of {len(self)} rejected" + (f" ({detail})" if detail else "")
+
+    def to_json(self) -> dict:
+        """Every verdict as JSON: the score and threshold, and per sample whether it passed, why not, and its
+        score (None where it is not finite: JSON has no inf)."""
+        return {
+            "score": self.score,
+            "threshold": self.threshold,
+            "ok": self.ok.tolist(),
+            "reasons": list(self.reasons),
+            "scores": [float(s) if math.isfinite(s) else None for s in self.scores],
+        }
+
+    def save(self, path: PathArg) -> Path:
+        """Write `to_json()` to `path` (atomically)."""
+        write_json(path, self.to_json())
+        return Path(path)
 
 
 def feature_shuffled(X: torch.Tensor, *, seed: int = 0) -> torch.Tensor:

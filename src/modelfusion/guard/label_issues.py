@@ -4,16 +4,24 @@ members, plus outliers far from the rest of the inputs; `clean` drops them and r
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .._atomic import write_json
 from .._checks import check_count, check_number, check_seed
+from .._deprecation import deprecated
 from ..datasets import Dataset, Split
 from ..errors import ConfigError, InvalidInputError
 from ..members import TorchMember
 from ..predictions import Predictions
+
+if TYPE_CHECKING:
+    from ..training import TrainingRecipe
 
 __all__ = [
     "LabelIssues",
@@ -101,21 +109,42 @@ class LabelIssues:
     members: object | None = None
 
 
-def _recipe(data: Dataset, members):
+def _recipe(data: Dataset, recipe):
     from ..training import RECIPES, TrainingRecipe, recipe_for
 
-    if members is None:
+    if recipe is None:
         return recipe_for(data)
-    if isinstance(members, str):
-        return RECIPES[members]
-    if isinstance(members, TrainingRecipe):
-        return members
-    raise ConfigError(
-        f"members must be a TrainingRecipe, a name in RECIPES or out-of-fold Predictions, got {type(members).__name__}"
-    )
+    if isinstance(recipe, str):
+        return RECIPES[recipe]
+    if isinstance(recipe, TrainingRecipe):
+        return recipe
+    raise ConfigError(f"recipe must be a TrainingRecipe or a name in RECIPES, got {type(recipe).__name__}")
 
 
-def find_label_issues(data: Dataset, *, members: object = None, folds: int = 5, seed: int = 0) -> LabelIssues:
+def _recipe_or_predictions(recipe, predictions, members) -> tuple[object, Predictions | None]:
+    """`recipe` and `predictions`, from the deprecated `members` (which meant either) when it is given."""
+    if members is not None:
+        deprecated(
+            "members= in find_label_issues and clean",
+            "recipe= (a TrainingRecipe or a name in RECIPES) or predictions= (out-of-fold Predictions)",
+        )
+        if recipe is not None or predictions is not None:
+            raise ConfigError("give recipe= or predictions=, not members= as well")
+        return (None, members) if isinstance(members, Predictions) else (members, None)
+    if recipe is not None and predictions is not None:
+        raise ConfigError("give recipe= (fold members to train) or predictions= (out-of-fold ones), not both")
+    return recipe, predictions
+
+
+def find_label_issues(
+    data: Dataset,
+    *,
+    recipe: TrainingRecipe | str | None = None,
+    predictions: Predictions | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    members: object = None,
+) -> LabelIssues:
     """The training samples of `data` that are likely mislabeled, and its input outliers.
 
     K-fold members (`train_members(recipe, data, method="kfold", n=folds)`) predict each training sample
@@ -125,22 +154,25 @@ def find_label_issues(data: Dataset, *, members: object = None, folds: int = 5, 
 
     Args:
         data: the dataset whose `train` split is screened.
-        members: how the fold members are made: a `TrainingRecipe` or a name in `RECIPES` (default:
-            `recipe_for(data)`), or out-of-fold `Predictions` of the training split already made.
+        recipe: how the fold members are trained: a `TrainingRecipe` or a name in `RECIPES` (default:
+            `recipe_for(data)`).
+        predictions: instead, out-of-fold `Predictions` of the training split already made.
         folds: number of folds (members).
         seed: seed of the folds and the members.
+        members: deprecated: `recipe` or `predictions`, whichever it is.
 
     Example:
-        >>> issues = find_label_issues(load_dataset("digits"), members="digits-mlp")
+        >>> issues = find_label_issues(load_dataset("digits"), recipe="digits-mlp")
         >>> issues.label_issues[:5], len(issues.outliers)
     """
     check_count(folds, "folds")
     check_seed(seed)
     if data.task != "classification":
         raise InvalidInputError(f"label issues exist for classification; {data.name!r} is a {data.task} dataset")
+    recipe, predictions = _recipe_or_predictions(recipe, predictions, members)
     trained = None
-    if isinstance(members, Predictions):
-        oof = members
+    if predictions is not None:
+        oof = predictions
         if oof.task != "classification" or oof.num_samples != len(data.train) or oof.labels is None:
             raise InvalidInputError(
                 f"out-of-fold predictions must be of the {len(data.train)} labeled training samples of a "
@@ -153,7 +185,7 @@ def find_label_issues(data: Dataset, *, members: object = None, folds: int = 5, 
 
         if folds < 2:
             raise ConfigError(f"folds must be at least 2 (each member leaves one fold out), got {folds}")
-        trained = train_members(_recipe(data, members), data, method="kfold", n=folds, seed=seed)
+        trained = train_members(_recipe(data, recipe), data, method="kfold", n=folds, seed=seed)
         oof = trained.oof
     probs = oof.probabilities(torch.float64).mean(0).numpy()  # [N, C]
     labels = data.train.y.numpy()
@@ -185,16 +217,49 @@ class Cleaned:
     after: TorchMember
     accuracy: dict[str, dict[str, float]]
     candidates: dict[str, float]
+    folds: int = 5
+
+    def to_json(self, *, flipped: np.ndarray | None = None, rate: float | None = None) -> dict:
+        """What was found and what cleaning did, as JSON: the suspected mislabels (training indices) with their
+        suggested labels, the outliers, the strategy, each strategy's validation accuracy and the fusion's
+        accuracy before and after; with `flipped` (the indices `inject_label_noise` changed, at `rate`), how
+        many of them were found."""
+        issues = self.issues
+        found = {
+            "dataset": self.data.name,
+            "seed": self.data.seed,
+            "folds": self.folds,
+            "label_issues": issues.label_issues.tolist(),
+            "suggested_labels": issues.suggested_labels[issues.label_issues].tolist(),
+            "outliers": issues.outliers.tolist(),
+            "strategy": self.strategy,
+            "validation_accuracy_by_strategy": self.candidates,
+            "accuracy": self.accuracy,
+        }
+        if flipped is not None:
+            found["injected"] = {"rate": rate, "flipped": flipped.tolist(), "found": self.found_among(flipped)}
+        return found
+
+    def found_among(self, flipped: np.ndarray) -> int:
+        """How many of the training indices `flipped` (labels known to be wrong) were found as mislabels."""
+        return len(np.intersect1d(self.issues.label_issues, flipped))
+
+    def save(self, path: str | os.PathLike, *, flipped: np.ndarray | None = None, rate: float | None = None) -> Path:
+        """Write `to_json(flipped=..., rate=...)` to `path` (atomically)."""
+        write_json(path, self.to_json(flipped=flipped, rate=rate))
+        return Path(path)
 
 
 def clean(
     data: Dataset,
     issues: LabelIssues | None = None,
     *,
-    members: object = None,
+    recipe: TrainingRecipe | str | None = None,
+    predictions: Predictions | None = None,
     folds: int = 5,
     seed: int = 0,
     strategy: str = "auto",
+    members: object = None,
 ) -> Cleaned:
     """Clean `data.train` of the suspected samples (`find_label_issues`, or the `issues` given) and refit the
     K-fold fusion, to show what cleaning recovered. Test accuracy is reported, never used.
@@ -202,11 +267,12 @@ def clean(
     Strategies: "drop" removes the suspects; "relabel" gives the suspected mislabels their out-of-fold predicted
     label (label correction, Northcutt et al. 2021, section 6) and removes the outliers; "auto" tries both and
     keeps the one whose fusion is more accurate on the validation split (more data kept is worth most when the
-    finder is precise; dropping is safer when it is not).
+    finder is precise; dropping is safer when it is not). `recipe` trains the fold members (and finds the
+    issues with `predictions`, as in `find_label_issues`, unless `issues` are given).
 
     Example:
         >>> noisy, flipped = inject_label_noise(data.train, 0.2, seed=0)
-        >>> result = clean(dataclasses.replace(data, train=noisy), members="digits-mlp")
+        >>> result = clean(dataclasses.replace(data, train=noisy), recipe="digits-mlp")
         >>> result.strategy, result.accuracy["test"]        # {"before": ..., "after": ...}
     """
     from ..ensemble.train import train_members
@@ -214,10 +280,10 @@ def clean(
     check_count(folds, "folds")
     if strategy not in CLEANING_STRATEGIES:
         raise ConfigError(f"strategy must be one of {', '.join(CLEANING_STRATEGIES)}, got {strategy!r}")
-    recipe_source = members if not isinstance(members, Predictions) else None
+    recipe, predictions = _recipe_or_predictions(recipe, predictions, members)
     if issues is None:
-        issues = find_label_issues(data, members=members, folds=folds, seed=seed)
-    recipe = _recipe(data, recipe_source)
+        issues = find_label_issues(data, recipe=recipe, predictions=predictions, folds=folds, seed=seed)
+    recipe = _recipe(data, recipe)
     before = issues.members or train_members(recipe, data, method="kfold", n=folds, seed=seed)
 
     def accuracy(member: TorchMember, split: str) -> float:
@@ -233,7 +299,7 @@ def clean(
     cleaned, after, _ = tried[chosen]
     fused = {"before": before.bag(f"{recipe.name}_noisy_bag"), "after": after}
     scores = {split: {name: accuracy(member, split) for name, member in fused.items()} for split in ("val", "test")}
-    return Cleaned(issues, chosen, cleaned, fused["before"], after, scores, {n: v[2] for n, v in tried.items()})
+    return Cleaned(issues, chosen, cleaned, fused["before"], after, scores, {n: v[2] for n, v in tried.items()}, folds)
 
 
 def _cleaned_split(train: Split, issues: LabelIssues, strategy: str) -> Split:

@@ -455,7 +455,16 @@ def merge_checkpoints(
         The `MergePlan` that was (or, with `dry_run`, would be) carried out.
     """
     plan, sources = _plan(
-        models, out_dir, method, base, dict(params or {}), out_dtype, dry_run, overwrite, inputs, layout
+        models,
+        out_dir,
+        method=method,
+        base=base,
+        params=dict(params or {}),
+        out_dtype=out_dtype,
+        dry_run=dry_run,
+        overwrite=overwrite,
+        inputs=inputs,
+        layout=layout,
     )
     plan.config_updates = dict((config_updates() if callable(config_updates) else config_updates) or {})
     if dry_run:
@@ -480,7 +489,17 @@ class _Sources:
 
 
 def _plan(
-    models, out_dir, method: str, base, params: dict, out_dtype, dry_run: bool, overwrite: bool, inputs, layout
+    models: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    method: str,
+    base: str | os.PathLike | None,
+    params: dict,
+    out_dtype: str | None,
+    dry_run: bool,
+    overwrite: bool,
+    inputs: Sequence[str | os.PathLike],
+    layout: Layout | None,
 ) -> tuple[MergePlan, _Sources]:
     """Every check that needs no tensor data (method, parameters, output, files, compatibility), and the plan."""
     merge_method = METHODS[method]
