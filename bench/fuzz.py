@@ -1,4 +1,5 @@
-"""A long fuzzing campaign: the slow fuzz tests of tests/test_fuzz.py with many more examples per target.
+"""A long fuzzing campaign: the slow fuzz tests of tests/test_fuzz.py and tests/test_fuzz_data.py with many more
+examples per target.
 
     .venv/bin/python bench/fuzz.py [--examples 100000] [--targets member_bytes,cli_arguments] [--seed 0]
 
@@ -21,9 +22,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def targets() -> list[str]:
-    text = (ROOT / "tests" / "test_fuzz.py").read_text()
-    return sorted(set(re.findall(r"^def test_(\w+)_slow\(", text, re.M)) | set(re.findall(r"test_(\w+)_slow = ", text)))
+FILES = ("test_fuzz.py", "test_fuzz_data.py")  # the readers of models and configs; the readers of data
+
+
+def targets() -> dict[str, str]:
+    """Target name -> the test file that holds its slow test."""
+    found = {}
+    for name in FILES:
+        text = (ROOT / "tests" / name).read_text()
+        slow = set(re.findall(r"^def test_(\w+)_slow\(", text, re.M)) | set(re.findall(r"test_(\w+)_slow[ ,]", text))
+        found.update(dict.fromkeys(slow, name))
+    return dict(sorted(found.items()))
 
 
 def main() -> None:
@@ -32,7 +41,8 @@ def main() -> None:
     parser.add_argument("--targets", default="", help="comma-separated target names (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    chosen = args.targets.split(",") if args.targets else targets()
+    files = targets()
+    chosen = args.targets.split(",") if args.targets else list(files)
     env = {**os.environ, "MODELFUSION_FUZZ_EXAMPLES": str(args.examples), "OMP_NUM_THREADS": "1"}
     print(f"fuzzing {len(chosen)} targets, {args.examples:,} examples each (hypothesis seed {args.seed})\n")
     print("| target | examples | wall (s) | result |")
@@ -49,7 +59,7 @@ def main() -> None:
                 "-p",
                 "no:cacheprovider",
                 f"--hypothesis-seed={args.seed}",
-                f"tests/test_fuzz.py::test_{target}_slow",
+                f"tests/{files.get(target, 'test_fuzz.py')}::test_{target}_slow",
             ],
             cwd=ROOT,
             env=env,

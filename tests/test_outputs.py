@@ -7,19 +7,23 @@ it up; SIGTERM cleans up like Ctrl-C.
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import typer
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from modelfusion import OutputError
-from modelfusion._atomic import atomic_dir, remove_stale
+from modelfusion._atomic import atomic_dir, atomic_path, remove_stale
+from modelfusion._cli_support import _stop_on_signals, guarded
 from modelfusion.cli import app
 from modelfusion.io import save_member
 from modelfusion.members import TorchMember
@@ -241,3 +245,75 @@ def test_sigterm_and_kill_during_a_merge_leave_nothing_and_a_second_merge_is_ref
     assert result.returncode == 0, result.stderr
     assert not [p for p in tmp_path.iterdir() if ".modelfusion" in p.name]  # the next run removed them
     assert (out / "model.safetensors.index.json").exists()
+
+
+def _stop_right_after(module, name: str, monkeypatch) -> None:
+    """`module.name` (a creator of temporaries) sends this process SIGTERM as soon as it has created one: the
+    moment a stop used to leave `.out.modelfusion-PID-*.tmp` behind, before the caller knew its name."""
+    original = getattr(module, name)
+
+    def creates_then_stops(*args, **kwargs):
+        created = original(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return created
+
+    monkeypatch.setattr(module, name, creates_then_stops)
+
+
+@pytest.mark.parametrize(
+    "creator, write",
+    [
+        ((tempfile, "mkdtemp"), lambda out: atomic_dir(out)),
+        ((tempfile, "mkstemp"), lambda out: atomic_path(out)),
+        ((os, "open"), lambda out: atomic_dir(out)),  # the folder's lock
+    ],
+)
+def test_a_stop_just_after_a_temporary_appears_leaves_nothing(tmp_path, monkeypatch, creator, write):
+    """Issue 28: SIGTERM right after `ensemble`'s temporary output appeared left it behind."""
+    stopped = []
+    with _stop_on_signals(stopped):
+        _stop_right_after(*creator, monkeypatch)
+        with pytest.raises(KeyboardInterrupt), write(tmp_path / "out") as tmp:
+            Path(tmp).touch() if not Path(tmp).exists() else None
+    monkeypatch.undo()
+    assert stopped == [signal.SIGTERM]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_that_a_library_turned_into_its_own_error_is_still_a_stop():
+    """Issue 28: SIGTERM during a merge printed torch's `ValueError: could not determine the shape ...`."""
+
+    def merging() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except KeyboardInterrupt as stop:  # what torch does with an exception raised inside its conversion
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from stop
+
+    with pytest.raises(typer.Exit) as exited:
+        guarded(merging)()
+    assert exited.value.exit_code == 128 + signal.SIGTERM
+
+
+def test_aligned_copies_are_staged_beside_the_output_and_removed_after_a_kill(tmp_path, trained_mlp):
+    """Issue 28: `kill -9` during a merge with an `align:` step left its aligned copies in the system's
+    temporary folder; they are staged beside the output, named for the process, and the next run removes them."""
+    member = TorchMember(trained_mlp, name="m", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS)
+    for name in ("m0", "m1"):
+        save_member(member, tmp_path / f"{name}.safetensors")
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from modelfusion.merge.align_step import AlignOptions, aligned_copies\n"
+        "root = Path(sys.argv[1])\n"
+        "models = [root / 'm0.safetensors', root / 'm1.safetensors']\n"
+        "with aligned_copies(models, None, AlignOptions(samples=64), beside=root / 'merged') as (aligned, _):\n"
+        "    print(aligned[0].parent, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    staged = Path(killed.stdout.strip())
+    assert staged.parent == tmp_path and staged.exists()
+    assert re.fullmatch(r"\.merged\.modelfusion-\d+-\w+\.tmp", staged.name)
+    remove_stale(tmp_path)  # what the next run writing beside the output does first
+    assert not staged.exists()

@@ -716,7 +716,7 @@ def _special_readers(folder: Path) -> dict:
     from modelfusion.guard import InputGuard
     from modelfusion.merge import load_config
     from modelfusion.predictions import Predictions
-    from modelfusion.report.results import load_results
+    from modelfusion.results import load_results
 
     return {
         **{f"member{suffix}": (f"m{suffix}", load_member) for suffix in (".safetensors", ".pt", ".onnx", ".skops")},

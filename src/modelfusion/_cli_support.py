@@ -38,12 +38,15 @@ class _Stopped(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
+def _stop_on_signals(stops: list[int]) -> Iterator[None]:
+    """Raise SIGTERM and SIGHUP as `_Stopped`, and note each in `stops`: a library may catch the exception and
+    raise its own (torch turns it into a ValueError), but the stop is still known."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum, frame):
+        stops.append(signum)
         raise _Stopped(signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -68,18 +71,21 @@ def guarded(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        stops: list[int] = []
         try:
-            with _stop_on_signals():
+            with _stop_on_signals(stops):
                 return fn(*args, **kwargs)
-        except ModelFusionError as err:
-            raise fail(str(err)) from None
-        except KeyboardInterrupt as err:
-            signum = getattr(err, "signum", signal.SIGINT)
-            name = signal.Signals(signum).name
-            raise fail(f"stopped by {name}; no output was left half-written", 128 + signum) from None
-        except OSError as err:  # the system's refusals we did not foresee (a full disk, an I/O error)
-            where = f"{err.filename}: " if err.filename else ""
-            raise fail(f"{where}{err.strerror or err}") from None
+        except BaseException as err:
+            if stops or isinstance(err, KeyboardInterrupt):  # whatever a library made of the stop on its way up
+                signum = stops[0] if stops else getattr(err, "signum", signal.SIGINT)
+                name = signal.Signals(signum).name
+                raise fail(f"stopped by {name}; no output was left half-written", 128 + signum) from None
+            if isinstance(err, ModelFusionError):
+                raise fail(str(err)) from None
+            if isinstance(err, OSError):  # the system's refusals we did not foresee (an I/O error)
+                where = f"{err.filename}: " if err.filename else ""
+                raise fail(f"{where}{err.strerror or err}") from None
+            raise
 
     return wrapper
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import stat
@@ -26,6 +27,7 @@ from .errors import CheckpointError, ModelFusionError
 __all__ = [
     "check_readable",
     "read_file",
+    "read_json_object",
     "open_regular",
     "first_repeated_file",
     "safe_stem",
@@ -159,6 +161,18 @@ def first_repeated_file(paths) -> tuple[int, int, str] | None:
                 return digests[digest.digest()], index, "identical copies"
             digests[digest.digest()] = index
     return None
+
+
+def read_json_object(path: str | os.PathLike, what: str, max_bytes: int = 2**20) -> dict:
+    """The JSON object in the regular file `path` (a config), at most `max_bytes`; anything else is one
+    CheckpointError naming the file."""
+    try:
+        value = json.loads(read_file(path, what, max_bytes))
+    except (ValueError, RecursionError) as err:  # not JSON, not UTF-8, an integer too long, nested too deep
+        raise CheckpointError.unreadable(path, "JSON", err) from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: a {what} is a JSON object, got {type(value).__name__}")
+    return value
 
 
 def safe_stem(name: object, fallback: str = "model") -> str:

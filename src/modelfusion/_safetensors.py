@@ -70,8 +70,10 @@ def write_tensors(
     path = Path(path)
     check_output(path, kind="file", overwrite=overwrite)
     tensors = {k: v.contiguous() for k, v in tensors.items()} or {"_empty": torch.zeros(0)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={key: json.dumps(description)})
+    metadata = {key: json.dumps(description)}
+    size = sum(t.numel() * t.element_size() for t in tensors.values()) + len(metadata[key]) + 128 * len(tensors)
+    with atomic_path(path, size=size) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

@@ -11,8 +11,10 @@ __all__ = [
     "CheckpointError",
     "IncompatibleModelsError",
     "InvalidInputError",
+    "DataError",
     "LeakageError",
     "ConfigError",
+    "ArgumentError",
     "UnknownNameError",
     "NotFittedError",
     "MissingExtraError",
@@ -60,6 +62,10 @@ class InvalidInputError(ModelFusionError, ValueError):
     """Bad data: wrong shapes, NaN/inf values, empty inputs."""
 
 
+class DataError(InvalidInputError):
+    """A data file or folder that cannot be read as a dataset: the message names the file and the row or column."""
+
+
 class LeakageError(InvalidInputError):
     """Labels of the split a fusion is scored on would reach its fit: fitting on test predictions, or the same
     predictions given as validation and as test."""
@@ -67,6 +73,11 @@ class LeakageError(InvalidInputError):
 
 class ConfigError(ModelFusionError, ValueError):
     """A bad configuration value or option."""
+
+
+class ArgumentError(ConfigError, TypeError):
+    """A public function called with an argument of the wrong type or out of its range (also a TypeError, as
+    Python's own wrong-type errors are)."""
 
 
 class UnknownNameError(ConfigError, KeyError):

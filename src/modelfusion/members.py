@@ -106,6 +106,11 @@ class TorchMember:
             num_outputs = 1
         elif num_outputs is None:
             num_outputs = len(classes) if classes is not None else _infer_num_outputs(module)
+        if classes is not None and task == "classification" and len(classes) != num_outputs:
+            raise IncompatibleModelsError(
+                f"member {name!r}: {len(classes)} classes given for a model of {num_outputs} outputs; give one label "
+                "per output column"
+            )
         self.num_outputs = int(num_outputs)
         if task == "classification" and classes is None:
             classes = range(self.num_outputs)
@@ -123,6 +128,11 @@ class TorchMember:
         out = torch.cat(outputs) if outputs else torch.empty(0, self.num_outputs)
         if self.task == "regression" and out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
+        elif self.task == "classification" and (out.ndim != 2 or out.shape[1] != self.num_outputs):
+            raise IncompatibleModelsError(
+                f"member {self.name!r} gives outputs of shape {tuple(out.shape)} for its {self.num_outputs} classes "
+                f"{self.classes!r:.80}; give one class per output column"
+            )
         return out
 
     def __repr__(self) -> str:

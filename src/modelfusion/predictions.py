@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,12 +12,20 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from ._checks import check_count
+from ._checks import PathArg, PositiveInt, check_count, checked
 from ._progress import progress_bar
 from ._safetensors import parse_description, read_tensors, write_tensors
-from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError, LeakageError, ModelFusionError
+from .errors import (
+    ArgumentError,
+    CheckpointError,
+    IncompatibleModelsError,
+    InvalidInputError,
+    LeakageError,
+    ModelFusionError,
+)
 from .members import MAX_NAME_CHARS, Member, check_classes, check_members
 from .tasks import TASKS, Task
+from .texts import Texts, as_texts, is_texts
 
 __all__ = ["Predictions", "collect_predictions"]
 
@@ -55,6 +62,7 @@ class Predictions:
     classes: tuple | None = None
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         object.__setattr__(self, "member_names", tuple(self.member_names))
         expected_ndim = 3 if self.task == "classification" else 2
         if self.task not in TASKS:
@@ -132,7 +140,8 @@ class Predictions:
         index = [self.member_names.index(n) for n in names]
         return Predictions(self.outputs[index], self.labels, tuple(names), self.task, self.split, self.classes)
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    @checked
+    def save(self, path: PathArg, *, overwrite: bool = False) -> Path:
         """Save as one safetensors file whose header holds the JSON metadata; written atomically. An existing
         file is replaced only with `overwrite`."""
         tensors = {"outputs": self.outputs}
@@ -147,7 +156,8 @@ class Predictions:
         return write_tensors(path, tensors, key=_METADATA_KEY, description=meta, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Predictions:
+    @checked
+    def load(cls, path: PathArg) -> Predictions:
         """Read a file written by `save`; every problem with it is one `CheckpointError` naming the file."""
         tensors, description = read_tensors(path, key=_METADATA_KEY, what="predictions file")
         if description is None or "outputs" not in tensors:
@@ -275,20 +285,44 @@ def _run(member: Member, batch: torch.Tensor) -> torch.Tensor:
         ) from None
 
 
+def _check_fields(preds: Predictions) -> None:
+    """The types of a `Predictions`' fields, before anything reads them (a list is not a tensor; a text is not a
+    list of names)."""
+
+    def listed(value) -> bool:
+        return isinstance(value, Sequence) and not isinstance(value, str)
+
+    expected = {
+        "outputs": ("a torch.Tensor", lambda v: isinstance(v, torch.Tensor)),
+        "labels": ("a torch.Tensor or None", lambda v: v is None or isinstance(v, torch.Tensor)),
+        "member_names": ("a list of names (text)", lambda v: listed(v) and all(isinstance(n, str) for n in v)),
+        "split": ("a name (text)", lambda v: isinstance(v, str)),
+        "classes": (
+            "a list of labels or None",
+            lambda v: v is None or isinstance(v, Sequence) and not isinstance(v, str),
+        ),
+    }
+    for field_name, (what, right) in expected.items():
+        value = getattr(preds, field_name)
+        if not right(value):
+            raise ArgumentError(f"Predictions: {field_name} must be {what}, got {type(value).__name__} {value!r:.60}")
+
+
+@checked
 def collect_predictions(
     members: Sequence[Member],
-    X: torch.Tensor,
-    y: torch.Tensor | None = None,
+    X: torch.Tensor | np.ndarray | Texts | list[str],
+    y: torch.Tensor | np.ndarray | None = None,
     split: str = "test",
     *,
-    batch_size: int = 1024,
+    batch_size: PositiveInt = 1024,
     progress: bool = True,
 ) -> Predictions:
     """Run each member once over `X` in batches and gather the outputs.
 
     Args:
         members: members to run (checked for one task, equal class count and order, unique names).
-        X: inputs `[N, ...]`.
+        X: inputs `[N, ...]`, or N strings (`Texts`) for members that take text.
         y: targets `[N]`, kept with the predictions for scoring.
         split: the name recorded with the predictions.
         batch_size: samples per forward call.
@@ -300,7 +334,7 @@ def collect_predictions(
     """
     members = check_members(members)
     check_count(batch_size, "batch_size")
-    X = torch.as_tensor(X)
+    X = as_texts(X) if is_texts(X) else torch.as_tensor(X)  # strings go to members that tokenize them
     n = len(X)
     if n == 0:
         raise InvalidInputError("no samples to predict on (X is empty)")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path, check_output
-from .._checks import MAX_SEED, check_count, check_number, check_seed
+from .._checks import MAX_SEED, check_count, check_number, check_seed, checked
 from .._files import check_readable
 from .._modules import output_width
 from .._progress import progress_bar
@@ -41,6 +41,7 @@ def _evaluate(student: nn.Module, split: Split) -> dict[str, float]:
     return {"val_nll": scores["loss"], "val_accuracy": scores["accuracy"]}
 
 
+@checked
 def distill(
     student: nn.Module,
     teacher: Teacher,
@@ -346,8 +347,20 @@ def _save_checkpoint(run: _Run) -> None:
         "generator": run.generator.get_state(),
         "torch_rng": global_rngs,  # (world, 5056) uint8: each process's global generator
     }
-    with atomic_path(run.checkpoint) as tmp:
+    # never half-replaced: the new checkpoint is written beside the old one, which stays until it is complete
+    with atomic_path(run.checkpoint, size=_tensor_bytes(saved) + 2**16) as tmp:
         torch.save(saved, tmp)
+
+
+def _tensor_bytes(value) -> int:
+    """The bytes of every tensor in a (nested) checkpoint: about what `torch.save` writes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def _restore(run: _Run, saved: dict) -> None:

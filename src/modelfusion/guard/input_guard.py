@@ -7,7 +7,6 @@ Fitted on the training split (schema, per-feature ranges, the state of feature s
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-from .._checks import check_number, check_seed
+from .._checks import PathArg, check_number, check_seed, checked
 from .._modules import last_linear_inputs
 from .._safetensors import parse_description, read_tensors, write_tensors
 from ..datasets import Split
@@ -330,7 +329,8 @@ class InputGuard:
         return Verdicts(ok, tuple(reasons), scores, self.score_, self.threshold_)
 
     # -- files -----------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    @checked
+    def save(self, path: PathArg, *, overwrite: bool = False) -> Path:
         """Save the fitted guard (not its members) as one safetensors file with a JSON header, atomically;
         `InputGuard.load(path, members=...)` reads it back."""
         self._check_fitted()
@@ -348,7 +348,8 @@ class InputGuard:
         return write_tensors(path, tensors, key=_METADATA_KEY, description=description, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, members: Sequence | None = None) -> InputGuard:
+    @checked
+    def load(cls, path: PathArg, *, members: Sequence | None = None) -> InputGuard:
         """Read a guard written by `save`; `members` must be the models it was fitted with, in that order.
         Every problem with the file is one `CheckpointError` naming it."""
         tensors, description = read_tensors(path, key=_METADATA_KEY, what="guard file")

@@ -27,8 +27,6 @@ __all__ = [
     "factory_name",
     "check_state_dict",
     "load_state_dict_checked",
-    "spliced_model",
-    "compressed_model",
 ]
 
 MAX_LISTED = 5
@@ -67,11 +65,9 @@ def factory_name(spec: str | Callable[..., nn.Module] | None) -> str | None:
     """
     if spec is None:
         return None
-    models = MODELS
-    if isinstance(spec, str) and spec in models:
+    if isinstance(spec, str) and spec in MODELS:
         return spec
-    for name in models:
-        factory = models[name]
+    for name, factory in MODELS.registered().items():  # plugins are imported when named, not searched for
         if spec is factory or spec == f"{factory.__module__}:{factory.__qualname__}":
             return name
     return None
@@ -247,34 +243,3 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
     expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return model.eval()
-
-
-@MODELS.register("spliced")
-def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs: int, in_features: int) -> nn.Module:
-    """A factory for checkpoints of spliced models (registered as "spliced"): rebuilds the backbone from its
-    own factory, cuts it and adds a `num_outputs` head, so `load_member` restores the weights. The backbone
-    factory must be registered too, with arguments checked like a file's: a checkpoint never names code to run.
-    For any other backbone, rebuild with `splice(your_backbone, ...)` and load the weights with load_state_dict.
-    """
-    from ..features.splice import splice  # here, not above: loading other checkpoints needs none of features
-
-    trunk = build_named_model(backbone, backbone_kwargs, "a spliced checkpoint's backbone")
-    return splice(trunk, num_outputs, at=at, example_input=torch.zeros(2, in_features))
-
-
-@MODELS.register("compressed")
-def compressed_model(
-    model: str, model_kwargs: Mapping, method: str, params: Mapping, shapes: Mapping | None = None
-) -> nn.Module:
-    """A factory for checkpoints of compressed models (registered as "compressed"): rebuilds the original from
-    its own registered factory, checked like a file's, shrinks the tensors structured pruning shrank
-    (`shapes`: name -> shape, never larger than the original's), and gives it the compression's structure
-    (quantized layers, half precision) so that `load_member` restores the compressed weights."""
-    # here: loading other checkpoints needs none of it
-    from ..compress.methods import apply_compression
-    from ..compress.structured import resize_tensors
-
-    original = build_named_model(model, model_kwargs, "a compressed checkpoint's original model")
-    if shapes:
-        resize_tensors(original, shapes, what="a compressed checkpoint's shapes")
-    return apply_compression(original, method, dict(params), structure_only=True)

@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from torch import nn
 
+from .._checks import PathArg, PositiveInt, checked
 from .._files import first_repeated_file, read_file
 from .._safetensors import check_readable, parse_description, read_tensors
 from ..errors import CheckpointError, InvalidInputError, ModelFusionError
@@ -22,6 +23,7 @@ from .archives import archive_names
 from .factory import build_model, build_named_model, load_state_dict_checked
 from .onnx import OnnxModel
 from .skops import load_skops
+from .transformers import is_transformers_folder, load_transformers_member
 
 __all__ = ["LoadedModel", "load_model", "load_member", "load_members", "load_skops", "SUFFIXES", "METADATA_KEY"]
 
@@ -227,8 +229,9 @@ def load_model(
     )
 
 
+@checked
 def load_member(
-    path: str | os.PathLike,
+    path: PathArg,
     *,
     factory: str | Callable[..., nn.Module] | None = None,
     factory_kwargs: Mapping | None = None,
@@ -238,18 +241,22 @@ def load_member(
     name: str | None = None,
     task: Task | None = None,
     classes: Sequence | None = None,
-    batch_size: int = 1024,
+    batch_size: PositiveInt = 1024,
 ) -> Member:
     """Load a checkpoint as a `Member` ready to predict.
 
     Name, task and classes default to what the file records (files written by `save_member`), then to the
-    file's stem, classification, and `0..C-1`. See `load_model` for the other arguments.
+    file's stem, classification, and `0..C-1`. See `load_model` for the other arguments. A folder holding a
+    transformers sequence classifier (`config.json`, `model.safetensors`, tokenizer files) loads as a member
+    that predicts on lists of strings or token ids, in batches of at most 64 (`io.transformers`).
 
     Example:
         >>> member = load_member("runs/demo/members/mlp_0.safetensors")
         >>> member.predict(X).shape
         torch.Size([360, 10])
     """
+    if is_transformers_folder(Path(path)):
+        return load_transformers_member(path, name=name, task=task, classes=classes, batch_size=min(batch_size, 64))
     loaded = load_model(
         path,
         factory=factory,

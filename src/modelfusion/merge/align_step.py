@@ -6,7 +6,6 @@ model into the reference's unit order (`modelfusion.align`) before the merge met
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,16 +31,18 @@ class AlignOptions(BaseModel):
 
 @contextmanager
 def aligned_copies(
-    models: list[Path], base: Path | None, options: AlignOptions
+    models: list[Path], base: Path | None, options: AlignOptions, *, beside: Path
 ) -> Iterator[tuple[list[Path], Path | None]]:
-    """Aligned copies of the models (and the base) in a temporary folder, removed on exit; the base, else the
-    first model, is the reference."""
+    """Aligned copies of the models (and the base) in a working folder beside `beside` (the merge's output),
+    removed on exit, and by the next run there if this one is killed; the base, else the first model, is the
+    reference."""
+    from .._atomic import scratch_dir
     from ..align.files import align_checkpoints
     from ..datasets import load_dataset
 
     inputs = ([base] if base is not None else []) + models
     X = load_dataset(options.dataset, seed=options.seed).train.X[: options.samples]
-    with tempfile.TemporaryDirectory() as folder:
-        outs = [Path(folder) / f"{i}_{p.name}" for i, p in enumerate(inputs)]
+    with scratch_dir(beside) as folder:
+        outs = [folder / f"{i}_{p.name}" for i, p in enumerate(inputs)]
         written, _ = align_checkpoints(inputs, outs, X, method=options.method, target=options.target, seed=options.seed)
         yield (written[1:], written[0]) if base is not None else (written, None)

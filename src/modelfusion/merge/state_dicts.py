@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .._checks import checked
+from ..errors import ConfigError
 from .compat import check_compatible, check_finite
 from .methods import METHODS
 
@@ -23,6 +25,7 @@ def _as_state_dict(model) -> Mapping[str, torch.Tensor]:
     return model.state_dict() if isinstance(model, nn.Module) else model
 
 
+@checked
 def merge_state_dicts(
     models: Sequence[Mapping[str, torch.Tensor] | nn.Module],
     method: str,
@@ -48,6 +51,8 @@ def merge_state_dicts(
         >>> ties = merge_state_dicts([ft1, ft2], "ties", base=pretrained, weight=[1, 1], density=0.2)
     """
     merge_method = METHODS[method]
+    if not models:
+        raise ConfigError("no models to merge; pass at least one state dict or module")
     states = [_as_state_dict(m) for m in models]
     base_state = _as_state_dict(base) if base is not None else None
     labelled = {f"model {i}": s for i, s in enumerate(states)}

@@ -20,13 +20,11 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .._checks import first_problem
-from .._files import read_file
 from ..errors import ConfigError
 
 __all__ = ["Results", "Candidate", "load_results", "parse_results"]
 
 SIGNIFICANCE_LEVEL = 0.05
-MAX_RESULTS_BYTES = 256 * 2**20  # a results.json with every figure of an `auto` run is a few MB
 Interval = tuple[float, float]
 Scores = dict[str, float | Interval | None]  # "accuracy", "nll", "ece", ... and "<metric>_ci": [low, high]
 
@@ -93,6 +91,14 @@ class CascadePoint(_Model):
     threshold: float | None = None
 
 
+class SearchPoint(_Model):
+    """One merge of a merge search (`merge.search`): its validation value and the best so far."""
+
+    evaluation: int
+    value: float
+    best: float
+
+
 def _named(value: Any, default_name: str) -> Any:
     """A bare curve (a list of points, or one reliability curve) as the only curve of a name -> curve map."""
     if isinstance(value, list) or (isinstance(value, Mapping) and "confidence" in value):
@@ -106,8 +112,9 @@ class Curves(_Model):
     reliability: dict[str, ReliabilityCurve] = {}
     interpolation: dict[str, list[InterpolationPoint]] = {}
     cascade: dict[str, list[CascadePoint]] = {}
+    search: dict[str, list[SearchPoint]] = {}
 
-    @field_validator("reliability", "interpolation", "cascade", mode="before")
+    @field_validator("reliability", "interpolation", "cascade", "search", mode="before")
     @classmethod
     def _bare_curve(cls, value: Any, info) -> Any:
         return _named(value, info.field_name)
@@ -208,12 +215,16 @@ def load_results(path: str | os.PathLike) -> Results:
     Raises `ConfigError` (one line naming the file) when it is missing, not JSON or not results.
     """
     path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        raise ConfigError(f"{path}: no such file; give the results.json a modelfusion command wrote")
     try:
-        text = read_file(path, "results.json", MAX_RESULTS_BYTES, error=ConfigError).decode("utf-8")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; give the results.json a modelfusion command wrote") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; give the results.json inside it") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a JSON file (it is not UTF-8 text)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as err:  # ValueError: not JSON, or an integer too long to convert

@@ -22,6 +22,7 @@ from typing import Annotated
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from ..._checks import explain
 from ...errors import ConfigError, IncompatibleModelsError
 from ...registry import Registry
 
@@ -161,7 +162,7 @@ class MergeMethod:
             key = str(error["loc"][0])
             meaning = _description(self._annotations[key])
             where = f"parameter {key.rstrip('_')!r} of {self.name!r}" + (f" ({meaning})" if meaning else "")
-            raise ConfigError(_explain(error, where)) from None
+            raise ConfigError(explain(error, where)) from None
 
     @functools.cached_property
     def _annotations(self) -> dict[str, object]:
@@ -201,27 +202,6 @@ def _description(annotation) -> str:
         if getattr(metadata, "description", None):
             return metadata.description
     return next(filter(None, map(_description, typing.get_args(annotation))), "")
-
-
-_BOUNDS = {"gt": "above", "ge": "at least", "lt": "below", "le": "at most"}
-
-
-def _explain(error: Mapping, where: str) -> str:
-    """One line for pydantic's first complaint about a parameter."""
-    value, kind = error.get("input"), error["type"]
-    if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):
-        return f"{where} must be a finite number, got an integer of {len(str(abs(value)))} digits"
-    bounds = [f"{_BOUNDS[k]} {v:g}" for k, v in error.get("ctx", {}).items() if k in _BOUNDS]
-    what = {
-        "float_type": "must be a number",
-        "int_type": "must be a whole number",
-        "bool_type": "must be true or false",
-        "string_type": "must be a name",
-        "finite_number": "must be a finite number",
-        "literal_error": f"must be {error.get('ctx', {}).get('expected', '')} (or left out)",
-    }.get(kind, f"must be {', '.join(bounds)}" if bounds else error["msg"])
-    got = f"{type(value).__name__} {value!r}" if kind.endswith("_type") else repr(value)
-    return f"{where} {what}, got {got}"
 
 
 METHODS: Registry[MergeMethod] = Registry("merge method")
