@@ -24,8 +24,6 @@ is much faster at 256 and a little slower at 1 loses to one that is a little fas
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 
@@ -387,30 +385,19 @@ def _calibrate(model: nn.Module, X: torch.Tensor, *, keep: bool) -> dict[str, to
 
 
 # -- choosing kernels by their measured cost ----------------------------------------------------------------------
-def _median_times(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """The median wall time of each call, the calls timed one after another in turn (so that load from other
-    processes weighs on every candidate alike), as many rounds as fit in about `_TIMING_BUDGET_S`."""
-    for call in calls.values():  # first calls build caches and sessions
-        call()
-    started = time.perf_counter()
-    for call in calls.values():
-        call()
-    rounds = int(min(max(_TIMING_BUDGET_S / max(time.perf_counter() - started, 1e-9), 5), 200))
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            begun = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - begun)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def _cheapest(candidates: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor) -> str:
     """The candidate whose larger ratio to the fastest one, at batch 1 and at batch `len(x)`, is the smallest
     (ties: the first, so list the most accurate first)."""
+    from ..evaluate.timing import interleaved_latency_us
+
     with torch.no_grad():
         timings = [
-            _median_times({name: (lambda run=run, batch=batch: run(batch)) for name, run in candidates.items()})
+            interleaved_latency_us(
+                {name: (lambda run=run, batch=batch: run(batch)) for name, run in candidates.items()},
+                runs=200,
+                warmup=2,  # the first calls build caches and sessions
+                budget_s=_TIMING_BUDGET_S,
+            )
             for batch in (x[:1], x)
         ]
     fastest = [min(t.values()) for t in timings]
