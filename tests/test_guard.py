@@ -150,16 +150,14 @@ def test_a_one_member_guard_still_rejects_its_share_of_validation(digits, member
     assert np.mean(guard.score(shuffled) > guard.threshold_) > 0.5
 
 
-def test_auto_chooses_the_best_worst_case_over_the_proxy_outliers_and_never_an_inverted_score(digits, members):
-    chosen = InputGuard(members, ood_score="auto").fit(digits.train, digits.val)
-    assert set(chosen.proxy_auroc_["energy"]) == {"feature-shuffled", "uniform", "noise"}
-    assert all(chosen.val_auroc_[n] == min(chosen.proxy_auroc_[n].values()) for n in chosen.val_auroc_)
-    assert chosen.score_ == max(chosen.val_auroc_, key=chosen.val_auroc_.get)
-    assert min(chosen.proxy_auroc_[chosen.score_].values()) > 0.9
-    # energy ranks the feature-shuffled digits well and noisy ones badly (the members grow surer on noise):
-    # chosen on the shuffled ones alone, as auto once was, it inverts on other shifts
-    assert chosen.proxy_auroc_["energy"]["feature-shuffled"] > 0.9 > chosen.proxy_auroc_["energy"]["noise"]
-    assert chosen.score_ != "energy"
+def test_no_score_is_chosen_on_proxy_outliers_which_are_reported_for_each_score(digits, members, guard):
+    with pytest.raises(ConfigError, match="'auto' is no longer offered"):
+        InputGuard(members, ood_score="auto").fit(digits.train, digits.val)
+    assert all(set(aurocs) == {"feature-shuffled", "uniform", "noise"} for aurocs in guard.proxy_auroc_.values())
+    assert all(guard.val_auroc_[n] == min(guard.proxy_auroc_[n].values()) for n in guard.val_auroc_)
+    # why none is chosen there: energy ranks feature-shuffled digits well and noisy ones badly (the members
+    # grow surer on noise), so a choice on the shuffled ones, as the former auto made, inverts on others
+    assert guard.proxy_auroc_["energy"]["feature-shuffled"] > 0.9 > guard.proxy_auroc_["energy"]["noise"]
 
 
 def test_input_scores_see_scaled_inputs_on_which_the_members_grow_surer(digits, guard):

@@ -663,8 +663,7 @@ def guard_fit(
     score: Annotated[
         str,
         typer.Option(
-            help="a name in modelfusion.guard.SCORES (combined: the largest of every score's validation "
-            "percentile), or auto: the one whose worst AUROC over proxy outliers of validation is highest"
+            help="a name in modelfusion.guard.SCORES (combined: the largest of every score's validation percentile)"
         ),
     ] = "combined",
     fpr: Annotated[float, typer.Option(help="share of validation samples the threshold may reject")] = 0.05,

@@ -84,11 +84,11 @@ def feature_shuffled(X: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
 
 
 def proxy_outliers(X: torch.Tensor, train_X: torch.Tensor, *, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Outliers made from `X` (validation samples) and the training split's statistics, on which
-    `ood_score="auto"` chooses a score: "feature-shuffled" (`feature_shuffled`: values in place, joint structure
-    gone), "uniform" (each feature drawn uniformly over its training range) and "noise" (Gaussian noise of
-    each feature's training standard deviation added). Generic kinds, so that what they favour is no shift
-    in particular."""
+    """Outliers made from `X` (validation samples) and the training split's statistics, on which `InputGuard`
+    reports each score's AUROC (`proxy_auroc_`): "feature-shuffled" (`feature_shuffled`: values in place, joint
+    structure gone), "uniform" (each feature drawn uniformly over its training range) and "noise" (Gaussian
+    noise of each feature's training standard deviation added). A diagnostic, not a choice: a score may do well
+    on all three and invert on a shift of another kind (docs/benchmarks.md)."""
     generator = torch.Generator().manual_seed(seed)
     flat, reference = X.reshape(len(X), -1), train_X.reshape(len(train_X), -1).float()
     low, high = reference.min(0).values, reference.max(0).values
@@ -109,19 +109,19 @@ class InputGuard:
         members: the models whose outputs and features the scores read (members, `nn.Module`s or fitted
             scikit-learn estimators); None: the guard screens the inputs alone (`mahalanobis` on the inputs).
         ood_score: a name in `SCORES` (default `combined`: every other score, each read as its percentile
-            among the validation samples, and the largest taken), or "auto": the score whose worst AUROC over
-            the `proxy_outliers` of the validation split is the highest. Worst, not mean: a score that inverts
-            on one kind of shift (energy and max-softmax rate noisy digits as more familiar than clean ones,
-            AUROC 60-70) loses to one that holds up on all, and none below 0.5 on a proxy is ever chosen
-            (`combined` then). `combined` is the default because no single score held up on every shift of
-            the guard benchmark (docs/benchmarks.md).
+            among the validation samples, and the largest taken). No single score holds up on every kind of
+            shift, and none can be chosen on validation data without knowing the shift: the former
+            `ood_score="auto"`, which chose on proxy outliers of validation, picked `energy` where it then
+            inverted (AUROC 33 on scaled digits), and even chosen by its worst case over three proxies it
+            picked the input Mahalanobis distance where that inverted on blended digits (AUROC 30), so it is
+            gone (docs/benchmarks.md).
         fpr: the share of validation samples the threshold may reject (the target false-positive rate).
         range_tolerance: a value may leave its feature's training range by this fraction of the range.
         seed: seed of the held-out part of `train` when no `val` is given, and of the proxy outliers.
 
     Fitted attributes: `input_shape_`, `low_`, `high_` (allowed ranges, flattened), `score_`, `threshold_`,
-    `val_auroc_` (each candidate's worst AUROC over the proxy outliers), `proxy_auroc_` (each candidate's AUROC
-    against each kind of proxy outlier; not saved), `state_` (fitted scores' tensors), `member_names_`.
+    `val_auroc_` (each fitted score's worst AUROC over the `proxy_outliers` of validation), `proxy_auroc_` (its
+    AUROC against each kind), `state_` (fitted scores' tensors), `member_names_`.
 
     Example:
         >>> guard = InputGuard(members).fit(data.train, data.val)
@@ -148,8 +148,12 @@ class InputGuard:
     def fit(self, train: Split, val: Split | None = None) -> InputGuard:
         """Learn the schema and ranges on `train`, fit the feature scores there, then fit `combined`, choose
         the score and set its threshold on `val` (default: a stratified fifth of `train` held out)."""
-        if self.ood_score != "auto":
-            SCORES[self.ood_score]  # an unknown name lists the valid ones
+        if self.ood_score == "auto":
+            raise ConfigError(
+                "ood_score='auto' is no longer offered: a score chosen on proxy outliers inverted on shifts of "
+                "other kinds; use 'combined' (the default) or name a score of SCORES"
+            )
+        SCORES[self.ood_score]  # an unknown name lists the valid ones
         check_number(self.fpr, "fpr", low=0.0, open_low=True)
         if self.fpr >= 1:
             raise ConfigError(f"fpr must be below 1 (a share of validation samples), got {self.fpr}")
@@ -171,7 +175,7 @@ class InputGuard:
         self.low_, self.high_ = flat.min(0).values - margin, flat.max(0).values + margin
         self.member_names_ = tuple(m.name for m in self._members)
         candidates = [n for n in SCORES if self._applies(SCORES[n].needs)]
-        if self.ood_score != "auto" and self.ood_score not in candidates:
+        if self.ood_score not in candidates:
             raise ConfigError(
                 f"score {self.ood_score!r} reads members' outputs or features; pass torch members= or use "
                 "'mahalanobis' or 'knn'"
@@ -195,9 +199,6 @@ class InputGuard:
         self.proxy_auroc_, val_scores = self._proxy_aurocs(val_X, X, candidates)
         self.val_auroc_ = {name: min(aurocs.values()) for name, aurocs in self.proxy_auroc_.items()}
         self.score_ = self.ood_score
-        if self.ood_score == "auto":
-            best = max(self.val_auroc_, key=self.val_auroc_.get)
-            self.score_ = best if self.val_auroc_[best] > 0.5 else "combined"
         self.threshold_ = float(np.quantile(val_scores[self.score_], 1 - self.fpr))
         return self
 
