@@ -54,21 +54,20 @@ def one_run(dataset: str, seed: int) -> dict:
     started = time.perf_counter()
     result = auto(None, data, seed=seed, progress=False, log=lambda line: None)
     seconds = time.perf_counter() - started
-    chosen = result.results["chosen"]
-    families = sorted({row["family"] for row in result.results["leaderboard"]})
-    best_member = next(r for r in result.results["leaderboard"] if r["name"] == result.best_member.name)
+    chosen, best_member = result.chosen, result.best_member
+    families = sorted({row.family for row in result.results.leaderboard})
     return {
         "auto (chosen on validation)": {
-            "accuracy": chosen["test"]["accuracy"],
-            "nll": chosen["test"]["nll"],
+            "accuracy": chosen.test["accuracy"],
+            "nll": chosen.test["nll"],
             "seconds": seconds,
-            "chosen": f"{chosen['name']} ({chosen['family']})",
+            "chosen": f"{chosen.name} ({chosen.family})",
             "families": families,
-            "p_vs_best_member": result.results["verdict"]["p_value"],
+            "p_vs_best_member": result.results.verdict.p_value,
         },
         "auto's best member (by validation)": {
-            "accuracy": best_member["test"]["accuracy"],
-            "nll": best_member["test"]["nll"],
+            "accuracy": best_member.test["accuracy"],
+            "nll": best_member.test["nll"],
             "seconds": seconds,
         },
         **anchors(data, seed),

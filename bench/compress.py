@@ -205,8 +205,8 @@ def table(title: str, runs: dict[str, list[dict]], against: str) -> list[str]:
 
 
 def pareto_plot(path: str, panels: dict[str, dict[str, list[dict]]]) -> None:
+    from modelfusion.plotting import pyplot, save_figure
     from modelfusion.report.figures import pareto_front
-    from modelfusion.report.plots import pyplot, save_figure
 
     plt = pyplot()
     figure, axes = plt.subplots(len(panels), 2, figsize=(11, 4 * len(panels)), squeeze=False)

@@ -1,7 +1,7 @@
 """Hostile inputs against the `modelfusion` CLI (and a few Python API calls): every outcome classified.
 
-    .venv/bin/python bench/hostile.py [--src PATH/src] [--only SUBSTRING] [--json OUT] [--workdir DIR]
-                                      [--timeout 120] [--keep] [--list]
+    .venv/bin/python bench/hostile.py [--src PATH/src] [--only SUBSTRING] [--family NAME] [--json OUT]
+                                      [--workdir DIR] [--timeout 120] [--keep] [--list]
 
 Each case runs `python -m modelfusion.cli COMMAND ...` (API cases: `python -c ...`) as its own process with
 PYTHONPATH=<src> (the checkout under test; checked before anything runs), OMP_NUM_THREADS=1, an 8 GiB
@@ -31,6 +31,12 @@ applies, as `flags`):
     usage          exit 2 from typer/click's own argument parsing ("Usage:")
     clear          exit 2 with a one-line `error: ...` (nothing else on stderr), or the documented success
 
+Issue 23's cases belong to families (`--family`, counted per family in the summary and the JSON): skops
+callables, names as paths, allocation and time bombs, special files, markup and control codes, silently
+accepted, ONNX debris (run with HOME in the case folder, where the runtime's telemetry used to write) and closed
+stdout (run with file descriptor 1 closed). Their hostile files come from tests/hostile_files.py, shared with
+the security tests.
+
 Running as root, file permissions do not apply: the unwritable-output and unreadable-file cases then run their
 command as the user `nobody` (setpriv) in a folder it owns, which emulates a normal user.
 """
@@ -47,6 +53,7 @@ import pickle
 import random
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -103,6 +110,8 @@ class Ctx:
     art: Artifacts
     evil: str = ""  # the hostile file a `through` case built
     split: str = "test"  # the split a Predictions builder starts from
+    stdout: str = ""  # what the command printed (for checks of what reached the terminal)
+    stderr: str = ""
 
     @property
     def marker(self) -> Path:
@@ -133,6 +142,9 @@ class Case:
     runner: str = "plain"  # "plain", "signal", "signal_rerun", "concurrent"
     signal: int = 0  # for the signal runners
     timeout: float | None = None
+    family: str = ""  # the class of hostile input (the summary counts outcomes per family)
+    env: dict[str, str] = field(default_factory=dict)  # environment overrides; `{dir}` is the case folder
+    close_stdout: bool = False  # run with file descriptor 1 closed (`>&-`)
 
     @property
     def safe_name(self) -> str:
@@ -639,6 +651,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
                 entries[relative] = ("l", os.readlink(path))
             elif path.is_dir():
                 entries[relative] = ("d",)
+            elif not path.is_file():  # a FIFO or socket a case made: opening it would block
+                entries[relative] = ("s", stat.S_IFMT(path.lstat().st_mode))
             else:
                 try:
                     digest = hashlib.sha256()
@@ -672,6 +686,11 @@ def expected_outputs(case: Case) -> list[str]:
         "evaluate": [],
         "merge": [a for a in args if not a.startswith("-")][1:2],
         "api": [],
+        "compress": [],
+        "cascade": [],
+        "guard": ["guard.safetensors"] if args[:1] == ["fit"] else [],
+        "auto": ["runs/auto"],
+        "report": ["report.html"],
     }[case.command]
     outs = [v for k, v in named.items() if k != "--checkpoint-dir"] or defaults
     if "--checkpoint-dir" in named:
@@ -725,7 +744,15 @@ class Runner:
             raise SystemExit(f"modelfusion imports from {where or done.stderr}, not from {self.src}")
         return str(where)
 
-    def start(self, argv: list[str], cwd: Path, log: str, as_nobody: bool = False) -> subprocess.Popen:
+    def start(
+        self,
+        argv: list[str],
+        cwd: Path,
+        log: str,
+        as_nobody: bool = False,
+        env: dict[str, str] | None = None,
+        close_stdout: bool = False,
+    ) -> subprocess.Popen:
         prefix = [self.prlimit, f"--as={ADDRESS_SPACE_CAP}", "--"] if self.prlimit else []
         if as_nobody and self.root:
             if not self.setpriv:
@@ -735,11 +762,12 @@ class Runner:
             return subprocess.Popen(
                 prefix + argv,
                 cwd=cwd,
-                env=self.env,
+                env={**self.env, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
+                preexec_fn=(lambda: os.close(1)) if close_stdout else None,  # noqa: PLW1509 - fork, then exec
             )
 
     def finish(self, process: subprocess.Popen, log: str, started: float, timeout: float) -> Result:
@@ -773,10 +801,17 @@ class Runner:
         )
 
     def execute(
-        self, argv: list[str], cwd: Path, timeout: float | None = None, log: str = "build", as_nobody: bool = False
+        self,
+        argv: list[str],
+        cwd: Path,
+        timeout: float | None = None,
+        log: str = "build",
+        as_nobody: bool = False,
+        env: dict[str, str] | None = None,
+        close_stdout: bool = False,
     ) -> Result:
         started = time.perf_counter()
-        process = self.start(argv, cwd, log, as_nobody)
+        process = self.start(argv, cwd, log, as_nobody, env, close_stdout)
         return self.finish(process, log, started, timeout or self.timeout)
 
 
@@ -844,6 +879,7 @@ def run_case(case: Case, runner: Runner, art: Artifacts) -> dict:
     except Exception as err:  # a builder that fails is a bug of this script: reported, not counted
         return {
             "name": case.name,
+            "family": case.family,
             "command": case.command,
             "must": case.must,
             "class": "harness_error",
@@ -871,16 +907,19 @@ def run_case(case: Case, runner: Runner, art: Artifacts) -> dict:
     timeout = case.timeout or runner.timeout
     argv = case_argv(case, ctx)
     if case.runner == "plain":
-        result = runner.execute(argv, folder, timeout, case.safe_name, case.as_nobody)
+        env = {key: substitute(value, ctx) for key, value in case.env.items()}
+        result = runner.execute(argv, folder, timeout, case.safe_name, case.as_nobody, env, case.close_stdout)
     else:
         result = RUNNERS[case.runner](case, ctx, runner, argv, timeout)
     for path in folder.rglob("*"):  # give permissions back so that we can read and remove everything
         if not path.is_symlink():
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
     after = snapshot(folder)
+    ctx.stdout, ctx.stderr = result.stdout, result.stderr
     verdict, flags, notes = classify(case, ctx, result, before, after)
     record = {
         "name": case.name,
+        "family": case.family,
         "command": case.command,
         "must": case.must,
         "class": verdict,
@@ -2770,6 +2809,552 @@ def control_cases() -> list[Case]:
     return cases
 
 
+# -- issue 23: callables in skops trees, names as paths, bombs, special files, terminal text, silent accepts,
+# ONNX debris and closed streams. Each case names its family; the summary counts outcomes per family.
+
+SKOPS_CALLABLES = "skops callables"
+NAMES_AS_PATHS = "names as paths"
+BOMBS = "allocation and time bombs"
+SPECIAL_FILES = "special files"
+TERMINAL_TEXT = "markup and control codes"
+SILENT_ACCEPTS = "silently accepted"
+ONNX_DEBRIS = "ONNX debris"
+CLOSED_STREAMS = "closed stdout"
+CONTROL_CODES = ("\x1b", "\x07", "\r", "\u202e")
+
+
+def hostile_builders():
+    """The builders tests/hostile_files.py shares with the security tests (skops writer, ONNX and factory bombs)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests import hostile_files
+
+    return hostile_files
+
+
+def check_no_control_codes(*outputs: str) -> Callable[[Ctx], str | None]:
+    """The command's output holds no raw control character (a name's ESC sequence must be shown escaped), and
+    its outputs exist."""
+
+    def check(ctx: Ctx) -> str | None:
+        raw = [repr(c) for c in CONTROL_CODES if c in ctx.stdout + ctx.stderr]
+        if raw:
+            return f"raw control characters reached the terminal: {', '.join(raw)}"
+        missing = [p for p in outputs if not ctx.path(p).exists()]
+        return f"exit 0 but no {missing}" if missing else None
+
+    return check
+
+
+def check_safe_file_names(folder: str) -> Callable[[Ctx], str | None]:
+    """Every file the command wrote into `folder` has a plain name (no control characters, not hidden)."""
+
+    def check(ctx: Ctx) -> str | None:
+        root = ctx.path(folder)
+        if not root.is_dir():
+            return f"exit 0 but no {folder}"
+        odd = [p.name for p in root.rglob("*") if p.name.startswith(".") or not p.name.isprintable()]
+        return f"files with unsafe names in {folder}: {[repr(n) for n in odd[:3]]}" if odd else None
+
+    return check
+
+
+def skops_callable_cases() -> list[Case]:
+    """The issue's payload: a skops Pipeline whose FunctionTransformer truncates `victim.txt` when it predicts,
+    its types named through scikit-learn modules; given to every command that reads .skops."""
+
+    def setup(ctx: Ctx) -> None:
+        build = hostile_builders()
+        write(ctx.path("victim.txt"), "the user's notes\n")
+        copy(ctx.art.member("logreg"), ctx.path("good.skops"))
+        build.skops_file_writer(ctx.path("evil.skops"), ctx.path("victim.txt"))
+        stored, header = read_safetensors(ctx.art.combiner("stacking"))
+        description = json.loads(header[COMBINER_KEY])
+        key = description["fitted"]["meta_learner_"]["skops"]
+        stored[key] = torch.frombuffer(bytearray(ctx.path("evil.skops").read_bytes()), dtype=torch.uint8)
+        description["fitted"]["linear_head_"] = {"json": None}
+        write_safetensors(ctx.path("evil_stacking.safetensors"), stored, description, COMBINER_KEY)
+        copy(ctx.art.train_preds, ctx.path("train.safetensors"))
+
+    def numpy_transformer(ctx: Ctx) -> None:
+        import numpy as np
+        import skops.io as sio
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import FunctionTransformer
+
+        X = np.random.default_rng(0).random((40, 64))
+        y = np.arange(40) % 10
+        sio.dump(
+            make_pipeline(FunctionTransformer(np.tanh), LogisticRegression(max_iter=50)).fit(X, y), ctx.path("f.skops")
+        )
+
+    combiner_args = ["--offline", "train.safetensors", *DISTILL, "--combiner", "evil_stacking.safetensors"]
+    commands = {
+        "predict": ("predict", ["evil.skops"]),
+        "ensemble": ("ensemble", ["evil.skops", "good.skops", "--method", "mean", "--out", "ens"]),
+        "cascade": ("cascade", ["good.skops", "evil.skops"]),
+        "guard_fit": ("guard", ["fit", "evil.skops"]),
+        "auto": ("auto", ["evil.skops", "good.skops", "--out", "a", "--no-report", "--no-progress"]),
+        "distill_teacher": ("distill", ["--teacher", "evil.skops", *DISTILL]),
+        "distill_combiner": ("distill", combiner_args),
+        "ensemble_combiner_file": (
+            "api",
+            api(
+                "from modelfusion.ensemble import load_combiner",
+                "import torch",
+                "c = load_combiner('evil_stacking.safetensors')",
+                "c.predict_proba(torch.zeros(5, 4, 10))",
+            ),
+        ),
+    }
+    cases = [
+        Case(
+            f"{command}.skops_function_transformer_writes_a_file" + (f"_{kind}" if kind != command else ""),
+            command,
+            args,
+            setup=setup,
+            attack=True,
+            owned=("victim.txt",),
+            family=SKOPS_CALLABLES,
+        )
+        for kind, (command, args) in commands.items()
+    ]
+    cases.append(
+        Case(
+            "predict.skops_function_transformer_numpy",
+            "predict",
+            ["f.skops"],
+            setup=numpy_transformer,
+            family=SKOPS_CALLABLES,
+        )
+    )
+    cases.append(
+        Case(
+            "predict.skops_function_transformer_trusted",
+            "predict",
+            ["f.skops", "--trust-code"],
+            must="succeed",
+            setup=numpy_transformer,
+            check=check_exists("predictions.safetensors"),
+            family=SKOPS_CALLABLES,
+        )
+    )
+    cases.append(
+        Case(
+            "predict.skops_valid_members_control",
+            "predict",
+            ["logreg.skops", "forest.skops"],
+            must="succeed",
+            setup=lambda ctx: [
+                copy(ctx.art.member(m), ctx.path(f"{n}.skops"))
+                for m, n in (("logreg", "logreg"), ("random_forest", "forest"))
+            ],
+            check=check_exists("predictions.safetensors"),
+            family=SKOPS_CALLABLES,
+        )
+    )
+    return cases
+
+
+def name_path_cases() -> list[Case]:
+    """A member whose recorded name is a path (or NUL, newline, very long, reserved): `compress` names its
+    output file after it. Run from work/deep/ with --out c, so that a traversal lands inside the case folder."""
+    names = {
+        "absolute": "{dir}/outside/victim",
+        "traversal": "../../outside/victim",
+        "nul": "vic\x00tim",
+        "newline": "vic\ntim",
+        "long_256": "v" * 256,
+        "reserved_con": "CON",
+        "dot_dot": "..",
+        "hidden": ".hidden",
+        "empty": "",
+    }
+    cases = []
+    for kind, name in names.items():
+
+        def setup(ctx: Ctx, name=name) -> None:
+            ctx.path("work/deep").mkdir(parents=True)
+            ctx.path("outside").mkdir()
+            member_with_meta(ctx, meta(ctx, name=substitute(name, ctx)), "work/deep/m.safetensors")
+
+        cases.append(
+            Case(
+                f"compress.member_name_{kind}",
+                "compress",
+                ["work/deep/m.safetensors", "--method", "fp16", "--out", "work/deep/c"],
+                must="either",
+                setup=setup,
+                attack=True,
+                owned=("outside", "work/deep/m.safetensors"),
+                check=check_safe_file_names("work/deep/c"),
+                family=NAMES_AS_PATHS,
+            )
+        )
+    return cases
+
+
+def bomb_cases() -> list[Case]:
+    """A few KB that would allocate gigabytes or loop for ever: factory arguments of spliced and compressed
+    checkpoints, ONNX graphs (ConstantOfShape, Loop, Expand by input values, a broadcast)."""
+
+    def factory_bomb(ctx: Ctx, kind: str) -> None:
+        build = hostile_builders()
+        made = (build.spliced_bomb if kind == "spliced" else build.compressed_bomb)(ctx.path("build"))
+        shutil.move(made, ctx.path("bomb.safetensors"))
+        shutil.rmtree(ctx.path("build"))
+
+    def onnx_bomb(ctx: Ctx, kind: str) -> None:
+        build = hostile_builders()
+        graphs = {"constant_of_shape": build.onnx_constant_of_shape, "loop": build.onnx_loop}
+        graphs.update(expand=build.onnx_expand_by_input, broadcast=build.onnx_broadcast)
+        write(ctx.path("bomb.onnx"), graphs[kind]())
+        copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+
+    cases = []
+    for kind in ("spliced", "compressed"):
+        setup = functools.partial(factory_bomb, kind=kind)
+        for command, args in (
+            ("predict", ["bomb.safetensors"]),
+            ("compress", ["bomb.safetensors", "--method", "int8", "--out", "c"]),
+        ):
+            cases.append(Case(f"{command}.{kind}_factory_bomb", command, args, setup=setup, family=BOMBS, timeout=90))
+    for kind in ("constant_of_shape", "loop", "expand", "broadcast"):
+        setup = functools.partial(onnx_bomb, kind=kind)
+        for command, args in (
+            ("predict", ["bomb.onnx"]),
+            ("ensemble", ["bomb.onnx", "m1.safetensors", "--method", "mean", "--out", "ens"]),
+        ):
+            cases.append(Case(f"{command}.onnx_{kind}_bomb", command, args, setup=setup, family=BOMBS, timeout=90))
+    return cases
+
+
+def special_file_cases() -> list[Case]:
+    """FIFOs and links to /dev/zero and /dev/urandom under the names every reader takes."""
+
+    def special(ctx: Ctx, kind: str, name: str) -> None:
+        if kind == "socket":
+            import socket
+
+            socket.socket(socket.AF_UNIX).bind(str(ctx.path(name)))
+        else:
+            hostile_builders().special_file(ctx.dir, kind, name)
+        copy(ctx.art.preds("test"), ctx.path("test.safetensors"))
+        copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+
+    readers = {
+        "member.safetensors": ("predict", ["x.safetensors"], "x.safetensors"),
+        "member.onnx": ("predict", ["x.onnx"], "x.onnx"),
+        "member.pt": ("predict", ["x.pt", "--factory", "modelfusion.models:mlp"], "x.pt"),
+        "member.skops": ("predict", ["x.skops"], "x.skops"),
+        "predictions": ("evaluate", ["x.safetensors"], "x.safetensors"),
+        "val_predictions": (
+            "ensemble",
+            ["--val-preds", "x.safetensors", "--test-preds", "test.safetensors", "--out", "ens"],
+            "x.safetensors",
+        ),
+        "merge_config": ("merge", ["x.yaml", "merged"], "x.yaml"),
+        "results_json": ("report", ["x.json", "--out", "r.html"], "x.json"),
+        "guard_inputs": ("guard", ["check", "g.safetensors", "--inputs", "x.npy"], "x.npy"),
+        "combiner": (
+            "distill",
+            ["--teacher", "m1.safetensors", *DISTILL, "--combiner", "x.safetensors"],
+            "x.safetensors",
+        ),
+        "ensemble_manifest": ("compress", ["ens", "--method", "fp16", "--out", "c"], "ens/ensemble.json"),
+    }
+    kinds = {
+        "fifo": list(readers),
+        "dev_zero": ["member.safetensors", "member.onnx", "member.pt", "member.skops", "predictions", "merge_config"],
+        "dev_urandom": ["member.onnx", "member.pt", "results_json"],
+        "socket": ["member.safetensors"],
+    }
+    cases = []
+    for kind, names in kinds.items():
+        for reader in names:
+            command, args, target = readers[reader]
+            setup = functools.partial(special, kind=kind, name=target)
+            cases.append(
+                Case(f"{command}.{kind}_as_{reader}", command, args, setup=setup, family=SPECIAL_FILES, timeout=90)
+            )
+    return cases
+
+
+def terminal_text_cases() -> list[Case]:
+    """Member, split and output names holding rich markup or terminal control sequences."""
+    hostile = {
+        "markup_close": "a[/]b",
+        "markup_style": "[bold red]x[/bold red][link=file:///etc/passwd]y[/link]",
+        "escape_title_clear": "c\x1b]0;PWNED\x07\x1b[2J\x1b[31md",
+        "carriage_return_bidi": "ok\rEVIL\u202eabc",
+    }
+
+    def members(ctx: Ctx, name: str) -> None:
+        tensors = read_safetensors(ctx.art.member("mlp_1"))[0]
+        member_with_meta(ctx, meta(ctx, name=name), "m0.safetensors")
+        member_with_meta(ctx, meta(ctx, name=name + "2"), "m1.safetensors", tensors=tensors)
+        predictions_file(ctx, "p.safetensors", meta_changes={"member_names": [name + str(i) for i in range(5)]})
+        predictions_file(ctx, "s.safetensors", meta_changes={"split": name})
+
+    m = ["m0.safetensors", "m1.safetensors"]
+    cases = []
+    for kind, name in hostile.items():
+        setup = functools.partial(members, name=name)
+        runs = {
+            "predict": ("predict", m, ("predictions.safetensors",)),
+            "evaluate": ("evaluate", ["p.safetensors"], ()),
+            "evaluate_split": ("evaluate", ["s.safetensors"], ()),
+            "ensemble": ("ensemble", [*m, "--method", "mean", "--out", "ens"], ("ens/results.json",)),
+            "cascade": ("cascade", m, ()),
+        }
+        for run, (command, args, outputs) in runs.items():
+            cases.append(
+                Case(
+                    f"{command}.{kind}_in_{'split' if run.endswith('split') else 'member'}_names",
+                    command,
+                    args,
+                    must="succeed",
+                    setup=setup,
+                    check=check_no_control_codes(*outputs),
+                    family=TERMINAL_TEXT,
+                )
+            )
+    for kind, out in (("markup", "o[/]x.safetensors"), ("escape", "o\x1b[2Jx.safetensors")):
+        cases.append(
+            Case(
+                f"predict.{kind}_in_out_argument",
+                "predict",
+                ["m0.safetensors", "--out", out],
+                must="succeed",
+                setup=lambda ctx: copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors")),
+                check=check_no_control_codes(out),
+                family=TERMINAL_TEXT,
+            )
+        )
+    cases.append(
+        Case(
+            "evaluate.escape_in_missing_file_name",
+            "evaluate",
+            ["x\x1b]0;PWNED\x07\x1b[2J.safetensors"],
+            family=TERMINAL_TEXT,
+            check=check_no_control_codes(),
+        )
+    )
+    return cases
+
+
+def silent_accept_cases() -> list[Case]:
+    """Inputs that are wrong but used to be used: repeated or NaN classes, one checkpoint twice, test
+    predictions relabelled as validation, validation of one class or none."""
+
+    def class_member(ctx: Ctx, classes) -> None:
+        member_with_meta(ctx, meta(ctx, classes=classes), "m.safetensors")
+
+    def class_preds(ctx: Ctx, classes) -> None:
+        predictions_file(ctx, "p.safetensors", meta_changes={"classes": classes})
+        ctx.split = "val"
+        predictions_file(ctx, "val.safetensors", split="val", meta_changes={"classes": classes})
+        copy(ctx.art.preds("test"), ctx.path("test.safetensors"))
+
+    def twice(ctx: Ctx, how: str) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors"))
+        if how == "link":
+            ctx.path("m0_link.safetensors").symlink_to("m0.safetensors")
+        elif how == "copy":
+            copy(ctx.art.member("mlp_0"), ctx.path("m0_copy.safetensors"))
+
+    def relabelled(ctx: Ctx, split: str, shuffle: bool = False) -> None:
+        outputs, labels = split_tensors(ctx)
+        if shuffle:
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+            outputs, labels = outputs[:, order], labels[order]
+        predictions_file(ctx, "val.safetensors", outputs=outputs, labels=labels, meta_changes={"split": split})
+        copy(ctx.art.preds("test"), ctx.path("test.safetensors"))
+
+    def validation(ctx: Ctx, kind: str) -> None:
+        ctx.split = "val"
+        outputs, labels = split_tensors(ctx)
+        if kind == "one_class":
+            labels = torch.full_like(labels, 3)
+        else:
+            outputs, labels = outputs[:, :0], labels[:0]
+        predictions_file(ctx, "val.safetensors", split="val", outputs=outputs, labels=labels)
+        copy(ctx.art.preds("test"), ctx.path("test.safetensors"))
+
+    ten = list(range(10))
+    vt = ["--val-preds", "val.safetensors", "--test-preds", "test.safetensors", "--out", "ens"]
+    cases = []
+    for kind, classes in {
+        "duplicate": [0, 0, *ten[2:]],
+        "nan": [float("nan"), *ten[1:]],
+        "int_and_string": [1, "1", *ten[2:]],
+    }.items():
+        for name, command, args, build in (
+            ("predict.member_classes", "predict", ["m.safetensors"], class_member),
+            ("evaluate.predictions_classes", "evaluate", ["p.safetensors"], class_preds),
+            ("ensemble.val_predictions_classes", "ensemble", [*vt, "--method", "mean"], class_preds),
+        ):
+            setup = functools.partial(build, classes=classes)
+            cases.append(Case(f"{name}_{kind}", command, args, setup=setup, family=SILENT_ACCEPTS))
+    for how, second in (
+        ("same_path", "m0.safetensors"),
+        ("link", "m0_link.safetensors"),
+        ("copy", "m0_copy.safetensors"),
+    ):
+        setup = functools.partial(twice, how=how)
+        for command, extra in (("predict", []), ("ensemble", ["--method", "weighted", "--out", "ens"])):
+            cases.append(
+                Case(
+                    f"{command}.one_checkpoint_twice_{how}",
+                    command,
+                    ["m0.safetensors", second, *extra],
+                    setup=setup,
+                    family=SILENT_ACCEPTS,
+                )
+            )
+    for kind, split, shuffle in (
+        ("relabelled_val", "val", False),
+        ("relabelled_zero_width_val", "val\u200b", False),
+        ("relabelled_validation", "Validation", False),
+        ("shuffled_val", "val", True),
+        ("zero_width_test", "test\u200b", False),
+        ("fullwidth_test", "ｔｅｓｔ", False),
+    ):
+        cases.append(
+            Case(
+                f"ensemble.test_predictions_as_{kind}",
+                "ensemble",
+                [*vt, "--method", "weighted"],
+                setup=functools.partial(relabelled, split=split, shuffle=shuffle),
+                family=SILENT_ACCEPTS,
+            )
+        )
+    for kind in ("one_class", "no_samples"):
+        for method in ("stacking", "all"):
+            cases.append(
+                Case(
+                    f"ensemble.validation_{kind}_{method}",
+                    "ensemble",
+                    [*vt, "--method", method],
+                    setup=functools.partial(validation, kind=kind),
+                    family=SILENT_ACCEPTS,
+                )
+            )
+    return cases
+
+
+def onnx_debris_cases() -> list[Case]:
+    """ONNX members, valid and refused, with HOME in the case folder: whatever the runtime writes there is
+    debris beside the user's files (its telemetry database used to land in ~/.cache)."""
+
+    def members(ctx: Ctx) -> None:
+        from onnx import TensorProto, helper, numpy_helper
+
+        weight, bias = ctx.art.mlp_tensors[0]["0.weight"], ctx.art.mlp_tensors[0]["0.bias"]
+        head_w, head_b = ctx.art.mlp_tensors[0]["2.weight"], ctx.art.mlp_tensors[0]["2.bias"]
+        graph = helper.make_graph(
+            [
+                helper.make_node("Gemm", ["input", "w0", "b0"], ["h"], transB=1),
+                helper.make_node("Relu", ["h"], ["r"]),
+                helper.make_node("Gemm", ["r", "w1", "b1"], ["output"], transB=1),
+            ],
+            "mlp",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 64])],
+            [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 10])],
+            [
+                numpy_helper.from_array(t.numpy(), n)
+                for n, t in (("w0", weight), ("b0", bias), ("w1", head_w), ("b1", head_b))
+            ],
+        )
+        write(
+            ctx.path("m.onnx"),
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+        )
+        write(ctx.path("bomb.onnx"), hostile_builders().onnx_constant_of_shape())
+        copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+        copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors"))
+
+    home = {"HOME": "{dir}", "XDG_CACHE_HOME": ""}
+    runs = [
+        ("predict.onnx_member_home_beside_the_files", "predict", ["m.onnx"], "succeed", ("predictions.safetensors",)),
+        (
+            "ensemble.onnx_member_home_beside_the_files",
+            "ensemble",
+            ["m.onnx", "m1.safetensors", "--method", "mean", "--out", "ens"],
+            "succeed",
+            ("ens/results.json",),
+        ),
+        (
+            "compress.onnx_int8_home_beside_the_files",
+            "compress",
+            ["m0.safetensors", "--method", "onnx-int8", "--out", "c"],
+            "succeed",
+            ("c/report.json",),
+        ),
+        ("predict.refused_onnx_home_beside_the_files", "predict", ["bomb.onnx"], "refuse", ()),
+    ]
+    return [
+        Case(name, command, args, must=must, setup=members, env=home, check=check_exists(*outputs), family=ONNX_DEBRIS)
+        for name, command, args, must, outputs in runs
+    ]
+
+
+def closed_stream_cases() -> list[Case]:
+    """Commands run with standard output closed (`>&-`): they do their work, or refuse in one line."""
+
+    def inputs(ctx: Ctx) -> None:
+        copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors"))
+        copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+        copy(ctx.art.preds("test"), ctx.path("test.safetensors"))
+        copy(ctx.art.preds("val"), ctx.path("val.safetensors"))
+
+    runs = [
+        ("evaluate.stdout_closed", "evaluate", ["test.safetensors", "--json", "r.json"], "succeed", ("r.json",)),
+        (
+            "predict.stdout_closed",
+            "predict",
+            ["m0.safetensors", "m1.safetensors"],
+            "succeed",
+            ("predictions.safetensors",),
+        ),
+        (
+            "ensemble.stdout_closed",
+            "ensemble",
+            ["--val-preds", "val.safetensors", "--test-preds", "test.safetensors", "--method", "mean", "--out", "ens"],
+            "succeed",
+            ("ens/results.json",),
+        ),
+        ("evaluate.stdout_closed_missing_file", "evaluate", ["missing.safetensors"], "refuse", ()),
+    ]
+    return [
+        Case(
+            name,
+            command,
+            args,
+            must=must,
+            setup=inputs,
+            close_stdout=True,
+            check=check_exists(*outputs),
+            family=CLOSED_STREAMS,
+        )
+        for name, command, args, must, outputs in runs
+    ]
+
+
+def issue23_cases() -> list[Case]:
+    return (
+        skops_callable_cases()
+        + name_path_cases()
+        + bomb_cases()
+        + special_file_cases()
+        + terminal_text_cases()
+        + silent_accept_cases()
+        + onnx_debris_cases()
+        + closed_stream_cases()
+    )
+
+
 def corpus() -> list[Case]:
     cases = (
         control_cases()
@@ -2784,6 +3369,7 @@ def corpus() -> list[Case]:
         + merge_config_cases()
         + interrupt_cases()
         + api_cases()
+        + issue23_cases()
     )
     names = Counter(case.name for case in cases)
     duplicates = [name for name, count in names.items() if count > 1]
@@ -2808,14 +3394,17 @@ def print_report(records: list[dict]) -> None:
     total = Counter(r["class"] for r in records)
     print(f"\n{len(records)} cases")
     print("  " + "  ".join(f"{c}: {total[c]}" for c in classes if total[c]))
-    commands = sorted({r["command"] for r in records})
     shown = [c for c in classes if total[c]]
     width = max(len(c) for c in shown)
-    print("\n" + "command".ljust(10) + "".join(c.rjust(width + 2) for c in shown) + "total".rjust(8))
-    for command in commands:
-        counts = Counter(r["class"] for r in records if r["command"] == command)
-        row = "".join(str(counts[c]).rjust(width + 2) for c in shown)
-        print(command.ljust(10) + row + str(sum(counts.values())).rjust(8))
+    for key, label, pad in (("command", "command", 10), ("family", "family", 28)):
+        groups = sorted({r.get(key) or "(earlier battery)" for r in records})
+        if key == "family" and groups == ["(earlier battery)"]:
+            continue
+        print("\n" + label.ljust(pad) + "".join(c.rjust(width + 2) for c in shown) + "total".rjust(8))
+        for group in groups:
+            counts = Counter(r["class"] for r in records if (r.get(key) or "(earlier battery)") == group)
+            row = "".join(str(counts[c]).rjust(width + 2) for c in shown)
+            print(group.ljust(pad) + row + str(sum(counts.values())).rjust(8))
     by_class = defaultdict(list)
     for record in records:
         by_class[record["class"]].append(record)
@@ -2832,6 +3421,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="the `src` folder of the checkout under test")
     parser.add_argument("--only", action="append", help="run only cases whose name contains this (repeatable)")
+    parser.add_argument("--family", action="append", help="run only the cases of this family (repeatable)")
     parser.add_argument("--json", type=Path, help="write every case's record here")
     parser.add_argument("--workdir", type=Path, help="artifacts and case folders (default: a new temp folder)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a case counts as hung")
@@ -2842,9 +3432,11 @@ def main() -> None:
     cases = corpus()
     if args.only:
         cases = [c for c in cases if any(s in c.name for s in args.only)]
+    if args.family:
+        cases = [c for c in cases if c.family in args.family]
     if args.list:
         for case in cases:
-            print(f"{case.name:<60} {case.must}")
+            print(f"{case.name:<60} {case.must:<7} {case.family}")
         print(f"{len(cases)} cases")
         return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="modelfusion-hostile."))
@@ -2884,6 +3476,10 @@ def main() -> None:
             "per_command": {
                 command: dict(Counter(r["class"] for r in records if r["command"] == command))
                 for command in sorted({r["command"] for r in records})
+            },
+            "per_family": {
+                family: dict(Counter(r["class"] for r in records if r["family"] == family))
+                for family in sorted({r["family"] for r in records if r["family"]})
             },
             "cases": records,
         }

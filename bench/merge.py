@@ -1,6 +1,6 @@
 """Merging speed and memory: `modelfusion merge` against mergekit on generated Llama-style checkpoints.
 
-    .venv/bin/python bench/merge.py [--sizes 40M,170M,500M] [--mergekit-sizes 170M] [--methods all]
+    .venv/bin/python bench/merge.py [--sizes 40M,170M,500M] [--mergekit-sizes 170M] [--methods all] [--lora-sizes 170M]
         [--workdir /tmp/mf-merge]
 
 For each size: a base and three fine-tunes (base + small noise), fp32, as Hugging Face folders. Every method of
@@ -14,6 +14,12 @@ timed (wall), its peak RSS taken from the kernel (wait4), and its anonymous memo
 memory-mapped input pages) sampled from /proc every 20 ms. Also: the floor (reading every input once; a plain
 safetensors loop that averages tensor by tensor), the largest difference between our output and mergekit's,
 and the start-up time of both commands.
+
+LoRA (--lora-sizes): three PEFT adapters of the base (rank 16 on every projection of every layer) merged into one
+adapter (`modelfusion merge-adapters`: task arithmetic exactly by concatenating factors, TIES cut back to rank
+16 by SVD), against merging the full weights they make (`modelfusion merge` of `base+lora_i`, which applies each
+adapter as its tensors are read, and mergekit on the same `base+lora_i` YAML, which writes each adapted model
+out first).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from modelfusion.merge import METHODS  # noqa: E402
-from tests.llama import fine_tune, llama_state_dict, write_checkpoint  # noqa: E402
+from tests.llama import fine_tune, llama_state_dict, peft_adapter, write_checkpoint  # noqa: E402
 
 MERGEKIT = ROOT / "bench" / ".venv-mergekit" / "bin" / "mergekit-yaml"
 OURS = ROOT / ".venv" / "bin" / "modelfusion"
@@ -172,11 +178,89 @@ def output_file(folder: Path) -> Path:
     return files[0]
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_WEIGHTS = (1.0, 0.6, 0.3)
+
+
+def make_adapters(folder: Path, size: str) -> Path:
+    """The base of `size` and three rank-16 adapters of it on every projection."""
+    hidden, layers, vocab, intermediate = SIZES[size]
+    root = folder / f"{size}-lora"
+    if (root / "lora2" / "adapter_model.safetensors").exists():
+        return root
+    base = llama_state_dict(hidden=hidden, layers=layers, vocab=vocab, intermediate=intermediate, seed=0)
+    write_checkpoint(root / "base", base)
+    for i in range(3):
+        peft_adapter(root / f"lora{i}", base, rank=16, alpha=16, targets=LORA_TARGETS, seed=i + 1, scale=0.05)
+    return root
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def lora_rows(size: str, workdir: Path, env: dict) -> None:
+    root = make_adapters(workdir, size)
+    adapters = [str(root / f"lora{i}") for i in range(3)]
+    weights = [arg for w in LORA_WEIGHTS for arg in ("--weight", str(w))]
+    entries = {
+        "task_arithmetic": "\n".join(
+            f"  - {{model: {root}/base+{a}, parameters: {{weight: {w}}}}}"
+            for a, w in zip(adapters, LORA_WEIGHTS, strict=True)
+        ),
+        "ties": "\n".join(
+            f"  - {{model: {root}/base+{a}, parameters: {{weight: 1.0, density: 0.5}}}}" for a in adapters
+        ),
+    }
+    runs = []
+    for method in ("task_arithmetic", "ties"):
+        extra = weights if method == "task_arithmetic" else ["--density", "0.5", "--rank", "16"]
+        command = [str(OURS), "merge-adapters", *adapters, "--out", str(root / f"adapter_{method}"), "--method", method]
+        runs.append(
+            (
+                method,
+                "modelfusion merge-adapters (one adapter)",
+                [*command, *extra, "--overwrite"],
+                root / f"adapter_{method}",
+            )
+        )
+        config = root / f"{method}.yaml"
+        config.write_text(f"merge_method: {method}\nbase_model: {root}/base\nmodels:\n{entries[method]}\n" + _DTYPE)
+        out = root / f"full_{method}"
+        runs.append(
+            (
+                method,
+                "modelfusion merge, base+lora (full weights)",
+                [str(OURS), "merge", str(config), str(out), "--overwrite"],
+                out,
+            )
+        )
+        if MERGEKIT.exists():
+            theirs = root / f"mergekit_{method}"
+            command = [
+                str(MERGEKIT),
+                str(config),
+                str(theirs),
+                "--no-copy-tokenizer",
+                "--lora-merge-cache",
+                str(root / "cache"),
+            ]
+            runs.append((method, "mergekit, base+lora (full weights)", command, theirs))
+    for method, tool, command, out in runs:
+        figures = measure(command, env)
+        print(
+            f"| {size} | {method} | {tool} | {figures['seconds']:.1f} | {figures['max_rss_mb']:.0f} | "
+            f"{figures['peak_anon_mb']:.0f} | output {folder_mb(out):.0f} MB |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="40M,170M,500M")
     parser.add_argument("--mergekit-sizes", default="170M")
     parser.add_argument("--methods", default="all", help="'all' (every registered method) or a list")
+    parser.add_argument("--lora-sizes", default="", help="sizes for the LoRA rows (e.g. 170M); none by default")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/modelfusion-merge-bench"))
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -187,7 +271,9 @@ def main() -> None:
     methods = METHODS.names() if args.methods == "all" else args.methods.split(",")
     print("| size | method | tool | seconds | peak RSS MB | peak RssAnon MB | max abs diff vs mergekit |")
     print("|---|---|---|---|---|---|---|")
-    for size in args.sizes.split(","):
+    for size in filter(None, args.lora_sizes.split(",")):
+        lora_rows(size, args.workdir, env)
+    for size in filter(None, args.sizes.split(",")):
         root = make_models(args.workdir, size)
         configs = write_configs(root, methods)
         read_all(root)  # warm the page cache

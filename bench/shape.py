@@ -1,11 +1,13 @@
-"""The code's shape: the largest and most complex functions, and the import circles between files of src/.
+"""The code's shape: the largest and most complex functions, imports that point up a floor, and import circles.
 
     .venv/bin/python bench/shape.py [--top 10]
 
-Complexity is McCabe's, as ruff's C901 counts it. An import circle is a cycle in the graph whose nodes are the
-files of src/modelfusion and whose edges are every import between them, at module level or inside a function
-(a lazy import hides a circle from Python, not from a reader). `from . import name` from a package's
-`__init__` counts as an import of the `__init__` file.
+Complexity is McCabe's, as ruff's C901 counts it. The import graph's nodes are the files of src/modelfusion and
+its edges every import between them, at module level, inside a function or under `TYPE_CHECKING` (a lazy import
+hides an arrow from Python, not from a reader); `from . import name` from a package's `__init__` counts as an
+import of the `__init__` file. An upward import is an edge from a file to a file on a higher floor of `FLOORS`
+(DESIGN.md's packages, lowest first); an import circle is a cycle of files, a package circle a cycle of the
+graph with each package's files taken as one node.
 """
 
 from __future__ import annotations
@@ -21,10 +23,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "modelfusion"
 
+# DESIGN.md's floors, lowest first: a file imports from its own floor and those below it, never from one above.
+# The foundation is every top-level module and package not named on a higher floor.
+FLOORS = [
+    ("foundation", ()),
+    ("evaluation", ("evaluate",)),
+    ("shared cores", ("ensemble", "align")),  # output fusion; permutation alignment (merge's align: step uses it)
+    ("weight merging", ("merge",)),
+    ("families", ("distill", "features", "compress", "guard")),
+    ("presentation", ("report",)),
+    ("workflows", ("auto", "demo")),
+    ("command line", ("cli",)),
+]
 
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(package.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_of(module: str) -> str:
+    """The top-level module or package of `module` under modelfusion (`modelfusion.merge.engine` -> `merge`)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def floor_of(module: str) -> int:
+    package = package_of(module)
+    return next((i for i, (_, members) in enumerate(FLOORS) if package in members), 0)
 
 
 def resolve(module: str, files: dict[str, Path]) -> str | None:
@@ -38,8 +64,8 @@ def resolve(module: str, files: dict[str, Path]) -> str | None:
     return None
 
 
-def import_graph() -> dict[str, set[str]]:
-    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    files = {module_name(p, package): p for p in package.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in files}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -95,6 +121,20 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Every (importer, imported) whose imported file is on a higher floor than its importer."""
+    return sorted((a, b) for a, targets in graph.items() for b in targets if floor_of(b) > floor_of(a))
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph with each top-level package's files taken as one node."""
+    packages: dict[str, set[str]] = {}
+    for a, targets in graph.items():
+        node = packages.setdefault(package_of(a), set())
+        node.update(package_of(b) for b in targets if package_of(b) != package_of(a))
+    return packages
+
+
 def complexities() -> list[tuple[int, str]]:
     output = subprocess.run(
         [
@@ -129,8 +169,16 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    found = circles(import_graph())
-    report = {"complexity": complexities()[: args.top], "lines": lengths()[: args.top], "circles": found}
+    graph = import_graph()
+    found, upward = circles(graph), upward_imports(graph)
+    package_circles = circles(package_graph(graph))
+    report = {
+        "complexity": complexities()[: args.top],
+        "lines": lengths()[: args.top],
+        "upward_imports": upward,
+        "circles": found,
+        "package_circles": package_circles,
+    }
     if args.json:
         print(json.dumps(report, indent=1))
         return
@@ -138,8 +186,14 @@ def main() -> None:
     print("\n".join(f"  {value:3d}  {where}" for value, where in report["complexity"]))
     print("longest functions (lines):")
     print("\n".join(f"  {value:3d}  {where}" for value, where in report["lines"]))
-    print(f"import circles between files of src/: {len(found)}")
+    floors = "  ".join(f"{i} {name}: {', '.join(members) or 'the rest'}" for i, (name, members) in enumerate(FLOORS))
+    print(f"floors (lowest first): {floors}")
+    print(f"upward imports (lazy ones counted): {len(upward)}")
+    print("\n".join(f"  {a} -> {b} (floor {floor_of(a)} -> {floor_of(b)})" for a, b in upward))
+    print(f"import circles between files of src/ (lazy imports counted): {len(found)}")
     print("\n".join("  " + " <-> ".join(component) for component in found))
+    print(f"circles between packages of src/: {len(package_circles)}")
+    print("\n".join("  " + " <-> ".join(component) for component in package_circles))
 
 
 if __name__ == "__main__":

@@ -27,5 +27,5 @@ test = collect_predictions(members, data.test.X, data.test.y, "test", progress=F
 
 fusion = make_combiner("mean").fit(val)  # fitted on validation only
 report = evaluate(test, {"mean": fusion.predict_proba(test)})
-print_leaderboard(report)
+print_leaderboard(report.to_results())
 print("fusion vs best member:", report.row("mean").vs_best_member)

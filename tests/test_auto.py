@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
 from modelfusion import CheckpointError, ConfigError
-from modelfusion.auto import FAMILIES, auto, load_fusion, save_fusion
+from modelfusion.auto import FAMILIES, Candidate, auto, load_fusion, save_fusion
 from modelfusion.cli import app
 from modelfusion.datasets import load_dataset
 from modelfusion.ensemble import make_combiner, save_combiner
@@ -19,7 +19,7 @@ from modelfusion.io import load_member, save_member
 from modelfusion.io.factory import build_model
 from modelfusion.members import SklearnMember, TorchMember
 from modelfusion.predictions import collect_predictions
-from modelfusion.report.results import load_results
+from modelfusion.results import load_results
 from modelfusion.training import train_model
 
 from .conftest import MLP_KWARGS, MLP_SPEC
@@ -39,13 +39,15 @@ def members(digits):
 
 @pytest.fixture(scope="module")
 def run(members, digits, tmp_path_factory):
+    """Every family on the members (distillation and recovery train for their recipes' epochs: slow)."""
     out = tmp_path_factory.mktemp("auto") / "run"
     return auto(members, digits, out=out, progress=False, log=lambda line: None), out
 
 
+@pytest.mark.slow
 def test_every_family_reaches_the_leaderboard_and_the_choice_is_made_on_validation(run, digits):
     result, out = run
-    families = {row["family"] for row in result.results["leaderboard"]}
+    families = {row.family for row in result.results.leaderboard}
     assert families == {"member", "output", "merge", "distill", "cascade", "compress"}
     exportable = [c for c in result.candidates if c.export is not None]
     best_val = max(c.val["accuracy"] for c in exportable)
@@ -54,12 +56,12 @@ def test_every_family_reaches_the_leaderboard_and_the_choice_is_made_on_validati
     assert result.best_member.val["accuracy"] == max(
         c.val["accuracy"] for c in result.candidates if c.family == "member"
     )
-    ranked = [row["val"]["accuracy"] for row in result.results["leaderboard"]]
+    ranked = [row.val["accuracy"] for row in result.results.leaderboard]
     assert ranked == sorted(ranked, reverse=True)
-    for row in result.results["leaderboard"]:
-        low, high = row["test"]["accuracy_ci"]
-        assert low <= row["test"]["accuracy"] <= high
-        assert row["cost"]["latency_batch_1_us"] > 0 and row["cost"]["forward_passes"] >= 1
+    for row in result.results.leaderboard:
+        low, high = row.test["accuracy_ci"]
+        assert low <= row.test["accuracy"] <= high
+        assert row.cost.latency_batch_1_us > 0 and row.cost.forward_passes >= 1
     # the combiners were fitted on validation: their validation scores are cross-validated, not in-sample
     stacking = next(c for c in result.candidates if c.name == "stacking")
     in_sample = float((stacking.val_proba.argmax(1) == digits.val.y.numpy()).mean())
@@ -74,13 +76,14 @@ def test_the_test_labels_never_decide(members, digits):
     blind = auto(members, corrupted, families=families, progress=False, log=lambda line: None)
     assert blind.chosen.name == honest.chosen.name
     assert [c.name for c in blind.candidates] == [c.name for c in honest.candidates]
-    assert [r["name"] for r in blind.results["leaderboard"]] == [r["name"] for r in honest.results["leaderboard"]]
-    assert blind.results["chosen"]["test"]["accuracy"] < 0.3 < honest.results["chosen"]["test"]["accuracy"]
+    assert [r.name for r in blind.results.leaderboard] == [r.name for r in honest.results.leaderboard]
+    assert blind.chosen.test["accuracy"] < 0.3 < honest.chosen.test["accuracy"]
 
 
+@pytest.mark.slow
 def test_the_chosen_model_is_exported_and_reads_back_with_the_same_predictions(run, digits):
     result, out = run
-    path = result.results["chosen"]["path"]
+    path = result.chosen.path
     assert path.startswith(str(out / "model"))
     if result.chosen.family == "output":  # a logistic regression among the members: members + combiner
         members, combiner = load_fusion(path)
@@ -91,11 +94,18 @@ def test_the_chosen_model_is_exported_and_reads_back_with_the_same_predictions(r
         got = torch.softmax(loaded.predict(digits.test.X).double(), dim=1).numpy()
         np.testing.assert_allclose(got, result.chosen.test_proba, atol=1e-5)
     written = load_results(out / "results.json")
+    assert written == result.results  # written and read by the same schema
     assert written.chosen.name == result.chosen.name and len(written.leaderboard) == len(result.candidates)
-    assert {"interpolation", "cascade", "reliability"} <= set(result.results["curves"])
+    curves = written.curves
+    assert (
+        curves.interpolation
+        and curves.cascade
+        and set(curves.reliability) == {c.name for c in (result.best_member, result.chosen)}
+    )
     assert (out / "report.html").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_each_candidate_exports_in_its_natural_form(run, digits, tmp_path):
     result, _ = run
     for family in ("merge", "distill", "compress"):
@@ -111,13 +121,54 @@ def test_each_candidate_exports_in_its_natural_form(run, digits, tmp_path):
     np.testing.assert_allclose(combiner.predict_proba(test).double().numpy(), fusion.test_proba, atol=1e-5)
 
 
+def test_a_family_registered_outside_the_package_runs_after_what_it_requires(members, digits):
+    """Adding a family is one function in one file: it declares what it needs, gets only that, and returns its
+    own result; it runs after the families it requires (whatever order they are asked in), and is skipped,
+    with the reason, when one of them did not run."""
+    from modelfusion.auto import FAMILIES, FamilyResult, family
+    from modelfusion.results import Cost
+
+    seen = []
+
+    @family("sharpened", requires=("output",))
+    def sharpened(inputs):
+        seen.append(sorted(inputs.found))
+        fusion = inputs.found["output"].fusion
+        proba = {s: fusion.predict_proba(getattr(inputs, s)).double().pow(2).numpy() for s in ("val", "test")}
+        proba = {s: p / p.sum(1, keepdims=True) for s, p in proba.items()}
+        accuracy = float((proba["val"].argmax(1) == digits.val.y.numpy()).mean())
+        candidate = Candidate(
+            name=f"sharpened {fusion.name}",
+            family="sharpened",
+            val={"accuracy": accuracy, "nll": 1.0},
+            cost=Cost(forward_passes=len(fusion.members_used())),
+            val_proba=proba["val"],
+            test_proba=proba["test"],
+        )
+        return FamilyResult([candidate], notes=("sharpened: probabilities squared, no export",))
+
+    try:
+        lines = []
+        result = auto(members, digits, families=["sharpened", "output"], progress=False, log=lines.append)
+        assert seen == [["member", "output"]] and lines[0].startswith("output:") and lines[1].startswith("sharpened:")
+        row = next(c for c in result.results.leaderboard if c.family == "sharpened")
+        assert row.test["accuracy_ci"] and row.p_vs_best_member is not None and result.chosen.family != "sharpened"
+        assert "sharpened: probabilities squared, no export" in result.results.notes
+        result = auto(members, digits, families=["sharpened"], progress=False, log=lines.append)
+        assert [(s.family, s.reason) for s in result.skipped] == [
+            ("sharpened", "it needs the results of output, which did not run")
+        ]
+    finally:
+        FAMILIES.unregister("sharpened")
+
+
 def test_a_fusion_folder_naming_files_outside_itself_is_refused(members, digits, tmp_path):
     val = collect_predictions(members, digits.val.X, digits.val.y, "val", progress=False)
     combiner = make_combiner("mean").fit(val)
     folder = save_fusion(members, combiner, tmp_path / "fusion")
     combiner.member_names_ = ("../mlp0", "mlp1", "logreg")
     save_combiner(combiner, folder / "combiner.safetensors", overwrite=True)
-    with pytest.raises(CheckpointError, match="names member '../mlp0', which cannot be a file name"):
+    with pytest.raises(CheckpointError, match="holds 0 files for member '../mlp0'"):  # its safe stem: no file
         load_fusion(folder)
     (folder / "combiner.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointError):
@@ -128,11 +179,11 @@ def test_merging_is_skipped_with_its_reason_and_a_spent_budget_skips_the_rest(di
     lines = []
     mixed = [members[0], members[2]]
     result = auto(mixed, digits, families=["merge", "distill"], budget_s=0.0, progress=False, log=lines.append)
-    assert [s["family"] for s in result.skipped] == ["merge", "distill"]
-    assert all("time budget" in s["reason"] for s in result.skipped)
+    assert [s.family for s in result.skipped] == ["merge", "distill"]
+    assert all("time budget" in s.reason for s in result.skipped)
     result = auto(mixed, digits, families=["merge"], progress=False, log=lines.append)
-    assert result.skipped == [
-        {"family": "merge", "reason": "members differ in architecture (no two torch members share one)"}
+    assert [(s.family, s.reason) for s in result.skipped] == [
+        ("merge", "members differ in architecture (no two torch members share one)")
     ]
     assert any(line.startswith("merge: skipped, members differ in architecture") for line in lines)
 

@@ -1,6 +1,7 @@
 """Every class of bad input a user can cause is one clear line (exit code 2 on the CLI), never a traceback
 and never silently accepted. docs/security.md lists each class with the test here that covers it."""
 
+import copy
 import json
 import os
 import struct
@@ -17,6 +18,7 @@ from modelfusion.datasets import load_dataset
 from modelfusion.distill import ModelTeacher, distill
 from modelfusion.io import load_member, save_member
 from modelfusion.members import TorchMember
+from modelfusion.merge import METHODS, merge_state_dicts
 from modelfusion.models import mlp
 from modelfusion.predictions import Predictions
 
@@ -250,7 +252,9 @@ def test_slerp_t_must_be_a_number(merge_project):
     path.write_text(
         "merge_method: slerp\nbase_model: m0.safetensors\nmodels:\n  - model: m1.safetensors\nparameters: {t: half}\n"
     )
-    assert "parameter 't' of 'slerp' must be a number, got str 'half'" in _error_line(["merge", str(path), "out"])
+    line = _error_line(["merge", str(path), "out"])
+    assert "parameter 't' of 'slerp' (the position from the base (0) to the other model (1)) must be a number" in line
+    assert line.endswith("got str 'half'")
 
 
 @pytest.mark.parametrize("method", ["linear", "ties", "slerp", "task_arithmetic", "dare_linear"])
@@ -292,8 +296,13 @@ def test_a_base_models_config_linked_outside_its_folder_is_not_copied(merge_proj
 
 
 def test_duplicate_member_names(tmp_path, trained_mlp, digits):
-    member = TorchMember(trained_mlp, name="same", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS)
-    paths = [save_member(member, tmp_path / f"copy{i}.safetensors") for i in range(3)]
+    paths = []
+    for i in range(3):  # three different models that were all saved under one name
+        module = copy.deepcopy(trained_mlp)
+        with torch.no_grad():
+            module[0].bias.add_(0.01 * i)
+        member = TorchMember(module, name="same", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS)
+        paths.append(save_member(member, tmp_path / f"copy{i}.safetensors"))
     result = CliRunner().invoke(app, ["predict", *map(str, paths), "--out", str(tmp_path / "p.safetensors")])
     assert result.exit_code == 0, result.output
     assert "note: members share the names ['same']; each is named after its file" in result.output
@@ -303,12 +312,12 @@ def test_duplicate_member_names(tmp_path, trained_mlp, digits):
 
 
 def test_an_unreadable_file_is_not_reported_missing(member_file, monkeypatch):
-    import modelfusion._safetensors as module
+    import modelfusion._files as module
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(module, "open", refuse, raising=False)
+    monkeypatch.setattr(module.os, "open", refuse)
     with pytest.raises(CheckpointError, match="cannot open the checkpoint .Permission denied.; check its permissions"):
         load_member(member_file)
 
@@ -345,7 +354,7 @@ def test_a_file_name_with_a_newline_stays_on_one_line(merge_project):
         (
             "merge_method: ties\nbase_model: m0.safetensors\nmodels:\n  - model: m1.safetensors\n"
             "    parameters: {density: 2}\n",
-            "share of entries kept: from 0 (excluded) to 1, got 2",
+            "parameter 'density' of 'ties' (the share of task-vector entries kept) must be at most 1, got 2",
         ),
         (
             "merge_method: linear\nmodels:\n  - model: m0.safetensors\n  - model: m1.safetensors\nshard_size: -5\n",
@@ -362,6 +371,94 @@ def test_merge_values_out_of_range(merge_project, config, match):
     path = merge_project / "merge.yaml"
     path.write_text(config)
     assert match in _error_line(["merge", str(path), str(merge_project / "out")])
+
+
+_TWO = "models:\n  - model: m0.safetensors\n  - model: m1.safetensors\n"
+_SLERP = "merge_method: slerp\nbase_model: m0.safetensors\nmodels:\n  - model: m1.safetensors\n"
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (
+            _SLERP + "parameters: {t: 1.7}\n",
+            "(the position from the base (0) to the other model (1)) must be at most 1",
+        ),
+        (_SLERP + "parameters: {t: -0.5}\n", "must be at least 0, got -0.5"),
+        (_SLERP.replace("slerp", "nearswap") + "parameters: {t: -1}\n", "'t' of 'nearswap' (the distance under"),
+        ("merge_method: multislerp\n" + _TWO + "parameters: {eps: -1}\n", "'eps' of 'multislerp' must be above 0"),
+        (
+            "merge_method: karcher\n" + _TWO + "parameters: {max_iter: 0}\n",
+            "'max_iter' of 'karcher' must be at least 1",
+        ),
+        ("merge_method: karcher\n" + _TWO + "parameters: {max_iter: 2.5}\n", "must be a whole number, got float 2.5"),
+        ("merge_method: linear\n" + _TWO + "parameters: {normalize: 1}\n", "must be true or false, got int 1"),
+        ("merge_method: linear\n" + _TWO + "random_seed: '5'\n", "random_seed: Input should be a valid integer"),
+        ("merge_method: linear\n" + _TWO + "models:\n  - model: m0.safetensors\n", "the key 'models' appears twice"),
+        (
+            "merge_method: linear\nmodels:\n  - model: m0.safetensors\n    parameters: {weight: 1.0e+308}\n"
+            "  - model: m1.safetensors\n    parameters: {weight: 1.0e+308}\n",
+            "parameter 'weight' of 'linear' must be at most 3.40282e+38, got 1e+308",
+        ),
+        (
+            "merge_method: linear\nmodels:\n  - model: m0.safetensors\n    parameters: {weight: 3.0e+38}\n"
+            "  - model: m1.safetensors\n    parameters: {weight: 3.0e+38}\nparameters: {normalize: false}\n",
+            "the merged tensor 'w' holds NaN or inf: its inputs are finite, so the merge's arithmetic overflowed",
+        ),
+        (
+            "merge_method: ties\nbase_model: m0.safetensors\n" + _TWO + "parameters: {density: 0.5, lambda: 1.0e+39}\n",
+            "parameter 'lambda' of 'ties' must be at most 3.40282e+38",
+        ),
+        ("merge_method: linear\nmodels:\n  - model: ~nosuchuser/x\n  - model: m1.safetensors\n", "'~nosuchuser' is"),
+        (
+            "merge_method: linear\nmodels:\n  - model: m0.safetensors\n  - model: nan.safetensors\n",
+            "nan.safetensors holds NaN",
+        ),
+        ("merge_method: linear\nmodels:\n  - model: shards\n  - model: shards\n", "'w' is in two shards"),
+    ],
+)
+def test_merge_values_and_inputs_out_of_range_are_refused(merge_project, config, match):
+    """Issue 28: each of these merged with exit 0 (or ended in a traceback); now one line, and no output."""
+    save_file(
+        {"w": torch.full((4, 3), float("nan")), "empty": torch.zeros(0, 3)}, str(merge_project / "nan.safetensors")
+    )
+    shards = merge_project / "shards"
+    shards.mkdir()
+    save_file({"w": torch.ones(4, 3)}, str(shards / "model-00001-of-00002.safetensors"))
+    save_file({"w": torch.zeros(4, 3), "empty": torch.zeros(0, 3)}, str(shards / "model-00002-of-00002.safetensors"))
+    index = {"w": "model-00001-of-00002.safetensors", "empty": "model-00002-of-00002.safetensors"}
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": index}))
+    path = merge_project / "merge.yaml"
+    path.write_text(config)
+    assert match in _error_line(["merge", str(path), str(merge_project / "out")])
+    assert not (merge_project / "out").exists()
+    assert not [p for p in merge_project.iterdir() if p.name.startswith(".")]
+
+
+def test_non_finite_merges_are_written_when_allowed(merge_project):
+    save_file(
+        {"w": torch.full((4, 3), float("inf")), "empty": torch.zeros(0, 3)}, str(merge_project / "inf.safetensors")
+    )
+    path = merge_project / "merge.yaml"
+    path.write_text("merge_method: linear\nmodels:\n  - model: m0.safetensors\n  - model: inf.safetensors\n")
+    result = CliRunner().invoke(app, ["merge", str(path), str(merge_project / "out"), "--allow-nonfinite"])
+    assert result.exit_code == 0, result.output
+    assert torch.isinf(load_file(str(merge_project / "out" / "model.safetensors"))["w"]).all()
+    states = [load_file(str(merge_project / n)) for n in ("m0.safetensors", "inf.safetensors")]
+    with pytest.raises(IncompatibleModelsError, match="model 1 holds NaN or inf"):
+        merge_state_dicts(states, "linear")
+    assert torch.isinf(merge_state_dicts(states, "linear", allow_nonfinite=True)["w"]).all()
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_merge_method_declares_checkable_parameters(name):
+    """The parameter model is built from each registered method's signature; its defaults pass its own check."""
+    method = METHODS[name]
+    defaults = {k: p.default for k, p in method.parameters.items() if p.default is not None}
+    method.check(defaults, 2)
+    for key in method.parameters:
+        with pytest.raises(ConfigError, match=f"parameter {key.rstrip('_')!r} of {name!r}"):
+            method.check({key: object()}, 2)
 
 
 def test_a_folder_output_named_like_a_file(member_file, tmp_path):
@@ -397,3 +494,102 @@ def test_an_integer_too_long_to_convert_in_any_json_is_one_line(tmp_path, member
     (tmp_path / "results.json").write_text('{"leaderboard": [' + huge + "]}")
     with pytest.raises(ConfigError, match="not a JSON file"):
         load_results(tmp_path / "results.json")
+
+
+# -- issue 23: inputs that used to be accepted silently ------------------------------------------------------
+def _split(split: str, seed: int, n: int = 60, labels=None) -> Predictions:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3 if labels is None else labels
+    return Predictions(torch.randn(2, n, 3, generator=generator), labels, ("a", "b"), "classification", split)
+
+
+@pytest.mark.parametrize("classes", [[0, 0, 1], [0.0, float("nan"), 2.0], [1, "1", 2], ["x", "y", "x"]])
+def test_duplicate_or_nan_classes_in_a_file_are_refused(tmp_path, member_file, classes):
+    tensors, header = load_file(member_file), json.loads(_header(member_file))
+    header["classes"] = classes + list(range(10, 17))
+    save_file(tensors, str(tmp_path / "m.safetensors"), metadata={"modelfusion": json.dumps(header)})
+    line = _error_line(["predict", str(tmp_path / "m.safetensors")])
+    assert "m.safetensors" in line and ("more than once" in line or "is not a label" in line)
+    preds = _split("test", 0)
+    path = tmp_path / "p.safetensors"
+    save_file(
+        {"outputs": preds.outputs, "labels": preds.labels},
+        str(path),
+        metadata={
+            "modelfusion.predictions": json.dumps(
+                {"member_names": ["a", "b"], "task": "classification", "split": "test", "classes": classes}
+            )
+        },
+    )
+    line = _error_line(["evaluate", str(path)])
+    assert "more than once" in line or "is not a label" in line
+
+
+def _header(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()["modelfusion"]
+
+
+def test_the_same_checkpoint_twice_is_refused(tmp_path, member_file, trained_mlp):
+    (tmp_path / "link.safetensors").symlink_to(member_file)
+    (tmp_path / "copy.safetensors").write_bytes(member_file.read_bytes())
+    for other, how in (
+        (member_file, "the same file"),
+        (tmp_path / "link.safetensors", "the same file"),
+        (tmp_path / "copy.safetensors", "identical copies"),
+    ):
+        for command in (["predict"], ["ensemble", "--method", "mean", "--out", str(tmp_path / "ens")]):
+            line = _error_line([command[0], str(member_file), str(other), *command[1:]])
+            assert how in line and "given twice" in line
+    assert not (tmp_path / "ens").exists() and not (tmp_path / "predictions.safetensors").exists()
+
+
+@pytest.mark.parametrize("split", ["val", "val\u200b", "Validation", "ｖａｌ"])
+def test_test_predictions_relabelled_as_validation_are_refused(tmp_path, split):
+    test = _split("test", 0)
+    test.save(tmp_path / "test.safetensors")
+    relabelled = Predictions(test.outputs, test.labels, test.member_names, test.task, split, test.classes)
+    relabelled.save(tmp_path / "val.safetensors")
+    permutation = torch.randperm(test.num_samples, generator=torch.Generator().manual_seed(1))
+    shuffled = Predictions(test.outputs[:, permutation], test.labels[permutation], ("a", "b"), "classification", split)
+    shuffled.save(tmp_path / "shuffled.safetensors")
+    for val in ("val.safetensors", "shuffled.safetensors"):
+        line = _error_line(
+            ["ensemble", "--val-preds", str(tmp_path / val), "--test-preds", str(tmp_path / "test.safetensors")]
+        )
+        assert "are the same" in line and "whatever the splits are called" in line
+
+
+@pytest.mark.parametrize("split", ["test\u200b", "ｔｅｓｔ", " TEST\u2060"])
+def test_a_test_split_under_an_invisible_disguise_is_never_fitted_on(tmp_path, split):
+    _split(split, 1).save(tmp_path / "val.safetensors")
+    _split("test", 0).save(tmp_path / "test.safetensors")
+    line = _error_line(
+        [
+            "ensemble",
+            "--val-preds",
+            str(tmp_path / "val.safetensors"),
+            "--test-preds",
+            str(tmp_path / "test.safetensors"),
+        ]
+    )
+    assert "combiners fitted on them would be scored on the labels they learned from" in line
+
+
+def test_validation_of_one_class_or_no_samples_is_one_line(tmp_path):
+    _split("test", 0).save(tmp_path / "test.safetensors")
+    _split("val", 1, labels=torch.ones(60, dtype=torch.long)).save(tmp_path / "one.safetensors")
+    empty = Predictions(torch.zeros(2, 0, 3), torch.zeros(0, dtype=torch.long), ("a", "b"), "classification", "val")
+    empty.save(tmp_path / "empty.safetensors")
+    test = str(tmp_path / "test.safetensors")
+    for method in ("all", "stacking", "weighted"):
+        line = _error_line(
+            ["ensemble", "--val-preds", str(tmp_path / "one.safetensors"), "--test-preds", test, "--method", method]
+        )
+        assert "every one of the 60 validation labels is class 1" in line
+        line = _error_line(
+            ["ensemble", "--val-preds", str(tmp_path / "empty.safetensors"), "--test-preds", test, "--method", method]
+        )
+        assert "no samples" in line

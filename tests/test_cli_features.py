@@ -1,8 +1,6 @@
 """The CLI over modelfusion.features and the align command: splice, finetune, cascade, each against its Python
 equivalent on real models and files."""
 
-import json
-
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -14,6 +12,7 @@ from modelfusion.features import Cascade, spliced_member
 from modelfusion.io import load_member, save_member
 from modelfusion.members import SklearnMember, TorchMember
 from modelfusion.predictions import collect_predictions
+from modelfusion.results import load_results
 
 from .conftest import MLP_KWARGS, MLP_SPEC
 
@@ -80,15 +79,20 @@ def test_cascade_command_matches_the_api_and_writes_its_report(backbone, tmp_pat
     logreg = save_member(SklearnMember(LogisticRegression(max_iter=500).fit(X, y), name="lr"), tmp_path / "lr.skops")
     report = tmp_path / "cascade.json"
     printed = _run(["cascade", str(logreg), str(backbone), "--costs", "1,20", "--json", str(report)])
-    written = json.loads(report.read_text())
+    written = load_results(report)
     members = [load_member(logreg), load_member(backbone)]
     val = collect_predictions(members, digits.val.X, digits.val.y, "val", progress=False)
     fitted = Cascade(costs=[1, 20]).fit(val)
     run = fitted.predict(members, digits.test.X)
-    assert written["thresholds"] == fitted.thresholds_ and written["test"]["accuracy"] == run.accuracy(digits.test.y)
-    assert written["test"]["mean_cost"] == pytest.approx(run.mean_cost) and written["last_model_alone"]["cost"] == 20
-    assert sum(written["test"]["decided_by_stage"]) == pytest.approx(1.0)
-    assert 0 < fitted.thresholds_[0] < 1 and 0 < written["test"]["decided_by_stage"][1] < 1
+    cascade = written.candidate("cascade lr -> mlp")
+    assert written.chosen.name == cascade.name and written.verdict.best_member == "mlp"
+    assert cascade.details["thresholds"] == fitted.thresholds_ and cascade.test["accuracy"] == run.accuracy(
+        digits.test.y
+    )
+    assert cascade.cost.per_sample == pytest.approx(run.mean_cost) and written.candidate("mlp").cost.per_sample == 20
+    assert sum(cascade.details["decided_by_stage"]) == pytest.approx(1.0)
+    assert 0 < fitted.thresholds_[0] < 1 and 0 < cascade.details["decided_by_stage"][1] < 1
+    assert [point.model_dump() for point in written.curves.cascade[cascade.name]] == fitted.curve(val)
     assert "stage 0: lr (cost 1), threshold" in printed and "stage 1: mlp (cost 20), last" in printed
     assert "give a target accuracy or a cost budget, not both" in _error(
         ["cascade", str(logreg), str(backbone), "--target-accuracy", "0.9", "--budget", "3"]
@@ -117,15 +121,17 @@ def test_align_command_reports_the_api_midpoint_accuracies(tmp_path, digits):
 def test_compress_command_writes_the_model_and_its_before_after_report(backbone, tmp_path, digits):
     out = tmp_path / "small"
     printed = _run(["compress", str(backbone), "--method", "int4", "--group-size", "16", "--out", str(out)])
-    assert "before" in printed and "after" in printed and "batch 256" in printed
-    report = json.loads((out / "report.json").read_text())
-    assert report["after"]["bytes"] < 0.2 * report["before"]["bytes"] and report["params"] == {"group_size": 16}
+    assert "mlp, int4 *" in printed and "uncompressed" in printed and "latency at batch 256" in printed
+    results = load_results(out / "results.json")
+    before, after = results.candidate("mlp"), results.candidate("mlp, int4")
+    assert after.cost.bytes < 0.2 * before.cost.bytes and results.config["params"] == {"group_size": 16}
     loaded = load_member(out / "mlp_int4.safetensors")
     expected = compress(load_member(backbone), "int4", group_size=16).model(digits.test.X).detach()
     torch.testing.assert_close(loaded.predict(digits.test.X), expected)
-    assert report["after"]["accuracy"] == pytest.approx(
+    assert after.test["accuracy"] == pytest.approx(
         float((expected.argmax(1) == digits.test.y).float().mean()), abs=1e-6
     )
+    assert results.chosen.name == after.name and results.verdict.baseline == "uncompressed model"
     assert "exists and is not empty; pass --overwrite" in _error(
         ["compress", str(backbone), "--method", "int4", "--out", str(out)]
     )
@@ -144,12 +150,13 @@ def test_compress_prunes_units_recovers_and_compresses_an_ensemble_folder(backbo
         ["compress", str(backbone), "--method", "prune-structured", "--amount", "0.5", "--recover-epochs", "2"]
         + ["--out", str(out)]
     )
-    assert "2 recovery epochs" in printed and "McNemar against the uncompressed model: p = " in printed
-    report = json.loads((out / "report.json").read_text())
-    assert report["recover_epochs"] == 2 and 0 <= report["mcnemar"]["p_value"] <= 1
-    assert report["after"]["parameters"] < 0.6 * report["before"]["parameters"]
-    low, high = report["after"]["accuracy_ci"]
-    assert low <= report["after"]["accuracy"] <= high and report["after"]["accuracy"] > 0.7
+    assert "after 2 recovery epochs" in printed and "than the uncompressed model, mlp" in printed
+    results = load_results(out / "results.json")
+    after = results.candidate("mlp, prune-structured")
+    assert results.config["recover_epochs"] == 2 and 0 <= results.verdict.p_value <= 1
+    assert after.cost.parameters < 0.6 * results.candidate("mlp").cost.parameters
+    low, high = after.test["accuracy_ci"]
+    assert low <= after.test["accuracy"] <= high and after.test["accuracy"] > 0.7
     assert load_member(out / "mlp_prune-structured.safetensors").module[0].out_features < 32
 
     member = load_member(backbone)
@@ -158,8 +165,8 @@ def test_compress_prunes_units_recovers_and_compresses_an_ensemble_folder(backbo
     _run(["compress", str(folder), "--method", "int8", "--out", str(tmp_path / "small")])
     loaded = EnsembleModule.load(tmp_path / "small" / "ensemble_int8")
     assert torch.isfinite(loaded(digits.test.X)).all()
-    report = json.loads((tmp_path / "small" / "report.json").read_text())
-    assert report["after"]["bytes"] < 0.3 * report["before"]["bytes"]
+    results = load_results(tmp_path / "small" / "results.json")
+    assert results.candidate("ensemble, int8").cost.bytes < 0.3 * results.candidate("ensemble").cost.bytes
 
 
 def test_commands_given_another_datasets_inputs_fail_in_one_line_before_any_work(backbone, tmp_path, digits):

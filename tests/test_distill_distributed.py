@@ -10,6 +10,7 @@ from modelfusion.io import save_member
 from modelfusion.members import TorchMember
 
 from .conftest import MLP_KWARGS, MLP_SPEC
+from .limits import HANG_GUARD_S
 
 BIN = Path(sys.executable).parent
 
@@ -56,7 +57,7 @@ def test_two_processes_match_one_with_the_same_global_batch(trained_mlp, tmp_pat
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("validation accuracy") == 1  # only rank 0 reports and writes
@@ -69,7 +70,7 @@ def test_two_processes_match_one_with_the_same_global_batch(trained_mlp, tmp_pat
         [sys.executable, "-m", "modelfusion.distill", *args, "--out", str(tmp_path / "one.safetensors")],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert one.returncode == 0, one.stderr[-3000:]
     a, b = load_file(str(tmp_path / "two.safetensors")), load_file(str(tmp_path / "one.safetensors"))

@@ -87,7 +87,7 @@ def test_nll_fusion_that_loses_to_the_forest_falls_back_to_it(name, mnist1d_memb
     loaded = load_combiner(save_combiner(combiner, tmp_path / f"{name}.safetensors"))
     assert (loaded.choice_, loaded.choice_reason_) == (combiner.choice_, combiner.choice_reason_)
     assert torch.equal(loaded.fusion_weights_, combiner.fusion_weights_) and loaded.fallback is True
-    entry = fuse_and_evaluate(val, test, [name]).summary()["combiners"][name]
+    entry = fuse_and_evaluate(val, test, [name]).results().candidate(name).details["combiner"]
     assert entry["choice"] == "forest" and entry["choice_reason"] == combiner.choice_reason_
     assert entry["weights"] == [1.0, 0.0] and entry["params"]["fallback"] is True
 
@@ -206,7 +206,7 @@ def test_mean_logit_warns_about_a_real_member_with_zero_probabilities(mnist1d_me
     # the warning names members overconfident on >= 1% of the samples; the record holds every one
     with pytest.warns(OverconfidenceWarning, match=f"member 'knn' gives .* on {knn_misses} of {val.num_samples}"):
         run = fuse_and_evaluate(val, test, ["mean_logit"])
-    overconfident = run.summary()["combiners"]["mean_logit"]["overconfident"]
+    overconfident = run.results().candidate("mean_logit").details["combiner"]["overconfident"]
     assert overconfident["knn"] == knn_misses
 
 

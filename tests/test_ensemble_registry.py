@@ -59,12 +59,13 @@ def test_a_combiner_registered_outside_the_package_is_fitted_summarized_saved_an
     run = fuse_and_evaluate(val, test, ["mean", "shrunk_mean"])
     fitted = run.combiners["shrunk_mean"]
     assert fitted.name == "shrunk_mean" and 0 < fitted.shrinkage_ <= 0.5
-    entry = run.summary()["combiners"]["shrunk_mean"]
+    entry = run.results().candidate("shrunk_mean").details["combiner"]
     assert entry["class"] == "ShrunkMean" and entry["params"] == {"grid": 11}
     assert entry["shrinkage"] == fitted.shrinkage_ and entry["val_nll"] == fitted.val_nll_.tolist()
     assert entry["val_nll"][0] < entry["val_nll"][1]
     run.save(tmp_path / "run")
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["combiners"]["shrunk_mean"] == entry
+    written = json.loads((tmp_path / "run" / "results.json").read_text())["leaderboard"]
+    assert next(c for c in written if c["name"] == "shrunk_mean")["details"]["combiner"] == entry
     loaded = load_combiner(tmp_path / "run" / "combiners" / "shrunk_mean.safetensors")
     assert isinstance(loaded, ShrunkMean) and loaded.shrinkage_ == fitted.shrinkage_
     assert torch.equal(loaded.fuse(test), fitted.fuse(test))

@@ -6,8 +6,8 @@ from torch import nn
 from modelfusion import CheckpointError, ConfigError, InvalidInputError, UnknownNameError
 from modelfusion._modules import truncate
 from modelfusion.features import FUSIONS, FeatureFusion, splice
+from modelfusion.features.splice import spliced_model
 from modelfusion.io import load_member, save_member
-from modelfusion.io.factory import spliced_model
 from modelfusion.members import TorchMember
 from modelfusion.models import cnn2d, mlp
 from modelfusion.training import train_model

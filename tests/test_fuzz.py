@@ -5,6 +5,7 @@ Each target runs `FAST_EXAMPLES` examples in the quick suite and `SLOW_EXAMPLES`
 `MODELFUSION_FUZZ_EXAMPLES` sets it, bench/fuzz.py runs longer campaigns) in the slow-marked one.
 """
 
+import functools
 import io
 import json
 import os
@@ -28,11 +29,14 @@ from modelfusion.ensemble import load_combiner, make_combiner, save_combiner
 from modelfusion.guard import InputGuard
 from modelfusion.io import load_member
 from modelfusion.merge import load_config, merge
+from modelfusion.merge.lora import read_adapter
+from modelfusion.merge.moe import load_moe_config
+from modelfusion.merge.per_task import PerTaskMerge, merge_per_task
 from modelfusion.models import mlp
 from modelfusion.predictions import Predictions
 from modelfusion.report import load_results, parse_results, render_report
 
-from .report_samples import auto_results, ensemble_results
+from .results_samples import auto_results, ensemble_results
 
 # torch warns about the odd pickles mutated files hold; the property is about exceptions, not warnings.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -143,6 +147,37 @@ def _combiner_bytes(tmp: Path) -> bytes:
 CONFIG = (
     "merge_method: ties\nbase_model: m0.safetensors\nmodels:\n  - model: m1.safetensors\n"
     "    parameters: {weight: 1.0, density: 0.5}\nparameters: {normalize: true}\ndtype: float32\n"
+)
+
+
+ADAPTER_TENSORS = {
+    "base_model.model.w.lora_A.weight": torch.ones(2, 3),
+    "base_model.model.w.lora_B.weight": torch.ones(4, 2),
+    "base_model.model.e.lora_embedding_A": torch.ones(2, 5),
+    "base_model.model.e.lora_embedding_B": torch.ones(3, 2),
+    "base_model.model.head.weight": torch.ones(4),
+    "base_model.model.w.lora_B.bias": torch.ones(4),
+}
+ADAPTER_CONFIG = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "rank_pattern": {"e": 2}, "alpha_pattern": {}}
+ADAPTER = _safetensors_bytes(ADAPTER_TENSORS, "format", "pt")
+
+
+def _per_task_bytes() -> bytes:
+    base = {"w": torch.zeros(3, 5), "n": torch.tensor(2)}
+    tunes = [{"w": torch.randn(3, 5, generator=torch.Generator().manual_seed(i)), "n": torch.tensor(2)} for i in (1, 2)]
+    merged = merge_per_task(tunes, base=base, tasks=["a", "b"])
+    tensors = {f"base.{k}": v for k, v in merged.base.items()} | {f"unified.{k}": v for k, v in merged.unified.items()}
+    from modelfusion.merge.per_task import _pack
+
+    tensors |= {f"mask.{i}.w": _pack(merged.masks[t]["w"]) for i, t in enumerate(merged.tasks)}
+    description = {"method": "emr", "tasks": ["a", "b"], "rescalers": [merged.rescalers["a"], merged.rescalers["b"]]}
+    return _safetensors_bytes(tensors, "modelfusion.per_task", description)
+
+
+PER_TASK = _per_task_bytes()
+MOE_CONFIG = (
+    "base_model: base\ngate_mode: random\nexperts_per_token: 2\nexperts:\n  - source_model: a\n"
+    "    positive_prompts: [x]\n  - {source_model: b, noise_scale: 0.1}\n"
 )
 
 
@@ -318,6 +353,37 @@ combiner_descriptions = json_values | st.fixed_dictionaries(
 )
 
 
+def _adapter_folder(folder: Path, config: bytes, weights: bytes) -> Path:
+    adapter = folder / "adapter"
+    adapter.mkdir(exist_ok=True)
+    _write(adapter, "adapter_config.json", config)
+    _write(adapter, "adapter_model.safetensors", weights)
+    return adapter
+
+
+def _adapter_weights(folder, data):
+    _only_our_errors(lambda: read_adapter(_adapter_folder(folder, json.dumps(ADAPTER_CONFIG).encode(), data)))
+
+
+def _adapter_config(folder, config):
+    text = config if isinstance(config, str) else json.dumps(config)
+    _only_our_errors(lambda: read_adapter(_adapter_folder(folder, text.encode("utf-8", "surrogatepass"), ADAPTER)))
+
+
+adapter_configs = json_values | st.fixed_dictionaries(
+    {k: st.just(v) | json_values for k, v in ADAPTER_CONFIG.items()},
+    optional={"use_rslora": json_values, "fan_in_fan_out": json_values, "use_dora": json_values},
+)
+
+
+def _per_task_file(folder, data):
+    _only_our_errors(lambda: PerTaskMerge.load(_write(folder, "t.safetensors", data)).state_dict("a"))
+
+
+def _moe_config(folder, text):
+    _only_our_errors(lambda: load_moe_config(_write(folder, "moe.yaml", text.encode("utf-8", "surrogatepass"))))
+
+
 def _config_text(folder, text):
     _only_our_errors(lambda: load_config(_write(folder, "c.yaml", text.encode("utf-8", "surrogatepass"))))
 
@@ -405,6 +471,9 @@ COMMANDS = [
     "ensemble",
     "evaluate",
     "merge",
+    "extract-lora",
+    "merge-adapters",
+    "moe",
     "align",
     "distill",
     "splice",
@@ -534,16 +603,24 @@ def _entries(document, path=()):
         yield from _entries(child, (*path, key))
 
 
-RESULTS = {"auto": auto_results(), "ensemble": ensemble_results()}
+# The real writers' results (results_samples.py), made when a test first draws from them, not at collection.
+RESULTS = {"auto": auto_results, "ensemble": ensemble_results}
+
+
+@functools.cache
+def _results_entries(shape: str) -> tuple[dict, list]:
+    """The results of `shape` and the path to each of their entries (walked once)."""
+    document = RESULTS[shape]()
+    return document, list(_entries(document))[1:]
+
+
 odd_numbers = st.sampled_from([float("nan"), float("inf"), -float("inf"), 0, -1, 1e308, 10**400, True, ""])
 results_documents = (
     st.sampled_from(sorted(RESULTS))
     .flatmap(
-        lambda shape: st.tuples(
-            st.just(RESULTS[shape]), st.sampled_from(list(_entries(RESULTS[shape]))[1:]), json_values | odd_numbers
-        )
+        lambda shape: st.tuples(st.just(shape), st.sampled_from(_results_entries(shape)[1]), json_values | odd_numbers)
     )
-    .map(lambda drawn: _with_replacement(*drawn))
+    .map(lambda drawn: _with_replacement(_results_entries(drawn[0])[0], drawn[1], drawn[2]))
     | json_values
 )
 
@@ -569,10 +646,16 @@ test_config_text, test_config_text_slow = _fuzz(
     st.text(max_size=300) | _mutations(CONFIG.encode()).map(lambda b: b.decode("utf-8", "replace")), _config_text
 )
 test_config_document, test_config_document_slow = _fuzz(config_documents, _config_document)
+test_adapter_weights, test_adapter_weights_slow = _fuzz(_file_contents(ADAPTER), _adapter_weights)
+test_adapter_config, test_adapter_config_slow = _fuzz(adapter_configs, _adapter_config)
+test_per_task_file, test_per_task_file_slow = _fuzz(_file_contents(PER_TASK), _per_task_file)
+test_moe_config, test_moe_config_slow = _fuzz(
+    st.text(max_size=300) | _mutations(MOE_CONFIG.encode()).map(lambda b: b.decode("utf-8", "replace")), _moe_config
+)
 # Each example runs a whole command (186 s for 10,000 in CI); a quarter keeps the suite within its 15 minutes.
 test_cli_arguments, test_cli_arguments_slow = _fuzz(cli_argvs, _cli_arguments, slow_examples=SLOW_EXAMPLES // 4)
 test_results_bytes, test_results_bytes_slow = _fuzz(
-    _file_contents(json.dumps(RESULTS["ensemble"]).encode()) | _file_contents(json.dumps(RESULTS["auto"]).encode()),
+    st.deferred(lambda: st.one_of(*(_file_contents(json.dumps(made()).encode()) for made in RESULTS.values()))),
     _results_bytes,
 )
 test_results_document, test_results_document_slow = _fuzz(results_documents, _results_document)

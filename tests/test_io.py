@@ -98,9 +98,17 @@ def test_skops_refuses_unknown_types_unless_trusted(tmp_path, digits):
     pipe.fit(digits.train.X.numpy(), digits.train.y.numpy())
     path = tmp_path / "pipe.skops"
     sio.dump(pipe, path)
-    with pytest.raises(CheckpointError, match=r"not known to be safe: tests\.test_io\.shout.*trusted_types"):
+    with pytest.raises(
+        CheckpointError, match=r"FunctionTransformer, function reference tests\.test_io\.shout.*trusted_types"
+    ):
         load_member(path)
-    assert isinstance(load_member(path, trusted_types=["tests.test_io.shout"]), SklearnMember)
+    with pytest.raises(
+        CheckpointError, match=r"\(sklearn\.preprocessing\._function_transformer\.FunctionTransformer\)"
+    ):
+        load_member(path, trusted_types=["tests.test_io.shout"])
+    transformer = "sklearn.preprocessing._function_transformer.FunctionTransformer"
+    assert isinstance(load_member(path, trusted_types=["tests.test_io.shout", transformer]), SklearnMember)
+    assert isinstance(load_member(path, trust_code=True), SklearnMember)
 
 
 def test_pickled_models_are_refused_unless_trusted(tmp_path, trained_mlp, digits):

@@ -104,3 +104,73 @@ def test_slices_write_mergekit_layer_count(method, tmp_path):
     assert ours["num_hidden_layers"] == theirs["num_hidden_layers"]
     merged = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert len({k.split(".")[2] for k in merged if ".layers." in k}) == ours["num_hidden_layers"]
+
+
+# -- LoRA and MoE: mergekit-extract-lora, PEFT's own adapters, mergekit-moe --------------------------------
+def test_lora_extraction_equals_mergekit_extract_lora():
+    from modelfusion.merge.lora import extract_lora, read_adapter
+
+    theirs = read_adapter(GOLDEN / "lora_extract.mergekit")
+    ours = extract_lora(GOLDEN / "base", GOLDEN / "ft0", rank=4).adapter
+    assert ours.updates.keys() == theirs.updates.keys() and ours.full.keys() == theirs.full.keys()
+    for name, update in theirs.updates.items():  # the factors differ by signs; their products are the same
+        torch.testing.assert_close(ours.updates[name].delta(), update.delta(), rtol=0, atol=1e-6, msg=name)
+    for name, tensor in theirs.full.items():
+        assert torch.equal(ours.full[name], tensor), name
+    config = json.loads((GOLDEN / "lora_extract.mergekit" / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == 4
+
+
+@pytest.mark.parametrize("adapter", ["lora_peft", "lora_peft_rslora", "lora_extract.mergekit"])
+def test_model_plus_adapter_equals_peft_merge_and_unload(adapter, tmp_path):
+    """PEFT's own adapters (rank and alpha patterns, an embedding, a whole module, rsLoRA) applied as
+    `base+adapter`, against the weights PEFT's merge_and_unload gives (mergekit's extraction: against ft0)."""
+    from modelfusion.merge import merge_checkpoints
+    from modelfusion.merge.engine import AdaptedModel
+
+    merge_checkpoints([AdaptedModel(GOLDEN / "base", GOLDEN / adapter)], tmp_path / "out", "linear", progress=False)
+    ours = load_file(str(tmp_path / "out" / "model.safetensors"))
+    if adapter == "lora_extract.mergekit":  # rank 4 of 16: close to the fine-tune, not equal
+        tuned = load_file(str(GOLDEN / "ft0" / "model.safetensors"))
+        assert all(torch.equal(ours[k], tuned[k]) for k in ("lm_head.weight", "model.norm.weight"))
+        return
+    theirs = load_file(str(GOLDEN / f"{adapter}.peft_merged.safetensors"))
+    theirs = {k: v for k, v in theirs.items() if k in ours}  # PEFT's state dict may also hold a tied copy
+    assert ours.keys() == theirs.keys()
+    changed = 0
+    base = load_file(str(GOLDEN / "base" / "model.safetensors"))
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-6, msg=name)
+        changed += not torch.equal(tensor, base[name])
+    assert changed >= 6
+
+
+@pytest.mark.parametrize("mode", ["hidden", "cheap_embed"])
+def test_moe_layout_equals_mergekit_moe(mode, tmp_path):
+    """mergekit 0.1.5 writes transformers 5's fused layout; ours (`layout: fused`) holds the same tensors. Its
+    hidden-state router runs the base in bfloat16 (ours in float32): the same directions within that precision."""
+    pytest.importorskip("transformers")
+    from modelfusion.merge.moe import build_moe, load_moe_config
+
+    config = load_moe_config(GOLDEN / f"moe_{mode}.yaml").model_copy(update={"layout": "fused"})
+    config = config.model_copy(
+        update={
+            "base_model": str(GOLDEN / config.base_model),
+            "experts": [e.model_copy(update={"source_model": str(GOLDEN / e.source_model)}) for e in config.experts],
+        }
+    )
+    build_moe(config, tmp_path / "out", progress=False)
+    ours = load_file(str(tmp_path / "out" / "model.safetensors"))
+    theirs = load_file(str(GOLDEN / f"moe_{mode}.mergekit.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        if name.endswith("mlp.gate.weight"):
+            cosine = torch.nn.functional.cosine_similarity(ours[name], tensor, dim=1)
+            assert bool((cosine > (0.999 if mode == "hidden" else 1 - 1e-6)).all()), (name, cosine)
+        else:
+            assert torch.equal(ours[name], tensor), name
+    ours_config = json.loads((tmp_path / "out" / "config.json").read_text())
+    theirs_config = json.loads((GOLDEN / f"moe_{mode}.mergekit.config.json").read_text())
+    for key in ("architectures", "model_type", "num_local_experts", "num_experts_per_tok", "hidden_size"):
+        assert ours_config[key] == theirs_config[key], key
+    assert ours_config["num_hidden_layers"] == theirs_config["num_hidden_layers"]

@@ -25,6 +25,7 @@ from modelfusion.io import save_member
 from modelfusion.members import TorchMember
 
 from .conftest import MLP_KWARGS, MLP_SPEC
+from .limits import HANG_GUARD_S
 
 BIN = Path(sys.executable).parent
 
@@ -207,7 +208,7 @@ def _start_merge(config: Path, out: Path) -> subprocess.Popen:
 
 
 def _wait_for(pattern: str, folder: Path, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_GUARD_S
     while not list(folder.glob(pattern)):
         assert process.poll() is None and time.monotonic() < deadline, "the merge ended before it was stopped"
         time.sleep(0.005)
@@ -224,7 +225,7 @@ def test_sigterm_and_kill_during_a_merge_leave_nothing_and_a_second_merge_is_ref
     second = CliRunner().invoke(app, ["merge", str(config), str(out)])
     assert second.exit_code == 2 and "being written by another modelfusion run" in second.output
     merge.send_signal(signal.SIGTERM)
-    _, stderr = merge.communicate(timeout=60)
+    _, stderr = merge.communicate(timeout=HANG_GUARD_S)
     assert merge.returncode == 128 + signal.SIGTERM
     assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM")
     assert _snapshot(tmp_path) == inputs  # no output, no temporary folder, no lock

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from markupsafe import escape
 from typer.testing import CliRunner
 
 from modelfusion import ConfigError
@@ -15,7 +16,7 @@ from modelfusion.report import load_results, parse_results, render_report, write
 from modelfusion.report.figures import pareto_front
 from modelfusion.report.html import verdict_text
 
-from .report_samples import FAMILIES, auto_results, ensemble_results
+from .results_samples import auto_results, ensemble_predictions
 
 INJECTED = "<script>alert(1)</script>"
 
@@ -32,21 +33,23 @@ def _external_references(html: str) -> list[str]:
 
 
 def test_report_of_auto_results_shows_every_section_and_loads_nothing(tmp_path):
-    path = write_report(auto_results(), tmp_path / "report.html")
+    results = auto_results()
+    path = write_report(results, tmp_path / "report.html")
     html = path.read_text()
-    assert len(_table_rows(html)) == len(FAMILIES)
+    assert len(_table_rows(html)) == len(results["leaderboard"])
     for title in ("Verdict", "Leaderboard", "Reliability diagram", "Accuracy against cost", "Diversity of the members"):
         assert f"<h2>{title}</h2>" in html
-    for title in ("Interpolation between merged models", "Cascade", "Families not tried", "Configuration"):
+    for title in ("Interpolation between merged models", "Cascade", "Merge search", "Families not tried"):
         assert f"<h2>{title}</h2>" in html
+    assert "<h2>Configuration</h2>" in html
     assert "Not in these results" not in html
-    assert html.count("<svg") == 5
-    assert "the members have different architectures" in html and "runs/auto/chosen" in html
+    assert html.count("<svg") == 6
+    assert results["skipped"][0]["reason"] in html and results["chosen"]["path"] in html
     assert _external_references(html) == []
     assert not re.search(r"<(script|img|image|link|iframe|object|embed)\b", html, flags=re.I)
     assert "@import" not in html and not re.search(r"url\((?!#)", html)  # only in-page clip paths
     assert 'class="chosen"' in html and 'class="best-member"' in html
-    assert "is significantly better than the best member, cnn" in html
+    assert str(escape(verdict_text(parse_results(results)))) in html  # as the template escapes it
     assert path.stat().st_size < 1_000_000
 
 
@@ -54,9 +57,12 @@ def test_the_same_results_give_the_same_bytes(tmp_path):
     assert render_report(parse_results(auto_results())) == render_report(parse_results(auto_results()))
 
 
-def test_report_of_ensemble_results_adapts_members_and_output_fusions(tmp_path):
-    summary = ensemble_results()
-    results = parse_results(summary)
+def test_report_of_ensemble_results_shows_members_and_output_fusions(tmp_path):
+    from modelfusion.ensemble import fuse_and_evaluate
+
+    run = fuse_and_evaluate(*ensemble_predictions(), ["mean", "weighted"])
+    results = load_results(run.save(tmp_path / "run") / "results.json")
+    assert results == run.results()  # written and read by the same schema: nothing lost on the way
     assert [(c.name, c.family) for c in results.leaderboard] == [
         ("a", "member"),
         ("b", "member"),
@@ -64,37 +70,35 @@ def test_report_of_ensemble_results_adapts_members_and_output_fusions(tmp_path):
         ("mean", "output"),
         ("weighted", "output"),
     ]
-    mean = next(c for c in results.leaderboard if c.name == "mean")
-    row = next(r for r in summary["test"]["rows"] if r["name"] == "mean")
-    assert mean.test["accuracy"] == row["metrics"]["accuracy"]
-    assert list(mean.test["accuracy_ci"]) == row["ci"]["accuracy"]
-    assert mean.p_vs_best_member == row["vs_best_member"]["p_value"]
-    assert mean.cost["forward_passes"] == 3
-    assert results.chosen.name == summary["chosen"]["name"]
-    assert results.verdict.best_member == summary["test"]["best_member"]
+    mean, row = results.candidate("mean"), run.report.row("mean")
+    assert mean.test["accuracy"] == row.metrics["accuracy"] and list(mean.test["accuracy_ci"]) == row.ci["accuracy"]
+    assert mean.p_vs_best_member == row.vs_best_member["p_value"] and mean.details["vs_best_member"]["against"]
+    assert mean.val == run.choice.scores["mean"] and mean.cost.forward_passes == 3
+    assert mean.details["combiner"]["class"] == "Mean" and results.candidate("a").cost.forward_passes == 1
+    assert results.chosen.name == run.choice.name and results.verdict.best_member == run.report.best_member
     assert set(results.curves.reliability) == {"a", "b", "c", "mean", "weighted"}
     assert results.diversity.members == ["a", "b", "c"]
-    html = write_report(summary, tmp_path / "report.html").read_text()
+    html = write_report(results, tmp_path / "report.html").read_text()
     assert len(_table_rows(html)) == 5
     assert f"The chosen fusion, {results.chosen.name}," in html
     assert "Interpolation between merged models: no merge ran" in html
 
 
 def test_a_fusion_that_kept_only_its_best_member_runs_one_member():
-    summary = ensemble_results()
-    summary["combiners"]["weighted"]["weights"] = [0.0, 0.0, 1.0]
-    results = parse_results(summary)
-    assert next(c for c in results.leaderboard if c.name == "weighted").cost["forward_passes"] == 1
+    import torch
+
+    from modelfusion.ensemble import fuse_and_evaluate
+
+    run = fuse_and_evaluate(*ensemble_predictions(), ["weighted"])
+    run.combiners["weighted"].weights_ = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    assert run.combiners["weighted"].members_used() == ["c"]
+    assert run.results().candidate("weighted").cost.forward_passes == 1
 
 
-@pytest.mark.parametrize("confidence", [10**400, "high", True, 95])
-def test_an_ensemble_results_file_with_an_odd_confidence_still_reads(confidence):
-    summary = ensemble_results()
-    summary["test"]["confidence"] = confidence
-    note = parse_results(summary).notes[0]
-    assert "intervals: percentile bootstrap" in note  # the level is left out, not formatted as a percentage
-    summary["test"]["confidence"] = 0.9
-    assert "intervals: 90% percentile bootstrap" in parse_results(summary).notes[0]
+def test_results_of_an_earlier_ensemble_or_demo_say_so(tmp_path):
+    (tmp_path / "results.json").write_text('{"test": {"rows": []}, "combiners": {}}')
+    with pytest.raises(ConfigError, match="written by an earlier modelfusion ensemble or demo.*run the command again"):
+        load_results(tmp_path / "results.json")
 
 
 def test_costs_read_as_whole_numbers_with_separators_from_a_thousand_up():
@@ -139,7 +143,14 @@ def test_minimal_results_say_which_sections_they_lack(tmp_path):
     assert len(_table_rows(html)) == 1
     assert "No verdict" in html
     missing = html[html.index('<ul id="missing">') :]
-    for lacking in ("Reliability diagram", "Accuracy against cost", "Diversity", "Interpolation", "Cascade"):
+    for lacking in (
+        "Reliability diagram",
+        "Accuracy against cost",
+        "Diversity",
+        "Interpolation",
+        "Cascade",
+        "Merge search",
+    ):
         assert lacking in missing
     assert "No configuration recorded" in html and "No versions recorded" in html
 
@@ -155,28 +166,31 @@ def test_regression_results_rank_by_rmse_lowest_first(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("significant", "p", "expected"),
-    [(False, 0.4, "is not significantly better than"), (True, 0.01, "is significantly better than")],
+    ("p", "expected"), [(0.4, "is not significantly better than"), (0.01, "is significantly better than")]
 )
-def test_the_verdict_in_plain_words(significant, p, expected):
+def test_the_verdict_in_plain_words(p, expected):
     results = auto_results()
-    results["verdict"].update(significant=significant, mcnemar_p=p)
+    by_accuracy = sorted(results["leaderboard"], key=lambda c: c["test"]["accuracy"])
+    chosen, best = by_accuracy[-1]["name"], by_accuracy[0]["name"]
+    results["verdict"].update(chosen=chosen, best_member=best, p_value=p)
     text = verdict_text(parse_results(results))
-    assert text.startswith(f"The chosen fusion, mean_logit, {expected} the best member, cnn")
+    assert text.startswith(f"The chosen fusion, {chosen}, {expected} the best member, {best}")
     assert f"p = {p:g}" in text
 
 
 def test_a_significant_loss_is_called_worse_and_significance_follows_the_p_value():
     results = auto_results()
-    results["verdict"] = {"best_member": "compress_me", "chosen": "mean_logit", "mcnemar_p": 0.001}
-    results["leaderboard"][-1]["name"] = "compress_me"  # the most accurate candidate
+    by_accuracy = sorted(results["leaderboard"], key=lambda c: c["test"]["accuracy"])
+    worse, better = by_accuracy[0]["name"], by_accuracy[-1]["name"]
+    results["verdict"] = {"best_member": better, "chosen": worse, "p_value": 0.001}
     text = verdict_text(parse_results(results))
-    assert "is significantly worse than the best member, compress_me" in text
+    assert f"is significantly worse than the best member, {better}" in text
+    results["verdict"]["p_value"] = 0.2
+    assert "is not significantly better than" in verdict_text(parse_results(results))
 
 
 def test_names_from_the_file_are_shown_as_text_never_as_markup(tmp_path):
-    names = [INJECTED, "b&b", '"quoted"', "mlp", "<img src=x onerror=alert(2)>", "s", "c", "k"]
-    results = auto_results(names)
+    results = auto_results((INJECTED, '"quoted" b&b', "<img src=x onerror=alert(2)>"))
     results["skipped"] = [{"family": INJECTED, "reason": "</li><script>alert(3)</script>"}]
     results["config"] = {INJECTED: INJECTED}
     html = write_report(results, tmp_path / "r.html").read_text()
@@ -194,10 +208,11 @@ def test_pareto_front_keeps_what_nothing_cheaper_beats():
 def test_odd_numbers_are_shown_as_dashes_and_left_out_of_plots(tmp_path):
     results = auto_results()
     results["leaderboard"][0]["test"] = {"accuracy": float("nan"), "nll": float("inf")}
+    results["leaderboard"][0]["val"] = {}  # ranked on test then: validation scores are not every candidate's
     results["leaderboard"][1]["cost"] = {"parameters": None, "bytes": float("nan")}
-    results["curves"]["cascade"]["mlp_0->cnn"][3]["accuracy"] = float("nan")
+    next(iter(results["curves"]["cascade"].values()))[3]["accuracy"] = float("nan")
     html = write_report(results, tmp_path / "r.html").read_text()
-    assert len(_table_rows(html)) == len(FAMILIES)
+    assert len(_table_rows(html)) == len(results["leaderboard"])
     assert "–" in _table_rows(html)[-1]  # the candidate without an accuracy ranks last
 
 
@@ -221,8 +236,8 @@ def test_loading_the_report_package_imports_neither_torch_nor_matplotlib():
         (b'{"leaderboard": []}', "chosen"),
         (b'{"chosen": null, "leaderboard": []}', "leaderboard"),
         (b'{"chosen": null, "leaderboard": [{"name": "m"}]}', "leaderboard.0.family"),
-        (b'{"test": {"rows": [{"kind": "member"}]}}', "not results of modelfusion"),
-        (b'{"settings": {}}', "neither 'leaderboard'"),
+        (b'{"test": {"rows": [{"kind": "member"}]}}', "written by an earlier modelfusion ensemble"),
+        (b'{"settings": {}}', "it has no 'leaderboard'"),
     ],
 )
 def test_report_command_names_the_file_and_the_problem_in_one_line(tmp_path, content, problem):
@@ -241,6 +256,7 @@ def test_report_command_names_the_file_and_the_problem_in_one_line(tmp_path, con
 def test_report_command_writes_beside_the_results_and_refuses_to_overwrite(tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps(auto_results()))
+    chosen = auto_results()["chosen"]["name"]
     runner = CliRunner()
     first = runner.invoke(app, ["report", str(results)])
     assert first.exit_code == 0, first.output
@@ -251,12 +267,10 @@ def test_report_command_writes_beside_the_results_and_refuses_to_overwrite(tmp_p
     wrong = runner.invoke(app, ["report", str(results), "--out", str(tmp_path / "r.pdf")])
     assert wrong.exit_code == 2 and "name it with .html" in wrong.output
     onto_input = runner.invoke(app, ["report", str(results), "--out", str(results), "--overwrite"])
-    assert onto_input.exit_code == 2 and json.loads(results.read_text())["chosen"]["name"] == "mean_logit"
+    assert onto_input.exit_code == 2 and json.loads(results.read_text())["chosen"]["name"] == chosen
 
 
 def test_ensemble_command_writes_the_report_with_report(tmp_path):
-    from .report_samples import ensemble_predictions
-
     val, test = ensemble_predictions()
     val.save(tmp_path / "val.safetensors")
     test.save(tmp_path / "test.safetensors")

@@ -29,6 +29,9 @@ from modelfusion.cli import app
 from modelfusion.io import load_member, load_model
 from modelfusion.models import mlp
 
+from . import hostile_files
+from .limits import HANG_GUARD_S
+
 KWARGS = {"in_features": 4, "num_outputs": 3, "hidden": [5]}
 
 
@@ -458,9 +461,12 @@ def test_an_ensemble_folder_may_name_only_files_inside_it(tmp_path, trained_mlp,
     with pytest.raises(ModelFusionError, match="names files outside its folder"):
         EnsembleModule.load(folder)
 
-    with pytest.raises(ModelFusionError, match="cannot be file names"):
-        ensemble(["../escaped", "b"]).save(tmp_path / "second")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble"]
+    # names are data: they never become paths, and they come back as they were
+    hostile = ["../escaped", "/etc/passwd", "a\nb"]
+    second = ensemble(hostile).save(tmp_path / "second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ensemble", "second"]
+    assert all(p.parent == second / "members" for p in (second / "members").iterdir())
+    assert EnsembleModule.load(second).member_names == tuple(hostile)
 
 
 @pytest.mark.parametrize(
@@ -515,3 +521,375 @@ def test_an_onnx_file_whose_tensors_live_elsewhere_is_refused_before_any_runtime
     assert onnx.load(str(path), load_external_data=False).graph.initializer[0].data_location == TensorProto.EXTERNAL
     with pytest.raises(ModelFusionError, match="keeps tensors in external files"):
         load_member(path)
+
+
+# -- issue 23: a skops estimator that writes a file when it predicts ----------------------------------------
+@pytest.fixture(scope="module")
+def skops_members(tmp_path_factory, digits):
+    """A valid skops member (`good.skops`) and a stacking combiner over it (`stacking.safetensors`)."""
+    from modelfusion.ensemble import make_combiner, save_combiner
+    from modelfusion.io import save_member
+    from modelfusion.members import SklearnMember
+    from modelfusion.predictions import collect_predictions
+
+    folder = tmp_path_factory.mktemp("skops_members")
+    X, y = digits.train.X.numpy(), digits.train.y.numpy()
+    good = SklearnMember(LogisticRegression(max_iter=300).fit(X, y), name="good")
+    save_member(good, folder / "good.skops")
+    val = collect_predictions([good], digits.val.X, digits.val.y, "val", progress=False)
+    save_combiner(make_combiner("stacking", cv=3).fit(val), folder / "stacking.safetensors")
+    return folder
+
+
+def _with_meta_learner(combiner: Path, skops_file: Path, out: Path) -> Path:
+    """A copy of a stacking combiner file whose meta-learner is the estimator in `skops_file`."""
+    from safetensors import safe_open
+
+    with safe_open(str(combiner), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        description = json.loads(f.metadata()["modelfusion.combiner"])
+    key = description["fitted"]["meta_learner_"]["skops"]
+    tensors[key] = torch.frombuffer(bytearray(skops_file.read_bytes()), dtype=torch.uint8)
+    description["fitted"]["linear_head_"] = {"json": None}  # so that the meta-learner itself would predict
+    save_file(tensors, str(out), metadata={"modelfusion.combiner": json.dumps(description)})
+    return out
+
+
+SKOPS_COMMANDS = {
+    "predict": ["predict", "evil.skops", "--out", "p.safetensors"],
+    "ensemble": ["ensemble", "evil.skops", "good.skops", "--method", "mean", "--out", "ens"],
+    "cascade": ["cascade", "good.skops", "evil.skops"],
+    "guard fit": ["guard", "fit", "evil.skops", "--out", "guard.safetensors"],
+    "auto": ["auto", "evil.skops", "good.skops", "--out", "auto", "--no-report", "--no-progress"],
+    "distill --teacher": ["distill", "--teacher", "evil.skops", "--student", "mlp", "--epochs", "1", "--no-progress"],
+    "distill --combiner": [
+        "distill",
+        "--teacher",
+        "good.skops",
+        "--combiner",
+        "evil_stacking.safetensors",
+        "--student",
+        "mlp",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ],
+}
+
+
+@pytest.mark.parametrize("command", sorted(SKOPS_COMMANDS))
+def test_a_skops_file_writer_is_refused_by_every_command_and_the_victim_is_untouched(
+    command, skops_members, tmp_path, monkeypatch
+):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's notes\n")
+    shutil.copy(skops_members / "good.skops", tmp_path / "good.skops")
+    evil = hostile_files.skops_file_writer(tmp_path / "evil.skops", victim)
+    _with_meta_learner(skops_members / "stacking.safetensors", evil, tmp_path / "evil_stacking.safetensors")
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    result = CliRunner().invoke(app, SKOPS_COMMANDS[command])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "holds what a skops file may not" in lines[0], result.output
+    assert "FunctionTransformer" in lines[0] and "function reference" in lines[0]
+    assert victim.read_text() == "the user's notes\n"
+    assert _snapshot(tmp_path) == before
+
+
+def test_the_skops_payload_is_live_when_trusted(tmp_path, digits):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's notes\n")
+
+    evil = hostile_files.skops_file_writer(tmp_path / "evil.skops", victim)
+    member = load_member(evil, trust_code=True)  # the caller's explicit choice
+    with pytest.raises(TypeError):  # the GzipFile is no array, but it was opened for writing first
+        member.predict(digits.test.X[:2])
+    assert victim.read_bytes() == b""
+
+
+def test_callables_anywhere_in_a_skops_tree_are_refused_and_trust_type_names_them(tmp_path, digits):
+    import numpy as np
+
+    X, y = digits.train.X.numpy()[:200], digits.train.y.numpy()[:200]
+    cases = {
+        "function_transformer": make_pipeline(FunctionTransformer(np.tanh), LogisticRegression(max_iter=50)),
+        "metric_callable": __import__("sklearn.neighbors", fromlist=["x"]).KNeighborsClassifier(
+            3, metric=lambda a, b: float(np.abs(a - b).sum())
+        ),
+    }
+    for name, estimator in cases.items():
+        path = tmp_path / f"{name}.skops"
+        sio.dump(estimator.fit(X, y), path)
+        with pytest.raises(ModelFusionError, match="holds what a skops file may not"):
+            load_member(path)
+    loaded = load_member(
+        tmp_path / "function_transformer.skops",
+        trusted_types=["sklearn.preprocessing._function_transformer.FunctionTransformer", "numpy.tanh"],
+    )
+    assert loaded.predict(digits.test.X[:3]).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        "sklearn.linear_model:LogisticRegression",
+        "sklearn.ensemble:RandomForestClassifier",
+        "sklearn.ensemble:HistGradientBoostingClassifier",
+        "sklearn.ensemble:GradientBoostingClassifier",
+        "sklearn.svm:SVC",
+        "sklearn.neighbors:KNeighborsClassifier",
+        "sklearn.naive_bayes:GaussianNB",
+        "sklearn.neural_network:MLPClassifier",
+        "sklearn.tree:DecisionTreeClassifier",
+    ],
+)
+def test_the_allowlist_loads_common_estimators_and_pipelines_of_them(estimator, tmp_path, digits):
+    import importlib
+    import warnings
+
+    import numpy as np
+    from sklearn.preprocessing import StandardScaler
+
+    module, name = estimator.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    defaults = cls().get_params()
+    params = {"probability": True} if name == "SVC" else {}
+    params.update({k: v for k, v in {"max_iter": 20, "n_estimators": 5}.items() if k in defaults})
+    model = make_pipeline(StandardScaler(), cls(**params))
+    X, y = digits.train.X.numpy()[:300], digits.train.y.numpy()[:300]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings of the short fits
+        model.fit(X, y)
+    sio.dump(model, tmp_path / "model.skops")
+    member = load_member(tmp_path / "model.skops")
+    expected = np.log(np.clip(model.predict_proba(digits.test.X[:5].numpy()), 1e-12, None))
+    assert np.allclose(member.predict(digits.test.X[:5]).numpy(), expected, atol=1e-5)
+
+
+# -- issue 23: files that would fill memory or hang a command ----------------------------------------------
+@pytest.mark.parametrize("name", sorted(hostile_files.ONNX_BOMBS))
+def test_onnx_graphs_that_would_fill_memory_or_loop_are_refused_naming_the_operator(name, tmp_path):
+    build, operator = hostile_files.ONNX_BOMBS[name]
+    path = tmp_path / "bomb.onnx"
+    path.write_bytes(build())
+    with pytest.raises(ModelFusionError, match=f"operator {operator} ") as refused:
+        load_member(path)
+    assert "\n" not in str(refused.value) and "refused" in str(refused.value)
+
+
+def test_a_graph_the_caller_trusts_may_loop_and_valid_graphs_run_in_chunks(tmp_path, digits):
+    from modelfusion.io import onnx as onnx_io
+
+    path = tmp_path / "loop.onnx"
+    path.write_bytes(hostile_files.onnx_loop(turns=3))
+    with pytest.raises(ModelFusionError, match="operator Loop"):
+        load_member(path)
+    looped = load_member(path, trust_code=True)
+    X = digits.test.X[:50]
+    expected = X @ torch.full((64, 10), 0.01)
+    assert torch.allclose(looped.predict(X), expected, atol=1e-5)
+    wide = tmp_path / "wide.onnx"
+    wide.write_bytes(hostile_files.onnx_broadcast(width=1000))  # 64,000 numbers per sample: allowed
+    member = load_member(wide)
+    assert member.module.values_per_sample == 64_000
+    original = onnx_io.MAX_VALUES_PER_RUN
+    try:
+        onnx_io.MAX_VALUES_PER_RUN = 64_000 * 7  # chunks of 7 samples
+        chunked = member.predict(X)
+    finally:
+        onnx_io.MAX_VALUES_PER_RUN = original
+    assert torch.allclose(chunked, member.predict(X))
+
+
+@pytest.mark.parametrize("build", [hostile_files.spliced_bomb, hostile_files.compressed_bomb])
+def test_factory_arguments_that_would_build_far_more_than_the_file_holds_are_refused(build, tmp_path):
+    bomb = build(tmp_path)
+    valid = next(p for p in tmp_path.iterdir() if "valid" in p.name)
+    assert load_member(valid).predict(torch.zeros(2, 64)).shape[0] == 2
+    with pytest.raises(ModelFusionError, match=r"would allocate [\d,]+ bytes for [\d,]+ bytes of weights"):
+        load_member(bomb)
+
+
+def _special_readers(folder: Path) -> dict:
+    from modelfusion.ensemble import EnsembleModule, load_combiner
+    from modelfusion.guard import InputGuard
+    from modelfusion.merge import load_config
+    from modelfusion.predictions import Predictions
+    from modelfusion.results import load_results
+
+    return {
+        **{f"member{suffix}": (f"m{suffix}", load_member) for suffix in (".safetensors", ".pt", ".onnx", ".skops")},
+        "predictions": ("p.safetensors", Predictions.load),
+        "combiner": ("c.safetensors", load_combiner),
+        "guard": ("g.safetensors", InputGuard.load),
+        "merge config": ("merge.yaml", load_config),
+        "results.json": ("results.json", load_results),
+        "ensemble.json": ("ensemble/ensemble.json", lambda path: EnsembleModule.load(path.parent)),
+    }
+
+
+@pytest.mark.parametrize("kind", hostile_files.SPECIAL_KINDS)
+@pytest.mark.parametrize("reader", sorted(_special_readers(Path("."))))
+def test_readers_refuse_special_files_without_opening_them(kind, reader, tmp_path):
+    name, read = _special_readers(tmp_path)[reader]
+    path = hostile_files.special_file(tmp_path, kind, name)
+    error = hostile_files.finishes(lambda: read(path))
+    assert isinstance(error, ModelFusionError), error
+    assert "not a regular file" in str(error)
+
+
+@pytest.mark.parametrize("kind", hostile_files.SPECIAL_KINDS)
+def test_the_cli_refuses_special_files_in_one_line(kind, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hostile_files.special_file(tmp_path, kind, "m.safetensors")
+    hostile_files.special_file(tmp_path, kind, "x.npy")
+    for argv in (["predict", "m.safetensors"], ["evaluate", "m.safetensors"], ["guard", "check", "m.safetensors"]):
+        result = hostile_files.finishes(lambda argv=argv: _raise_result(CliRunner().invoke(app, argv)))
+        assert isinstance(result, AssertionError) and "not a regular file" in str(result), result
+
+
+def _raise_result(result) -> None:
+    """Turn a CLI result into an exception carrying its one error line (for `finishes`)."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    raise AssertionError(lines[0])
+
+
+# -- issue 23: a name from a file never becomes a path -----------------------------------------------------
+TRAVERSAL_NAMES = {
+    "absolute": "{outside}/victim",
+    "traversal": "../../outside/victim",
+    "NUL": "vic\x00tim",
+    "newline": "vic\ntim",
+    "very long": "v" * 256,  # the longest a header may hold: with the suffix, too long for a file name
+    "reserved": "CON",
+    "dot-dot": "..",
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TRAVERSAL_NAMES))
+def test_compress_writes_a_member_named_by_its_file_inside_its_output(kind, tmp_path, trained_mlp, monkeypatch):
+    from modelfusion.io import save_member
+    from modelfusion.members import TorchMember
+
+    from .conftest import MLP_KWARGS
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "marker.txt").write_text("the user's file\n")
+    work = tmp_path / "work" / "deeper"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    name = TRAVERSAL_NAMES[kind].replace("{outside}", str(outside))
+    member = TorchMember(trained_mlp, name="m", factory="mlp", factory_kwargs=MLP_KWARGS)
+    path = save_member(member, work / "m.safetensors")
+    _, header = _tensors_and_header(path)
+    header["name"] = name
+    save_file(_tensors_and_header(path)[0], str(path), metadata={"modelfusion": json.dumps(header)})
+    result = CliRunner().invoke(app, ["compress", "m.safetensors", "--method", "fp16", "--out", "c"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in outside.iterdir()) == ["marker.txt"]
+    assert (outside / "marker.txt").read_text() == "the user's file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "work"]
+    assert sorted(p.name for p in work.iterdir()) == ["c", "m.safetensors"]
+    written = [p for p in (work / "c").iterdir() if p.name != "report.json"]
+    assert len(written) == 1 and written[0].suffix == ".safetensors" and not written[0].name.startswith(".")
+    assert load_member(written[0]).name == f"{name or 'm'}_fp16"  # an empty name falls back to the stem
+
+
+def _tensors_and_header(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["modelfusion"])
+
+
+def test_a_fusion_folder_keeps_hostile_member_names_as_data(tmp_path, trained_mlp, digits_members, digits):
+    import copy
+
+    from modelfusion.auto.export import load_fusion, save_fusion
+    from modelfusion.ensemble import make_combiner
+    from modelfusion.members import TorchMember
+    from modelfusion.predictions import collect_predictions
+
+    from .conftest import MLP_KWARGS
+
+    names = ["../../x", "/abs/y", "CON"]
+    members = [TorchMember(trained_mlp, name=names[0], factory="mlp", factory_kwargs=MLP_KWARGS)]
+    for member, name in zip(digits_members[1:], names[1:], strict=True):
+        members.append(copy.copy(member))
+        members[-1].name = name
+    val = collect_predictions(members, digits.val.X, digits.val.y, "val", progress=False)
+    folder = save_fusion(members, make_combiner("mean").fit(val), tmp_path / "fusion")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fusion"]
+    loaded, _ = load_fusion(folder)
+    assert [m.name for m in loaded] == names
+
+
+# -- issue 23: text from files reaches the terminal as text ------------------------------------------------
+HOSTILE_TEXT = [
+    "a[/]b",
+    "[bold red]x[/bold red]",
+    "c\x1b]0;PWNED\x07\x1b[2J\x1b[31md",
+    "e\re\u202ef",
+    "[link=file:///etc]g",
+]
+
+
+def test_names_with_markup_and_control_codes_are_shown_escaped(tmp_path, trained_mlp, monkeypatch):
+    from modelfusion.io import save_member
+    from modelfusion.members import TorchMember
+    from modelfusion.predictions import Predictions
+
+    from .conftest import MLP_KWARGS
+
+    monkeypatch.chdir(tmp_path)
+    files = []
+    for i, name in enumerate(HOSTILE_TEXT[:3]):
+        member = TorchMember(trained_mlp, name=name, factory="mlp", factory_kwargs=MLP_KWARGS)
+        files.append(str(save_member(member, tmp_path / f"m{i}.safetensors")))
+    runs = [
+        ["predict", *files, "--out", "p[/]x.safetensors"],
+        ["evaluate", "p[/]x.safetensors"],
+        ["ensemble", *files, "--method", "mean", "--out", "e[/]ns"],
+        ["cascade", *files],
+    ]
+    for argv in runs:
+        result = CliRunner().invoke(app, argv)
+        assert result.exit_code == 0, (argv, result.output)
+        assert "\x1b" not in result.output and "\r" not in result.output and "\x07" not in result.output
+        assert "a[/]b" in result.output or argv[0] == "predict", result.output
+        assert "c\\x1b]0;PWNED\\x07\\x1b[2J\\x1b[31md" in result.output or argv[0] == "predict", result.output
+    assert "q[/]x.safetensors" in CliRunner().invoke(app, ["predict", files[0], "--out", "q[/]x.safetensors"]).output
+    preds = Predictions.load(tmp_path / "p[/]x.safetensors")
+    relabelled = Predictions(
+        preds.outputs, preds.labels, preds.member_names, preds.task, "val\x1b[2J[/]", preds.classes
+    )
+    relabelled.save(tmp_path / "split.safetensors")
+    result = CliRunner().invoke(app, ["evaluate", "split.safetensors"])
+    assert result.exit_code == 0 and "val\\x1b[2J[/] split" in result.output, result.output
+
+
+def test_errors_and_notes_with_markup_and_control_codes_stay_one_escaped_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in HOSTILE_TEXT:
+        result = CliRunner().invoke(app, ["evaluate", f"{name}.safetensors"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:"), result.output
+        assert not any(c in result.output for c in "\x1b\r\x07\u202e"), result.output
+
+
+def test_a_command_whose_stdout_is_closed_still_does_its_work(tmp_path):
+    import subprocess
+    import sys
+
+    from modelfusion.predictions import Predictions
+
+    preds = Predictions(torch.randn(2, 40, 3), torch.arange(40) % 3, ("a", "b"), "classification", "test")
+    preds.save(tmp_path / "p.safetensors")
+    command = f"{sys.executable} -m modelfusion.cli evaluate p.safetensors --json r.json >&-"
+    done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["split"] == "test"

@@ -27,3 +27,36 @@ def test_score_classifier_and_teachers_leave_every_submodule_mode_as_found(digit
     logits = teacher.logits(digits.val.X[:8])
     assert {name: m.training for name, m in model.named_modules()} == modes
     assert torch.equal(logits, teacher.logits(digits.val.X[:8])) and not logits.requires_grad
+
+
+def test_member_plans_are_the_demos_and_autos_members_and_the_old_demo_names_still_work(digits):
+    import warnings
+
+    import pytest
+
+    from modelfusion import demo
+    from modelfusion.datasets import load_dataset
+    from modelfusion.training import MemberPlan, member_plans
+
+    def described(plans):
+        return [(p.name, p.recipe, p.seed) for p in plans]
+
+    plans = member_plans(digits, seed=2)
+    assert [p.name for p in plans] == ["mlp_0", "mlp_1", "mlp_2", "cnn", "logreg", "random_forest"]
+    assert [p.seed for p in plans[:4]] == [2000, 2001, 2002, 2100] and plans[3].recipe.name == "digits-cnn"
+    assert plans[5].estimator().random_state == 2
+    more = member_plans(digits, seed=2, cnns=3)
+    assert described(more[:6]) == described(plans) and [(p.name, p.seed) for p in more[6:]] == [
+        ("cnn_1", 2101),
+        ("cnn_2", 2102),
+    ]
+    regression = member_plans(load_dataset("diabetes"), mlps=1)
+    assert [p.name for p in regression] == ["mlp_0", "ridge", "random_forest"]
+    with pytest.warns(DeprecationWarning, match="use modelfusion.training.member_plans"):
+        assert described(demo.member_recipes(digits, seed=2)) == described(plans)
+    with pytest.warns(DeprecationWarning, match="use modelfusion.training.MemberPlan"):
+        assert demo.DemoMember is MemberPlan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        member = plans[4].train(digits)  # the logistic regression: quick
+    assert member.name == "logreg" and member.predict(digits.test.X[:3]).shape == (3, 10)

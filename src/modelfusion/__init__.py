@@ -1,8 +1,10 @@
 """modelfusion: fuse several trained models into one better predictor or one better model."""
 
 from .errors import (
+    ArgumentError,
     CheckpointError,
     ConfigError,
+    DataError,
     IncompatibleModelsError,
     InvalidInputError,
     LeakageError,
@@ -21,7 +23,9 @@ __all__ = [
     "__version__",
     "ModelFusionError",
     "CheckpointError",
+    "ArgumentError",
     "ConfigError",
+    "DataError",
     "IncompatibleModelsError",
     "InvalidInputError",
     "LeakageError",

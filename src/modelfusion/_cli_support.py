@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from ._checks import parse_json_object
+from ._terminal import escape_controls, terminal_console
 from .errors import ModelFusionError
 
 __all__ = ["err_console", "guarded", "fail", "parse_json_object", "command_from_job", "Overwrite"]
 
-err_console = Console(stderr=True)
+err_console = terminal_console(stderr=True)
 
 Overwrite = Annotated[bool, typer.Option(help="replace an existing output (never an input of the run)")]
 # Input paths are declared readable=False: the readers say themselves, in one line, why a file cannot be read.
@@ -55,9 +55,10 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print `message` as one `error:` line on stderr (no markup: paths may hold brackets)."""
+    """Print `message` as one `error:` line on stderr (no markup: paths may hold brackets; control characters
+    escaped)."""
     line = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    err_console.print(Text.assemble(("error:", "red"), " ", line), soft_wrap=True)
+    err_console.print(Text.assemble(("error:", "red"), " ", escape_controls(line, keep="\t")), soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TimeElapsedColumn
+from rich.text import Text
+
+from ._terminal import terminal_console, terminal_text
 
 __all__ = ["progress_bar"]
 
 
+class _Description(ProgressColumn):
+    """The task's description as the characters it holds (it may name a split or a file)."""
+
+    def render(self, task) -> Text:
+        return terminal_text(task.description)
+
+
 def progress_bar(enabled: bool = True) -> Progress:
     """A transient rich progress bar (description, bar, done/total, elapsed time)."""
-    console = Console(stderr=True)
+    console = terminal_console(stderr=True)
     return Progress(
-        TextColumn("{task.description}"),
+        _Description(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

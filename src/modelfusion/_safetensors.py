@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from ._atomic import atomic_path, check_output
 from ._checks import first_problem
+from ._files import check_readable, open_regular
 from .errors import CheckpointError
 
 __all__ = [
@@ -34,29 +35,14 @@ MAX_HEADER_BYTES = 16 * 2**20
 MAX_TENSORS = 100_000
 
 
-def check_readable(path: Path, what: str) -> None:
-    """Raise a CheckpointError naming the problem if `path` is not a file we can read."""
-    if "\x00" in str(path):
-        raise CheckpointError(f"{str(path)!r} holds a NUL character, which no file name can")
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file (expected a {what})")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; pass the {what} inside it")
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot open the {what} ({err.strerror}); check its permissions") from None
-
-
 def read_header(path: Path) -> dict:
     """The JSON header of a safetensors file, after checking its declared length against the file and the bound."""
-    with open(path, "rb") as file:
+    with open_regular(path, "safetensors file") as file:
         prefix = file.read(8)
         if len(prefix) < 8:
             raise CheckpointError(f"{path}: cannot read it as safetensors (only {len(prefix)} bytes); is it truncated?")
         length = int.from_bytes(prefix, "little")
-        size = path.stat().st_size
+        size = os.fstat(file.fileno()).st_size
         if length > MAX_HEADER_BYTES or length > size - 8:
             raise CheckpointError(
                 f"{path}: cannot read it as safetensors (its header declares {length} bytes, the file has {size}, "

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ._checks import parse_json_object
 from ._cli_support import Overwrite, command_from_job, err_console, guarded
+from ._terminal import terminal_console
 from .errors import ConfigError, InvalidInputError
 
 app = typer.Typer(
@@ -20,8 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-# Rich wraps tables at 80 columns when output is not a terminal; the leaderboard needs about 100.
-console = Console(width=None if sys.stdout.isatty() else 110)
+# Rich wraps tables at 80 columns when output is not a terminal; the leaderboard needs about 120.
+console = terminal_console(piped_width=120)
 
 
 WriteReport = Annotated[
@@ -35,15 +34,11 @@ def _command(fn):
 
 
 def _load_members(paths: Sequence[Path], **options) -> list:
-    """Load each checkpoint; members whose stored names collide are named after their files, and told so."""
-    from .io import load_member
-    from .members import name_after_files
+    """Load each checkpoint (`modelfusion.io.load_members`: one given twice is refused); members whose stored
+    names collide are named after their files, and told so."""
+    from .io import load_members
 
-    members = [load_member(path, **options) for path in paths]
-    note = name_after_files(members, paths)
-    if note:
-        err_console.print(f"note: {note}", markup=False, highlight=False)
-    return members
+    return load_members(paths, note=lambda text: err_console.print(f"note: {text}", highlight=False), **options)
 
 
 def _safetensors_out(path: Path, option: str) -> None:
@@ -119,13 +114,10 @@ def auto(
 
     Python: `modelfusion.auto.auto(members, load_dataset(dataset, seed=seed), out=..., budget_s=...)`.
     """
-    from rich.table import Table
-
     from ._atomic import check_output
     from .auto import auto as run_auto
     from .datasets import load_dataset
-    from .report.html import verdict_text
-    from .report.results import parse_results
+    from .report import print_leaderboard
 
     budget_s = _seconds(budget) if budget is not None else None
     check_output(out, kind="folder", overwrite=overwrite, inputs=checkpoints or [])  # before any work
@@ -142,28 +134,10 @@ def auto(
         progress=progress,
         log=lambda line: console.print(line, highlight=False, markup=False),
     )
-    table = Table(title=f"auto on {dataset} (seed {seed}): ranked on validation, scored on test")
-    columns = ("family", "candidate", "val %", "test % [95%]", "test NLL", "µs/sample", "kB", "passes")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("family", "candidate") else "right")
-    for row in result.results["leaderboard"]:
-        test, cost = row["test"], row["cost"]
-        low, high = test["accuracy_ci"]
-        table.add_row(
-            row["family"],
-            row["name"] + (" *" if row["name"] == result.chosen.name else ""),
-            f"{row['val']['accuracy'] * 100:.1f}",
-            f"{test['accuracy'] * 100:.1f} [{low * 100:.1f}, {high * 100:.1f}]",
-            f"{test['nll']:.3f}",
-            f"{cost['latency_batch_1_us']:,.0f}",
-            f"{cost['bytes'] / 1e3:,.0f}" if cost.get("bytes") is not None else "-",
-            f"{cost['forward_passes']:.2g}",
-        )
-    console.print(table)
-    console.print(verdict_text(parse_results(result.results)), highlight=False)
-    console.print(f"* chosen -> {result.results['chosen']['path']}", highlight=False)
+    print_leaderboard(result.results, console)
+    console.print(f"* chosen -> {result.chosen.path}", highlight=False, markup=False)
     written = ["results.json"] + (["report.html"] if report else [])
-    console.print(f"{', '.join(written)} -> {out}  ({result.results['wall_seconds']:.0f}s)", highlight=False)
+    console.print(f"{', '.join(written)} -> {out}  ({result.results.wall_seconds:.0f}s)", highlight=False)
 
 
 @_command
@@ -255,10 +229,8 @@ def ensemble(
     and `modelfusion.report.write_report(out / "results.json", out / "report.html")` for `--report`.
     """
     from ._atomic import check_output
-    from .datasets import load_dataset
     from .ensemble import COMBINERS, fuse_and_evaluate
     from .errors import LeakageError
-    from .predictions import Predictions, collect_predictions
     from .report import check_report_extra, print_leaderboard, write_report
 
     methods = method or ["all"]
@@ -266,33 +238,41 @@ def ensemble(
         COMBINERS[name]  # an unknown name fails here, before any member runs
     if report:
         check_report_extra()  # before any member runs
-    if checkpoints and (val_preds or test_preds):
-        raise ConfigError("give member checkpoints or --val-preds/--test-preds, not both")
     inputs = [*(checkpoints or []), val_preds, test_preds]
     check_output(out, kind="folder", overwrite=overwrite, inputs=inputs)  # before any member runs
-    if checkpoints:
-        kwargs = parse_json_object(factory_kwargs, "--factory-kwargs")
-        members = _load_members(
-            checkpoints, factory=factory, factory_kwargs=kwargs, trust_code=trust_code, trusted_types=trust_type or ()
-        )
-        data = load_dataset(dataset, seed=seed)
-        val = collect_predictions(members, data.val.X, data.val.y, "val")
-        test = collect_predictions(members, data.test.X, data.test.y, "test")
-    elif val_preds and test_preds:
-        val, test = Predictions.load(val_preds), Predictions.load(test_preds)
-    else:
-        raise ConfigError("give member checkpoints, or both --val-preds and --test-preds")
+    options = {"factory": factory, "factory_kwargs": parse_json_object(factory_kwargs, "--factory-kwargs")}
+    options.update(trust_code=trust_code, trusted_types=trust_type or ())
+    val, test = _ensemble_inputs(checkpoints, val_preds, test_preds, (dataset, seed), options)
     try:
         run = fuse_and_evaluate(val, test, "all" if methods == ["all"] else methods, seed=seed)
     except LeakageError as err:
         if val_preds is None:
             raise
         raise LeakageError(f"--val-preds {val_preds}, --test-preds {test_preds}: {err}") from None
-    print_leaderboard(run.report, console, chosen=run.choice and run.choice.reason())
+    results = run.results()
+    print_leaderboard(results, console)
     run.save(out, overwrite=overwrite, inputs=inputs)
     if report:
-        write_report(out / "results.json", out / "report.html")
+        write_report(results, out / "report.html")
     console.print(f"combiners, results.json{' and report.html' if report else ''} -> {out}", highlight=False)
+
+
+def _ensemble_inputs(checkpoints, val_preds: Path | None, test_preds: Path | None, dataset: tuple, options: dict):
+    """The validation and test predictions `ensemble` fits and scores: the checkpoints' on `dataset` (name,
+    seed), or read from the saved Predictions files."""
+    from .datasets import load_dataset
+    from .predictions import Predictions, collect_predictions
+
+    if checkpoints and (val_preds or test_preds):
+        raise ConfigError("give member checkpoints or --val-preds/--test-preds, not both")
+    if checkpoints:
+        members = _load_members(checkpoints, **options)
+        data = load_dataset(dataset[0], seed=dataset[1])
+        val = collect_predictions(members, data.val.X, data.val.y, "val")
+        return val, collect_predictions(members, data.test.X, data.test.y, "test")
+    if val_preds and test_preds:
+        return Predictions.load(val_preds), Predictions.load(test_preds)
+    raise ConfigError("give member checkpoints, or both --val-preds and --test-preds")
 
 
 @_command
@@ -303,19 +283,145 @@ def merge(
         bool, typer.Option(help="check compatibility and the output, print the plan; write nothing")
     ] = False,
     overwrite: Overwrite = False,
+    allow_nonfinite: Annotated[
+        bool, typer.Option(help="write merged tensors that hold NaN or inf instead of refusing the merge")
+    ] = False,
 ) -> None:
     """Merge same-architecture safetensors checkpoints tensor by tensor, as a config says.
 
-    Python: `modelfusion.merge.merge(config, out_dir, dry_run=..., overwrite=...)`.
+    Python: `modelfusion.merge.merge(config, out_dir, dry_run=..., overwrite=..., allow_nonfinite=...)`.
     """
     from .errors import OutputError
     from .merge import merge as run_merge
 
-    plan = run_merge(config, out_dir, dry_run=dry_run, overwrite=overwrite)
+    plan = run_merge(config, out_dir, dry_run=dry_run, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     if dry_run:
         console.print(plan.describe(), highlight=False, markup=False)
         if plan.output_refused:
             raise OutputError(plan.output_refused)
+
+
+@app.command("extract-lora")
+@guarded
+def extract_lora(
+    base: Annotated[Path, typer.Argument(readable=False, help="the base model (safetensors file or folder)")],
+    finetune: Annotated[Path, typer.Argument(readable=False, help="its fine-tune (same architecture)")],
+    rank: Annotated[int, typer.Option(help="rank of each low-rank update")],
+    out: Annotated[Path, typer.Option(help="the adapter folder to write (PEFT: adapter_config.json, ...)")],
+    embeddings: Annotated[
+        str, typer.Option(help="whole (stored as modules_to_save, as mergekit), lora, or skip")
+    ] = "whole",
+    svd: Annotated[str, typer.Option(help="exact, or randomized (faster on large matrices)")] = "exact",
+    overwrite: Overwrite = False,
+) -> None:
+    """Extract a LoRA adapter that turns BASE into FINETUNE, and report its reconstruction error.
+
+    Python: `modelfusion.merge.lora.extract_lora(base, finetune, out, rank=...)`.
+    """
+    from .merge.lora import REPORT_NAME
+    from .merge.lora import extract_lora as run_extraction
+
+    result = run_extraction(base, finetune, out, rank=rank, embeddings=embeddings, svd=svd, overwrite=overwrite)
+    console.print(f"{result.summary()}\nadapter -> {out} (errors per tensor in {REPORT_NAME})", highlight=False)
+
+
+@app.command("merge-adapters")
+@guarded
+def merge_adapters(
+    adapters: Annotated[list[Path], typer.Argument(readable=False, help="PEFT LoRA adapter folders of one base")],
+    out: Annotated[Path, typer.Option(help="the merged adapter folder to write")],
+    method: Annotated[str, typer.Option(help="linear, task_arithmetic, ties, dare_ties, tsv, wudi, ...")] = (
+        "task_arithmetic"
+    ),
+    weight: Annotated[list[float] | None, typer.Option(help="weight of each adapter (repeat, in order)")] = None,
+    density: Annotated[float | None, typer.Option(help="share of each update kept (ties, dare, ...)")] = None,
+    rank: Annotated[int | None, typer.Option(help="rank of the merged adapter (default: see the docs)")] = None,
+    base: Annotated[
+        Path | None, typer.Option(help="the base model, when adapters store whole tensors (modules_to_save)")
+    ] = None,
+    params: Annotated[
+        str | None, typer.Option(help="other parameters of the method as JSON, e.g. '{\"lambda_\": 0.8}'")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of random methods (DARE, DELLA)")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Merge LoRA adapters into one adapter, without forming the full weights where the method allows.
+
+    Python: `modelfusion.merge.lora.merge_adapters(adapters, out, method=..., rank=..., **params)`.
+    """
+    from .merge.lora import merge_adapters as run_merge
+
+    settings = parse_json_object(params, "--params") or {}
+    if weight:
+        settings["weight"] = list(weight)
+    if density is not None:
+        settings["density"] = density
+    result = run_merge(adapters, out, method=method, rank=rank, base=base, seed=seed, overwrite=overwrite, **settings)
+    console.print(f"{result.summary()}\nadapter -> {out}", highlight=False)
+
+
+@app.command("merge-search")
+@guarded
+def merge_search(
+    config: Annotated[Path, typer.Argument(readable=False, help="a merge config listing models (saved members)")],
+    data: Annotated[str, typer.Option(help="the embedded dataset whose validation split scores each merge")],
+    out: Annotated[Path, typer.Option(help="where to write the best config (YAML); its curve goes beside it")],
+    evaluations: Annotated[int, typer.Option(help="merges to score, the config as given included")] = 60,
+    layer_groups: Annotated[int, typer.Option(help="1: a value per model; G: per model and group of layers")] = 1,
+    metric: Annotated[str, typer.Option(help="accuracy or nll")] = "accuracy",
+    optimizer: Annotated[str, typer.Option(help="cma (CMA-ES) or powell (scipy)")] = "cma",
+    seed: Annotated[int, typer.Option(help="seed of the split and of the search")] = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Tune a merge's per-model weights and densities on validation data; write the best config as YAML.
+
+    Python: `modelfusion.merge.search.search_merge(config, load_dataset(data).val, ...).save(out)`.
+    """
+    from ._atomic import atomic_path, check_output
+    from .datasets import load_dataset
+    from .errors import MissingExtraError
+    from .merge.search import search_merge
+
+    if out.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"--out {out}: the best config is YAML; name it with .yaml")
+    split = load_dataset(data, seed=seed).val
+    result = search_merge(
+        config,
+        split,
+        evaluations=evaluations,
+        layer_groups=layer_groups,
+        metric=metric,
+        optimizer=optimizer,
+        seed=seed,
+    )
+    result.save(out, overwrite=overwrite, inputs=[config])
+    figure = out.with_suffix(".search.svg")
+    try:
+        from .report.figures import search_svg
+
+        check_output(figure, kind="file", overwrite=overwrite, inputs=[config])
+        svg = search_svg({config.name: result.curve_points()}, ylabel=f"validation {metric}")
+        with atomic_path(figure) as tmp:
+            tmp.write_text(svg)
+    except MissingExtraError as err:
+        err_console.print(f"note: no search curve drawn ({err})", markup=False, highlight=False)
+    console.print(f"{result.summary()}\nbest config -> {out} (its search curve beside it)", highlight=False)
+
+
+@_command
+def moe(
+    config: Annotated[Path, typer.Argument(readable=False, help="mergekit-moe's YAML: base_model, experts, gate_mode")],
+    out_dir: Annotated[Path, typer.Argument(help="output folder for the Mixtral-style checkpoint")],
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    overwrite: Overwrite = False,
+) -> None:
+    """Assemble a Mixtral-style mixture of experts from dense fine-tunes of one base model.
+
+    Python: `modelfusion.merge.moe.build_moe(config, out_dir, overwrite=...)`.
+    """
+    from .merge.moe import build_moe
+
+    console.print(build_moe(config, out_dir, overwrite=overwrite, progress=progress).summary(), highlight=False)
 
 
 def _distill(job) -> None:
@@ -383,21 +489,21 @@ def evaluate(
 ) -> None:
     """Score each member of a Predictions file: leaderboard with bootstrap CIs, and diversity.
 
-    Python: `modelfusion.evaluate.evaluate(Predictions.load(path))`.
+    Python: `modelfusion.evaluate.evaluate(Predictions.load(path)).to_results()` (`.save(path)` for --json).
     """
-    from ._atomic import check_output, write_json
+    from ._atomic import check_output
     from .evaluate import evaluate as evaluate_predictions
     from .predictions import Predictions
     from .report import print_leaderboard
 
     if json_out is not None:
         if json_out.suffix != ".json":
-            raise ConfigError(f"--json {json_out}: the report is JSON; name it with .json")
+            raise ConfigError(f"--json {json_out}: the results are JSON; name it with .json")
         check_output(json_out, kind="file", overwrite=overwrite, inputs=[predictions])
-    report = evaluate_predictions(Predictions.load(predictions), seed=seed)
-    print_leaderboard(report, console)
+    results = evaluate_predictions(Predictions.load(predictions), seed=seed).to_results()
+    print_leaderboard(results, console)
     if json_out is not None:
-        write_json(json_out, report.to_dict())
+        results.save(json_out)
 
 
 def _torch_member(path: Path):
@@ -519,23 +625,22 @@ def cascade(
         float | None, typer.Option(help="instead, the most accurate thresholds within this mean cost")
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="also write thresholds and scores as JSON here")
+        Path | None, typer.Option("--json", help="also write the results (thresholds, scores, costs) as JSON here")
     ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Run cheap models first and later ones only on the samples they are unsure of; thresholds on validation.
 
-    Python: `Cascade(costs=..., target_accuracy=...).fit(val_preds)` then `.predict(members, X)`
-    (`modelfusion.features`; `measured_costs(members, X)` for the default costs).
+    Python: `modelfusion.features.run_cascade(members, data, costs=..., target_accuracy=...)` (`.results()` is
+    what --json writes); `Cascade(costs=...).fit(val_preds)` then `.predict(members, X)` for the cascade alone.
     """
-    from ._atomic import check_output, write_json
+    from ._atomic import check_output
     from .datasets import load_dataset
-    from .features import Cascade, measured_costs
-    from .predictions import collect_predictions
+    from .features import run_cascade
 
     if json_out is not None:
         if json_out.suffix != ".json":
-            raise ConfigError(f"--json {json_out}: the report is JSON; name it with .json")
+            raise ConfigError(f"--json {json_out}: the results are JSON; name it with .json")
         check_output(json_out, kind="file", overwrite=overwrite, inputs=checkpoints)
     try:
         given = [float(c) for c in costs.split(",")] if costs is not None else None
@@ -543,36 +648,11 @@ def cascade(
         raise ConfigError(f"--costs must be comma-separated numbers, got {costs!r}") from None
     members = _load_members(checkpoints)
     data = load_dataset(dataset, seed=seed)
-    val = collect_predictions(members, data.val.X, data.val.y, "val", progress=False)  # clear errors first
-    per_sample = given if given is not None else measured_costs(members, data.val.X)
-    fitted = Cascade(costs=per_sample, target_accuracy=target_accuracy, budget=budget).fit(val)
-    run = fitted.predict(members, data.test.X)
-    alone = collect_predictions(members[-1:], data.test.X, data.test.y, "test", progress=False)
-    last_accuracy = float((alone.outputs[0].argmax(1) == data.test.y).double().mean())
-    shares = [float((run.stage == k).double().mean()) for k in range(len(members))]
-    report = {
-        "members": [m.name for m in members],
-        "costs": per_sample,
-        "thresholds": fitted.thresholds_,
-        "val": {"accuracy": fitted.val_accuracy_, "mean_cost": fitted.val_cost_},
-        "test": {"accuracy": run.accuracy(data.test.y), "mean_cost": run.mean_cost, "decided_by_stage": shares},
-        "last_model_alone": {"accuracy": last_accuracy, "cost": per_sample[-1]},
-    }
-    for k, member in enumerate(members):
-        threshold = f"threshold {fitted.thresholds_[k]:.3f}" if k < len(fitted.thresholds_) else "last"
-        console.print(
-            f"stage {k}: {member.name} (cost {per_sample[k]:.3g}), {threshold}: decides {shares[k]:.1%} of the "
-            "test samples",
-            highlight=False,
-        )
-    console.print(
-        f"test accuracy {report['test']['accuracy']:.3f} at mean cost {run.mean_cost:.3g}; the last model alone: "
-        f"{last_accuracy:.3f} at {per_sample[-1]:.3g} (thresholds chosen on validation: accuracy "
-        f"{fitted.val_accuracy_:.3f}, cost {fitted.val_cost_:.3g})",
-        highlight=False,
-    )
+    run = run_cascade(members, data, costs=given, target_accuracy=target_accuracy, budget=budget)
+    for line in run.lines():
+        console.print(line, highlight=False, markup=False)
     if json_out is not None:
-        write_json(json_out, report)
+        run.results(seed=seed).save(json_out)
 
 
 @_command
@@ -587,7 +667,7 @@ def compress(
             "(modelfusion.compress.COMPRESSORS)"
         ),
     ],
-    out: Annotated[Path, typer.Option(help="folder for the compressed model and report.json")],
+    out: Annotated[Path, typer.Option(help="folder for the compressed model and results.json")],
     amount: Annotated[float | None, typer.Option(help="pruning: the fraction of weights or units removed")] = None,
     group_size: Annotated[int | None, typer.Option(help="int8-weight, int4: inputs per scale (0: one per row)")] = None,
     recover_epochs: Annotated[
@@ -598,15 +678,15 @@ def compress(
     overwrite: Overwrite = False,
 ) -> None:
     """Compress a saved model or ensemble; print its bytes, test accuracy and NLL (with 95% intervals), latency,
-    and McNemar's test against the uncompressed model.
+    and McNemar's test against the uncompressed model; save it and results.json.
 
-    Python: `modelfusion.compress.compress_and_measure(load_member(path), method, load_dataset(name), ...)`.
+    Python: `modelfusion.compress.compress_and_measure(load_member(path), method, load_dataset(name), ...)`, then
+    `.save(out)`.
     """
-    from rich.table import Table
-
-    from ._atomic import atomic_dir, check_output, write_json
+    from ._atomic import check_output
     from .compress import compress_and_measure
     from .datasets import load_dataset
+    from .report import print_leaderboard
 
     check_output(out, kind="folder", overwrite=overwrite, inputs=[checkpoint])  # before any work
     if checkpoint.is_dir():
@@ -617,30 +697,18 @@ def compress(
         model = _torch_member(checkpoint)
         name = model.name
     params = {k: v for k, v in {"amount": amount, "group_size": group_size}.items() if v is not None}
-    run = compress_and_measure(
-        model, method, load_dataset(dataset, seed=seed), recover_epochs=recover_epochs, seed=seed, **params
+    data = load_dataset(dataset, seed=seed)
+    run = compress_and_measure(model, method, data, recover_epochs=recover_epochs, seed=seed, name=name, **params)
+    saved = run.save(out, overwrite=overwrite, inputs=[checkpoint])
+    print_leaderboard(run.results(), console)
+    recovered = f" after {recover_epochs} recovery epochs" if recover_epochs else ""
+    before, after = run.before["latency_batch_256_us"], run.after["latency_batch_256_us"]
+    console.print(
+        f"{method}{recovered}: latency at batch 256 {before:,.0f} µs before, {after:,.0f} µs after "
+        f"({run.after['threads']} thread(s)) -> {saved}",
+        highlight=False,
+        markup=False,
     )
-    with atomic_dir(out, overwrite=overwrite, inputs=[checkpoint]) as tmp:
-        saved = run.result.save(tmp / f"{name}_{method}")
-        write_json(tmp / "report.json", run.summary())
-    recovered = f", {recover_epochs} recovery epochs" if recover_epochs else ""
-    table = Table(
-        title=f"{name}: {method}{recovered} (test split of {dataset}, seed {seed}; {run.before['threads']} thread(s))"
-    )
-    for column in ("", "bytes", "test accuracy [95%]", "NLL [95%]", "batch 1 (µs)", "batch 256 (µs)"):
-        table.add_column(column, justify="right")
-    for label, row in (("before", run.before), ("after", run.after)):
-        table.add_row(
-            label,
-            f"{row['bytes']:,}",
-            f"{row['accuracy']:.4f} [{row['accuracy_ci'][0]:.4f}, {row['accuracy_ci'][1]:.4f}]",
-            f"{row['nll']:.4f} [{row['nll_ci'][0]:.4f}, {row['nll_ci'][1]:.4f}]",
-            f"{row['latency_batch_1_us']:.0f}",
-            f"{row['latency_batch_256_us']:.0f}",
-        )
-    console.print(table)
-    console.print(f"McNemar against the uncompressed model: p = {run.mcnemar['p_value']:.3g}", highlight=False)
-    console.print(f"-> {out / saved.name}", highlight=False)
 
 
 guard_app = typer.Typer(

@@ -9,75 +9,45 @@ report) data only; the test split is used once, for the leaderboard.
 
 from __future__ import annotations
 
-import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from rich.console import Console
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-from sklearn.linear_model import LogisticRegression, Ridge
+from rich.text import Text
 
-from . import __version__
-from ._atomic import atomic_dir, write_json
+from ._atomic import atomic_dir
+from ._deprecation import deprecated
+from ._terminal import terminal_console, terminal_text
 from .datasets import Dataset, load_dataset
 from .ensemble import fuse_and_evaluate, save_combiner
 from .errors import ConfigError
 from .io import save_member
-from .members import Member, SklearnMember
+from .members import Member
 from .predictions import collect_predictions
 from .report import check_report_extra, print_leaderboard, write_report
-from .training import RECIPES, TrainingRecipe, recipe_for
+from .results import Results, versions
+from .training import MemberPlan, member_plans
 
-__all__ = ["run_demo", "member_recipes", "train_member", "DemoMember"]
-
-
-@dataclass
-class DemoMember:
-    """One member of the demo: a training recipe with its seed, or a scikit-learn estimator."""
-
-    name: str
-    recipe: TrainingRecipe | None = None
-    seed: int = 0
-    estimator: Callable[[], object] | None = None
+__all__ = ["run_demo"]
 
 
-def member_recipes(data: Dataset, *, seed: int = 0, n_mlps: int = 3) -> list[DemoMember]:
-    """The demo's members for `data`: MLPs with different seeds, a CNN when the data has an image form (both
-    from the dataset's recipes), a linear model and a random forest."""
-    classification = data.task == "classification"
-    members = [DemoMember(f"mlp_{i}", recipe_for(data, "mlp"), seed=seed * 1000 + i) for i in range(n_mlps)]
-    if classification and f"{data.name}-cnn" in RECIPES:
-        members.append(DemoMember("cnn", recipe_for(data, "cnn"), seed=seed * 1000 + 100))
-    if classification:
-        members += [
-            DemoMember("logreg", estimator=lambda: LogisticRegression(C=1.0, max_iter=2000)),
-            DemoMember("random_forest", estimator=lambda: RandomForestClassifier(300, random_state=seed, n_jobs=-1)),
-        ]
-    else:
-        members += [
-            DemoMember("ridge", estimator=lambda: Ridge(alpha=1.0)),
-            DemoMember(
-                "random_forest",
-                estimator=lambda: RandomForestRegressor(300, min_samples_leaf=5, random_state=seed, n_jobs=-1),
-            ),
-        ]
-    return members
+def __getattr__(name: str):
+    if name == "DemoMember":  # moved with the member plans to `training`, which `auto` shares
+        deprecated("modelfusion.demo.DemoMember", "modelfusion.training.MemberPlan")
+        return MemberPlan
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def train_member(member: DemoMember, data: Dataset, epochs: int | None) -> Member:
-    """Train one planned member: its recipe with its seed, or its estimator on the training split."""
-    if member.estimator is not None:
-        estimator = member.estimator().fit(data.train.X.numpy(), data.train.y.numpy())
-        if "n_jobs" in estimator.get_params():
-            # fitted in parallel, served on one job: starting joblib's workers costs a one-sample prediction of
-            # the digits forest more than its trees do (22 ms against 8 ms)
-            estimator.set_params(n_jobs=1)
-        return SklearnMember(estimator, name=member.name)
-    model = member.recipe.train(data, seed=member.seed, epochs=epochs)
-    return member.recipe.member(model, data, name=member.name)
+def member_recipes(data: Dataset, *, seed: int = 0, n_mlps: int = 3) -> list[MemberPlan]:
+    """Deprecated: `modelfusion.training.member_plans(data, seed=..., mlps=...)`."""
+    deprecated("modelfusion.demo.member_recipes", "modelfusion.training.member_plans")
+    return member_plans(data, seed=seed, mlps=n_mlps)
+
+
+def train_member(member: MemberPlan, data: Dataset, epochs: int | None) -> Member:
+    """Deprecated: `MemberPlan.train(data, epochs=...)`."""
+    deprecated("modelfusion.demo.train_member", "modelfusion.training.MemberPlan.train")
+    return member.train(data, epochs=epochs)
 
 
 def run_demo(
@@ -91,18 +61,18 @@ def run_demo(
     report: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
-) -> dict:
+) -> Results:
     """Train members on `dataset`, fit every combiner on validation, score on test, print and save.
 
     Writes the folder `out`, all or nothing: `members/` (safetensors / skops), `predictions/{val,test}.safetensors`,
     `combiners/NAME.safetensors`, `results.json` and, with `report`, `report.html` (`write_report`). An existing
-    non-empty `out` is replaced only with `overwrite`. Returns the content of `results.json`.
+    non-empty `out` is replaced only with `overwrite`. Returns what `results.json` holds.
 
     Example:
         >>> results = run_demo("digits", out="runs/demo")
-        >>> results["test"]["best_member"]
+        >>> results.verdict.best_member, results.chosen.name
     """
-    console = console or Console()
+    console = console or terminal_console()
     start = time.perf_counter()
     out = Path(out)
     if (epochs is not None and epochs < 1) or n_mlps < 0:
@@ -111,13 +81,13 @@ def run_demo(
         check_report_extra()  # before any training
     data = load_dataset(dataset, seed=seed)
     with atomic_dir(out, overwrite=overwrite) as folder:
-        console.print(f"[bold]modelfusion demo[/bold]  {data.summary()}")
+        console.print(Text.assemble(("modelfusion demo", "bold"), "  ", terminal_text(data.summary())))
         results = _train_fuse_and_score(data, folder, out, epochs, n_mlps, progress, console)
-        results["wall_seconds"] = round(time.perf_counter() - start, 2)
-        write_json(folder / "results.json", results)
+        results = results.updated(wall_seconds=round(time.perf_counter() - start, 2))
+        results.save(folder / "results.json")
         if report:
-            write_report(folder / "results.json", folder / "report.html")
-    console.print(f"results -> {out / 'results.json'}  ({results['wall_seconds']:.1f}s)")
+            write_report(results, folder / "report.html")
+    console.print(f"results -> {out / 'results.json'}  ({results.wall_seconds:.1f}s)")
     if report:
         console.print(f"report -> {out / 'report.html'}")
     return results
@@ -125,19 +95,19 @@ def run_demo(
 
 def _train_fuse_and_score(
     data: Dataset, folder: Path, out: Path, epochs: int, n_mlps: int, progress: bool, console: Console
-) -> dict:
+) -> Results:
     """The demo's work, written into `folder` (which becomes `out` when all of it is done)."""
-    members, member_info = [], []
-    for planned in member_recipes(data, seed=data.seed, n_mlps=n_mlps):
+    members, member_info = [], {}
+    for planned in member_plans(data, seed=data.seed, mlps=n_mlps):
         t0 = time.perf_counter()
-        member = train_member(planned, data, epochs)
+        member = planned.train(data, epochs=epochs)
         seconds = time.perf_counter() - t0
         path = save_member(member, folder / "members" / planned.name).relative_to(folder)
         members.append(member)
-        info = {"name": planned.name, "file": str(path), "train_seconds": round(seconds, 3)}
+        info = {"file": str(path), "train_seconds": round(seconds, 3)}
         if planned.recipe is not None:
             info["recipe"] = planned.recipe.name
-        member_info.append(info)
+        member_info[planned.name] = info
         console.print(f"  trained {planned.name:<14} in {seconds:5.1f}s -> {out / path}")
 
     val = collect_predictions(members, data.val.X, data.val.y, "val", progress=progress)
@@ -146,25 +116,19 @@ def _train_fuse_and_score(
     test.save(folder / "predictions" / "test.safetensors")
 
     run = fuse_and_evaluate(val, test, "all", seed=data.seed)
-    print_leaderboard(run.report, console, chosen=run.choice and run.choice.reason())
     for name, combiner in run.combiners.items():
         save_combiner(combiner, folder / "combiners" / f"{name}.safetensors")
-
-    return {
-        "modelfusion_version": __version__,
-        "dataset": {
-            "name": data.name,
-            "seed": data.seed,
-            "task": data.task,
-            "source": data.source,
-            "sizes": {s: len(data.split(s)) for s in ("train", "val", "test")},
-        },
-        "settings": {"epochs": epochs, "n_mlps": n_mlps},
-        "members": member_info,
-        **run.summary(),
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
-    }
+    results = run.results()
+    dataset = {"name": data.name, "seed": data.seed, "task": data.task, "source": data.source}
+    dataset["sizes"] = {s: len(data.split(s)) for s in ("train", "val", "test")}
+    config = {"dataset": dataset, "settings": {"epochs": epochs, "n_mlps": n_mlps}, **results.config}
+    config["members"] = list(member_info)
+    candidates = [
+        c.scored(details={**c.details, **member_info[c.name]}) if c.name in member_info else c
+        for c in results.leaderboard
+    ]
+    chosen = next((c for c in candidates if results.chosen and c.name == results.chosen.name), None)
+    update = {"leaderboard": candidates, "chosen": chosen, "config": config, "versions": versions()}
+    results = results.updated(**update)
+    print_leaderboard(results, console)
+    return results

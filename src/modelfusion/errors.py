@@ -4,13 +4,17 @@ Warnings modelfusion emits on purpose are `UserWarning` subclasses defined here 
 
 from __future__ import annotations
 
+from ._terminal import escape_controls
+
 __all__ = [
     "ModelFusionError",
     "CheckpointError",
     "IncompatibleModelsError",
     "InvalidInputError",
+    "DataError",
     "LeakageError",
     "ConfigError",
+    "ArgumentError",
     "UnknownNameError",
     "NotFittedError",
     "MissingExtraError",
@@ -19,10 +23,6 @@ __all__ = [
     "OverconfidenceWarning",
     "first_line",
 ]
-
-
-# Control characters (a newline in a file name a config gave) are shown escaped, so a message stays one line.
-_ESCAPED = {code: repr(chr(code))[1:-1] for code in range(32) if chr(code) != "\t"}
 
 
 def first_line(err: Exception, limit: int = 200) -> str:
@@ -37,7 +37,9 @@ class ModelFusionError(Exception):
     one line."""
 
     def __str__(self) -> str:
-        return super().__str__().translate(_ESCAPED)
+        # Control characters (a newline in a file name a config gave, an ESC sequence in a member's name) are
+        # shown escaped, so that a message stays one line and the terminal obeys nothing in it.
+        return escape_controls(super().__str__(), keep="\t")
 
 
 class CheckpointError(ModelFusionError):
@@ -60,6 +62,10 @@ class InvalidInputError(ModelFusionError, ValueError):
     """Bad data: wrong shapes, NaN/inf values, empty inputs."""
 
 
+class DataError(InvalidInputError):
+    """A data file or folder that cannot be read as a dataset: the message names the file and the row or column."""
+
+
 class LeakageError(InvalidInputError):
     """Labels of the split a fusion is scored on would reach its fit: fitting on test predictions, or the same
     predictions given as validation and as test."""
@@ -69,11 +75,16 @@ class ConfigError(ModelFusionError, ValueError):
     """A bad configuration value or option."""
 
 
+class ArgumentError(ConfigError, TypeError):
+    """A public function called with an argument of the wrong type or out of its range (also a TypeError, as
+    Python's own wrong-type errors are)."""
+
+
 class UnknownNameError(ConfigError, KeyError):
     """A name that is not in a registry (dataset, method, combiner)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]).translate(_ESCAPED) if self.args else ""
+        return escape_controls(self.args[0], keep="\t") if self.args else ""
 
 
 class NotFittedError(ModelFusionError, RuntimeError):

@@ -6,6 +6,7 @@ Adapters wrap any `nn.Module` and any fitted scikit-learn estimator, so both kin
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,7 +20,19 @@ from ._modules import evaluating
 from .errors import IncompatibleModelsError, InvalidInputError, NotFittedError
 from .tasks import TASKS, Task
 
-__all__ = ["Member", "TorchMember", "SklearnMember", "as_member", "check_members", "name_after_files"]
+__all__ = [
+    "Member",
+    "TorchMember",
+    "SklearnMember",
+    "as_member",
+    "check_members",
+    "name_after_files",
+    "check_classes",
+    "MAX_NAME_CHARS",
+]
+
+# The longest member name a file may record: room for names derived from names ("<name>_fp16_spliced").
+MAX_NAME_CHARS = 1024
 
 
 @runtime_checkable
@@ -34,6 +47,24 @@ class Member(Protocol):
     def predict(self, X: torch.Tensor) -> torch.Tensor:
         """Raw logits `[N, C]` float32 for classification, values `[N]` float32 for regression."""
         ...
+
+
+def check_classes(classes: Sequence, where: str) -> None:
+    """Refuse class labels that cannot name output columns: a NaN or infinite class, or one class twice (`[0, 0,
+    1]`, or `1` and `"1"`, which every comparison of class orders takes for the same)."""
+    bad = [c for c in classes if isinstance(c, float) and not math.isfinite(c)]
+    if bad:
+        raise InvalidInputError(f"{where}: class {bad[0]!r} is not a label; every class must be a finite value")
+    shown = [str(c) for c in classes]
+    repeated = sorted({c for c in shown if shown.count(c) > 1})
+    try:
+        repeated = repeated or ([] if len(set(classes)) == len(classes) else shown)  # 1 and 1.0, 1 and True
+    except TypeError:  # unhashable classes given in Python: their strings were compared
+        pass
+    if repeated:
+        raise InvalidInputError(
+            f"{where}: the classes {repeated} appear more than once; each output column needs its own class"
+        )
 
 
 def _check_task(task: Task, name: str) -> None:
@@ -75,10 +106,17 @@ class TorchMember:
             num_outputs = 1
         elif num_outputs is None:
             num_outputs = len(classes) if classes is not None else _infer_num_outputs(module)
+        if classes is not None and task == "classification" and len(classes) != num_outputs:
+            raise IncompatibleModelsError(
+                f"member {name!r}: {len(classes)} classes given for a model of {num_outputs} outputs; give one label "
+                "per output column"
+            )
         self.num_outputs = int(num_outputs)
         if task == "classification" and classes is None:
             classes = range(self.num_outputs)
         self.classes = tuple(classes) if classes is not None else None
+        if self.classes is not None:
+            check_classes(self.classes, f"member {name!r}")
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:
         X = torch.as_tensor(X)
@@ -90,6 +128,11 @@ class TorchMember:
         out = torch.cat(outputs) if outputs else torch.empty(0, self.num_outputs)
         if self.task == "regression" and out.ndim == 2 and out.shape[1] == 1:
             out = out[:, 0]
+        elif self.task == "classification" and (out.ndim != 2 or out.shape[1] != self.num_outputs):
+            raise IncompatibleModelsError(
+                f"member {self.name!r} gives outputs of shape {tuple(out.shape)} for its {self.num_outputs} classes "
+                f"{self.classes!r:.80}; give one class per output column"
+            )
         return out
 
     def __repr__(self) -> str:
@@ -150,6 +193,7 @@ class SklearnMember:
             if not hasattr(estimator, "classes_"):
                 raise InvalidInputError(f"member {self.name!r}: classifier has no classes_")
             self.classes = tuple(np.asarray(estimator.classes_).tolist())
+            check_classes(self.classes, f"member {self.name!r}")
             self.num_outputs = len(self.classes)
             if not (hasattr(estimator, "predict_proba") or hasattr(estimator, "decision_function")):
                 raise InvalidInputError(

@@ -2,6 +2,8 @@
 
 A checkpoint may name only a registered factory (`"factory": "mlp"` in its header), so register your own
 architectures here to make their files load without `factory=`: `MODELS.register("mynet")(mynet)`.
+torchvision's ResNets and VGGs are registered too, under their names (`torchvision.resnet18`, ...: see
+`modelfusion.vision`).
 
 Every model takes flat features `[N, F]`; the CNNs reshape to their image shape inside (`ImageInput`), so CNNs,
 MLPs and scikit-learn estimators can all be fed the same `X` and fused. A CNN also takes its samples already in
@@ -16,10 +18,13 @@ import torch
 from torch import nn
 
 from .registry import Registry
+from .vision import FACTORIES as VISION_FACTORIES
 
 __all__ = ["MODELS", "mlp", "cnn2d", "cnn1d", "OutputScale", "ImageInput"]
 
-MODELS: Registry = Registry("model factory")
+# Families register their own factories ("spliced" in features, "compressed" in compress); the entry points of
+# the group `modelfusion.models` (pyproject.toml) say which module registers a name, imported when a file names it.
+MODELS: Registry = Registry("model factory", plugins="modelfusion.models")
 
 
 class OutputScale(nn.Module):
@@ -131,3 +136,7 @@ def cnn1d(
         width = hidden
     layers.append(nn.Linear(width, num_outputs))
     return nn.Sequential(*layers)
+
+
+for _name, _factory in VISION_FACTORIES.items():
+    MODELS.register(_name)(_factory)

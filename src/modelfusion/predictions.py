@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
-import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from ._checks import check_count
+from ._checks import PathArg, PositiveInt, check_count, checked
 from ._progress import progress_bar
 from ._safetensors import parse_description, read_tensors, write_tensors
-from .errors import CheckpointError, IncompatibleModelsError, InvalidInputError, LeakageError, ModelFusionError
-from .members import Member, check_members
+from .errors import (
+    ArgumentError,
+    CheckpointError,
+    IncompatibleModelsError,
+    InvalidInputError,
+    LeakageError,
+    ModelFusionError,
+)
+from .members import MAX_NAME_CHARS, Member, check_classes, check_members
 from .tasks import TASKS, Task
+from .texts import as_texts, is_texts
 
 __all__ = ["Predictions", "collect_predictions"]
 
@@ -26,7 +35,7 @@ _METADATA_KEY = "modelfusion.predictions"
 class _PredictionsHeader(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    member_names: list[Annotated[StrictStr, Field(max_length=256)]]
+    member_names: list[Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS)]]
     task: Task
     split: StrictStr = Field(max_length=64)
     classes: list[StrictStr | StrictInt | StrictFloat | StrictBool] | None = None
@@ -53,6 +62,7 @@ class Predictions:
     classes: tuple | None = None
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         object.__setattr__(self, "member_names", tuple(self.member_names))
         expected_ndim = 3 if self.task == "classification" else 2
         if self.task not in TASKS:
@@ -80,6 +90,7 @@ class Predictions:
             object.__setattr__(self, "classes", tuple(range(self.outputs.shape[2])))
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
+            check_classes(self.classes, "the predictions")
             if self.task == "classification" and len(self.classes) != self.outputs.shape[2]:
                 raise InvalidInputError(f"got {len(self.classes)} classes for {self.outputs.shape[2]} output columns")
         if self.labels is not None:
@@ -129,7 +140,8 @@ class Predictions:
         index = [self.member_names.index(n) for n in names]
         return Predictions(self.outputs[index], self.labels, tuple(names), self.task, self.split, self.classes)
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    @checked
+    def save(self, path: PathArg, *, overwrite: bool = False) -> Path:
         """Save as one safetensors file whose header holds the JSON metadata; written atomically. An existing
         file is replaced only with `overwrite`."""
         tensors = {"outputs": self.outputs}
@@ -144,7 +156,8 @@ class Predictions:
         return write_tensors(path, tensors, key=_METADATA_KEY, description=meta, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Predictions:
+    @checked
+    def load(cls, path: PathArg) -> Predictions:
         """Read a file written by `save`; every problem with it is one `CheckpointError` naming the file."""
         tensors, description = read_tensors(path, key=_METADATA_KEY, what="predictions file")
         if description is None or "outputs" not in tensors:
@@ -177,19 +190,65 @@ class Predictions:
         return Predictions(outputs, self.labels, names, self.task, self.split, self.classes)
 
 
+def normalized_split(split: str) -> str:
+    """A split's name as compared: compatibility forms folded (NFKC: a full-width "ｔｅｓｔ" is "test"), invisible
+    and formatting characters (a zero-width space) and surrounding spaces dropped, case folded."""
+    folded = unicodedata.normalize("NFKC", split)
+    visible = "".join(c for c in folded if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp"))
+    return visible.strip().casefold()
+
+
 def is_test_split(split: str) -> bool:
-    """Whether predictions of `split` are the test split's, which nothing may be fitted on ("test", "Test ")."""
-    return split.strip().lower() == "test"
+    """Whether predictions of `split` are the test split's, which nothing may be fitted on ("test", "Test ",
+    "test" with a zero-width space)."""
+    return normalized_split(split) == "test"
+
+
+def check_fit_labels(labels: torch.Tensor | None, task: Task, fitter: str) -> None:
+    """Refuse to fit `fitter` on no samples, or on classification labels of a single class (nothing to tell
+    apart: scikit-learn's meta-learners fail deep inside, the weights learn nothing); for what learns from
+    the labels (the ensemble workflow, stacking, the choice among combiners, cascades)."""
+    if labels is None:
+        return
+    if len(labels) == 0:
+        raise InvalidInputError(f"{fitter}: the validation predictions hold no samples; fit on a validation split")
+    if task == "classification":
+        present = torch.unique(labels)
+        if len(present) < 2:
+            raise InvalidInputError(
+                f"{fitter}: every one of the {len(labels)} validation labels is class {int(present[0])}; fitting "
+                "needs validation samples of at least two classes (a stratified split has them)"
+            )
 
 
 def check_fit_split(preds: Predictions, fitter: str) -> None:
     """Refuse to fit `fitter` (e.g. "combiner 'weighted'") on test predictions: whatever is fitted on them has
-    seen the labels it is then scored on, and its test score means nothing."""
+    seen the labels it is then scored on, and its test score means nothing. Also refuses predictions of no
+    samples."""
     if is_test_split(preds.split):
         raise LeakageError(
             f"{fitter}: refusing to fit on predictions of the {preds.split!r} split (it would then be scored on the "
             "labels it learned from); fit on validation predictions (split 'val') and only score on test"
         )
+    if preds.num_samples == 0:
+        raise InvalidInputError(f"{fitter}: the validation predictions hold no samples; fit on a validation split")
+
+
+def same_samples(first: Predictions, second: Predictions) -> bool:
+    """Whether two sets of predictions hold the same samples: the same multiset of per-sample fingerprints
+    (each sample's label and every member's outputs, bit for bit), whatever their order or split names.
+    Different splits of real data never match as a whole, even for members whose outputs repeat (trees)."""
+    if first.outputs.shape != second.outputs.shape or (first.labels is None) != (second.labels is None):
+        return False
+
+    def fingerprints(preds: Predictions) -> np.ndarray:
+        per_sample = preds.outputs.float().transpose(0, 1).reshape(preds.num_samples, -1).numpy().view(np.int32)
+        if preds.labels is not None:
+            labels = preds.labels.double().numpy().view(np.int64).view(np.int32).reshape(preds.num_samples, -1)
+            per_sample = np.concatenate([labels, per_sample], axis=1)
+        return per_sample[np.lexsort(per_sample.T[::-1])]
+
+    return bool(np.array_equal(fingerprints(first), fingerprints(second)))
 
 
 def _check_finite(out: torch.Tensor, name: str) -> None:
@@ -226,20 +285,44 @@ def _run(member: Member, batch: torch.Tensor) -> torch.Tensor:
         ) from None
 
 
+def _check_fields(preds: Predictions) -> None:
+    """The types of a `Predictions`' fields, before anything reads them (a list is not a tensor; a text is not a
+    list of names)."""
+
+    def listed(value) -> bool:
+        return isinstance(value, Sequence) and not isinstance(value, str)
+
+    expected = {
+        "outputs": ("a torch.Tensor", lambda v: isinstance(v, torch.Tensor)),
+        "labels": ("a torch.Tensor or None", lambda v: v is None or isinstance(v, torch.Tensor)),
+        "member_names": ("a list of names (text)", lambda v: listed(v) and all(isinstance(n, str) for n in v)),
+        "split": ("a name (text)", lambda v: isinstance(v, str)),
+        "classes": (
+            "a list of labels or None",
+            lambda v: v is None or isinstance(v, Sequence) and not isinstance(v, str),
+        ),
+    }
+    for field_name, (what, right) in expected.items():
+        value = getattr(preds, field_name)
+        if not right(value):
+            raise ArgumentError(f"Predictions: {field_name} must be {what}, got {type(value).__name__} {value!r:.60}")
+
+
+@checked
 def collect_predictions(
     members: Sequence[Member],
-    X: torch.Tensor,
-    y: torch.Tensor | None = None,
+    X: torch.Tensor | np.ndarray,
+    y: torch.Tensor | np.ndarray | None = None,
     split: str = "test",
     *,
-    batch_size: int = 1024,
+    batch_size: PositiveInt = 1024,
     progress: bool = True,
 ) -> Predictions:
     """Run each member once over `X` in batches and gather the outputs.
 
     Args:
         members: members to run (checked for one task, equal class count and order, unique names).
-        X: inputs `[N, ...]`.
+        X: inputs `[N, ...]`, or N strings (`Texts`) for members that take text.
         y: targets `[N]`, kept with the predictions for scoring.
         split: the name recorded with the predictions.
         batch_size: samples per forward call.
@@ -251,7 +334,7 @@ def collect_predictions(
     """
     members = check_members(members)
     check_count(batch_size, "batch_size")
-    X = torch.as_tensor(X)
+    X = as_texts(X) if is_texts(X) else torch.as_tensor(X)  # strings go to members that tokenize them
     n = len(X)
     if n == 0:
         raise InvalidInputError("no samples to predict on (X is empty)")

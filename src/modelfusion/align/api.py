@@ -12,7 +12,6 @@ from torch import nn
 
 from .._modules import output_width
 from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
-from ..merge.state_dicts import merge_state_dicts
 from .derive import derive_spec
 from .matching import MATCHERS
 from .spec import PermutationSpec, permute
@@ -106,7 +105,7 @@ def align(
             changed = False
             for i in (torch.randperm(len(models) - 1, generator=generator) + 1).tolist():
                 others = [permute(states[j], spec, perms[j]) for j in range(len(models)) if j != i]
-                mean_of_others = merge_state_dicts(others, "linear")
+                mean_of_others = _mean_state(others)
                 new = matcher(spec, mean_of_others, states[i], X=X, seed=seed + rounds * 100 + i)
                 if any(not torch.equal(new[g], perms[i][g]) for g in new):
                     perms[i], changed = new, True
@@ -120,3 +119,20 @@ def align(
         copied.load_state_dict(permute(state, spec, perm))
         aligned.append(copied)
     return AlignResult(aligned, perms, spec, seconds, rounds)
+
+
+def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean of same-architecture state dicts, summed in float32 (float64 when an input is) in the order
+    given, as merge's "linear" method sums (integer buffers from the first): the target `average` matches to.
+    Here rather than `merge_state_dicts`, because merge (its `align:` step) builds on alignment."""
+    mean = {}
+    for name, first in states[0].items():
+        if not first.is_floating_point():
+            mean[name] = first.clone()
+            continue
+        dtype = torch.float64 if any(state[name].dtype == torch.float64 for state in states) else torch.float32
+        total = first.to(dtype, copy=True)
+        for state in states[1:]:
+            total.add_(state[name].to(dtype))
+        mean[name] = total.div_(len(states)).to(first.dtype)
+    return mean

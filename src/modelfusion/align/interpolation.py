@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..datasets import Split
-from ..report.plots import interpolation_figure, save_figure
+from ..plotting import interpolation_figure, save_figure
 from ..training import score_classifier
 
 __all__ = [

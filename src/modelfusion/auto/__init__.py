@@ -3,6 +3,20 @@ test, exported, with a leaderboard of every family tried and its costs."""
 
 from .candidates import Candidate
 from .export import load_fusion, save_fusion
-from .run import FAMILIES, AutoResult, auto, train_default_members
+from .family import FAMILIES, Family, FamilyResult, Inputs, Skip, family
+from .run import AutoResult, auto, train_default_members
 
-__all__ = ["auto", "AutoResult", "Candidate", "FAMILIES", "train_default_members", "load_fusion", "save_fusion"]
+__all__ = [
+    "auto",
+    "AutoResult",
+    "Candidate",
+    "FAMILIES",
+    "family",
+    "Family",
+    "FamilyResult",
+    "Inputs",
+    "Skip",
+    "train_default_members",
+    "load_fusion",
+    "save_fusion",
+]

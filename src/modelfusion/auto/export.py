@@ -1,14 +1,15 @@
 """The natural form of an output fusion whose members are not all torch networks: a folder of the members'
-files (`members/NAME.safetensors` or `.skops`) and the fitted combiner (`combiner.safetensors`, which names its
-members in order). Torch-only fusions are `EnsembleModule` folders instead."""
+files (`members/STEM.safetensors` or `.skops`, STEM the member's name made a safe file stem) and the fitted
+combiner (`combiner.safetensors`, which names its members in order). Torch-only fusions are `EnsembleModule`
+folders instead."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from .._files import unique_stems
 from ..ensemble import Combiner, load_combiner, save_combiner
-from ..ensemble.module import safe_file_name
 from ..errors import CheckpointError
 from ..io import load_member, save_member
 from ..members import Member
@@ -19,12 +20,9 @@ __all__ = ["save_fusion", "load_fusion"]
 def save_fusion(members: list[Member], combiner: Combiner, path: str | os.PathLike) -> Path:
     """Write the members and the combiner into the new folder `path` (which must not exist)."""
     path = Path(path)
-    unsafe = [m.name for m in members if not safe_file_name(m.name)]
-    if unsafe:
-        raise CheckpointError(f"member names {unsafe} cannot be file names; rename the members")
     path.mkdir(parents=True)
-    for member in members:
-        save_member(member, path / "members" / member.name)
+    for member, stem in zip(members, unique_stems([m.name for m in members]), strict=True):
+        save_member(member, path / "members" / stem)  # the name is data: its file gets a safe stem
     save_combiner(combiner, path / "combiner.safetensors")
     return path
 
@@ -35,10 +33,8 @@ def load_fusion(path: str | os.PathLike) -> tuple[list[Member], Combiner]:
     path = Path(path)
     combiner = load_combiner(path / "combiner.safetensors")
     members = []
-    for name in combiner.member_names_:
-        if not safe_file_name(name):
-            raise CheckpointError(f"{path}: the combiner names member {name!r}, which cannot be a file name; refused")
-        files = sorted((path / "members").glob(f"{name}.*"))
+    for name, stem in zip(combiner.member_names_, unique_stems(combiner.member_names_), strict=True):
+        files = sorted((path / "members").glob(f"{stem}.*"))
         if len(files) != 1:
             raise CheckpointError(f"{path}/members holds {len(files)} files for member {name!r}; expected one")
         members.append(load_member(files[0], name=name))

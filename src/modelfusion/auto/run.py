@@ -3,8 +3,8 @@ candidate exported; results.json in the shape `modelfusion.report` reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from .._atomic import atomic_dir, check_output, jsonable, write_json
+from .._atomic import atomic_dir, check_output
 from .._progress import progress_bar
 from ..datasets import Dataset
 from ..errors import ConfigError, InvalidInputError
@@ -23,59 +22,39 @@ from ..evaluate.metrics import reliability_curve
 from ..evaluate.stats import mcnemar_exact, scores_with_intervals
 from ..members import Member, check_members
 from ..predictions import collect_predictions
+from ..results import Curves, Diversity, Results, Skipped, Verdict, versions
 from .candidates import Candidate
-from .families import (
-    Context,
-    Skip,
-    cascade_family,
-    compress_family,
-    distill_family,
-    members_family,
-    merge_family,
-    output_family,
-)
+from .families import members_family  # and the built-in families register, in the order auto runs them
+from .family import FAMILIES, FamilyResult, Inputs, Skip, run_order
 
 __all__ = ["auto", "AutoResult", "FAMILIES", "train_default_members"]
-
-# In this order: each family may use what the ones before it found (the fusion to distil, the network to compress).
-FAMILIES: dict[str, Callable[[Context], list[Candidate]]] = {
-    "output": output_family,
-    "merge": merge_family,
-    "distill": distill_family,
-    "cascade": cascade_family,
-    "compress": compress_family,
-}
 
 
 @dataclass
 class AutoResult:
-    """Every candidate scored, the one chosen on validation, and what was skipped and why."""
+    """Every candidate scored (in the order the families added them), the one chosen on validation, the best
+    member (chosen on validation too), the results written to results.json, and what was skipped and why."""
 
     candidates: list[Candidate]
     chosen: Candidate
     best_member: Candidate
-    results: dict
-    skipped: list[dict] = field(default_factory=list)
+    results: Results
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def train_default_members(
     data: Dataset, *, seed: int = 0, cnns: int = 5, log: Callable[[str], None] = print
 ) -> list[Member]:
-    """The members `auto` trains when given only a dataset: the demo's (MLPs of three seeds, a logistic
-    regression, a random forest) and, where the dataset has a CNN recipe, `cnns` CNNs of different seeds (a
-    deep ensemble of its strongest architecture), all from the dataset's recipes."""
-    from ..demo import DemoMember, member_recipes, train_member
-    from ..training import RECIPES
+    """The members `auto` trains when given only a dataset (`modelfusion.training.member_plans`): the demo's
+    (MLPs of three seeds, a logistic regression, a random forest) and, where the dataset has a CNN recipe,
+    `cnns` CNNs of different seeds (a deep ensemble of its strongest architecture)."""
+    from ..training import member_plans
 
-    planned = member_recipes(data, seed=seed)
-    if f"{data.name}-cnn" in RECIPES:
-        recipe = RECIPES[f"{data.name}-cnn"]
-        planned += [DemoMember(f"cnn_{i}", recipe, seed=seed * 1000 + 100 + i) for i in range(1, cnns)]
     members = []
-    for member in planned:
+    for plan in member_plans(data, seed=seed, cnns=cnns):
         started = time.perf_counter()
-        members.append(train_member(member, data, None))
-        log(f"  trained {member.name} in {time.perf_counter() - started:.1f}s")
+        members.append(plan.train(data))
+        log(f"  trained {plan.name} in {time.perf_counter() - started:.1f}s")
     return members
 
 
@@ -111,15 +90,15 @@ def auto(
 
     Example:
         >>> result = auto(None, load_dataset("digits"), out="runs/auto")
-        >>> result.chosen.name, result.results["leaderboard"][0]["test"]["accuracy"]
+        >>> result.chosen.name, result.results.leaderboard[0].test["accuracy"]
     """
     started = time.perf_counter()
     if data.task != "classification":
         raise ConfigError(f"auto handles classification; {data.name} is {data.task}: use modelfusion ensemble")
-    chosen_families = list(FAMILIES) if families is None else list(families)
+    chosen_families = list(FAMILIES.registered()) if families is None else list(families)
     unknown = sorted(set(chosen_families) - set(FAMILIES))
     if unknown:
-        raise ConfigError(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
+        raise ConfigError(f"unknown families {unknown}; choose from {', '.join(FAMILIES.registered())}")
     if out is not None:
         check_output(Path(out), kind="folder", overwrite=overwrite)  # before any work
         if report:
@@ -132,92 +111,109 @@ def auto(
     members = check_members(list(members))
     if not members:
         raise InvalidInputError("auto needs at least one member")
-    ctx = Context(
-        data,
-        members,
-        collect_predictions(members, data.val.X, data.val.y, "val", progress=False),
-        collect_predictions(members, data.test.X, data.test.y, "test", progress=False),
-        seed=seed,
-    )
-    ctx.candidates += members_family(ctx)
+    val = collect_predictions(members, data.val.X, data.val.y, "val", progress=False)
+    test = collect_predictions(members, data.test.X, data.test.y, "test", progress=False)
+    inputs = Inputs(data, members, val, test, seed, {})
+    found = {"member": members_family(inputs)}
+    skipped = _run_families(run_order(chosen_families), inputs, found, started, budget_s, progress, log)
+    config = {"families": chosen_families, "budget_s": budget_s, "seed": seed}
+    return _finish(inputs, found, skipped, started, out=out, report=report, overwrite=overwrite, config=config)
+
+
+def _run_families(
+    names: list[str],
+    inputs: Inputs,
+    found: dict[str, FamilyResult],
+    started: float,
+    budget_s: float | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> list[Skipped]:
+    """Run each family in `names` in turn, on the results of the families it requires or uses (into `found`);
+    the families that did not run, and why."""
     skipped = []
     with progress_bar(progress) as bar:
-        task = bar.add_task("auto", total=len(chosen_families))
-        for name in chosen_families:
+        task = bar.add_task("auto", total=len(names))
+        for name in names:
             bar.update(task, description=f"auto: {name}")
             elapsed = time.perf_counter() - started
-            if budget_s is not None and elapsed > budget_s:
-                reason = f"the time budget of {budget_s:.0f}s was spent ({elapsed:.0f}s)"
-                skipped.append({"family": name, "reason": reason})
+            try:
+                found[name] = _run_family(name, inputs, found, budget_s, elapsed)
+            except Skip as reason:
+                skipped.append(Skipped(family=name, reason=str(reason)))
                 log(f"{name}: skipped, {reason}")
             else:
-                try:
-                    added = FAMILIES[name](ctx)
-                except Skip as reason:
-                    skipped.append({"family": name, "reason": str(reason)})
-                    log(f"{name}: skipped, {reason}")
-                else:
-                    ctx.candidates += added
-                    log(f"{name}: {len(added)} candidate(s) in {time.perf_counter() - started - elapsed:.1f}s")
+                seconds = time.perf_counter() - started - elapsed
+                log(f"{name}: {len(found[name].candidates)} candidate(s) in {seconds:.1f}s")
             bar.advance(task)
-    return _finish(
-        ctx,
-        skipped,
-        started,
-        out=out,
-        report=report,
-        overwrite=overwrite,
-        config={"families": chosen_families, "budget_s": budget_s, "seed": seed},
-    )
+    return skipped
+
+
+def _run_family(
+    name: str, inputs: Inputs, found: dict[str, FamilyResult], budget_s: float | None, elapsed: float
+) -> FamilyResult:
+    """The family `name` run on what it requires and uses; `Skip` when the budget is spent or what it requires
+    did not run."""
+    if budget_s is not None and elapsed > budget_s:
+        raise Skip(f"the time budget of {budget_s:.0f}s was spent ({elapsed:.0f}s)")
+    family = FAMILIES[name]
+    missing = [f for f in family.requires if f not in found]
+    if missing:
+        raise Skip(f"it needs the results of {', '.join(missing)}, which did not run")
+    given = {f: found[f] for f in ("member", *family.requires, *family.uses) if f in found}
+    return family.run(dataclasses.replace(inputs, found=given))
 
 
 def _rank_key(candidate: Candidate) -> tuple:
-    return (-candidate.val["accuracy"], candidate.val["nll"], candidate.cost.get("forward_passes") or 0)
+    return (-candidate.val["accuracy"], candidate.val["nll"], candidate.cost.forward_passes or 0)
 
 
 def _finish(
-    ctx: Context, skipped: list[dict], started: float, *, out, report: bool, overwrite: bool, config: dict
+    ctx: Inputs,
+    found: dict[str, FamilyResult],
+    skipped: list[Skipped],
+    started: float,
+    *,
+    out,
+    report: bool,
+    overwrite: bool,
+    config: dict,
 ) -> AutoResult:
+    """Score every candidate on test (bootstrap intervals, McNemar's exact test against the best member, both
+    chosen on validation), build the results, and export the chosen candidate with them into `out`."""
+    candidates = [c for result in found.values() for c in result.candidates]  # in the order the families ran
     y_test = ctx.data.test.y.numpy()
-    members = [c for c in ctx.candidates if c.family == "member"]
-    best_member = min(members, key=_rank_key)
-    exportable = [c for c in ctx.candidates if c.export is not None]
-    chosen = min(exportable, key=_rank_key)
+    best_member = min(found["member"].candidates, key=_rank_key)
+    chosen = min((c for c in candidates if c.export is not None), key=_rank_key)
     best_correct = best_member.test_proba.argmax(1) == y_test
-    leaderboard = []
-    for candidate in sorted(ctx.candidates, key=_rank_key):
+
+    def scored(candidate: Candidate) -> Candidate:
         versus = mcnemar_exact(candidate.test_proba.argmax(1) == y_test, best_correct)
-        leaderboard.append(
-            {
-                "name": candidate.name,
-                "family": candidate.family,
-                "val": candidate.val,
-                "test": scores_with_intervals(candidate.test_proba, y_test, seed=ctx.seed),
-                "cost": candidate.cost,
-                "p_vs_best_member": None if candidate is best_member else versus["p_value"],
-                "description": candidate.description,
-            }
+        return candidate.scored(
+            test=scores_with_intervals(candidate.test_proba, y_test, seed=ctx.seed),
+            p_vs_best_member=None if candidate is best_member else versus["p_value"],
+            description=candidate.description,
         )
-    by_name = {row["name"]: row for row in leaderboard}
-    results = {
-        "chosen": by_name[chosen.name],
-        "leaderboard": leaderboard,
-        "verdict": {
-            "best_member": best_member.name,
-            "chosen": chosen.name,
-            "p_value": by_name[chosen.name]["p_vs_best_member"],
-            "test": "McNemar's exact test",
-        },
-        "curves": {
-            "reliability": {
-                c.name: reliability_curve(c.test_proba, y_test) for c in (best_member, chosen) if c is not None
-            },
-            "interpolation": ctx.curves["interpolation"],
-            "cascade": ctx.curves["cascade"],
-        },
-        "diversity": _diversity(ctx),
-        "skipped": skipped,
-        "config": {
+
+    by_name = {c.name: scored(c) for c in candidates}
+    results = Results(
+        chosen=by_name[chosen.name],
+        leaderboard=[by_name[c.name] for c in sorted(candidates, key=_rank_key)],
+        verdict=Verdict(
+            best_member=best_member.name,
+            chosen=chosen.name,
+            p_value=by_name[chosen.name].p_vs_best_member,
+            test="McNemar's exact test",
+        ),
+        curves=Curves(
+            reliability={c.name: reliability_curve(c.test_proba, y_test) for c in (best_member, chosen)},
+            interpolation=_curves(found, "interpolation"),
+            cascade=_curves(found, "cascade"),
+            search=_curves(found, "search"),
+        ),
+        diversity=_diversity(ctx),
+        skipped=skipped,
+        config={
             **config,
             "dataset": {
                 "name": ctx.data.name,
@@ -226,39 +222,47 @@ def _finish(
             },
             "members": [m.name for m in ctx.members],
         },
-        "versions": {
-            "modelfusion": __version__,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
-        "notes": [
+        versions=versions(),
+        notes=[
             "ranked on validation only (output combiners by 5-fold cross-validated scores on it); the test split "
             "only scores: accuracy and NLL with 95% percentile bootstrap intervals, McNemar's exact test against "
             "the best member (chosen on validation)",
             "cost: latency at batch 1 on this CPU (median of 20 runs; a fusion's is the sum of its members'), "
             "bytes stored, forward passes per sample",
-            *ctx.curves.get("notes", []),
+            *(note for result in found.values() for note in result.notes),
         ],
-        "wall_seconds": round(time.perf_counter() - started, 2),
-    }
+        wall_seconds=round(time.perf_counter() - started, 2),
+    )
     if out is not None:
         out = Path(out)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             exported = chosen.export(tmp / "model")
-            results["chosen"]["path"] = str(out / exported.relative_to(tmp))
-            write_json(tmp / "results.json", jsonable(results))
+            results = _with_path(results, str(out / exported.relative_to(tmp)))
+            results.save(tmp / "results.json")
             if report:
                 from ..report import write_report
 
-                write_report(tmp / "results.json", tmp / "report.html")
-    return AutoResult(ctx.candidates, chosen, best_member, results, skipped)
+                write_report(results, tmp / "report.html")
+    scored_candidates = [results.candidate(c.name) for c in candidates]
+    return AutoResult(scored_candidates, results.chosen, results.candidate(best_member.name), results, skipped)
 
 
-def _diversity(ctx: Context) -> dict:
+def _curves(found: dict[str, FamilyResult], kind: str) -> dict[str, list]:
+    """Every family's curves of `kind` ("interpolation", "cascade"), in the order the families ran."""
+    return {name: curve for result in found.values() for name, curve in result.curves.get(kind, {}).items()}
+
+
+def _with_path(results: Results, path: str) -> Results:
+    """`results` with the chosen candidate's export `path`, on its leaderboard row too."""
+    chosen = results.chosen.scored(path=path)
+    board = [chosen if c.name == chosen.name else c for c in results.leaderboard]
+    return results.updated(chosen=chosen, leaderboard=board)
+
+
+def _diversity(ctx: Inputs) -> Diversity:
     proba = ctx.test.probabilities(torch.float64).numpy()  # [K, N, C]
-    return {
-        "members": list(ctx.test.member_names),
-        "disagreement": np.round(disagreement_matrix(proba), 4).tolist(),
-        "oracle_accuracy": oracle_accuracy(proba, ctx.data.test.y.numpy()),
-    }
+    return Diversity(
+        members=list(ctx.test.member_names),
+        disagreement=np.round(disagreement_matrix(proba), 4).tolist(),
+        oracle_accuracy=oracle_accuracy(proba, ctx.data.test.y.numpy()),
+    )

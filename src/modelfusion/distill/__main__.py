@@ -14,14 +14,14 @@ import torch.distributed as dist
 
 def main() -> None:
     import typer
-    from rich.console import Console
 
     from .._cli_support import command_from_job, err_console, guarded
+    from .._terminal import terminal_console
     from .job import DistillJob, run_job
 
     def run(job: DistillJob) -> None:
         note = lambda text: err_console.print(f"note: {text}", markup=False, highlight=False)  # noqa: E731
-        run_job(job, console=Console(), note=note)
+        run_job(job, console=terminal_console(), note=note)
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(guarded(command_from_job(DistillJob, run)))

@@ -173,8 +173,7 @@ def build_teacher(
     (`note` is told which), so that a combiner finds its members.
     """
     from ..ensemble import load_combiner
-    from ..io import load_member
-    from ..members import name_after_files
+    from ..io import load_member, load_members
 
     if bool(models) == (offline is not None):
         raise ConfigError(
@@ -184,10 +183,8 @@ def build_teacher(
         combiner = load_combiner(combiner)
     if offline is not None:
         return OfflineTeacher(offline, weights=weights, combiner=combiner)
-    files = [m for m in models if isinstance(m, str | os.PathLike)]
-    loaded = [load_member(Path(m)) if isinstance(m, str | os.PathLike) else m for m in models]
-    if len(files) == len(loaded):
-        renamed = name_after_files(loaded, files)
-        if renamed and note is not None:
-            note(renamed)
+    if all(isinstance(m, str | os.PathLike) for m in models):
+        loaded = load_members([Path(m) for m in models], note=note)
+    else:
+        loaded = [load_member(Path(m)) if isinstance(m, str | os.PathLike) else m for m in models]
     return ModelTeacher(loaded, weights=weights, combiner=combiner)

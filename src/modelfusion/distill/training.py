@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_path, check_output
-from .._checks import MAX_SEED, check_count, check_number, check_seed
+from .._checks import MAX_SEED, check_count, check_number, check_seed, checked
+from .._files import check_readable
 from .._modules import output_width
 from .._progress import progress_bar
 from ..datasets import Split
@@ -40,6 +41,7 @@ def _evaluate(student: nn.Module, split: Split) -> dict[str, float]:
     return {"val_nll": scores["loss"], "val_accuracy": scores["accuracy"]}
 
 
+@checked
 def distill(
     student: nn.Module,
     teacher: Teacher,
@@ -393,6 +395,7 @@ def _settings(student, teacher: Teacher, train: Split, val: Split, feature_hints
 
 
 def _wrap_load(checkpoint: Path) -> dict:
+    check_readable(checkpoint, "distillation checkpoint")
     try:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:

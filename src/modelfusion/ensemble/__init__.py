@@ -35,9 +35,10 @@ from .temperature import TemperatureScaling
 from .train import TRAINING_METHODS, MeanOfModels, TrainedMembers, train_members
 from .voting import HardVote, SoftVote, Voting
 from .weighted import WeightedAverage
-from .workflow import EnsembleRun, fuse_and_evaluate
+from .workflow import EnsembleRun, fit_combiners, fuse_and_evaluate
 
 __all__ = [
+    "fit_combiners",
     "COMBINERS",
     "Combiner",
     "make_combiner",

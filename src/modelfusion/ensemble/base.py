@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .._atomic import jsonable
+from .._checks import checked
 from ..errors import IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..predictions import Predictions, check_fit_split
 from ..tasks import TASKS, Task
@@ -38,6 +39,7 @@ class Combiner:
         return True
 
     # -- fitting -------------------------------------------------------------------------------------
+    @checked
     def fit(self, preds: Predictions, y: torch.Tensor | None = None, *, X: torch.Tensor | None = None) -> Combiner:
         """Learn from validation predictions; `y` defaults to `preds.labels`. Predictions of the test split are
         refused (`LeakageError`): a combiner fitted on them is scored on the labels it learned from."""
@@ -77,17 +79,29 @@ class Combiner:
                 f"{list(preds.member_names)}; predict with the same members in the same order"
             )
 
+    def members_used(self) -> list[str]:
+        """The members this fitted combiner runs: those with a non-zero weight when it learned one weight per
+        member (a selection, or the best member alone after a fallback), else all of them."""
+        if not hasattr(self, "member_names_"):
+            raise NotFittedError(f"combiner {self.name!r} is not fitted yet; call fit(validation_predictions) first")
+        weights = getattr(self, "weights_", None)
+        if isinstance(weights, torch.Tensor) and weights.ndim == 1 and len(weights) == len(self.member_names_):
+            return [name for name, w in zip(self.member_names_, weights.tolist(), strict=True) if w != 0]
+        return list(self.member_names_)
+
     def fuse(self, preds: Predictions, *, X: torch.Tensor | None = None) -> torch.Tensor:
         """What `evaluate` scores: probabilities `[N, C]` (classification) or values `[N]` (regression)."""
         self._check_fitted(preds)
         return self._fuse(preds.outputs.double(), X).float()
 
+    @checked
     def predict_proba(self, preds: Predictions, *, X: torch.Tensor | None = None) -> torch.Tensor:
         """Fused class probabilities `[N, C]`."""
         if getattr(self, "task_", None) == "regression":
             raise InvalidInputError(f"combiner {self.name!r} was fitted for regression; use predict()")
         return self.fuse(preds, X=X)
 
+    @checked
     def predict(self, preds: Predictions, *, X: torch.Tensor | None = None) -> torch.Tensor:
         """Fused labels `[N]` (classification) or values `[N]` (regression)."""
         fused = self.fuse(preds, X=X)

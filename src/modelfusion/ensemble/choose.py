@@ -12,7 +12,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 
 from ..errors import ConfigError, InvalidInputError, OverconfidenceWarning
 from ..evaluate.metrics import classification_metrics
-from ..predictions import Predictions, check_fit_split
+from ..predictions import Predictions, check_fit_labels, check_fit_split
 from .registry import make_combiner
 
 __all__ = ["Choice", "choose_combiner"]
@@ -78,6 +78,7 @@ def choose_combiner(
     check_fit_split(val, "choose_combiner")
     if val.labels is None:
         raise InvalidInputError("choose_combiner: the validation predictions have no labels to score on")
+    check_fit_labels(val.labels, val.task, "choose_combiner")
     metric = metric or _METRICS[val.task][0]
     if metric not in _METRICS[val.task]:
         raise ConfigError(f"choose_combiner: metric for {val.task} must be one of {_METRICS[val.task]}, got {metric!r}")

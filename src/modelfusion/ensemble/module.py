@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from torch import nn
 
 from .._atomic import atomic_dir
 from .._checks import first_problem
-from .._safetensors import check_readable
+from .._files import read_file, unique_stems
 from ..errors import CheckpointError, ConfigError, IncompatibleModelsError, InvalidInputError, NotFittedError
 from ..members import TorchMember
 from ..tasks import Task
@@ -154,16 +153,13 @@ class EnsembleModule(nn.Module):
                 "TorchMember(module, name=..., factory='package.module:function', factory_kwargs={...})"
             )
         path = Path(path)
-        unsafe = [n for n in self.member_names if not safe_file_name(n)]
-        if unsafe:
-            raise InvalidInputError(
-                f"member names {unsafe} cannot be file names; rename the members (letters, digits, '.', '_', '-')"
-            )
         with atomic_dir(path, overwrite=overwrite) as tmp:
             entries = []
-            for name, module, (factory, kwargs) in zip(self.member_names, self.members, self.factories, strict=True):
+            stems = unique_stems(self.member_names)  # names are data: the files get safe stems
+            members = zip(self.member_names, stems, self.members, self.factories, strict=True)
+            for name, stem, module, (factory, kwargs) in members:
                 member = TorchMember(module, name=name, task=self.task, factory=factory, factory_kwargs=kwargs)
-                file = save_member(member, tmp / "members" / f"{name}.safetensors")
+                file = save_member(member, tmp / "members" / f"{stem}.safetensors")
                 entries.append({"name": name, "file": str(file.relative_to(tmp))})
             save_combiner(self.combiner, tmp / "combiner.safetensors")
             manifest = {"task": self.task, "members": entries, "combiner": "combiner.safetensors"}
@@ -179,11 +175,11 @@ class EnsembleModule(nn.Module):
 
         path = Path(path)
         manifest_path = path / "ensemble.json"
-        if not manifest_path.is_file():
+        if not (manifest_path.exists() or manifest_path.is_symlink()):
             raise CheckpointError(f"{path} is not a saved EnsembleModule (no ensemble.json)")
-        check_readable(manifest_path, "ensemble manifest")
+        raw = read_file(manifest_path, "ensemble manifest", _MANIFEST_MAX_BYTES)
         try:
-            manifest = _Manifest.model_validate_json(manifest_path.read_bytes())
+            manifest = _Manifest.model_validate_json(raw)
         except ValidationError as err:
             where, problem = first_problem(err)
             raise CheckpointError(f"{manifest_path}: field {where!r} is invalid ({problem})") from None
@@ -194,7 +190,7 @@ class EnsembleModule(nn.Module):
             raise CheckpointError(f"{manifest_path} names files outside its folder: {', '.join(outside)}; refused")
         factories = factories or {}
         members = [
-            load_member(path / entry.file, factory=factories.get(entry.name), task=manifest.task)
+            load_member(path / entry.file, factory=factories.get(entry.name), task=manifest.task, name=entry.name)
             for entry in manifest.members
         ]
         combiner = load_combiner(path / manifest.combiner)
@@ -218,13 +214,7 @@ def apply_guard(guard, on_reject: str, x: torch.Tensor, out: torch.Tensor) -> to
     return out.masked_fill(mask.reshape(-1, *([1] * (out.ndim - 1))), float("nan"))
 
 
-# Member names become file names when an ensemble is saved.
-_SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-def safe_file_name(name: str) -> bool:
-    """Whether a member's name can be its file's name: letters, digits, '.', '_', '-', and not '.' or '..'."""
-    return bool(_SAFE_FILE_NAME.fullmatch(name)) and name not in (".", "..")
+_MANIFEST_MAX_BYTES = 16 * 2**20  # a manifest lists file names: 10,000 members take well under 1 MB
 
 
 class _ManifestEntry(BaseModel):

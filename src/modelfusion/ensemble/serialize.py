@@ -17,6 +17,7 @@ import torch
 
 from .._safetensors import read_tensors, write_tensors
 from ..errors import CheckpointError, ModelFusionError
+from ..members import check_classes
 from .base import Combiner
 from .registry import COMBINERS
 
@@ -60,7 +61,7 @@ def _decode(spec: dict, tensors: dict[str, torch.Tensor]) -> Any:
         tensor = tensors[spec["tensor"]]
         return tensor.numpy() if spec.get("numpy") else tensor
     if "skops" in spec:
-        from ..io.loading import load_skops
+        from ..io.skops import load_skops
 
         if spec["skops"] not in tensors:
             raise CheckpointError(f"the description refers to a tensor {str(spec['skops'])[:80]!r} the file lacks")
@@ -144,6 +145,8 @@ def _check_fitted_state(combiner: Combiner) -> None:
     classes = getattr(combiner, "classes_", None)
     if task == "classification" and (not isinstance(classes, tuple | list) or not classes):
         raise CheckpointError("a classification combiner's classes_ must be a non-empty list")
+    if classes is not None:
+        check_classes(classes, "the combiner")
     shape = (len(names), 2, len(classes)) if task == "classification" else (len(names), 2)
     try:
         fused = combiner._fuse(torch.zeros(shape, dtype=torch.float64), None)

@@ -11,6 +11,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 
 from ..errors import ConfigError, InvalidInputError
+from ..predictions import check_fit_labels
 from ..tasks import Task
 from .base import Combiner, probabilities
 from .registry import COMBINERS
@@ -91,6 +92,7 @@ class Stacking(Combiner):
         if self.features not in ("proba", "logit"):
             raise ConfigError(f"stacking: features must be 'proba' or 'logit', got {self.features!r}")
         classification = outputs.ndim == 3
+        check_fit_labels(y, self.task_, "stacking")
         meta = self._build_meta_learner(self.task_)
         if classification and not is_classifier(meta):
             raise ConfigError(f"stacking: meta_learner {type(meta).__name__} is not a classifier")

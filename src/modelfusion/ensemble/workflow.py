@@ -10,16 +10,17 @@ from pathlib import Path
 
 import torch
 
-from .._atomic import atomic_dir, write_json
+from .._atomic import atomic_dir
 from ..errors import IncompatibleModelsError, LeakageError
 from ..evaluate import Report, evaluate
-from ..predictions import Predictions, is_test_split
+from ..predictions import Predictions, check_fit_labels, is_test_split, same_samples
+from ..results import Cost, Results, Verdict
 from .base import Combiner
 from .choose import Choice, choose_combiner
 from .registry import combiners_for, make_combiner
 from .serialize import save_combiner
 
-__all__ = ["EnsembleRun", "fuse_and_evaluate"]
+__all__ = ["EnsembleRun", "fuse_and_evaluate", "fit_combiners"]
 
 
 @dataclass
@@ -31,20 +32,42 @@ class EnsembleRun:
     fit_seconds: dict[str, float] = field(default_factory=dict)
     choice: Choice | None = None  # the fusion to report, chosen on validation (None: too few samples)
 
-    def summary(self) -> dict:
-        """JSON-able: each combiner's class, parameters, fit time and what it learned (`Combiner.describe`: the
-        weights and whether the best member replaced the fusion, and why; stacking's cross-validated score;
-        members `mean_logit` found overconfident; temperatures), the choice, and the report."""
-        combiners = {
-            name: {**combiner.describe(), "fit_seconds": round(self.fit_seconds[name], 4)}
-            for name, combiner in self.combiners.items()
-        }
-        chosen = None
+    def results(self) -> Results:
+        """The run in the one results schema (`modelfusion.results`): the test report's candidates (members and
+        fusions, `Report.to_results`), each fusion with its cross-validated validation scores, the members it
+        runs (`cost.forward_passes`) and what its combiner learned (`details["combiner"]`: `Combiner.describe`,
+        the weights and whether the best member replaced the fusion, and why; stacking's cross-validated
+        score; members `mean_logit` found overconfident; temperatures; and its fit time); the fusion chosen on
+        validation and its test against the best member."""
+        results = self.report.to_results()
+        cross_validated = self.choice.scores if self.choice is not None else {}
+        candidates = []
+        for candidate in results.leaderboard:
+            combiner = self.combiners.get(candidate.name)
+            if candidate.family != "output" or combiner is None:
+                candidates.append(candidate)
+                continue
+            learned = {**combiner.describe(), "fit_seconds": round(self.fit_seconds[candidate.name], 4)}
+            update = {"cost": Cost(forward_passes=len(combiner.members_used()))}
+            update["details"] = {**candidate.details, "combiner": learned}
+            if candidate.name in cross_validated:
+                update["val"] = dict(cross_validated[candidate.name])
+            candidates.append(candidate.scored(**update))
+        update = {"leaderboard": candidates}
         if self.choice is not None:
-            chosen = {"name": self.choice.name, "metric": self.choice.metric, "reason": self.choice.reason()}
-            chosen["cross_validated"] = self.choice.scores
-            chosen["not_eligible"] = list(self.choice.not_eligible)
-        return {"combiners": combiners, "chosen": chosen, "test": self.report.to_dict()}
+            chosen = next(c for c in candidates if c.name == self.choice.name)
+            versus = self.report.row(chosen.name).vs_best_member
+            update["chosen"] = chosen
+            update["verdict"] = Verdict(
+                best_member=self.report.best_member,
+                chosen=chosen.name,
+                p_value=versus["p_value"],
+                test="McNemar's exact test" if versus["test"] == "mcnemar_exact" else "a paired bootstrap test",
+            )
+            choice = {"metric": self.choice.metric, "not_eligible": list(self.choice.not_eligible)}
+            update["config"] = {**results.config, "choice": choice}
+            update["notes"] = [*results.notes, f"chosen on validation: {self.choice.reason()}"]
+        return results.updated(**update)
 
     def save(
         self, out: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[str | os.PathLike | None] = ()
@@ -58,7 +81,7 @@ class EnsembleRun:
         with atomic_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
             for name, combiner in self.combiners.items():
                 save_combiner(combiner, tmp / "combiners" / f"{name}.safetensors")
-            write_json(tmp / "results.json", self.summary())
+            self.results().save(tmp / "results.json")
         return out
 
 
@@ -93,6 +116,7 @@ def fuse_and_evaluate(
         >>> run.report.ranked()[0].name
     """
     _check_no_leak(val, test)
+    check_fit_labels(val.labels, val.task, "the validation predictions")
     if val.member_names != test.member_names:
         raise IncompatibleModelsError(
             f"validation predictions are of members {list(val.member_names)} but test predictions of "
@@ -103,17 +127,33 @@ def fuse_and_evaluate(
             f"validation predictions are {val.task} over classes {val.classes} but test predictions {test.task} over "
             f"{test.classes}; both must come from the same members on one dataset"
         )
+    combiners, seconds, choice = fit_combiners(val, methods, params=params, X_val=X_val, seed=seed, choose=choose)
+    fused = {name: combiner.fuse(test, X=X_test) for name, combiner in combiners.items()}
+    return EnsembleRun(combiners, evaluate(test, fused, seed=seed), seconds, choice)
+
+
+def fit_combiners(
+    val: Predictions,
+    methods: Sequence[str] | str = "all",
+    *,
+    params: dict[str, dict] | None = None,
+    X_val: torch.Tensor | None = None,
+    seed: int = 0,
+    choose: bool = True,
+) -> tuple[dict[str, Combiner], dict[str, float], Choice | None]:
+    """Fit each combiner of `methods` ("all": every one for the task) on `val` and, with `choose`, choose one by
+    5-fold cross-validated NLL (MSE) on `val`: what `fuse_and_evaluate` does before it scores on test, for
+    callers that score in their own way (`auto`). Returns the fitted combiners, their fit times in seconds and
+    the choice (None: too few samples per class to cross-validate)."""
     names = combiners_for(val.task) if methods == "all" else list(methods)
     params = params or {}
-    combiners, fused, seconds = {}, {}, {}
+    combiners, seconds = {}, {}
     for name in names:
         start = time.perf_counter()
-        combiner = make_combiner(name, **params.get(name, {})).fit(val, X=X_val)
+        combiners[name] = make_combiner(name, **params.get(name, {})).fit(val, X=X_val)
         seconds[name] = time.perf_counter() - start
-        combiners[name] = combiner
-        fused[name] = combiner.fuse(test, X=X_test)
     choice = _choose(val, names, params, X_val, seed) if choose else None
-    return EnsembleRun(combiners, evaluate(test, fused, seed=seed), seconds, choice)
+    return combiners, seconds, choice
 
 
 def _choose(val: Predictions, names: list[str], params: dict, X_val, seed: int) -> Choice | None:
@@ -134,12 +174,10 @@ def _check_no_leak(val: Predictions, test: Predictions) -> None:
             f"the validation predictions are of the {val.split!r} split: combiners fitted on them would be scored "
             "on the labels they learned from; fit on validation predictions (split 'val') and only score on test"
         )
-    same = val is test or (
-        val.split == test.split and val.outputs.shape == test.outputs.shape and torch.equal(val.outputs, test.outputs)
-    )
-    if same:
+    if val is test or same_samples(val, test):
         raise LeakageError(
-            f"the validation and test predictions are the same (split {val.split!r}, identical outputs for "
-            f"{val.num_samples} samples): combiners would be scored on the labels they were fitted on; give the "
-            "validation split's predictions as val and the test split's as test"
+            f"the validation and test predictions are the same (split {val.split!r} and {test.split!r}: identical "
+            f"labels and outputs for the same {val.num_samples} samples, whatever the splits are called): combiners "
+            "would be scored on the labels they were fitted on; give the validation split's predictions as val and the "
+            "test split's as test"
         )

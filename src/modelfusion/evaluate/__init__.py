@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .._checks import check_seed
+from .._checks import PositiveInt, Share, check_seed, checked
 from ..errors import InvalidInputError
 from ..predictions import Predictions
+from ..results import Candidate, Cost, Curves, Diversity, Results
 from ..tasks import Task
 from .diversity import diversity
 from .metrics import (
@@ -94,6 +95,38 @@ class Report:
         out["primary_metric"] = self.primary_metric
         return out
 
+    def to_results(self) -> Results:
+        """This report in the one results schema (what results.json holds and the report renders): a candidate
+        per row (family "member", or "output" for a fusion) with its test scores and their intervals
+        (`<metric>_ci`) and its test against the best member (`p_vs_best_member`, the whole test in
+        `details["vs_best_member"]`); the reliability curves and the members' diversity. Nothing is chosen:
+        only validation may choose (`EnsembleRun.results` adds the choice)."""
+        candidates = [
+            Candidate(
+                name=row.name,
+                family="member" if row.kind == "member" else "output",
+                test={**row.metrics, **{f"{metric}_ci": tuple(ci) for metric, ci in row.ci.items()}},
+                cost=Cost(forward_passes=1) if row.kind == "member" else Cost(),
+                p_vs_best_member=row.vs_best_member["p_value"] if row.vs_best_member else None,
+                details={"vs_best_member": row.vs_best_member} if row.vs_best_member else {},
+            )
+            for row in self.rows
+        ]
+        members = [row.name for row in self.rows if row.kind == "member"]
+        evaluation = {"split": self.split, "num_samples": self.num_samples, "best_member": self.best_member}
+        evaluation.update(confidence=self.confidence, n_resamples=self.n_resamples)
+        return Results(
+            chosen=None,
+            leaderboard=candidates,
+            curves=Curves(reliability=self.reliability),
+            diversity=Diversity(members=members, **self.diversity),
+            config={"evaluation": evaluation},
+            notes=[
+                f"{self.split} split: {self.num_samples} samples; intervals: {self.confidence:.0%} percentile "
+                f"bootstrap over {self.n_resamples} resamples, paired across rows"
+            ],
+        )
+
 
 def _as_numpy(x) -> np.ndarray:
     return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
@@ -109,15 +142,16 @@ def _check_fused(name: str, values: np.ndarray, preds: Predictions) -> None:
         raise InvalidInputError(f"fused prediction {name!r} must be probabilities (rows summing to 1)")
 
 
+@checked
 def evaluate(
     preds: Predictions,
     fused: Mapping[str, torch.Tensor | np.ndarray] | None = None,
     *,
     best_member: str | None = None,
-    confidence: float = 0.95,
-    n_resamples: int = 1000,
+    confidence: Share = 0.95,
+    n_resamples: PositiveInt = 1000,
     seed: int = 0,
-    n_bins: int = 15,
+    n_bins: PositiveInt = 15,
 ) -> Report:
     """Score members and fused predictions on the labelled split held by `preds`.
 

@@ -1,7 +1,7 @@
 """Fusion inside the network: several backbones' features fused, backbones spliced onto new heads,
 stage-wise transfer learning, and cascades of models that run one after another."""
 
-from .cascade import Cascade, CascadeResult, Chained, measured_costs, plot_cascade_curve
+from .cascade import Cascade, CascadeResult, CascadeRun, Chained, measured_costs, plot_cascade_curve, run_cascade
 from .fusion import FUSIONS, Attention, Concat, FeatureFusion, Gating, Sum
 from .splice import Spliced, splice, spliced_member
 from .transfer import SCHEDULES, FinetuneResult, Stage, backbone_blocks, finetune
@@ -22,6 +22,8 @@ __all__ = [
     "FinetuneResult",
     "backbone_blocks",
     "Cascade",
+    "run_cascade",
+    "CascadeRun",
     "measured_costs",
     "CascadeResult",
     "Chained",

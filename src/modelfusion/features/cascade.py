@@ -20,12 +20,22 @@ import torch
 from torch import nn
 
 from .._modules import freeze, output_width, truncate
+from ..datasets import Dataset
 from ..errors import ConfigError, InvalidInputError, NotFittedError
-from ..members import as_member
-from ..predictions import Predictions, check_fit_split
-from ..report.plots import cascade_figure, save_figure
+from ..members import Member, as_member
+from ..plotting import cascade_figure, save_figure
+from ..predictions import Predictions, check_fit_labels, check_fit_split, collect_predictions
+from ..results import Candidate, Cost, Curves, Results, Verdict, versions
 
-__all__ = ["Cascade", "CascadeResult", "Chained", "measured_costs", "plot_cascade_curve"]
+__all__ = [
+    "Cascade",
+    "CascadeResult",
+    "CascadeRun",
+    "run_cascade",
+    "Chained",
+    "measured_costs",
+    "plot_cascade_curve",
+]
 
 GRID = 200  # candidate thresholds per stage: quantiles of its validation confidences
 EXHAUSTIVE = 250_000  # threshold combinations searched exhaustively
@@ -120,6 +130,7 @@ class Cascade:
         proba = val.probabilities(torch.float64).numpy()  # [K, N, C]
         if val.task != "classification" or val.labels is None:
             raise InvalidInputError("a cascade is fitted on labelled classification predictions")
+        check_fit_labels(val.labels, val.task, "cascade")
         if len(proba) < 2:
             raise InvalidInputError("a cascade needs at least two models")
         correct = proba.argmax(2) == val.labels.numpy()  # [K, N]
@@ -191,6 +202,131 @@ class Cascade:
             accuracy, cost = _score(confidence, correct, costs, [threshold] * (len(proba) - 1))
             rows.append({"threshold": float(threshold), "accuracy": float(accuracy), "mean_cost": float(cost)})
         return rows
+
+
+@dataclass
+class CascadeRun:
+    """A cascade fitted on validation and run for real on test (`run_cascade`): each model's cost per sample,
+    the routed test predictions, each model alone on test, and the validation curve."""
+
+    cascade: Cascade
+    costs: list[float]
+    test: CascadeResult
+    alone: Predictions  # every model on the whole test split
+    curve: list[dict[str, float]]  # `Cascade.curve` on validation
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.alone.member_names)
+
+    @property
+    def shares(self) -> list[float]:
+        """The share of the test samples each stage decided."""
+        return [float((self.test.stage == k).double().mean()) for k in range(len(self.names))]
+
+    def accuracy_alone(self, k: int) -> float:
+        return float((self.alone.outputs[k].argmax(1) == self.alone.labels).double().mean())
+
+    def lines(self) -> list[str]:
+        """What each stage decided, and the cascade against its last model alone, in words."""
+        thresholds = self.cascade.thresholds_
+        lines = [
+            f"stage {k}: {name} (cost {self.costs[k]:.3g}), "
+            f"{f'threshold {thresholds[k]:.3f}' if k < len(thresholds) else 'last'}: decides {share:.1%} of the "
+            "test samples"
+            for k, (name, share) in enumerate(zip(self.names, self.shares, strict=True))
+        ]
+        accuracy = self.test.accuracy(self.alone.labels)
+        lines.append(
+            f"test accuracy {accuracy:.3f} at mean cost {self.test.mean_cost:.3g}; the last model alone: "
+            f"{self.accuracy_alone(-1):.3f} at {self.costs[-1]:.3g} (thresholds chosen on validation: accuracy "
+            f"{self.cascade.val_accuracy_:.3f}, cost {self.cascade.val_cost_:.3g})"
+        )
+        return lines
+
+    def results(self, *, seed: int = 0) -> Results:
+        """The run in the one results schema: each model alone and the cascade (cost per sample in the costs'
+        units; the cascade's thresholds and each stage's share of the test samples in `details`), scored on
+        test with bootstrap intervals, and the cascade tested against its last model alone (McNemar)."""
+        from ..evaluate.stats import mcnemar_exact, scores_with_intervals
+
+        y = self.alone.labels.numpy()
+        proba = self.alone.probabilities(torch.float64).numpy()
+        candidates = [
+            Candidate(
+                name=name,
+                family="member",
+                test=scores_with_intervals(proba[k], y, seed=seed),
+                cost=Cost(per_sample=self.costs[k], forward_passes=1),
+            )
+            for k, name in enumerate(self.names)
+        ]
+        name = "cascade " + " -> ".join(self.names)
+        cascade_proba = self.test.proba.numpy()
+        versus = mcnemar_exact(cascade_proba.argmax(1) == y, proba[-1].argmax(1) == y)
+        cascade = Candidate(
+            name=name,
+            family="cascade",
+            val={"accuracy": self.cascade.val_accuracy_},
+            test=scores_with_intervals(cascade_proba, y, seed=seed),
+            cost=Cost(
+                per_sample=self.test.mean_cost, forward_passes=float(1 + (self.test.stage > 0).double().sum() / len(y))
+            ),
+            p_vs_best_member=versus["p_value"],
+            details={
+                "thresholds": self.cascade.thresholds_,
+                "decided_by_stage": self.shares,
+                "val_mean_cost": self.cascade.val_cost_,
+            },
+        )
+        return Results(
+            chosen=cascade,
+            leaderboard=[*candidates, cascade],
+            verdict=Verdict(
+                best_member=self.names[-1],
+                chosen=name,
+                p_value=versus["p_value"],
+                subject="cascade",
+                baseline="last model alone",
+            ),
+            curves=Curves(cascade={name: self.curve}),
+            config={
+                "costs": self.costs,
+                "target_accuracy": self.cascade.target_accuracy,
+                "budget": self.cascade.budget,
+            },
+            versions=versions(),
+            notes=[
+                "thresholds chosen on validation; the test split only scores (95% percentile bootstrap intervals, "
+                "McNemar's exact test against the last model alone); cost: per sample, in the costs' units"
+            ],
+        )
+
+
+def run_cascade(
+    members: Sequence[Member],
+    data: Dataset,
+    *,
+    costs: Sequence[float] | None = None,
+    target_accuracy: float | None = None,
+    budget: float | None = None,
+) -> CascadeRun:
+    """Fit a `Cascade` of `members` (cheapest first) on `data.val` and run it for real on `data.test`.
+
+    `costs` default to each member's measured CPU time per sample on the validation inputs (`measured_costs`);
+    the thresholds reach `target_accuracy` (default: the last member's validation accuracy) at the least cost,
+    or the best accuracy within `budget`.
+
+    Example:
+        >>> run = run_cascade([logreg, cnn], load_dataset("digits"), costs=[1, 20])
+        >>> run.results().save("cascade.json")
+    """
+    val = collect_predictions(members, data.val.X, data.val.y, "val", progress=False)  # clear errors first
+    per_sample = [float(c) for c in costs] if costs is not None else measured_costs(members, data.val.X)
+    fitted = Cascade(costs=per_sample, target_accuracy=target_accuracy, budget=budget).fit(val)
+    routed = fitted.predict(members, data.test.X)
+    alone = collect_predictions(members, data.test.X, data.test.y, "test", progress=False)
+    return CascadeRun(fitted, per_sample, routed, alone, fitted.curve(val))
 
 
 def _exit_stage(confidence: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:

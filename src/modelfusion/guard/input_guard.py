@@ -7,7 +7,6 @@ Fitted on the training split (schema, per-feature ranges, the state of feature s
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-from .._checks import check_number, check_seed
+from .._checks import PathArg, check_number, check_seed, checked
 from .._modules import last_linear_inputs
 from .._safetensors import parse_description, read_tensors, write_tensors
 from ..datasets import Split
@@ -29,7 +28,7 @@ from ..errors import (
     NotFittedError,
     first_line,
 )
-from ..members import Member, TorchMember, as_member, check_members
+from ..members import MAX_NAME_CHARS, Member, TorchMember, as_member, check_members
 from .scores import SCORES
 
 __all__ = ["InputGuard", "Verdicts", "feature_shuffled", "proxy_outliers"]
@@ -373,7 +372,8 @@ class InputGuard:
         return Verdicts(ok, tuple(reasons), scores, self.score_, self.threshold_)
 
     # -- files -----------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    @checked
+    def save(self, path: PathArg, *, overwrite: bool = False) -> Path:
         """Save the fitted guard (not its members) as one safetensors file with a JSON header, atomically;
         `InputGuard.load(path, members=...)` reads it back."""
         self._check_fitted()
@@ -392,7 +392,8 @@ class InputGuard:
         return write_tensors(path, tensors, key=_METADATA_KEY, description=description, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, members: Sequence | None = None) -> InputGuard:
+    @checked
+    def load(cls, path: PathArg, *, members: Sequence | None = None) -> InputGuard:
         """Read a guard written by `save`; `members` must be the models it was fitted with, in that order.
         Every problem with the file is one `CheckpointError` naming it."""
         tensors, description = read_tensors(path, key=_METADATA_KEY, what="guard file")
@@ -497,7 +498,7 @@ class _GuardHeader(BaseModel):
     fpr: StrictFloat | StrictInt = Field(gt=0, lt=1)
     range_tolerance: StrictFloat | StrictInt = Field(ge=0)
     seed: StrictInt = Field(ge=0, le=2**32 - 1)
-    member_names: list[Annotated[StrictStr, Field(max_length=256)]] = Field(max_length=1024)
+    member_names: list[Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS)]] = Field(max_length=1024)
     val_auroc: dict[Annotated[StrictStr, Field(max_length=64)], StrictFloat | StrictInt]
     proxy_auroc: dict[
         Annotated[StrictStr, Field(max_length=64)],

@@ -8,12 +8,13 @@
 | TorchScript | `.pt`, `.pth`, `.ts`, `.torchscript` (zip with code/) | `torch.jit.load`, only with `trust_code=True` |
 | `torch.export` program | `.pt2` | `torch.export.load`, only with `trust_code=True` |
 | pickled model | `.pkl`, `.pickle`, `.joblib`, pickled or legacy `.pt` | refused, unless `trust_code=True` |
+| transformers classifier | a folder (`config.json`, ...) | its own architectures only (`io.transformers`) |
 
 TorchScript and torch.export files are programs: TorchScript runs the file's `__setstate__` code while loading
 and `torch.export.load` unpickles parts of the archive, so they count as code (docs/security.md).
 """
 
-from .loading import SUFFIXES, load_member, load_model
+from .loading import SUFFIXES, load_member, load_members, load_model
 from .saving import save_member
 
-__all__ = ["load_member", "load_model", "save_member", "SUFFIXES"]
+__all__ = ["load_member", "load_members", "load_model", "save_member", "SUFFIXES"]

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from ..errors import CheckpointError, ModelFusionError, first_line
 from ..models import MODELS
@@ -25,8 +27,6 @@ __all__ = [
     "factory_name",
     "check_state_dict",
     "load_state_dict_checked",
-    "spliced_model",
-    "compressed_model",
 ]
 
 MAX_LISTED = 5
@@ -34,6 +34,28 @@ MAX_LISTED = 5
 MAX_ARGUMENT_ITEMS = 4096
 MAX_STRING_CHARS = 1024
 MAX_NESTING = 4
+# Building a model may allocate more than the file holds (a spliced model's backbone is built whole, then cut;
+# a compressed model's original is built in float32, then shrunk and quantized), but not without bound: at
+# most this many times the bytes of the file's tensors, plus the slack.
+MAX_BUILD_EXPANSION = 16
+BUILD_SLACK_BYTES = 256 * 2**20
+
+
+class _Allocations(TorchDispatchMode):
+    """Counts the bytes of every new tensor made while active (views and in-place results are not new): on
+    the meta device, what building a model would allocate, without allocating it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for returned, value in zip(func._schema.returns, out if isinstance(out, tuple) else (out,), strict=False):
+            if returned.alias_info is None:
+                leaves, _ = tree_flatten(value)
+                self.bytes += sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+        return out
 
 
 def factory_name(spec: str | Callable[..., nn.Module] | None) -> str | None:
@@ -43,11 +65,9 @@ def factory_name(spec: str | Callable[..., nn.Module] | None) -> str | None:
     """
     if spec is None:
         return None
-    models = MODELS
-    if isinstance(spec, str) and spec in models:
+    if isinstance(spec, str) and spec in MODELS:
         return spec
-    for name in models:
-        factory = models[name]
+    for name, factory in MODELS.registered().items():  # plugins are imported when named, not searched for
         if spec is factory or spec == f"{factory.__module__}:{factory.__qualname__}":
             return name
     return None
@@ -157,7 +177,10 @@ def build_named_model(
 
     The arguments must be JSON data the factory's signature accepts. With `state` (the file's tensors), the
     model is first built on the meta device and checked against `state`, so arguments that would allocate
-    more than the file holds (`hidden: [10**9]`) fail before any memory is taken.
+    more than the file holds (`hidden: [10**9]`) fail before any memory is taken: the model must have the
+    file's tensors, and building it (parts built and then dropped included, such as a spliced backbone's
+    layers after the cut) may allocate at most `MAX_BUILD_EXPANSION` times their bytes plus
+    `BUILD_SLACK_BYTES`.
     """
     registered = factory_name(name) if isinstance(name, str) else None
     if registered is None:
@@ -170,9 +193,18 @@ def build_named_model(
     kwargs = _check_arguments(registered, factory, kwargs or {}, source)
     label = f"{registered!r} named by {source}"
     if state is not None:
-        with torch.device("meta"):
+        with torch.device("meta"), _Allocations() as allocations:
             skeleton = _call(factory, kwargs, label)
         check_state_dict(skeleton, state, source)
+        held = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+        allowed = MAX_BUILD_EXPANSION * held + BUILD_SLACK_BYTES
+        if allocations.bytes > allowed:
+            raise CheckpointError(
+                f"{source}: building its model ({registered!r} with the file's arguments) would allocate "
+                f"{allocations.bytes:,} bytes for {held:,} bytes of weights (at most {MAX_BUILD_EXPANSION}x + "
+                f"{BUILD_SLACK_BYTES // 2**20} MiB); refused. If you trust the file, build the model yourself and "
+                "load its weights with load_state_dict"
+            )
     return _call(factory, kwargs, label)
 
 
@@ -211,34 +243,3 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
     expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return model.eval()
-
-
-@MODELS.register("spliced")
-def spliced_model(backbone: str, backbone_kwargs: Mapping, at: str, num_outputs: int, in_features: int) -> nn.Module:
-    """A factory for checkpoints of spliced models (registered as "spliced"): rebuilds the backbone from its
-    own factory, cuts it and adds a `num_outputs` head, so `load_member` restores the weights. The backbone
-    factory must be registered too, with arguments checked like a file's: a checkpoint never names code to run.
-    For any other backbone, rebuild with `splice(your_backbone, ...)` and load the weights with load_state_dict.
-    """
-    from ..features.splice import splice  # here, not above: loading other checkpoints needs none of features
-
-    trunk = build_named_model(backbone, backbone_kwargs, "a spliced checkpoint's backbone")
-    return splice(trunk, num_outputs, at=at, example_input=torch.zeros(2, in_features))
-
-
-@MODELS.register("compressed")
-def compressed_model(
-    model: str, model_kwargs: Mapping, method: str, params: Mapping, shapes: Mapping | None = None
-) -> nn.Module:
-    """A factory for checkpoints of compressed models (registered as "compressed"): rebuilds the original from
-    its own registered factory, checked like a file's, shrinks the tensors structured pruning shrank
-    (`shapes`: name -> shape, never larger than the original's), and gives it the compression's structure
-    (quantized layers, half precision) so that `load_member` restores the compressed weights."""
-    # here: loading other checkpoints needs none of it
-    from ..compress.methods import apply_compression
-    from ..compress.structured import resize_tensors
-
-    original = build_named_model(model, model_kwargs, "a compressed checkpoint's original model")
-    if shapes:
-        resize_tensors(original, shapes, what="a compressed checkpoint's shapes")
-    return apply_compression(original, method, dict(params), structure_only=True)

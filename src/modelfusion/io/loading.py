@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,25 +13,26 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from torch import nn
 
+from .._checks import PathArg, PositiveInt, checked
+from .._files import first_repeated_file, read_file
 from .._safetensors import check_readable, parse_description, read_tensors
-from ..errors import CheckpointError, ModelFusionError
-from ..members import Member, SklearnMember, TorchMember
+from ..errors import CheckpointError, InvalidInputError, ModelFusionError
+from ..members import MAX_NAME_CHARS, Member, SklearnMember, TorchMember
 from ..tasks import Task
+from .archives import archive_names
 from .factory import build_model, build_named_model, load_state_dict_checked
 from .onnx import OnnxModel
+from .skops import load_skops
+from .transformers import is_transformers_folder, load_transformers_member
 
-__all__ = ["LoadedModel", "load_model", "load_member", "load_skops", "SUFFIXES", "METADATA_KEY"]
+__all__ = ["LoadedModel", "load_model", "load_member", "load_members", "load_skops", "SUFFIXES", "METADATA_KEY"]
 
 METADATA_KEY = "modelfusion"  # key of our JSON in a safetensors header
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin")
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 SUFFIXES = (".safetensors", *STATE_DICT_SUFFIXES, *TORCHSCRIPT_SUFFIXES, ".pt2", ".onnx", ".skops", *PICKLE_SUFFIXES)
-# Zip archives may unpack to at most this many times their size (plus the slack): torch and TorchScript store
-# tensors uncompressed; only a zip bomb expands a hundredfold.
-MAX_EXPANSION = 100
-EXPANSION_SLACK_BYTES = 64 * 2**20
-MAX_ARCHIVE_ENTRIES = 100_000
+MAX_ONNX_BYTES = 2**31 - 1  # protobuf's own limit: a larger .onnx keeps its weights in external files
 SAFE_UNPICKLER_TORCH = "2.10"  # the first torch whose weights_only=True loading has no known escape
 # Nested checkpoints often keep the weights under one of these keys.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
@@ -46,7 +46,7 @@ class MemberHeader(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: StrictStr | None = Field(None, max_length=256)
+    name: StrictStr | None = Field(None, max_length=MAX_NAME_CHARS)
     task: Task = "classification"
     classes: list[Label] | None = Field(None, max_length=1_000_000)
     factory: StrictStr | None = Field(None, max_length=1024)
@@ -95,27 +95,6 @@ def _model_for(path: Path, state: Mapping[str, torch.Tensor], factory, factory_k
     return load_state_dict_checked(build_named_model(named, kwargs, str(path), state), state, str(path))
 
 
-def _archive_names(path: Path) -> list[str] | None:
-    """The member names of a zip archive (torch, TorchScript, torch.export and skops files are zips), after
-    checking that its declared sizes are sane; None when `path` is not a zip."""
-    # is_zipfile itself raises on some malformed end records ("zipfiles that span multiple disks").
-    if not _wrap_errors(path, "a zip archive", lambda: zipfile.is_zipfile(path)):
-        return None
-    archive = _wrap_errors(path, "a zip archive", lambda: zipfile.ZipFile(path))
-    with archive:
-        entries = archive.infolist()
-    if len(entries) > MAX_ARCHIVE_ENTRIES:
-        raise CheckpointError(f"{path}: the archive lists {len(entries)} entries (at most {MAX_ARCHIVE_ENTRIES})")
-    declared = sum(entry.file_size for entry in entries)
-    allowed = MAX_EXPANSION * path.stat().st_size + EXPANSION_SLACK_BYTES
-    if declared > allowed:
-        raise CheckpointError(
-            f"{path}: the archive declares {declared:,} bytes unpacked from {path.stat().st_size:,} on disk (more "
-            f"than {MAX_EXPANSION}x + {EXPANSION_SLACK_BYTES // 2**20} MiB): refused as a likely zip bomb"
-        )
-    return [entry.filename for entry in entries]
-
-
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in STATE_DICT_KEYS:
@@ -140,7 +119,7 @@ def _refused_global(err: Exception) -> str | None:
 
 
 def _load_torch_file(path: Path, factory, factory_kwargs, trust_code: bool) -> LoadedModel:
-    names = _archive_names(path)
+    names = archive_names(path)
     if names is None and not trust_code:
         # Before torch 1.6 files were raw pickles whose storage sizes the file dictates (an allocation bomb).
         raise _code_refused(path, "not a zip archive (a legacy torch file or a plain pickle)")
@@ -181,39 +160,6 @@ def _exported_metadata(program) -> dict:
     return {"num_outputs": int(out.shape[-1])} if isinstance(out, torch.Tensor) and out.ndim == 2 else {}
 
 
-def load_skops(source: Path | bytes, trusted_types: Sequence[str] = (), label: str | None = None):
-    """Read a scikit-learn estimator from a skops file or bytes with skops' safe loader.
-
-    Classes of scikit-learn itself are trusted; any other type must be named in `trusted_types`.
-    """
-    import skops.io as sio
-
-    label = label or str(source)
-    where = {"data": source} if isinstance(source, bytes) else {"file": source}
-    untrusted = _wrap_errors(label, "a skops file", lambda: sio.get_untrusted_types(**where))
-    refused = [t for t in untrusted if t not in trusted_types and not _is_sklearn_class(t)]
-    if refused:
-        raise CheckpointError(
-            f"{label} contains types that are not known to be safe: {', '.join(refused)}. If you trust the file, "
-            "pass trusted_types=[...] with those names (CLI: --trust-type NAME for each)"
-        )
-    load = sio.loads if isinstance(source, bytes) else sio.load
-    return _wrap_errors(label, "a skops file", lambda: load(source, trusted=list(untrusted)))
-
-
-def _is_sklearn_class(name: str) -> bool:
-    """Classes of scikit-learn itself (e.g. `sklearn.tree._tree.Tree`) are trusted; functions are not."""
-    import importlib
-
-    module_name, _, attr = name.rpartition(".")
-    if not module_name.startswith("sklearn."):
-        return False
-    try:
-        return isinstance(getattr(importlib.import_module(module_name), attr, None), type)
-    except ImportError:
-        return False
-
-
 def _load_pickle(path: Path, trust_code: bool) -> LoadedModel:
     if not trust_code:
         raise _code_refused(path, "a pickle")
@@ -239,7 +185,8 @@ def load_model(
         factory_kwargs: arguments for `factory` (default: the ones stored in the file by `save_member`).
         trust_code: allow formats whose loading or running executes code from the file (pickles, TorchScript,
             torch.export programs): only for files you trust.
-        trusted_types: extra type names a skops file may contain (scikit-learn's own classes are trusted).
+        trusted_types: extra type (or function) names a skops file may contain beyond the allowlist of
+            `modelfusion.io.skops` (common estimators; no callables).
         trust_pickle: the earlier name of `trust_code`, still accepted.
 
     Raises:
@@ -258,24 +205,23 @@ def load_model(
     if suffix in STATE_DICT_SUFFIXES:
         return _load_torch_file(path, factory, factory_kwargs, trust_code)
     if suffix in TORCHSCRIPT_SUFFIXES:
-        _archive_names(path)
+        archive_names(path)
         if not trust_code:
             raise _code_refused(path, "a TorchScript program")
         return LoadedModel(_wrap_errors(path, "TorchScript", lambda: torch.jit.load(str(path))), "torchscript")
     if suffix == ".pt2":
         # torch.export.load unpickles parts of the archive and resolves any `torch.*` name in the graph.
-        _archive_names(path)
+        archive_names(path)
         if not trust_code:
             raise _code_refused(path, "a torch.export program")
         program = _wrap_errors(path, "a torch.export program", lambda: torch.export.load(str(path)))
         return LoadedModel(program.module(), "torch.export", _exported_metadata(program))
     if suffix == ".onnx":
-        model = OnnxModel(path.read_bytes(), what=str(path))
+        model = OnnxModel(read_file(path, "ONNX model", MAX_ONNX_BYTES), what=str(path), trusted=trust_code)
         header = parse_description(MemberHeader, model.metadata, path, "ONNX metadata")
         return LoadedModel(model, "onnx", header.model_dump(exclude_unset=True))
     if suffix == ".skops":
-        _archive_names(path)
-        return LoadedModel(load_skops(path, trusted_types), "skops")
+        return LoadedModel(load_skops(path, trusted_types, trust_code=trust_code), "skops")
     if suffix in PICKLE_SUFFIXES:
         return _load_pickle(path, trust_code)
     raise CheckpointError(
@@ -283,8 +229,9 @@ def load_model(
     )
 
 
+@checked
 def load_member(
-    path: str | os.PathLike,
+    path: PathArg,
     *,
     factory: str | Callable[..., nn.Module] | None = None,
     factory_kwargs: Mapping | None = None,
@@ -294,18 +241,22 @@ def load_member(
     name: str | None = None,
     task: Task | None = None,
     classes: Sequence | None = None,
-    batch_size: int = 1024,
+    batch_size: PositiveInt = 1024,
 ) -> Member:
     """Load a checkpoint as a `Member` ready to predict.
 
     Name, task and classes default to what the file records (files written by `save_member`), then to the
-    file's stem, classification, and `0..C-1`. See `load_model` for the other arguments.
+    file's stem, classification, and `0..C-1`. See `load_model` for the other arguments. A folder holding a
+    transformers sequence classifier (`config.json`, `model.safetensors`, tokenizer files) loads as a member
+    that predicts on lists of strings or token ids, in batches of at most 64 (`io.transformers`).
 
     Example:
         >>> member = load_member("runs/demo/members/mlp_0.safetensors")
         >>> member.predict(X).shape
         torch.Size([360, 10])
     """
+    if is_transformers_folder(Path(path)):
+        return load_transformers_member(path, name=name, task=task, classes=classes, batch_size=min(batch_size, 64))
     loaded = load_model(
         path,
         factory=factory,
@@ -313,6 +264,13 @@ def load_member(
         trust_code=trust_code or trust_pickle,
         trusted_types=trusted_types,
     )
+    try:
+        return _as_member(loaded, path, factory, factory_kwargs, name, task, classes, batch_size)
+    except InvalidInputError as err:  # what the file records does not make a member (classes twice, NaN)
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+def _as_member(loaded: LoadedModel, path, factory, factory_kwargs, name, task, classes, batch_size) -> Member:
     meta = loaded.metadata
     name = name or meta.get("name") or Path(path).stem
     if isinstance(loaded.model, nn.Module):
@@ -331,3 +289,26 @@ def load_member(
     if hasattr(loaded.model, "fit"):
         return SklearnMember(loaded.model, name=name, task=task)
     raise CheckpointError(f"{path} holds a {type(loaded.model).__name__}, neither an nn.Module nor an estimator")
+
+
+def load_members(
+    paths: Sequence[str | os.PathLike], *, note: Callable[[str], None] | None = None, **options
+) -> list[Member]:
+    """Load each checkpoint as a member (`load_member(path, **options)`), refusing a checkpoint given twice
+    (the same file under two names, or identical copies: in any fusion it would silently count twice).
+    Members whose stored names collide are named after their files, and `note` is told so.
+    """
+    from ..members import name_after_files
+
+    repeated = first_repeated_file(paths)
+    if repeated is not None:
+        first, second, how = repeated
+        raise InvalidInputError(
+            f"{paths[first]} and {paths[second]} are {how}: the same checkpoint given twice would count twice in "
+            "every fusion; give each member once"
+        )
+    members = [load_member(path, **options) for path in paths]
+    renamed = name_after_files(members, paths)
+    if renamed and note is not None:
+        note(renamed)
+    return members

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from torch import nn
 
 from .._atomic import atomic_path, check_output
+from .._checks import PathArg, checked
 from .._safetensors import write_tensors
 from ..errors import InvalidInputError
 from ..members import Member, SklearnMember, TorchMember
 from .factory import factory_name
 from .loading import METADATA_KEY
 from .onnx import OnnxModel, with_metadata
+from .transformers import TransformersClassifier, save_transformers_member
 
 __all__ = ["save_member"]
 
 
+@checked
 def save_member(
     member: Member | nn.Module,
-    path: str | os.PathLike,
+    path: PathArg,
     *,
     factory: str | None = None,
     factory_kwargs: Mapping | None = None,
@@ -34,7 +36,8 @@ def save_member(
     classes and (when given here or known to the member) the factory and its arguments: the registry name of
     a factory in `modelfusion.models.MODELS`, so the file reloads without extra flags, else its
     `package.module:function`, which the reader must then pass as `factory=` to show that it trusts it.
-    Scikit-learn members go to skops.
+    Scikit-learn members go to skops; transformers members to a `save_pretrained` folder (safetensors weights,
+    tokenizer files, the member's classes as `id2label`).
 
     Returns:
         The path written (`.safetensors` or `.skops` appended when `path` has no suffix).
@@ -52,6 +55,8 @@ def save_member(
         return path
     if not isinstance(member, TorchMember):
         raise InvalidInputError(f"cannot save member {member.name!r} of type {type(member).__name__}")
+    if isinstance(member.module, TransformersClassifier):
+        return save_transformers_member(member, path, overwrite=overwrite)
     metadata = {"name": member.name, "task": member.task, "classes": list(member.classes or [])}
     if isinstance(member.module, OnnxModel):
         path = path.with_suffix(".onnx")  # an ONNX graph is never written under another format's name

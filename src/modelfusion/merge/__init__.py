@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 from .._atomic import check_output
+from .._checks import PathArg, checked
 from ..errors import ConfigError
 from .align_step import aligned_copies
 from .config import MergeConfig, load_config
-from .engine import Checkpoint, MergePlan, merge_checkpoints
+from .engine import AdaptedModel, Checkpoint, MergePlan, files_of, merge_checkpoints
 from .methods import METHODS, MergeMethod
 from .modules import DATA_METHODS, merge_modules
 from .soups import GreedySoup, greedy_soup, uniform_soup
@@ -28,25 +28,30 @@ __all__ = [
     "MergePlan",
     "load_config",
     "Checkpoint",
+    "AdaptedModel",
     "uniform_soup",
     "greedy_soup",
     "GreedySoup",
 ]
 
 
+@checked
 def merge(
-    config: MergeConfig | str | os.PathLike,
-    out_dir: str | os.PathLike,
+    config: MergeConfig | PathArg,
+    out_dir: PathArg,
     *,
     dry_run: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    allow_nonfinite: bool = False,
+    console=None,
 ) -> MergePlan:
     """Run a merge config (a `MergeConfig` or the path of its YAML) into `out_dir`.
 
     Relative model paths are resolved against the config file's folder (or the working folder). An existing
     non-empty `out_dir` is replaced only with `overwrite`, and never when it is or holds the config or a model;
-    a dry run reports such a refusal in the plan (`MergePlan.output_refused`) instead of raising.
+    a dry run reports such a refusal in the plan (`MergePlan.output_refused`) instead of raising. A merged
+    tensor that holds NaN or inf is refused (naming the model whose tensor does) unless `allow_nonfinite`.
 
     Example:
         >>> merge("ties.yaml", "merged/")
@@ -62,7 +67,7 @@ def merge(
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     models, base = resolved.models, resolved.base
-    inputs += [*models, base]
+    inputs += files_of([*models, *([base] if base is not None else [])])
     run = functools.partial(
         merge_checkpoints,
         out_dir=out_dir,
@@ -77,8 +82,12 @@ def merge(
         overwrite=overwrite,
         inputs=inputs,
         progress=progress,
+        allow_nonfinite=allow_nonfinite,
+        console=console,
     )
     try:
+        if config.align is not None and any(isinstance(m, AdaptedModel) for m in [*models, base]):
+            raise ConfigError("align: works on saved members; apply the LoRA adapters (MODEL+ADAPTER) without it")
         if config.align is not None and not dry_run:
             check_output(out_dir, kind="folder", overwrite=overwrite, inputs=inputs)  # before the alignment's work
             with aligned_copies(models, base, config.align) as (models, base):

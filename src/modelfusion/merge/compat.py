@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
 
 from ..errors import IncompatibleModelsError
 
-__all__ = ["TensorInfo", "compatibility_problems", "check_compatible"]
+__all__ = ["TensorInfo", "compatibility_problems", "check_compatible", "check_finite"]
 
 # (shape, dtype name) of one tensor, read from a header without loading data.
 TensorInfo = tuple[tuple[int, ...], str]
@@ -58,3 +60,22 @@ def check_compatible(inventories: Mapping[str, Mapping[str, TensorInfo]]) -> Non
 def _listed(names: Sequence[str]) -> str:
     more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
     return ", ".join(names[:MAX_LISTED]) + more
+
+
+def check_finite(name: str, merged: torch.Tensor, inputs: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+    """Refuse a merged tensor that holds NaN or inf, naming the input that does, or the arithmetic that overflowed.
+
+    `inputs` gives the tensors the merge read for it, by model label; it is called only when the check fails.
+    """
+    if not merged.is_floating_point() or bool(torch.isfinite(merged).all()):
+        return
+    culprits = [label for label, tensor in inputs().items() if not bool(torch.isfinite(tensor).all())]
+    cause = (
+        f"{_listed(culprits)} {'holds' if len(culprits) == 1 else 'hold'} NaN or inf in it"
+        if culprits
+        else "its inputs are finite, so the merge's arithmetic overflowed (check the weights and scales)"
+    )
+    raise IncompatibleModelsError(
+        f"the merged tensor {name!r} holds NaN or inf: {cause}; fix them, or allow non-finite values "
+        "(--allow-nonfinite, allow_nonfinite=True) to write it anyway"
+    )

@@ -14,9 +14,10 @@ parameters:
 dtype: float32
 ```
 
-`slices:` (each with `sources: [{model, layer_range: [start, end]}]`) take layer ranges instead of whole
-models; `passthrough` stacks them (a frankenmerge) and the output's config.json gets the new layer count
-(see `slices.py` for the semantics). Our one extension, for models trained apart: `align: {method:
+A model may be `MODEL+ADAPTER` (mergekit's syntax): the PEFT LoRA adapter is applied to the model as its
+tensors are read. `slices:` (each with `sources: [{model, layer_range: [start, end]}]`) take layer ranges
+instead of whole models; `passthrough` stacks them (a frankenmerge) and the output's config.json gets the new
+layer count (see `slices.py` for the semantics). Our one extension, for models trained apart: `align: {method:
 weight_matching, dataset: digits}` permutes every model into the first one's unit order first.
 
 Not supported yet, each refused with a clear message: `modules` (per-module merges), `tokenizer_source` other
@@ -34,9 +35,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .._files import read_file
 from ..errors import ConfigError
 from .align_step import AlignOptions
-from .engine import Layout
+from .engine import AdaptedModel, Layout
 from .methods import METHODS
 from .slices import SliceSource, SliceSpec, is_plain, slice_layout
 
@@ -105,8 +107,8 @@ class ResolvedMerge:
     """A config resolved against its folder: the checkpoints, the base, the parameters, and for slices,
     gradients or filters the layout of every output tensor (None: each model's tensor of the same name)."""
 
-    models: list[Path]
-    base: Path | None
+    models: list[Path | AdaptedModel]
+    base: Path | AdaptedModel | None
     params: dict
     layout: Layout | None = None
     config_updates: Callable[[], dict] | None = None
@@ -125,7 +127,7 @@ class MergeConfig(BaseModel):
     parameters: dict[str, Any] = {}
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     out_dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    random_seed: int = Field(0, ge=0, le=2**63 - 1)
+    random_seed: int = Field(0, ge=0, le=2**63 - 1, strict=True)
     shard_size: str | int = "5GB"
     align: AlignOptions | None = None
 
@@ -144,9 +146,8 @@ class MergeConfig(BaseModel):
         """Model paths (relative to the config's folder), the base, the method's keyword arguments, and the
         layout of the output tensors when slices, gradients or filters ask for one."""
 
-        def path(name: str) -> Path:
-            candidate = Path(name).expanduser()
-            return candidate if candidate.is_absolute() else root / candidate
+        def path(name: str) -> Path | AdaptedModel:
+            return model_reference(name, root)
 
         if bool(self.models) == bool(self.slices):
             raise ConfigError("a merge config lists either models or slices (exactly one of the two)")
@@ -217,6 +218,26 @@ class MergeConfig(BaseModel):
         return ResolvedMerge(models, base, _mergekit_rescale(dict(settings)), layout, layer_count)
 
 
+def model_reference(name: str, root: Path) -> Path | AdaptedModel:
+    """A config's model: a path (relative to `root`), or mergekit's `MODEL+ADAPTER`, a model with a PEFT LoRA
+    adapter applied (a path that exists with its '+' is a path)."""
+
+    def located(text: str) -> Path:
+        try:
+            candidate = Path(text).expanduser()
+        except RuntimeError:  # "~user/..." of a user this machine does not know
+            raise ConfigError(f"{text}: the home folder of {text.split('/')[0]!r} is unknown here") from None
+        return candidate if candidate.is_absolute() else root / candidate
+
+    whole = located(name)
+    if "+" not in name or whole.exists():
+        return whole
+    parts = name.split("+")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"model {name[:200]!r}: give a model and its LoRA adapter as MODEL+ADAPTER, with one '+'")
+    return AdaptedModel(located(parts[0]), located(parts[1]))
+
+
 def _renamed(settings: dict) -> dict:
     return {_RENAMED.get(k, k): v for k, v in settings.items()}
 
@@ -265,25 +286,30 @@ def _expanded_nodes(node: yaml.Node, memo: dict[int, int], open_nodes: set[int])
         if isinstance(node, yaml.SequenceNode):
             children = node.value
         elif isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(node)
             children = [item for pair in node.value for item in pair]
         memo[key] = 1 + sum(_expanded_nodes(child, memo, open_nodes) for child in children)
         open_nodes.discard(key)
     return memo[key]
 
 
-def _read_yaml(path: Path):
+def _refuse_duplicate_keys(mapping: yaml.MappingNode) -> None:
+    """YAML loaders keep the last of two equal keys silently (a second `models:` replaces the first): refuse."""
+    seen: dict[str, int] = {}
+    for key, _ in mapping.value:
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                raise ConfigError(
+                    f"the key {key.value[:60]!r} appears twice (lines {seen[key.value]} and {line}); keep one"
+                )
+            seen[key.value] = line
+
+
+def read_yaml(path: Path):
     """The YAML document at `path`, refused before it is built if it is too big or expands too much through
     aliases ("billion laughs")."""
-    if not path.exists():
-        raise ConfigError(f"{path}: no such config file")
-    if path.is_dir():
-        raise ConfigError(f"{path} is a folder; pass the YAML config file")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the config ({err.strerror}); check its permissions") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {len(data):,} bytes; a merge config is at most {MAX_CONFIG_BYTES:,}")
+    data = read_file(path, "merge config", MAX_CONFIG_BYTES, error=ConfigError)
     try:
         text = data.decode("utf-8")
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -301,7 +327,7 @@ def _read_yaml(path: Path):
 def load_config(path: str | os.PathLike) -> MergeConfig:
     """Read and validate a YAML merge config; every problem is one `ConfigError` naming the field."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a merge config is a mapping with merge_method, models, ...")
     for key, message in _NOT_YET.items():

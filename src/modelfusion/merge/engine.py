@@ -10,6 +10,7 @@ renamed at the end, so an interrupted merge leaves nothing half-written.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import os
@@ -22,15 +23,29 @@ import torch
 from rich.console import Console
 
 from .._atomic import atomic_dir, check_output, jsonable
+from .._files import read_file
 from .._progress import progress_bar
 from .._safetensors import check_readable, read_header
+from .._terminal import terminal_console
 from ..errors import CheckpointError, ConfigError, IncompatibleModelsError, OutputError
 from ..io.loading import METADATA_KEY as MEMBER_KEY
-from .compat import TensorInfo, check_compatible, compatibility_problems
+from .compat import TensorInfo, check_compatible, check_finite, compatibility_problems
+from .lora.adapter import read_adapter
 from .methods import METHODS, MergeMethod
 from .state_dicts import tensor_seed
 
-__all__ = ["Checkpoint", "MergePlan", "TensorSource", "Layout", "merge_checkpoints", "parse_size"]
+__all__ = [
+    "Checkpoint",
+    "AdaptedModel",
+    "AdaptedCheckpoint",
+    "open_checkpoint",
+    "files_of",
+    "MergePlan",
+    "TensorSource",
+    "Layout",
+    "merge_checkpoints",
+    "parse_size",
+]
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -100,6 +115,11 @@ class Checkpoint:
                 raise CheckpointError.unreadable(file, "safetensors", err) from None
             self._handles[file] = handle
             for name in handle.keys():
+                if name in self._where:
+                    raise CheckpointError(
+                        f"{self.path}: the tensor {name!r} is in two shards, {self._where[name].name} and {file.name}; "
+                        "a checkpoint holds each tensor once (remove the stale shard)"
+                    )
                 self._where[name] = file
 
     def _shard_files(self) -> list[Path]:
@@ -120,11 +140,9 @@ class Checkpoint:
 
     def _indexed_shards(self, index: Path) -> list[Path]:
         """The shard files a sharded checkpoint's index names, each checked to lie inside the folder."""
-        check_readable(index, "safetensors index")
-        if index.stat().st_size > _INDEX_MAX_BYTES:
-            raise CheckpointError(f"{index}: {index.stat().st_size:,} bytes, more than an index can need")
+        raw = read_file(index, "safetensors index", _INDEX_MAX_BYTES)
         try:
-            weight_map = json.loads(index.read_bytes())["weight_map"]
+            weight_map = json.loads(raw)["weight_map"]
         except (ValueError, RecursionError, KeyError, TypeError) as err:
             raise CheckpointError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
@@ -159,13 +177,62 @@ class Checkpoint:
         return handle.get_tensor(name) if rows is None else handle.get_slice(name)[rows]
 
 
+@dataclass(frozen=True)
+class AdaptedModel:
+    """A model with a LoRA adapter applied to it (mergekit's `model+adapter` in a config): merged as the model
+    whose tensors the adapter changed, without writing that model anywhere."""
+
+    model: Path
+    adapter: Path
+
+    def __str__(self) -> str:
+        return f"{self.model}+{self.adapter}"
+
+
+class AdaptedCheckpoint:
+    """A checkpoint read through a PEFT LoRA adapter: each tensor the adapter changes is computed when read (its
+    rows only, when only rows are read), so the adapted model is never held or written whole."""
+
+    def __init__(self, reference: AdaptedModel) -> None:
+        self.reference = reference
+        self._model = Checkpoint(reference.model)
+        self.adapter = read_adapter(reference.adapter)
+        self.adapter.check_fits(self._model.inventory(), str(reference.model))
+        self.path, self.folder = self._model.path, self._model.folder
+
+    def inventory(self) -> dict[str, TensorInfo]:
+        return self._model.inventory()
+
+    def metadata(self) -> dict[str, str]:
+        return self._model.metadata()
+
+    def read(self, name: str, rows: slice | None = None) -> torch.Tensor:
+        return self.adapter.apply(name, self._model.read(name, rows), rows)
+
+
+ModelReference = str | os.PathLike | AdaptedModel
+
+
+def open_checkpoint(reference: ModelReference) -> Checkpoint | AdaptedCheckpoint:
+    """A checkpoint, or a model read through its adapter."""
+    return AdaptedCheckpoint(reference) if isinstance(reference, AdaptedModel) else Checkpoint(reference)
+
+
+def files_of(references) -> list:
+    """The files and folders behind model references (both of an adapted model's), for the output checks."""
+    files = []
+    for reference in references:
+        files += [reference.model, reference.adapter] if isinstance(reference, AdaptedModel) else [reference]
+    return files
+
+
 @dataclass
 class MergePlan:
     """What a merge will do, checked before any tensor is read."""
 
     method: str
-    models: list[Path]
-    base: Path | None
+    models: list[Path | AdaptedModel]
+    base: Path | AdaptedModel | None
     params: dict
     out_dtype: str | None
     num_tensors: int
@@ -208,15 +275,17 @@ class TensorSource:
 Layout = Callable[[list[Mapping[str, TensorInfo]]], list[TensorSource]]
 
 
-def _shown(path: Path) -> Path:
+def _shown(path: Path | AdaptedModel) -> Path | str:
     """A path relative to the working folder when it is inside it, as the user would type it."""
+    if isinstance(path, AdaptedModel):
+        return f"{_shown(path.model)}+{_shown(path.adapter)}"
     try:
         return path.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
         return path
 
 
-class _StreamingWriter:
+class StreamingWriter:
     """Writes safetensors shards whose headers are planned before any tensor is merged.
 
     Every output name, shape and dtype is known from the input headers, so each shard's header (with the
@@ -298,7 +367,7 @@ class _StreamingWriter:
             (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
 
-def _copy_small_files(source: Path, target: Path, out_dtype: str | None, updates: Mapping) -> None:
+def copy_small_files(source: Path, target: Path, out_dtype: str | None, updates: Mapping) -> None:
     """Carry the base model's configuration and tokenizer files, with `updates` (and the output dtype) in its
     config.json; a link that leads outside its folder is skipped, so a model folder cannot smuggle another
     file of the user's into the output."""
@@ -310,7 +379,7 @@ def _copy_small_files(source: Path, target: Path, out_dtype: str | None, updates
             continue
         if file.name == "config.json" and (out_dtype or updates):
             try:
-                config = json.loads(file.read_bytes())
+                config = json.loads(read_file(file, "model config", _COPY_MAX_BYTES))
             except (ValueError, RecursionError) as err:
                 raise CheckpointError(f"{file}: not valid JSON ({err}); fix or remove it") from None
             if not isinstance(config, dict):
@@ -343,11 +412,11 @@ def _return_freed_memory_promptly() -> None:
 
 
 def merge_checkpoints(
-    models: Sequence[str | os.PathLike],
+    models: Sequence[ModelReference],
     out_dir: str | os.PathLike,
     method: str,
     *,
-    base: str | os.PathLike | None = None,
+    base: ModelReference | None = None,
     params: Mapping | None = None,
     out_dtype: str | None = None,
     shard_size: str | int = "5GB",
@@ -359,11 +428,13 @@ def merge_checkpoints(
     console: Console | None = None,
     layout: Layout | None = None,
     config_updates: Mapping | Callable[[], Mapping] | None = None,
+    allow_nonfinite: bool = False,
 ) -> MergePlan:
     """Merge safetensors checkpoints tensor by tensor into `out_dir`.
 
     Args:
-        models: checkpoints (a .safetensors file, or a folder with model.safetensors or a sharded index).
+        models: checkpoints (a .safetensors file, or a folder with model.safetensors or a sharded index), or
+            `AdaptedModel(model, adapter)`: a model with a PEFT LoRA adapter applied as it is read.
         out_dir: the output folder, written atomically. An existing non-empty one is replaced only with
             `overwrite`, and never one that is or holds an input (the models, the base, `inputs`).
         method: a name from `METHODS`.
@@ -378,6 +449,7 @@ def merge_checkpoints(
             filters of a config); by default every model's tensor of the same name, with `params`.
         config_updates: keys to set in the copied config.json (the layer count of a frankenmerge), or a function
             that gives them once the layout has run.
+        allow_nonfinite: write merged tensors that hold NaN or inf instead of refusing them (and the merge).
 
     Returns:
         The `MergePlan` that was (or, with `dry_run`, would be) carried out.
@@ -390,8 +462,8 @@ def merge_checkpoints(
         return plan
     _return_freed_memory_promptly()
     with atomic_dir(out_dir, overwrite=overwrite, inputs=plan.protected) as tmp, progress_bar(progress) as bar:
-        _write(plan, sources, tmp, parse_size(shard_size), seed, bar)
-    (console or Console(stderr=True)).print(f"merged {plan.num_tensors} tensors -> {out_dir}", highlight=False)
+        _write(plan, sources, tmp, parse_size(shard_size), seed, bar, allow_nonfinite)
+    (console or terminal_console(stderr=True)).print(f"merged {plan.num_tensors} tensors -> {out_dir}", highlight=False)
     return plan
 
 
@@ -400,10 +472,10 @@ class _Sources:
     """The opened checkpoints of a plan (the models', then the base's), each output tensor's sources, and the
     tensors the output will hold (name -> shape, dtype)."""
 
-    checkpoints: list[Checkpoint]
+    checkpoints: list[Checkpoint | AdaptedCheckpoint]
     tensors: list[TensorSource]
     layout: dict[str, tuple[tuple[int, ...], torch.dtype]]
-    base: Checkpoint | None
+    base: Checkpoint | AdaptedCheckpoint | None
 
 
 def _plan(
@@ -417,7 +489,7 @@ def _plan(
         raise ConfigError("no models to merge")
     if layout is None:
         merge_method.check(params, len(models))
-    protected = [*models, base, *inputs]
+    protected = [*files_of(models), *files_of([base] if base is not None else []), *inputs]
     try:
         check_output(out_dir, kind="folder", overwrite=overwrite, inputs=protected)
         refused = None
@@ -425,30 +497,30 @@ def _plan(
         if not dry_run:
             raise
         refused = str(err)
-    checkpoints = [Checkpoint(p) for p in models]
-    base_checkpoint = Checkpoint(base) if base is not None else None
+    checkpoints = [open_checkpoint(p) for p in models]
+    base_checkpoint = open_checkpoint(base) if base is not None else None
     opened = checkpoints + ([base_checkpoint] if base_checkpoint else [])
     inventories = [c.inventory() for c in opened]
     if layout is None:
         order = ([len(models)] if base_checkpoint else []) + list(range(len(models)))  # the base first
-        labelled = {str(opened[i].path): inventories[i] for i in order}
+        labelled = {_label(opened[i]): inventories[i] for i in order}
         check_compatible(labelled)
         warnings = compatibility_problems(labelled)
         tensors = _same_names(inventories[-1] if base_checkpoint else inventories[0], len(models), base_checkpoint)
     else:
         tensors = layout(inventories)
-        _check_sources(tensors, inventories, [str(c.path) for c in opened], merge_method)
+        _check_sources(tensors, inventories, [_label(c) for c in opened], merge_method)
         warnings = []
     out_layout = {}
     for tensor in tensors:
         index, name = tensor.base or tensor.inputs[0]  # the dtypes the output keeps: the base's, or the first's
         shape, dtype_name = inventories[index][name]
-        dtype = _torch_dtype(dtype_name)
+        dtype = torch_dtype(dtype_name)
         out_layout[tensor.name] = (shape, getattr(torch, out_dtype) if out_dtype and dtype.is_floating_point else dtype)
     plan = MergePlan(
         method=method,
-        models=[c.path for c in checkpoints],
-        base=base_checkpoint.path if base_checkpoint else None,
+        models=[getattr(c, "reference", c.path) for c in checkpoints],
+        base=getattr(base_checkpoint, "reference", base_checkpoint.path) if base_checkpoint else None,
         params=params,
         out_dtype=out_dtype,
         num_tensors=len(tensors),
@@ -459,6 +531,10 @@ def _plan(
         protected=protected,
     )
     return plan, _Sources(opened, tensors, out_layout, base_checkpoint)
+
+
+def _label(checkpoint: Checkpoint | AdaptedCheckpoint) -> str:
+    return str(getattr(checkpoint, "reference", checkpoint.path))
 
 
 def _same_names(reference: Mapping[str, TensorInfo], count: int, base: Checkpoint | None) -> list[TensorSource]:
@@ -489,7 +565,9 @@ def _check_sources(tensors: list[TensorSource], inventories, labels: list[str], 
         method.check(json.loads(params), count)
 
 
-def _write(plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, seed: int, bar) -> None:
+def _write(
+    plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, seed: int, bar, allow_nonfinite: bool
+) -> None:
     """Merge every tensor into shards in `folder`, then carry the base's small files."""
     metadata = {
         "format": "pt",
@@ -499,7 +577,7 @@ def _write(plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, s
     member = _member_description(first)
     if member is not None:  # a saved member's task and factory carry over, so `load_member` reads the merge back
         metadata[MEMBER_KEY] = json.dumps({**member, "name": plan.out_dir.name})
-    writer = _StreamingWriter(folder, sources.layout, shard_bytes, metadata)
+    writer = StreamingWriter(folder, sources.layout, shard_bytes, metadata)
     task = bar.add_task(f"merging ({plan.method})", total=plan.num_tensors)
     merge_method = METHODS[plan.method]
     for tensor in sources.tensors:
@@ -507,11 +585,14 @@ def _write(plan: MergePlan, sources: _Sources, folder: Path, shard_bytes: int, s
         params = plan.params if tensor.params is None else dict(tensor.params)
         blocks = _merged_blocks(tensor, shape, dtype, merge_method, params, sources, tensor_seed(seed, tensor.name))
         for block in blocks:
-            writer.write(tensor.name, block.to(dtype))
+            block = block.to(dtype)
+            if not allow_nonfinite:
+                check_finite(tensor.name, block, functools.partial(_inputs_of, tensor, sources))
+            writer.write(tensor.name, block)
         bar.advance(task)
     writer.finish()
     if first.path.is_dir():  # a folder is a model; a lone file's neighbours may be anything
-        _copy_small_files(first.folder, folder, plan.out_dtype, plan.config_updates)
+        copy_small_files(first.folder, folder, plan.out_dtype, plan.config_updates)
 
 
 def _merged_blocks(
@@ -556,7 +637,13 @@ def _merged_blocks(
         del tensors
 
 
-def _member_description(checkpoint: Checkpoint) -> dict | None:
+def _inputs_of(tensor: TensorSource, sources: _Sources) -> dict[str, torch.Tensor]:
+    """The whole input tensors one output tensor is merged from, by checkpoint (to name a bad one)."""
+    labelled = [*tensor.inputs, *([tensor.base] if tensor.base else [])]
+    return {_label(sources.checkpoints[i]): sources.checkpoints[i].read(name) for i, name in labelled}
+
+
+def _member_description(checkpoint: Checkpoint | AdaptedCheckpoint) -> dict | None:
     """The member description (`save_member`'s header) of a checkpoint, if it has a valid one."""
     raw = checkpoint.metadata().get(MEMBER_KEY)
     if raw is None:
@@ -570,7 +657,7 @@ def _member_description(checkpoint: Checkpoint) -> dict | None:
     return description
 
 
-def _torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise CheckpointError(f"tensors of dtype {name!r} cannot be merged")

@@ -2,13 +2,16 @@
 
 `merge_modules(models, method, data=...)`: `data` holds one batch of inputs per model, each model's own data.
 Fisher merging weighs every parameter by each model's diagonal Fisher information; RegMean solves, per Linear
-layer, for the weights whose outputs best match every model's on its own inputs. Any method of `METHODS`
-(TIES, TSV, ...) merges without data, over modules or plain state dicts (`merge_state_dicts`).
+layer, for the weights whose outputs best match every model's on its own inputs; AdaMerging fits a coefficient
+per task and per tensor on unlabeled inputs. Any method of `METHODS` (TIES, TSV, ...) merges without data, over
+modules or plain state dicts (`merge_state_dicts`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,7 +23,7 @@ from ..errors import ConfigError, InvalidInputError
 from ..registry import Registry
 from .state_dicts import merge_state_dicts
 
-__all__ = ["merge_modules", "DATA_METHODS", "diagonal_fisher", "input_grams", "fisher_merge", "regmean"]
+__all__ = ["merge_modules", "DATA_METHODS", "diagonal_fisher", "input_grams", "fisher_merge", "regmean", "adamerging"]
 
 DataMethod = Callable[..., dict[str, torch.Tensor]]
 DATA_METHODS: Registry[DataMethod] = Registry("data-driven merge method")
@@ -38,9 +41,9 @@ def merge_modules(
 
     Args:
         models: same-architecture models.
-        method: "fisher" or "regmean" (`DATA_METHODS`, which need `data`), or any name of `METHODS`.
+        method: "fisher", "regmean" or "adamerging" (`DATA_METHODS`, which need `data`), or any name of `METHODS`.
         data: for the data-driven methods, one batch of inputs per model, from that model's own task.
-        base: the pretrained model, for methods of `METHODS` that use one (task arithmetic, TIES, TSV, ...).
+        base: the pretrained model, for methods that use one (task arithmetic, TIES, TSV, AdaMerging, ...).
         params: the method's parameters.
 
     Example:
@@ -51,7 +54,10 @@ def merge_modules(
     if method in DATA_METHODS:
         if data is None or len(data) != len(models):
             raise ConfigError(f"merge method {method!r} needs data: one batch of inputs per model ({len(models)})")
-        state = DATA_METHODS[method](list(models), list(data), **params)
+        function = DATA_METHODS[method]
+        if "base" in inspect.signature(function).parameters:
+            params["base"] = base
+        state = function(list(models), list(data), **params)
     else:
         state = merge_state_dicts(models, method, base=base, **params)
     merged = copy.deepcopy(base if base is not None else models[0])
@@ -143,4 +149,80 @@ def regmean(models: list[nn.Module], data: list[torch.Tensor], *, alpha: float =
         rhs = sum(g @ w.T for g, w in zip(reduced, weights, strict=True))
         solution = torch.linalg.lstsq(sum(reduced), rhs, driver="gelsd").solution  # rank-deficient inputs too
         state[key] = solution.T.to(states[0][key].dtype)
+    return state
+
+
+@DATA_METHODS.register("adamerging")
+def adamerging(
+    models: list[nn.Module],
+    data: list[torch.Tensor],
+    *,
+    base: nn.Module | None = None,
+    task_specific: Sequence[str] = (),
+    steps: int = 500,
+    lr: float = 1e-3,
+    init: float = 0.3,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Layer-wise AdaMerging (Yang et al., ICLR 2024, "AdaMerging: Adaptive Model Merging for Multi-Task
+    Learning"): `theta_l = base_l + sum_k lambda_kl tau_kl`, one coefficient per task k and per tensor l, fitted
+    by Adam to minimize the summed entropy of each task's predictions on its own unlabeled inputs (`data[k]`,
+    batches of `batch_size`), the coefficients kept in [0, 1].
+
+    Args:
+        base: the pretrained model the `models` were fine-tuned from.
+        task_specific: name prefixes of the parameters that stay each model's own (its task's head, e.g. "1." in
+            `nn.Sequential(body, head)`): task k is scored with the merged shared parameters and its own of these.
+            The returned state has the first model's.
+        steps, lr, init, batch_size: the paper's 500 Adam steps at 1e-3 from 0.3, batches of 16.
+        seed: seed of the batches drawn.
+    """
+    if base is None:
+        raise ConfigError("adamerging merges task vectors: pass base=, the pretrained model")
+    if not 0 <= init <= 1 or not lr > 0 or steps < 0 or batch_size < 1:
+        raise ConfigError(
+            f"adamerging: init is in [0, 1], lr > 0, steps >= 0, batch_size >= 1; got init={init}, lr={lr}, "
+            f"steps={steps}, batch_size={batch_size}"
+        )
+    base_params = dict(base.named_parameters())
+    own = [name for name in base_params if name.startswith(tuple(task_specific))]
+    shared = [name for name in base_params if name not in own and base_params[name].is_floating_point()]
+    vectors = {
+        n: torch.stack([dict(m.named_parameters())[n].detach() - base_params[n].detach() for m in models])
+        for n in shared
+    }  # each [K, ...]
+    coefficients = torch.full((len(models), len(shared)), float(init), requires_grad=True)
+    optimizer = torch.optim.Adam([coefficients], lr=lr)
+    buffers = {k: v for k, v in _mean_state(models).items() if k in dict(base.named_buffers())}
+    generator = torch.Generator().manual_seed(seed)
+
+    def merged(weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            n: base_params[n].detach() + torch.einsum("k,k...->...", weights[:, i], vectors[n])
+            for i, n in enumerate(shared)
+        }
+
+    with contextlib.ExitStack() as stack:
+        for model in models:
+            stack.enter_context(evaluating(model))  # eval mode, restored after; gradients for the coefficients:
+        stack.enter_context(torch.enable_grad())
+        for _ in range(steps):
+            weights = coefficients.clamp(0, 1)
+            params = merged(weights)
+            loss = 0.0
+            for model, X in zip(models, data, strict=True):
+                rows = torch.randint(0, len(X), (min(batch_size, len(X)),), generator=generator)
+                task_own = {n: p.detach() for n, p in model.named_parameters() if n in own}
+                logits = functional_call(model, {**params, **task_own, **buffers}, (X[rows],))
+                log_p = torch.log_softmax(logits, dim=-1)
+                loss = loss + -(log_p.exp() * log_p).sum(dim=-1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        final = merged(coefficients.clamp(0, 1))
+    state = {k: v.clone() for k, v in models[0].state_dict().items()}
+    state.update({k: v.detach().clone() for k, v in final.items()})
+    state.update(buffers)
     return state

@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .compat import check_compatible
+from .._checks import checked
+from ..errors import ConfigError
+from .compat import check_compatible, check_finite
 from .methods import METHODS
 
 __all__ = ["merge_state_dicts", "tensor_seed"]
@@ -23,11 +25,13 @@ def _as_state_dict(model) -> Mapping[str, torch.Tensor]:
     return model.state_dict() if isinstance(model, nn.Module) else model
 
 
+@checked
 def merge_state_dicts(
     models: Sequence[Mapping[str, torch.Tensor] | nn.Module],
     method: str,
     *,
     base: Mapping[str, torch.Tensor] | nn.Module | None = None,
+    allow_nonfinite: bool = False,
     **params,
 ) -> dict[str, torch.Tensor]:
     """Merge same-architecture state dicts with a method from `METHODS`.
@@ -39,6 +43,7 @@ def merge_state_dicts(
         models: the K models (state dicts or modules).
         method: a name from `modelfusion.merge.METHODS`.
         base: the base model, for methods that use one (task arithmetic, TIES, DARE, SLERP, model stock).
+        allow_nonfinite: return merged tensors that hold NaN or inf instead of refusing them.
         params: the method's parameters; per-model ones (`weight`, `density`) as sequences of K values.
 
     Example:
@@ -46,6 +51,8 @@ def merge_state_dicts(
         >>> ties = merge_state_dicts([ft1, ft2], "ties", base=pretrained, weight=[1, 1], density=0.2)
     """
     merge_method = METHODS[method]
+    if not models:
+        raise ConfigError("no models to merge; pass at least one state dict or module")
     states = [_as_state_dict(m) for m in models]
     base_state = _as_state_dict(base) if base is not None else None
     labelled = {f"model {i}": s for i, s in enumerate(states)}
@@ -63,4 +70,6 @@ def merge_state_dicts(
             extra = {"seed": tensor_seed(seed, name)} if merge_method.random else {}
             base_tensor = base_state[name] if base_state is not None else None
             merged[name] = merge_method([s[name] for s in states], base_tensor, **params, **extra)
+            if not allow_nonfinite:
+                check_finite(name, merged[name], lambda name=name: {label: s[name] for label, s in labelled.items()})
     return merged

@@ -6,14 +6,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from .plots import cascade_figure, interpolation_figure, pyplot, svg_markup
-from .results import Candidate, Diversity, ReliabilityCurve
+from ..plotting import cascade_figure, interpolation_figure, pyplot, search_figure, svg_markup
+from ..results import Candidate, Diversity, ReliabilityCurve
+from .leaderboard import finite
 
-__all__ = ["reliability_svg", "pareto_svg", "diversity_svg", "interpolation_svg", "cascade_svg", "pareto_front"]
-
-
-def finite(*values: float | None) -> bool:
-    return all(v is not None and math.isfinite(v) for v in values)
+__all__ = [
+    "reliability_svg",
+    "pareto_svg",
+    "diversity_svg",
+    "interpolation_svg",
+    "cascade_svg",
+    "search_svg",
+    "pareto_front",
+]
 
 
 def reliability_points(curve: ReliabilityCurve) -> list[tuple[float, float, float]]:
@@ -59,8 +64,8 @@ def pareto_svg(candidates: Sequence[Candidate], metric: str, cost: str, *, highl
     plt = pyplot()
     higher = metric != "rmse"
     scale = 100 if metric == "accuracy" else 1
-    shown = [c for c in candidates if finite(c.cost.get(cost), c.test.get(metric))]
-    points = [(c.cost[cost], c.test[metric] * scale) for c in shown]
+    shown = [c for c in candidates if finite(getattr(c.cost, cost), c.test.get(metric))]
+    points = [(getattr(c.cost, cost), c.test[metric] * scale) for c in shown]
     figure, axes = plt.subplots(figsize=(6, 4))
     for family in dict.fromkeys(c.family for c in shown):
         mine = [p for p, c in zip(points, shown, strict=True) if c.family == family]
@@ -114,3 +119,10 @@ def interpolation_svg(curves: Mapping[str, Sequence]) -> str:
 def cascade_svg(curves: Mapping[str, Sequence]) -> str:
     """Accuracy against mean cost per sample as the cascade's threshold moves, one line per cascade."""
     return svg_markup(cascade_figure(_finite_rows(curves, ("mean_cost", "accuracy"))), "cascade")
+
+
+def search_svg(curves: Mapping[str, Sequence], *, ylabel: str = "validation NLL") -> str:
+    """A merge search's curve: each merge's validation value and the best so far, one line per search."""
+    rows = {name: [p if isinstance(p, dict) else p.model_dump() for p in points] for name, points in curves.items()}
+    finite_rows = {name: [r for r in points if finite(r["value"], r["best"])] for name, points in rows.items()}
+    return svg_markup(search_figure(finite_rows, ylabel=ylabel), "merge search")

@@ -1,73 +1,233 @@
-"""The leaderboard: members and fusions ranked on one split, with intervals and tests against the best member."""
+"""The leaderboard of a run's `Results`: one table (header, ranked rows, which rows are marked) that the terminal
+(`leaderboard_table`, `print_leaderboard`) and the HTML page (`render_report`) both render, and the verdict in
+plain words."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:  # evaluate imports torch; the report reads results without it
-    from ..evaluate import Report
+from .._deprecation import deprecated
+from .._terminal import terminal_console, terminal_text
+from ..errors import ArgumentError
+from ..results import SIGNIFICANCE_LEVEL, Candidate, Results, parse_results
 
-__all__ = ["leaderboard_table", "print_leaderboard", "diversity_summary"]
+__all__ = ["Leaderboard", "leaderboard", "leaderboard_table", "print_leaderboard", "verdict_text", "diversity_summary"]
+
+# metric -> (column header, scale, format); the first of each task is the primary metric and shows its interval.
+METRICS = {
+    "accuracy": ("accuracy %", 100, ".1f"),
+    "nll": ("NLL", 1, ".3f"),
+    "ece": ("ECE", 1, ".3f"),
+    "rmse": ("RMSE", 1, ".4g"),
+    "mae": ("MAE", 1, ".4g"),
+    "r2": ("R²", 1, ".3f"),
+}
+# cost -> column header, in the order the Pareto plot prefers them as its x axis.
+COSTS = {
+    "latency_batch_1_us": "latency, batch 1 (µs)",
+    "per_sample": "cost per sample",
+    "parameters": "parameters",
+    "bytes": "bytes",
+    "forward_passes": "forward passes",
+}
 
 
-def leaderboard_table(report: Report) -> Table:
-    """A rich table of `report`, best first."""
-    pct = f"{report.confidence:.0%}"
-    title = f"Leaderboard: {report.split} split, {report.num_samples} samples"
-    table = Table(title=title, title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("model")
-    table.add_column("kind")
-    if report.task == "classification":
-        columns = [
-            (f"accuracy [{pct} CI]", "accuracy", 100, ".1f"),
-            ("NLL", "nll", 1, ".3f"),
-            ("ECE", "ece", 1, ".3f"),
-        ]
-        test = "McNemar p vs best"
-    else:
-        columns = [(f"RMSE [{pct} CI]", "rmse", 1, ".2f"), ("MAE", "mae", 1, ".2f"), ("R2", "r2", 1, ".3f")]
-        test = "bootstrap p vs best"
-    for header, *_ in columns:
-        table.add_column(header, justify="right")
-    table.add_column(test, justify="right")
-    for rank, row in enumerate(report.ranked(), start=1):
-        cells = []
-        for i, (_, key, scale, fmt) in enumerate(columns):
-            value = format(row.metrics[key] * scale, fmt)
-            if i == 0 and key in row.ci:
-                low, high = (format(b * scale, fmt) for b in row.ci[key])
-                value = f"{value} [{low}, {high}]"
-            cells.append(value)
-        if row.vs_best_member is not None:
-            p = row.vs_best_member["p_value"]
-            versus = f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
+def finite(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def number(value: Any, scale: float = 1, spec: str = ".4g") -> str:
+    if not finite(value):
+        return "–"
+    if isinstance(value, int) and scale == 1:
+        return f"{value:,}"
+    return format(value * scale, spec)
+
+
+def cost_text(value: Any) -> str:
+    """A cost as people read one: whole numbers with separators from 1,000 up (10,169 µs, 151,690
+    parameters), else four significant digits (94.28 µs, 1.8 passes); past 1e15, where a float's digits
+    run out, four significant digits again."""
+    if finite(value) and 999.5 <= abs(value) < 1e15:
+        return f"{value:,.0f}"
+    return number(value)
+
+
+def p_value_text(p: float | None) -> str:
+    return number(p, spec=".3g") if not finite(p) or p >= 1e-4 else f"{p:.1e}"
+
+
+def _cell(scores: Mapping[str, Any], metric: str) -> str:
+    _, scale, spec = METRICS[metric]
+    text = number(scores.get(metric), scale, spec)
+    interval = scores.get(f"{metric}_ci")
+    if isinstance(interval, tuple | list) and len(interval) == 2 and text != "–":
+        text += f" [{number(interval[0], scale, spec)}, {number(interval[1], scale, spec)}]"
+    return text
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """The table of a run: `rows` best first, each `{"cells": [...], "mark": "chosen" | "best-member" | ""}`."""
+
+    header: list[str]
+    rows: list[dict]
+    ranked_on: str  # "validation" or "test"
+    title: str
+
+
+def _has(candidates: list[Candidate], where: str, key: str) -> bool:
+    if where == "cost":
+        return any(getattr(c.cost, key) is not None for c in candidates)
+    return any(getattr(c, where).get(key) is not None for c in candidates)
+
+
+def leaderboard(results: Results) -> Leaderboard:
+    """The leaderboard of `results`, best first: on validation where every candidate has a score there (auto:
+    the choice was made there), else on test, which then only orders the rows (members of an ensemble run have
+    no validation score); with the columns some candidate has a value for."""
+    primary = results.primary_metric
+    candidates = results.leaderboard
+    tests = [m for m in METRICS if _has(candidates, "test", m)]
+    costs = [c for c in COSTS if _has(candidates, "cost", c)]
+    with_val = _has(candidates, "val", primary)
+    with_p = any(c.p_vs_best_member is not None for c in candidates)
+    ranked_on = "val" if all(finite(c.val.get(primary)) for c in candidates) else "test"
+    sign = -1 if primary != "rmse" else 1
+
+    def rank_key(c: Candidate) -> float:
+        value = getattr(c, ranked_on).get(primary)
+        return sign * value if finite(value) else math.inf
+
+    header = ["#", "candidate", "family"]
+    header += [f"val {METRICS[primary][0]}"] if with_val else []
+    header += [f"test {METRICS[m][0]}" + (" [CI]" if m == primary else "") for m in tests]
+    header += [COSTS[c] for c in costs] + (["p vs best member"] if with_p else [])
+    best_member = results.verdict.best_member if results.verdict else None
+    chosen = results.chosen.name if results.chosen else None
+    rows = []
+    for rank, c in enumerate(sorted(candidates, key=rank_key), start=1):
+        cells = [str(rank), c.name, c.family]
+        cells += [_cell(c.val, primary)] if with_val else []
+        cells += [_cell(c.test, m) if m == primary else number(c.test.get(m), *METRICS[m][1:]) for m in tests]
+        cells += [cost_text(getattr(c.cost, k)) for k in costs]
+        cells += [p_value_text(c.p_vs_best_member)] if with_p else []
+        mark = "chosen" if c.name == chosen else ("best-member" if c.name == best_member else "")
+        rows.append({"cells": cells, "mark": mark})
+    ranked = "validation" if ranked_on == "val" else "test"
+    title = f"Leaderboard: {len(candidates)} candidates ranked on {ranked}, scored on test"
+    return Leaderboard(header, rows, ranked, title)
+
+
+# The terminal shows the page's table abbreviated to fit about 120 columns: shorter headers, and without the
+# columns the page adds for the curious (calibration error, parameters).
+SHORT = {"latency, batch 1 (µs)": "µs, batch 1", "forward passes": "passes", "p vs best member": "p vs best"}
+PAGE_ONLY = ("test ECE", "parameters")
+
+
+def leaderboard_table(results: Results) -> Table:
+    """`leaderboard(results)` as a rich table for the terminal; the chosen row is bold and starred, the best
+    member's row marked with a dagger."""
+    board = leaderboard(results)
+    table = Table(
+        title=terminal_text(board.title),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    shown = [k for k, column in enumerate(board.header) if column not in PAGE_ONLY]
+    for k in shown:
+        column = board.header[k]
+        text = SHORT.get(column, column.replace("accuracy", "acc"))
+        if k in (1, 2):  # the candidate and its family: wrapped when long
+            table.add_column(text, min_width=(16, 8)[k - 1])
         else:
-            versus = "(best member)" if row.name == report.best_member else ""
-        table.add_row(str(rank), row.name, row.kind, *cells, versus)
+            table.add_column(text, justify="right", no_wrap=True)
+    for row in board.rows:
+        cells = list(row["cells"])
+        cells[1] += {"chosen": " *", "best-member": " †"}.get(row["mark"], "")
+        # names come from files: shown as the characters they hold, never as markup
+        table.add_row(*(terminal_text(cells[k]) for k in shown), style="bold" if row["mark"] == "chosen" else None)
     return table
 
 
-def diversity_summary(report: Report) -> str:
-    """One line on how differently the members err: the room a fusion has to improve on them."""
-    d = report.diversity
-    correlation = f"mean error correlation {d['mean_error_correlation']:.3f}"
-    if report.task != "classification":
-        return correlation
+def verdict_text(results: Results) -> str:
+    """The verdict in plain language: is the chosen fusion significantly better than the best member?"""
+    verdict, primary = results.verdict, results.primary_metric
+    if verdict is None:
+        return "No verdict: these results hold no test of the chosen fusion against the best member."
+    by_name = {c.name: c for c in results.leaderboard}
+    chosen, best = by_name.get(verdict.chosen), by_name.get(verdict.best_member)
+    label, scale, spec = METRICS[primary]
+    scores = ""
+    if chosen is not None and best is not None:
+        unit = " %" if scale == 100 else ""
+        scores = (
+            f" (test {label.removesuffix(' %')}: {number(chosen.test.get(primary), scale, spec)}{unit} against "
+            f"{number(best.test.get(primary), scale, spec)}{unit})"
+        )
+    p = f"p = {p_value_text(verdict.p_value)}" if verdict.p_value is not None else "no p-value recorded"
+    if verdict.chosen == verdict.best_member:
+        return (
+            f"The chosen model is the {verdict.baseline}, {verdict.chosen}: no {verdict.subject} beat it on "
+            f"validation{scores}."
+        )
+    if verdict.significant is None:
+        outcome = "was not tested against"
+    elif not verdict.significant:
+        outcome = "is not significantly better than"
+    else:
+        better = chosen is None or best is None or _beats(chosen, best, primary)
+        outcome = "is significantly better than" if better else "is significantly worse than"
     return (
-        f"oracle accuracy {d['oracle_accuracy']:.1%}, mean pairwise disagreement {d['mean_disagreement']:.3f}, "
-        + correlation
+        f"The chosen {verdict.subject}, {verdict.chosen}, {outcome} the {verdict.baseline}, {verdict.best_member}"
+        f"{scores}: {verdict.test}, {p}, at significance level {SIGNIFICANCE_LEVEL}."
     )
 
 
-def print_leaderboard(report: Report, console: Console | None = None, *, chosen: str | None = None) -> None:
-    """Print the leaderboard table, the diversity line and, given `chosen` (`Choice.reason()`), which fusion
-    was chosen on validation: the one to deploy, rather than the table's top row, which is ranked on test."""
-    console = console or Console()
-    console.print(leaderboard_table(report))
-    console.print(diversity_summary(report), highlight=False)
-    if chosen is not None:
-        console.print(f"chosen on validation: {chosen}", highlight=False)
+def _beats(a: Candidate, b: Candidate, metric: str) -> bool:
+    x, y = a.test.get(metric), b.test.get(metric)
+    if x is None or y is None:
+        return True
+    return x > y if metric != "rmse" else x < y
+
+
+def diversity_summary(results: Results) -> str:
+    """One line on how differently the members err: the room a fusion has to improve on them ("" without
+    diversity in the results)."""
+    d = results.diversity
+    if d is None:
+        return ""
+    facts = (
+        ("oracle accuracy", d.oracle_accuracy, ".1%"),
+        ("mean pairwise disagreement", d.mean_disagreement, ".3f"),
+        ("mean error correlation", d.mean_error_correlation, ".3f"),
+    )
+    return ", ".join(f"{label} {format(value, spec)}" for label, value, spec in facts if finite(value))
+
+
+def print_leaderboard(results: Results | Mapping, console: Console | None = None, **old) -> None:
+    """Print the leaderboard of `results`, the members' diversity, the notes on how the numbers were made and
+    the verdict: the chosen candidate (chosen on validation; the table's top row is ranked on test when not
+    every candidate has a validation score) against the best member."""
+    if not isinstance(results, Results | Mapping) and hasattr(results, "to_results"):  # an evaluate Report
+        deprecated("print_leaderboard(report)", "print_leaderboard(report.to_results())")
+        results = results.to_results()
+        old.pop("chosen", None)
+    if old:
+        raise ArgumentError(f"print_leaderboard() got unexpected keyword arguments {sorted(old)}")
+    results = results if isinstance(results, Results) else parse_results(results)
+    console = console or terminal_console()
+    console.print(leaderboard_table(results))
+    verdict = verdict_text(results) if results.verdict is not None else ""
+    for line in (diversity_summary(results), *results.notes, verdict):
+        if line:
+            console.print(line, highlight=False, markup=False)

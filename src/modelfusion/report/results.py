@@ -91,6 +91,14 @@ class CascadePoint(_Model):
     threshold: float | None = None
 
 
+class SearchPoint(_Model):
+    """One merge of a merge search (`merge.search`): its validation value and the best so far."""
+
+    evaluation: int
+    value: float
+    best: float
+
+
 def _named(value: Any, default_name: str) -> Any:
     """A bare curve (a list of points, or one reliability curve) as the only curve of a name -> curve map."""
     if isinstance(value, list) or (isinstance(value, Mapping) and "confidence" in value):
@@ -104,8 +112,9 @@ class Curves(_Model):
     reliability: dict[str, ReliabilityCurve] = {}
     interpolation: dict[str, list[InterpolationPoint]] = {}
     cascade: dict[str, list[CascadePoint]] = {}
+    search: dict[str, list[SearchPoint]] = {}
 
-    @field_validator("reliability", "interpolation", "cascade", mode="before")
+    @field_validator("reliability", "interpolation", "cascade", "search", mode="before")
     @classmethod
     def _bare_curve(cls, value: Any, info) -> Any:
         return _named(value, info.field_name)

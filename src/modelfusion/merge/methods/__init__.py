@@ -6,6 +6,7 @@
 | `interpolation` | `slerp`, `nearswap` |
 | `spherical` | `nuslerp`, `multislerp`, `karcher` |
 | `tsv` | `tsv` (Task Singular Vectors) |
+| `wudi` | `wudi` (WUDI-merging: least interference, data-free) |
 | `task_arithmetic` | `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`, `breadcrumbs`, `breadcrumbs_ties`, |
 | | `della`, `della_linear`, and `sce` |
 
@@ -22,6 +23,7 @@ from .sparsify import sparsify, task_vector_blocks
 from .spherical import karcher, multislerp, nuslerp
 from .task_arithmetic import TaskArithmeticOptions, sce, task_arithmetic, task_arithmetic_blocks
 from .tsv import tsv
+from .wudi import wudi
 
 __all__ = [
     "METHODS",
@@ -37,6 +39,7 @@ __all__ = [
     "karcher",
     "sce",
     "tsv",
+    "wudi",
     "task_arithmetic",
     "TaskArithmeticOptions",
     "task_arithmetic_blocks",

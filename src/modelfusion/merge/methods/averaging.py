@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from ...errors import ConfigError
-from .base import check_shapes, compute_dtype, need_base, per_model, register_method
+from .base import Coefficient, Flag, check_shapes, compute_dtype, need_base, per_model, register_method
 from .streaming import Rows, combined_blocks, gram, model_rows, whole
 
 __all__ = ["linear", "model_stock", "passthrough"]
@@ -16,7 +16,11 @@ __all__ = ["linear", "model_stock", "passthrough"]
 
 @register_method("linear", base="none", rows_separable=True, per_model=("weight",), reference="Wortsman et al., 2022")
 def linear(
-    tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, weight=None, normalize: bool = True
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None = None,
+    *,
+    weight: Coefficient | Sequence[Coefficient] | None = None,
+    normalize: Flag = True,
 ) -> torch.Tensor:
     """Weighted average of the models' tensors: `sum(w_i x_i) / sum(w_i)` (Wortsman et al., 2022, "Model soups").
 
@@ -84,7 +88,12 @@ def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = Non
 
 
 @register_method("passthrough", rows_separable=True, per_model=("scale",), reference="mergekit's passthrough")
-def passthrough(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, scale=None) -> torch.Tensor:
+def passthrough(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None = None,
+    *,
+    scale: Coefficient | Sequence[Coefficient] | None = None,
+) -> torch.Tensor:
     """The one model's tensor, times `scale` when given."""
     if len(tensors) != 1:
         raise ConfigError(f"passthrough takes exactly one model, got {len(tensors)}")

@@ -9,18 +9,36 @@ their defaults, and where the method comes from.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import functools
 import inspect
-import math
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import UnionType
+from typing import Annotated
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from ..._checks import explain
 from ...errors import ConfigError, IncompatibleModelsError
 from ...registry import Registry
 
-__all__ = ["MergeMethod", "METHODS", "register_method", "BlockFunction"]
+__all__ = [
+    "MergeMethod",
+    "METHODS",
+    "register_method",
+    "BlockFunction",
+    "Finite",
+    "Share",
+    "Fraction",
+    "Positive",
+    "Count",
+    "Flag",
+    "Coefficient",
+]
 
 # (read(i, rows), read_base(rows), blocks, count, numel, **params) -> the merged rows of each block
 BlockFunction = Callable[..., Iterator[torch.Tensor]]
@@ -114,48 +132,76 @@ class MergeMethod:
         return self.block_function if self.streams(self.resolve(params)) else None
 
     def check(self, params: Mapping, num_models: int) -> None:
-        """Raise a ConfigError naming the parameter unless every one is known to this method and of its type.
+        """Raise a ConfigError naming the parameter unless every one is known to this method and in its range.
 
-        Per-model parameters are a number or a list of `num_models` numbers; the others take the type of their
-        annotation (number, boolean, or name). Numbers must be finite.
+        Each parameter's type and range are declared with it, in the function's signature (or the `options`
+        dataclass), as `Annotated` pydantic constraints (`Share`, `Finite`, ...), and checked by a pydantic model
+        built from that signature. A per-model parameter is one value or a list of `num_models` values, each
+        checked against the type of one value.
         """
         accepted = self.parameters
-        for key, value in params.items():
-            if key not in accepted:
-                takes = ", ".join(p.rstrip("_") for p in accepted) or "no parameters"  # lambda_ is YAML's lambda
-                raise ConfigError(f"merge method {self.name!r} has no parameter {key!r}; it takes {takes}")
-            where = f"parameter {key.rstrip('_')!r} of {self.name!r}"
-            annotation = str(accepted[key].annotation)
-            if key in self.per_model:
-                values = value if isinstance(value, list | tuple) else [value]
-                if isinstance(value, list | tuple) and len(values) != num_models:
+        unknown = [key for key in params if key not in accepted]
+        if unknown:
+            takes = ", ".join(p.rstrip("_") for p in accepted) or "no parameters"  # lambda_ is YAML's lambda
+            raise ConfigError(f"merge method {self.name!r} has no parameter {unknown[0]!r}; it takes {takes}")
+        for key in self.per_model:
+            values = params.get(key)
+            if isinstance(values, list | tuple):
+                if len(values) != num_models:
+                    where = f"parameter {key.rstrip('_')!r} of {self.name!r}"
                     raise ConfigError(f"{where} has {len(values)} values for {num_models} models")
-                for v in values:
-                    _check_range(key, finite_number(v, where), where)
-            elif "bool" in annotation:
-                if not isinstance(value, bool):
-                    raise ConfigError(f"{where} must be true or false, got {value!r}")
-            elif annotation.startswith("int"):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ConfigError(f"{where} must be a whole number of at least 0, got {value!r}")
-            elif "float" in annotation:
-                _check_range(key, finite_number(value, where), where)
-            elif "str" in annotation and value is not None and not isinstance(value, str):
-                raise ConfigError(f"{where} must be a name, got {type(value).__name__} {value!r}")
+                for value in values:
+                    self._validate({key: value})
+        self._validate({k: v for k, v in params.items() if not (k in self.per_model and isinstance(v, list | tuple))})
+
+    def _validate(self, params: Mapping) -> None:
+        try:
+            self._schema.model_validate(params)
+        except ValidationError as err:
+            error = err.errors()[0]
+            key = str(error["loc"][0])
+            meaning = _description(self._annotations[key])
+            where = f"parameter {key.rstrip('_')!r} of {self.name!r}" + (f" ({meaning})" if meaning else "")
+            raise ConfigError(explain(error, where)) from None
+
+    @functools.cached_property
+    def _annotations(self) -> dict[str, object]:
+        """Each parameter a user may set -> its declared type (for a per-model one, the type of one value)."""
+        hints = typing.get_type_hints(self.options or self.function, include_extras=True)
+        declared = {name: hints.get(name, typing.Any) for name in self.parameters}
+        return {name: _one_value(t) if name in self.per_model else t for name, t in declared.items()}
+
+    @functools.cached_property
+    def _schema(self) -> type[BaseModel]:
+        fields = {name: (annotation, None) for name, annotation in self._annotations.items()}
+        return create_model(f"{self.name}_parameters", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-# Parameters whose numbers have a meaning only in a range: (test, what the number is).
-_RANGES = {
-    "density": (lambda v: 0 < v <= 1, "the share of entries kept: from 0 (excluded) to 1"),
-    "gamma": (lambda v: 0 <= v < 1, "the share of the largest entries dropped: from 0 to 1"),
-    "epsilon": (lambda v: 0 <= v < 0.5, "the spread of keep probabilities around the density: from 0 to 0.5"),
-    "select_topk": (lambda v: 0 < v <= 1, "the share of entries selected: from 0 (excluded) to 1"),
-}
+# -- the types parameters declare: pydantic constraints in `Annotated`, as mergekit declares its parameters --
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Share = Annotated[Finite, Field(gt=0, le=1)]
+Fraction = Annotated[Finite, Field(ge=0, le=1)]
+Positive = Annotated[Finite, Field(gt=0)]
+Count = Annotated[int, Field(strict=True, ge=1)]
+Flag = Annotated[bool, Field(strict=True)]
+# A number tensors are multiplied by (a model's weight, a scale): within float32's range, the arithmetic's.
+Coefficient = Annotated[Finite, Field(ge=-torch.finfo(torch.float32).max, le=torch.finfo(torch.float32).max)]
 
 
-def _check_range(key: str, number: float, where: str) -> None:
-    if key in _RANGES and not _RANGES[key][0](number):
-        raise ConfigError(f"{where} is {_RANGES[key][1]}, got {number!r}")
+def _one_value(annotation):
+    """The type of one model's value of a per-model parameter declared `X | Sequence[X] | None`."""
+    for option in typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, UnionType) else ():
+        if option is not type(None) and typing.get_origin(option) not in (list, tuple, collections.abc.Sequence):
+            return option | None
+    return annotation
+
+
+def _description(annotation) -> str:
+    """The `description` a parameter's type declares (inside `Optional[...]` too), or ""."""
+    for metadata in getattr(annotation, "__metadata__", ()):
+        if getattr(metadata, "description", None):
+            return metadata.description
+    return next(filter(None, map(_description, typing.get_args(annotation))), "")
 
 
 METHODS: Registry[MergeMethod] = Registry("merge method")
@@ -202,15 +248,3 @@ def need_base(base: torch.Tensor | None, method: str) -> torch.Tensor:
     if base is None:
         raise ConfigError(f"merge method {method!r} needs a base model (base_model in the config)")
     return base
-
-
-def finite_number(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{where} must be a number, got {type(value).__name__} {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise ConfigError(f"{where} must be a finite number, got {value!r}")
-    return number

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from ...errors import ConfigError
-from .base import check_shapes, compute_dtype, need_base, register_method
+from .base import Fraction, Positive, check_shapes, compute_dtype, need_base, register_method
 from .streaming import Rows, combined_blocks, gram, model_rows, whole
 
 __all__ = ["slerp", "nearswap"]
+
+
+Position = Annotated[Fraction, Field(description="the position from the base (0) to the other model (1)")]
+Closeness = Annotated[Positive, Field(description="the distance under which an entry takes the other model's value")]
 
 
 def _slerp_blocks(
@@ -45,7 +51,7 @@ def _slerp_blocks(
 
 
 @register_method("slerp", base="required", block_function=_slerp_blocks, reference="Shoemake, 1985; mergekit's slerp")
-def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, t: float = 0.5) -> torch.Tensor:
+def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, t: Position = 0.5) -> torch.Tensor:
     """Spherical linear interpolation from `base` (t=0) to the one other model (t=1) (Shoemake, 1985).
 
     As mergekit: the whole tensor is one vector; the angle comes from the normalized vectors (norms under
@@ -64,7 +70,7 @@ def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, 
     rows_separable=True,
     reference="alchemonaut/QuartetAnemoi-70B-t0.0001; mergekit",
 )
-def nearswap(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, t: float = 0.5) -> torch.Tensor:
+def nearswap(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, t: Closeness = 0.5) -> torch.Tensor:
     """Per entry, move from `base` toward the other model by `min(1, t / |base - other|)`: entries where the two
     nearly agree take the other model's value, entries where they differ much stay near the base."""
     base = need_base(base, "nearswap")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from ...errors import ConfigError
-from .base import check_shapes, per_model, register_method
+from .base import Coefficient, Count, Flag, Positive, check_shapes, per_model, register_method
 from .streaming import Rows, combined_blocks, gram, model_rows, whole
 
 __all__ = ["nuslerp", "multislerp", "karcher"]
@@ -108,9 +108,9 @@ def nuslerp(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None = None,
     *,
-    weight=None,
-    nuslerp_row_wise: bool = False,
-    nuslerp_flatten: bool = True,
+    weight: Coefficient | Sequence[Coefficient] | None = None,
+    nuslerp_row_wise: Flag = False,
+    nuslerp_flatten: Flag = True,
 ) -> torch.Tensor:
     """SLERP of two models at t = w_1 / (w_0 + w_1) (0.5 when the weights sum to 0), of their task vectors when
     a base is given. The whole tensor is one vector (`nuslerp_flatten`), or each row along the last dimension,
@@ -184,9 +184,9 @@ def multislerp(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None = None,
     *,
-    weight=None,
-    normalize_weights: bool = True,
-    eps: float = 1e-8,
+    weight: Coefficient | Sequence[Coefficient] | None = None,
+    normalize_weights: Flag = True,
+    eps: Positive = 1e-8,
 ) -> torch.Tensor:
     """Barycentric interpolation on the hypersphere: the models (their task vectors when a base is given) are
     projected to the unit sphere, averaged in the tangent space at their weighted mean direction, mapped back
@@ -262,7 +262,7 @@ def _karcher_blocks(
     reference="Karcher mean (arXiv:2603.04972); mergekit's karcher",
 )
 def karcher(
-    tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, max_iter: int = 10, tol: float = 1e-5
+    tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, max_iter: Count = 10, tol: Positive = 1e-5
 ) -> torch.Tensor:
     """The equally weighted Karcher mean of every input (the base too, when given) on the unit sphere, by up to
     `max_iter` Riemannian gradient steps, scaled to the mean norm; zero tensors carry no direction."""

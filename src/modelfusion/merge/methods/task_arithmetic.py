@@ -6,15 +6,34 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from ...errors import ConfigError
-from .base import METHODS, MergeMethod, check_shapes, compute_dtype, need_base, per_model, register_method
+from .base import (
+    METHODS,
+    Coefficient,
+    Finite,
+    Flag,
+    MergeMethod,
+    Share,
+    check_shapes,
+    compute_dtype,
+    need_base,
+    per_model,
+    register_method,
+)
 from .sparsify import _Cut, _row_sample, task_vector_blocks
 from .streaming import model_rows, whole
 
 __all__ = ["TaskArithmeticOptions", "task_arithmetic", "task_arithmetic_blocks", "sce"]
+
+
+Density = Annotated[Share, Field(description="the share of task-vector entries kept")]
+Gamma = Annotated[Finite, Field(ge=0, lt=1, description="the share of the largest entries dropped")]
+Epsilon = Annotated[Finite, Field(ge=0, lt=0.5, description="the spread of keep probabilities around the density")]
 
 
 @dataclass(frozen=True)
@@ -35,16 +54,16 @@ class TaskArithmeticOptions:
         seed: seed of the random drops.
     """
 
-    weight: float | Sequence[float] | None = None
-    density: float | Sequence[float] | None = None
-    lambda_: float = 1.0
-    normalize: bool = False
-    sparsification: str | None = None
-    consensus: str | None = None
-    gamma: float | Sequence[float] = 0.01
-    epsilon: float | Sequence[float] = 0.15
-    rescale: str | None = None
-    int8_mask: bool = False
+    weight: Coefficient | Sequence[Coefficient] | None = None
+    density: Density | Sequence[Density] | None = None
+    lambda_: Coefficient = 1.0
+    normalize: Flag = False
+    sparsification: Literal["magnitude", "random", "breadcrumbs", "della"] | None = None
+    consensus: Literal["sum"] | None = None
+    gamma: Gamma | Sequence[Gamma] = 0.01
+    epsilon: Epsilon | Sequence[Epsilon] = 0.15
+    rescale: Literal["inverse_density", "l1"] | None = None
+    int8_mask: Flag = False
     seed: int = 0
 
     @classmethod
@@ -282,8 +301,8 @@ def sce(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None = None,
     *,
-    select_topk: float = 1.0,
-    int8_mask: bool = False,
+    select_topk: Annotated[Share, Field(description="the share of entries selected")] = 1.0,
+    int8_mask: Flag = False,
 ) -> torch.Tensor:
     """Select, Calculate, Erase: keep the `select_topk` share of entries whose task vectors vary most across
     the models, weigh each task vector by its mean square, keep only entries agreeing with the elected sign

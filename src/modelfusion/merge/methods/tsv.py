@@ -10,11 +10,13 @@ matrices gathered over blocks of rows, so the updates and their left singular ve
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from ...errors import ConfigError
-from .base import check_shapes, need_base, register_method
+from .base import Coefficient, Fraction, check_shapes, need_base, register_method
 from .streaming import Rows, model_rows, whole
 
 __all__ = ["tsv"]
@@ -109,6 +111,9 @@ def _tsv_blocks(
         yield (base.to(merged.dtype) + alpha * merged).to(out_dtype)
 
 
+RankShare = Annotated[Fraction, Field(description="the fraction of each task's rank kept (0: one over the tasks)")]
+
+
 @register_method(
     "tsv",
     base="required",
@@ -116,7 +121,11 @@ def _tsv_blocks(
     reference="Gargiulo et al., 2025, Task Singular Vectors (TSV-Merge)",
 )
 def tsv(
-    tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, *, alpha: float = 1.0, share: float = 0.0
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None = None,
+    *,
+    alpha: Coefficient = 1.0,
+    share: RankShare = 0.0,
 ) -> torch.Tensor:
     """`base + alpha * merged update`. For a matrix, each task's update `W_i - base` keeps its top `share` of
     singular directions (0: 1 / the number of tasks, so that together they fill the rank); the kept left and

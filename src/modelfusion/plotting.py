@@ -9,10 +9,18 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .._atomic import atomic_path
-from ..errors import MissingExtraError
+from ._atomic import atomic_path
+from .errors import MissingExtraError
 
-__all__ = ["pyplot", "plain_text", "save_figure", "svg_markup", "interpolation_figure", "cascade_figure"]
+__all__ = [
+    "pyplot",
+    "plain_text",
+    "save_figure",
+    "svg_markup",
+    "interpolation_figure",
+    "cascade_figure",
+    "search_figure",
+]
 
 Curve = Sequence[Mapping[str, float]]
 
@@ -89,6 +97,19 @@ def cascade_figure(curves: Mapping[str, Curve], *, title: str = "Cascade"):
     for name, rows in curves.items():
         axes.plot([r["mean_cost"] for r in rows], [r["accuracy"] * 100 for r in rows], marker=".", label=name)
     axes.set(xlabel="mean cost per sample", ylabel="accuracy %", title=title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return figure
+
+
+def search_figure(curves: Mapping[str, Curve], *, ylabel: str, title: str = "Merge search"):
+    """Each evaluation's validation value (dots) and the best so far (a line), one colour per curve name."""
+    figure, axes = pyplot().subplots(figsize=(5, 3.5))
+    for name, rows in curves.items():
+        steps = [r["evaluation"] for r in rows]
+        (line,) = axes.plot(steps, [r["best"] for r in rows], label=f"{name}: best so far")
+        axes.plot(steps, [r["value"] for r in rows], ".", alpha=0.4, color=line.get_color())
+    axes.set(xlabel="merges scored", ylabel=ylabel, title=title)
     axes.grid(alpha=0.3)
     axes.legend()
     return figure
