@@ -7,13 +7,14 @@ For each size: a base and three fine-tunes (base + small noise), fp32, as Huggin
 `modelfusion.merge.METHODS` (`--methods all`, the default; or a comma-separated list) runs through
 `modelfusion merge` on a YAML config: the base for the methods that take one, as many fine-tunes as the method
 takes (slerp, nearswap, passthrough: one; nuslerp: two; else three), weights 1, 0.6, 0.3 and density 0.3 (0.5
-for DARE and DELLA, 0.9 for breadcrumbs) where the method has them. Linear, task arithmetic, TIES and
-breadcrumbs also run, at --mergekit-sizes, through `mergekit-yaml --no-copy-tokenizer` (its own venv,
-bench/.venv-mergekit, created by bench/mergekit_golden.py) on the same YAML, when that venv exists. Each run is
-timed (wall), its peak RSS taken from the kernel (wait4), and its anonymous memory (RssAnon: not counting
-memory-mapped input pages) sampled from /proc every 20 ms. Also: the floor (reading every input once; a plain
-safetensors loop that averages tensor by tensor), the largest difference between our output and mergekit's,
-and the start-up time of both commands.
+for DARE and DELLA, 0.9 for breadcrumbs) where the method has them; WUDI with 10 Adam steps instead of 300 (its
+memory does not depend on them, its time does). Linear, task arithmetic, TIES and breadcrumbs also run, at
+--mergekit-sizes, through `mergekit-yaml --no-copy-tokenizer` (its own venv, bench/.venv-mergekit, created by
+bench/mergekit_golden.py) on the same YAML, when that venv exists. Each run is timed (wall), its peak RSS taken
+from the kernel (wait4), and its anonymous memory (RssAnon: not counting memory-mapped input pages) sampled
+from /proc every 20 ms. Also: the floor (reading every input once; a plain safetensors loop that averages
+tensor by tensor), the largest difference between our output and mergekit's, and the start-up time of both
+commands.
 
 LoRA (--lora-sizes): three PEFT adapters of the base (rank 16 on every projection of every layer) merged into one
 adapter (`modelfusion merge-adapters`: task arithmetic exactly by concatenating factors, TIES cut back to rank
@@ -103,6 +104,7 @@ def make_models(folder: Path, size: str) -> Path:
 TAKES = {"slerp": 1, "nearswap": 1, "passthrough": 1, "nuslerp": 2}  # fine-tunes a method merges; else 3
 DENSITY = {"breadcrumbs": 0.9, "breadcrumbs_ties": 0.9}
 DENSITY.update(dict.fromkeys(("dare_ties", "dare_linear", "della", "della_linear"), 0.5))
+SETTINGS = {"wudi": "parameters: {steps: 10}\n"}  # 300 Adam steps on every matrix would take hours here
 
 
 def method_config(method: str, root: Path) -> str:
@@ -121,7 +123,7 @@ def method_config(method: str, root: Path) -> str:
             parameters["density"] = DENSITY.get(method, 0.3)
         shown = ", ".join(f"{k}: {v}" for k, v in parameters.items())
         lines.append(f"  - {{model: {root / f'ft{i}'}" + (f", parameters: {{{shown}}}}}" if shown else "}"))
-    return "\n".join(lines) + "\n" + _DTYPE
+    return "\n".join(lines) + "\n" + SETTINGS.get(method, "") + _DTYPE
 
 
 def write_configs(root: Path, methods: list[str]) -> dict[str, Path]:
