@@ -16,7 +16,7 @@ import torch
 
 from .base import compute_dtype
 
-__all__ = ["Rows", "gram", "combined_blocks", "whole", "model_rows"]
+__all__ = ["Rows", "gram", "combined_blocks", "whole", "model_rows", "matrix_size", "mean_update_blocks"]
 
 Rows = slice | None
 Vectors = Callable[[Rows], list[torch.Tensor]]
@@ -74,3 +74,26 @@ def whole(
     """A block function run on whole tensors in memory: one block, the merge of the whole tensor."""
     read_base = (lambda rows: base) if base is not None else None
     return next(block_function(lambda i, rows: tensors[i], read_base, [None], len(tensors), **params))
+
+
+def matrix_size(first: torch.Tensor, numel: int | None) -> tuple[int, int] | None:
+    """(rows, columns) of the tensor whose first block of rows is `first` (`numel`: the whole tensor's size,
+    None when `first` is the whole of it), if it is a matrix of at least 2 x 2; else None."""
+    if first.ndim != 2 or first.shape[1] < 2:
+        return None
+    height = numel // first.shape[1] if numel else first.shape[0]
+    return (height, first.shape[1]) if height >= 2 else None
+
+
+def mean_update_blocks(
+    read: Callable[[int, Rows], torch.Tensor],
+    read_base: Callable[[Rows], torch.Tensor],
+    blocks: Sequence[Rows],
+    count: int,
+    scale: float,
+) -> Iterator[torch.Tensor]:
+    """Each block of `base + scale * mean_i (model_i - base)`, in the base's dtype: what the methods that merge
+    matrices give the tensors that are not (biases, norms)."""
+    for rows in blocks:
+        deltas, base = model_rows(read, read_base, count, rows, offsets=True)
+        yield (base + scale * torch.stack(deltas).mean(0)).to(read_base(rows).dtype)

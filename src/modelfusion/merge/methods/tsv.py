@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ...errors import ConfigError
 from .base import Coefficient, Fraction, check_shapes, need_base, register_method
-from .streaming import Rows, model_rows, whole
+from .streaming import Rows, matrix_size, mean_update_blocks, model_rows, whole
 
 __all__ = ["tsv"]
 
@@ -92,13 +92,11 @@ def _tsv_blocks(
     def updates(rows: Rows) -> tuple[list[torch.Tensor], torch.Tensor]:
         return model_rows(read, read_base, count, rows, offsets=True)
 
-    width = first.shape[-1] if first.ndim else 0
-    height = numel // width if numel and width and first.ndim == 2 else first.shape[0] if first.ndim else 0
-    if first.ndim != 2 or min(height, width) < 2:  # not a matrix: the mean update, entry by entry
-        for rows in blocks:
-            deltas, base = updates(rows)
-            yield (base + alpha * torch.stack(deltas).mean(0)).to(out_dtype)
+    size = matrix_size(first, numel)
+    if size is None:  # not a matrix: the mean update, entry by entry
+        yield from mean_update_blocks(read, read_base, blocks, count, alpha)
         return
+    height, width = size
     if height < width:
         deltas, base = updates(None)
         merged = next(_merged_updates(lambda rows: [d.T for d in deltas], [None], count, height, share))

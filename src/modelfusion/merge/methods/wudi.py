@@ -18,7 +18,7 @@ from pydantic import Field
 
 from ...errors import ConfigError
 from .base import Coefficient, Positive, check_shapes, need_base, register_method
-from .streaming import Rows, model_rows, whole
+from .streaming import Rows, matrix_size, mean_update_blocks, model_rows, whole
 
 __all__ = ["wudi"]
 
@@ -51,13 +51,11 @@ def _wudi_blocks(
         deltas, base = model_rows(read, read_base, count, rows, offsets=True)
         return torch.stack(deltas), base
 
-    width = first.shape[-1] if first.ndim else 0
-    height = numel // width if numel and width and first.ndim == 2 else first.shape[0] if first.ndim else 0
-    if first.ndim != 2 or min(height, width) < 2:  # not a matrix: the mean task vector
-        for rows in blocks:
-            deltas, base = updates(rows)
-            yield (base + scale * deltas.mean(0)).to(out_dtype)
+    size = matrix_size(first, numel)
+    if size is None:  # not a matrix: the mean task vector
+        yield from mean_update_blocks(read, read_base, blocks, count, scale)
         return
+    width = size[1]
     grams = torch.zeros(count, width, width, dtype=torch.float64)
     absolute, entries = 0.0, 0
     for rows in blocks:
