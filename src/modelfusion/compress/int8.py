@@ -347,8 +347,9 @@ def quantize_int8(model: nn.Module, X: torch.Tensor | None, kernels: str | Mappi
 
 def _calibrate(model: nn.Module, X: torch.Tensor, *, keep: bool) -> dict[str, torch.Tensor | tuple[float, float]]:
     """The float model (BatchNorms folded) run on `X` in chunks: the smallest and largest input of each Linear
-    and convolution layer ("range:NAME"), and with `keep` the input of every module to a first batch of
-    `TIMING_BATCH` samples (`X` repeated if shorter), on which kernels are timed (by module name)."""
+    and convolution layer ("range:NAME"), and with `keep` the inputs kernels are timed on (by module name), to a
+    first batch of `TIMING_BATCH` samples (`X` repeated if shorter): those of the layers and of the children of
+    every `nn.Sequential` (where a run of layers for ONNX Runtime may start)."""
     seen: dict[str, torch.Tensor | tuple[float, float]] = {}
     capturing = {"inputs": False}
 
@@ -364,9 +365,16 @@ def _calibrate(model: nn.Module, X: torch.Tensor, *, keep: bool) -> dict[str, to
         return record
 
     quantized = (nn.Linear, nn.modules.conv._ConvNd)
+    in_sequential = {
+        f"{prefix}.{child}" if prefix else child
+        for prefix, container in model.named_modules()
+        if type(container) is nn.Sequential
+        for child in container._modules
+    }
     handles = [
         module.register_forward_pre_hook(hook(name, isinstance(module, quantized)))
         for name, module in model.named_modules()
+        if isinstance(module, quantized) or name in in_sequential
     ]
     was_training = model.training
     try:
