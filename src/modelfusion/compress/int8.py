@@ -18,8 +18,10 @@ Kernels (`KERNELS`), chosen per layer by `compress(..., kernels="auto")` and rec
   runtime costs some microseconds; so the choice is made per run of such layers.
 
 "auto" times the candidates on the calibration inputs at batch 1 and at batch 256, one call of each in turn, and
-keeps the one whose larger ratio to the fastest candidate (at either batch size) is the smallest: a kernel that
-is much faster at 256 and a little slower at 1 loses to one that is a little faster at both.
+keeps the one whose larger ratio to the fastest candidate at either batch size is the smallest (the smallest
+worst-case slowdown): one 10% slower than the fastest at batch 1 and the fastest at 256 beats one that is the
+fastest at batch 1 and twice as slow at 256. The choice depends on this machine and its load at that moment;
+it is recorded, so a saved file runs the same kernels wherever it is loaded.
 """
 
 from __future__ import annotations
