@@ -730,8 +730,7 @@ def guard_fit(
     score: Annotated[
         str,
         typer.Option(
-            help="a name in modelfusion.guard.SCORES (combined: the largest of every score's validation "
-            "percentile), or auto: the one that best separates validation from its feature-shuffled copy"
+            help="a name in modelfusion.guard.SCORES (combined: the largest of every score's validation percentile)"
         ),
     ] = "combined",
     fpr: Annotated[float, typer.Option(help="share of validation samples the threshold may reject")] = 0.05,
@@ -760,7 +759,7 @@ def guard_fit(
         f"guard for {dataset} inputs {guard.input_shape_} with {len(guard.member_names_)} member(s): score "
         f"{guard.score_}, threshold {guard.threshold_:.4g} (rejects {rejected:.1%} of validation, asked "
         f"{fpr:.1%}); validation AUROC "
-        f"against feature-shuffled samples: {aurocs} -> {out}",
+        f"against proxy outliers (worst kind): {aurocs} -> {out}",
         highlight=False,
     )
 

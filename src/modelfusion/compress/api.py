@@ -107,10 +107,10 @@ def compress(
     model: nn.Module | TorchMember, *, method: str, X: torch.Tensor | None = None, **params
 ) -> Compressed | CompressedEnsemble:
     """Compress a model (or a torch member, which can then be saved) with a method of `COMPRESSORS`; `X`
-    (training inputs) for the methods that need them (`COMPRESSORS[method].needs_inputs`: Wanda's input
-    norms, structured pruning's graph trace, the ONNX export). An `EnsembleModule` is compressed member by
-    member (its combiner kept) into a `CompressedEnsemble`. The argument is not changed. `method` by position
-    (`compress(model, "int4")`) still works, with a `DeprecationWarning`.
+    (training inputs) for the methods that need them (`COMPRESSORS[method].needs_inputs`: int8's activation
+    ranges, Wanda's input norms, structured pruning's graph trace, the ONNX export). An `EnsembleModule` is
+    compressed member by member (its combiner kept) into a `CompressedEnsemble`. The argument is not changed.
+    `method` by position (`compress(model, "int4")`) still works, with a `DeprecationWarning`.
 
     Example:
         >>> small = compress(load_member("student.safetensors"), method="int4", group_size=32)
@@ -137,4 +137,6 @@ def compress(
         from .._modules import output_width
 
         output_width(module, X, "the model")  # inputs of another dataset fail here, in one line
-    return Compressed(apply_compression(module, method, params, X=X).eval(), method, dict(params), original)
+    compressed = apply_compression(module, method, params, X=X).eval()
+    records = COMPRESSORS[method].records
+    return Compressed(compressed, method, {**params, **(records(compressed) if records else {})}, original)

@@ -37,43 +37,83 @@ __all__ = [
 def confident_learning(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Which samples are likely mislabeled, from out-of-sample probabilities `[N, C]` and given labels `[N]`:
     confident learning with pruning by noise rate (Northcutt, Jiang & Chuang, 2021, "Confident learning:
-    estimating uncertainty in dataset labels", https://arxiv.org/abs/1911.00068).
+    estimating uncertainty in dataset labels", https://arxiv.org/abs/1911.00068), step for step as cleanlab 2.9's
+    `filter.find_label_issues` with its defaults, so that both flag the same samples on the same probabilities.
 
     1. Per class j, the threshold t_j is the mean probability of j over the samples labeled j.
-    2. The confident joint counts, for each given label, the samples whose most probable class among those
-       above their thresholds is each true class; it is calibrated so that each row sums to that label's count.
-    3. For each off-diagonal cell (given i, true j), that many samples labeled i are flagged: those with the
-       largest margin p_j - p_i. A sample whose most probable class is its given label is never flagged.
+    2. The confident joint counts, for each given label, the samples whose probability reaches the threshold of
+       at least one class (to 1e-6): as that class if only one, else as their most probable class. Each
+       diagonal cell counts at least 1. It is calibrated so that each row sums to its label's count and the
+       whole to N, then rounded to integers keeping the row sums.
+    3. Each class keeps at least one sample: a diagonal cell raised to 1 takes that from its column's other
+       non-zero cells, whose fractions are then dropped (truncated).
+    4. For each off-diagonal cell (given i, true j), that many samples labeled i are flagged: those with the
+       largest margin p_j - p_i, each cell on its own (a sample may be flagged by several). A class with a
+       single sample is left alone, and no sample whose most probable class is its given label is flagged.
 
     Returns a boolean mask `[N]`.
     """
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     n, num_classes = probs.shape
     counts = np.bincount(labels, minlength=num_classes)
-    thresholds = np.array([probs[labels == j, j].mean() if counts[j] else np.inf for j in range(num_classes)])  # [C]
-    above = probs >= thresholds  # [N, C]
-    confident = np.where(above, probs, -np.inf).argmax(1)
-    has_any = above.any(1)
-    joint = np.zeros((num_classes, num_classes))
-    np.add.at(joint, (labels[has_any], confident[has_any]), 1)
-    row_sums = joint.sum(1, keepdims=True)
-    calibrated = np.divide(joint * counts[:, None], row_sums, out=np.zeros_like(joint), where=row_sums > 0)
+    # 1. thresholds (a class without samples gets 2, which no probability reaches)
+    thresholds = np.array([probs[labels == j, j].mean() if counts[j] else 2.0 for j in range(num_classes)])
+    thresholds = np.clip(thresholds, 2e-6, None)
+    # 2. the confident joint, rows: given labels, columns: true labels
+    confident = probs >= thresholds - 1e-6
+    how_many = confident.sum(1)
+    guess = np.where(how_many > 1, probs.argmax(1), confident.argmax(1))
+    # counted as [true, given] and transposed, as cleanlab does: the layout sets the order in which the
+    # calibration's total is summed, whose last bits decide ties when the counts are rounded
+    joint = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(joint, (guess[how_many > 0], labels[how_many > 0]), 1)
+    joint = joint.T
+    np.fill_diagonal(joint, joint.diagonal().clip(min=1))
+    calibrated = (joint.T / np.clip(joint.sum(1), 1e-100, None) * counts).T
+    calibrated = calibrated / np.clip(calibrated.sum(), 1e-100, None) * counts.sum()
+    joint = _rounded_keeping_row_sums(calibrated)
+    # 3. how many to flag, rows: true labels, columns: given labels; at least one sample kept per class
+    prune = joint.T.astype(float)
+    diagonal = np.maximum(prune.diagonal(), 1)
+    raised = diagonal - prune.diagonal()
+    others = np.maximum(np.count_nonzero(prune, axis=0) - 1.0, 1.0)
+    prune = np.clip(prune - raised / others, 0, None)
+    np.fill_diagonal(prune, diagonal)
+    prune = _rounded_keeping_row_sums(prune.astype(int))
+    # 4. the samples with the largest margins, cell by cell
     flagged = np.zeros(n, dtype=bool)
     for given in range(num_classes):
         rows = np.flatnonzero(labels == given)
-        # keep at least one sample of each class: at most counts - 1 removed from a class
-        budget = max(int(counts[given]) - 1, 0)
+        if len(rows) <= 1:
+            continue
+        mask = np.zeros(len(rows), dtype=bool)
         for true in range(num_classes):
-            if true == given or budget == 0:
-                continue
-            remove = min(int(round(calibrated[given, true])), budget)
-            if remove == 0:
-                continue
-            margin = probs[rows, true] - probs[rows, given]
-            flagged[rows[np.argsort(-margin, kind="stable")[:remove]]] = True
-            budget -= remove
-    flagged &= probs.argmax(1) != labels
+            remove = prune[true, given]
+            if true != given and remove > 0:
+                margin = probs[rows, true] - probs[rows, given]
+                mask[np.argsort(-margin)[:remove]] = True  # numpy's default sort, as cleanlab's
+        flagged[rows] = mask
+    agrees = probs.copy()
+    agrees[np.arange(n), labels] += 1e-6
+    flagged[agrees.argmax(1) == labels] = False
     return flagged
+
+
+def _rounded_keeping_row_sums(matrix: np.ndarray) -> np.ndarray:
+    """Each row rounded to integers that keep its (rounded) sum: the entries whose rounding lost (or gained)
+    the most are moved by one, as cleanlab's `round_preserving_row_totals`."""
+    rows = []
+    for floats in np.asarray(matrix, dtype=float):
+        ints = floats.round()
+        target, total = floats.sum().round(), ints.sum().round()
+        while abs(total - target) > 1e-6:
+            difference = np.round(target - total)
+            step = -1 if difference < 0 else 1
+            for i in np.argsort(floats - ints)[::-step][: min(int(abs(difference)), len(floats))]:
+                ints[i] += step
+            total = ints.sum().round()
+        rows.append(ints)
+    return np.array(rows).astype(int)
 
 
 def input_outliers(X: torch.Tensor) -> np.ndarray:

@@ -643,7 +643,7 @@ def _merged_blocks(
     if block_function is not None:
         yield from block_function(
             lambda i, rows: read(tensor.inputs[i], rows),
-            lambda rows: read(tensor.base, rows),
+            (lambda rows: read(tensor.base, rows)) if tensor.base else None,
             blocks,
             len(tensor.inputs),
             numel=math.prod(shape),
