@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import checked
 from .._modules import output_width
 from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
 from .derive import derive_spec
@@ -31,6 +32,7 @@ class AlignResult:
     rounds: int = 0
 
 
+@checked
 def align(
     models: Sequence[nn.Module],
     *,

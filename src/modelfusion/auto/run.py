@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_dir, check_output
+from .._checks import checked
 from .._progress import progress_bar
 from ..datasets import Dataset
 from ..errors import ConfigError, InvalidInputError
@@ -58,6 +59,7 @@ def train_default_members(
     return members
 
 
+@checked
 def auto(
     members: Sequence[Member] | None,
     data: Dataset,

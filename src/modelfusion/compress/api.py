@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._checks import checked
 from .._deprecation import keyword_only
 from ..errors import ConfigError, InvalidInputError
 from ..members import TorchMember
@@ -103,6 +104,7 @@ class CompressedEnsemble:
 
 
 @keyword_only("method")
+@checked
 def compress(
     model: nn.Module | TorchMember, *, method: str, X: torch.Tensor | None = None, **params
 ) -> Compressed | CompressedEnsemble:

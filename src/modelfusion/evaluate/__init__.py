@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from .._checks import PositiveInt, Share, check_seed, checked
 from ..errors import InvalidInputError
@@ -34,6 +36,10 @@ from .stats import (
     paired_bootstrap_test,
     percentile_interval,
 )
+
+# Bootstrap resamples taken at most: each is a row of counts over the split, and past this the draws outgrow
+# memory long before the intervals get any tighter.
+MAX_RESAMPLES = 100_000
 
 __all__ = [
     "evaluate",
@@ -179,7 +185,7 @@ def evaluate(
     *,
     best_member: str | None = None,
     confidence: Share = 0.95,
-    n_resamples: PositiveInt = 1000,
+    n_resamples: Annotated[int, Field(ge=1, le=MAX_RESAMPLES)] = 1000,
     seed: int = 0,
     n_bins: PositiveInt = 15,
 ) -> Report:
@@ -191,7 +197,7 @@ def evaluate(
         best_member: the member each fusion is tested against. Default: the best member by the primary
             metric on this split, which is the hardest comparison for a fusion.
         confidence: level of the percentile bootstrap intervals.
-        n_resamples: bootstrap resamples (shared by all rows, so intervals are paired).
+        n_resamples: bootstrap resamples (shared by all rows, so intervals are paired), at most 100,000.
         seed: seed of the resamples.
         n_bins: bins of the expected calibration error.
 

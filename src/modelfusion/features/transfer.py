@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .._checks import checked
 from ..datasets import Split
 from ..errors import ConfigError
 from ..registry import Registry
@@ -94,6 +95,7 @@ def _owner(name: str, prefixes: Sequence[str]) -> str | None:
     return max(matching, key=len) if matching else None
 
 
+@checked
 def finetune(
     model: nn.Module,
     train: Split,

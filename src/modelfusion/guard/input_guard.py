@@ -161,6 +161,7 @@ class InputGuard:
         self.seed = seed
 
     # -- fitting ---------------------------------------------------------------------------------------------
+    @checked
     def fit(self, train: Split, val: Split | None = None) -> InputGuard:
         """Learn the schema and ranges on `train`, fit the feature scores there, then fit `combined`, choose
         the score and set its threshold on `val` (default: a stratified fifth of `train` held out)."""
@@ -366,6 +367,7 @@ class InputGuard:
             scores[finite] = np.where(np.isnan(computed), math.inf, computed)  # unmeasurable is most unusual
         return scores
 
+    @checked
     def check(self, X) -> Verdicts:
         """A verdict per sample: rejected for NaN/inf values, values outside the training ranges, or a score
         above the threshold. Inputs of the wrong shape or dtype are one `InvalidInputError` for the batch."""

@@ -7,21 +7,18 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .._atomic import write_json
-from .._checks import check_count, check_number, check_seed
+from .._checks import check_count, check_number, check_seed, checked
 from .._deprecation import deprecated
 from ..datasets import Dataset, Split
 from ..errors import ConfigError, InvalidInputError
 from ..members import TorchMember
 from ..predictions import Predictions
-
-if TYPE_CHECKING:
-    from ..training import TrainingRecipe
+from ..training import TrainingRecipe
 
 __all__ = [
     "LabelIssues",
@@ -176,6 +173,7 @@ def _recipe_or_predictions(recipe, predictions, members) -> tuple[object, Predic
     return recipe, predictions
 
 
+@checked
 def find_label_issues(
     data: Dataset,
     *,
@@ -290,6 +288,7 @@ class Cleaned:
         return Path(path)
 
 
+@checked
 def clean(
     data: Dataset,
     issues: LabelIssues | None = None,

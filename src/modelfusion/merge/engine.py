@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 from .._atomic import atomic_dir, check_output, check_space, jsonable
+from .._checks import checked
 from .._files import read_file
 from .._progress import progress_bar
 from .._safetensors import check_readable, read_header
@@ -411,6 +412,7 @@ def _return_freed_memory_promptly() -> None:
     libc.mallopt(m_mmap_threshold, 2 * _CHUNK_BYTES)
 
 
+@checked
 def merge_checkpoints(
     models: Sequence[ModelReference],
     out_dir: str | os.PathLike,

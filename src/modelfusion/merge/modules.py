@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from .._checks import checked
 from .._modules import evaluating
 from ..errors import ConfigError, InvalidInputError
 from ..registry import Registry
@@ -29,6 +30,7 @@ DataMethod = Callable[..., dict[str, torch.Tensor]]
 DATA_METHODS: Registry[DataMethod] = Registry("data-driven merge method")
 
 
+@checked
 def merge_modules(
     models: Sequence[nn.Module],
     method: str,
