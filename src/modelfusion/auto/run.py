@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_dir, check_output
+from .._checks import checked
 from .._progress import progress_bar
 from ..data_options import PREPROCESSING_FILE
 from ..datasets import Dataset
@@ -69,6 +70,7 @@ def train_default_members(
     return train_plans(plans, data, workers=workers, deadline_s=deadline_s, log=log)
 
 
+@checked
 def auto(
     members: Sequence[Member] | None,
     data: Dataset,

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from ..._checks import checked
 from ...errors import ConfigError
 from .adapter import AdapterConfig, LoraAdapter, write_adapter
 from .low_rank import SVD_KINDS, factorize
@@ -81,6 +82,7 @@ class LoraExtraction:
         )
 
 
+@checked
 def extract_lora(
     base: str | os.PathLike,
     finetune: str | os.PathLike,
