@@ -390,7 +390,7 @@ def test_find_label_issues_refuses_what_it_cannot_read(digits):
         find_label_issues(load_dataset("diabetes"))
     with pytest.raises(ConfigError, match="folds"):
         find_label_issues(digits, folds=1)
-    with pytest.raises(ConfigError, match="recipe must be a TrainingRecipe or a name in RECIPES, got float"):
+    with pytest.raises(ConfigError, match="argument .recipe. must be a TrainingRecipe or a str or None, got float"):
         find_label_issues(digits, recipe=3.5)
     with pytest.raises(ConfigError, match="not both"):
         find_label_issues(digits, recipe="digits-mlp", predictions=find_label_issues)
