@@ -97,7 +97,9 @@ def test_a_cnn_quantizes_its_layers_and_round_trips(method, conv_type, convoluti
     torch.manual_seed(0)
     kwargs = {"channels": [8, 16], "hidden": 32}
     model = train_model(cnn2d(**kwargs), digits.train, digits.val, epochs=2, seed=0).eval()
-    result = compress(TorchMember(model, name="cnn", factory="cnn2d", factory_kwargs=kwargs), method, X=digits.train.X)
+    result = compress(
+        TorchMember(model, name="cnn", factory="cnn2d", factory_kwargs=kwargs), method=method, X=digits.train.X
+    )
     modules = list(result.model.modules())
     assert sum(isinstance(m, conv_type) for m in modules) == (2 if convolutions_in_int8 else 0)
     assert all(m.weight_int8.dtype == torch.int8 for m in modules if isinstance(m, conv_type))

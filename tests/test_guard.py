@@ -35,7 +35,7 @@ from modelfusion.guard import (
     input_outliers,
 )
 from modelfusion.io import save_member
-from modelfusion.predictions import collect_predictions
+from modelfusion.predictions import Predictions, collect_predictions
 from modelfusion.training import RECIPES
 
 
@@ -390,10 +390,19 @@ def test_find_label_issues_refuses_what_it_cannot_read(digits):
         find_label_issues(load_dataset("diabetes"))
     with pytest.raises(ConfigError, match="folds"):
         find_label_issues(digits, folds=1)
-    with pytest.raises(ConfigError, match="recipe must be a TrainingRecipe or a name in RECIPES, got float"):
+    with pytest.raises(ConfigError, match="argument .recipe. must be a TrainingRecipe or a str or None, got float"):
         find_label_issues(digits, recipe=3.5)
+    with pytest.raises(ConfigError, match="argument .predictions. must be a Predictions or None, got function"):
+        find_label_issues(digits, predictions=find_label_issues)
+    out_of_fold = Predictions(
+        outputs=torch.full((1, len(digits.train), 10), 0.1),
+        labels=digits.train.y,
+        member_names=["m"],
+        task="classification",
+        split="train",
+    )
     with pytest.raises(ConfigError, match="not both"):
-        find_label_issues(digits, recipe="digits-mlp", predictions=find_label_issues)
+        find_label_issues(digits, recipe="digits-mlp", predictions=out_of_fold)
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------

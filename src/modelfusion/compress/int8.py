@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .onnx_graph import OnnxRun, runs_in_onnx
+from .onnx_graph import OnnxRun, register_writer, runs_in_onnx, write_conv, write_linear
 from .quantize import symmetric_rows
 
 __all__ = ["KERNELS", "Int8Layer", "Int8Linear", "Int8Conv", "Int8Sequential", "quantize_int8", "recorded_kernels"]
@@ -186,6 +186,10 @@ class Int8Conv(Int8Layer):
         if self.kernel == "onnxruntime":
             return self._onnx(x)
         return self.conv._conv_forward(x, self.dequantized_weight(), self.bias)
+
+
+register_writer(Int8Linear, write_linear, quantized_input=True)
+register_writer(Int8Conv, write_conv, quantized_input=True)
 
 
 class Int8Sequential(nn.Sequential):

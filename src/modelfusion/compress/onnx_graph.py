@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import CheckpointError, InvalidInputError, first_line
 from ..models import ImageInput, OutputScale
 
-__all__ = ["onnx_graph", "runs_in_onnx", "OnnxRun"]
+__all__ = ["onnx_graph", "runs_in_onnx", "register_writer", "OnnxRun", "write_linear", "write_conv"]
 
 OPSET = 17
 
@@ -65,12 +65,14 @@ class _Graph:
         )
 
 
-def _linear(graph: _Graph, layer, x: str) -> str:
+def write_linear(graph: _Graph, layer, x: str) -> str:
+    """An int8 linear layer: its dequantized weight times its (quantized) input."""
     y = graph.node("MatMul", [x, graph.dequantized_weight(layer, axis=1, transposed=True)])  # weight as [in, out]
     return y if layer.bias is None else graph.node("Add", [y, graph.constant(layer.bias.numpy())])
 
 
-def _conv(graph: _Graph, layer, x: str) -> str:
+def write_conv(graph: _Graph, layer, x: str) -> str:
+    """An int8 convolution with its settings; the bias in int32 at the products' scale."""
     inputs = [x, graph.dequantized_weight(layer, axis=0)]
     if layer.bias is not None:  # int32 at the scale of the products, as ONNX Runtime's int8 convolution takes it
         scales = (layer.input_scale.double() * layer.weight_scale.double()).numpy()
@@ -124,36 +126,42 @@ def _scaled(graph: _Graph, scale: OutputScale, x: str) -> str:
     return graph.node("Add", [scaled, graph.constant(scale.shift.numpy().astype(np.float32))])
 
 
-def _writers() -> dict[type, Callable]:
-    """What each supported module type writes; data-movement modules (which do not change values) are marked."""
-    from .int8 import Int8Conv, Int8Linear
+def _same(graph: _Graph, module: nn.Module, x: str) -> str:
+    return x
 
-    def same(graph, module, x):
-        return x
 
-    return {
-        Int8Linear: (_linear, False),
-        Int8Conv: (_conv, False),
-        nn.ReLU: (lambda graph, module, x: graph.node("Relu", [x]), False),
-        nn.modules.batchnorm._BatchNorm: (_batchnorm, False),
-        OutputScale: (_scaled, False),
-        nn.Identity: (same, True),
-        nn.Dropout: (same, True),  # in eval mode, which is how a compressed model runs
-        nn.Flatten: (lambda graph, module, x: _reshaped(graph, x, [-1]), True),
-        ImageInput: (lambda graph, module, x: _reshaped(graph, x, module.shape), True),
-        nn.MaxPool1d: (_pool, True),
-        nn.MaxPool2d: (_pool, True),
-    }
+# What each supported module type writes, and whether it only moves data (a reshape, a pool) without changing
+# values. The int8 layers add theirs from their own module (`register_writer`), so this one needs nothing of it.
+_WRITERS: dict[type, tuple[Callable, bool]] = {
+    nn.ReLU: (lambda graph, module, x: graph.node("Relu", [x]), False),
+    nn.modules.batchnorm._BatchNorm: (_batchnorm, False),
+    OutputScale: (_scaled, False),
+    nn.Identity: (_same, True),
+    nn.Dropout: (_same, True),  # in eval mode, which is how a compressed model runs
+    nn.Flatten: (lambda graph, module, x: _reshaped(graph, x, [-1]), True),
+    ImageInput: (lambda graph, module, x: _reshaped(graph, x, module.shape), True),
+    nn.MaxPool1d: (_pool, True),
+    nn.MaxPool2d: (_pool, True),
+}
+# Module types whose input is quantized with their calibrated range (`input_scale`, `input_zero_point`).
+_QUANTIZED: set[type] = set()
+
+
+def register_writer(kind: type, write: Callable, *, quantized_input: bool = False) -> None:
+    """Let `onnx_graph` write modules of type `kind` with `write(graph, module, x) -> output name`; with
+    `quantized_input` their input goes through QuantizeLinear at their calibrated range."""
+    _WRITERS[kind] = (write, False)
+    if quantized_input:
+        _QUANTIZED.add(kind)
 
 
 def _writer(module: nn.Module):
-    return next((w for kind, w in _writers().items() if isinstance(module, kind)), None)
+    return next((w for kind, w in _WRITERS.items() if isinstance(module, kind)), None)
 
 
 def runs_in_onnx(module: nn.Module) -> bool:
-    """Whether `module` can be part of an ONNX run: a supported type with the settings the graph writes."""
-    from .int8 import Int8Conv
-
+    """Whether `module` can be part of an ONNX run: a supported type with the settings the graph writes (a
+    layer may say it is not, by an `onnx_ready` property)."""
     if _writer(module) is None:
         return False
     if isinstance(module, nn.Flatten):
@@ -162,9 +170,7 @@ def runs_in_onnx(module: nn.Module) -> bool:
         return not module.return_indices
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return module.running_mean is not None and not module.training
-    if isinstance(module, Int8Conv):
-        return module.onnx_ready
-    return True
+    return bool(getattr(module, "onnx_ready", True))
 
 
 def onnx_graph(modules: Sequence[nn.Module]) -> bytes:
@@ -177,11 +183,9 @@ def onnx_graph(modules: Sequence[nn.Module]) -> bytes:
     """
     from onnx import TensorProto, helper
 
-    from .int8 import Int8Layer
-
     quantize_at: dict[int, tuple[float, int]] = {}  # module index -> the range its input is quantized with
     for j, module in enumerate(modules):
-        if isinstance(module, Int8Layer):
+        if isinstance(module, tuple(_QUANTIZED)):
             start = j
             while start > 0 and _writer(modules[start - 1])[1]:
                 start -= 1
