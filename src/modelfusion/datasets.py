@@ -25,6 +25,7 @@ from sklearn.model_selection import train_test_split
 from ._checks import check_count, check_number, check_seed, checked
 from .errors import ConfigError, DataError, first_line
 from .preprocessing import (
+    PREPROCESSING_FILE,
     ImageEncoding,
     Preprocessing,
     Standardize,
@@ -263,7 +264,6 @@ def read_preparation(path: str | os.PathLike) -> Preparation:
 def find_preparation(checkpoints: Sequence[str | os.PathLike]) -> Path | None:
     """The preprocessing saved with the first checkpoint: `preprocessing.json` in its folder or the folder above
     (where `auto` and `demo` write it beside `model.*` and `members/`), or None."""
-    from .data_options import PREPROCESSING_FILE
 
     if not checkpoints:
         return None
