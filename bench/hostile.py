@@ -2268,56 +2268,65 @@ def distill_cases() -> list[Case]:
     return cases
 
 
+# Merge configs over the toy Hugging Face folders base/, ft0/ and ft1/ (shared by several families).
+
+
+def hf_models(ctx: Ctx) -> None:
+    for name in ("base", "ft0", "ft1"):
+        copy(ctx.art.hf / name, ctx.path(name))
+
+
+def hf_with_yaml(text: str, ctx: Ctx) -> None:
+    """The toy folders and `text` as cfg.yaml beside them."""
+    hf_models(ctx)
+    write(ctx.path("cfg.yaml"), text)
+
+
+def linear_yaml(params: str = "", top: str = "") -> str:
+    entries = [f"{{model: ft0{params}}}", f"{{model: ft1{params}}}"]
+    return "merge_method: linear\nmodels:\n" + yaml_list(entries) + "\n" + top
+
+
+def ties_yaml(params: str = "weight: 1.0, density: 0.5", top: str = "") -> str:
+    entries = [f"{{model: ft0, parameters: {{{params}}}}}", f"{{model: ft1, parameters: {{{params}}}}}"]
+    return "merge_method: ties\nbase_model: base\nmodels:\n" + yaml_list(entries) + "\n" + top
+
+
+def slerp_yaml(t: str, method: str = "slerp") -> str:
+    return f"merge_method: {method}\nbase_model: base\nmodels:\n  - model: ft0\nparameters: {{t: {t}}}\n"
+
+
 def merge_config_cases() -> list[Case]:
     """Merge configs: bad values, bad YAML, alias bombs, zero-size tensors, shard indexes and symlinks that leave
     the model folder."""
-
-    def hf(ctx: Ctx) -> None:
-        for name in ("base", "ft0", "ft1"):
-            copy(ctx.art.hf / name, ctx.path(name))
-
-    def config(text: str, ctx: Ctx) -> None:
-        hf(ctx)
-        write(ctx.path("cfg.yaml"), text)
-
-    def linear(params: str = "", top: str = "") -> str:
-        entries = [f"{{model: ft0{params}}}", f"{{model: ft1{params}}}"]
-        return "merge_method: linear\nmodels:\n" + yaml_list(entries) + "\n" + top
-
-    def ties(params: str = "weight: 1.0, density: 0.5", top: str = "") -> str:
-        entries = [f"{{model: ft0, parameters: {{{params}}}}}", f"{{model: ft1, parameters: {{{params}}}}}"]
-        return "merge_method: ties\nbase_model: base\nmodels:\n" + yaml_list(entries) + "\n" + top
-
-    def slerp(t: str) -> str:
-        return f"merge_method: slerp\nbase_model: base\nmodels:\n  - model: ft0\nparameters: {{t: {t}}}\n"
 
     billion_laughs = "\n".join(
         ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
         + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     )
     texts = {
-        "weight_string_13": ("refuse", linear(", parameters: {weight: '13'}")),
-        "weight_nan": ("refuse", linear(", parameters: {weight: .nan}")),
-        "weight_inf": ("refuse", linear(", parameters: {weight: .inf}")),
-        "weight_1e400": ("refuse", linear(", parameters: {weight: 1e400}")),
+        "weight_string_13": ("refuse", linear_yaml(", parameters: {weight: '13'}")),
+        "weight_nan": ("refuse", linear_yaml(", parameters: {weight: .nan}")),
+        "weight_inf": ("refuse", linear_yaml(", parameters: {weight: .inf}")),
+        "weight_1e400": ("refuse", linear_yaml(", parameters: {weight: 1e400}")),
         "weight_negative_sum_zero": (
             "refuse",
             "merge_method: linear\nmodels:\n"
             + yaml_list(["{model: ft0, parameters: {weight: 1}}", "{model: ft1, parameters: {weight: -1}}"])
             + "\n",
         ),
-        "weight_bool": ("refuse", linear(", parameters: {weight: true}")),
-        "weight_list": ("refuse", linear(", parameters: {weight: [1, 2]}")),
-        "typo_in_top_level_parameters": ("refuse", ties(top="parameters: {normalise: true}\n")),
-        "unknown_top_level_parameter": ("refuse", linear(top="parameters: {evil: 1}\n")),
-        "typo_in_top_level_key": ("refuse", ties() + "base_modle: base\n"),
-        "unknown_per_model_parameter": ("refuse", ties("weight: 1.0, density: 0.5, gamma: 0.1")),
-        "slerp_t_half_as_word": ("refuse", slerp("half")),
-        "slerp_t_nan": ("refuse", slerp(".nan")),
-        "slerp_t_2": ("either", slerp("2")),
-        "ties_density_2": ("refuse", ties("weight: 1.0, density: 2")),
-        "ties_density_negative": ("refuse", ties("weight: 1.0, density: -0.5")),
-        "ties_density_string": ("refuse", ties("weight: 1.0, density: half")),
+        "weight_bool": ("refuse", linear_yaml(", parameters: {weight: true}")),
+        "weight_list": ("refuse", linear_yaml(", parameters: {weight: [1, 2]}")),
+        "typo_in_top_level_parameters": ("refuse", ties_yaml(top="parameters: {normalise: true}\n")),
+        "unknown_top_level_parameter": ("refuse", linear_yaml(top="parameters: {evil: 1}\n")),
+        "typo_in_top_level_key": ("refuse", ties_yaml() + "base_modle: base\n"),
+        "unknown_per_model_parameter": ("refuse", ties_yaml("weight: 1.0, density: 0.5, gamma: 0.1")),
+        "slerp_t_half_as_word": ("refuse", slerp_yaml("half")),
+        "slerp_t_nan": ("refuse", slerp_yaml(".nan")),
+        "slerp_t_2": ("either", slerp_yaml("2")),
+        "ties_density_2": ("refuse", ties_yaml("weight: 1.0, density: 2")),
+        "ties_density_negative": ("refuse", ties_yaml("weight: 1.0, density: -0.5")),
+        "ties_density_string": ("refuse", ties_yaml("weight: 1.0, density: half")),
         "unknown_merge_method": ("refuse", "merge_method: nope\nmodels:\n  - model: ft0\n"),
         "merge_method_a_list": ("refuse", "merge_method: [linear]\nmodels:\n  - model: ft0\n"),
         "no_models": ("refuse", "merge_method: linear\nmodels: []\n"),
@@ -2325,34 +2334,37 @@ def merge_config_cases() -> list[Case]:
         "model_missing": ("refuse", "merge_method: linear\nmodels:\n  - model: nope\n  - model: ft0\n"),
         "model_is_an_empty_folder": ("refuse", "merge_method: linear\nmodels:\n  - model: base\n  - model: empty\n"),
         "model_path_absolute_etc": ("refuse", "merge_method: linear\nmodels:\n  - model: /etc\n  - model: ft0\n"),
-        "shard_size_zero": ("either", linear(top="shard_size: 0\n")),
-        "shard_size_negative": ("refuse", linear(top="shard_size: -5\n")),
-        "shard_size_words": ("refuse", linear(top="shard_size: lots\n")),
-        "dtype_unknown": ("refuse", linear(top="dtype: float8\n")),
-        "random_seed_negative": ("either", ties(top="random_seed: -1\n").replace("ties", "dare_ties")),
-        "random_seed_huge": ("either", ties(top="random_seed: 99999999999999999999\n").replace("ties", "dare_ties")),
+        "shard_size_zero": ("either", linear_yaml(top="shard_size: 0\n")),
+        "shard_size_negative": ("refuse", linear_yaml(top="shard_size: -5\n")),
+        "shard_size_words": ("refuse", linear_yaml(top="shard_size: lots\n")),
+        "dtype_unknown": ("refuse", linear_yaml(top="dtype: float8\n")),
+        "random_seed_negative": ("either", ties_yaml(top="random_seed: -1\n").replace("ties", "dare_ties")),
+        "random_seed_huge": (
+            "either",
+            ties_yaml(top="random_seed: 99999999999999999999\n").replace("ties", "dare_ties"),
+        ),
         "yaml_is_a_list": ("refuse", "- merge_method: linear\n- models: []\n"),
         "yaml_is_a_scalar": ("refuse", "linear\n"),
         "yaml_is_empty": ("refuse", ""),
         "yaml_invalid": ("refuse", "merge_method: linear\nmodels: [\n"),
         "yaml_binary_garbage": ("refuse", "\x00\x01\x02\xff"),
         "yaml_python_tag": ("refuse", "merge_method: !!python/object/apply:os.system ['touch {marker}']\n"),
-        "yaml_alias_bomb_in_parameters": ("refuse", billion_laughs + "\n" + linear(top="parameters: {x: *a8}\n")),
+        "yaml_alias_bomb_in_parameters": ("refuse", billion_laughs + "\n" + linear_yaml(top="parameters: {x: *a8}\n")),
         "yaml_alias_bomb_in_models": ("refuse", billion_laughs + "\nmerge_method: linear\nmodels: *a8\n"),
-        "yaml_alias_bomb_as_unknown_key": ("refuse", billion_laughs + "\n" + linear()),
+        "yaml_alias_bomb_as_unknown_key": ("refuse", billion_laughs + "\n" + linear_yaml()),
         "yaml_alias_bomb_in_base_model": (
             "refuse",
-            billion_laughs + "\n" + ties().replace("base_model: base", "base_model: *a8"),
+            billion_laughs + "\n" + ties_yaml().replace("base_model: base", "base_model: *a8"),
         ),
-        "align_on_hf_folders": ("refuse", linear(top="align: {method: weight_matching}\n")),
-        "align_unknown_dataset": ("refuse", linear(top="align: {dataset: nope}\n")),
+        "align_on_hf_folders": ("refuse", linear_yaml(top="align: {method: weight_matching}\n")),
+        "align_unknown_dataset": ("refuse", linear_yaml(top="align: {dataset: nope}\n")),
         "slices": ("refuse", "merge_method: linear\nslices:\n  - sources: []\n"),
     }
     cases = []
     for kind, (must, text) in texts.items():
 
         def setup(ctx: Ctx, text=text) -> None:
-            config(text.replace("{marker}", str(ctx.marker)), ctx)
+            hf_with_yaml(text.replace("{marker}", str(ctx.marker)), ctx)
             ctx.path("empty").mkdir()
 
         check = check_finite_merge("merged") if must == "either" else None
@@ -2371,7 +2383,7 @@ def merge_config_cases() -> list[Case]:
         )
 
     def huge_yaml(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         entries = "".join(f"  - {{model: ft{i % 2}, parameters: {{weight: {i}}}}}\n" for i in range(400_000))
         write(ctx.path("cfg.yaml"), "merge_method: linear\nmodels:\n" + entries)
 
@@ -2400,39 +2412,39 @@ def merge_config_cases() -> list[Case]:
         write(ctx.path("cfg.yaml"), f"merge_method: {method}\n{base}models:\n{yaml_list(models)}\n{params}")
 
     def outside_shard(ctx: Ctx, absolute: bool = False) -> None:
-        hf(ctx)
+        hf_models(ctx)
         tensors, _ = read_safetensors(ctx.art.hf / "ft1" / "model.safetensors")
         save_file(tensors, str(ctx.path("outside.safetensors")))
         ctx.path("ft1/model.safetensors").unlink()
         target = str(ctx.path("outside.safetensors")) if absolute else "../outside.safetensors"
         index = {"metadata": {}, "weight_map": {k: target for k in tensors}}
         write(ctx.path("ft1/model.safetensors.index.json"), json.dumps(index))
-        write(ctx.path("cfg.yaml"), linear())
+        write(ctx.path("cfg.yaml"), linear_yaml())
 
     def bad_index(content: str, ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         ctx.path("ft1/model.safetensors").unlink()
         write(ctx.path("ft1/model.safetensors.index.json"), content)
-        write(ctx.path("cfg.yaml"), linear())
+        write(ctx.path("cfg.yaml"), linear_yaml())
 
     def symlinked_config(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         write(ctx.path("secret.json"), '{"api_key": "SECRET-7f3a"}\n')
         ctx.path("base/config.json").unlink()
         os.symlink(ctx.path("secret.json"), ctx.path("base/config.json"))
-        write(ctx.path("cfg.yaml"), ties())
+        write(ctx.path("cfg.yaml"), ties_yaml())
 
     def symlinked_tokenizer(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         write(ctx.path("secret.txt"), "SECRET-7f3a\n")
         os.symlink("../secret.txt", ctx.path("base/tokenizer.txt"))
-        write(ctx.path("cfg.yaml"), ties())
+        write(ctx.path("cfg.yaml"), ties_yaml())
 
     def symlinked_weights(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         os.replace(ctx.path("ft1/model.safetensors"), ctx.path("elsewhere.safetensors"))
         os.symlink(ctx.path("elsewhere.safetensors"), ctx.path("ft1/model.safetensors"))
-        write(ctx.path("cfg.yaml"), linear())
+        write(ctx.path("cfg.yaml"), linear_yaml())
 
     def many_tensors_model(ctx: Ctx) -> None:
         for name in ("m0", "m1"):
@@ -2441,15 +2453,15 @@ def merge_config_cases() -> list[Case]:
         write(ctx.path("cfg.yaml"), "merge_method: linear\nmodels:\n  - model: m0\n  - model: m1\n")
 
     def header_2e62(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         raw_safetensors(ctx.path("ft1/model.safetensors"), {"a": 1}, length=2**62)
-        write(ctx.path("cfg.yaml"), linear())
+        write(ctx.path("cfg.yaml"), linear_yaml())
 
     def truncated_model(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         data = ctx.path("ft1/model.safetensors").read_bytes()
         write(ctx.path("ft1/model.safetensors"), data[: len(data) * 2 // 3])
-        write(ctx.path("cfg.yaml"), linear())
+        write(ctx.path("cfg.yaml"), linear_yaml())
 
     owned = ("cfg.yaml", "base", "ft0", "ft1")
     cases += [
@@ -2523,7 +2535,7 @@ def merge_config_cases() -> list[Case]:
         Case("merge.model_header_length_2e62", "merge", ["cfg.yaml", "merged"], setup=header_2e62, owned=owned),
         Case("merge.model_truncated", "merge", ["cfg.yaml", "merged"], setup=truncated_model, owned=owned),
         Case("merge.missing_config", "merge", ["nope.yaml", "merged"]),
-        Case("merge.config_is_a_folder", "merge", ["ft0", "merged"], setup=hf),
+        Case("merge.config_is_a_folder", "merge", ["ft0", "merged"], setup=hf_models),
     ]
     for method in ("linear", "ties", "slerp", "model_stock", "dare_ties", "breadcrumbs", "task_arithmetic"):
         cases.append(
