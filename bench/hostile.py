@@ -25,7 +25,8 @@ applies, as `flags`):
     resource       over 1 GiB of anonymous memory (sampled every 10 ms; memory-mapped inputs do not count), or an
                    allocation refused by the address-space cap (peak RSS, VmHWM, is reported for every case)
     debris         hidden temporary files or folders (`.NAME...`) left behind
-    traceback      a Python traceback, an exit code other than 0/2, or an error of more than one line
+    traceback      a Python traceback, an exit code other than 0/2, an error of more than one line, or one that
+                   does not name what the case says it must (the output a full disk refused)
     silent         exit 0 although the input must be refused, or a success whose output is wrong or leaks data
     refused_valid  a clear refusal of an input that must be accepted (the control cases)
     usage          exit 2 from typer/click's own argument parsing ("Usage:")
@@ -35,7 +36,11 @@ Issue 23's cases belong to families (`--family`, counted per family in the summa
 callables, names as paths, allocation and time bombs, special files, markup and control codes, silently
 accepted, ONNX debris (run with HOME in the case folder, where the runtime's telemetry used to write) and closed
 stdout (run with file descriptor 1 closed). Their hostile files come from tests/hostile_files.py, shared with
-the security tests.
+the security tests. Issue 28's families: API arguments (public functions called with arguments of the wrong
+type or out of range), merge values out of range (method parameters, duplicate YAML keys, a tensor in two
+shards, NaN/inf in a model, overflowing weights, an unknown user's home), signals (SIGTERM the moment a
+temporary output or lock appears; kill -9 during a merge's `align:` step, then a rerun) and full disk (outputs
+past a file size limit, RLIMIT_FSIZE).
 
 Running as root, file permissions do not apply: the unwritable-output and unreadable-file cases then run their
 command as the user `nobody` (setpriv) in a folder it owns, which emulates a normal user.
@@ -151,6 +156,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)  # environment overrides; `{dir}` is the case folder
     close_stdout: bool = False  # run with file descriptor 1 closed (`>&-`)
     fsize_limit: int | None = None  # RLIMIT_FSIZE of the command in bytes (SIGXFSZ ignored): a full disk
+    names: str = ""  # what a refusal's line must name (the output, say); a line without it is not clear
 
     @property
     def safe_name(self) -> str:
@@ -1134,6 +1140,9 @@ def exit_class(case: Case, ctx: Ctx, result: Result, notes: list[str]) -> str:
             return "usage"
         if len(lines) != 1 or not lines[0].startswith("error:"):
             notes.append(f"exit 2 with {len(lines)} lines on stderr")
+            return "traceback"
+        if case.names not in lines[0]:
+            notes.append(f"the error does not name {case.names!r}")
             return "traceback"
         return "refused_valid" if case.must == "succeed" else "clear"
     if case.must == "refuse":
@@ -3523,12 +3532,12 @@ def api_argument_cases() -> list[Case]:
 def merge_range_cases() -> list[Case]:
     """Merge values out of their method's range, duplicate YAML keys, a tensor in two shards, models holding NaN
     or inf (refused unless --allow-nonfinite), weights that overflow, a home folder of an unknown user."""
-    two_hf = "merge_method: {method}\nmodels:\n" + yaml_list(["model: ft0", "model: ft1"]) + "\n"
+    weighted = ["{model: ft0, parameters: {weight: 1.0}}", "{model: ft1, parameters: {weight: 1.0}}"]
     texts = {
         "slerp_t_1.7": slerp_yaml("1.7"),
         "slerp_t_-0.5": slerp_yaml("-0.5"),
         "nearswap_t_-1": slerp_yaml("-1", method="nearswap"),
-        "multislerp_eps_-1": two_hf.format(method="multislerp") + "parameters: {eps: -1}\n",
+        "multislerp_eps_-1": "merge_method: multislerp\nmodels:\n" + yaml_list(weighted) + "\nparameters: {eps: -1}\n",
         "random_seed_text": ties_yaml(top="random_seed: '5'\n").replace("ties", "dare_ties"),
         "models_key_twice": linear_yaml() + "models:\n  - model: base\n",
         "weight_1e308_on_two_models": linear_yaml(", parameters: {weight: 1.0e+308}"),
@@ -3665,6 +3674,7 @@ def full_disk_cases() -> list[Case]:
             setup=inputs,
             owned=("m0.safetensors", "m1.safetensors"),
             fsize_limit=FSIZE_LIMIT,
+            names="out/",
             family=FULL_DISK,
         )
         for name, args in runs.items()
