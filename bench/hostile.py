@@ -3495,7 +3495,7 @@ def api_argument_cases() -> list[Case]:
         "predictions_member_names_text": (*preds, f"Predictions(outputs=p.outputs[:2], member_names='ab', {fields})"),
         "combiner_fit_none": ("from modelfusion.ensemble import make_combiner", "make_combiner('mean').fit(None)"),
         "merge_config_an_int": (merge, "merge(123, 'out', progress=False)"),
-        "merge_config_a_dict": (merge, f"merge({as_dict}, 'out', progress=False)"),
+        "merge_config_a_dict_of_wrong_fields": (merge, "merge({'merge_method': 'linear', 'models': 5}, 'out')"),
         "merge_out_dir_none": (merge, "merge('cfg.yaml', None, progress=False)"),
         "merge_state_dicts_of_lists": (
             "from modelfusion.merge import merge_state_dicts",
@@ -3523,10 +3523,23 @@ def api_argument_cases() -> list[Case]:
         ),
     }
     owned = ("m0.safetensors", "m1.safetensors", "p.safetensors", "cfg.yaml")
-    return [
+    cases = [
         Case(f"api.{kind}", "api", api(*lines), setup=inputs, owned=owned, family=API_ARGUMENTS)
         for kind, lines in calls.items()
     ]
+    cases.append(  # a mapping of MergeConfig's fields is a MergeConfig: merged as the same YAML would be
+        Case(
+            "api.merge_config_a_dict_of_valid_fields",
+            "api",
+            api(merge, f"merge({as_dict}, 'out', progress=False)"),
+            must="either",
+            setup=inputs,
+            owned=owned,
+            check=check_finite_merge("out"),
+            family=API_ARGUMENTS,
+        )
+    )
+    return cases
 
 
 def merge_range_cases() -> list[Case]:
@@ -3594,7 +3607,8 @@ def signal_cases() -> list[Case]:
     """SIGTERM the moment a temporary output (or a folder's lock) appears, where a stop used to leave it behind
     or end in a library's traceback; kill -9 during a merge's `align:` step, then the same merge again: its
     aligned copies must be gone (the system's temporary folder is .systmp in the case folder, so that copies
-    left there count as debris)."""
+    left there count as debris; torch's own compile cache, which importing torch._dynamo creates in the system's
+    temporary folder, goes to the artifacts folder instead)."""
 
     def align_config(ctx: Ctx) -> None:
         two_members(ctx)
@@ -3636,7 +3650,7 @@ def signal_cases() -> list[Case]:
             runner="signal_rerun",
             signal=signal.SIGKILL,
             signal_when=(".systmp/*/1_*.safetensors", ".merged.modelfusion-*.tmp/1_*.safetensors"),
-            env={"TMPDIR": "{dir}/.systmp"},
+            env={"TMPDIR": "{dir}/.systmp", "TORCHINDUCTOR_CACHE_DIR": "{art}/torchinductor"},
             check=check_exists("merged"),
             family=SIGNALS,
         )
