@@ -3621,7 +3621,6 @@ def signal_cases() -> list[Case]:
     stops = [
         ("ensemble.sigterm_when_its_temporary_output_appears", "ensemble", ensemble, ".ens.modelfusion-*.tmp"),
         ("ensemble.sigterm_when_its_lock_appears", "ensemble", ensemble, ".ens.modelfusion.lock"),
-        ("predict.sigterm_when_its_temporary_output_appears", "predict", list(members), ".predictions.*.tmp"),
         ("merge.sigterm_when_its_temporary_output_appears", "merge", ["cfg.yaml", "merged"], ".merged.*.tmp"),
     ]
     cases = [
