@@ -66,7 +66,8 @@ def test_report_renders_in_a_browser_without_requests_errors_or_scripts(browser,
     if shape == "auto":  # a member named like a script: it must show as text and run nothing; a long name
         long_name = "student of greedy_selection over every member, then half its units pruned and recovered, int8"
         results = auto_results((INJECTED, long_name, "logreg"))
-        candidates, figures = len(results["leaderboard"]), 5
+        # accuracy against cost, reliability, interpolation, cascade, merge search (its searched soup) and diversity
+        candidates, figures = len(results["leaderboard"]), 5 + bool(results["curves"].get("search"))
     else:
         results, candidates, figures = ensemble_results(), 5, 3
     report = write_report(results, tmp_path / "report.html")

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from modelfusion.distill import build_teacher
+from modelfusion.estimators import installed_boosters
 from modelfusion.models import cnn2d
 from modelfusion.training import score_classifier
 
@@ -51,7 +52,14 @@ def test_member_plans_are_the_demos_and_autos_members_and_the_old_demo_names_sti
         ("cnn_2", 2102),
     ]
     regression = member_plans(load_dataset("diabetes"), mlps=1)
-    assert [p.name for p in regression] == ["mlp_0", "ridge", "random_forest"]
+    # a table: histogram gradient boosting, and the optional boosters that are installed
+    assert [p.name for p in regression] == [
+        "mlp_0",
+        "ridge",
+        "random_forest",
+        "hist_gradient_boosting",
+        *installed_boosters(),
+    ]
     with pytest.warns(DeprecationWarning, match="use modelfusion.training.member_plans"):
         assert described(demo.member_recipes(digits, seed=2)) == described(plans)
     with pytest.warns(DeprecationWarning, match="use modelfusion.training.MemberPlan"):

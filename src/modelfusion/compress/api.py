@@ -14,6 +14,7 @@ from .._deprecation import keyword_only
 from ..errors import ConfigError, InvalidInputError
 from ..io.transformers import TransformersMember
 from ..members import TorchMember
+from ..texts import Texts
 from .methods import COMPRESSORS, apply_compression
 from .prune import prunable_weights
 
@@ -130,12 +131,13 @@ class CompressedEnsemble:
 @keyword_only("method")
 @checked
 def compress(
-    model: nn.Module | TorchMember, *, method: str, X: torch.Tensor | None = None, **params
+    model: nn.Module | TorchMember, *, method: str, X: torch.Tensor | Texts | None = None, **params
 ) -> Compressed | CompressedEnsemble:
     """Compress a model (or a torch member, which can then be saved) with a method of `COMPRESSORS`; `X`
-    (training inputs) for the methods that need them (`COMPRESSORS[method].needs_inputs`: int8's activation
-    ranges, Wanda's input norms, structured pruning's graph trace, the ONNX export). An `EnsembleModule` is
-    compressed member by member (its combiner kept) into a `CompressedEnsemble`. The argument is not changed.
+    (training inputs; texts for a transformers member) for the methods that need them
+    (`COMPRESSORS[method].needs_inputs`: int8's activation ranges, Wanda's input norms, structured pruning's
+    graph trace, the ONNX export). An `EnsembleModule` is compressed member by member (its combiner kept) into
+    a `CompressedEnsemble`. The argument is not changed.
     `method` by position (`compress(model, "int4")`) still works, with a `DeprecationWarning`.
 
     Example:

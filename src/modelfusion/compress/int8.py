@@ -338,7 +338,8 @@ def quantize_int8(model: nn.Module, X: torch.Tensor | None, kernels: str | Mappi
     _fold_batchnorm(model)
     timing_inputs: dict[str, torch.Tensor] = {}
     if X is not None:
-        timing_inputs = _calibrate(model, X.float(), keep=kernels == "auto")
+        inputs = X.float() if isinstance(X, torch.Tensor) else X  # texts go to a transformers model as they are
+        timing_inputs = _calibrate(model, inputs, keep=kernels == "auto")
     model = _to_int8(model)
     layers = _int8_layers(model)
     if X is not None:

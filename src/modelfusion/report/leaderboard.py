@@ -40,7 +40,15 @@ COSTS = {
 
 
 def finite(*values: Any) -> bool:
-    return all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    """Whether every value is a number a float can hold (a whole number past float's range is not)."""
+    return all(isinstance(v, int | float) and not isinstance(v, bool) and _fits_a_float(v) for v in values)
+
+
+def _fits_a_float(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def number(value: Any, scale: float = 1, spec: str = ".4g") -> str:
