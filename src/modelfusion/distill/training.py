@@ -13,6 +13,7 @@ from torch import nn
 
 from .._atomic import atomic_path, check_output
 from .._checks import MAX_SEED, check_count, check_number, check_seed, checked
+from .._distributed import process_rank
 from .._files import check_readable
 from .._modules import output_width
 from .._progress import progress_bar
@@ -485,15 +486,6 @@ class _Trained(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
-
-
-def process_rank() -> tuple[int, int]:
-    """(rank, world size) under torch.distributed, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _sum_over_processes(sums: dict[str, float]) -> dict[str, float]:
