@@ -61,7 +61,7 @@ def ensemble_accuracy(models, split) -> float:
 
 def averaged(models, reference):
     model = copy.deepcopy(reference)
-    model.load_state_dict(merge_state_dicts(models, "linear"))
+    model.load_state_dict(merge_state_dicts(models, method="linear"))
     return model.eval()
 
 

@@ -289,6 +289,15 @@ class Artifacts:
         return self.demo / "combiners" / f"{name}.safetensors"
 
     @functools.cached_property
+    def guard(self) -> Path:
+        """An input guard fitted on the digits inputs alone (`guard fit` without members)."""
+        out = self.root / "guard.safetensors"
+        if out.exists():  # built by an earlier run in this --workdir
+            return out
+        self._cli("an input guard", ["-m", "modelfusion.cli", "guard", "fit", "--out", str(out)], self.root)
+        return out
+
+    @functools.cached_property
     def train_preds(self) -> Path:
         out = self.root / "train_preds.safetensors"
         if out.exists():  # built by an earlier run in this --workdir
@@ -2670,7 +2679,7 @@ def api_cases() -> list[Case]:
                 "import torch",
                 "from modelfusion.merge import merge_state_dicts",
                 "sd = {'w': torch.ones(3)}",
-                "merge_state_dicts([sd, sd], 'linear', weight=[float('nan'), 1.0])",
+                "merge_state_dicts([sd, sd], method='linear', weight=[float('nan'), 1.0])",
             ),
         ),
         Case(
@@ -2680,7 +2689,7 @@ def api_cases() -> list[Case]:
                 "import torch",
                 "from modelfusion.merge import merge_state_dicts",
                 "sd = {'w': torch.ones(3)}",
-                "merge_state_dicts([sd, sd], 'linear', normalise=True)",
+                "merge_state_dicts([sd, sd], method='linear', normalise=True)",
             ),
         ),
         Case(
@@ -2832,14 +2841,16 @@ def hostile_builders():
     return hostile_files
 
 
-def check_no_control_codes(*outputs: str) -> Callable[[Ctx], str | None]:
-    """The command's output holds no raw control character (a name's ESC sequence must be shown escaped), and
-    its outputs exist."""
+def check_no_control_codes(*outputs: str, shown: str | None = None) -> Callable[[Ctx], str | None]:
+    """The command's output holds no raw control character (a name's ESC sequence must be shown escaped) and,
+    given `shown`, that text as it is (markup printed, not obeyed); its outputs exist."""
 
     def check(ctx: Ctx) -> str | None:
         raw = [repr(c) for c in CONTROL_CODES if c in ctx.stdout + ctx.stderr]
         if raw:
             return f"raw control characters reached the terminal: {', '.join(raw)}"
+        if shown is not None and shown not in ctx.stdout:
+            return f"{shown!r} is not shown as it is: its markup was obeyed"
         missing = [p for p in outputs if not ctx.path(p).exists()]
         return f"exit 0 but no {missing}" if missing else None
 
@@ -3042,6 +3053,7 @@ def special_file_cases() -> list[Case]:
             hostile_builders().special_file(ctx.dir, kind, name)
         copy(ctx.art.preds("test"), ctx.path("test.safetensors"))
         copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+        copy(ctx.art.guard, ctx.path("g.safetensors"))
 
     readers = {
         "member.safetensors": ("predict", ["x.safetensors"], "x.safetensors"),
@@ -3085,7 +3097,7 @@ def terminal_text_cases() -> list[Case]:
     """Member, split and output names holding rich markup or terminal control sequences."""
     hostile = {
         "markup_close": "a[/]b",
-        "markup_style": "[bold red]x[/bold red][link=file:///etc/passwd]y[/link]",
+        "markup_style": "[red]x[/red][link=file:///]y",
         "escape_title_clear": "c\x1b]0;PWNED\x07\x1b[2J\x1b[31md",
         "carriage_return_bidi": "ok\rEVIL\u202eabc",
     }
@@ -3108,6 +3120,7 @@ def terminal_text_cases() -> list[Case]:
             "ensemble": ("ensemble", [*m, "--method", "mean", "--out", "ens"], ("ens/results.json",)),
             "cascade": ("cascade", m, ()),
         }
+        literal = name if kind.startswith("markup") else None  # control codes are shown escaped, not as they are
         for run, (command, args, outputs) in runs.items():
             cases.append(
                 Case(
@@ -3116,7 +3129,7 @@ def terminal_text_cases() -> list[Case]:
                     args,
                     must="succeed",
                     setup=setup,
-                    check=check_no_control_codes(*outputs),
+                    check=check_no_control_codes(*outputs, shown=None if run == "predict" else literal),
                     family=TERMINAL_TEXT,
                 )
             )
@@ -3128,7 +3141,7 @@ def terminal_text_cases() -> list[Case]:
                 ["m0.safetensors", "--out", out],
                 must="succeed",
                 setup=lambda ctx: copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors")),
-                check=check_no_control_codes(out),
+                check=check_no_control_codes(out, shown=out if kind == "markup" else None),
                 family=TERMINAL_TEXT,
             )
         )
@@ -3153,9 +3166,9 @@ def silent_accept_cases() -> list[Case]:
 
     def class_preds(ctx: Ctx, classes) -> None:
         predictions_file(ctx, "p.safetensors", meta_changes={"classes": classes})
+        predictions_file(ctx, "test.safetensors", meta_changes={"classes": classes})
         ctx.split = "val"
         predictions_file(ctx, "val.safetensors", split="val", meta_changes={"classes": classes})
-        copy(ctx.art.preds("test"), ctx.path("test.safetensors"))
 
     def twice(ctx: Ctx, how: str) -> None:
         copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors"))
@@ -3290,7 +3303,7 @@ def onnx_debris_cases() -> list[Case]:
             "compress",
             ["m0.safetensors", "--method", "onnx-int8", "--out", "c"],
             "succeed",
-            ("c/report.json",),
+            ("c/results.json",),
         ),
         ("predict.refused_onnx_home_beside_the_files", "predict", ["bomb.onnx"], "refuse", ()),
     ]

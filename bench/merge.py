@@ -1,14 +1,20 @@
 """Merging speed and memory: `modelfusion merge` against mergekit on generated Llama-style checkpoints.
 
-    .venv/bin/python bench/merge.py [--sizes 40M,170M,500M] [--mergekit-sizes 170M] [--workdir /tmp/mf-merge]
+    .venv/bin/python bench/merge.py [--sizes 40M,170M,500M] [--mergekit-sizes 170M] [--methods all] [--lora-sizes 170M]
+        [--workdir /tmp/mf-merge]
 
-For each size: a base and three fine-tunes (base + small noise), fp32, as Hugging Face folders. Each method
-(linear, task arithmetic, TIES, breadcrumbs) runs through `modelfusion merge` and, at --mergekit-sizes,
-through `mergekit-yaml --no-copy-tokenizer` (its own venv, bench/.venv-mergekit, created by
-bench/mergekit_golden.py or here), on the same YAML. Each run is timed (wall), its peak RSS taken from the
-kernel (wait4), and its anonymous memory (RssAnon: not counting memory-mapped input pages) sampled from /proc.
-Also: the floor (reading every input once; a plain safetensors loop that averages tensor by tensor), the
-largest difference between our output and mergekit's, and the start-up time of both commands.
+For each size: a base and three fine-tunes (base + small noise), fp32, as Hugging Face folders. Every method of
+`modelfusion.merge.METHODS` (`--methods all`, the default; or a comma-separated list) runs through
+`modelfusion merge` on a YAML config: the base for the methods that take one, as many fine-tunes as the method
+takes (slerp, nearswap, passthrough: one; nuslerp: two; else three), weights 1, 0.6, 0.3 and density 0.3 (0.5
+for DARE and DELLA, 0.9 for breadcrumbs) where the method has them; WUDI with 10 Adam steps instead of 300 (its
+memory does not depend on them, its time does). Linear, task arithmetic, TIES and breadcrumbs also run, at
+--mergekit-sizes, through `mergekit-yaml --no-copy-tokenizer` (its own venv, bench/.venv-mergekit, created by
+bench/mergekit_golden.py) on the same YAML, when that venv exists. Each run is timed (wall), its peak RSS taken
+from the kernel (wait4), and its anonymous memory (RssAnon: not counting memory-mapped input pages) sampled
+from /proc every 20 ms. Also: the floor (reading every input once; a plain safetensors loop that averages
+tensor by tensor), the largest difference between our output and mergekit's, and the start-up time of both
+commands.
 
 LoRA (--lora-sizes): three PEFT adapters of the base (rank 16 on every projection of every layer) merged into one
 adapter (`modelfusion merge-adapters`: task arithmetic exactly by concatenating factors, TIES cut back to rank
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -33,6 +40,7 @@ from safetensors import safe_open
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from modelfusion.merge import METHODS  # noqa: E402
 from tests.llama import fine_tune, llama_state_dict, peft_adapter, write_checkpoint  # noqa: E402
 
 MERGEKIT = ROOT / "bench" / ".venv-mergekit" / "bin" / "mergekit-yaml"
@@ -43,7 +51,7 @@ SIZES = {  # name -> (hidden, layers, vocab, intermediate)
     "500M": (1536, 16, 32000, 4096),
 }
 _DTYPE = "dtype: float32\n"
-CONFIGS = {
+MERGEKIT_CONFIGS = {  # mergekit's own configs of the methods compared with it
     "linear": "merge_method: linear\nmodels:\n{models_weighted}\n" + _DTYPE,
     "task_arithmetic": "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n{models_weighted}\n" + _DTYPE,
     "ties": "merge_method: ties\nbase_model: {base}\nmodels:\n{models_dense}\nparameters: {{normalize: true}}\n"
@@ -93,7 +101,32 @@ def make_models(folder: Path, size: str) -> Path:
     return root
 
 
-def write_configs(root: Path) -> dict[str, Path]:
+TAKES = {"slerp": 1, "nearswap": 1, "passthrough": 1, "nuslerp": 2}  # fine-tunes a method merges; else 3
+DENSITY = {"breadcrumbs": 0.9, "breadcrumbs_ties": 0.9}
+DENSITY.update(dict.fromkeys(("dare_ties", "dare_linear", "della", "della_linear"), 0.5))
+SETTINGS = {"wudi": "parameters: {steps: 10}\n"}  # 300 Adam steps on every matrix would take hours here
+
+
+def method_config(method: str, root: Path) -> str:
+    """A config of any registered method on this size's checkpoints (see the module docstring)."""
+    spec = METHODS[method]
+    count = TAKES.get(method, 3)
+    lines = [f"merge_method: {method}"]
+    if spec.base != "none":
+        lines.append(f"base_model: {root / 'base'}")
+    lines.append("models:")
+    for i, weight in zip(range(count), (1.0, 0.6, 0.3), strict=False):
+        parameters = {}
+        if "weight" in spec.per_model:
+            parameters["weight"] = weight
+        if "density" in spec.per_model:
+            parameters["density"] = DENSITY.get(method, 0.3)
+        shown = ", ".join(f"{k}: {v}" for k, v in parameters.items())
+        lines.append(f"  - {{model: {root / f'ft{i}'}" + (f", parameters: {{{shown}}}}}" if shown else "}"))
+    return "\n".join(lines) + "\n" + SETTINGS.get(method, "") + _DTYPE
+
+
+def write_configs(root: Path, methods: list[str]) -> dict[str, Path]:
     models = [root / f"ft{i}" for i in range(3)]
     lists = {
         "models_weighted": "\n".join(
@@ -103,9 +136,10 @@ def write_configs(root: Path) -> dict[str, Path]:
         "models_crumbs": "\n".join(f"  - {{model: {m}, parameters: {{weight: 1.0, density: 0.9}}}}" for m in models),
     }
     paths = {}
-    for name, template in CONFIGS.items():
+    for name in methods:
         path = root / f"{name}.yaml"
-        path.write_text(template.format(base=root / "base", **lists))
+        template = MERGEKIT_CONFIGS.get(name)
+        path.write_text(template.format(base=root / "base", **lists) if template else method_config(name, root))
         paths[name] = path
     return paths
 
@@ -227,7 +261,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="40M,170M,500M")
     parser.add_argument("--mergekit-sizes", default="170M")
-    parser.add_argument("--methods", default=",".join(CONFIGS))
+    parser.add_argument("--methods", default="all", help="'all' (every registered method) or a list")
     parser.add_argument("--lora-sizes", default="", help="sizes for the LoRA rows (e.g. 170M); none by default")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/modelfusion-merge-bench"))
     args = parser.parse_args()
@@ -236,13 +270,14 @@ def main() -> None:
     for tool, command in (("modelfusion", [str(OURS), "--help"]), ("mergekit-yaml", [str(MERGEKIT), "--help"])):
         if Path(command[0]).exists():
             print(f"{tool} --help: {measure(command, env)['seconds']:.2f} s")
+    methods = METHODS.names() if args.methods == "all" else args.methods.split(",")
     print("| size | method | tool | seconds | peak RSS MB | peak RssAnon MB | max abs diff vs mergekit |")
     print("|---|---|---|---|---|---|---|")
     for size in filter(None, args.lora_sizes.split(",")):
         lora_rows(size, args.workdir, env)
     for size in filter(None, args.sizes.split(",")):
         root = make_models(args.workdir, size)
-        configs = write_configs(root)
+        configs = write_configs(root, methods)
         read_all(root)  # warm the page cache
         floor = read_all(root)
         inputs = [str(root / m / "model.safetensors") for m in ("ft0", "ft1", "ft2")]
@@ -253,12 +288,12 @@ def main() -> None:
             f"{plain['peak_anon_mb']:.0f} | |",
             flush=True,
         )
-        for method in args.methods.split(","):
+        for method in methods:
             ours_out = root / f"out_ours_{method}"
             ours = measure([str(OURS), "merge", str(configs[method]), str(ours_out), "--overwrite"], env)
             difference = ""
             row = None
-            if size in args.mergekit_sizes.split(",") and MERGEKIT.exists():
+            if size in args.mergekit_sizes.split(",") and MERGEKIT.exists() and method in MERGEKIT_CONFIGS:
                 theirs_out = root / f"out_mergekit_{method}"
                 theirs = measure([str(MERGEKIT), str(configs[method]), str(theirs_out), "--no-copy-tokenizer"], env)
                 difference = f"{max_difference(output_file(ours_out), output_file(theirs_out)):.1e}"
@@ -269,6 +304,7 @@ def main() -> None:
                 ratio = f" ({ours['seconds'] / theirs['seconds']:.2f}x mergekit's time)"
             else:
                 ratio = ""
+            shutil.rmtree(ours_out, ignore_errors=True)  # 2 GB at 500M: the disk holds the inputs, not 18 outputs
             print(
                 f"| {size} | {method} | modelfusion{ratio} | {ours['seconds']:.1f} | {ours['max_rss_mb']:.0f} | "
                 f"{ours['peak_anon_mb']:.0f} | {difference} |",

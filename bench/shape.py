@@ -1,6 +1,7 @@
-"""The code's shape: the largest and most complex functions, imports that point up a floor, and import circles.
+"""The code's shape: the largest and most complex functions, imports that point up a floor, import circles, and
+the files touched to add one thing.
 
-    .venv/bin/python bench/shape.py [--top 10]
+    .venv/bin/python bench/shape.py [--top 10] [--no-extensions]
 
 Complexity is McCabe's, as ruff's C901 counts it. The import graph's nodes are the files of src/modelfusion and
 its edges every import between them, at module level, inside a function or under `TYPE_CHECKING` (a lazy import
@@ -8,6 +9,12 @@ hides an arrow from Python, not from a reader); `from . import name` from a pack
 import of the `__init__` file. An upward import is an edge from a file to a file on a higher floor of `FLOORS`
 (DESIGN.md's packages, lowest first); an import circle is a cycle of files, a package circle a cycle of the
 graph with each package's files taken as one node.
+
+"Files touched to add one thing" is measured, not claimed: for each kind of thing (a combiner, a merge method,
+an auto family, ...) a plugin of one file is written outside the package, in a temporary folder, that registers
+one; a fresh interpreter imports it and then uses the thing the way the package's own code would (fits the
+combiner, merges with the method, runs `auto` with the family). "1 (no package file)" means that one file
+was enough.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +165,38 @@ def complexities() -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
+def _decisions(function: ast.AST) -> int:
+    """McCabe's number of `function` counting what radon counts and ruff's C901 does not: each boolean operand
+    after the first, conditional expressions, and the `for`/`if` clauses of comprehensions (nested functions
+    count on their own)."""
+    count = 1
+    pending = list(ast.iter_child_nodes(function))
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.If | ast.IfExp | ast.For | ast.AsyncFor | ast.While | ast.ExceptHandler | ast.Assert):
+            count += 1
+        elif isinstance(node, ast.BoolOp):
+            count += len(node.values) - 1
+        elif isinstance(node, ast.comprehension):
+            count += 1 + len(node.ifs)
+        elif isinstance(node, ast.match_case):
+            count += 1
+        pending.extend(ast.iter_child_nodes(node))
+    return count
+
+
+def decision_counts() -> list[tuple[int, str]]:
+    """Every function's `_decisions`, largest first."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                found.append((_decisions(node), f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"))
+    return sorted(found, reverse=True)
+
+
 def lengths() -> list[tuple[int, str]]:
     found = []
     for path in PACKAGE.rglob("*.py"):
@@ -164,26 +206,140 @@ def lengths() -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
+# what a plugin file holds to add one thing, and how a fresh interpreter uses it after importing the file
+EXTENSIONS = {
+    "a combiner": (
+        """
+        from modelfusion.ensemble import COMBINERS, Combiner
+        from modelfusion.ensemble.base import probabilities
+
+        @COMBINERS.register("planted")
+        class Planted(Combiner):
+            tasks = ("classification",)
+
+            def _fit(self, outputs, y, X=None):
+                pass
+
+            def _fuse(self, outputs, X=None):
+                return probabilities(outputs).mean(0)
+        """,
+        """
+        import torch
+        from modelfusion.ensemble import fuse_and_evaluate
+        from modelfusion.predictions import Predictions
+        labels = torch.arange(60) % 3
+        val = Predictions(torch.randn(2, 60, 3), labels, ("a", "b"), "classification", "val")
+        test = Predictions(torch.randn(2, 60, 3), labels, ("a", "b"), "classification", "test")
+        assert fuse_and_evaluate(val, test, ["planted"]).results().candidate("planted").test["accuracy"] >= 0
+        """,
+    ),
+    "a merge method": (
+        """
+        from modelfusion.merge.methods.base import register_method
+
+        @register_method("planted", base="none")
+        def planted(tensors, base=None):
+            return tensors[0].clone()
+        """,
+        """
+        import torch
+        from modelfusion.merge import merge_state_dicts
+        merged = merge_state_dicts([{"w": torch.ones(2)}, {"w": torch.zeros(2)}], method="planted")
+        assert merged["w"].tolist() == [1.0, 1.0]
+        """,
+    ),
+    "a model factory": (
+        """
+        from torch import nn
+        from modelfusion.models import MODELS
+
+        @MODELS.register("planted")
+        def planted(width: int = 4):
+            return nn.Linear(width, 2)
+        """,
+        """
+        from modelfusion.io.factory import build_named_model
+        assert build_named_model("planted", {"width": 3}, "a file").in_features == 3
+        """,
+    ),
+    "a training recipe": (
+        """
+        from modelfusion.training import RECIPES, TrainingRecipe
+        RECIPES.register("planted")(TrainingRecipe("planted", "mlp", {"hidden": [8]}, epochs=1))
+        """,
+        """
+        from modelfusion.datasets import load_dataset
+        from modelfusion.training import RECIPES
+        assert RECIPES["planted"].train(load_dataset("wine")) is not None
+        """,
+    ),
+    "an auto family": (
+        """
+        from modelfusion.auto import FamilyResult, family
+
+        @family("planted", requires=("output",))
+        def planted(inputs):
+            best = max(inputs.found["output"].candidates, key=lambda c: c.val["accuracy"])
+            return FamilyResult([best.updated(name="planted " + best.name, family="planted", export=None)])
+        """,
+        """
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.naive_bayes import GaussianNB
+        from modelfusion.auto import auto
+        from modelfusion.datasets import load_dataset
+        from modelfusion.members import SklearnMember
+        data = load_dataset("wine")
+        X, y = data.train.X.numpy(), data.train.y.numpy()
+        members = [SklearnMember(LogisticRegression(max_iter=500).fit(X, y), name="lr"),
+                   SklearnMember(GaussianNB().fit(X, y), name="nb")]
+        result = auto(members, data, families=["planted", "output"], progress=False, log=lambda line: None)
+        assert any(c.family == "planted" for c in result.results.leaderboard)
+        """,
+    ),
+}
+
+
+def files_to_add_one(kind: str) -> str:
+    """How many files adding one `kind` took: "1 (no package file)" when a plugin of one file outside the
+    package registered it and the package used it; otherwise the first line of why not."""
+    plugin, use = EXTENSIONS[kind]
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "planted_plugin.py").write_text(textwrap.dedent(plugin))
+        code = "import planted_plugin\n" + textwrap.dedent(use)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([folder, os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=folder)
+    if done.returncode == 0:
+        return "1 (no package file)"
+    last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+    return f"not from one file: {last}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-extensions", action="store_true", help="skip the table of files touched")
     args = parser.parse_args()
     graph = import_graph()
     found, upward = circles(graph), upward_imports(graph)
     package_circles = circles(package_graph(graph))
     report = {
         "complexity": complexities()[: args.top],
+        "over_15_with_boolean_operators": [row for row in decision_counts() if row[0] > 15],
         "lines": lengths()[: args.top],
         "upward_imports": upward,
         "circles": found,
         "package_circles": package_circles,
+        "files_to_add_one": {} if args.no_extensions else {kind: files_to_add_one(kind) for kind in EXTENSIONS},
     }
     if args.json:
         print(json.dumps(report, indent=1))
         return
-    print("most complex functions (McCabe):")
+    print("most complex functions (McCabe, as ruff's C901 counts it):")
     print("\n".join(f"  {value:3d}  {where}" for value, where in report["complexity"]))
+    over = report["over_15_with_boolean_operators"]
+    print(f"functions over 15 counting boolean operands, conditional expressions and comprehensions too: {len(over)}")
+    print("\n".join(f"  {value:3d}  {where}" for value, where in over))
     print("longest functions (lines):")
     print("\n".join(f"  {value:3d}  {where}" for value, where in report["lines"]))
     floors = "  ".join(f"{i} {name}: {', '.join(members) or 'the rest'}" for i, (name, members) in enumerate(FLOORS))
@@ -194,6 +350,9 @@ def main() -> None:
     print("\n".join("  " + " <-> ".join(component) for component in found))
     print(f"circles between packages of src/: {len(package_circles)}")
     print("\n".join("  " + " <-> ".join(component) for component in package_circles))
+    if report["files_to_add_one"]:
+        print("files touched to add one thing (a plugin of one file, then used as the package uses it):")
+        print("\n".join(f"  {kind:<20} {files}" for kind, files in report["files_to_add_one"].items()))
 
 
 if __name__ == "__main__":

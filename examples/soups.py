@@ -47,7 +47,7 @@ def main() -> None:
     greedy = greedy_soup(finetunes, lambda m: accuracy(m, data.val))
     candidates[f"greedy soup ({len(greedy.ingredients)} of {len(finetunes)})"] = greedy.model
     ties = copy.deepcopy(pretrained)
-    ties.load_state_dict(merge_state_dicts(finetunes, "ties", base=pretrained, density=0.5))
+    ties.load_state_dict(merge_state_dicts(finetunes, method="ties", base=pretrained, density=0.5))
     candidates["TIES (density 0.5)"] = ties
 
     members = [TorchMember(m, name=name) for name, m in candidates.items()]

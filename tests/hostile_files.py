@@ -197,7 +197,7 @@ def compressed_bomb(folder: Path, side: int = 20_000) -> Path:
 
     from modelfusion.compress import compress
 
-    result = compress(_small_member(), "prune-structured", amount=0.5, X=torch.randn(32, 64))
+    result = compress(_small_member(), method="prune-structured", amount=0.5, X=torch.randn(32, 64))
     valid = result.save(folder / "compressed_valid")
     tensors, _ = _tensors_and_header(valid)
 

@@ -446,8 +446,8 @@ def test_non_finite_merges_are_written_when_allowed(merge_project):
     assert torch.isinf(load_file(str(merge_project / "out" / "model.safetensors"))["w"]).all()
     states = [load_file(str(merge_project / n)) for n in ("m0.safetensors", "inf.safetensors")]
     with pytest.raises(IncompatibleModelsError, match="model 1 holds NaN or inf"):
-        merge_state_dicts(states, "linear")
-    assert torch.isinf(merge_state_dicts(states, "linear", allow_nonfinite=True)["w"]).all()
+        merge_state_dicts(states, method="linear")
+    assert torch.isinf(merge_state_dicts(states, method="linear", allow_nonfinite=True)["w"]).all()
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -508,7 +508,7 @@ def test_duplicate_or_nan_classes_in_a_file_are_refused(tmp_path, member_file, c
     tensors, header = load_file(member_file), json.loads(_header(member_file))
     header["classes"] = classes + list(range(10, 17))
     save_file(tensors, str(tmp_path / "m.safetensors"), metadata={"modelfusion": json.dumps(header)})
-    line = _error_line(["predict", str(tmp_path / "m.safetensors")])
+    line = _error_line(["predict", str(tmp_path / "m.safetensors"), "--out", str(tmp_path / "out.safetensors")])
     assert "m.safetensors" in line and ("more than once" in line or "is not a label" in line)
     preds = _split("test", 0)
     path = tmp_path / "p.safetensors"
@@ -540,7 +540,8 @@ def test_the_same_checkpoint_twice_is_refused(tmp_path, member_file, trained_mlp
         (tmp_path / "link.safetensors", "the same file"),
         (tmp_path / "copy.safetensors", "identical copies"),
     ):
-        for command in (["predict"], ["ensemble", "--method", "mean", "--out", str(tmp_path / "ens")]):
+        predict = ["predict", "--out", str(tmp_path / "predictions.safetensors")]
+        for command in (predict, ["ensemble", "--method", "mean", "--out", str(tmp_path / "ens")]):
             line = _error_line([command[0], str(member_file), str(other), *command[1:]])
             assert how in line and "given twice" in line
     assert not (tmp_path / "ens").exists() and not (tmp_path / "predictions.safetensors").exists()
@@ -548,6 +549,7 @@ def test_the_same_checkpoint_twice_is_refused(tmp_path, member_file, trained_mlp
 
 @pytest.mark.parametrize("split", ["val", "val\u200b", "Validation", "ｖａｌ"])
 def test_test_predictions_relabelled_as_validation_are_refused(tmp_path, split):
+    out = ["--out", str(tmp_path / "ens")]
     test = _split("test", 0)
     test.save(tmp_path / "test.safetensors")
     relabelled = Predictions(test.outputs, test.labels, test.member_names, test.task, split, test.classes)
@@ -557,7 +559,7 @@ def test_test_predictions_relabelled_as_validation_are_refused(tmp_path, split):
     shuffled.save(tmp_path / "shuffled.safetensors")
     for val in ("val.safetensors", "shuffled.safetensors"):
         line = _error_line(
-            ["ensemble", "--val-preds", str(tmp_path / val), "--test-preds", str(tmp_path / "test.safetensors")]
+            ["ensemble", "--val-preds", str(tmp_path / val), "--test-preds", str(tmp_path / "test.safetensors"), *out]
         )
         assert "are the same" in line and "whatever the splits are called" in line
 
@@ -573,6 +575,8 @@ def test_a_test_split_under_an_invisible_disguise_is_never_fitted_on(tmp_path, s
             str(tmp_path / "val.safetensors"),
             "--test-preds",
             str(tmp_path / "test.safetensors"),
+            "--out",
+            str(tmp_path / "ens"),
         ]
     )
     assert "combiners fitted on them would be scored on the labels they learned from" in line
@@ -583,13 +587,31 @@ def test_validation_of_one_class_or_no_samples_is_one_line(tmp_path):
     _split("val", 1, labels=torch.ones(60, dtype=torch.long)).save(tmp_path / "one.safetensors")
     empty = Predictions(torch.zeros(2, 0, 3), torch.zeros(0, dtype=torch.long), ("a", "b"), "classification", "val")
     empty.save(tmp_path / "empty.safetensors")
-    test = str(tmp_path / "test.safetensors")
+    test, out = str(tmp_path / "test.safetensors"), ["--out", str(tmp_path / "ens")]
     for method in ("all", "stacking", "weighted"):
         line = _error_line(
-            ["ensemble", "--val-preds", str(tmp_path / "one.safetensors"), "--test-preds", test, "--method", method]
+            [
+                "ensemble",
+                "--val-preds",
+                str(tmp_path / "one.safetensors"),
+                "--test-preds",
+                test,
+                "--method",
+                method,
+                *out,
+            ]
         )
         assert "every one of the 60 validation labels is class 1" in line
         line = _error_line(
-            ["ensemble", "--val-preds", str(tmp_path / "empty.safetensors"), "--test-preds", test, "--method", method]
+            [
+                "ensemble",
+                "--val-preds",
+                str(tmp_path / "empty.safetensors"),
+                "--test-preds",
+                test,
+                "--method",
+                method,
+                *out,
+            ]
         )
         assert "no samples" in line

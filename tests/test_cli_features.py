@@ -126,7 +126,7 @@ def test_compress_command_writes_the_model_and_its_before_after_report(backbone,
     before, after = results.candidate("mlp"), results.candidate("mlp, int4")
     assert after.cost.bytes < 0.2 * before.cost.bytes and results.config["params"] == {"group_size": 16}
     loaded = load_member(out / "mlp_int4.safetensors")
-    expected = compress(load_member(backbone), "int4", group_size=16).model(digits.test.X).detach()
+    expected = compress(load_member(backbone), method="int4", group_size=16).model(digits.test.X).detach()
     torch.testing.assert_close(loaded.predict(digits.test.X), expected)
     assert after.test["accuracy"] == pytest.approx(
         float((expected.argmax(1) == digits.test.y).float().mean()), abs=1e-6

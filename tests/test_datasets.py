@@ -86,3 +86,19 @@ def test_bad_names_are_clear_errors():
         load_dataset("wine", as_images=True)
     with pytest.raises(ConfigError, match="unknown split"):
         load_dataset("wine").split("dev")
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist1d"])
+def test_a_cnn_recipe_trains_the_same_on_the_image_form_as_on_the_flat_form(name):
+    from modelfusion.training import RECIPES, recipe_for
+
+    flat, images = load_dataset(name), load_dataset(name, as_images=True)
+    recipe = recipe_for(images)
+    assert recipe is RECIPES[f"{name}-cnn"]
+    from_images = recipe.train(images, seed=0, epochs=1)
+    from_flat = recipe.train(flat, seed=0, epochs=1)
+    with torch.no_grad():
+        assert torch.equal(from_images(images.test.X), from_flat(flat.test.X))  # one model, whichever form
+        assert torch.equal(from_images(flat.test.X), from_flat(images.test.X))
+    with pytest.raises(RuntimeError, match="invalid for input of size"):
+        from_images(torch.zeros(3, 2 * flat.num_features))  # two samples' width is not two samples

@@ -141,7 +141,9 @@ def test_an_ensemble_compresses_member_by_member_and_reloads(method, tmp_path, m
     from modelfusion.compress import compress
 
     module = EnsembleModule(mlp_members, make_combiner("weighted").fit(mlp_preds[0])).eval()
-    result = compress(module, method, X=digits.train.X, **({"amount": 0.25} if method.startswith("prune") else {}))
+    result = compress(
+        module, method=method, X=digits.train.X, **({"amount": 0.25} if method.startswith("prune") else {})
+    )
     fp32_bytes = sum(t.nbytes for m in mlp_members for t in m.module.state_dict().values())
     assert result.size_bytes < (0.3 if method == "int8" else 0.8) * fp32_bytes
     assert len(result.members) == 3 and result.model.combiner is module.combiner

@@ -34,7 +34,10 @@ def test_recipe_for_picks_each_kinds_recipe(digits):
         RECIPES["mnist1d-cnn"].factory_kwargs(digits)
 
 
-@pytest.mark.parametrize("method", ["seeds", "bagging", "kfold", "snapshot", "swa"])
+# Each method trains six members twice (about 20 CPU-seconds): bagging in the quick suite, the rest in `make test`.
+@pytest.mark.parametrize(
+    "method", ["bagging", *(pytest.param(m, marks=pytest.mark.slow) for m in ("seeds", "kfold", "snapshot", "swa"))]
+)
 def test_every_method_trains_distinct_reproducible_members(method, quick_recipe, digits, tmp_path):
     params = {"cycle_epochs": 2} if method == "snapshot" else {}
     torch.manual_seed(123)

@@ -193,3 +193,15 @@ def test_t_interval_over_seeds_matches_scipy_and_skips_non_finite():
     np.testing.assert_allclose((low, high), expected)
     assert t_interval([*values, float("nan")]) == (low, high)
     assert t_interval([3.0]) == (3.0, 3.0)
+
+
+def test_interleaved_latency_times_every_call_in_turns_that_rotate():
+    from modelfusion.evaluate.timing import interleaved_latency_us
+
+    calls = []
+    timed = interleaved_latency_us({n: (lambda n=n: calls.append(n)) for n in "abc"}, runs=4, warmup=1)
+    assert set(timed) == {"a", "b", "c"} and all(t >= 0 for t in timed.values())
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab" + "abc"  # warm-up, then each round one call later
+    calls.clear()
+    interleaved_latency_us({"x": lambda: calls.append(1)}, runs=1000, warmup=0, budget_s=0.0)
+    assert len(calls) == 1 + 5  # the probe round, then the fewest rounds a budget allows

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ from modelfusion.guard import (
     input_outliers,
 )
 from modelfusion.io import save_member
-from modelfusion.predictions import collect_predictions
+from modelfusion.predictions import Predictions, collect_predictions
 from modelfusion.training import RECIPES
 
 
@@ -65,9 +66,11 @@ def test_every_score_gives_one_finite_number_per_sample(name):
     logits = torch.randn(3, 7, 4)
     if spec.needs == "logits":
         out = spec.score(logits, {})
-    elif spec.needs == "features":
+    elif spec.needs in ("features", "inputs"):
         feats = [torch.randn(50, 5, dtype=torch.float64)]
-        out = spec.score([feats[0][:7]], spec.fit(feats, torch.arange(50) % 4))
+        state = spec.fit(feats, torch.arange(50) % 4)
+        assert spec.check(state, [5]) and not spec.check(state, [6])  # a state fits sources of its width only
+        out = spec.score([feats[0][:7]], state)
     else:
         validation = {"energy": torch.randn(50, dtype=torch.float64), "mahalanobis": torch.rand(50).double()}
         out = spec.score({"energy": torch.randn(7), "mahalanobis": torch.rand(7) * 3}, spec.fit(validation))
@@ -100,6 +103,15 @@ def test_combined_is_the_largest_validation_percentile_of_its_scores():
     # a score constant on validation reads one half there, so a threshold set on validation stays below 1
     constant = SCORES["combined"].fit({"mi": torch.zeros(5)})
     assert SCORES["combined"].score({"mi": torch.tensor([0.0, 0.1])}, constant).tolist() == [0.5, 1.0]
+
+
+def test_knn_is_the_distance_to_the_kth_nearest_normalized_training_sample():
+    bank = torch.eye(3, dtype=torch.float64).repeat(400, 1)  # 1,200 samples on three directions: k = 1
+    state = SCORES["knn"].fit([bank * 7], torch.zeros(1200, dtype=torch.long))  # lengths do not count
+    probe = torch.tensor([[2.0, 0, 0], [1.0, 1.0, 0], [-1.0, 0, 0]], dtype=torch.float64)
+    d = SCORES["knn"].score([probe], state)
+    torch.testing.assert_close(d, torch.tensor([0.0, (2 - 2**0.5) ** 0.5, 2**0.5], dtype=torch.float64))
+    assert state["0.bank"].dtype == torch.float32 and len(state["0.bank"]) == 1200
 
 
 def test_mahalanobis_grows_away_from_the_class_means():
@@ -138,9 +150,22 @@ def test_a_one_member_guard_still_rejects_its_share_of_validation(digits, member
     assert np.mean(guard.score(shuffled) > guard.threshold_) > 0.5
 
 
-def test_auto_chooses_the_score_that_best_separates_validation_from_its_shuffled_copy(digits, members):
-    chosen = InputGuard(members, ood_score="auto").fit(digits.train, digits.val)
-    assert chosen.score_ == max(chosen.val_auroc_, key=chosen.val_auroc_.get)
+def test_no_score_is_chosen_on_proxy_outliers_which_are_reported_for_each_score(digits, members, guard):
+    with pytest.raises(ConfigError, match="'auto' is no longer offered"):
+        InputGuard(members, ood_score="auto").fit(digits.train, digits.val)
+    assert all(set(aurocs) == {"feature-shuffled", "uniform", "noise"} for aurocs in guard.proxy_auroc_.values())
+    assert all(guard.val_auroc_[n] == min(guard.proxy_auroc_[n].values()) for n in guard.val_auroc_)
+    # why none is chosen there: energy ranks feature-shuffled digits well and noisy ones badly (the members
+    # grow surer on noise), so a choice on the shuffled ones, as the former auto made, inverts on others
+    assert guard.proxy_auroc_["energy"]["feature-shuffled"] > 0.9 > guard.proxy_auroc_["energy"]["noise"]
+
+
+def test_input_scores_see_scaled_inputs_on_which_the_members_grow_surer(digits, guard):
+    X = digits.test.X
+    scaled = X * 3
+    assert _auroc(guard.score(X, name="energy"), guard.score(scaled, name="energy")) < 0.5  # inverted
+    for name in ("input_mahalanobis", "combined"):
+        assert _auroc(guard.score(X, name=name), guard.score(scaled, name=name)) > 0.95
 
 
 def test_guard_tells_shifted_inputs_from_test_inputs(digits, guard):
@@ -232,6 +257,8 @@ def test_a_guard_file_with_tampered_percentile_references_is_refused(tmp_path, m
         ("state.combined.energy", tensors["state.combined.energy"].float(), "sorted float64"),
         ("state.combined.exec", torch.zeros(3, dtype=torch.float64), "'exec', which is not a score to combine"),
         ("state.combined.combined", torch.zeros(3, dtype=torch.float64), "not a score to combine"),
+        ("state.knn.0.bank", tensors["state.knn.0.bank"][:, :5].contiguous(), "knn statistics are missing"),
+        ("state.input_mahalanobis.0.means", torch.zeros(10, 3, dtype=torch.float64), "input_mahalanobis statistics"),
     ]:
         save_file({**tensors, key: value}, tmp_path / "bad.safetensors", metadata=metadata)
         with pytest.raises(CheckpointError, match=problem):
@@ -251,7 +278,8 @@ def test_a_guard_file_with_tampered_percentile_references_is_refused(tmp_path, m
 
 def test_a_guard_without_members_screens_the_inputs_alone(tmp_path, digits):
     guard = InputGuard(seed=3).fit(digits.train)  # validation: a fifth of train, held out
-    assert guard.score_ == "combined" and set(guard.val_auroc_) == {"mahalanobis", "combined"}
+    # the inputs are the features here: input_mahalanobis would be mahalanobis again
+    assert guard.score_ == "combined" and set(guard.val_auroc_) == {"mahalanobis", "knn", "combined"}
     noisy = digits.test.X + torch.randn(digits.test.X.shape, generator=torch.Generator().manual_seed(0))
     assert _auroc(guard.score(digits.test.X), guard.score(noisy)) > 0.95
     loaded = InputGuard.load(guard.save(tmp_path / "g.safetensors"))
@@ -285,6 +313,17 @@ def test_ensemble_module_rejects_or_abstains_with_a_guard(digits, members, guard
 
 
 # -- label issues ------------------------------------------------------------------------------------------
+def test_confident_learning_flags_what_cleanlab_flags_on_the_same_probabilities():
+    # golden masks of cleanlab 2.9's find_label_issues (defaults), written by bench/cleanlab_golden.py: noisy
+    # labels at 10% and 20%, probabilities with ties, a class with one sample and a class with none
+    golden = np.load(Path(__file__).parent / "golden" / "cleanlab" / "label_issues.npz")
+    cases = sorted({key.rsplit(".", 1)[0] for key in golden})
+    assert len(cases) == 8
+    for case in cases:
+        ours = confident_learning(golden[f"{case}.probs"], golden[f"{case}.labels"])
+        assert np.array_equal(ours, golden[f"{case}.cleanlab"]), case
+
+
 def test_confident_learning_flags_confidently_contradicted_labels():
     rng = np.random.default_rng(0)
     truth = np.repeat(np.arange(3), 100)
@@ -312,27 +351,31 @@ def test_inject_label_noise_flips_the_stated_share(digits):
 def test_find_label_issues_recovers_injected_noise_and_clean_refits(digits):
     noisy, flipped = inject_label_noise(digits.train, 0.2, seed=0)
     data = dataclasses.replace(digits, train=noisy)
-    issues = find_label_issues(data, members="digits-mlp", folds=3, seed=0)
+    issues = find_label_issues(data, recipe="digits-mlp", folds=3, seed=0)
     hits = len(np.intersect1d(issues.label_issues, flipped))
     assert hits / len(issues.label_issues) > 0.8 and hits / len(flipped) > 0.7
     assert set(issues.indices) == set(issues.label_issues) | set(issues.outliers)
     assert issues.oof.split == "train" and issues.oof.num_samples == len(noisy)
-    again = find_label_issues(data, members=issues.oof)  # the same probabilities give the same issues
+    again = find_label_issues(data, predictions=issues.oof)  # the same probabilities give the same issues
     assert np.array_equal(again.label_issues, issues.label_issues) and again.members is None
-    dropped = clean(data, issues, members="digits-mlp", folds=3, seed=0, strategy="drop")
+    with pytest.warns(DeprecationWarning, match="use recipe= .* or predictions="):  # the old spelling, either kind
+        old = find_label_issues(data, members=issues.oof)
+    assert np.array_equal(old.label_issues, issues.label_issues)
+    dropped = clean(data, issues, recipe="digits-mlp", folds=3, seed=0, strategy="drop")
     assert len(dropped.data.train) == len(noisy) - len(issues.indices) and dropped.strategy == "drop"
     assert set(dropped.accuracy) == {"val", "test"} and dropped.accuracy["val"]["after"] > 0.9
-    relabeled = clean(data, issues, members="digits-mlp", folds=3, seed=0, strategy="relabel")
+    relabeled = clean(data, issues, recipe="digits-mlp", folds=3, seed=0, strategy="relabel")
     assert len(relabeled.data.train) == len(noisy) - len(issues.outliers)
     kept = np.setdiff1d(np.arange(len(noisy)), issues.outliers)
     truth = digits.train.y.numpy()[kept]
     # relabelling puts back most flipped labels: the relabelled split is closer to the truth than the noisy one
     assert (relabeled.data.train.y.numpy() != truth).sum() < 0.5 * (noisy.y.numpy()[kept] != truth).sum()
-    chosen = clean(data, issues, members="digits-mlp", folds=3, seed=0)  # "auto": the better on validation
+    with pytest.warns(DeprecationWarning, match="members= in find_label_issues and clean is deprecated"):
+        chosen = clean(data, issues, members="digits-mlp", folds=3, seed=0)  # "auto": the better on validation
     assert set(chosen.candidates) == {"drop", "relabel"}
     assert chosen.candidates[chosen.strategy] == max(chosen.candidates.values())
     with pytest.raises(ConfigError, match="strategy must be one of drop, relabel, auto"):
-        clean(data, issues, members="digits-mlp", strategy="burn")
+        clean(data, issues, recipe="digits-mlp", strategy="burn")
 
 
 def test_input_outliers_finds_planted_far_points(digits):
@@ -347,8 +390,19 @@ def test_find_label_issues_refuses_what_it_cannot_read(digits):
         find_label_issues(load_dataset("diabetes"))
     with pytest.raises(ConfigError, match="folds"):
         find_label_issues(digits, folds=1)
-    with pytest.raises(ConfigError, match="members"):
-        find_label_issues(digits, members=3.5)
+    with pytest.raises(ConfigError, match="argument .recipe. must be a TrainingRecipe or a str or None, got float"):
+        find_label_issues(digits, recipe=3.5)
+    with pytest.raises(ConfigError, match="argument .predictions. must be a Predictions or None, got function"):
+        find_label_issues(digits, predictions=find_label_issues)
+    out_of_fold = Predictions(
+        outputs=torch.full((1, len(digits.train), 10), 0.1),
+        labels=digits.train.y,
+        member_names=["m"],
+        task="classification",
+        split="train",
+    )
+    with pytest.raises(ConfigError, match="not both"):
+        find_label_issues(digits, recipe="digits-mlp", predictions=out_of_fold)
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_every_method_runs_on_a_small_model(name):
     params = {"density": 0.5} if "density" in taken else {}
     if "weight" in taken:
         params["weight"] = [1.0 + i for i in range(count)]
-    merged = merge_state_dicts(models, name, base=base, seed=1, **params)
+    merged = merge_state_dicts(models, method=name, base=base, seed=1, **params)
     assert set(merged) == set(base.state_dict())
     assert merged["1.num_batches_tracked"].dtype == torch.int64
     for model, saved in zip(models, before, strict=True):
@@ -134,7 +134,7 @@ def test_merge_state_dicts_reports_every_mismatch():
     with pytest.raises(
         IncompatibleModelsError, match=r"(?s)3 problems.*0\.weight: shape \(8, 4\) in model 0 but \(6, 4\)"
     ):
-        merge_state_dicts([a, b], "linear")
+        merge_state_dicts([a, b], method="linear")
 
 
 def test_cut_gives_the_same_selection_block_by_block():
@@ -172,7 +172,7 @@ def test_ties_streamed_over_row_blocks_equals_ties_in_memory(tmp_path):
     for i, state in enumerate([base, *tunes]):
         paths.append(tmp_path / f"m{i}.safetensors")
         save_file(state, str(paths[-1]))
-    expected = merge_state_dicts(tunes, "ties", base=base, density=0.3)
+    expected = merge_state_dicts(tunes, method="ties", base=base, density=0.3)
     chunk = engine_module._CHUNK_BYTES
     engine_module._CHUNK_BYTES = 300 * 4 * 64  # 64 rows a block: "w" streams in 10 blocks
     try:
@@ -204,3 +204,14 @@ def test_every_method_describes_itself(name):
     if method.family is not None:
         assert METHODS[method.family].fixed == {}  # the family's own method leaves every option free
     assert method.needs_base or not method.fixed
+
+
+def test_the_method_by_position_still_works_with_a_deprecation_warning():
+    a, b = {"w": torch.ones(3)}, {"w": torch.zeros(3)}
+    with pytest.warns(DeprecationWarning, match=r"passing method to merge_state_dicts\(\) by position"):
+        old = merge_state_dicts([a, b], "linear")
+    assert torch.equal(old["w"], merge_state_dicts([a, b], method="linear")["w"])
+    with pytest.raises(TypeError, match="multiple values for method"), pytest.warns(DeprecationWarning):
+        merge_state_dicts([a, b], "linear", method="linear")
+    with pytest.raises(TypeError, match="takes 1 positional arguments, got 3"):
+        merge_state_dicts([a, b], "linear", "ties")

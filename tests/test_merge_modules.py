@@ -90,6 +90,6 @@ def test_data_free_methods_take_modules_or_state_dicts():
     pretrained = nn.Linear(5, 3)
     tunes = [nn.Linear(5, 3) for _ in range(3)]
     merged = merge_modules(tunes, "tsv", base=pretrained)
-    expected = merge_state_dicts([t.state_dict() for t in tunes], "tsv", base=pretrained.state_dict())
+    expected = merge_state_dicts([t.state_dict() for t in tunes], method="tsv", base=pretrained.state_dict())
     assert all(torch.equal(merged.state_dict()[k], v) for k, v in expected.items())
     assert merged is not pretrained and not torch.equal(merged.weight, pretrained.weight)

@@ -101,7 +101,7 @@ def test_emr_task_models_beat_task_arithmetic_on_conflicting_tasks():
             tune.weight.copy_(target.T)
         tunes.append(tune)
     merged = merge_per_task(tunes, base=base)
-    averaged = merge_state_dicts(tunes, "task_arithmetic", base=base, lambda_=0.5)
+    averaged = merge_state_dicts(tunes, method="task_arithmetic", base=base, lambda_=0.5)
     for index, target in enumerate(targets):
         own = merged.state_dict(str(index))["weight"]
         error_emr = (X @ own.T - X @ target).square().mean()
@@ -166,7 +166,7 @@ def _entropy(model: nn.Module, head: nn.Module, X: torch.Tensor) -> float:
 def test_adamerging_without_steps_is_task_arithmetic_at_its_initial_coefficient():
     base, models, data = _tasks()
     merged = merge_modules(models, "adamerging", data=data, base=base, task_specific=("1.",), steps=0, init=0.3)
-    expected = merge_state_dicts(models, "task_arithmetic", base=base, lambda_=0.3)
+    expected = merge_state_dicts(models, method="task_arithmetic", base=base, lambda_=0.3)
     for name, value in merged[0].state_dict().items():
         torch.testing.assert_close(value, expected["0." + name])
 

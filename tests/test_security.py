@@ -794,7 +794,7 @@ def test_compress_writes_a_member_named_by_its_file_inside_its_output(kind, tmp_
     assert (outside / "marker.txt").read_text() == "the user's file\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside", "work"]
     assert sorted(p.name for p in work.iterdir()) == ["c", "m.safetensors"]
-    written = [p for p in (work / "c").iterdir() if p.name != "report.json"]
+    written = [p for p in (work / "c").iterdir() if p.name != "results.json"]
     assert len(written) == 1 and written[0].suffix == ".safetensors" and not written[0].name.startswith(".")
     assert load_member(written[0]).name == f"{name or 'm'}_fp16"  # an empty name falls back to the stem
 
@@ -892,4 +892,4 @@ def test_a_command_whose_stdout_is_closed_still_does_its_work(tmp_path):
     command = f"{sys.executable} -m modelfusion.cli evaluate p.safetensors --json r.json >&-"
     done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0 and done.stderr == "", done.stderr
-    assert json.loads((tmp_path / "r.json").read_text())["split"] == "test"
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["evaluation"]["split"] == "test"

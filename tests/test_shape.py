@@ -122,3 +122,9 @@ def test_a_registry_imports_what_an_entry_point_names_on_first_lookup():
     assert registry["dumps"] is json.dumps and registry.registered() == {"dumps": json.dumps}
     with pytest.raises(UnknownNameError, match="unknown thing 'loads'; valid names: dumps"):
         registry["loads"]
+
+
+def test_adding_an_auto_family_takes_one_file():
+    """bench/shape.py's table: a plugin of one file, outside the package, registers a family that requires the
+    output family, and `auto` runs it after that family, in a fresh interpreter."""
+    assert _shape().files_to_add_one("an auto family") == "1 (no package file)"

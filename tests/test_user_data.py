@@ -92,6 +92,7 @@ def test_the_tabular_mlp_is_a_strong_one_and_tables_get_boosted_trees():
         "ridge",
         "random_forest",
         "hist_gradient_boosting",
+        *installed_boosters(),
     ]
     # images and sequences keep the demo's members: no trees beyond the forest
     assert [p.name for p in member_plans(load_dataset("digits"))] == [

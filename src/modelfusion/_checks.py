@@ -17,6 +17,7 @@ from .errors import ArgumentError, ConfigError
 
 __all__ = [
     "MAX_SEED",
+    "MAX_COUNT",
     "check_seed",
     "check_count",
     "check_number",
@@ -30,8 +31,11 @@ __all__ = [
 
 # scikit-learn's random_state and numpy's legacy seeding take 32-bit seeds.
 MAX_SEED = 2**32 - 1
+# The largest count (epochs, batch size, resamples) taken: past it a count is a mistake (a 64-bit value, an
+# overflow), not a plan, and would loop or allocate for ever.
+MAX_COUNT = 2**31 - 1
 # An argument that counts something (a batch size, epochs): a whole number of at least 1.
-PositiveInt = Annotated[int, Field(ge=1)]
+PositiveInt = Annotated[int, Field(ge=1, le=MAX_COUNT)]
 # A share strictly between 0 and 1 (a confidence level, a false-positive rate).
 Share = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
 
@@ -164,6 +168,8 @@ def check_count(value, name: str) -> int:
     """A positive whole number (epochs, batch size, patience)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if value > MAX_COUNT:
+        raise ConfigError(f"{name} must be at most {MAX_COUNT}, got {value}")
     return value
 
 

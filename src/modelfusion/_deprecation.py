@@ -8,6 +8,8 @@ import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
+from .errors import ArgumentError
+
 F = TypeVar("F", bound=Callable)
 
 __all__ = ["deprecated", "keyword_only"]
@@ -32,7 +34,7 @@ def keyword_only(*names: str) -> Callable[[F], F]:
             if len(args) > positional:
                 extra = args[positional:]
                 if len(extra) > len(names):
-                    raise TypeError(f"{fn.__name__}() takes {positional} positional arguments, got {len(args)}")
+                    raise ArgumentError(f"{fn.__name__}() takes {positional} positional arguments, got {len(args)}")
                 moved = names[: len(extra)]
                 given = ", ".join(f"{name}=..." for name in moved)
                 warnings.warn(
@@ -42,7 +44,7 @@ def keyword_only(*names: str) -> Callable[[F], F]:
                 )
                 clash = [name for name in moved if name in kwargs]
                 if clash:
-                    raise TypeError(f"{fn.__name__}() got multiple values for {', '.join(clash)}")
+                    raise ArgumentError(f"{fn.__name__}() got multiple values for {', '.join(clash)}")
                 kwargs.update(zip(moved, extra, strict=False))
                 args = args[:positional]
             return fn(*args, **kwargs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -787,8 +786,7 @@ def guard_fit(
     score: Annotated[
         str,
         typer.Option(
-            help="a name in modelfusion.guard.SCORES (combined: the largest of every score's validation "
-            "percentile), or auto: the one that best separates validation from its feature-shuffled copy"
+            help="a name in modelfusion.guard.SCORES (combined: the largest of every score's validation percentile)"
         ),
     ] = "combined",
     fpr: Annotated[float, typer.Option(help="share of validation samples the threshold may reject")] = 0.05,
@@ -816,7 +814,7 @@ def guard_fit(
         f"guard for {choice.label} inputs {guard.input_shape_} with {len(guard.member_names_)} member(s): score "
         f"{guard.score_}, threshold {guard.threshold_:.4g} (rejects {rejected:.1%} of validation, asked "
         f"{fpr:.1%}); validation AUROC "
-        f"against feature-shuffled samples: {aurocs} -> {out}",
+        f"against proxy outliers (worst kind): {aurocs} -> {out}",
         highlight=False,
     )
 
@@ -858,7 +856,7 @@ def guard_check(
 
     Python: `InputGuard.load(path, members=...).check(X)` (`modelfusion.guard`).
     """
-    from ._atomic import check_output, write_json
+    from ._atomic import check_output
     from .guard import InputGuard
 
     checkpoints = checkpoints or []
@@ -876,16 +874,7 @@ def guard_check(
     if len(verdicts.rejected) > 10:
         console.print(f"  ... {len(verdicts.rejected) - 10} more", highlight=False)
     if json_out is not None:
-        write_json(
-            json_out,
-            {
-                "score": verdicts.score,
-                "threshold": verdicts.threshold,
-                "ok": verdicts.ok.tolist(),
-                "reasons": list(verdicts.reasons),
-                "scores": [float(s) if math.isfinite(s) else None for s in verdicts.scores],  # JSON has no inf
-            },
-        )
+        verdicts.save(json_out)
 
 
 @guard_app.command("clean")
@@ -909,14 +898,12 @@ def guard_clean(
 ) -> None:
     """Find suspected mislabels and outliers in a training split, clean them, refit: accuracy before and after.
 
-    Python: `clean(data, members=recipe, folds=..., seed=..., strategy=...)` (`find_label_issues` alone finds them;
+    Python: `clean(data, recipe=recipe, folds=..., seed=..., strategy=...)` (`find_label_issues` alone finds them;
     `inject_label_noise(data.train, rate, seed=...)` for --noise).
     """
     import dataclasses
 
-    import numpy as np
-
-    from ._atomic import check_output, write_json
+    from ._atomic import check_output
     from .guard import clean, inject_label_noise
 
     if out.suffix != ".json":
@@ -927,25 +914,11 @@ def guard_clean(
     if noise:
         noisy, flipped = inject_label_noise(data.train, noise, seed=seed)
         data = dataclasses.replace(data, train=noisy)
-    result = clean(data, members=recipe, folds=folds, seed=seed, strategy=strategy)
-    issues = result.issues
-    report = {
-        "dataset": choice.label,
-        "seed": seed,
-        "folds": folds,
-        "label_issues": issues.label_issues.tolist(),
-        "suggested_labels": issues.suggested_labels[issues.label_issues].tolist(),
-        "outliers": issues.outliers.tolist(),
-        "strategy": result.strategy,
-        "validation_accuracy_by_strategy": result.candidates,
-        "accuracy": result.accuracy,
-    }
-    found = f"{len(issues.label_issues)} suspected mislabels and {len(issues.outliers)} outliers"
+    result = clean(data, recipe=recipe, folds=folds, seed=seed, strategy=strategy)
+    result.save(out, flipped=flipped, rate=noise if noise else None)
+    found = f"{len(result.issues.label_issues)} suspected mislabels and {len(result.issues.outliers)} outliers"
     if flipped is not None:
-        hits = len(np.intersect1d(issues.label_issues, flipped))
-        report["injected"] = {"rate": noise, "flipped": flipped.tolist(), "found": hits}
-        found += f" ({hits} of the {len(flipped)} flipped labels among them)"
-    write_json(out, report)
+        found += f" ({result.found_among(flipped)} of the {len(flipped)} flipped labels among them)"
     test = result.accuracy["test"]
     console.print(
         f"{found} in {len(data.train)} training samples of {choice.label}; test accuracy of the {folds}-fold fusion: "

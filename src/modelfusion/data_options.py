@@ -17,11 +17,9 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .datasets import Dataset
 
-__all__ = ["DataChoice", "DATA_HELP", "DEFAULT_DATASET", "PREPROCESSING_FILE"]
+__all__ = ["DataChoice", "DATA_HELP", "DEFAULT_DATASET"]
 
 DEFAULT_DATASET = "digits"
-# Beside a model that `auto` or `demo` trained on a file: what `predict --data NEW_FILE` applies to new data.
-PREPROCESSING_FILE = "preprocessing.json"
 
 DATA_HELP = {
     "dataset": f"embedded dataset: digits, breast_cancer, wine, diabetes or mnist1d (default {DEFAULT_DATASET})",

@@ -22,9 +22,10 @@ import torch
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
-from ._checks import check_count, check_number, check_seed
+from ._checks import check_count, check_number, check_seed, checked
 from .errors import ConfigError, DataError, first_line
 from .preprocessing import (
+    PREPROCESSING_FILE,
     ImageEncoding,
     Preprocessing,
     Standardize,
@@ -263,7 +264,6 @@ def read_preparation(path: str | os.PathLike) -> Preparation:
 def find_preparation(checkpoints: Sequence[str | os.PathLike]) -> Path | None:
     """The preprocessing saved with the first checkpoint: `preprocessing.json` in its folder or the folder above
     (where `auto` and `demo` write it beside `model.*` and `members/`), or None."""
-    from .data_options import PREPROCESSING_FILE
 
     if not checkpoints:
         return None
@@ -402,6 +402,7 @@ def _split_indices(raw: _RawData, seed: int) -> dict[str, np.ndarray]:
     return {"train": train, "val": val, "test": test}
 
 
+@checked
 def load_dataset(name: str, seed: int = 0, *, as_images: bool = False) -> Dataset:
     """Load an embedded dataset with stratified train/val/test splits, standardized with train statistics.
 
@@ -466,6 +467,7 @@ def _kind_of_shape(image_shape: tuple[int, ...] | None) -> Kind:
 MAX_GUESSED_CLASSES = 20
 
 
+@checked
 def load_data(
     path: str | os.PathLike,
     *,

@@ -19,13 +19,13 @@ from rich.text import Text
 from ._atomic import atomic_dir
 from ._deprecation import deprecated
 from ._terminal import terminal_console, terminal_text
-from .data_options import PREPROCESSING_FILE
 from .datasets import Dataset, load_dataset
 from .ensemble import fuse_and_evaluate, save_combiner
 from .errors import ConfigError
 from .io import save_member
 from .members import Member
 from .predictions import collect_predictions
+from .preprocessing import PREPROCESSING_FILE
 from .report import check_report_extra, print_leaderboard, write_report
 from .results import Results, versions
 from .training import MemberPlan, member_plans

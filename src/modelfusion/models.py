@@ -5,8 +5,9 @@ architectures here to make their files load without `factory=`: `MODELS.register
 torchvision's ResNets and VGGs are registered too, under their names (`torchvision.resnet18`, ...: see
 `modelfusion.vision`).
 
-Every model takes flat features `[N, F]`; the CNNs reshape to their image shape inside, so CNNs, MLPs and
-scikit-learn estimators can all be fed the same `X` and fused.
+Every model takes flat features `[N, F]`; the CNNs reshape to their image shape inside (`ImageInput`), so CNNs,
+MLPs and scikit-learn estimators can all be fed the same `X` and fused. A CNN also takes its samples already in
+image form (`load_dataset(name, as_images=True)`): one recipe trains on either form of its data.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from .registry import Registry
 from .vision import FACTORIES as VISION_FACTORIES
 
-__all__ = ["MODELS", "mlp", "cnn2d", "cnn1d", "OutputScale"]
+__all__ = ["MODELS", "mlp", "cnn2d", "cnn1d", "OutputScale", "ImageInput"]
 
 # Families register their own factories ("spliced" in features, "compressed" in compress); the entry points of
 # the group `modelfusion.models` (pyproject.toml) say which module registers a name, imported when a file names it.
@@ -37,6 +38,23 @@ class OutputScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale + self.shift
+
+
+class ImageInput(nn.Module):
+    """Samples as images of `shape` (channels first): takes them flat `[N, prod(shape)]` or already in that shape
+    `[N, *shape]`, so a CNN reads both forms its data comes in. Holds no state: checkpoints of the `nn.Unflatten`
+    it replaced load unchanged."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.shape = tuple(int(size) for size in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x.shape[0], not -1: a sample of the wrong width fails here instead of becoming several samples
+        return x.reshape(x.shape[0], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
 
 
 def _dropout(p: float) -> list[nn.Module]:
@@ -87,7 +105,7 @@ def cnn2d(
     in_channels, height, width = image_shape
     c1, c2 = channels
     return nn.Sequential(
-        nn.Unflatten(1, tuple(image_shape)),
+        ImageInput(image_shape),
         nn.Conv2d(in_channels, c1, 3, padding=1),
         nn.BatchNorm2d(c1),
         nn.ReLU(),
@@ -114,8 +132,8 @@ def cnn1d(
     in_channels: int = 1,
 ) -> nn.Sequential:
     """The 1-D CNN of the mnist1d paper: three strided conv layers (each optionally followed by BatchNorm),
-    then a linear classifier, on flat inputs `[N, in_channels * length]`."""
-    layers: list[nn.Module] = [nn.Unflatten(1, (in_channels, length))]
+    then a linear classifier, on flat inputs `[N, in_channels * length]` (or shaped `[N, in_channels, length]`)."""
+    layers: list[nn.Module] = [ImageInput((in_channels, length))]
     for inputs, kernel in ((in_channels, 5), (channels, 3), (channels, 3)):
         layers.append(nn.Conv1d(inputs, channels, kernel, stride=2, padding=1))
         if batchnorm:

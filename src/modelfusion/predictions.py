@@ -64,6 +64,20 @@ class Predictions:
     def __post_init__(self) -> None:
         _check_fields(self)
         object.__setattr__(self, "member_names", tuple(self.member_names))
+        self._check_outputs()
+        if self.classes is None and self.task == "classification":
+            # a combiner fitted on these records its classes: without them, its saved file could not be read back
+            object.__setattr__(self, "classes", tuple(range(self.outputs.shape[2])))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+            check_classes(self.classes, "the predictions")
+            if self.task == "classification" and len(self.classes) != self.outputs.shape[2]:
+                raise InvalidInputError(f"got {len(self.classes)} classes for {self.outputs.shape[2]} output columns")
+        if self.labels is not None:
+            self._check_labels()
+
+    def _check_outputs(self) -> None:
+        """The task, the outputs' shape, dtype and values, and one unique name per member."""
         expected_ndim = 3 if self.task == "classification" else 2
         if self.task not in TASKS:
             raise InvalidInputError(f"task must be 'classification' or 'regression', got {self.task!r}")
@@ -85,16 +99,6 @@ class Predictions:
             raise InvalidInputError(f"member names must be unique; {repeated} appear more than once")
         for name, out in zip(self.member_names, self.outputs, strict=True):
             _check_finite(out, name)
-        if self.classes is None and self.task == "classification":
-            # a combiner fitted on these records its classes: without them, its saved file could not be read back
-            object.__setattr__(self, "classes", tuple(range(self.outputs.shape[2])))
-        if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(self.classes))
-            check_classes(self.classes, "the predictions")
-            if self.task == "classification" and len(self.classes) != self.outputs.shape[2]:
-                raise InvalidInputError(f"got {len(self.classes)} classes for {self.outputs.shape[2]} output columns")
-        if self.labels is not None:
-            self._check_labels()
 
     def _check_labels(self) -> None:
         labels = self.labels

@@ -43,7 +43,11 @@ __all__ = [
     "preprocessing_from_dict",
     "infer_kind",
     "MAX_CATEGORIES",
+    "PREPROCESSING_FILE",
 ]
+
+# Beside a model that `auto` or `demo` trained on a file: what `predict --data NEW_FILE` applies to new data.
+PREPROCESSING_FILE = "preprocessing.json"
 
 
 # A categorical column keeps its most frequent categories (one-hot columns); the rest encode as all zeros.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._checks import checked
 from .._modules import output_width
 from ..errors import ConfigError, IncompatibleModelsError, InvalidInputError
 from .derive import derive_spec
@@ -31,6 +32,7 @@ class AlignResult:
     rounds: int = 0
 
 
+@checked
 def align(
     models: Sequence[nn.Module],
     *,
@@ -59,9 +61,35 @@ def align(
 
     Example:
         >>> aligned = align([model_a, model_b], X=data.train.X[:512])
-        >>> merged = merge_state_dicts(aligned.models, "linear")
+        >>> merged = merge_state_dicts(aligned.models, method="linear")
     """
     matcher = MATCHERS[method]  # an unknown name fails here, listing the valid ones
+    _check_request(models, matcher, method, X, target)
+    spec = _spec_for(models[0], spec, X)
+    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+    _check_same_architecture(states)
+    spec.check(states[0])
+
+    started = time.perf_counter()
+    identity = {g: torch.arange(n) for g, n in spec.groups.items()}
+    perms = [identity] + [None] * (len(models) - 1)
+    for i in range(1, len(models)):
+        reference, other = (models[0], models[i]) if matcher.needs_inputs else (states[0], states[i])
+        perms[i] = matcher(spec, reference, other, X=X, seed=seed + i)
+    rounds = _match_to_average(matcher, spec, states, perms, X, seed, max_rounds) if target == "average" else 0
+    seconds = time.perf_counter() - started
+
+    aligned = []
+    for model, state, perm in zip(models, states, perms, strict=True):
+        copied = copy.deepcopy(model)
+        copied.load_state_dict(permute(state, spec, perm))
+        aligned.append(copied)
+    return AlignResult(aligned, perms, spec, seconds, rounds)
+
+
+def _check_request(models: Sequence[nn.Module], matcher, method: str, X: torch.Tensor | None, target: str) -> None:
+    """Refuse, in one line each, what `align` cannot do: one model, an unknown target, averaging with a matcher
+    that runs the models, activation matching without inputs."""
     if len(models) < 2:
         raise InvalidInputError(f"alignment needs at least two models, got {len(models)}")
     if target not in ("reference", "average"):
@@ -73,15 +101,23 @@ def align(
         )
     if matcher.needs_inputs and X is None:
         raise ConfigError(f"{method} needs inputs X to run the models on")
+
+
+def _spec_for(model: nn.Module, spec: PermutationSpec | dict | None, X: torch.Tensor | None) -> PermutationSpec:
+    """The spec given (or its dict form), else the one derived from `model`'s graph on `X`; inputs of the
+    wrong width fail first, in one line."""
     if isinstance(spec, dict):
         spec = PermutationSpec.from_dict(spec)
     if X is not None:
-        output_width(models[0], X, "model 0")  # inputs of the wrong width fail here, in one line
+        output_width(model, X, "model 0")
     if spec is None:
         if X is None:
             raise ConfigError("deriving the permutation spec needs an example batch X (or pass spec=...)")
-        spec = derive_spec(models[0], X)
-    states = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+        spec = derive_spec(model, X)
+    return spec
+
+
+def _check_same_architecture(states: list[dict[str, torch.Tensor]]) -> None:
     shapes = [{k: tuple(v.shape) for k, v in s.items()} for s in states]
     for i, other in enumerate(shapes[1:], start=1):
         if other != shapes[0]:
@@ -90,35 +126,24 @@ def align(
                 f"model {i} does not have model 0's architecture (tensors differ: {differing[:5]}); alignment "
                 "permutes units of one architecture"
             )
-    spec.check(states[0])
 
-    started = time.perf_counter()
-    identity = {g: torch.arange(n) for g, n in spec.groups.items()}
-    perms = [identity] + [None] * (len(models) - 1)
-    for i in range(1, len(models)):
-        reference, other = (models[0], models[i]) if matcher.needs_inputs else (states[0], states[i])
-        perms[i] = matcher(spec, reference, other, X=X, seed=seed + i)
+
+def _match_to_average(matcher, spec, states, perms, X, seed: int, max_rounds: int) -> int:
+    """The `average` target: each model but the first, in a seeded order, matched to the mean of the others
+    (`perms` updated in place), round after round until no permutation changes or `max_rounds`; the rounds
+    run."""
+    generator = torch.Generator().manual_seed(seed)
     rounds = 0
-    if target == "average":
-        generator = torch.Generator().manual_seed(seed)
-        for rounds in range(1, max_rounds + 1):
-            changed = False
-            for i in (torch.randperm(len(models) - 1, generator=generator) + 1).tolist():
-                others = [permute(states[j], spec, perms[j]) for j in range(len(models)) if j != i]
-                mean_of_others = _mean_state(others)
-                new = matcher(spec, mean_of_others, states[i], X=X, seed=seed + rounds * 100 + i)
-                if any(not torch.equal(new[g], perms[i][g]) for g in new):
-                    perms[i], changed = new, True
-            if not changed:
-                break
-    seconds = time.perf_counter() - started
-
-    aligned = []
-    for model, state, perm in zip(models, states, perms, strict=True):
-        copied = copy.deepcopy(model)
-        copied.load_state_dict(permute(state, spec, perm))
-        aligned.append(copied)
-    return AlignResult(aligned, perms, spec, seconds, rounds)
+    for rounds in range(1, max_rounds + 1):
+        changed = False
+        for i in (torch.randperm(len(states) - 1, generator=generator) + 1).tolist():
+            others = [permute(states[j], spec, perms[j]) for j in range(len(states)) if j != i]
+            new = matcher(spec, _mean_state(others), states[i], X=X, seed=seed + rounds * 100 + i)
+            if any(not torch.equal(new[g], perms[i][g]) for g in new):
+                perms[i], changed = new, True
+        if not changed:
+            break
+    return rounds
 
 
 def _mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -281,27 +281,34 @@ def _visit(walk: _Walk, node: torch.fx.Node, modules: dict[str, nn.Module]) -> l
                 walk.groups.union(g, 0)
         return None
     if node.op == "call_module":
-        module = modules[node.target]
-        (arg,) = [a for a in node.args if isinstance(a, torch.fx.Node)][:1] or [None]
-        if arg is None or arg not in walk.state:
-            raise walk.unsupported(node, f"module {type(module).__name__} without a tensor input")
-        rule = next((rule for types, rule in _MODULE_RULES if isinstance(module, types)), None)
-        if rule is not None:
-            return rule(walk, node, module, walk.state[arg])
-        if any(True for _ in module.parameters(recurse=False)):
-            raise walk.unsupported(node, f"module {type(module).__name__} with its own parameters")
-        raise walk.unsupported(node, f"module {type(module).__name__}")
+        return _visit_module(walk, node, modules[node.target])
     if node.op in ("call_function", "call_method"):
-        if shape is None:  # sizes, shapes and other non-tensor values carry no units
-            return None
-        inputs = [a for a in _flatten_args((node.args, node.kwargs)) if a in walk.state]
-        if not inputs:
-            raise walk.unsupported(node, f"{_op_name(node.target)} creating a new tensor")
-        rule = _FUNCTION_RULES.get(node.target)
-        if rule is None:
-            raise walk.unsupported(node, _op_name(node.target))
-        return rule(walk, node, inputs)
+        return None if shape is None else _visit_function(walk, node)  # sizes and shapes carry no units
     raise walk.unsupported(node, node.op)
+
+
+def _visit_module(walk: _Walk, node: torch.fx.Node, module: nn.Module) -> list[_Seg] | None:
+    """The segments of a module call's output, by the rule for the module's type."""
+    (arg,) = [a for a in node.args if isinstance(a, torch.fx.Node)][:1] or [None]
+    if arg is None or arg not in walk.state:
+        raise walk.unsupported(node, f"module {type(module).__name__} without a tensor input")
+    rule = next((rule for types, rule in _MODULE_RULES if isinstance(module, types)), None)
+    if rule is not None:
+        return rule(walk, node, module, walk.state[arg])
+    if any(True for _ in module.parameters(recurse=False)):
+        raise walk.unsupported(node, f"module {type(module).__name__} with its own parameters")
+    raise walk.unsupported(node, f"module {type(module).__name__}")
+
+
+def _visit_function(walk: _Walk, node: torch.fx.Node) -> list[_Seg] | None:
+    """The segments of a function or method call's output (a tensor), by the rule for the function."""
+    inputs = [a for a in _flatten_args((node.args, node.kwargs)) if a in walk.state]
+    if not inputs:
+        raise walk.unsupported(node, f"{_op_name(node.target)} creating a new tensor")
+    rule = _FUNCTION_RULES.get(node.target)
+    if rule is None:
+        raise walk.unsupported(node, _op_name(node.target))
+    return rule(walk, node, inputs)
 
 
 def _flatten_args(args) -> list[torch.fx.Node]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._checks import checked
 from .._modules import has_batchnorm
 from .spec import PermutationSpec
 
@@ -52,6 +53,7 @@ def _unit_stats(model: nn.Module, module_name: str, X: torch.Tensor) -> tuple[to
 
 
 @torch.no_grad()
+@checked
 def repair(
     merged: nn.Module,
     endpoints: Sequence[nn.Module],

@@ -315,10 +315,13 @@ def compress_family(ctx: Inputs) -> FamilyResult:
             ctx, "compress", compressed, export=result.save, stored_bytes=result.size_bytes, note=note
         )
 
-    small = compress(member, "int8", X=X)
-    candidates = [candidate(small, f"{best.name}, int8", "int8 weights; Linear layers computed in int8")]
+    small = compress(member, method="int8", X=X)
+    chosen = list(small.params["kernels"].values())
+    kernels = ", ".join(f"{chosen.count(k)} on {k}" for k in sorted(set(chosen)))
+    note = f"int8 weights, activation ranges calibrated on train; layers on the kernel measured cheapest: {kernels}"
+    candidates = [candidate(small, f"{best.name}, int8", note)]
     try:
-        pruned = compress(member, "prune-structured", X=X, amount=0.5)
+        pruned = compress(member, method="prune-structured", X=X, amount=0.5)
     except ModelFusionError as err:  # an architecture structured pruning does not cover: say so, go on
         return FamilyResult(candidates, notes=(f"compress: structured pruning skipped ({first_line(err, 120)})",))
     recipe = recipe_of(member.factory, member.factory_kwargs, ctx.data)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_dir, check_output
+from .._checks import checked
 from .._progress import progress_bar
-from ..data_options import PREPROCESSING_FILE
 from ..datasets import Dataset
 from ..errors import ConfigError, InvalidInputError
 from ..evaluate.diversity import disagreement_matrix, oracle_accuracy
@@ -23,6 +23,7 @@ from ..evaluate.metrics import reliability_curve
 from ..evaluate.stats import mcnemar_exact, scores_with_intervals
 from ..members import Member, check_members
 from ..predictions import collect_predictions
+from ..preprocessing import PREPROCESSING_FILE
 from ..results import Curves, Diversity, Results, Skipped, Verdict, versions
 from .candidates import Candidate
 from .families import members_family  # and the built-in families register, in the order auto runs them
@@ -69,6 +70,7 @@ def train_default_members(
     return train_plans(plans, data, workers=workers, deadline_s=deadline_s, log=log)
 
 
+@checked
 def auto(
     members: Sequence[Member] | None,
     data: Dataset,

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._checks import checked
+from .._deprecation import keyword_only
 from ..errors import ConfigError, InvalidInputError
 from ..io.transformers import TransformersMember
 from ..members import TorchMember
@@ -59,7 +61,7 @@ class Compressed:
         if original is None or original.factory is None:
             raise InvalidInputError(
                 "saving a compressed model needs the original as a member with a registered factory "
-                "(compress(load_member(path), ...)); save the state dict yourself otherwise"
+                "(compress(load_member(path), method=...)); save the state dict yourself otherwise"
             )
         original_shapes = {key: tuple(t.shape) for key, t in original.module.state_dict().items()}
         shrunk = {
@@ -125,16 +127,19 @@ class CompressedEnsemble:
         return self.model.save(path, overwrite=overwrite)
 
 
+@keyword_only("method")
+@checked
 def compress(
-    model: nn.Module | TorchMember, method: str, *, X: torch.Tensor | None = None, **params
+    model: nn.Module | TorchMember, *, method: str, X: torch.Tensor | None = None, **params
 ) -> Compressed | CompressedEnsemble:
     """Compress a model (or a torch member, which can then be saved) with a method of `COMPRESSORS`; `X`
-    (training inputs) for the methods that need them (`COMPRESSORS[method].needs_inputs`: Wanda's input
-    norms, structured pruning's graph trace, the ONNX export). An `EnsembleModule` is compressed member by
-    member (its combiner kept) into a `CompressedEnsemble`. The argument is not changed.
+    (training inputs) for the methods that need them (`COMPRESSORS[method].needs_inputs`: int8's activation
+    ranges, Wanda's input norms, structured pruning's graph trace, the ONNX export). An `EnsembleModule` is
+    compressed member by member (its combiner kept) into a `CompressedEnsemble`. The argument is not changed.
+    `method` by position (`compress(model, "int4")`) still works, with a `DeprecationWarning`.
 
     Example:
-        >>> small = compress(load_member("student.safetensors"), "int4", group_size=32)
+        >>> small = compress(load_member("student.safetensors"), method="int4", group_size=32)
         >>> small.size_bytes, small.save("student_int4.safetensors")
     """
     from ..ensemble import EnsembleModule
@@ -146,7 +151,7 @@ def compress(
             TorchMember(module, name=name, task=model.task, factory=factory, factory_kwargs=kwargs)
             for name, module, (factory, kwargs) in zip(model.member_names, model.members, model.factories, strict=True)
         ]
-        parts = [compress(original, method, X=X, **params) for original in originals]
+        parts = [compress(original, method=method, X=X, **params) for original in originals]
         members = [part.as_member() if part.original.factory else part.model for part in parts]
         ensemble = EnsembleModule(members, model.combiner, task=model.task, vectorize=False).eval()
         return CompressedEnsemble(ensemble, method, dict(params), parts)
@@ -158,4 +163,6 @@ def compress(
         from .._modules import output_width
 
         output_width(module, X, "the model")  # inputs of another dataset fail here, in one line
-    return Compressed(apply_compression(module, method, params, X=X).eval(), method, dict(params), original)
+    compressed = apply_compression(module, method, params, X=X).eval()
+    records = COMPRESSORS[method].records
+    return Compressed(compressed, method, {**params, **(records(compressed) if records else {})}, original)

@@ -11,8 +11,9 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from ..registry import Registry
+from .int8 import quantize_int8, recorded_kernels
 from .prune import prune_magnitude, prune_wanda
-from .quantize import DynamicInt8Linear, HalfPrecision, QuantizedConv, QuantizedLinear, quantize_layers
+from .quantize import HalfPrecision, QuantizedConv, QuantizedLinear, quantize_layers
 from .structured import prune_structured
 
 __all__ = ["COMPRESSORS", "Compressor", "apply_compression"]
@@ -23,12 +24,15 @@ class Compressor:
     """A compression method: `function(model, **params) -> compressed model` (with `X=` example inputs when it
     `needs_inputs`), and whether it changes the model's structure (quantized layers, half precision) or only
     its weights' values and shapes (pruning), which decides what a saved file must rebuild; `file_format`:
-    "safetensors" (a member file of the "compressed" factory) or "onnx" (a graph any ONNX runtime reads)."""
+    "safetensors" (a member file of the "compressed" factory) or "onnx" (a graph any ONNX runtime reads);
+    `records(model) -> params`: what the method chose while compressing that a saved file must record to
+    rebuild the same structure (int8's kernels), added to the parameters."""
 
     function: Callable[..., nn.Module]
     changes_structure: bool = True
     needs_inputs: bool = False
     file_format: str = "safetensors"
+    records: Callable[[nn.Module], dict] | None = None
 
 
 COMPRESSORS: Registry[Compressor] = Registry("compression method")
@@ -42,9 +46,9 @@ def _register(name: str, **properties) -> Callable:
     return decorator
 
 
-@_register("int8")
-def _int8(model: nn.Module) -> nn.Module:
-    return quantize_layers(model, lambda layer: _one_of(layer, DynamicInt8Linear.of, QuantizedConv))
+@_register("int8", needs_inputs=True, records=recorded_kernels)
+def _int8(model: nn.Module, *, X: torch.Tensor | None, kernels="auto") -> nn.Module:
+    return quantize_int8(model, X, kernels)
 
 
 @_register("int8-weight")

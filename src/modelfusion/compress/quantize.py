@@ -1,16 +1,13 @@
-"""Quantization: weight-only int8 / int4 (packed two per byte) Linear layers, dynamic int8 Linear layers, int8
-convolution weights, and half precision.
+"""Weight-only quantization: int8 / int4 (packed two per byte) Linear layers, int8 convolution weights, and half
+precision (int8 computation, with calibrated activations, is `int8.py`).
 
 A weight-only quantized layer stores its weight as integers with one scale per output row, or per group of
-`group_size` input columns, and dequantizes it in its forward pass. A dynamic int8 layer stores the same int8
-weights and per-row scales but multiplies in int8, quantizing each batch of inputs on the fly (torch's fbgemm
-kernels). Either way the model takes and returns float32 like the original, and its saved size is what the
-integers and scales take.
+`group_size` input columns, and dequantizes it in its forward pass. The model takes and returns float32 like the
+original, and its saved size is what the integers and scales take.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -18,7 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["QuantizedLinear", "QuantizedConv", "DynamicInt8Linear", "HalfPrecision", "quantize_layers"]
+__all__ = ["QuantizedLinear", "QuantizedConv", "HalfPrecision", "quantize_layers", "symmetric_rows"]
 
 
 def symmetric_rows(weight: torch.Tensor, largest: int, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,58 +79,6 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.weight(), self.bias)
-
-
-def _int8_kernels():
-    """torch's int8 matrix-multiply kernels: the one place that reaches into torch.ao's quantized ops, which
-    torch has deprecated; if they go, the error names the methods that do not need them."""
-    try:
-        return torch.ops.quantized.linear_prepack, torch.ops.quantized.linear_dynamic
-    except (AttributeError, RuntimeError):
-        raise ConfigError(
-            f"torch {torch.__version__} has no int8 kernels (torch.ops.quantized, deprecated with torch.ao); "
-            "use --method int8-weight or onnx-int8"
-        ) from None
-
-
-class DynamicInt8Linear(nn.Module):
-    """A Linear layer computed in int8: symmetric int8 weights with one float32 scale per output row, inputs
-    quantized per batch (Jacob et al. 2018, https://arxiv.org/abs/1712.05877; torch's dynamic quantization).
-    The state holds plain tensors (int8 weights, scales, bias), so it saves to safetensors; the kernels'
-    packed form is rebuilt on first use and after loading."""
-
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = True) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scale", torch.ones(out_features))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._packed = None
-        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_packed", None))
-
-    @classmethod
-    def of(cls, linear: nn.Linear) -> DynamicInt8Linear:
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        q, scale = symmetric_rows(linear.weight.detach().float(), 127, torch.float32)
-        layer.weight_int8.copy_(q.to(torch.int8))
-        layer.scale.copy_(scale)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias.detach().float())
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is None:  # the kernels are looked up with the packing, not on every call
-            prepack, linear_dynamic = _int8_kernels()
-            zero_points = torch.zeros(self.out_features, dtype=torch.long)
-            with warnings.catch_warnings():  # torch warns that quantized tensors are deprecated (see _int8_kernels)
-                warnings.simplefilter("ignore")
-                weight = torch._make_per_channel_quantized_tensor(self.weight_int8, self.scale.double(), zero_points, 0)
-            self._packed = linear_dynamic, prepack(weight, self.bias)
-        linear_dynamic, packed = self._packed
-        # Full 8-bit inputs (reduce_range=False): torch's x86 default of 7 bits guards against a saturation of
-        # older AVX2 multiply-adds but doubled the input step; standardized inputs with outliers (digits: up to
-        # 33 sd) then lost 3.6% agreement with the float model, against 1.1% with 8 bits.
-        return linear_dynamic(x.contiguous(), packed, False)
 
 
 class HalfPrecision(nn.Module):

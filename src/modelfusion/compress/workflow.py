@@ -100,7 +100,7 @@ def compress_and_measure(
     name: str | None = None,
     **params,
 ) -> CompressionRun:
-    """`compress(model, method, X=data.train.X, **params)`, then with `recover_epochs` a distillation from the
+    """`compress(model, method=method, X=data.train.X, **params)`, then with `recover_epochs` a distillation from the
     uncompressed model on `data.train` (epoch chosen on `data.val`), then `measure` of both on `data.test`;
     `name` (default: the member's) names the model in the results and the saved file."""
     from ..evaluate.stats import mcnemar_exact
@@ -108,7 +108,7 @@ def compress_and_measure(
     if recover_epochs < 0:
         raise ConfigError(f"recover_epochs is a number of epochs (0: no recovery), got {recover_epochs}")
     module = model.module if isinstance(model, TorchMember) else model
-    result = compress(model, method, X=data.train.X, **params)
+    result = compress(model, method=method, X=data.train.X, **params)
     if recover_epochs:
         result = recover(result, module, data.train, data.val, epochs=recover_epochs, seed=seed)
     before = {**measure(module, data.test, runs=runs, seed=seed), "bytes": dense_bytes(module)}

@@ -16,6 +16,7 @@ _WHERE = {
     "ModelTeacher": "teachers",
     "OfflineTeacher": "teachers",
     "build_teacher": "teachers",
+    "DistillOptions": "options",
     "DistillJob": "job",
     "run_job": "job",
     "distill": "training",

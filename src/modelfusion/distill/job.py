@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .._checks import parse_json_object
 from ..data_options import DATA_HELP, DataChoice
 from ..errors import ConfigError, InvalidInputError
+from .options import DistillOptions, option
 
 if TYPE_CHECKING:  # the options are read by the command line, which starts without torch
     from rich.console import Console
@@ -39,65 +40,50 @@ def _hints(pairs: list[str], option: str) -> dict[str, str]:
     return hints
 
 
-def _option(help: str, default=None, **cli) -> field:
-    """A field with its command-line help (`cli`: the option's type and parser where they differ)."""
-    return field(default=default, metadata={"help": help, **cli})
-
-
-@dataclass(frozen=True)
-class DistillJob:
+@dataclass(frozen=True, kw_only=True)
+class DistillJob(DistillOptions):
     """Distill one teacher or an ensemble of teachers into a student on an embedded dataset or your data.
 
     Python: `modelfusion.distill.run_job(DistillJob(student=..., teacher=[...], ...))`, or for models in memory
-    `modelfusion.distill.distill(student, build_teacher(models), data.train, data.val, ...)`.
+    `modelfusion.distill.distill(student, build_teacher(models), data.train, data.val, DistillOptions(...))`.
+    The training options are `DistillOptions`' (which this extends); the rest say what to distill.
     """
 
     student: str = field(metadata={"help": "student factory: a registered name or package.module:function"})
-    teacher: list[Path] | None = _option("teacher checkpoint (repeat it for an ensemble of teachers)", readable=False)
-    offline: Path | None = _option(
+    teacher: list[Path] | None = option("teacher checkpoint (repeat it for an ensemble of teachers)", readable=False)
+    offline: Path | None = option(
         "saved Predictions of the teachers on the training split, instead of --teacher", readable=False
     )
-    weights: list[float] | None = _option(
+    weights: list[float] | None = option(
         "comma-separated teacher weights for the probability mean", cli=str | None, parse=_numbers
     )
-    combiner: Path | None = _option(
+    combiner: Path | None = option(
         "a fitted combiner file (from `modelfusion ensemble`) fusing the teachers", readable=False
     )
-    student_kwargs: dict | None = _option(
+    student_kwargs: dict | None = option(
         "JSON object of the student factory's arguments", cli=str | None, parse=parse_json_object
     )
-    dataset: str | None = _option(DATA_HELP["dataset"])
-    data: Path | None = _option(DATA_HELP["data"], readable=False)
-    target: str | None = _option(DATA_HELP["target"])
-    task: str | None = _option(DATA_HELP["task"])
-    seed: int = _option("seed of the split and of training", 0)
-    loss: str = _option("distillation loss: hinton or mse (modelfusion.distill.LOSSES)", "hinton")
-    loss_params: dict | None = _option(
-        "JSON object of the loss's parameters, e.g. '{\"temperature\": 4}'", cli=str | None, parse=parse_json_object
-    )
-    temperature: float | None = _option("the loss's softening temperature (hinton; also in --loss-params)")
-    alpha: float | None = _option("weight of the distillation term against the label loss (also in --loss-params)")
-    hint: dict[str, str] | None = _option(
+    dataset: str | None = option(DATA_HELP["dataset"])
+    data: Path | None = option(DATA_HELP["data"], readable=False)
+    target: str | None = option(DATA_HELP["target"])
+    task: str | None = option(DATA_HELP["task"])
+    temperature: float | None = option("the loss's softening temperature (hinton; also in --loss-params)")
+    alpha: float | None = option("weight of the distillation term against the label loss (also in --loss-params)")
+    hint: dict[str, str] | None = option(
         "FitNets hint STUDENT_MODULE=TEACHER_MODULE (repeatable; the first teacher's module)",
         cli=list[str] | None,
         parse=_hints,
     )
-    feature_weight: float = _option("weight of the hint loss in the total", 1.0)
-    epochs: int = _option("training epochs", 40)
-    lr: float = _option("AdamW learning rate", 1e-3)
-    batch_size: int = _option("global batch size (split over torchrun's processes)", 64)
-    mixup: float = _option("Beta(m, m) mixup of transfer inputs; 0 turns it off", 0.0)
-    patience: int | None = _option("stop after this many epochs without a better validation NLL")
-    checkpoint_dir: Path | None = _option("write a resumable checkpoint here each epoch")
-    resume: bool = _option("continue from the checkpoint in --checkpoint-dir", False)
-    out: Path = _option("where to save the student (.safetensors)", Path("student.safetensors"))
-    progress: bool = _option("show a progress bar", True)
-    overwrite: bool = _option("replace an existing output (never an input of the run)", False)
+    out: Path = option("where to save the student (.safetensors)", Path("student.safetensors"))
 
     def loss_parameters(self) -> dict:
         """`loss_params` with `temperature` and `alpha` when given on their own."""
         given = {"temperature": self.temperature, "alpha": self.alpha}
         return {**(self.loss_params or {}), **{k: v for k, v in given.items() if v is not None}}
+
+    def options(self) -> DistillOptions:
+        """The training options `distill` takes, `temperature` and `alpha` folded into the loss's parameters."""
+        return self.training_options().updated(loss_params=self.loss_parameters())
 
 
 def run_job(
@@ -138,26 +124,7 @@ def run_job(
         torch.manual_seed(job.seed)
         student = build_model(job.student, kwargs)
         hints = FeatureHints(student, teacher.models[0], job.hint, data.train.X[:8]) if job.hint else None
-    result = distill(
-        student,
-        teacher,
-        data.train,
-        data.val,
-        loss=job.loss,
-        loss_params=job.loss_parameters(),
-        epochs=job.epochs,
-        lr=job.lr,
-        batch_size=job.batch_size,
-        mixup=job.mixup,
-        feature_hints=hints,
-        feature_weight=job.feature_weight,
-        patience=job.patience,
-        seed=job.seed,
-        checkpoint_dir=job.checkpoint_dir,
-        resume=job.resume,
-        overwrite=job.overwrite,
-        progress=job.progress,
-    )
+    result = distill(student, teacher, data.train, data.val, job.options(), feature_hints=hints)
     if process_rank()[0] != 0:  # under torchrun only the first process writes
         return result
     member = TorchMember(result.student, name=job.out.stem, factory=job.student, factory_kwargs=kwargs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +20,10 @@ from ..datasets import Split
 from ..errors import CheckpointError, ConfigError, OutputError, TrainingDivergedError
 from ..training import mixup_weight, score_classifier
 from .losses import LOSSES, FeatureHints, resolve_loss_params
+from .options import DistillOptions
 from .teachers import Teacher
 
-__all__ = ["distill", "DistillResult", "process_rank"]
+__all__ = ["distill", "DistillResult", "DistillOptions", "process_rank"]
 
 CHECKPOINT_NAME = "distill_checkpoint.pt"
 
@@ -48,22 +48,10 @@ def distill(
     teacher: Teacher,
     train: Split,
     val: Split,
+    options: DistillOptions | None = None,
     *,
-    loss: str = "hinton",
-    loss_params: dict | None = None,
-    epochs: int = 40,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    batch_size: int = 64,
-    mixup: float = 0.0,
     feature_hints: FeatureHints | None = None,
-    feature_weight: float = 1.0,
-    patience: int | None = None,
-    seed: int = 0,
-    checkpoint_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
+    **changes,
 ) -> DistillResult:
     """Train `student` to match `teacher` on `train`, choosing the epoch on `val` (never on test).
 
@@ -72,21 +60,24 @@ def distill(
     training set has; it needs a live teacher and a pure distillation loss (`alpha=1`).
 
     Args:
-        student: trained in place; the returned one has its best validation epoch's weights.
+        student: trained in place (as `fit` trains an estimator); the returned one is the same module, with
+            its best validation epoch's weights.
         teacher: a `ModelTeacher` or `OfflineTeacher`.
         train, val: the splits (an offline teacher's logits must be of `train`, in order).
-        loss: "hinton" or "mse" (`LOSSES`), with `loss_params` (e.g. temperature, alpha).
+        options: how to train (`DistillOptions`: loss and its parameters, epochs, learning rate, batch size,
+            mixup, patience, seed, checkpoints, progress); `changes` replace some of them
+            (`distill(..., epochs=20)`, or `distill(..., options, lr=3e-3)`).
         feature_hints: FitNets hint losses between the student and the (live) teacher's modules; their
-            adapters train with the student, and `feature_weight` times their loss joins the total.
-        patience: stop after this many epochs without a better validation NLL (None: run every epoch).
-        seed: the same seed gives the same student, byte for byte, whatever the caller's random state was
-            (which is left as it was): batch order and mixup draw from a generator seeded with it, dropout from
-            torch's global generator, seeded with it inside `torch.random.fork_rng`.
-        checkpoint_dir: where to write a checkpoint after each epoch (atomically); `resume=True` continues
-            from it with the same result as an uninterrupted run, byte for byte (the checkpoint holds the states
-            of both random generators). The checkpoint records the run's settings and a resume with other ones
-            (student, teacher, data, seed, learning rate, ...) is refused, as is one written before checkpoints
-            held the generators' states; a fresh run replaces an existing checkpoint only with `overwrite`.
+            adapters train with the student, and `options.feature_weight` times their loss joins the total.
+
+    The seed gives the same student, byte for byte, whatever the caller's random state was (which is left as
+    it was): batch order and mixup draw from a generator seeded with it, dropout from torch's global
+    generator, seeded with it inside `torch.random.fork_rng`. A checkpoint (`checkpoint_dir`) is written
+    after each epoch, atomically; `resume=True` continues from it with the same result as an uninterrupted
+    run, byte for byte (the checkpoint holds the states of both random generators). The checkpoint records
+    the run's settings and a resume with other ones (student, teacher, data, seed, learning rate, ...) is
+    refused, as is one written before checkpoints held the generators' states; a fresh run replaces an
+    existing checkpoint only with `overwrite`.
 
     Raises:
         TrainingDivergedError: the loss became NaN or infinite; the message names the epoch, and the
@@ -99,28 +90,11 @@ def distill(
     Returns:
         A `DistillResult` with the student and its history (loss parts, validation NLL and accuracy per epoch).
     """
-    run = _setup(
-        student,
-        teacher,
-        train,
-        val,
-        loss=loss,
-        loss_params=loss_params,
-        epochs=epochs,
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        mixup=mixup,
-        feature_hints=feature_hints,
-        feature_weight=feature_weight,
-        patience=patience,
-        seed=seed,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        overwrite=overwrite,
-    )
+    options = (options or DistillOptions()).training_options().updated(**changes)
+    run = _setup(student, teacher, train, val, options, feature_hints)
+    epochs, seed = options.epochs, options.seed
     state = run.state
-    with torch.random.fork_rng(), progress_bar(progress and run.rank == 0) as bar:
+    with torch.random.fork_rng(), progress_bar(options.progress and run.rank == 0) as bar:
         # Dropout draws from torch's global generator: seeded (per process, so that the processes' shares of a
         # batch get independent masks) or restored from the checkpoint; `fork_rng` gives the caller's back.
         if run.global_rng is None:
@@ -141,7 +115,7 @@ def distill(
                 description=f"distilling  loss {record['total']:.3f}  val acc {record['val_accuracy']:.3f}",
             )
             _save_checkpoint(run)
-            if patience is not None and state["epoch"] - state["best_epoch"] >= patience:
+            if options.patience is not None and state["epoch"] - state["best_epoch"] >= options.patience:
                 break
     student.load_state_dict(state["best_student"])
     return DistillResult(student.eval(), state["history"], state["best_epoch"])
@@ -182,51 +156,19 @@ class _Run:
 
 
 def _setup(
-    student,
-    teacher,
-    train,
-    val,
-    *,
-    loss,
-    loss_params,
-    epochs,
-    lr,
-    weight_decay,
-    batch_size,
-    mixup,
-    feature_hints,
-    feature_weight,
-    patience,
-    seed,
-    checkpoint_dir,
-    resume,
-    overwrite,
+    student: nn.Module,
+    teacher: Teacher,
+    train: Split,
+    val: Split,
+    options: DistillOptions,
+    feature_hints: FeatureHints | None,
 ) -> _Run:
     """Check every setting, build the optimizer and schedule, and restore a checkpoint when resuming."""
-    loss_fn = LOSSES[loss]
-    loss_params = resolve_loss_params(loss, loss_params)
-    check_seed(seed)
-    check_count(epochs, "epochs")
-    check_count(batch_size, "batch_size")
-    check_number(lr, "lr", low=0.0, open_low=True)
-    check_number(weight_decay, "weight_decay", low=0.0)
-    check_number(mixup, "mixup", low=0.0)
-    check_number(feature_weight, "feature_weight", low=0.0)
-    if patience is not None:
-        check_count(patience, "patience")
-    if mixup and not teacher.augmentable:
-        raise ConfigError(
-            "an offline teacher's logits belong to the original inputs, so it cannot be combined with data "
-            "augmentation (mixup); use a live ModelTeacher or mixup=0"
-        )
-    if mixup and loss_params["alpha"] != 1.0:
-        raise ConfigError("mixup labels the mixed inputs with the teacher only: set loss_params alpha=1")
-    if len(train) == 0:
-        raise ConfigError("distillation needs training samples")
-    output_width(student, train.X, "the student")  # a student built for other inputs fails here, in one line
-    if feature_hints is not None and not teacher.augmentable:
-        raise ConfigError("feature hints need a live teacher: an offline teacher runs no forward pass")
-    teacher.check(train)
+    loss_fn = LOSSES[options.loss]
+    loss_params = resolve_loss_params(options.loss, options.loss_params)
+    _check_numbers(options)
+    _check_teaching(student, teacher, train, options, loss_params, feature_hints)
+    mixup, batch_size = options.mixup, options.batch_size
     rank, world = process_rank()
     if world > 1 and len(train) % batch_size and len(train) % batch_size < world:
         raise ConfigError(
@@ -238,58 +180,95 @@ def _setup(
     model = nn.parallel.DistributedDataParallel(_Trained(student, feature_hints)) if world > 1 else student
     steps_per_epoch = -(-len(train) // batch_size)
     trained = list(student.parameters()) + (list(feature_hints.parameters()) if feature_hints is not None else [])
-    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
-    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    optimizer = torch.optim.AdamW(trained, lr=options.lr, weight_decay=options.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs * steps_per_epoch)
+    checkpoint = Path(options.checkpoint_dir) / CHECKPOINT_NAME if options.checkpoint_dir is not None else None
     settings = _settings(
         student,
         teacher,
         train,
         val,
         feature_hints,
-        loss=loss,
+        loss=options.loss,
         loss_params=sorted((str(k), float(v)) for k, v in loss_params.items()),
-        epochs=epochs,
-        lr=float(lr),
-        weight_decay=float(weight_decay),
+        epochs=options.epochs,
+        lr=float(options.lr),
+        weight_decay=float(options.weight_decay),
         batch_size=batch_size,
         mixup=float(mixup),
-        feature_weight=float(feature_weight),
-        seed=int(seed),
+        feature_weight=float(options.feature_weight),
+        seed=int(options.seed),
         world_size=world,
     )
     run = _Run(
-        student,
-        teacher,
-        train,
-        model,
-        feature_hints,
-        loss_fn,
-        loss_params,
-        optimizer,
-        scheduler,
-        torch.Generator().manual_seed(seed),
-        batch_size,
-        float(mixup),
-        float(feature_weight),
-        lr,
-        rank,
-        world,
-        settings,
-        checkpoint,
+        student=student,
+        teacher=teacher,
+        train=train,
+        model=model,
+        feature_hints=feature_hints,
+        loss_fn=loss_fn,
+        loss_params=loss_params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=torch.Generator().manual_seed(options.seed),
+        batch_size=batch_size,
+        mixup=float(mixup),
+        feature_weight=float(options.feature_weight),
+        lr=options.lr,
+        rank=rank,
+        world=world,
+        settings=settings,
+        checkpoint=checkpoint,
     )
+    _open_checkpoint(run, options)
+    return run
+
+
+def _check_teaching(student, teacher: Teacher, train: Split, options: DistillOptions, loss_params: dict, hints):
+    """Refuse what cannot teach, in one line each: augmentation or hints with an offline teacher, mixup with a
+    label loss, no training samples, a student or teacher for other inputs."""
+    if options.mixup and not teacher.augmentable:
+        raise ConfigError(
+            "an offline teacher's logits belong to the original inputs, so it cannot be combined with data "
+            "augmentation (mixup); use a live ModelTeacher or mixup=0"
+        )
+    if options.mixup and loss_params["alpha"] != 1.0:
+        raise ConfigError("mixup labels the mixed inputs with the teacher only: set loss_params alpha=1")
+    if len(train) == 0:
+        raise ConfigError("distillation needs training samples")
+    output_width(student, train.X, "the student")  # a student built for other inputs fails here, in one line
+    if hints is not None and not teacher.augmentable:
+        raise ConfigError("feature hints need a live teacher: an offline teacher runs no forward pass")
+    teacher.check(train)
+
+
+def _open_checkpoint(run: _Run, options: DistillOptions) -> None:
+    """Make sure the checkpoint can be written; refuse to replace an earlier run's without `overwrite`; restore
+    it with `resume`."""
+    checkpoint = run.checkpoint
     if checkpoint is not None:
         check_output(checkpoint, kind="file", overwrite=True)  # a folder that cannot be made fails now, not later
-    if checkpoint is not None and not resume and checkpoint.exists() and not overwrite:
+    if checkpoint is not None and not options.resume and checkpoint.exists() and not options.overwrite:
         raise OutputError(
             f"{checkpoint} holds an earlier run; pass --resume to continue it, --overwrite (overwrite=True) to "
             "start afresh over it, or choose another --checkpoint-dir"
         )
-    if resume:
+    if options.resume:
         if checkpoint is None or not checkpoint.exists():
-            raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {checkpoint_dir}")
+            raise CheckpointError(f"nothing to resume: no {CHECKPOINT_NAME} in {options.checkpoint_dir}")
         _restore(run, _wrap_load(checkpoint))
-    return run
+
+
+def _check_numbers(options: DistillOptions) -> None:
+    check_seed(options.seed)
+    check_count(options.epochs, "epochs")
+    check_count(options.batch_size, "batch_size")
+    check_number(options.lr, "lr", low=0.0, open_low=True)
+    check_number(options.weight_decay, "weight_decay", low=0.0)
+    check_number(options.mixup, "mixup", low=0.0)
+    check_number(options.feature_weight, "feature_weight", low=0.0)
+    if options.patience is not None:
+        check_count(options.patience, "patience")
 
 
 def _one_epoch(run: _Run) -> dict[str, float]:

@@ -75,6 +75,24 @@ def choose_combiner(
         params: per-method constructor arguments.
         X: the validation inputs, for combiners that use them (stacking with passthrough).
     """
+    metric = _check_choice(val, methods, metric, folds)
+    params = params or {}
+    y = val.labels.numpy()
+    splitter = (StratifiedKFold if val.task == "classification" else KFold)(folds, shuffle=True, random_state=seed)
+    splits = [(torch.as_tensor(a), torch.as_tensor(b)) for a, b in splitter.split(np.zeros(len(y)), y)]
+    scores = {name: _cross_validated(val, name, params.get(name, {}), splits, X) for name in methods}
+    not_eligible = tuple(
+        name
+        for name in methods
+        if metric == "nll" and not make_combiner(name, **params.get(name, {})).estimates_probabilities
+    )
+    eligible = [name for name in methods if name not in not_eligible] or list(methods)
+    best = min(eligible, key=lambda n: _loss(scores[n], metric))
+    return Choice(best, metric, scores, tuple(n for n in not_eligible if n not in eligible))
+
+
+def _check_choice(val: Predictions, methods: Sequence[str], metric: str | None, folds: int) -> str:
+    """The metric to choose by (the task's default when None), after refusing what cannot be chosen on."""
     check_fit_split(val, "choose_combiner")
     if val.labels is None:
         raise InvalidInputError("choose_combiner: the validation predictions have no labels to score on")
@@ -84,34 +102,24 @@ def choose_combiner(
         raise ConfigError(f"choose_combiner: metric for {val.task} must be one of {_METRICS[val.task]}, got {metric!r}")
     if folds < 2 or not methods:
         raise ConfigError(f"choose_combiner needs folds >= 2 and at least one method, got {folds} and {list(methods)}")
+    return metric
+
+
+def _cross_validated(val: Predictions, name: str, params: dict, splits: list, X: torch.Tensor | None) -> dict:
+    """The combiner `name`'s scores on `val` from its held-out folds: each fold fused by the combiner fitted on
+    the other folds."""
+    held_out = torch.empty(val.outputs.shape[1:], dtype=torch.float64)  # fused [N, C] or [N]
+    for fit_rows, score_rows in splits:
+        combiner = make_combiner(name, **params)
+        with warnings.catch_warnings():  # once, from the fit on the whole split, is enough
+            warnings.simplefilter("ignore", OverconfidenceWarning)
+            combiner.fit(_rows(val, fit_rows), X=None if X is None else X[fit_rows])
+        held_out[score_rows] = combiner.fuse(_rows(val, score_rows), X=None if X is None else X[score_rows]).double()
     y = val.labels.numpy()
-    classification = val.task == "classification"
-    splitter = (StratifiedKFold if classification else KFold)(folds, shuffle=True, random_state=seed)
-    splits = [(torch.as_tensor(a), torch.as_tensor(b)) for a, b in splitter.split(np.zeros(len(y)), y)]
-    scores = {}
-    for name in methods:
-        held_out = torch.empty(val.outputs.shape[1:], dtype=torch.float64)  # fused [N, C] or [N]
-        for fit_rows, score_rows in splits:
-            combiner = make_combiner(name, **(params or {}).get(name, {}))
-            with warnings.catch_warnings():  # once, from the fit on the whole split, is enough
-                warnings.simplefilter("ignore", OverconfidenceWarning)
-                combiner.fit(_rows(val, fit_rows), X=None if X is None else X[fit_rows])
-            held_out[score_rows] = combiner.fuse(
-                _rows(val, score_rows), X=None if X is None else X[score_rows]
-            ).double()
-        if classification:
-            metrics = classification_metrics(held_out.numpy(), y)
-            scores[name] = {"nll": float(metrics["nll"]), "accuracy": float(metrics["accuracy"])}
-        else:
-            scores[name] = {"mse": float(((held_out.numpy() - y) ** 2).mean())}
-    not_eligible = tuple(
-        name
-        for name in methods
-        if metric == "nll" and not make_combiner(name, **(params or {}).get(name, {})).estimates_probabilities
-    )
-    eligible = [name for name in methods if name not in not_eligible] or list(methods)
-    best = min(eligible, key=lambda n: _loss(scores[n], metric))
-    return Choice(best, metric, scores, tuple(n for n in not_eligible if n not in eligible))
+    if val.task == "classification":
+        metrics = classification_metrics(held_out.numpy(), y)
+        return {"nll": float(metrics["nll"]), "accuracy": float(metrics["accuracy"])}
+    return {"mse": float(((held_out.numpy() - y) ** 2).mean())}
 
 
 def _rows(preds: Predictions, rows: torch.Tensor) -> Predictions:

@@ -56,16 +56,13 @@ def _decode(spec: dict, tensors: dict[str, torch.Tensor]) -> Any:
     if "combiner" in spec:
         return _build(spec["combiner"], tensors)
     if "tensor" in spec:
-        if spec["tensor"] not in tensors:
-            raise CheckpointError(f"the description refers to a tensor {str(spec['tensor'])[:80]!r} the file lacks")
-        tensor = tensors[spec["tensor"]]
+        tensor = _stored(spec["tensor"], tensors)
         return tensor.numpy() if spec.get("numpy") else tensor
     if "skops" in spec:
         from ..io.skops import load_skops
 
-        if spec["skops"] not in tensors:
-            raise CheckpointError(f"the description refers to a tensor {str(spec['skops'])[:80]!r} the file lacks")
-        return load_skops(tensors[spec["skops"]].numpy().tobytes(), label=f"combiner attribute {spec['skops']!r}")
+        stored = _stored(spec["skops"], tensors)
+        return load_skops(stored.numpy().tobytes(), label=f"combiner attribute {spec['skops']!r}")
     if "dict" in spec and isinstance(spec["dict"], dict):
         return {k: _decode(v, tensors) for k, v in spec["dict"].items()}
     if "list" in spec and isinstance(spec["list"], list):
@@ -74,6 +71,13 @@ def _decode(spec: dict, tensors: dict[str, torch.Tensor]) -> Any:
     if "json" in spec:
         return spec["json"]
     raise CheckpointError(f"an encoded value of unknown kind: {sorted(spec)}")
+
+
+def _stored(name, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The file's tensor a description names."""
+    if name not in tensors:
+        raise CheckpointError(f"the description refers to a tensor {str(name)[:80]!r} the file lacks")
+    return tensors[name]
 
 
 def _describe(combiner: Combiner, prefix: str, tensors: dict[str, torch.Tensor]) -> dict:
@@ -92,6 +96,21 @@ def _build(description: dict, tensors: dict[str, torch.Tensor]) -> Combiner:
     if not isinstance(description.get("params", {}), dict) or not isinstance(description.get("fitted", {}), dict):
         raise CheckpointError("a combiner description's 'params' and 'fitted' must be objects")
     cls = COMBINERS[description["name"]]
+    params = _stored_arguments(cls, description, tensors)
+    try:
+        combiner = cls(**params)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"combiner {description['name']!r} rejected its stored arguments ({err})") from None
+    for attr, spec in description.get("fitted", {}).items():
+        if not (isinstance(attr, str) and attr.isidentifier() and attr.endswith("_") and not attr.startswith("_")):
+            raise CheckpointError(f"{str(attr)[:80]!r} is not a fitted attribute (a public name ending in '_')")
+        setattr(combiner, attr, _decode(spec, tensors))
+    _check_fitted_state(combiner)
+    return combiner
+
+
+def _stored_arguments(cls: type, description: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    """The constructor arguments a description stores, each one `cls` takes, of the type it annotates."""
     accepted = inspect.signature(cls.__init__).parameters
     unknown = [k for k in description.get("params", {}) if k not in accepted or k == "self"]
     if unknown:
@@ -103,16 +122,7 @@ def _build(description: dict, tensors: dict[str, torch.Tensor]) -> Combiner:
                 f"combiner {description['name']!r}: argument {key!r} should be {accepted[key].annotation}, got "
                 f"{type(value).__name__} {str(value)[:40]!r}"
             )
-    try:
-        combiner = cls(**params)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"combiner {description['name']!r} rejected its stored arguments ({err})") from None
-    for attr, spec in description.get("fitted", {}).items():
-        if not (isinstance(attr, str) and attr.isidentifier() and attr.endswith("_") and not attr.startswith("_")):
-            raise CheckpointError(f"{str(attr)[:80]!r} is not a fitted attribute (a public name ending in '_')")
-        setattr(combiner, attr, _decode(spec, tensors))
-    _check_fitted_state(combiner)
-    return combiner
+    return params
 
 
 _NUMBER_CHECKS = {

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from .._checks import PositiveInt, Share, check_seed, checked
 from ..errors import InvalidInputError
@@ -34,6 +36,10 @@ from .stats import (
     paired_bootstrap_test,
     percentile_interval,
 )
+
+# Bootstrap resamples taken at most: each is a row of counts over the split, and past this the draws outgrow
+# memory long before the intervals get any tighter.
+MAX_RESAMPLES = 100_000
 
 __all__ = [
     "evaluate",
@@ -142,6 +148,36 @@ def _check_fused(name: str, values: np.ndarray, preds: Predictions) -> None:
         raise InvalidInputError(f"fused prediction {name!r} must be probabilities (rows summing to 1)")
 
 
+def _scored(values: np.ndarray, y: np.ndarray, task: Task, counts: np.ndarray, confidence: float, n_bins: int):
+    """One candidate's metrics, per-sample losses and percentile intervals over the shared resamples."""
+    if task == "classification":
+        y_int = y.astype(int)
+        metrics = classification_metrics(values, y_int, n_bins=n_bins)
+        samples = per_sample_classification(values, y_int)
+        resampled = {k: bootstrap_means(v, counts) for k, v in samples.items()}
+    else:
+        metrics = regression_metrics(values, y)
+        samples = per_sample_regression(values, y)
+        resampled = {
+            "rmse": np.sqrt(bootstrap_means(samples["squared_error"], counts)),
+            "mae": bootstrap_means(samples["absolute_error"], counts),
+        }
+    ci = {k: [float(b) for b in percentile_interval(v, confidence)] for k, v in resampled.items()}
+    return metrics, samples, ci
+
+
+def _best_member(rows: list[Row], preds: Predictions, given: str | None) -> str:
+    """The member given, checked, or the best member by the primary metric (ties: NLL, or MAE)."""
+    if given is not None:
+        if given not in preds.member_names:
+            raise InvalidInputError(f"best_member {given!r} is not a member; members are {list(preds.member_names)}")
+        return given
+    metric, higher = PRIMARY[preds.task]
+    tie_break = "nll" if preds.task == "classification" else "mae"
+    member_rows = [r for r in rows if r.kind == "member"]
+    return sorted(member_rows, key=lambda r: ((-1 if higher else 1) * r.metrics[metric], r.metrics[tie_break]))[0].name
+
+
 @checked
 def evaluate(
     preds: Predictions,
@@ -149,7 +185,7 @@ def evaluate(
     *,
     best_member: str | None = None,
     confidence: Share = 0.95,
-    n_resamples: PositiveInt = 1000,
+    n_resamples: Annotated[int, Field(ge=1, le=MAX_RESAMPLES)] = 1000,
     seed: int = 0,
     n_bins: PositiveInt = 15,
 ) -> Report:
@@ -161,7 +197,7 @@ def evaluate(
         best_member: the member each fusion is tested against. Default: the best member by the primary
             metric on this split, which is the hardest comparison for a fusion.
         confidence: level of the percentile bootstrap intervals.
-        n_resamples: bootstrap resamples (shared by all rows, so intervals are paired).
+        n_resamples: bootstrap resamples (shared by all rows, so intervals are paired), at most 100,000.
         seed: seed of the resamples.
         n_bins: bins of the expected calibration error.
 
@@ -193,32 +229,13 @@ def evaluate(
     counts = bootstrap_counts(preds.num_samples, n_resamples=n_resamples, seed=seed)
     rows, per_sample, reliability = [], {}, {}
     for name, values in candidates.items():
+        metrics, samples, ci = _scored(values, y, preds.task, counts, confidence, n_bins)
         if classification:
-            y_int = y.astype(int)
-            metrics = classification_metrics(values, y_int, n_bins=n_bins)
-            samples = per_sample_classification(values, y_int)
-            reliability[name] = reliability_curve(values, y_int, n_bins)
-            resampled = {k: bootstrap_means(v, counts) for k, v in samples.items()}
-        else:
-            metrics = regression_metrics(values, y)
-            samples = per_sample_regression(values, y)
-            resampled = {
-                "rmse": np.sqrt(bootstrap_means(samples["squared_error"], counts)),
-                "mae": bootstrap_means(samples["absolute_error"], counts),
-            }
-        ci = {k: [float(b) for b in percentile_interval(v, confidence)] for k, v in resampled.items()}
+            reliability[name] = reliability_curve(values, y.astype(int), n_bins)
         per_sample[name] = samples
         rows.append(Row(name, "fusion" if name in fused else "member", metrics, ci))
 
-    metric, higher = PRIMARY[preds.task]
-    member_rows = [r for r in rows if r.kind == "member"]
-    if best_member is None:
-        tie_break = "nll" if classification else "mae"
-        best_member = sorted(
-            member_rows, key=lambda r: ((-1 if higher else 1) * r.metrics[metric], r.metrics[tie_break])
-        )[0].name
-    elif best_member not in preds.member_names:
-        raise InvalidInputError(f"best_member {best_member!r} is not a member; members are {list(preds.member_names)}")
+    best_member = _best_member(rows, preds, best_member)
     best = per_sample[best_member]
     for row in rows:
         if row.kind == "fusion":

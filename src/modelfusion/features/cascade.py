@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import checked
 from .._modules import freeze, output_width, truncate
 from ..datasets import Dataset
 from ..errors import ConfigError, InvalidInputError, NotFittedError
@@ -303,6 +304,7 @@ class CascadeRun:
         )
 
 
+@checked
 def run_cascade(
     members: Sequence[Member],
     data: Dataset,

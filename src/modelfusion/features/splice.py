@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from .._checks import checked
 from .._modules import output_width, truncate
 from ..errors import CheckpointError, InvalidInputError
 from ..io.factory import MAX_ARGUMENT_ITEMS, build_named_model
@@ -30,6 +31,7 @@ class Spliced(nn.Module):
         return self.head(self.backbone(x))
 
 
+@checked
 def splice(
     backbone: nn.Module,
     head: int | nn.Module | Callable[[int], nn.Module],

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .._checks import checked
 from ..datasets import Split
 from ..errors import ConfigError
 from ..registry import Registry
@@ -94,6 +95,7 @@ def _owner(name: str, prefixes: Sequence[str]) -> str | None:
     return max(matching, key=len) if matching else None
 
 
+@checked
 def finetune(
     model: nn.Module,
     train: Split,
@@ -128,22 +130,7 @@ def finetune(
     result = FinetuneResult(model)
     requires_grad = {name: param.requires_grad for name, param in model.named_parameters()}
     for index, stage in enumerate(stages):
-        unknown = [p for p in stage.rates if p and p not in modules]
-        if unknown:
-            raise ConfigError(f"stage {index} trains unknown modules {unknown}; names come from named_modules()")
-        prefixes = list(stage.rates)
-        groups: dict[str, list[nn.Parameter]] = {p: [] for p in prefixes}
-        for name, param in model.named_parameters():
-            owner = _owner(name, prefixes)
-            param.requires_grad_(owner is not None)
-            if owner is not None:
-                groups[owner].append(param)
-        frozen = [
-            module
-            for name, module in modules.items()
-            if name and _owner(name, prefixes) is None and not any(p.startswith(name + ".") for p in prefixes)
-        ]
-        param_groups = [{"params": ps, "lr": stage.rates[p]} for p, ps in groups.items() if ps]
+        param_groups, frozen = _stage_groups(model, modules, stage, index)
         train_model(
             model,
             train,
@@ -163,3 +150,24 @@ def finetune(
     for name, param in model.named_parameters():
         param.requires_grad_(requires_grad[name])
     return result
+
+
+def _stage_groups(model: nn.Module, modules: dict, stage: Stage, index: int) -> tuple[list[dict], list[nn.Module]]:
+    """What a stage trains: AdamW's parameter groups (each trained module's parameters at its rate; the rest
+    get no gradient) and the modules it leaves frozen (kept in eval mode)."""
+    unknown = [p for p in stage.rates if p and p not in modules]
+    if unknown:
+        raise ConfigError(f"stage {index} trains unknown modules {unknown}; names come from named_modules()")
+    prefixes = list(stage.rates)
+    groups: dict[str, list[nn.Parameter]] = {p: [] for p in prefixes}
+    for name, param in model.named_parameters():
+        owner = _owner(name, prefixes)
+        param.requires_grad_(owner is not None)
+        if owner is not None:
+            groups[owner].append(param)
+    frozen = [
+        module
+        for name, module in modules.items()
+        if name and _owner(name, prefixes) is None and not any(p.startswith(name + ".") for p in prefixes)
+    ]
+    return [{"params": ps, "lr": stage.rates[p]} for p, ps in groups.items() if ps], frozen

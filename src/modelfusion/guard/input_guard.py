@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from .._atomic import write_json
 from .._checks import PathArg, check_number, check_seed, checked
 from .._modules import last_linear_inputs
 from .._safetensors import parse_description, read_tensors, write_tensors
@@ -32,7 +33,7 @@ from ..members import MAX_NAME_CHARS, Member, TorchMember, as_member, check_memb
 from ..texts import is_texts
 from .scores import SCORES
 
-__all__ = ["InputGuard", "Verdicts", "feature_shuffled"]
+__all__ = ["InputGuard", "Verdicts", "feature_shuffled", "proxy_outliers"]
 
 _METADATA_KEY = "modelfusion.guard"
 MAX_SHOWN = 3
@@ -73,14 +74,48 @@ class Verdicts:
         detail = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
         return f"{len(self.rejected)} of {len(self)} rejected" + (f" ({detail})" if detail else "")
 
+    def to_json(self) -> dict:
+        """Every verdict as JSON: the score and threshold, and per sample whether it passed, why not, and its
+        score (None where it is not finite: JSON has no inf)."""
+        return {
+            "score": self.score,
+            "threshold": self.threshold,
+            "ok": self.ok.tolist(),
+            "reasons": list(self.reasons),
+            "scores": [float(s) if math.isfinite(s) else None for s in self.scores],
+        }
+
+    def save(self, path: PathArg) -> Path:
+        """Write `to_json()` to `path` (atomically)."""
+        write_json(path, self.to_json())
+        return Path(path)
+
 
 def feature_shuffled(X: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
     """`X` with each feature permuted across samples on its own: every value stays in its feature's range and
-    distribution, the joint structure is gone. The proxy outliers on which `InputGuard` chooses its score."""
+    distribution, the joint structure is gone. One of the `proxy_outliers`."""
     flat = X.reshape(len(X), -1)
     generator = torch.Generator().manual_seed(seed)
     columns = [flat[torch.randperm(len(X), generator=generator), j] for j in range(flat.shape[1])]
     return torch.stack(columns, dim=1).reshape(X.shape)
+
+
+def proxy_outliers(X: torch.Tensor, train_X: torch.Tensor, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Outliers made from `X` (validation samples) and the training split's statistics, on which `InputGuard`
+    reports each score's AUROC (`proxy_auroc_`): "feature-shuffled" (`feature_shuffled`: values in place, joint
+    structure gone), "uniform" (each feature drawn uniformly over its training range) and "noise" (Gaussian
+    noise of each feature's training standard deviation added). A diagnostic, not a choice: a score may do well
+    on all three and invert on a shift of another kind (docs/benchmarks.md)."""
+    generator = torch.Generator().manual_seed(seed)
+    flat, reference = X.reshape(len(X), -1), train_X.reshape(len(train_X), -1).float()
+    low, high = reference.min(0).values, reference.max(0).values
+    uniform = low + (high - low) * torch.rand(flat.shape, generator=generator)
+    noisy = flat + reference.std(0) * torch.randn(flat.shape, generator=generator)
+    return {
+        "feature-shuffled": feature_shuffled(X, seed=seed),
+        "uniform": uniform.reshape(X.shape),
+        "noise": noisy.reshape(X.shape),
+    }
 
 
 class InputGuard:
@@ -91,17 +126,19 @@ class InputGuard:
         members: the models whose outputs and features the scores read (members, `nn.Module`s or fitted
             scikit-learn estimators); None: the guard screens the inputs alone (`mahalanobis` on the inputs).
         ood_score: a name in `SCORES` (default `combined`: every other score, each read as its percentile
-            among the validation samples, and the largest taken), or "auto": the score that best separates the
-            validation split from its feature-shuffled copy (`feature_shuffled`, AUROC). `combined` is the
-            default because no single score, nor one chosen on a proxy shift, held up on every shift of the
-            guard benchmark (docs/benchmarks.md).
+            among the validation samples, and the largest taken). No single score holds up on every kind of
+            shift, and none can be chosen on validation data without knowing the shift: the former
+            `ood_score="auto"`, which chose on proxy outliers of validation, picked `energy` where it then
+            inverted (AUROC 33 on scaled digits), and even chosen by its worst case over three proxies it
+            picked the input Mahalanobis distance where that inverted on blended digits (AUROC 30), so it is
+            gone (docs/benchmarks.md).
         fpr: the share of validation samples the threshold may reject (the target false-positive rate).
         range_tolerance: a value may leave its feature's training range by this fraction of the range.
         seed: seed of the held-out part of `train` when no `val` is given, and of the proxy outliers.
 
     Fitted attributes: `input_shape_`, `low_`, `high_` (allowed ranges, flattened), `score_`, `threshold_`,
-    `val_auroc_` (each candidate's AUROC against the proxy outliers), `state_` (fitted scores' tensors),
-    `member_names_`.
+    `val_auroc_` (each fitted score's worst AUROC over the `proxy_outliers` of validation), `proxy_auroc_` (its
+    AUROC against each kind), `state_` (fitted scores' tensors), `member_names_`.
 
     Example:
         >>> guard = InputGuard(members).fit(data.train, data.val)
@@ -125,11 +162,16 @@ class InputGuard:
         self.seed = seed
 
     # -- fitting ---------------------------------------------------------------------------------------------
+    @checked
     def fit(self, train: Split, val: Split | None = None) -> InputGuard:
         """Learn the schema and ranges on `train`, fit the feature scores there, then fit `combined`, choose
         the score and set its threshold on `val` (default: a stratified fifth of `train` held out)."""
-        if self.ood_score != "auto":
-            SCORES[self.ood_score]  # an unknown name lists the valid ones
+        if self.ood_score == "auto":
+            raise ConfigError(
+                "ood_score='auto' is no longer offered: a score chosen on proxy outliers inverted on shifts of "
+                "other kinds; use 'combined' (the default) or name a score of SCORES"
+            )
+        SCORES[self.ood_score]  # an unknown name lists the valid ones
         check_number(self.fpr, "fpr", low=0.0, open_low=True)
         if self.fpr >= 1:
             raise ConfigError(f"fpr must be below 1 (a share of validation samples), got {self.fpr}")
@@ -150,14 +192,17 @@ class InputGuard:
         margin = self.range_tolerance * (flat.max(0).values - flat.min(0).values)
         self.low_, self.high_ = flat.min(0).values - margin, flat.max(0).values + margin
         self.member_names_ = tuple(m.name for m in self._members)
-        candidates = [n for n in SCORES if SCORES[n].needs != "logits" or self._members]
-        if self.ood_score != "auto" and self.ood_score not in candidates:
-            raise ConfigError(f"score {self.ood_score!r} reads members' outputs; pass members= or use 'mahalanobis'")
+        candidates = [n for n in SCORES if self._applies(SCORES[n].needs)]
+        if self.ood_score not in candidates:
+            raise ConfigError(
+                f"score {self.ood_score!r} reads members' outputs or features; pass torch members= or use "
+                "'mahalanobis' or 'knn'"
+            )
         self.state_ = {}
-        features = self._features(X)
+        sources = {"features": self._features(X), "inputs": _flat(X)}
         for name in candidates:
-            if SCORES[name].needs == "features":
-                self._store_state(name, SCORES[name].fit(features, y))
+            if SCORES[name].needs in sources:
+                self._store_state(name, SCORES[name].fit(sources[SCORES[name].needs], y))
         components = [n for n in candidates if SCORES[n].needs != "scores"]
         validation = self._score_all(val_X, components)
         for name, values in validation.items():
@@ -169,10 +214,20 @@ class InputGuard:
         for name in candidates:
             if SCORES[name].needs == "scores":
                 self._store_state(name, SCORES[name].fit({n: torch.from_numpy(validation[n]) for n in components}))
-        self.val_auroc_, val_scores = self._proxy_aurocs(val_X, candidates)
-        self.score_ = max(self.val_auroc_, key=self.val_auroc_.get) if self.ood_score == "auto" else self.ood_score
+        self.proxy_auroc_, val_scores = self._proxy_aurocs(val_X, X, candidates)
+        self.val_auroc_ = {name: min(aurocs.values()) for name, aurocs in self.proxy_auroc_.items()}
+        self.score_ = self.ood_score
         self.threshold_ = float(np.quantile(val_scores[self.score_], 1 - self.fpr))
         return self
+
+    def _applies(self, needs: str) -> bool:
+        """Whether scores reading `needs` apply to these members: outputs need members; the raw inputs are a
+        source of their own only where the features are the members' (else they are the inputs already)."""
+        if needs == "logits":
+            return bool(self._members)
+        if needs == "inputs":
+            return any(isinstance(m, TorchMember) for m in self._members)
+        return True
 
     def _store_state(self, name: str, fitted: dict[str, torch.Tensor]) -> None:
         self.state_.update({f"{name}.{k}": v for k, v in fitted.items()})
@@ -225,17 +280,24 @@ class InputGuard:
         return X[keep], y[keep], X[held]
 
     def _proxy_aurocs(
-        self, val_X: torch.Tensor, candidates: list[str]
-    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """Each candidate's AUROC of the validation split against its feature-shuffled copy, and its scores of
-        the validation split (scored in the same pass, for the threshold)."""
+        self, val_X: torch.Tensor, train_X: torch.Tensor, candidates: list[str]
+    ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+        """Each candidate's AUROC of the validation split against each kind of `proxy_outliers`, and its scores
+        of the validation split (scored in the same pass, for the threshold)."""
         from sklearn.metrics import roc_auc_score
 
-        proxy = feature_shuffled(val_X, seed=self.seed)
-        truth = np.r_[np.zeros(len(val_X)), np.ones(len(proxy))]
-        scores = self._score_all(torch.cat([val_X, proxy]), candidates)
-        aurocs = {name: float(roc_auc_score(truth, scores[name])) for name in candidates}
-        return aurocs, {name: values[: len(val_X)] for name, values in scores.items()}
+        proxies = proxy_outliers(val_X, train_X, seed=self.seed)
+        n = len(val_X)
+        scores = self._score_all(torch.cat([val_X, *proxies.values()]), candidates)
+        truth = np.r_[np.zeros(n), np.ones(n)]
+        aurocs = {
+            name: {
+                kind: float(roc_auc_score(truth, np.r_[scores[name][:n], scores[name][(i + 1) * n : (i + 2) * n]]))
+                for i, kind in enumerate(proxies)
+            }
+            for name in candidates
+        }
+        return aurocs, {name: values[:n] for name, values in scores.items()}
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def _features(self, X: torch.Tensor) -> list[torch.Tensor]:
@@ -243,7 +305,7 @@ class InputGuard:
         inputs when there is no torch member."""
         torch_members = [m for m in self._members if isinstance(m, TorchMember)]
         if not torch_members:
-            return [X.reshape(len(X), -1).double()]
+            return _flat(X)
         return [last_linear_inputs(m.module, X) for m in torch_members]
 
     def _scores(self, X: torch.Tensor, name: str) -> np.ndarray:
@@ -261,11 +323,10 @@ class InputGuard:
                     given = {part: torch.from_numpy(score(part)) for part in self._state_of(name)}
                 else:
                     if spec.needs not in inputs:
-                        inputs[spec.needs] = (
-                            torch.stack([m.predict(X) for m in self._members])  # [K, N, C]
-                            if spec.needs == "logits"
-                            else self._features(X)
-                        )
+                        if spec.needs == "logits":
+                            inputs[spec.needs] = torch.stack([m.predict(X) for m in self._members])  # [K, N, C]
+                        else:
+                            inputs[spec.needs] = self._features(X) if spec.needs == "features" else _flat(X)
                     given = inputs[spec.needs]
                 scores[name] = spec.score(given, self._state_of(name)).numpy()
             return scores[name]
@@ -312,6 +373,7 @@ class InputGuard:
             scores[finite] = np.where(np.isnan(computed), math.inf, computed)  # unmeasurable is most unusual
         return scores
 
+    @checked
     def check(self, X) -> Verdicts:
         """A verdict per sample: rejected for NaN/inf values, values outside the training ranges, or a score
         above the threshold. Inputs of the wrong shape or dtype are one `InvalidInputError` for the batch."""
@@ -350,6 +412,7 @@ class InputGuard:
             "seed": self.seed,
             "member_names": list(self.member_names_),
             "val_auroc": self.val_auroc_,
+            "proxy_auroc": self.proxy_auroc_,
         }
         return write_tensors(path, tensors, key=_METADATA_KEY, description=description, overwrite=overwrite)
 
@@ -385,6 +448,7 @@ class InputGuard:
         guard.state_ = {k[len("state.") :]: v for k, v in tensors.items() if k.startswith("state.")}
         guard.score_, guard.threshold_ = header.score, header.threshold
         guard.member_names_, guard.val_auroc_ = names, dict(header.val_auroc)
+        guard.proxy_auroc_ = {name: dict(aurocs) for name, aurocs in header.proxy_auroc.items()}
         guard._check_state(path)
         return guard
 
@@ -432,24 +496,17 @@ class InputGuard:
                     )
                 self._check_score_state(path, part, widths)
             return
-        for k, width in enumerate(widths):
-            means = self.state_.get(f"{name}.{k}.means")
-            precision = self.state_.get(f"{name}.{k}.precision")
-            if (
-                means is None
-                or precision is None
-                or means.dtype != torch.float64
-                or precision.dtype != torch.float64
-                or means.ndim != 2
-                or means.shape[0] == 0
-                or means.shape[1] != width
-                or tuple(precision.shape) != (width, width)
-                or not bool(torch.isfinite(means).all() and torch.isfinite(precision).all())
-            ):
-                raise CheckpointError(
-                    f"{path}: the {name} statistics of feature source {k} are missing or do not fit its "
-                    f"{width} features"
-                )
+        sources = widths if spec.needs == "features" else [math.prod(self.input_shape_)]
+        if not spec.check(self._state_of(name), sources):
+            raise CheckpointError(
+                f"{path}: the {name} statistics are missing or do not fit the {', '.join(map(str, sources))} "
+                "features of its sources"
+            )
+
+
+def _flat(X: torch.Tensor) -> list[torch.Tensor]:
+    """The inputs as the one source of an "inputs" score: `[N, D]` float64."""
+    return [X.reshape(len(X), -1).double()]
 
 
 def _listed(indices: list[int]) -> str:
@@ -468,3 +525,7 @@ class _GuardHeader(BaseModel):
     seed: StrictInt = Field(ge=0, le=2**32 - 1)
     member_names: list[Annotated[StrictStr, Field(max_length=MAX_NAME_CHARS)]] = Field(max_length=1024)
     val_auroc: dict[Annotated[StrictStr, Field(max_length=64)], StrictFloat | StrictInt]
+    proxy_auroc: dict[
+        Annotated[StrictStr, Field(max_length=64)],
+        dict[Annotated[StrictStr, Field(max_length=64)], StrictFloat | StrictInt],
+    ] = Field(default_factory=dict)  # absent from guards saved before it was recorded

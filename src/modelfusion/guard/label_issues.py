@@ -4,16 +4,21 @@ members, plus outliers far from the rest of the inputs; `clean` drops them and r
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .._checks import check_count, check_number, check_seed
+from .._atomic import write_json
+from .._checks import check_count, check_number, check_seed, checked
+from .._deprecation import deprecated
 from ..datasets import Dataset, Split
 from ..errors import ConfigError, InvalidInputError
 from ..members import TorchMember
 from ..predictions import Predictions
+from ..training import TrainingRecipe
 
 __all__ = [
     "LabelIssues",
@@ -29,43 +34,83 @@ __all__ = [
 def confident_learning(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Which samples are likely mislabeled, from out-of-sample probabilities `[N, C]` and given labels `[N]`:
     confident learning with pruning by noise rate (Northcutt, Jiang & Chuang, 2021, "Confident learning:
-    estimating uncertainty in dataset labels", https://arxiv.org/abs/1911.00068).
+    estimating uncertainty in dataset labels", https://arxiv.org/abs/1911.00068), step for step as cleanlab 2.9's
+    `filter.find_label_issues` with its defaults, so that both flag the same samples on the same probabilities.
 
     1. Per class j, the threshold t_j is the mean probability of j over the samples labeled j.
-    2. The confident joint counts, for each given label, the samples whose most probable class among those
-       above their thresholds is each true class; it is calibrated so that each row sums to that label's count.
-    3. For each off-diagonal cell (given i, true j), that many samples labeled i are flagged: those with the
-       largest margin p_j - p_i. A sample whose most probable class is its given label is never flagged.
+    2. The confident joint counts, for each given label, the samples whose probability reaches the threshold of
+       at least one class (to 1e-6): as that class if only one, else as their most probable class. Each
+       diagonal cell counts at least 1. It is calibrated so that each row sums to its label's count and the
+       whole to N, then rounded to integers keeping the row sums.
+    3. Each class keeps at least one sample: a diagonal cell raised to 1 takes that from its column's other
+       non-zero cells, whose fractions are then dropped (truncated).
+    4. For each off-diagonal cell (given i, true j), that many samples labeled i are flagged: those with the
+       largest margin p_j - p_i, each cell on its own (a sample may be flagged by several). A class with a
+       single sample is left alone, and no sample whose most probable class is its given label is flagged.
 
     Returns a boolean mask `[N]`.
     """
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     n, num_classes = probs.shape
     counts = np.bincount(labels, minlength=num_classes)
-    thresholds = np.array([probs[labels == j, j].mean() if counts[j] else np.inf for j in range(num_classes)])  # [C]
-    above = probs >= thresholds  # [N, C]
-    confident = np.where(above, probs, -np.inf).argmax(1)
-    has_any = above.any(1)
-    joint = np.zeros((num_classes, num_classes))
-    np.add.at(joint, (labels[has_any], confident[has_any]), 1)
-    row_sums = joint.sum(1, keepdims=True)
-    calibrated = np.divide(joint * counts[:, None], row_sums, out=np.zeros_like(joint), where=row_sums > 0)
+    # 1. thresholds (a class without samples gets 2, which no probability reaches)
+    thresholds = np.array([probs[labels == j, j].mean() if counts[j] else 2.0 for j in range(num_classes)])
+    thresholds = np.clip(thresholds, 2e-6, None)
+    # 2. the confident joint, rows: given labels, columns: true labels
+    confident = probs >= thresholds - 1e-6
+    how_many = confident.sum(1)
+    guess = np.where(how_many > 1, probs.argmax(1), confident.argmax(1))
+    # counted as [true, given] and transposed, as cleanlab does: the layout sets the order in which the
+    # calibration's total is summed, whose last bits decide ties when the counts are rounded
+    joint = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(joint, (guess[how_many > 0], labels[how_many > 0]), 1)
+    joint = joint.T
+    np.fill_diagonal(joint, joint.diagonal().clip(min=1))
+    calibrated = (joint.T / np.clip(joint.sum(1), 1e-100, None) * counts).T
+    calibrated = calibrated / np.clip(calibrated.sum(), 1e-100, None) * counts.sum()
+    joint = _rounded_keeping_row_sums(calibrated)
+    # 3. how many to flag, rows: true labels, columns: given labels; at least one sample kept per class
+    prune = joint.T.astype(float)
+    diagonal = np.maximum(prune.diagonal(), 1)
+    raised = diagonal - prune.diagonal()
+    others = np.maximum(np.count_nonzero(prune, axis=0) - 1.0, 1.0)
+    prune = np.clip(prune - raised / others, 0, None)
+    np.fill_diagonal(prune, diagonal)
+    prune = _rounded_keeping_row_sums(prune.astype(int))
+    # 4. the samples with the largest margins, cell by cell
     flagged = np.zeros(n, dtype=bool)
     for given in range(num_classes):
         rows = np.flatnonzero(labels == given)
-        # keep at least one sample of each class: at most counts - 1 removed from a class
-        budget = max(int(counts[given]) - 1, 0)
+        if len(rows) <= 1:
+            continue
+        mask = np.zeros(len(rows), dtype=bool)
         for true in range(num_classes):
-            if true == given or budget == 0:
-                continue
-            remove = min(int(round(calibrated[given, true])), budget)
-            if remove == 0:
-                continue
-            margin = probs[rows, true] - probs[rows, given]
-            flagged[rows[np.argsort(-margin, kind="stable")[:remove]]] = True
-            budget -= remove
-    flagged &= probs.argmax(1) != labels
+            remove = prune[true, given]
+            if true != given and remove > 0:
+                margin = probs[rows, true] - probs[rows, given]
+                mask[np.argsort(-margin)[:remove]] = True  # numpy's default sort, as cleanlab's
+        flagged[rows] = mask
+    agrees = probs.copy()
+    agrees[np.arange(n), labels] += 1e-6
+    flagged[agrees.argmax(1) == labels] = False
     return flagged
+
+
+def _rounded_keeping_row_sums(matrix: np.ndarray) -> np.ndarray:
+    """Each row rounded to integers that keep its (rounded) sum: the entries whose rounding lost (or gained)
+    the most are moved by one, as cleanlab's `round_preserving_row_totals`."""
+    rows = []
+    for floats in np.asarray(matrix, dtype=float):
+        ints = floats.round()
+        target, total = floats.sum().round(), ints.sum().round()
+        while abs(total - target) > 1e-6:
+            difference = np.round(target - total)
+            step = -1 if difference < 0 else 1
+            for i in np.argsort(floats - ints)[::-step][: min(int(abs(difference)), len(floats))]:
+                ints[i] += step
+            total = ints.sum().round()
+        rows.append(ints)
+    return np.array(rows).astype(int)
 
 
 def input_outliers(X: torch.Tensor) -> np.ndarray:
@@ -101,21 +146,43 @@ class LabelIssues:
     members: object | None = None
 
 
-def _recipe(data: Dataset, members):
+def _recipe(data: Dataset, recipe):
     from ..training import RECIPES, TrainingRecipe, recipe_for
 
-    if members is None:
+    if recipe is None:
         return recipe_for(data)
-    if isinstance(members, str):
-        return RECIPES[members]
-    if isinstance(members, TrainingRecipe):
-        return members
-    raise ConfigError(
-        f"members must be a TrainingRecipe, a name in RECIPES or out-of-fold Predictions, got {type(members).__name__}"
-    )
+    if isinstance(recipe, str):
+        return RECIPES[recipe]
+    if isinstance(recipe, TrainingRecipe):
+        return recipe
+    raise ConfigError(f"recipe must be a TrainingRecipe or a name in RECIPES, got {type(recipe).__name__}")
 
 
-def find_label_issues(data: Dataset, *, members: object = None, folds: int = 5, seed: int = 0) -> LabelIssues:
+def _recipe_or_predictions(recipe, predictions, members) -> tuple[object, Predictions | None]:
+    """`recipe` and `predictions`, from the deprecated `members` (which meant either) when it is given."""
+    if members is not None:
+        deprecated(
+            "members= in find_label_issues and clean",
+            "recipe= (a TrainingRecipe or a name in RECIPES) or predictions= (out-of-fold Predictions)",
+        )
+        if recipe is not None or predictions is not None:
+            raise ConfigError("give recipe= or predictions=, not members= as well")
+        return (None, members) if isinstance(members, Predictions) else (members, None)
+    if recipe is not None and predictions is not None:
+        raise ConfigError("give recipe= (fold members to train) or predictions= (out-of-fold ones), not both")
+    return recipe, predictions
+
+
+@checked
+def find_label_issues(
+    data: Dataset,
+    *,
+    recipe: TrainingRecipe | str | None = None,
+    predictions: Predictions | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    members: object = None,
+) -> LabelIssues:
     """The training samples of `data` that are likely mislabeled, and its input outliers.
 
     K-fold members (`train_members(recipe, data, method="kfold", n=folds)`) predict each training sample
@@ -125,22 +192,25 @@ def find_label_issues(data: Dataset, *, members: object = None, folds: int = 5, 
 
     Args:
         data: the dataset whose `train` split is screened.
-        members: how the fold members are made: a `TrainingRecipe` or a name in `RECIPES` (default:
-            `recipe_for(data)`), or out-of-fold `Predictions` of the training split already made.
+        recipe: how the fold members are trained: a `TrainingRecipe` or a name in `RECIPES` (default:
+            `recipe_for(data)`).
+        predictions: instead, out-of-fold `Predictions` of the training split already made.
         folds: number of folds (members).
         seed: seed of the folds and the members.
+        members: deprecated: `recipe` or `predictions`, whichever it is.
 
     Example:
-        >>> issues = find_label_issues(load_dataset("digits"), members="digits-mlp")
+        >>> issues = find_label_issues(load_dataset("digits"), recipe="digits-mlp")
         >>> issues.label_issues[:5], len(issues.outliers)
     """
     check_count(folds, "folds")
     check_seed(seed)
     if data.task != "classification":
         raise InvalidInputError(f"label issues exist for classification; {data.name!r} is a {data.task} dataset")
+    recipe, predictions = _recipe_or_predictions(recipe, predictions, members)
     trained = None
-    if isinstance(members, Predictions):
-        oof = members
+    if predictions is not None:
+        oof = predictions
         if oof.task != "classification" or oof.num_samples != len(data.train) or oof.labels is None:
             raise InvalidInputError(
                 f"out-of-fold predictions must be of the {len(data.train)} labeled training samples of a "
@@ -153,7 +223,7 @@ def find_label_issues(data: Dataset, *, members: object = None, folds: int = 5, 
 
         if folds < 2:
             raise ConfigError(f"folds must be at least 2 (each member leaves one fold out), got {folds}")
-        trained = train_members(_recipe(data, members), data, method="kfold", n=folds, seed=seed)
+        trained = train_members(_recipe(data, recipe), data, method="kfold", n=folds, seed=seed)
         oof = trained.oof
     probs = oof.probabilities(torch.float64).mean(0).numpy()  # [N, C]
     labels = data.train.y.numpy()
@@ -185,16 +255,50 @@ class Cleaned:
     after: TorchMember
     accuracy: dict[str, dict[str, float]]
     candidates: dict[str, float]
+    folds: int = 5
+
+    def to_json(self, *, flipped: np.ndarray | None = None, rate: float | None = None) -> dict:
+        """What was found and what cleaning did, as JSON: the suspected mislabels (training indices) with their
+        suggested labels, the outliers, the strategy, each strategy's validation accuracy and the fusion's
+        accuracy before and after; with `flipped` (the indices `inject_label_noise` changed, at `rate`), how
+        many of them were found."""
+        issues = self.issues
+        found = {
+            "dataset": self.data.name,
+            "seed": self.data.seed,
+            "folds": self.folds,
+            "label_issues": issues.label_issues.tolist(),
+            "suggested_labels": issues.suggested_labels[issues.label_issues].tolist(),
+            "outliers": issues.outliers.tolist(),
+            "strategy": self.strategy,
+            "validation_accuracy_by_strategy": self.candidates,
+            "accuracy": self.accuracy,
+        }
+        if flipped is not None:
+            found["injected"] = {"rate": rate, "flipped": flipped.tolist(), "found": self.found_among(flipped)}
+        return found
+
+    def found_among(self, flipped: np.ndarray) -> int:
+        """How many of the training indices `flipped` (labels known to be wrong) were found as mislabels."""
+        return len(np.intersect1d(self.issues.label_issues, flipped))
+
+    def save(self, path: str | os.PathLike, *, flipped: np.ndarray | None = None, rate: float | None = None) -> Path:
+        """Write `to_json(flipped=..., rate=...)` to `path` (atomically)."""
+        write_json(path, self.to_json(flipped=flipped, rate=rate))
+        return Path(path)
 
 
+@checked
 def clean(
     data: Dataset,
     issues: LabelIssues | None = None,
     *,
-    members: object = None,
+    recipe: TrainingRecipe | str | None = None,
+    predictions: Predictions | None = None,
     folds: int = 5,
     seed: int = 0,
     strategy: str = "auto",
+    members: object = None,
 ) -> Cleaned:
     """Clean `data.train` of the suspected samples (`find_label_issues`, or the `issues` given) and refit the
     K-fold fusion, to show what cleaning recovered. Test accuracy is reported, never used.
@@ -202,11 +306,12 @@ def clean(
     Strategies: "drop" removes the suspects; "relabel" gives the suspected mislabels their out-of-fold predicted
     label (label correction, Northcutt et al. 2021, section 6) and removes the outliers; "auto" tries both and
     keeps the one whose fusion is more accurate on the validation split (more data kept is worth most when the
-    finder is precise; dropping is safer when it is not).
+    finder is precise; dropping is safer when it is not). `recipe` trains the fold members (and finds the
+    issues with `predictions`, as in `find_label_issues`, unless `issues` are given).
 
     Example:
         >>> noisy, flipped = inject_label_noise(data.train, 0.2, seed=0)
-        >>> result = clean(dataclasses.replace(data, train=noisy), members="digits-mlp")
+        >>> result = clean(dataclasses.replace(data, train=noisy), recipe="digits-mlp")
         >>> result.strategy, result.accuracy["test"]        # {"before": ..., "after": ...}
     """
     from ..ensemble.train import train_members
@@ -214,10 +319,10 @@ def clean(
     check_count(folds, "folds")
     if strategy not in CLEANING_STRATEGIES:
         raise ConfigError(f"strategy must be one of {', '.join(CLEANING_STRATEGIES)}, got {strategy!r}")
-    recipe_source = members if not isinstance(members, Predictions) else None
+    recipe, predictions = _recipe_or_predictions(recipe, predictions, members)
     if issues is None:
-        issues = find_label_issues(data, members=members, folds=folds, seed=seed)
-    recipe = _recipe(data, recipe_source)
+        issues = find_label_issues(data, recipe=recipe, predictions=predictions, folds=folds, seed=seed)
+    recipe = _recipe(data, recipe)
     before = issues.members or train_members(recipe, data, method="kfold", n=folds, seed=seed)
 
     def accuracy(member: TorchMember, split: str) -> float:
@@ -233,7 +338,7 @@ def clean(
     cleaned, after, _ = tried[chosen]
     fused = {"before": before.bag(f"{recipe.name}_noisy_bag"), "after": after}
     scores = {split: {name: accuracy(member, split) for name, member in fused.items()} for split in ("val", "test")}
-    return Cleaned(issues, chosen, cleaned, fused["before"], after, scores, {n: v[2] for n, v in tried.items()})
+    return Cleaned(issues, chosen, cleaned, fused["before"], after, scores, {n: v[2] for n, v in tried.items()}, folds)
 
 
 def _cleaned_split(train: Split, issues: LabelIssues, strategy: str) -> Split:

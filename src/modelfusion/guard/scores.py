@@ -7,13 +7,19 @@
 | `mutual_information` | members' disagreement: entropy of the mean minus mean entropy | Lakshminarayanan et al., 2017 |
 | `energy` | -logsumexp of the fused logits (the members' mean logit) | Liu et al., 2020 |
 | `mahalanobis` | distance to the closest class mean of penultimate features (Ledoit-Wolf)* | Lee et al., 2018 |
+| `knn` | distance to the k-th nearest training sample of the normalized penultimate features* | Sun et al., 2022 |
+| `input_mahalanobis` | distance to the closest class mean of the raw inputs (Ledoit-Wolf) | Lee et al., 2018 |
 | `combined` | the largest of the other scores, each as its percentile among validation samples | |
 
 *Each torch member's features (the inputs when no torch member is given), averaged over members.
 
-An output score is a pure function of the members' logits `[K, N, C]`; `mahalanobis` is fitted on the training
-split's features and labels first (`fit`), and `combined` on the other scores of the validation split; their
-fitted tensors are what a saved guard stores.
+Output scores miss what the members never see: a network's confidence may grow, not shrink, far from its
+training data (scaled inputs make a ReLU network surer), so distances in the input and feature spaces stand
+beside them, and `combined` reads them all.
+
+An output score is a pure function of the members' logits `[K, N, C]`; the feature and input scores are fitted
+on the training split first (`fit`), and `combined` on the other scores of the validation split; their fitted
+tensors are what a saved guard stores (`check` says whether a file's tensors fit a score).
 """
 
 from __future__ import annotations
@@ -36,11 +42,14 @@ class OODScore:
     Attributes:
         name: its registry name.
         needs: "logits" (the members' outputs `[K, N, C]`), "features" (a list of `[N, D]` float64 tensors,
-            one per feature source) or "scores" (a dict of the other scores, name -> `[N]` float64).
+            one per feature source), "inputs" (the same, with the flattened inputs as the one source) or
+            "scores" (a dict of the other scores, name -> `[N]` float64).
         score: `(inputs, state) -> [N]` float64 scores, higher = more unusual.
-        fit: for "features" scores: `(features, labels) -> state` (a dict of tensors); for "scores" scores:
-            `(validation scores) -> state`; else None.
+        fit: for "features" and "inputs" scores: `(features, labels) -> state` (a dict of tensors); for
+            "scores" scores: `(validation scores) -> state`; else None.
         reference: the paper.
+        check: for "features" and "inputs" scores: `(state, widths) -> bool`, whether a state (read from a
+            file) fits sources of these widths, so that a damaged file fails when it is read.
     """
 
     name: str
@@ -48,14 +57,15 @@ class OODScore:
     score: Callable[..., torch.Tensor]
     fit: Callable[..., dict[str, torch.Tensor]] | None
     reference: str
+    check: Callable[[dict[str, torch.Tensor], list[int]], bool] | None = None
 
 
 SCORES: Registry[OODScore] = Registry("out-of-distribution score")
 
 
-def _register(name: str, needs: str, reference: str, fit=None):
+def _register(name: str, needs: str, reference: str, fit=None, check=None):
     def decorator(fn):
-        SCORES.register(name)(OODScore(name, needs, fn, fit, reference))
+        SCORES.register(name)(OODScore(name, needs, fn, fit, reference, check))
         return fn
 
     return decorator
@@ -118,7 +128,28 @@ def _fit_mahalanobis(features: Sequence[torch.Tensor], labels: torch.Tensor) -> 
     return state
 
 
-@_register("mahalanobis", "features", "Lee et al., 2018, https://arxiv.org/abs/1807.03888", fit=_fit_mahalanobis)
+def _fits_mahalanobis(state: dict[str, torch.Tensor], widths: list[int]) -> bool:
+    for k, width in enumerate(widths):
+        means, precision = state.get(f"{k}.means"), state.get(f"{k}.precision")
+        if (
+            means is None
+            or precision is None
+            or means.dtype != torch.float64
+            or precision.dtype != torch.float64
+            or means.ndim != 2
+            or means.shape[0] == 0
+            or means.shape[1] != width
+            or tuple(precision.shape) != (width, width)
+            or not bool(torch.isfinite(means).all() and torch.isfinite(precision).all())
+        ):
+            return False
+    return True
+
+
+LEE = "Lee et al., 2018, https://arxiv.org/abs/1807.03888"
+
+
+@_register("mahalanobis", "features", LEE, fit=_fit_mahalanobis, check=_fits_mahalanobis)
 def mahalanobis(features: Sequence[torch.Tensor], state: dict[str, torch.Tensor]) -> torch.Tensor:
     """Distance of each sample's features to the closest class-conditional Gaussian with a shared covariance
     (Lee et al., 2018, "A simple unified framework for detecting out-of-distribution samples and adversarial
@@ -129,6 +160,58 @@ def mahalanobis(features: Sequence[torch.Tensor], state: dict[str, torch.Tensor]
         diff = feats[:, None, :] - means[None]  # [N, C, D]
         squared = torch.einsum("ncd,de,nce->nc", diff, precision, diff)
         distances.append(squared.min(-1).values.clamp_min(0).sqrt())
+    return torch.stack(distances).mean(0)
+
+
+@_register("input_mahalanobis", "inputs", LEE, fit=_fit_mahalanobis, check=_fits_mahalanobis)
+def input_mahalanobis(inputs: Sequence[torch.Tensor], state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The Mahalanobis distance of Lee et al., 2018 on the raw (flattened) inputs: what no member's view of the
+    data can hide, such as inputs scaled far beyond the training range on which every member grows surer."""
+    return mahalanobis(inputs, state)
+
+
+KNN_BANK_MAX = 10_000  # training samples kept per feature source: the guard file grows with them
+KNN_SHARE = 0.001  # k as a share of the bank: the paper's k = 50 of CIFAR-10's 50,000 training images
+
+
+def _normalized(features: torch.Tensor) -> torch.Tensor:
+    return features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _fit_knn(features: Sequence[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per feature source, the L2-normalized features of (at most `KNN_BANK_MAX`, evenly spaced) training
+    samples, in float32: the bank the distances are measured to."""
+    state = {}
+    for k, feats in enumerate(features):
+        keep = torch.linspace(0, len(feats) - 1, min(len(feats), KNN_BANK_MAX)).round().long()
+        state[f"{k}.bank"] = _normalized(feats[keep].double()).float()
+    return state
+
+
+def _fits_knn(state: dict[str, torch.Tensor], widths: list[int]) -> bool:
+    for k, width in enumerate(widths):
+        bank = state.get(f"{k}.bank")
+        if bank is None or bank.dtype != torch.float32 or bank.ndim != 2 or bank.shape[0] == 0:
+            return False
+        if bank.shape[1] != width or not bool(torch.isfinite(bank).all()):
+            return False
+    return True
+
+
+@_register("knn", "features", "Sun et al., 2022, https://arxiv.org/abs/2204.06507", fit=_fit_knn, check=_fits_knn)
+def knn(features: Sequence[torch.Tensor], state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Distance of each sample's L2-normalized features to its k-th nearest training sample's (Sun et al., 2022,
+    "Out-of-distribution detection with deep nearest neighbors"), k the paper's share of the training set
+    (`KNN_SHARE`, at least 1), averaged over the feature sources. Unlike the Mahalanobis distance it assumes no
+    Gaussian class clusters."""
+    distances = []
+    for k, feats in enumerate(features):
+        bank = state[f"{k}.bank"].double()
+        neighbours = max(1, round(KNN_SHARE * len(bank)))
+        rows = []
+        for part in _normalized(feats.double()).split(1024):  # [n, N] distances a chunk at a time
+            rows.append(torch.cdist(part, bank).kthvalue(neighbours, dim=1).values)
+        distances.append(torch.cat(rows) if rows else torch.zeros(0, dtype=torch.float64))
     return torch.stack(distances).mean(0)
 
 

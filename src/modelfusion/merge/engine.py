@@ -23,6 +23,7 @@ import torch
 from rich.console import Console
 
 from .._atomic import atomic_dir, check_output, check_space, jsonable
+from .._checks import checked
 from .._files import read_file
 from .._progress import progress_bar
 from .._safetensors import check_readable, read_header
@@ -411,6 +412,7 @@ def _return_freed_memory_promptly() -> None:
     libc.mallopt(m_mmap_threshold, 2 * _CHUNK_BYTES)
 
 
+@checked
 def merge_checkpoints(
     models: Sequence[ModelReference],
     out_dir: str | os.PathLike,
@@ -455,7 +457,16 @@ def merge_checkpoints(
         The `MergePlan` that was (or, with `dry_run`, would be) carried out.
     """
     plan, sources = _plan(
-        models, out_dir, method, base, dict(params or {}), out_dtype, dry_run, overwrite, inputs, layout
+        models,
+        out_dir,
+        method=method,
+        base=base,
+        params=dict(params or {}),
+        out_dtype=out_dtype,
+        dry_run=dry_run,
+        overwrite=overwrite,
+        inputs=inputs,
+        layout=layout,
     )
     plan.config_updates = dict((config_updates() if callable(config_updates) else config_updates) or {})
     if dry_run:
@@ -480,7 +491,17 @@ class _Sources:
 
 
 def _plan(
-    models, out_dir, method: str, base, params: dict, out_dtype, dry_run: bool, overwrite: bool, inputs, layout
+    models: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    method: str,
+    base: str | os.PathLike | None,
+    params: dict,
+    out_dtype: str | None,
+    dry_run: bool,
+    overwrite: bool,
+    inputs: Sequence[str | os.PathLike],
+    layout: Layout | None,
 ) -> tuple[MergePlan, _Sources]:
     """Every check that needs no tensor data (method, parameters, output, files, compatibility), and the plan."""
     merge_method = METHODS[method]
@@ -624,7 +645,7 @@ def _merged_blocks(
     if block_function is not None:
         yield from block_function(
             lambda i, rows: read(tensor.inputs[i], rows),
-            lambda rows: read(tensor.base, rows),
+            (lambda rows: read(tensor.base, rows)) if tensor.base else None,
             blocks,
             len(tensor.inputs),
             numel=math.prod(shape),

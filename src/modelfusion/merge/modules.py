@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from .._checks import checked
 from .._modules import evaluating
 from ..errors import ConfigError, InvalidInputError
 from ..registry import Registry
@@ -29,6 +30,7 @@ DataMethod = Callable[..., dict[str, torch.Tensor]]
 DATA_METHODS: Registry[DataMethod] = Registry("data-driven merge method")
 
 
+@checked
 def merge_modules(
     models: Sequence[nn.Module],
     method: str,
@@ -59,7 +61,7 @@ def merge_modules(
             params["base"] = base
         state = function(list(models), list(data), **params)
     else:
-        state = merge_state_dicts(models, method, base=base, **params)
+        state = merge_state_dicts(models, method=method, base=base, **params)
     merged = copy.deepcopy(base if base is not None else models[0])
     merged.load_state_dict(state)
     return merged.eval()
@@ -113,7 +115,7 @@ def input_grams(model: nn.Module, X: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _mean_state(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
-    return merge_state_dicts(models, "linear")
+    return merge_state_dicts(models, method="linear")
 
 
 @DATA_METHODS.register("fisher")

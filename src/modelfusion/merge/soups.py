@@ -16,7 +16,7 @@ __all__ = ["uniform_soup", "greedy_soup", "GreedySoup"]
 
 def _soup(models: Sequence[nn.Module]) -> nn.Module:
     soup = copy.deepcopy(models[0])
-    soup.load_state_dict(merge_state_dicts(models, "linear"))
+    soup.load_state_dict(merge_state_dicts(models, method="linear"))
     return soup.eval()
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .._checks import checked
+from .._deprecation import keyword_only
 from ..errors import ConfigError
 from .compat import check_compatible, check_finite
 from .methods import METHODS
@@ -25,11 +26,12 @@ def _as_state_dict(model) -> Mapping[str, torch.Tensor]:
     return model.state_dict() if isinstance(model, nn.Module) else model
 
 
+@keyword_only("method")
 @checked
 def merge_state_dicts(
     models: Sequence[Mapping[str, torch.Tensor] | nn.Module],
-    method: str,
     *,
+    method: str,
     base: Mapping[str, torch.Tensor] | nn.Module | None = None,
     allow_nonfinite: bool = False,
     **params,
@@ -46,9 +48,11 @@ def merge_state_dicts(
         allow_nonfinite: return merged tensors that hold NaN or inf instead of refusing them.
         params: the method's parameters; per-model ones (`weight`, `density`) as sequences of K values.
 
+    `method` by position (`merge_state_dicts(models, "linear")`) still works, with a `DeprecationWarning`.
+
     Example:
-        >>> soup = merge_state_dicts([m1, m2, m3], "linear")
-        >>> ties = merge_state_dicts([ft1, ft2], "ties", base=pretrained, weight=[1, 1], density=0.2)
+        >>> soup = merge_state_dicts([m1, m2, m3], method="linear")
+        >>> ties = merge_state_dicts([ft1, ft2], method="ties", base=pretrained, weight=[1, 1], density=0.2)
     """
     merge_method = METHODS[method]
     if not models:

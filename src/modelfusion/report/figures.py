@@ -67,21 +67,30 @@ def pareto_svg(candidates: Sequence[Candidate], metric: str, cost: str, *, highl
     shown = [c for c in candidates if finite(getattr(c.cost, cost), c.test.get(metric))]
     points = [(getattr(c.cost, cost), c.test[metric] * scale) for c in shown]
     figure, axes = plt.subplots(figsize=(6, 4))
-    for family in dict.fromkeys(c.family for c in shown):
-        mine = [p for p, c in zip(points, shown, strict=True) if c.family == family]
-        axes.scatter([x for x, _ in mine], [y for _, y in mine], label=family, s=24, alpha=0.8)
+    _scatter_by_family(axes, points, [c.family for c in shown])
     front = pareto_front(points, higher_is_better=higher)
     axes.step([points[i][0] for i in front], [points[i][1] for i in front], where="post", color="0.4", linewidth=1)
-    for i, candidate in enumerate(shown):
-        if i in front or candidate.name in highlight:
-            axes.annotate(candidate.name, points[i], textcoords="offset points", xytext=(4, 4), fontsize=8)
-    costs = [x for x, _ in points]
-    if min(costs) > 0 and max(costs) / min(costs) > 100:
-        axes.set_xscale("log")
+    labelled = [i for i, candidate in enumerate(shown) if i in front or candidate.name in highlight]
+    for i in labelled:
+        axes.annotate(shown[i].name, points[i], textcoords="offset points", xytext=(4, 4), fontsize=8)
+    _log_scale_if_spread(axes, [x for x, _ in points])
     axes.set(xlabel=cost.replace("_", " "), ylabel=f"test {metric}" + (" %" if scale == 100 else ""))
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, title="family", title_fontsize=8)
     return svg_markup(figure, "pareto")
+
+
+def _log_scale_if_spread(axes, costs: list[float]) -> None:
+    """A log x axis when the costs span more than two orders of magnitude (members against fusions of ten)."""
+    if min(costs) > 0 and max(costs) / min(costs) > 100:
+        axes.set_xscale("log")
+
+
+def _scatter_by_family(axes, points: list[tuple[float, float]], families: list[str]) -> None:
+    """One colour per family, in the order the families first appear."""
+    for family in dict.fromkeys(families):
+        mine = [p for p, f in zip(points, families, strict=True) if f == family]
+        axes.scatter([x for x, _ in mine], [y for _, y in mine], label=family, s=24, alpha=0.8)
 
 
 def diversity_svg(diversity: Diversity) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .._atomic import atomic_path, check_output
+from .._checks import checked
 from ..errors import MissingExtraError
 from ..plotting import plain_text, pyplot
 from ..results import Results, load_results, parse_results
@@ -153,6 +154,7 @@ def render_report(results: Results) -> str:
     )
 
 
+@checked
 def write_report(
     results: Results | Mapping | str | os.PathLike, path: str | os.PathLike, *, overwrite: bool = False
 ) -> Path:

@@ -5,7 +5,7 @@ plain words."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,41 +89,53 @@ def _has(candidates: list[Candidate], where: str, key: str) -> bool:
     return any(getattr(c, where).get(key) is not None for c in candidates)
 
 
-def leaderboard(results: Results) -> Leaderboard:
-    """The leaderboard of `results`, best first: on validation where every candidate has a score there (auto:
-    the choice was made there), else on test, which then only orders the rows (members of an ensemble run have
-    no validation score); with the columns some candidate has a value for."""
+def _columns(results: Results) -> list[tuple[str, Callable[[Candidate], str]]]:
+    """The score, cost and test columns some candidate has a value for: (header, the cell of a candidate)."""
+    primary, candidates = results.primary_metric, results.leaderboard
+    columns = []
+    if _has(candidates, "val", primary):
+        columns.append((f"val {METRICS[primary][0]}", lambda c: _cell(c.val, primary)))
+    for metric in (m for m in METRICS if _has(candidates, "test", m)):
+        label, scale, spec = METRICS[metric]
+        if metric == primary:
+            columns.append((f"test {label} [CI]", lambda c, m=metric: _cell(c.test, m)))
+        else:
+            columns.append((f"test {label}", lambda c, m=metric, f=(scale, spec): number(c.test.get(m), *f)))
+    for key in (k for k in COSTS if _has(candidates, "cost", k)):
+        columns.append((COSTS[key], lambda c, k=key: cost_text(getattr(c.cost, k))))
+    if any(c.p_vs_best_member is not None for c in candidates):
+        columns.append(("p vs best member", lambda c: p_value_text(c.p_vs_best_member)))
+    return columns
+
+
+def _ranked(results: Results) -> tuple[list[Candidate], str]:
+    """The candidates best first, on validation where every one has a score there (auto: the choice was made
+    there), else on test, which then only orders the rows (members of an ensemble run have no validation
+    score); and which split ranked them."""
     primary = results.primary_metric
-    candidates = results.leaderboard
-    tests = [m for m in METRICS if _has(candidates, "test", m)]
-    costs = [c for c in COSTS if _has(candidates, "cost", c)]
-    with_val = _has(candidates, "val", primary)
-    with_p = any(c.p_vs_best_member is not None for c in candidates)
-    ranked_on = "val" if all(finite(c.val.get(primary)) for c in candidates) else "test"
+    split = "val" if all(finite(c.val.get(primary)) for c in results.leaderboard) else "test"
     sign = -1 if primary != "rmse" else 1
 
-    def rank_key(c: Candidate) -> float:
-        value = getattr(c, ranked_on).get(primary)
+    def key(c: Candidate) -> float:
+        value = getattr(c, split).get(primary)
         return sign * value if finite(value) else math.inf
 
-    header = ["#", "candidate", "family"]
-    header += [f"val {METRICS[primary][0]}"] if with_val else []
-    header += [f"test {METRICS[m][0]}" + (" [CI]" if m == primary else "") for m in tests]
-    header += [COSTS[c] for c in costs] + (["p vs best member"] if with_p else [])
-    best_member = results.verdict.best_member if results.verdict else None
-    chosen = results.chosen.name if results.chosen else None
-    rows = []
-    for rank, c in enumerate(sorted(candidates, key=rank_key), start=1):
-        cells = [str(rank), c.name, c.family]
-        cells += [_cell(c.val, primary)] if with_val else []
-        cells += [_cell(c.test, m) if m == primary else number(c.test.get(m), *METRICS[m][1:]) for m in tests]
-        cells += [cost_text(getattr(c.cost, k)) for k in costs]
-        cells += [p_value_text(c.p_vs_best_member)] if with_p else []
-        mark = "chosen" if c.name == chosen else ("best-member" if c.name == best_member else "")
-        rows.append({"cells": cells, "mark": mark})
-    ranked = "validation" if ranked_on == "val" else "test"
-    title = f"Leaderboard: {len(candidates)} candidates ranked on {ranked}, scored on test"
-    return Leaderboard(header, rows, ranked, title)
+    return sorted(results.leaderboard, key=key), "validation" if split == "val" else "test"
+
+
+def leaderboard(results: Results) -> Leaderboard:
+    """The leaderboard of `results`, best first (`_ranked`), with the columns some candidate has a value for;
+    the chosen candidate's row and the best member's are marked."""
+    columns = _columns(results)
+    ranked, ranked_on = _ranked(results)
+    marks = {results.verdict.best_member: "best-member"} if results.verdict else {}
+    marks.update({results.chosen.name: "chosen"} if results.chosen else {})
+    rows = [
+        {"cells": [str(rank), c.name, c.family, *(cell(c) for _, cell in columns)], "mark": marks.get(c.name, "")}
+        for rank, c in enumerate(ranked, start=1)
+    ]
+    title = f"Leaderboard: {len(ranked)} candidates ranked on {ranked_on}, scored on test"
+    return Leaderboard(["#", "candidate", "family", *(header for header, _ in columns)], rows, ranked_on, title)
 
 
 # The terminal shows the page's table abbreviated to fit about 120 columns: shorter headers, and without the

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..._checks import checked
 from ...errors import ConfigError, IncompatibleModelsError
 from ..methods import METHODS
 from ..methods.base import per_model
@@ -59,6 +60,7 @@ class AdapterMerge:
         )
 
 
+@checked
 def merge_adapters(
     adapters: Sequence[LoraAdapter | str | os.PathLike],
     out_dir: str | os.PathLike | None = None,

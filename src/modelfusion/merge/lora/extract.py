@@ -19,9 +19,10 @@ from typing import Literal
 
 import torch
 
+from ..._checks import PositiveInt, checked
 from ...errors import ConfigError
 from .adapter import AdapterConfig, LoraAdapter, write_adapter
-from .low_rank import SVD_KINDS, factorize
+from .low_rank import factorize
 
 __all__ = ["extract_lora", "LoraExtraction", "REPORT_NAME"]
 
@@ -81,12 +82,63 @@ class LoraExtraction:
         )
 
 
+@dataclass
+class _Changes:
+    """What a fine-tune changed, tensor by tensor: low-rank updates of weight matrices (with their layouts,
+    reconstruction errors and norms), tensors stored whole, and bias deltas of decomposed layers; the settings of
+    `extract_lora` say which is which."""
+
+    rank: int
+    embeddings: str
+    svd: str
+    min_singular_value: float
+    updates: dict = field(default_factory=dict)
+    layouts: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    norms: dict = field(default_factory=dict)
+    full: dict = field(default_factory=dict)
+    bias: dict = field(default_factory=dict)
+    whole: list = field(default_factory=list)
+
+    def _store_whole(self, name: str, tensor: torch.Tensor) -> None:
+        self.full[name] = tensor
+        self.whole.append(name)
+
+    def add_weight(self, name: str, shape, old: torch.Tensor, new: torch.Tensor) -> None:
+        delta = new.float() - old.float()
+        if not bool(delta.any()):
+            return  # unchanged: nothing to store
+        embedding = any(hint in name for hint in _EMBEDDING_HINTS)
+        if embedding and self.embeddings == "skip":
+            return
+        if len(shape) != 2 or not name.endswith(".weight") or (embedding and self.embeddings == "whole"):
+            self._store_whole(name, new)
+            return
+        # an input embedding's update is stored transposed by PEFT (lora_embedding_A [r, vocab]); the factors of
+        # the [vocab, dim] update are the same, `write_adapter` transposes them
+        self.updates[name], self.errors[name] = factorize(
+            delta, self.rank, svd=self.svd, min_singular_value=self.min_singular_value
+        )
+        self.layouts[name] = "embedding" if any(hint in name for hint in _INPUT_EMBEDDINGS) else "linear"
+        self.norms[name] = float(delta.double().norm())
+
+    def add_bias(self, name: str, old: torch.Tensor, new: torch.Tensor) -> None:
+        """A decomposed layer's changed bias is a delta; another changed bias is stored whole."""
+        if torch.equal(old, new):
+            return
+        if name.removesuffix(".bias") + ".weight" in self.updates:
+            self.bias[name] = new.float() - old.float()
+        elif not (any(hint in name for hint in _EMBEDDING_HINTS) and self.embeddings == "skip"):
+            self._store_whole(name, new)
+
+
+@checked
 def extract_lora(
     base: str | os.PathLike,
     finetune: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     *,
-    rank: int,
+    rank: PositiveInt,
     embeddings: Literal["whole", "lora", "skip"] = "whole",
     svd: Literal["exact", "randomized"] = "exact",
     min_singular_value: float = 0.0,
@@ -113,53 +165,24 @@ def extract_lora(
     from ..compat import check_compatible
     from ..engine import Checkpoint
 
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ConfigError(f"rank must be a whole number of at least 1, got {rank!r}")
-    if embeddings not in ("whole", "lora", "skip"):
-        raise ConfigError(f"embeddings must be 'whole', 'lora' or 'skip', got {embeddings!r}")
-    if svd not in SVD_KINDS:
-        raise ConfigError(f"unknown svd {svd!r}; valid: {', '.join(SVD_KINDS)}")
     if out_dir is not None:
         check_output(out_dir, kind="folder", overwrite=overwrite, inputs=[base, finetune])
     before, after = Checkpoint(base), Checkpoint(finetune)
     inventory = before.inventory()
     check_compatible({str(before.path): inventory, str(after.path): after.inventory()})
-    updates, layouts, full, bias = {}, {}, {}, {}
-    errors, norms, whole = {}, {}, []
+    changes = _Changes(rank, embeddings, svd, min_singular_value)
     for name, (shape, dtype) in inventory.items():
-        if not getattr(torch, dtype, torch.int64).is_floating_point or name.endswith(".bias"):
-            continue
-        old, new = before.read(name), after.read(name)
-        delta = new.float() - old.float()
-        if not bool(delta.any()):
-            continue  # unchanged: nothing to store
-        embedding = any(hint in name for hint in _EMBEDDING_HINTS)
-        if embedding and embeddings == "skip":
-            continue
-        if len(shape) != 2 or not name.endswith(".weight") or (embedding and embeddings == "whole"):
-            full[name] = new
-            whole.append(name)
-            continue
-        # an input embedding's update is stored transposed by PEFT (lora_embedding_A [r, vocab]); the factors of
-        # the [vocab, dim] update are the same, `write_adapter` transposes them
-        updates[name], errors[name] = factorize(delta, rank, svd=svd, min_singular_value=min_singular_value)
-        layouts[name] = "embedding" if any(hint in name for hint in _INPUT_EMBEDDINGS) else "linear"
-        norms[name] = float(delta.double().norm())
-    for name, (_, dtype) in inventory.items():  # biases: a change of a decomposed layer's, else stored whole
-        if not name.endswith(".bias") or not getattr(torch, dtype, torch.int64).is_floating_point:
-            continue
-        old, new = before.read(name), after.read(name)
-        if torch.equal(old, new):
-            continue
-        if name.removesuffix(".bias") + ".weight" in updates:
-            bias[name] = new.float() - old.float()
-        elif not (any(hint in name for hint in _EMBEDDING_HINTS) and embeddings == "skip"):
-            full[name] = new
-            whole.append(name)
+        if getattr(torch, dtype, torch.int64).is_floating_point and not name.endswith(".bias"):
+            changes.add_weight(name, shape, before.read(name), after.read(name))
+    for name, (_, dtype) in inventory.items():  # biases after the weights: a decomposed layer's bias is a delta
+        if getattr(torch, dtype, torch.int64).is_floating_point and name.endswith(".bias"):
+            changes.add_bias(name, before.read(name), after.read(name))
+    updates, full, bias = changes.updates, changes.full, changes.bias
     if not updates and not full and not bias:
         raise ConfigError(f"{finetune} equals {base} in every tensor: there is no change to extract")
     config = AdapterConfig(r=rank, lora_alpha=rank, base_model_name_or_path=str(base), task_type="CAUSAL_LM")
-    result = LoraExtraction(LoraAdapter(updates, layouts, full, bias, config), errors, norms, rank, whole)
+    adapter = LoraAdapter(updates, changes.layouts, full, bias, config)
+    result = LoraExtraction(adapter, changes.errors, changes.norms, rank, changes.whole)
     if out_dir is not None:
         report = json.dumps(result.report(), indent=2) + "\n"
         result.path = write_adapter(

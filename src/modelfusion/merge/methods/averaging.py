@@ -3,12 +3,13 @@ passthrough (one model, optionally scaled: the building block of frankenmerges).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from ...errors import ConfigError
 from .base import Coefficient, Flag, check_shapes, compute_dtype, need_base, per_model, register_method
+from .streaming import Rows, combined_blocks, gram, model_rows, whole
 
 __all__ = ["linear", "model_stock", "passthrough"]
 
@@ -40,30 +41,50 @@ def linear(
     return total.to(tensors[0].dtype)
 
 
-@register_method("model_stock", base="required", reference="Jang et al., 2024")
+def _model_stock_blocks(
+    read: Callable[[int, Rows], torch.Tensor],
+    read_base: Callable[[Rows], torch.Tensor] | None,
+    blocks: Sequence[Rows],
+    count: int,
+    numel: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """`model_stock` block by block: one pass for the dot products of the offsets, one writing each block."""
+    if read_base is None:
+        raise ConfigError("merge method 'model_stock' needs a base model (base_model in the config)")
+    if count < 2:
+        raise ConfigError(f"model_stock needs at least 2 models besides the base, got {count}")
+
+    def offsets(rows: Rows) -> list[torch.Tensor]:
+        return model_rows(read, read_base, count, rows, offsets=True)[0]
+
+    products = gram(offsets, blocks)
+    norms = products.diagonal().sqrt()
+    cosines = [
+        (products[i, j] / (norms[i] * norms[j]).clamp_min(1e-6)).clamp(-1, 1)
+        for i in range(count)
+        for j in range(i + 1, count)
+    ]
+    cos = float(torch.stack(cosines).mean())
+    denominator = 1 + (count - 1) * cos
+    ratio = 0.0 if abs(denominator) < 1e-8 else count * cos / denominator  # 0: the base as it is
+
+    def models_and_base(rows: Rows) -> list[torch.Tensor]:
+        tensors, base = model_rows(read, read_base, count, rows)
+        return [*tensors, base]
+
+    # ratio * mean(models) + (1 - ratio) * base
+    coefficients = [ratio / count] * count + [1 - ratio]
+    yield from combined_blocks(models_and_base, blocks, coefficients, read_base(blocks[0]).dtype)
+
+
+@register_method("model_stock", base="required", block_function=_model_stock_blocks, reference="Jang et al., 2024")
 def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None) -> torch.Tensor:
     """Model Stock (Jang et al., 2024): move from the base toward the average of the fine-tunes by
-    `t = N cos / (1 + (N - 1) cos)`, cos the mean pairwise cosine of their offsets from the base."""
+    `t = N cos / (1 + (N - 1) cos)`, cos the mean pairwise cosine of their offsets from the base (a pass over
+    the rows gathers the offsets' dot products, so it streams)."""
     base = need_base(base, "model_stock")
-    if len(tensors) < 2:
-        raise ConfigError(f"model_stock needs at least 2 models besides the base, got {len(tensors)}")
     check_shapes(tensors, base)
-    dtype = compute_dtype([base, *tensors])
-    w0 = base.to(dtype).reshape(-1)
-    offsets = [t.to(dtype).reshape(-1) - w0 for t in tensors]
-    cosines = [
-        ((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-6)).clamp(-1, 1)
-        for i, a in enumerate(offsets)
-        for b in offsets[i + 1 :]
-    ]
-    cos = torch.stack(cosines).mean()
-    n = len(tensors)
-    denominator = 1 + (n - 1) * cos
-    if abs(float(denominator)) < 1e-8:
-        return base.clone()
-    ratio = n * cos / denominator
-    average = sum(t.to(dtype).reshape(-1) for t in tensors) / n
-    return (ratio * average + (1 - ratio) * w0).reshape(base.shape).to(base.dtype)
+    return whole(_model_stock_blocks, tensors, base)
 
 
 @register_method("passthrough", rows_separable=True, per_model=("scale",), reference="mergekit's passthrough")

@@ -113,29 +113,47 @@ def _selection(cut: Callable[[int], _Cut] | None, n: int, density: float, method
     raise ConfigError(f"unknown sparsification {method!r}; valid: magnitude, random, breadcrumbs, della")
 
 
-def _della(delta: torch.Tensor, density: float, epsilon: float, rescale: str | None, seed: int) -> torch.Tensor:
+def _della_blocks(
+    read_delta: Callable[[slice | None], torch.Tensor],
+    blocks: Sequence[slice | None],
+    density: float,
+    epsilon: float,
+    rescale: str | None,
+    seed: int,
+) -> Iterator[torch.Tensor]:
     """DELLA's MAGPRUNE (Deep et al., 2024): per row, entries are kept with probabilities from density - epsilon
     (the smallest) to density + epsilon (the largest) by their magnitude's rank; "inverse_density" rescales each
-    kept entry by 1 / its probability (the paper), "l1" restores the row-block's L1 norm (mergekit)."""
+    kept entry by 1 / its probability (the paper), "l1" restores the tensor's L1 norm (mergekit: a first pass
+    sums it). The draws come from one generator in the tensor's order, so blocks of rows draw what the whole
+    tensor would (a vector is one row: its blocks must be the whole of it)."""
     if not (0 < density - epsilon and density + epsilon < 1):
         raise ConfigError(
             f"della: density - epsilon and density + epsilon must lie in (0, 1), got density {density}, "
             f"epsilon {epsilon}"
         )
-    rows = delta.reshape(1, -1) if delta.ndim < 2 else delta.reshape(delta.shape[0], -1)
-    width = rows.shape[1]
-    ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(torch.float64)  # 0 = the smallest in its row
-    rank_share = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
-    probability = (density - epsilon) + rank_share * 2 * epsilon
-    generator = torch.Generator().manual_seed(seed)
-    keep = torch.rand(rows.shape, generator=generator, dtype=torch.float64) < probability
-    kept = rows * keep
-    if rescale == "inverse_density":
-        kept = (kept.double() / probability).to(rows.dtype)
-    elif rescale == "l1":
-        before, after = float(rows.abs().sum()), float(kept.abs().sum())
-        kept = kept * (before / after) if before >= 1e-8 and after >= 1e-8 else kept
-    return kept.reshape(delta.shape)
+
+    def kept_rows() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(seed)
+        for rows in blocks:
+            delta = read_delta(rows)
+            flat = delta.reshape(1, -1) if delta.ndim < 2 else delta.reshape(delta.shape[0], -1)
+            width = flat.shape[1]
+            ranks = flat.abs().argsort(dim=1).argsort(dim=1).to(torch.float64)  # 0 = the smallest in its row
+            rank_share = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
+            probability = (density - epsilon) + rank_share * 2 * epsilon
+            keep = torch.rand(flat.shape, generator=generator, dtype=torch.float64) < probability
+            yield delta, flat * keep, probability
+
+    scale = 1.0
+    if rescale == "l1":
+        before = after = 0.0
+        for delta, kept, _ in kept_rows():
+            before, after = before + float(delta.abs().sum()), after + float(kept.abs().sum())
+        scale = before / after if before >= 1e-8 and after >= 1e-8 else 1.0
+    for delta, kept, probability in kept_rows():
+        if rescale == "inverse_density":
+            kept = (kept.double() / probability).to(kept.dtype)
+        yield (kept * scale if scale != 1.0 else kept).reshape(delta.shape)
 
 
 def sparsify(
@@ -192,8 +210,8 @@ def task_vector_blocks(
         raise ConfigError(f"density must be in (0, 1], got {density}")
     if rescale not in (None, "inverse_density", "l1"):
         raise ConfigError(f"unknown rescale {rescale!r}; valid: inverse_density, l1, or none")
-    if method == "della":  # random like DARE: the engine gives it whole tensors, never row blocks
-        yield from (_della(read_delta(rows), density, epsilon, rescale, seed) for rows in blocks)
+    if method == "della":
+        yield from _della_blocks(read_delta, blocks, density, epsilon, rescale, seed)
         return
     cut, n = None, numel
     if method != "random":

@@ -3,6 +3,7 @@ it); and SCE, which weighs task vectors by their variance instead."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -24,7 +25,8 @@ from .base import (
     per_model,
     register_method,
 )
-from .sparsify import task_vector_blocks
+from .sparsify import _Cut, _row_sample, task_vector_blocks
+from .streaming import model_rows, whole
 
 __all__ = ["TaskArithmeticOptions", "task_arithmetic", "task_arithmetic_blocks", "sce"]
 
@@ -98,6 +100,8 @@ def task_arithmetic_blocks(
     opts = TaskArithmeticOptions.of(options)
     if opts.consensus not in (None, "sum"):
         raise ConfigError(f"unknown consensus {opts.consensus!r}; valid: sum, or none")
+    if opts.sparsification == "della" and len(blocks) > 1 and read_base(blocks[0]).ndim < 2:
+        blocks = [None]  # DELLA ranks the entries of a row together, and a vector is one row
     weights = per_model("weight", opts.weight, count, 1.0)
     densities = per_model("density", opts.density, count, 1.0)
     gammas = per_model("gamma", opts.gamma, count, 0.01)
@@ -175,9 +179,9 @@ def _register(name: str, reference: str, *, fixed: dict | None = None, defaults:
             name,
             task_arithmetic,
             base="required",
+            # random drops (DARE, DELLA) draw in the tensor's order from one generator, so that blocks of rows
+            # draw what the whole tensor would: a seed gives the same merge streamed or in memory
             block_function=task_arithmetic_blocks,
-            # random drops (DARE, DELLA) draw for whole tensors, so that a seed gives the same merge in memory
-            streams=lambda params: params.get("sparsification") not in ("random", "della"),
             per_model=("weight", "density", "gamma", "epsilon"),
             fixed=fixed or {},
             defaults=defaults or {},
@@ -233,7 +237,66 @@ _register(
 )
 
 
-@register_method("sce", base="required", reference="Wan et al., 2024, FuseChat (arXiv:2408.07990); mergekit")
+def _sce_blocks(
+    read: Callable[[int, slice | None], torch.Tensor],
+    read_base: Callable[[slice | None], torch.Tensor] | None,
+    blocks: Sequence[slice | None],
+    count: int,
+    numel: int | None = None,
+    *,
+    select_topk: float = 1.0,
+    int8_mask: bool = False,
+) -> Iterator[torch.Tensor]:
+    """`sce` block by block: a pass counting the entries whose task vectors vary and, with `select_topk` < 1,
+    passes finding the variance threshold (as TIES' trimming finds its, never holding the whole variance);
+    a pass summing each masked task vector's squares; then each block."""
+    read_base = need_base(read_base, "sce")
+    out_dtype = read_base(blocks[0]).dtype
+
+    def vectors(rows: slice | None) -> torch.Tensor:  # [K, rows...]
+        return torch.stack(model_rows(read, read_base, count, rows, offsets=True)[0])
+
+    def variance(rows: slice | None) -> torch.Tensor:
+        return vectors(rows).var(dim=0, unbiased=False)
+
+    cut = None
+    if select_topk < 1:
+        entries = numel if numel is not None else variance(blocks[0]).numel()
+        kept = int(sum(int(torch.count_nonzero(variance(rows))) for rows in blocks) * select_topk)
+        if len(blocks) == 1:
+            cut = _Cut.of(variance(blocks[0]), kept)
+        else:
+            sample = _row_sample(variance, blocks)
+            cut = _Cut.streamed(lambda: (variance(rows) for rows in blocks), sample, entries, kept)
+
+    def selected() -> Iterator[torch.Tensor]:  # each block's task vectors, outside the selection zeroed
+        mask = copy.copy(cut)  # a cut takes its tied entries in order: a fresh one for each pass
+        for rows in blocks:
+            stacked = vectors(rows)
+            if mask is not None:
+                stacked = stacked * mask.mask(stacked.var(dim=0, unbiased=False)).to(stacked.dtype)
+            yield stacked
+
+    squares, entries = torch.zeros(count, dtype=torch.float64), 0
+    for stacked in selected():
+        squares += stacked.double().square().reshape(count, -1).sum(1)
+        entries += stacked[0].numel()
+    mean_square = squares / max(entries, 1)
+    total = float(mean_square.sum())
+    weights = torch.full_like(mean_square, 1 / count) if abs(total) < 1e-6 else mean_square / total
+    for rows, stacked in zip(blocks, selected(), strict=True):
+        elected = torch.where(stacked.sum(dim=0) >= 0, 1.0, -1.0).to(stacked.dtype)
+        agree = weights.to(stacked.dtype).reshape(-1, *[1] * (stacked.ndim - 1)) * (stacked.sign() == elected)
+        merged = (stacked * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1e-6)
+        yield (model_rows(read, read_base, 0, rows)[1] + merged).to(out_dtype)
+
+
+@register_method(
+    "sce",
+    base="required",
+    block_function=_sce_blocks,
+    reference="Wan et al., 2024, FuseChat (arXiv:2408.07990); mergekit",
+)
 def sce(
     tensors: Sequence[torch.Tensor],
     base: torch.Tensor | None = None,
@@ -246,20 +309,4 @@ def sce(
     (TIES), and add their weighted mean to the base. `int8_mask` is accepted for mergekit's configs."""
     base = need_base(base, "sce")
     check_shapes(tensors, base)
-    dtype = compute_dtype([base, *tensors])
-    b = base.to(dtype)
-    vectors = torch.stack([x.to(dtype) - b for x in tensors])
-    if select_topk < 1:
-        variance = vectors.var(dim=0, unbiased=False)
-        k = int(torch.count_nonzero(variance) * select_topk)
-        selected = torch.zeros(variance.numel(), dtype=dtype)
-        if k > 0:
-            selected[torch.topk(variance.abs().reshape(-1), k=k, largest=True).indices] = 1
-        vectors = vectors * selected.reshape(variance.shape)
-    agree = vectors.sign() == torch.where(vectors.sum(dim=0) >= 0, 1.0, -1.0).to(dtype)
-    mean_square = vectors.square().reshape(len(tensors), -1).mean(dim=1)
-    total = mean_square.sum().item()
-    weights = torch.full_like(mean_square, 1 / len(tensors)) if abs(total) < 1e-6 else mean_square / total
-    weights = weights.reshape(-1, *([1] * (vectors.ndim - 1))) * agree
-    merged = (vectors * weights).sum(dim=0) / weights.sum(dim=0).clamp(min=1e-6)
-    return (b + merged).to(base.dtype)
+    return whole(_sce_blocks, tensors, base, select_topk=select_topk, int8_mask=int8_mask)
