@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import inspect
 import signal
+import sys
 import threading
 import typing
 from collections.abc import Callable, Iterator
@@ -60,9 +61,18 @@ def _stop_on_signals(stops: list[int]) -> Iterator[None]:
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print `message` as one `error:` line on stderr (no markup: paths may hold brackets; control characters
-    escaped)."""
+    escaped); once under torchrun, by whichever process fails first."""
+    if "torch.distributed" in sys.modules:  # (the command line imports torch only when a command needs it)
+        from ._distributed import first_to_fail
+
+        if not first_to_fail():  # under torchrun, an error the processes share is printed by the first of them
+            return typer.Exit(code)
     line = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    err_console.print(Text.assemble(("error:", "red"), " ", escape_controls(line, keep="\t")), soft_wrap=True)
+    quiet, err_console.quiet = err_console.quiet, False  # the other processes of a torchrun are quiet but errors
+    try:
+        err_console.print(Text.assemble(("error:", "red"), " ", escape_controls(line, keep="\t")), soft_wrap=True)
+    finally:
+        err_console.quiet = quiet
     return typer.Exit(code)
 
 
