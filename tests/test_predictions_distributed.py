@@ -119,8 +119,8 @@ def _predict(launcher: list[str], args: list[str]) -> subprocess.CompletedProces
 @pytest.mark.slow
 def test_predict_under_torchrun_writes_the_one_process_file(trained_mlp, digits, tmp_path):
     """`torchrun --nproc_per_node=2 -m modelfusion predict` (gloo, CPU): the first process writes one file whose
-    tensors and metadata are the one-process run's; one line of output; an error is one `error:` line from our
-    processes, a failed exit, and no file."""
+    tensors and metadata are the one-process run's (`python -m modelfusion`); one line of output; an error is
+    one `error:` line from our processes, a failed exit, and no file."""
     mlp = save_member(
         TorchMember(trained_mlp, name="mlp", factory=MLP_SPEC, factory_kwargs=MLP_KWARGS), tmp_path / "mlp.safetensors"
     )
@@ -153,3 +153,15 @@ def test_predict_under_torchrun_writes_the_one_process_file(trained_mlp, digits,
     ours = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
     assert len(ours) == 1 and "member 'narrow' cannot run on inputs" in ours[0], failed.stderr[-3000:]
     assert not (tmp_path / "e.safetensors").exists()
+    # a command that does not share its work is refused on several processes (each would write all of it)
+    refused = subprocess.run(
+        [*torchrun, "-m", "modelfusion", "evaluate", str(tmp_path / "one.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    ours = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode != 0 and ours == [
+        "error: 'evaluate' runs on one process; under torchrun run predict or distill, and the others as "
+        "`python -m modelfusion evaluate` alone"
+    ], refused.stderr[-3000:]

@@ -12,18 +12,28 @@ import signal
 import sys
 import threading
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.text import Text
 
 from ._checks import parse_json_object
 from ._terminal import escape_controls, terminal_console
 from .errors import ModelFusionError
 
-__all__ = ["err_console", "guarded", "fail", "parse_json_object", "command_from_job", "with_data", "Overwrite"]
+__all__ = [
+    "err_console",
+    "guarded",
+    "fail",
+    "run_in_process_group",
+    "parse_json_object",
+    "command_from_job",
+    "with_data",
+    "Overwrite",
+]
 
 err_console = terminal_console(stderr=True)
 
@@ -74,6 +84,37 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     finally:
         err_console.quiet = quiet
     return typer.Exit(code)
+
+
+def run_in_process_group(
+    app: typer.Typer, prog_name: str, *, consoles: Sequence[Console] = (), commands: Sequence[str] | None = None
+) -> None:
+    """Run `app` on the command line's arguments in torchrun's process group (`python -m ...` alone: one
+    process), and exit. Every process runs the same command on the same files, so only the first speaks:
+    `err_console` and `consoles` are quiet in the others (but for an error only they meet, see `fail`). A failed
+    process exits at once instead of waiting for the others, which torchrun then stops. `commands`: the
+    commands of `app` that share their work among processes; the others are refused on more than one (each
+    process would do all of it and write the same outputs)."""
+    from ._distributed import process_group, process_rank
+
+    with process_group():
+        rank, world = process_rank()
+        if rank != 0:
+            for console in (err_console, *consoles):
+                console.quiet = True
+        command = sys.argv[1] if len(sys.argv) > 1 else ""
+        if world > 1 and commands is not None and command not in commands and not command.startswith("-"):
+            refused = fail(
+                f"{command!r} runs on one process; under torchrun run {' or '.join(commands)}, and the others "
+                f"as `{prog_name} {command}` alone"
+            )
+            sys.exit(refused.exit_code)
+        try:
+            app(sys.argv[1:], prog_name=prog_name)
+        except SystemExit as exit_:
+            if exit_.code:
+                raise
+    sys.exit(0)
 
 
 def guarded(fn: Callable) -> Callable:

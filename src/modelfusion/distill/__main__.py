@@ -4,15 +4,11 @@ options are `DistillJob`'s fields, like the CLI's; the CLI itself is not importe
 
 from __future__ import annotations
 
-import sys
-
-from .._distributed import process_group
-
 
 def main() -> None:
     import typer
 
-    from .._cli_support import command_from_job, err_console, guarded
+    from .._cli_support import command_from_job, err_console, guarded, run_in_process_group
     from .._terminal import terminal_console
     from .job import DistillJob, run_job
 
@@ -22,13 +18,7 @@ def main() -> None:
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(guarded(command_from_job(DistillJob, run)))
-    with process_group():
-        try:
-            app(sys.argv[1:], prog_name="python -m modelfusion.distill")
-        except SystemExit as exit_:
-            if exit_.code:
-                raise  # a failed process does not wait for the others
-    sys.exit(0)
+    run_in_process_group(app, "python -m modelfusion.distill")
 
 
 if __name__ == "__main__":
