@@ -25,7 +25,8 @@ applies, as `flags`):
     resource       over 1 GiB of anonymous memory (sampled every 10 ms; memory-mapped inputs do not count), or an
                    allocation refused by the address-space cap (peak RSS, VmHWM, is reported for every case)
     debris         hidden temporary files or folders (`.NAME...`) left behind
-    traceback      a Python traceback, an exit code other than 0/2, or an error of more than one line
+    traceback      a Python traceback, an exit code other than 0/2, an error of more than one line, or one that
+                   does not name what the case says it must (the output a full disk refused)
     silent         exit 0 although the input must be refused, or a success whose output is wrong or leaks data
     refused_valid  a clear refusal of an input that must be accepted (the control cases)
     usage          exit 2 from typer/click's own argument parsing ("Usage:")
@@ -35,7 +36,11 @@ Issue 23's cases belong to families (`--family`, counted per family in the summa
 callables, names as paths, allocation and time bombs, special files, markup and control codes, silently
 accepted, ONNX debris (run with HOME in the case folder, where the runtime's telemetry used to write) and closed
 stdout (run with file descriptor 1 closed). Their hostile files come from tests/hostile_files.py, shared with
-the security tests.
+the security tests. Issue 28's families: API arguments (public functions called with arguments of the wrong
+type or out of range), merge values out of range (method parameters, duplicate YAML keys, a tensor in two
+shards, NaN/inf in a model, overflowing weights, an unknown user's home), signals (SIGTERM the moment a
+temporary output or lock appears; kill -9 during a merge's `align:` step, then a rerun) and full disk (outputs
+past a file size limit, RLIMIT_FSIZE).
 
 Running as root, file permissions do not apply: the unwritable-output and unreadable-file cases then run their
 command as the user `nobody` (setpriv) in a folder it owns, which emulates a normal user.
@@ -51,6 +56,7 @@ import json
 import os
 import pickle
 import random
+import resource
 import shutil
 import signal
 import stat
@@ -95,6 +101,7 @@ COMBINER_KEY = "modelfusion.combiner"
 STUDENT_KWARGS = {"in_features": 64, "num_outputs": 10, "hidden": [8]}
 STUDENT = ["--student", "modelfusion.models:mlp", "--student-kwargs", json.dumps(STUDENT_KWARGS)]
 DISTILL = [*STUDENT, "--epochs", "1", "--no-progress"]
+FSIZE_LIMIT = 1500  # bytes: the full-disk cases' RLIMIT_FSIZE (see `full_disk_cases`)
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".pt2", ".skops", ".pkl", ".pickle", ".joblib", ".ts")
 
 
@@ -141,10 +148,15 @@ class Case:
     as_nobody: bool = False  # run as `nobody` when we are root (permission cases)
     runner: str = "plain"  # "plain", "signal", "signal_rerun", "concurrent"
     signal: int = 0  # for the signal runners
+    # for the signal runners: globs (relative to the case folder) whose first match triggers the signal at once;
+    # without them, the signal comes 0.5 s after the first new entry
+    signal_when: tuple[str, ...] = ()
     timeout: float | None = None
     family: str = ""  # the class of hostile input (the summary counts outcomes per family)
     env: dict[str, str] = field(default_factory=dict)  # environment overrides; `{dir}` is the case folder
     close_stdout: bool = False  # run with file descriptor 1 closed (`>&-`)
+    fsize_limit: int | None = None  # RLIMIT_FSIZE of the command in bytes (SIGXFSZ ignored): a full disk
+    names: str = ""  # what a refusal's line must name (the output, say); a line without it is not clear
 
     @property
     def safe_name(self) -> str:
@@ -761,6 +773,7 @@ class Runner:
         as_nobody: bool = False,
         env: dict[str, str] | None = None,
         close_stdout: bool = False,
+        fsize_limit: int | None = None,
     ) -> subprocess.Popen:
         prefix = [self.prlimit, f"--as={ADDRESS_SPACE_CAP}", "--"] if self.prlimit else []
         if as_nobody and self.root:
@@ -776,7 +789,7 @@ class Runner:
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=(lambda: os.close(1)) if close_stdout else None,  # noqa: PLW1509 - fork, then exec
+                preexec_fn=child_setup(close_stdout, fsize_limit),  # noqa: PLW1509 - fork, then exec
             )
 
     def finish(self, process: subprocess.Popen, log: str, started: float, timeout: float) -> Result:
@@ -818,10 +831,26 @@ class Runner:
         as_nobody: bool = False,
         env: dict[str, str] | None = None,
         close_stdout: bool = False,
+        fsize_limit: int | None = None,
     ) -> Result:
         started = time.perf_counter()
-        process = self.start(argv, cwd, log, as_nobody, env, close_stdout)
+        process = self.start(argv, cwd, log, as_nobody, env, close_stdout, fsize_limit)
         return self.finish(process, log, started, timeout or self.timeout)
+
+
+def child_setup(close_stdout: bool, fsize_limit: int | None) -> Callable[[], None] | None:
+    """What the child does between fork and exec: close its stdout, cap the size of the files it writes."""
+    if not close_stdout and fsize_limit is None:
+        return None
+
+    def setup() -> None:
+        if close_stdout:
+            os.close(1)
+        if fsize_limit is not None:  # a write past the limit fails with EFBIG, as on a full disk, not a signal
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+    return setup
 
 
 def memory_now(pid: int) -> tuple[int, int]:
@@ -846,6 +875,10 @@ def substitute(value: str, ctx: Ctx) -> str:
     ):
         value = value.replace(key, str(replacement))
     return value
+
+
+def case_env(case: Case, ctx: Ctx) -> dict[str, str]:
+    return {key: substitute(value, ctx) for key, value in case.env.items()}
 
 
 def case_argv(case: Case, ctx: Ctx) -> list[str]:
@@ -916,8 +949,9 @@ def run_case(case: Case, runner: Runner, art: Artifacts) -> dict:
     timeout = case.timeout or runner.timeout
     argv = case_argv(case, ctx)
     if case.runner == "plain":
-        env = {key: substitute(value, ctx) for key, value in case.env.items()}
-        result = runner.execute(argv, folder, timeout, case.safe_name, case.as_nobody, env, case.close_stdout)
+        env = case_env(case, ctx)
+        limits = (case.close_stdout, case.fsize_limit)
+        result = runner.execute(argv, folder, timeout, case.safe_name, case.as_nobody, env, *limits)
     else:
         result = RUNNERS[case.runner](case, ctx, runner, argv, timeout)
     for path in folder.rglob("*"):  # give permissions back so that we can read and remove everything
@@ -975,15 +1009,33 @@ def _wait_for_new_entry(runner: Runner, folder: Path, before: set[str], process:
     return False
 
 
-def run_signal(case: Case, ctx: Ctx, runner: Runner, argv: list[str], timeout: float, rerun: bool = False) -> Result:
-    """Start the merge, send `case.signal` once it is writing (+0.5 s), then look at what is left."""
-    existing = set(os.listdir(ctx.dir))
+def _wait_for_match(runner: Runner, folder: Path, patterns: tuple[str, ...], process: subprocess.Popen) -> bool:
+    """Wait until one of the globs matches under `folder`, polling without sleeping (the moment to hit can be
+    a few microseconds wide), at most 60 s."""
     started = time.perf_counter()
-    process = runner.start(argv, ctx.dir, case.safe_name)
-    seen = _wait_for_new_entry(runner, ctx.dir, existing, process)
-    for _ in range(50):  # 0.5 s more
+    while time.perf_counter() - started < 60.0:
+        if any(next(folder.glob(pattern), None) is not None for pattern in patterns):
+            return True
+        if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return False  # it ended (left for `finish` to reap)
         runner.sample(process.pid)
-        time.sleep(0.01)
+    return False
+
+
+def run_signal(case: Case, ctx: Ctx, runner: Runner, argv: list[str], timeout: float, rerun: bool = False) -> Result:
+    """Start the command, send `case.signal` once it is writing (+0.5 s; or at once when one of
+    `case.signal_when` matches), then look at what is left (and, with `rerun`, run it again beside that)."""
+    existing = set(os.listdir(ctx.dir))
+    env = case_env(case, ctx)
+    started = time.perf_counter()
+    process = runner.start(argv, ctx.dir, case.safe_name, env=env)
+    if case.signal_when:
+        seen = _wait_for_match(runner, ctx.dir, case.signal_when, process)
+    else:
+        seen = _wait_for_new_entry(runner, ctx.dir, existing, process)
+        for _ in range(50):  # 0.5 s more
+            runner.sample(process.pid)
+            time.sleep(0.01)
     notes = []
     if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         os.kill(process.pid, case.signal)
@@ -992,19 +1044,20 @@ def run_signal(case: Case, ctx: Ctx, runner: Runner, argv: list[str], timeout: f
             f"{'' if seen else ' (no output seen yet)'}"
         )
     else:
-        notes.append("the merge finished before the signal: inconclusive")
+        notes.append("the command finished before the signal: inconclusive")
     first = runner.finish(process, case.safe_name, started, timeout)
     leftovers = sorted(set(os.listdir(ctx.dir)) - existing)
     notes.append(f"after the signal: exit {first.rc}, new entries {leftovers}")
     if not rerun:
         first.notes = notes
         first.rc = 0  # the exit status of a killed process says nothing; only what it left behind counts
-        first.stderr = ""
+        if "Traceback" not in first.stderr:  # and what it printed, if that was a traceback
+            first.stderr = ""
         return first
     if first.rc == 0:  # it completed before the signal took effect: there is no debris to rerun beside
-        first.notes = notes + ["the merge completed before the signal took effect: inconclusive"]
+        first.notes = notes + ["the command completed before the signal took effect: inconclusive"]
         return first
-    second = runner.execute(argv, ctx.dir, timeout, case.safe_name + ".rerun")
+    second = runner.execute(argv, ctx.dir, timeout, case.safe_name + ".rerun", env=env)
     second.peak_rss = max(first.peak_rss, second.peak_rss)
     second.peak_anon = max(first.peak_anon, second.peak_anon)
     second.notes = notes + [f"rerun: exit {second.rc}"]
@@ -1088,6 +1141,9 @@ def exit_class(case: Case, ctx: Ctx, result: Result, notes: list[str]) -> str:
         if len(lines) != 1 or not lines[0].startswith("error:"):
             notes.append(f"exit 2 with {len(lines)} lines on stderr")
             return "traceback"
+        if case.names not in lines[0]:
+            notes.append(f"the error does not name {case.names!r}")
+            return "traceback"
         return "refused_valid" if case.must == "succeed" else "clear"
     if case.must == "refuse":
         return "silent"
@@ -1147,17 +1203,20 @@ def check_no_leak(path: str, secret: str) -> Callable[[Ctx], str | None]:
     return check
 
 
-def check_finite_merge(path: str) -> Callable[[Ctx], str | None]:
+def check_finite_merge(path: str, allowed: bool = False) -> Callable[[Ctx], str | None]:
+    """The merged model holds no NaN/inf; with `allowed` (--allow-nonfinite on a model holding them), it does."""
+
     def check(ctx: Ctx) -> str | None:
         files = sorted(ctx.path(path).glob("*.safetensors")) if ctx.path(path).is_dir() else []
         if not files:
             return f"exit 0 but no safetensors in {path}"
+        bad = []
         for file in files:
             tensors, _ = read_safetensors(file)
-            bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-            if bad:
-                return f"the merged model has NaN/inf in {bad[:3]}"
-        return None
+            bad += [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if allowed:
+            return None if bad else "NaN/inf allowed in the inputs, but the merged model has none: were they dropped?"
+        return f"the merged model has NaN/inf in {bad[:3]}" if bad else None
 
     return check
 
@@ -2268,56 +2327,65 @@ def distill_cases() -> list[Case]:
     return cases
 
 
+# Merge configs over the toy Hugging Face folders base/, ft0/ and ft1/ (shared by several families).
+
+
+def hf_models(ctx: Ctx) -> None:
+    for name in ("base", "ft0", "ft1"):
+        copy(ctx.art.hf / name, ctx.path(name))
+
+
+def hf_with_yaml(text: str, ctx: Ctx) -> None:
+    """The toy folders and `text` as cfg.yaml beside them."""
+    hf_models(ctx)
+    write(ctx.path("cfg.yaml"), text)
+
+
+def linear_yaml(params: str = "", top: str = "") -> str:
+    entries = [f"{{model: ft0{params}}}", f"{{model: ft1{params}}}"]
+    return "merge_method: linear\nmodels:\n" + yaml_list(entries) + "\n" + top
+
+
+def ties_yaml(params: str = "weight: 1.0, density: 0.5", top: str = "") -> str:
+    entries = [f"{{model: ft0, parameters: {{{params}}}}}", f"{{model: ft1, parameters: {{{params}}}}}"]
+    return "merge_method: ties\nbase_model: base\nmodels:\n" + yaml_list(entries) + "\n" + top
+
+
+def slerp_yaml(t: str, method: str = "slerp") -> str:
+    return f"merge_method: {method}\nbase_model: base\nmodels:\n  - model: ft0\nparameters: {{t: {t}}}\n"
+
+
 def merge_config_cases() -> list[Case]:
     """Merge configs: bad values, bad YAML, alias bombs, zero-size tensors, shard indexes and symlinks that leave
     the model folder."""
-
-    def hf(ctx: Ctx) -> None:
-        for name in ("base", "ft0", "ft1"):
-            copy(ctx.art.hf / name, ctx.path(name))
-
-    def config(text: str, ctx: Ctx) -> None:
-        hf(ctx)
-        write(ctx.path("cfg.yaml"), text)
-
-    def linear(params: str = "", top: str = "") -> str:
-        entries = [f"{{model: ft0{params}}}", f"{{model: ft1{params}}}"]
-        return "merge_method: linear\nmodels:\n" + yaml_list(entries) + "\n" + top
-
-    def ties(params: str = "weight: 1.0, density: 0.5", top: str = "") -> str:
-        entries = [f"{{model: ft0, parameters: {{{params}}}}}", f"{{model: ft1, parameters: {{{params}}}}}"]
-        return "merge_method: ties\nbase_model: base\nmodels:\n" + yaml_list(entries) + "\n" + top
-
-    def slerp(t: str) -> str:
-        return f"merge_method: slerp\nbase_model: base\nmodels:\n  - model: ft0\nparameters: {{t: {t}}}\n"
 
     billion_laughs = "\n".join(
         ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
         + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     )
     texts = {
-        "weight_string_13": ("refuse", linear(", parameters: {weight: '13'}")),
-        "weight_nan": ("refuse", linear(", parameters: {weight: .nan}")),
-        "weight_inf": ("refuse", linear(", parameters: {weight: .inf}")),
-        "weight_1e400": ("refuse", linear(", parameters: {weight: 1e400}")),
+        "weight_string_13": ("refuse", linear_yaml(", parameters: {weight: '13'}")),
+        "weight_nan": ("refuse", linear_yaml(", parameters: {weight: .nan}")),
+        "weight_inf": ("refuse", linear_yaml(", parameters: {weight: .inf}")),
+        "weight_1e400": ("refuse", linear_yaml(", parameters: {weight: 1e400}")),
         "weight_negative_sum_zero": (
             "refuse",
             "merge_method: linear\nmodels:\n"
             + yaml_list(["{model: ft0, parameters: {weight: 1}}", "{model: ft1, parameters: {weight: -1}}"])
             + "\n",
         ),
-        "weight_bool": ("refuse", linear(", parameters: {weight: true}")),
-        "weight_list": ("refuse", linear(", parameters: {weight: [1, 2]}")),
-        "typo_in_top_level_parameters": ("refuse", ties(top="parameters: {normalise: true}\n")),
-        "unknown_top_level_parameter": ("refuse", linear(top="parameters: {evil: 1}\n")),
-        "typo_in_top_level_key": ("refuse", ties() + "base_modle: base\n"),
-        "unknown_per_model_parameter": ("refuse", ties("weight: 1.0, density: 0.5, gamma: 0.1")),
-        "slerp_t_half_as_word": ("refuse", slerp("half")),
-        "slerp_t_nan": ("refuse", slerp(".nan")),
-        "slerp_t_2": ("either", slerp("2")),
-        "ties_density_2": ("refuse", ties("weight: 1.0, density: 2")),
-        "ties_density_negative": ("refuse", ties("weight: 1.0, density: -0.5")),
-        "ties_density_string": ("refuse", ties("weight: 1.0, density: half")),
+        "weight_bool": ("refuse", linear_yaml(", parameters: {weight: true}")),
+        "weight_list": ("refuse", linear_yaml(", parameters: {weight: [1, 2]}")),
+        "typo_in_top_level_parameters": ("refuse", ties_yaml(top="parameters: {normalise: true}\n")),
+        "unknown_top_level_parameter": ("refuse", linear_yaml(top="parameters: {evil: 1}\n")),
+        "typo_in_top_level_key": ("refuse", ties_yaml() + "base_modle: base\n"),
+        "unknown_per_model_parameter": ("refuse", ties_yaml("weight: 1.0, density: 0.5, gamma: 0.1")),
+        "slerp_t_half_as_word": ("refuse", slerp_yaml("half")),
+        "slerp_t_nan": ("refuse", slerp_yaml(".nan")),
+        "slerp_t_2": ("either", slerp_yaml("2")),
+        "ties_density_2": ("refuse", ties_yaml("weight: 1.0, density: 2")),
+        "ties_density_negative": ("refuse", ties_yaml("weight: 1.0, density: -0.5")),
+        "ties_density_string": ("refuse", ties_yaml("weight: 1.0, density: half")),
         "unknown_merge_method": ("refuse", "merge_method: nope\nmodels:\n  - model: ft0\n"),
         "merge_method_a_list": ("refuse", "merge_method: [linear]\nmodels:\n  - model: ft0\n"),
         "no_models": ("refuse", "merge_method: linear\nmodels: []\n"),
@@ -2325,34 +2393,37 @@ def merge_config_cases() -> list[Case]:
         "model_missing": ("refuse", "merge_method: linear\nmodels:\n  - model: nope\n  - model: ft0\n"),
         "model_is_an_empty_folder": ("refuse", "merge_method: linear\nmodels:\n  - model: base\n  - model: empty\n"),
         "model_path_absolute_etc": ("refuse", "merge_method: linear\nmodels:\n  - model: /etc\n  - model: ft0\n"),
-        "shard_size_zero": ("either", linear(top="shard_size: 0\n")),
-        "shard_size_negative": ("refuse", linear(top="shard_size: -5\n")),
-        "shard_size_words": ("refuse", linear(top="shard_size: lots\n")),
-        "dtype_unknown": ("refuse", linear(top="dtype: float8\n")),
-        "random_seed_negative": ("either", ties(top="random_seed: -1\n").replace("ties", "dare_ties")),
-        "random_seed_huge": ("either", ties(top="random_seed: 99999999999999999999\n").replace("ties", "dare_ties")),
+        "shard_size_zero": ("either", linear_yaml(top="shard_size: 0\n")),
+        "shard_size_negative": ("refuse", linear_yaml(top="shard_size: -5\n")),
+        "shard_size_words": ("refuse", linear_yaml(top="shard_size: lots\n")),
+        "dtype_unknown": ("refuse", linear_yaml(top="dtype: float8\n")),
+        "random_seed_negative": ("either", ties_yaml(top="random_seed: -1\n").replace("ties", "dare_ties")),
+        "random_seed_huge": (
+            "either",
+            ties_yaml(top="random_seed: 99999999999999999999\n").replace("ties", "dare_ties"),
+        ),
         "yaml_is_a_list": ("refuse", "- merge_method: linear\n- models: []\n"),
         "yaml_is_a_scalar": ("refuse", "linear\n"),
         "yaml_is_empty": ("refuse", ""),
         "yaml_invalid": ("refuse", "merge_method: linear\nmodels: [\n"),
         "yaml_binary_garbage": ("refuse", "\x00\x01\x02\xff"),
         "yaml_python_tag": ("refuse", "merge_method: !!python/object/apply:os.system ['touch {marker}']\n"),
-        "yaml_alias_bomb_in_parameters": ("refuse", billion_laughs + "\n" + linear(top="parameters: {x: *a8}\n")),
+        "yaml_alias_bomb_in_parameters": ("refuse", billion_laughs + "\n" + linear_yaml(top="parameters: {x: *a8}\n")),
         "yaml_alias_bomb_in_models": ("refuse", billion_laughs + "\nmerge_method: linear\nmodels: *a8\n"),
-        "yaml_alias_bomb_as_unknown_key": ("refuse", billion_laughs + "\n" + linear()),
+        "yaml_alias_bomb_as_unknown_key": ("refuse", billion_laughs + "\n" + linear_yaml()),
         "yaml_alias_bomb_in_base_model": (
             "refuse",
-            billion_laughs + "\n" + ties().replace("base_model: base", "base_model: *a8"),
+            billion_laughs + "\n" + ties_yaml().replace("base_model: base", "base_model: *a8"),
         ),
-        "align_on_hf_folders": ("refuse", linear(top="align: {method: weight_matching}\n")),
-        "align_unknown_dataset": ("refuse", linear(top="align: {dataset: nope}\n")),
+        "align_on_hf_folders": ("refuse", linear_yaml(top="align: {method: weight_matching}\n")),
+        "align_unknown_dataset": ("refuse", linear_yaml(top="align: {dataset: nope}\n")),
         "slices": ("refuse", "merge_method: linear\nslices:\n  - sources: []\n"),
     }
     cases = []
     for kind, (must, text) in texts.items():
 
         def setup(ctx: Ctx, text=text) -> None:
-            config(text.replace("{marker}", str(ctx.marker)), ctx)
+            hf_with_yaml(text.replace("{marker}", str(ctx.marker)), ctx)
             ctx.path("empty").mkdir()
 
         check = check_finite_merge("merged") if must == "either" else None
@@ -2371,7 +2442,7 @@ def merge_config_cases() -> list[Case]:
         )
 
     def huge_yaml(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         entries = "".join(f"  - {{model: ft{i % 2}, parameters: {{weight: {i}}}}}\n" for i in range(400_000))
         write(ctx.path("cfg.yaml"), "merge_method: linear\nmodels:\n" + entries)
 
@@ -2400,39 +2471,39 @@ def merge_config_cases() -> list[Case]:
         write(ctx.path("cfg.yaml"), f"merge_method: {method}\n{base}models:\n{yaml_list(models)}\n{params}")
 
     def outside_shard(ctx: Ctx, absolute: bool = False) -> None:
-        hf(ctx)
+        hf_models(ctx)
         tensors, _ = read_safetensors(ctx.art.hf / "ft1" / "model.safetensors")
         save_file(tensors, str(ctx.path("outside.safetensors")))
         ctx.path("ft1/model.safetensors").unlink()
         target = str(ctx.path("outside.safetensors")) if absolute else "../outside.safetensors"
         index = {"metadata": {}, "weight_map": {k: target for k in tensors}}
         write(ctx.path("ft1/model.safetensors.index.json"), json.dumps(index))
-        write(ctx.path("cfg.yaml"), linear())
+        write(ctx.path("cfg.yaml"), linear_yaml())
 
     def bad_index(content: str, ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         ctx.path("ft1/model.safetensors").unlink()
         write(ctx.path("ft1/model.safetensors.index.json"), content)
-        write(ctx.path("cfg.yaml"), linear())
+        write(ctx.path("cfg.yaml"), linear_yaml())
 
     def symlinked_config(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         write(ctx.path("secret.json"), '{"api_key": "SECRET-7f3a"}\n')
         ctx.path("base/config.json").unlink()
         os.symlink(ctx.path("secret.json"), ctx.path("base/config.json"))
-        write(ctx.path("cfg.yaml"), ties())
+        write(ctx.path("cfg.yaml"), ties_yaml())
 
     def symlinked_tokenizer(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         write(ctx.path("secret.txt"), "SECRET-7f3a\n")
         os.symlink("../secret.txt", ctx.path("base/tokenizer.txt"))
-        write(ctx.path("cfg.yaml"), ties())
+        write(ctx.path("cfg.yaml"), ties_yaml())
 
     def symlinked_weights(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         os.replace(ctx.path("ft1/model.safetensors"), ctx.path("elsewhere.safetensors"))
         os.symlink(ctx.path("elsewhere.safetensors"), ctx.path("ft1/model.safetensors"))
-        write(ctx.path("cfg.yaml"), linear())
+        write(ctx.path("cfg.yaml"), linear_yaml())
 
     def many_tensors_model(ctx: Ctx) -> None:
         for name in ("m0", "m1"):
@@ -2441,15 +2512,15 @@ def merge_config_cases() -> list[Case]:
         write(ctx.path("cfg.yaml"), "merge_method: linear\nmodels:\n  - model: m0\n  - model: m1\n")
 
     def header_2e62(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         raw_safetensors(ctx.path("ft1/model.safetensors"), {"a": 1}, length=2**62)
-        write(ctx.path("cfg.yaml"), linear())
+        write(ctx.path("cfg.yaml"), linear_yaml())
 
     def truncated_model(ctx: Ctx) -> None:
-        hf(ctx)
+        hf_models(ctx)
         data = ctx.path("ft1/model.safetensors").read_bytes()
         write(ctx.path("ft1/model.safetensors"), data[: len(data) * 2 // 3])
-        write(ctx.path("cfg.yaml"), linear())
+        write(ctx.path("cfg.yaml"), linear_yaml())
 
     owned = ("cfg.yaml", "base", "ft0", "ft1")
     cases += [
@@ -2523,7 +2594,7 @@ def merge_config_cases() -> list[Case]:
         Case("merge.model_header_length_2e62", "merge", ["cfg.yaml", "merged"], setup=header_2e62, owned=owned),
         Case("merge.model_truncated", "merge", ["cfg.yaml", "merged"], setup=truncated_model, owned=owned),
         Case("merge.missing_config", "merge", ["nope.yaml", "merged"]),
-        Case("merge.config_is_a_folder", "merge", ["ft0", "merged"], setup=hf),
+        Case("merge.config_is_a_folder", "merge", ["ft0", "merged"], setup=hf_models),
     ]
     for method in ("linear", "ties", "slerp", "model_stock", "dare_ties", "breadcrumbs", "task_arithmetic"):
         cases.append(
@@ -2540,22 +2611,24 @@ def merge_config_cases() -> list[Case]:
     return cases
 
 
+def big_config(ctx: Ctx) -> None:
+    """cfg.yaml: a ties merge of the three 200 MB checkpoints, in 20 MB shards."""
+    big = ctx.art.big
+    write(
+        ctx.path("cfg.yaml"),
+        f"merge_method: ties\nbase_model: {big / 'base'}\nmodels:\n"
+        + yaml_list(
+            [
+                f"{{model: {big / 'm0'}, parameters: {{weight: 1.0, density: 0.5}}}}",
+                f"{{model: {big / 'm1'}, parameters: {{weight: 1.0, density: 0.5}}}}",
+            ]
+        )
+        + "\nshard_size: 20MB\n",
+    )
+
+
 def interrupt_cases() -> list[Case]:
     """Merges of 3 x 200 MB stopped by a signal; a rerun beside the debris; two merges into one folder."""
-
-    def big_config(ctx: Ctx) -> None:
-        big = ctx.art.big
-        write(
-            ctx.path("cfg.yaml"),
-            f"merge_method: ties\nbase_model: {big / 'base'}\nmodels:\n"
-            + yaml_list(
-                [
-                    f"{{model: {big / 'm0'}, parameters: {{weight: 1.0, density: 0.5}}}}",
-                    f"{{model: {big / 'm1'}, parameters: {{weight: 1.0, density: 0.5}}}}",
-                ]
-            )
-            + "\nshard_size: 20MB\n",
-        )
 
     def with_earlier_output(ctx: Ctx) -> None:
         big_config(ctx)
@@ -3368,6 +3441,263 @@ def issue23_cases() -> list[Case]:
     )
 
 
+# -- issue 28: wrong arguments to the Python API, merge values out of range, signals at the moment a temporary
+# appears, and full disks (a file size limit).
+
+API_ARGUMENTS = "API arguments"
+MERGE_RANGES = "merge values out of range"
+SIGNALS = "signals"
+FULL_DISK = "full disk"
+
+
+def two_members(ctx: Ctx) -> None:
+    copy(ctx.art.member("mlp_0"), ctx.path("m0.safetensors"))
+    copy(ctx.art.member("mlp_1"), ctx.path("m1.safetensors"))
+
+
+def api_argument_cases() -> list[Case]:
+    """The issue's calls of public functions with arguments of the wrong type or out of range: each must raise a
+    ModelFusionError (one line), never TypeError, AttributeError or ValueError, and never be taken silently."""
+    two = yaml_list(["model: m0.safetensors", "model: m1.safetensors"])
+
+    def inputs(ctx: Ctx) -> None:
+        two_members(ctx)
+        copy(ctx.art.preds("test"), ctx.path("p.safetensors"))
+        write(ctx.path("cfg.yaml"), f"merge_method: linear\nmodels:\n{two}\n")
+
+    load = "from modelfusion.io import load_member"
+    test_x = ("from modelfusion.datasets import load_dataset", "X = load_dataset('digits').test.X[:32]")
+    preds = ("from modelfusion.predictions import Predictions", "p = Predictions.load('p.safetensors')")
+    fields = "labels=p.labels, task=p.task, split=p.split, classes=p.classes"
+    merge = "from modelfusion.merge import merge"
+    as_dict = "{'merge_method': 'linear', 'models': [{'model': 'm0.safetensors'}, {'model': 'm1.safetensors'}]}"
+
+    def loaded(arguments: str) -> tuple[str, ...]:
+        """load_member with `arguments`, then a prediction (where a wrong value taken silently shows)."""
+        return (load, *test_x, f"load_member('m0.safetensors', {arguments}).predict(X)")
+
+    calls = {
+        "load_member_none": (load, "load_member(None)"),
+        "load_member_int": (load, "load_member(123)"),
+        "load_member_bytes": (load, "load_member(b'/x')"),
+        "load_member_factory_kwargs_text": loaded("factory_kwargs='str'"),
+        "load_member_factory_kwargs_list": loaded("factory_kwargs=[1]"),
+        "load_member_batch_size_0": loaded("batch_size=0"),
+        "load_member_batch_size_text": loaded("batch_size='8'"),
+        "load_member_batch_size_negative": loaded("batch_size=-1"),
+        "load_member_classes_int": loaded("classes=5"),
+        "load_member_2_classes_for_10_outputs": loaded("classes=[1, 2]"),
+        "predictions_load_none": ("from modelfusion.predictions import Predictions", "Predictions.load(None)"),
+        "predictions_outputs_a_list": (
+            *preds,
+            f"Predictions(outputs=p.outputs.tolist(), member_names=p.member_names, {fields})",
+        ),
+        "predictions_member_names_text": (*preds, f"Predictions(outputs=p.outputs[:2], member_names='ab', {fields})"),
+        "combiner_fit_none": ("from modelfusion.ensemble import make_combiner", "make_combiner('mean').fit(None)"),
+        "merge_config_an_int": (merge, "merge(123, 'out', progress=False)"),
+        "merge_config_a_dict_of_wrong_fields": (merge, "merge({'merge_method': 'linear', 'models': 5}, 'out')"),
+        "merge_out_dir_none": (merge, "merge('cfg.yaml', None, progress=False)"),
+        "merge_state_dicts_of_lists": (
+            "from modelfusion.merge import merge_state_dicts",
+            "merge_state_dicts([{'w': [1.0]}, {'w': [2.0]}], method='linear')",
+        ),
+        "evaluate_none": ("from modelfusion.evaluate import evaluate", "evaluate(None)"),
+        "collect_predictions_x_text": (
+            load,
+            "from modelfusion.predictions import collect_predictions",
+            "collect_predictions([load_member('m0.safetensors')], X='text', progress=False)",
+        ),
+        "input_guard_load_none": ("from modelfusion.guard import InputGuard", "InputGuard.load(None)"),
+        "distill_student_none": (
+            load,
+            "from modelfusion.datasets import load_dataset",
+            "from modelfusion.distill import ModelTeacher, distill",
+            "d = load_dataset('digits')",
+            "teacher = ModelTeacher(load_member('m0.safetensors').module)",
+            "distill(student=None, teacher=teacher, train=d.train, val=d.val, epochs=1, progress=False)",
+        ),
+        "save_member_overwrite_no_over_a_file": (
+            load,
+            "from modelfusion.io import save_member",
+            "save_member(load_member('m1.safetensors'), 'm0.safetensors', overwrite='no')",
+        ),
+    }
+    owned = ("m0.safetensors", "m1.safetensors", "p.safetensors", "cfg.yaml")
+    cases = [
+        Case(f"api.{kind}", "api", api(*lines), setup=inputs, owned=owned, family=API_ARGUMENTS)
+        for kind, lines in calls.items()
+    ]
+    cases.append(  # a mapping of MergeConfig's fields is a MergeConfig: merged as the same YAML would be
+        Case(
+            "api.merge_config_a_dict_of_valid_fields",
+            "api",
+            api(merge, f"merge({as_dict}, 'out', progress=False)"),
+            must="either",
+            setup=inputs,
+            owned=owned,
+            check=check_finite_merge("out"),
+            family=API_ARGUMENTS,
+        )
+    )
+    return cases
+
+
+def merge_range_cases() -> list[Case]:
+    """Merge values out of their method's range, duplicate YAML keys, a tensor in two shards, models holding NaN
+    or inf (refused unless --allow-nonfinite), weights that overflow, a home folder of an unknown user."""
+    weighted = ["{model: ft0, parameters: {weight: 1.0}}", "{model: ft1, parameters: {weight: 1.0}}"]
+    texts = {
+        "slerp_t_1.7": slerp_yaml("1.7"),
+        "slerp_t_-0.5": slerp_yaml("-0.5"),
+        "nearswap_t_-1": slerp_yaml("-1", method="nearswap"),
+        "multislerp_eps_-1": "merge_method: multislerp\nmodels:\n" + yaml_list(weighted) + "\nparameters: {eps: -1}\n",
+        "random_seed_text": ties_yaml(top="random_seed: '5'\n").replace("ties", "dare_ties"),
+        "models_key_twice": linear_yaml() + "models:\n  - model: base\n",
+        "weight_1e308_on_two_models": linear_yaml(", parameters: {weight: 1.0e+308}"),
+        "model_in_an_unknown_users_home": "merge_method: linear\nmodels:\n  - model: ~nosuchuser/x\n  - model: ft0\n",
+    }
+
+    def in_two_shards(ctx: Ctx) -> None:
+        """ft1 as two shards that both hold layer.weight (the index names one of them)."""
+        hf_with_yaml(linear_yaml(), ctx)
+        tensors, _ = read_safetensors(ctx.path("ft1/model.safetensors"))
+        first = {k: tensors[k] for k in ("embed.weight", "layer.weight")}
+        second = {k: tensors[k] for k in ("layer.weight", "layer.bias", "head.weight")}
+        second["layer.weight"] = torch.zeros_like(second["layer.weight"])
+        names = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+        for name, shard in zip(names, (first, second), strict=True):
+            save_file(shard, str(ctx.path(f"ft1/{name}")))
+        ctx.path("ft1/model.safetensors").unlink()
+        weight_map = {k: names[0] for k in first} | {k: names[1] for k in second if k not in first}
+        write(ctx.path("ft1/model.safetensors.index.json"), json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+    def nonfinite(ctx: Ctx, value: float) -> None:
+        hf_with_yaml(linear_yaml(), ctx)
+        tensors, _ = read_safetensors(ctx.path("ft1/model.safetensors"))
+        tensors["layer.weight"][0, 0] = value
+        save_file(tensors, str(ctx.path("ft1/model.safetensors")))
+
+    owned = ("cfg.yaml", "base", "ft0", "ft1")
+    setups = {kind: functools.partial(hf_with_yaml, text) for kind, text in texts.items()}
+    setups |= {
+        "tensor_in_two_shards": in_two_shards,
+        "nan_in_a_model": functools.partial(nonfinite, value=float("nan")),
+        "inf_in_a_model": functools.partial(nonfinite, value=float("inf")),
+    }
+    cases = [
+        Case(f"merge.{kind}", "merge", ["cfg.yaml", "merged"], setup=setup, owned=owned, family=MERGE_RANGES)
+        for kind, setup in setups.items()
+    ]
+    cases.append(
+        Case(
+            "merge.inf_in_a_model_allowed_control",
+            "merge",
+            ["cfg.yaml", "merged", "--allow-nonfinite"],
+            must="succeed",
+            setup=setups["inf_in_a_model"],
+            check=check_finite_merge("merged", allowed=True),
+            owned=owned,
+            family=MERGE_RANGES,
+        )
+    )
+    return cases
+
+
+def signal_cases() -> list[Case]:
+    """SIGTERM the moment a temporary output (or a folder's lock) appears, where a stop used to leave it behind
+    or end in a library's traceback; kill -9 during a merge's `align:` step, then the same merge again: its
+    aligned copies must be gone (the system's temporary folder is .systmp in the case folder, so that copies
+    left there count as debris; torch's own compile cache, which importing torch._dynamo creates in the system's
+    temporary folder, goes to the artifacts folder instead)."""
+
+    def align_config(ctx: Ctx) -> None:
+        two_members(ctx)
+        models = yaml_list(["model: m0.safetensors", "model: m1.safetensors"])
+        write(ctx.path("cfg.yaml"), f"merge_method: linear\nmodels:\n{models}\nalign: {{method: weight_matching}}\n")
+        ctx.path(".systmp").mkdir()
+
+    members = ("m0.safetensors", "m1.safetensors")
+    ensemble = ["m0.safetensors", "m1.safetensors", "--method", "mean", "--out", "ens"]
+    stops = [
+        ("ensemble.sigterm_when_its_temporary_output_appears", "ensemble", ensemble, ".ens.modelfusion-*.tmp"),
+        ("ensemble.sigterm_when_its_lock_appears", "ensemble", ensemble, ".ens.modelfusion.lock"),
+        ("merge.sigterm_when_its_temporary_output_appears", "merge", ["cfg.yaml", "merged"], ".merged.*.tmp"),
+    ]
+    cases = [
+        Case(
+            name,
+            command,
+            args,
+            must="either",
+            setup=big_config if command == "merge" else two_members,
+            owned=("cfg.yaml",) if command == "merge" else members,
+            runner="signal",
+            signal=signal.SIGTERM,
+            signal_when=(pattern,),
+            family=SIGNALS,
+        )
+        for name, command, args, pattern in stops
+    ]
+    cases.append(
+        Case(
+            "merge.align_step_killed_then_rerun",
+            "merge",
+            ["cfg.yaml", "merged"],
+            must="succeed",
+            setup=align_config,
+            owned=("cfg.yaml", *members),
+            runner="signal_rerun",
+            signal=signal.SIGKILL,
+            signal_when=(".systmp/*/1_*.safetensors", ".merged.modelfusion-*.tmp/1_*.safetensors"),
+            env={"TMPDIR": "{dir}/.systmp", "TORCHINDUCTOR_CACHE_DIR": "{art}/torchinductor"},
+            check=check_exists("merged"),
+            family=SIGNALS,
+        )
+    )
+    return cases
+
+
+def full_disk_cases() -> list[Case]:
+    """Commands whose output does not fit under a file size limit (RLIMIT_FSIZE, as a full disk): one line
+    naming the output, no partial temporary file. The limit is above what they print (their stdout and stderr
+    are files here) and below what they write."""
+    teacher = ["--teacher", "m0.safetensors", *DISTILL]
+    runs = {
+        "predict.past_the_file_size_limit": ["m0.safetensors", "--split", "test", "--out", "out/p.safetensors"],
+        "ensemble.past_the_file_size_limit": ["m0.safetensors", "m1.safetensors", "--method", "mean", "--out", "out/e"],
+        "distill.out_past_the_file_size_limit": [*teacher, "--out", "out/s.safetensors"],
+        "distill.checkpoint_past_the_file_size_limit": [
+            *teacher,
+            "--checkpoint-dir",
+            "out/ckpt",
+            "--out",
+            "s.safetensors",
+        ],
+    }
+
+    def inputs(ctx: Ctx) -> None:
+        two_members(ctx)
+        ctx.path("out").mkdir()
+
+    return [
+        Case(
+            name,
+            name.split(".")[0],
+            args,
+            setup=inputs,
+            owned=("m0.safetensors", "m1.safetensors"),
+            fsize_limit=FSIZE_LIMIT,
+            names="out/",
+            family=FULL_DISK,
+        )
+        for name, args in runs.items()
+    ]
+
+
+def issue28_cases() -> list[Case]:
+    return api_argument_cases() + merge_range_cases() + signal_cases() + full_disk_cases()
+
+
 def corpus() -> list[Case]:
     cases = (
         control_cases()
@@ -3383,6 +3713,7 @@ def corpus() -> list[Case]:
         + interrupt_cases()
         + api_cases()
         + issue23_cases()
+        + issue28_cases()
     )
     names = Counter(case.name for case in cases)
     duplicates = [name for name, count in names.items() if count > 1]

@@ -5,9 +5,11 @@ copy of its JSON, for tests to read or tamper with."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,7 +39,9 @@ def _auto_json() -> str:
         members.append(TorchMember(model, name=f"mlp_{seed}", factory="mlp", factory_kwargs=MLP_KWARGS))
     X, y = data.train.X.numpy(), data.train.y.numpy()
     members.append(SklearnMember(LogisticRegression(max_iter=300).fit(X, y), name="logreg"))
-    out = Path(tempfile.mkdtemp(prefix="modelfusion-sample-")) / "auto"  # the chosen model's path is real
+    folder = tempfile.mkdtemp(prefix="modelfusion-sample-")  # the chosen model's path is real while tests read it
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    out = Path(folder) / "auto"
     families = ["output", "merge", "cascade"]
     run = auto(members, data, families=families, out=out, report=False, progress=False, log=lambda line: None)
     # a family skipped as `auto` skips one (its reason in the results), so the report's section shows

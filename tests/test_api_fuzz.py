@@ -155,6 +155,11 @@ test_public_functions_refuse_wrong_arguments_in_one_line_slow = pytest.mark.slow
         ("save_member", {"path": ""}, "argument 'path' is empty; name a file or folder, got ''"),
         ("save_member", {"path": "a\x00b"}, "argument 'path' holds a NUL character"),
         ("merge", {"out_dir": None}, "argument 'out_dir' must be a path (text or os.PathLike), got NoneType"),
+        (
+            "merge",
+            {"config": {"merge_method": "linear", "bogus": 1}},
+            "argument 'config' as a MergeConfig: field 'bogus'",
+        ),
         ("merge_state_dicts", {"models": [{"w": [1.0]}, {"w": [2.0]}]}, "merge_state_dicts: argument 'models'"),
         ("evaluate", {"preds": None}, "evaluate: argument 'preds' must be a Predictions"),
         (

@@ -88,6 +88,9 @@ def explain(error: Mapping, where: str, expected: str = "") -> str:
         return f"{where} must be a finite number, got an integer of {len(str(abs(value)))} digits"
     bounds = [f"{_BOUNDS[k]} {v:g}" for k, v in error.get("ctx", {}).items() if k in _BOUNDS]
     one_of_union = len(loc) > 1 and isinstance(loc[1], str)
+    if one_of_union and len(loc) > 2 and "[" not in loc[1]:  # a field of a model given as a mapping
+        field = ".".join(str(part) for part in loc[2:])
+        return f"{where} as a {loc[1]}: field {field!r}: {error['msg']}"
     if kind == "literal_error":
         what = f"must be {error.get('ctx', {}).get('expected', '')} (or left out)"
     elif kind == "value_error":  # one of our validators: its message says it
