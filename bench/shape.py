@@ -43,7 +43,7 @@ FLOORS = [
     ("families", ("distill", "features", "compress", "guard")),
     ("presentation", ("report",)),
     ("workflows", ("auto", "demo")),
-    ("command line", ("cli",)),
+    ("command line", ("cli", "__main__")),  # `modelfusion` and `python -m modelfusion` (torchrun)
 ]
 
 

@@ -9,20 +9,31 @@ import dataclasses
 import functools
 import inspect
 import signal
+import sys
 import threading
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.text import Text
 
 from ._checks import parse_json_object
 from ._terminal import escape_controls, terminal_console
 from .errors import ModelFusionError
 
-__all__ = ["err_console", "guarded", "fail", "parse_json_object", "command_from_job", "with_data", "Overwrite"]
+__all__ = [
+    "err_console",
+    "guarded",
+    "fail",
+    "run_in_process_group",
+    "parse_json_object",
+    "command_from_job",
+    "with_data",
+    "Overwrite",
+]
 
 err_console = terminal_console(stderr=True)
 
@@ -60,10 +71,50 @@ def _stop_on_signals(stops: list[int]) -> Iterator[None]:
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print `message` as one `error:` line on stderr (no markup: paths may hold brackets; control characters
-    escaped)."""
+    escaped); once under torchrun, by whichever process fails first."""
+    if "torch.distributed" in sys.modules:  # (the command line imports torch only when a command needs it)
+        from ._distributed import first_to_fail
+
+        if not first_to_fail():  # under torchrun, an error the processes share is printed by the first of them
+            return typer.Exit(code)
     line = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    err_console.print(Text.assemble(("error:", "red"), " ", escape_controls(line, keep="\t")), soft_wrap=True)
+    quiet, err_console.quiet = err_console.quiet, False  # the other processes of a torchrun are quiet but errors
+    try:
+        err_console.print(Text.assemble(("error:", "red"), " ", escape_controls(line, keep="\t")), soft_wrap=True)
+    finally:
+        err_console.quiet = quiet
     return typer.Exit(code)
+
+
+def run_in_process_group(
+    app: typer.Typer, prog_name: str, *, consoles: Sequence[Console] = (), commands: Sequence[str] | None = None
+) -> None:
+    """Run `app` on the command line's arguments in torchrun's process group (`python -m ...` alone: one
+    process), and exit. Every process runs the same command on the same files, so only the first speaks:
+    `err_console` and `consoles` are quiet in the others (but for an error only they meet, see `fail`). A failed
+    process exits at once instead of waiting for the others, which torchrun then stops. `commands`: the
+    commands of `app` that share their work among processes; the others are refused on more than one (each
+    process would do all of it and write the same outputs)."""
+    from ._distributed import process_group, process_rank
+
+    with process_group():
+        rank, world = process_rank()
+        if rank != 0:
+            for console in (err_console, *consoles):
+                console.quiet = True
+        command = sys.argv[1] if len(sys.argv) > 1 else ""
+        if world > 1 and commands is not None and command not in commands and not command.startswith("-"):
+            refused = fail(
+                f"{command!r} runs on one process; under torchrun run {' or '.join(commands)}, and the others "
+                f"as `{prog_name} {command}` alone"
+            )
+            sys.exit(refused.exit_code)
+        try:
+            app(sys.argv[1:], prog_name=prog_name)
+        except SystemExit as exit_:
+            if exit_.code:
+                raise
+    sys.exit(0)
 
 
 def guarded(fn: Callable) -> Callable:

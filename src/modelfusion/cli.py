@@ -213,14 +213,20 @@ def predict(
         ),
     ] = False,
     trust_type: Annotated[list[str] | None, typer.Option(help="extra type a skops file may contain")] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="samples per forward call (under torchrun, the unit of each process's share)")
+    ] = 1024,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
     overwrite: Overwrite = False,
 ) -> None:
     """Run each member once on a split, or on new data, and save their outputs as Predictions.
 
     Python: `load_member(...)` for each file, then `collect_predictions(members, X, y, split).save(out)`, with `X, y`
     a split of `load_data(path)` or, for new data, `read_preparation(path).prepare(new_file)` (`modelfusion.datasets`).
+    Several processes: `torchrun --standalone --nproc_per_node=N -m modelfusion predict ...`.
     """
     from ._atomic import check_output
+    from ._distributed import process_rank
     from .datasets import prediction_inputs
     from .predictions import collect_predictions
 
@@ -240,7 +246,9 @@ def predict(
         trust_code=trust_code,
         trusted_types=trust_type or (),
     )
-    preds = collect_predictions(members, X, y, split)
+    preds = collect_predictions(members, X, y, split, batch_size=batch_size, progress=progress)
+    if process_rank()[0] != 0:  # under torchrun every process predicts its share, the first one writes
+        return
     preds.save(out, overwrite=overwrite)
     console.print(f"saved predictions of {preds.num_members} members on {len(X)} {split} samples -> {out}")
 

@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from ._checks import PathArg, PositiveInt, check_count, checked
+from ._distributed import concat_over_processes, failing_together, my_share, process_rank
 from ._progress import progress_bar
 from ._safetensors import parse_description, read_tensors, write_tensors
 from .errors import (
@@ -324,6 +325,11 @@ def collect_predictions(
 ) -> Predictions:
     """Run each member once over `X` in batches and gather the outputs.
 
+    Under torch.distributed (`torchrun`; a process group of several processes) every process calls this with
+    the same arguments: each runs the members on its contiguous share of the batches (the batches a single
+    process would make, so the outputs are the same bit for bit) and every process returns all the outputs,
+    gathered in order. An error on one process is raised on all of them. Only the first shows a progress bar.
+
     Args:
         members: members to run (checked for one task, equal class count and order, unique names).
         X: inputs `[N, ...]`, or N strings (`Texts`) for members that take text.
@@ -344,23 +350,36 @@ def collect_predictions(
         raise InvalidInputError("no samples to predict on (X is empty)")
     if y is not None and len(y) != n:
         raise InvalidInputError(f"got {len(y)} targets for {n} samples")
-    starts = range(0, n, batch_size)
-    outputs = []
-    with progress_bar(progress) as bar:
-        task_id = bar.add_task(f"predicting {split}", total=len(members) * len(starts))
-        for member in members:
-            parts = []
-            for start in starts:
-                batch = X[start : start + batch_size]
-                parts.append(_check_output(member, _run(member, batch), len(batch)))
-                bar.advance(task_id)
-            outputs.append(torch.cat(parts))
     first = members[0]
+    with failing_together():
+        mine = _predict_share(members, X, split, batch_size=batch_size, progress=progress)
+    # [K, n, ...] from the samples-first shards of every process (one process: its own, unchanged)
+    outputs = concat_over_processes(mine.movedim(1, 0)).movedim(0, 1).contiguous()
     return Predictions(
-        outputs=torch.stack(outputs),
+        outputs=outputs,
         labels=None if y is None else torch.as_tensor(y),
         member_names=tuple(m.name for m in members),
         task=first.task,
         split=split,
         classes=first.classes,
     )
+
+
+def _predict_share(
+    members: list[Member], X: torch.Tensor | Texts, split: str, *, batch_size: int, progress: bool
+) -> torch.Tensor:
+    """Every member's checked outputs on this process's share of the batches of `X`, `[K, rows, ...]` float32
+    (all of them in a single process)."""
+    batches = my_share(-(-len(X) // batch_size))
+    width = (members[0].num_outputs,) if members[0].task == "classification" else ()
+    outputs = []
+    with progress_bar(progress and process_rank()[0] == 0) as bar:
+        task_id = bar.add_task(f"predicting {split}", total=len(members) * len(batches))
+        for member in members:
+            parts = [torch.empty((0, *width))]  # a process may have no batches (more processes than batches)
+            for index in batches:
+                batch = X[index * batch_size : (index + 1) * batch_size]
+                parts.append(_check_output(member, _run(member, batch), len(batch)))
+                bar.advance(task_id)
+            outputs.append(torch.cat(parts))
+    return torch.stack(outputs)

@@ -12,6 +12,7 @@ from torch import nn
 
 from .._atomic import atomic_path, check_output
 from .._checks import MAX_SEED, check_count, check_number, check_seed, checked
+from .._distributed import gather_over_processes, process_rank, sum_over_processes
 from .._files import check_readable
 from .._modules import output_width
 from .._progress import progress_bar
@@ -312,8 +313,9 @@ def _save_checkpoint(run: _Run) -> None:
     """Write the run's state atomically (the first process), with both random generators' states."""
     if run.checkpoint is None:
         return
-    # A collective (every process sends its global generator's state), so before the rank test.
-    global_rngs = _global_rng_states(run.world)
+    # A collective (every process sends its global generator's state, (world, 5056) uint8), so before the rank
+    # test.
+    global_rngs = gather_over_processes(torch.get_rng_state())
     if run.rank != 0:
         return
     saved = {
@@ -429,18 +431,6 @@ def _saved_global_rng(saved: dict, checkpoint: Path, rank: int, world: int) -> t
     return states[rank].clone()
 
 
-def _global_rng_states(world: int) -> torch.Tensor:
-    """Every process's global generator state, (world, 5056) uint8, gathered (a collective under DDP)."""
-    state = torch.get_rng_state()  # (5056,) uint8
-    if world == 1:
-        return state[None]
-    import torch.distributed as dist
-
-    states = [torch.empty_like(state) for _ in range(world)]
-    dist.all_gather(states, state)
-    return torch.stack(states)
-
-
 def _diverged(done: int, loss: float, lr: float, checkpoint: Path | None) -> TrainingDivergedError:
     """The error for a loss that left the finite numbers in the epoch after the `done` finished ones; the
     checkpoint (if any) holds the last of those."""
@@ -466,19 +456,7 @@ class _Trained(nn.Module):
         return self.student(x)
 
 
-def process_rank() -> tuple[int, int]:
-    """(rank, world size) under torch.distributed, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _sum_over_processes(sums: dict[str, float]) -> dict[str, float]:
-    import torch.distributed as dist
-
     keys = sorted(sums)
-    values = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(values)
+    values = sum_over_processes(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
     return dict(zip(keys, values.tolist(), strict=True))
