@@ -132,28 +132,45 @@ def _della_blocks(
             f"epsilon {epsilon}"
         )
 
-    def kept_rows() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def kept_rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(seed)
         for rows in blocks:
             delta = read_delta(rows)
             flat = delta.reshape(1, -1) if delta.ndim < 2 else delta.reshape(delta.shape[0], -1)
-            width = flat.shape[1]
-            ranks = flat.abs().argsort(dim=1).argsort(dim=1).to(torch.float64)  # 0 = the smallest in its row
-            rank_share = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
-            probability = (density - epsilon) + rank_share * 2 * epsilon
-            keep = torch.rand(flat.shape, generator=generator, dtype=torch.float64) < probability
-            yield delta, flat * keep, probability
+            yield delta, _magprune(flat, density, epsilon, generator, inverse=rescale == "inverse_density")
 
     scale = 1.0
     if rescale == "l1":
         before = after = 0.0
-        for delta, kept, _ in kept_rows():
+        for delta, kept in kept_rows():
             before, after = before + float(delta.abs().sum()), after + float(kept.abs().sum())
         scale = before / after if before >= 1e-8 and after >= 1e-8 else 1.0
-    for delta, kept, probability in kept_rows():
-        if rescale == "inverse_density":
-            kept = (kept.double() / probability).to(kept.dtype)
+    for delta, kept in kept_rows():
         yield (kept * scale if scale != 1.0 else kept).reshape(delta.shape)
+
+
+# Entries whose keep probabilities MAGPRUNE works out at once: its float64 and int64 temporaries (ranks, shares,
+# probabilities, draws) take 8 bytes an entry each, so a block of rows is done in parts of this many entries.
+MAGPRUNE_ENTRIES = 1 << 21
+
+
+def _magprune(
+    flat: torch.Tensor, density: float, epsilon: float, generator: torch.Generator, *, inverse: bool
+) -> torch.Tensor:
+    """The entries of `flat` [rows, width] that MAGPRUNE keeps (the others zero), each divided by its keep
+    probability with `inverse`; rows are drawn in order, a part at a time, as one draw of the whole would."""
+    kept = torch.empty_like(flat)
+    width = flat.shape[1]
+    step = max(1, MAGPRUNE_ENTRIES // max(width, 1))
+    for start in range(0, flat.shape[0], step):
+        part = flat[start : start + step]
+        ranks = part.abs().argsort(dim=1).argsort(dim=1).to(torch.float64)  # 0 = the smallest in its row
+        rank_share = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
+        probability = (density - epsilon) + rank_share * 2 * epsilon
+        keep = torch.rand(part.shape, generator=generator, dtype=torch.float64) < probability
+        chosen = part * keep
+        kept[start : start + step] = (chosen.double() / probability).to(part.dtype) if inverse else chosen
+    return kept
 
 
 def sparsify(
