@@ -38,8 +38,8 @@ FILLER = "the a was and it with this that we they on for about in very today rea
 
 
 def _write_posts(path, count: int, seed: int) -> None:
-    """Posts of 8 filler words, 2 words of their topic and, half the time, 1 word of another topic: learnable
-    (the Bayes rate is far above chance, 1/3) but not separable by any single word."""
+    """Posts of 8 filler words, 1 word of their topic (2 in half the posts) and, half the time, 1 word of
+    another topic: learnable (the Bayes rate is far above chance, 1/3) but not separable."""
     rng = np.random.default_rng(seed)
     names = list(TOPICS)
     with open(path, "w", newline="") as handle:
@@ -47,7 +47,7 @@ def _write_posts(path, count: int, seed: int) -> None:
         writer.writerow(["post", "topic"])
         for i in range(count):
             topic = names[i % 3]
-            words = [*rng.choice(FILLER, 8), *rng.choice(TOPICS[topic], 2)]
+            words = [*rng.choice(FILLER, 8), *rng.choice(TOPICS[topic], 1 + int(rng.random() < 0.5))]
             if rng.random() < 0.5:
                 words.append(rng.choice(TOPICS[names[(i + 1 + int(rng.integers(2))) % 3]]))
             rng.shuffle(words)
