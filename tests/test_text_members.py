@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from typer.testing import CliRunner
 
-from modelfusion import CheckpointError, ConfigError
+from modelfusion import CheckpointError, ConfigError, InvalidInputError
 from modelfusion.auto import auto, load_fusion
 from modelfusion.auto.export import save_fusion
 from modelfusion.cli import app
@@ -111,6 +111,16 @@ def test_each_text_member_takes_strings_and_beats_chance(data, members):
     outputs = collect_predictions(members, data.val.X, data.val.y, "val", batch_size=7, progress=False).outputs
     assert outputs.shape == (3, len(data.val), 3)
     assert torch.allclose(outputs[0], members[0].predict(data.val.X))  # batched as one call gives
+
+
+def test_a_member_given_the_other_kind_of_input_says_so_in_one_line(data, members):
+    digits = load_dataset("digits")
+    with pytest.raises(InvalidInputError, match=r"'tfidf_linear' takes texts, got numbers of shape \[5, 64\]"):
+        collect_predictions(members[:1], digits.test.X[:5], progress=False)
+    linear = SklearnMember(LogisticRegression().fit(digits.train.X.numpy(), digits.train.y.numpy()), name="digits")
+    assert not linear.takes_text and members[0].takes_text
+    with pytest.raises(InvalidInputError, match="'digits' takes numbers, got texts"):
+        collect_predictions([linear], data.test.X, progress=False)
 
 
 def test_regression_on_texts_trains_ridge_pipelines():

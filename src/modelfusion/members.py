@@ -166,8 +166,17 @@ def sklearn_inputs(X: torch.Tensor | np.ndarray | Texts | Sequence[str]) -> np.n
     return torch.as_tensor(X).reshape(len(X), -1).numpy()
 
 
+def _takes_text(estimator) -> bool:
+    """Whether `estimator` is, or is a pipeline that starts with, a text vectorizer (scikit-learn's count,
+    TF-IDF and hashing vectorizers all build an analyzer of strings)."""
+    while hasattr(estimator, "steps") and estimator.steps:
+        estimator = estimator.steps[0][1]
+    return hasattr(estimator, "build_analyzer")
+
+
 class SklearnMember:
-    """A fitted scikit-learn estimator as a member (a pipeline that starts with a text vectorizer takes texts).
+    """A fitted scikit-learn estimator as a member (a pipeline that starts with a text vectorizer takes texts,
+    `takes_text`).
 
     Classifiers give `log(predict_proba)` as logits (softmax of those returns the probabilities exactly);
     classifiers without `predict_proba` fall back to `decision_function` scores; regressors give `predict`.
@@ -195,6 +204,7 @@ class SklearnMember:
                 )
         _check_task(task, self.name)
         self.task = task
+        self.takes_text = _takes_text(estimator)
         try:
             check_is_fitted(estimator)
         except SklearnNotFitted:
@@ -214,6 +224,11 @@ class SklearnMember:
             self.num_outputs = 1
 
     def predict(self, X: torch.Tensor | Texts) -> torch.Tensor:
+        if is_texts(X) != self.takes_text:
+            takes, got = ("texts", f"numbers of shape {list(np.shape(X))}") if self.takes_text else ("numbers", "texts")
+            raise InvalidInputError(
+                f"member {self.name!r} takes {takes}, got {got}; were the members trained on this data?"
+            )
         X_np = sklearn_inputs(X)
         if self.task == "regression":
             return torch.as_tensor(np.asarray(self.estimator.predict(X_np), dtype=np.float32).reshape(-1))
