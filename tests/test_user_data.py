@@ -117,11 +117,12 @@ def test_an_estimator_whose_extra_is_missing_is_named_with_its_extra():
         estimator_plan("boosty", "classification")
 
 
-def test_text_data_trains_no_members_and_says_what_to_give():
+def test_text_data_trains_bag_of_words_estimators_and_no_network():
     texts = Dataset.from_arrays(np.array([f"word {i} and more words" for i in range(30)]), np.arange(30) % 2)
     assert texts.kind == "text"
-    with pytest.raises(ConfigError, match="transformers folder"):
-        member_plans(texts)
+    assert [p.name for p in member_plans(texts)] == ["tfidf_linear", "char_tfidf_linear", "tfidf_nb"]
+    with pytest.raises(ConfigError, match="transformers folders"):
+        member_plans(texts, recipe="mlp")
     with pytest.raises(ConfigError, match="no network recipe for text"):
         recipe_for(texts)
 

@@ -47,7 +47,7 @@ Estimator = Annotated[
     list[str] | None,
     typer.Option(
         help="estimator to train beside the networks (repeat it; modelfusion.estimators.ESTIMATORS, e.g. "
-        "hist_gradient_boosting, lightgbm; default: chosen by the data's shape)"
+        "hist_gradient_boosting, lightgbm, tfidf_linear for texts; default: chosen by the data's shape)"
     ),
 ]
 

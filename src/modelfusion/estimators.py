@@ -1,6 +1,7 @@
 """The scikit-learn-style estimators that `demo` and `auto` train beside their networks: a linear model, a random
 forest, scikit-learn's histogram gradient boosting (always: no new dependency) and, when installed, LightGBM,
-XGBoost and CatBoost (the extras `lightgbm`, `xgboost`, `catboost`).
+XGBoost and CatBoost (the extras `lightgbm`, `xgboost`, `catboost`); for texts, bag-of-words pipelines that take
+strings (TF-IDF features, then a linear model or naive Bayes).
 
 Each is registered in `ESTIMATORS` by name with one factory per task, `factory(seed) -> unfitted estimator`;
 `make_estimator(name, task, seed=...)` builds one, and an extra that is missing is one line naming it.
@@ -13,6 +14,9 @@ Each is registered in `ESTIMATORS` by name with one factory per task, `factory(s
 | `lightgbm` | LGBMClassifier | LGBMRegressor | `lightgbm` |
 | `xgboost` | XGBClassifier | XGBRegressor | `xgboost` |
 | `catboost` | CatBoostClassifier | CatBoostRegressor | `catboost` |
+| `tfidf_linear` | word 1-2-gram TF-IDF + LogisticRegression | the same TF-IDF + Ridge | |
+| `char_tfidf_linear` | character 2-5-gram TF-IDF + LogisticRegression | the same TF-IDF + Ridge | |
+| `tfidf_nb` | word 1-2-gram TF-IDF + ComplementNB | | |
 
 Gradient-boosted trees stop early on a slice of their training rows (`validation_fraction`), never on the
 validation split, which chooses among candidates and must stay unseen by what it judges.
@@ -28,19 +32,20 @@ from .errors import ConfigError, MissingExtraError
 from .registry import Registry
 from .tasks import Task
 
-__all__ = ["ESTIMATORS", "Estimator", "make_estimator", "installed_boosters", "BOOSTERS"]
+__all__ = ["ESTIMATORS", "Estimator", "make_estimator", "installed_boosters", "BOOSTERS", "estimators_for"]
 
 
 @dataclass(frozen=True)
 class Estimator:
     """How to build one kind of estimator for each task; `module` and `extra` name the optional package it needs
-    (None: scikit-learn, always there)."""
+    (None: scikit-learn, always there); `takes_text`: it is fitted on strings (texts), not on numbers."""
 
     name: str
     classification: Callable[[int], object] | None
     regression: Callable[[int], object] | None
     module: str | None = None
     extra: str | None = None
+    takes_text: bool = False
 
     def installed(self) -> bool:
         return self.module is None or importlib.util.find_spec(self.module) is not None
@@ -135,6 +140,48 @@ def _catboost(kind: str) -> Callable[[int], object]:
     return build
 
 
+# Bag-of-words text models (Joachims 1998; Wang & Manning, "Baselines and bigrams", 2012): sublinear TF-IDF of
+# word uni- and bigrams, or of character n-grams within words (robust to spelling and morphology), capped in
+# vocabulary so that a large corpus cannot fill memory or the skops file. The rows are unit-norm and the
+# features many and sparse, so the linear models are less regularized than on standardized tables.
+_MAX_VOCABULARY = 200_000
+_TEXT_C = 10.0
+
+
+def _words():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, max_features=_MAX_VOCABULARY)
+
+
+def _characters():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(
+        analyzer="char_wb", ngram_range=(2, 5), min_df=1, sublinear_tf=True, max_features=_MAX_VOCABULARY
+    )
+
+
+def _text_model(vectorize: Callable[[], object], kind: str) -> Callable[[int], object]:
+    """A factory of `vectorize()` then a logistic regression (classification) or ridge (regression)."""
+
+    def build(seed: int):
+        from sklearn.linear_model import LogisticRegression, Ridge
+        from sklearn.pipeline import Pipeline
+
+        model = LogisticRegression(C=_TEXT_C, max_iter=1000) if kind == "classification" else Ridge(alpha=1.0)
+        return Pipeline([("tfidf", vectorize()), ("model", model)])
+
+    return build
+
+
+def _text_naive_bayes(seed: int):
+    from sklearn.naive_bayes import ComplementNB
+    from sklearn.pipeline import Pipeline
+
+    return Pipeline([("tfidf", _words()), ("model", ComplementNB(alpha=0.3))])
+
+
 for _estimator in (
     Estimator("logreg", _logistic_regression, None),
     Estimator("ridge", None, _ridge),
@@ -143,6 +190,16 @@ for _estimator in (
     Estimator("lightgbm", _lightgbm("classification"), _lightgbm("regression"), "lightgbm", "lightgbm"),
     Estimator("xgboost", _xgboost("classification"), _xgboost("regression"), "xgboost", "xgboost"),
     Estimator("catboost", _catboost("classification"), _catboost("regression"), "catboost", "catboost"),
+    Estimator(
+        "tfidf_linear", _text_model(_words, "classification"), _text_model(_words, "regression"), takes_text=True
+    ),
+    Estimator(
+        "char_tfidf_linear",
+        _text_model(_characters, "classification"),
+        _text_model(_characters, "regression"),
+        takes_text=True,
+    ),
+    Estimator("tfidf_nb", _text_naive_bayes, None, takes_text=True),
 ):
     _register(_estimator)
 
@@ -153,6 +210,16 @@ BOOSTERS = ("lightgbm", "xgboost", "catboost")
 def installed_boosters() -> list[str]:
     """The optional boosters whose package is installed."""
     return [name for name in BOOSTERS if ESTIMATORS[name].installed()]
+
+
+def estimators_for(task: Task, *, texts: bool) -> list[str]:
+    """The installed estimators with a form for `task` that take texts (`texts`) or numbers, in the order they
+    are registered (the order plans add them)."""
+    return [
+        e.name
+        for e in ESTIMATORS.registered().values()
+        if e.takes_text == texts and e.installed() and (e.classification if task == "classification" else e.regression)
+    ]
 
 
 def make_estimator(name: str, task: Task, *, seed: int = 0):

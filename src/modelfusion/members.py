@@ -19,6 +19,7 @@ from torch import nn
 from ._modules import evaluating
 from .errors import IncompatibleModelsError, InvalidInputError, NotFittedError
 from .tasks import TASKS, Task
+from .texts import Texts, is_texts
 
 __all__ = [
     "Member",
@@ -29,6 +30,7 @@ __all__ = [
     "name_after_files",
     "check_classes",
     "MAX_NAME_CHARS",
+    "sklearn_inputs",
 ]
 
 # The longest member name a file may record: room for names derived from names ("<name>_fp16_spliced").
@@ -156,8 +158,25 @@ def _infer_num_outputs(module: nn.Module) -> int:
     )
 
 
+def sklearn_inputs(X: torch.Tensor | np.ndarray | Texts | Sequence[str]) -> np.ndarray | list[str]:
+    """What a scikit-learn estimator takes for `X`: texts as a list of strings (a text pipeline vectorizes
+    them itself), anything else as a float array `[N, features]`."""
+    if is_texts(X):
+        return list(X)
+    return torch.as_tensor(X).reshape(len(X), -1).numpy()
+
+
+def _takes_text(estimator) -> bool:
+    """Whether `estimator` is, or is a pipeline that starts with, a text vectorizer (scikit-learn's count,
+    TF-IDF and hashing vectorizers all build an analyzer of strings)."""
+    while hasattr(estimator, "steps") and estimator.steps:
+        estimator = estimator.steps[0][1]
+    return hasattr(estimator, "build_analyzer")
+
+
 class SklearnMember:
-    """A fitted scikit-learn estimator as a member.
+    """A fitted scikit-learn estimator as a member (a pipeline that starts with a text vectorizer takes texts,
+    `takes_text`).
 
     Classifiers give `log(predict_proba)` as logits (softmax of those returns the probabilities exactly);
     classifiers without `predict_proba` fall back to `decision_function` scores; regressors give `predict`.
@@ -185,6 +204,7 @@ class SklearnMember:
                 )
         _check_task(task, self.name)
         self.task = task
+        self.takes_text = _takes_text(estimator)
         try:
             check_is_fitted(estimator)
         except SklearnNotFitted:
@@ -203,8 +223,13 @@ class SklearnMember:
             self.classes = None
             self.num_outputs = 1
 
-    def predict(self, X: torch.Tensor) -> torch.Tensor:
-        X_np = torch.as_tensor(X).reshape(len(X), -1).numpy()
+    def predict(self, X: torch.Tensor | Texts) -> torch.Tensor:
+        if is_texts(X) != self.takes_text:
+            takes, got = ("texts", f"numbers of shape {list(np.shape(X))}") if self.takes_text else ("numbers", "texts")
+            raise InvalidInputError(
+                f"member {self.name!r} takes {takes}, got {got}; were the members trained on this data?"
+            )
+        X_np = sklearn_inputs(X)
         if self.task == "regression":
             return torch.as_tensor(np.asarray(self.estimator.predict(X_np), dtype=np.float32).reshape(-1))
         if hasattr(self.estimator, "predict_proba"):

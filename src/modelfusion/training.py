@@ -30,7 +30,7 @@ from ._checks import check_count, check_number, check_seed
 from ._modules import evaluating, has_batchnorm
 from .datasets import Dataset, Split
 from .errors import ConfigError, TrainingDivergedError
-from .members import Member, SklearnMember, TorchMember
+from .members import Member, SklearnMember, TorchMember, sklearn_inputs
 from .models import MODELS
 from .registry import Registry
 from .tasks import Task
@@ -438,7 +438,7 @@ class MemberPlan:
         """Train this member on `data`'s training split (validation chooses a network's epoch); `epochs`
         replaces the recipe's."""
         if self.estimator is not None:
-            estimator = self.estimator().fit(data.train.X.numpy(), data.train.y.numpy())
+            estimator = self.estimator().fit(sklearn_inputs(data.train.X), data.train.y.numpy())
             if "n_jobs" in estimator.get_params():
                 # fitted in parallel, served on one job: starting joblib's workers costs a one-sample prediction
                 # of the digits forest more than its trees do (22 ms against 8 ms)
@@ -464,21 +464,28 @@ def member_plans(
       model and a random forest;
     - tables: `mlps` strong tabular MLPs, a linear model, a random forest, scikit-learn's histogram gradient
       boosting and every optional booster installed (LightGBM, XGBoost, CatBoost: `modelfusion.estimators`);
-    - regression: the regression MLPs, ridge, a random forest and histogram gradient boosting.
+    - regression: the regression MLPs, ridge, a random forest and histogram gradient boosting;
+    - texts: no networks (a transformer's fine-tuning is yours to bring, as a transformers folder), the
+      bag-of-words estimators: TF-IDF of words and of characters, each with a linear model, and naive Bayes
+      (classification): `modelfusion.estimators.estimators_for(task, texts=True)`.
 
-    `recipe` (a name in `RECIPES`, or a recipe) replaces the networks' recipes; `estimators` (names in
-    `modelfusion.estimators.ESTIMATORS`) replaces the estimators, an optional one that is not installed being
-    one error naming its extra. `demo` trains the default plans; `auto`, given no members, adds CNNs (`cnns=5`:
-    a deep ensemble of the strongest architecture). Names and seeds depend only on the position in the plan, so
+    `recipe` (a name in `RECIPES`, or a recipe) replaces the networks' recipes (texts have none); `estimators`
+    (names in `modelfusion.estimators.ESTIMATORS`) replaces the estimators, an optional one that is not
+    installed being one error naming its extra, one for numbers given texts (or the reverse) another. `demo`
+    trains the default plans; `auto`, given no members, adds CNNs (`cnns=5`: a deep ensemble of the strongest
+    architecture). Names and seeds depend only on the position in the plan, so
     adding CNNs leaves the others' weights as they were.
     """
-    from .estimators import installed_boosters
+    from .estimators import estimators_for, installed_boosters
 
     if data.kind == "text":
-        raise ConfigError(
-            f"{data.name!r} holds texts: no members are trained for text here; give your own (a transformers folder, "
-            "or a scikit-learn text pipeline) as members"
-        )
+        if recipe is not None:
+            raise ConfigError(
+                f"{data.name!r} holds texts: no network recipe trains on them here; drop the recipe (texts get "
+                "TF-IDF estimators), or give your own transformers folders as members"
+            )
+        names = estimators_for(data.task, texts=True) if estimators is None else estimators
+        return [estimator_plan(name, data.task, seed=seed, texts=True) for name in names]
     chosen = RECIPES[recipe] if isinstance(recipe, str) else recipe
     if chosen is not None:
         chosen.factory_kwargs(data)  # a recipe for other data fails here, in one line
@@ -498,12 +505,19 @@ def member_plans(
     return plans + extra  # the extra CNNs last, as `auto` has always ordered its members
 
 
-def estimator_plan(name: str, task: Task, *, seed: int = 0) -> MemberPlan:
-    """The plan of the estimator `name` (`modelfusion.estimators.ESTIMATORS`) for `task`, checked now: an
-    optional one that is not installed fails here, in one line naming its extra."""
-    from .estimators import make_estimator
+def estimator_plan(name: str, task: Task, *, seed: int = 0, texts: bool = False) -> MemberPlan:
+    """The plan of the estimator `name` (`modelfusion.estimators.ESTIMATORS`) for `task` on texts (`texts`) or
+    numbers, checked now: an optional one that is not installed fails here, in one line naming its extra, and
+    so does one that takes the other kind of input."""
+    from .estimators import ESTIMATORS, estimators_for, make_estimator
 
     make_estimator(name, task, seed=seed)
+    if ESTIMATORS[name].takes_text != texts:
+        takes, holds = ("numbers", "texts") if texts else ("texts", "numbers")
+        raise ConfigError(
+            f"estimator {name!r} takes {takes} and this data holds {holds}; choose among "
+            f"{', '.join(estimators_for(task, texts=texts))}"
+        )
     return MemberPlan(name, estimator=functools.partial(make_estimator, name, task, seed=seed))
 
 

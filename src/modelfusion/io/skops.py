@@ -11,9 +11,10 @@ node of the file's object tree (its `schema.json`) is checked:
   a plain Python or NumPy scalar type (`dtype=np.float64`);
 - every object must be of a class in `SKOPS_ALLOWLIST`: the estimators modelfusion's members and combiners
   produce and the common ones users bring (linear models, trees, forests, gradient boosting, SVMs, k-NN,
-  naive Bayes, discriminant analysis, MLPs, scalers and imputers, PCA, pipelines, voting, stacking,
-  bagging, calibration), the helper objects they hold (trees, losses, bin mappers, KD-trees), and data
-  (builtins, NumPy arrays, dtypes and random states).
+  naive Bayes, discriminant analysis, MLPs, scalers and imputers, PCA, text vectorizers (TF-IDF, counts,
+  hashing: a callable tokenizer, analyzer or preprocessor is a function reference), pipelines, voting,
+  stacking, bagging, calibration), the helper objects they hold (trees, losses, bin mappers, KD-trees), and
+  data (builtins, NumPy arrays, dtypes and random states).
 
 `trusted_types` (CLI `--trust-type NAME`) adds names the caller vouches for (a class or a function);
 `trust_code=True` (CLI `--trust-code`) skips the check, as it does for pickles.
@@ -105,6 +106,9 @@ _ESTIMATORS = {
     ],
     "sklearn.impute": ["SimpleImputer"],
     "sklearn.decomposition": ["PCA", "TruncatedSVD"],
+    # text vectorizers: their analyzer, tokenizer and preprocessor are names or patterns (strings) here; a
+    # callable one is a function reference, refused like any other
+    "sklearn.feature_extraction.text": ["CountVectorizer", "TfidfVectorizer", "TfidfTransformer", "HashingVectorizer"],
 }
 # What those estimators hold once fitted, by the name skops records (a name this scikit-learn lacks is skipped).
 _HELPERS = [
