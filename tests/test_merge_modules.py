@@ -1,5 +1,7 @@
 """modelfusion.merge.merge_modules: Fisher merging, RegMean and TSV on real modules, against closed forms."""
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -83,6 +85,28 @@ def test_tsv_recovers_task_arithmetic_for_non_interfering_tasks_and_one_task():
     shared[0, 0] = 1.0
     both = METHODS["tsv"]([base + shared, base + shared], base)
     assert (both - base).norm() < (2 * shared).norm()
+
+
+def test_tsv_merges_a_wide_matrix_as_its_transpose_in_blocks_of_columns(monkeypatch):
+    """A wide matrix is merged by blocks of its columns (bounded memory at scale); TSV commutes with the
+    transpose, so the blocks give the tall transpose's merge."""
+    tsv_module = sys.modules["modelfusion.merge.methods.tsv"]
+    torch.manual_seed(0)
+    base = torch.randn(6, 40, dtype=torch.float64)
+    tunes = [base + 0.1 * torch.randn(6, 40, dtype=torch.float64) for _ in range(3)]
+    tall = METHODS["tsv"]([t.T for t in tunes], base.T)
+    monkeypatch.setattr(tsv_module, "_BLOCK_ENTRIES", 6 * 7)  # blocks of 7 columns: 6 blocks, the last short
+    passes = []
+    original = tsv_module._merged_updates
+
+    def recorded(deltas_of, blocks, *args):
+        passes.append([tuple(delta.shape) for rows in blocks for delta in deltas_of(rows)])
+        return original(deltas_of, blocks, *args)
+
+    monkeypatch.setattr(tsv_module, "_merged_updates", recorded)
+    wide = METHODS["tsv"](tunes, base)
+    assert passes == [[(7, 6)] * 3 * 5 + [(5, 6)] * 3]
+    torch.testing.assert_close(wide, tall.T, rtol=0, atol=1e-12)
 
 
 def test_data_free_methods_take_modules_or_state_dicts():

@@ -21,6 +21,8 @@ from .streaming import Rows, matrix_size, mean_update_blocks, model_rows, whole
 
 __all__ = ["tsv"]
 
+_BLOCK_ENTRIES = 2**21  # entries of a wide matrix's block of columns, as many as the engine's blocks of rows
+
 
 def _inverse_square_root(matrix: torch.Tensor) -> torch.Tensor:
     """`matrix^(-1/2)` of a symmetric positive semi-definite matrix, 0 on its null space (where the directions
@@ -50,10 +52,17 @@ def _merged_updates(
     grams = torch.zeros(count, width, width, dtype=torch.float64)
     for rows in blocks:
         for i, delta in enumerate(deltas_of(rows)):
-            grams[i] += delta.double().T @ delta.double()
-    values, vectors = torch.linalg.eigh(grams)  # ascending
-    singular = values.flip(-1)[:, :keep].clamp_min(0).sqrt()  # [K, keep]
-    right = vectors.flip(-1)[:, :, :keep]  # [K, n, keep]
+            delta = delta.double()
+            grams[i].addmm_(delta.T, delta)
+    # One task at a time, keeping only the top `keep` vectors: the whole eigenbases would hold K n x n matrices
+    singular = torch.empty(count, keep, dtype=torch.float64)  # [K, keep]
+    right = torch.empty(count, width, keep, dtype=torch.float64)  # [K, n, keep]
+    for i in range(count):
+        values, vectors = torch.linalg.eigh(grams[i])  # ascending
+        singular[i] = values[-keep:].flip(0).clamp_min(0).sqrt()  # [keep]
+        right[i] = vectors[:, -keep:].flip(1)  # [n, keep]
+        del values, vectors
+    del grams
     # A singular value lost in the Gram matrix's rounding (under 1e-7 of the largest) has no direction to keep
     present = singular > 1e-7 * singular.amax(1, keepdim=True).clamp_min(1e-300)
     singular = torch.where(present, singular, 0)
@@ -82,8 +91,9 @@ def _tsv_blocks(
     alpha: float = 1.0,
     share: float = 0.0,
 ) -> Iterator[torch.Tensor]:
-    """`tsv` block by block (`_merged_updates`). A matrix wider than tall is merged whole, transposed (TSV
-    commutes with the transpose); in transformers the large matrices are the tall ones (embeddings, heads)."""
+    """`tsv` block by block (`_merged_updates`). A matrix wider than tall is read whole and merged as its
+    transpose (TSV commutes with the transpose), by blocks of columns; in transformers the large matrices are
+    the tall ones (embeddings, heads)."""
     read_base = need_base(read_base, "tsv")
     if not 0 <= share <= 1:
         raise ConfigError(f"tsv: share is the fraction of each task's rank kept, from 0 to 1, got {share}")
@@ -97,10 +107,15 @@ def _tsv_blocks(
         yield from mean_update_blocks(read, read_base, blocks, count, alpha)
         return
     height, width = size
-    if height < width:
+    if height < width:  # merged as its transpose, whose rows are these columns, a block of them at a time
         deltas, base = updates(None)
-        merged = next(_merged_updates(lambda rows: [d.T for d in deltas], [None], count, height, share))
-        yield (base + alpha * merged.T.to(base.dtype)).to(out_dtype)
+        step = max(1, _BLOCK_ENTRIES // height)
+        columns = [slice(start, start + step) for start in range(0, width, step)]
+        transposed = _merged_updates(lambda cols: [d[:, cols].T for d in deltas], columns, count, height, share)
+        merged = base.clone()
+        for cols, update in zip(columns, transposed, strict=True):
+            merged[:, cols] += alpha * update.T.to(base.dtype)
+        yield merged.to(out_dtype)
         return
     for rows, merged in zip(
         blocks, _merged_updates(lambda rows: updates(rows)[0], blocks, count, width, share), strict=True
