@@ -14,11 +14,11 @@ from modelfusion import CheckpointError, ConfigError
 from modelfusion.auto import FAMILIES, Candidate, auto, load_fusion, save_fusion
 from modelfusion.cli import app
 from modelfusion.datasets import load_dataset
-from modelfusion.ensemble import make_combiner, save_combiner
+from modelfusion.ensemble import EnsembleModule, is_fusion_folder, load_fusion_member, make_combiner, save_combiner
 from modelfusion.io import load_member, save_member
 from modelfusion.io.factory import build_model
 from modelfusion.members import SklearnMember, TorchMember
-from modelfusion.predictions import collect_predictions
+from modelfusion.predictions import Predictions, collect_predictions
 from modelfusion.results import load_results
 from modelfusion.training import train_model
 
@@ -173,6 +173,37 @@ def test_a_fusion_folder_naming_files_outside_itself_is_refused(members, digits,
     (folder / "combiner.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointError):
         load_fusion(folder)
+
+
+def test_a_saved_fusion_predicts_as_one_member_from_the_cli_and_python(members, digits, tmp_path):
+    """auto's export of an ensemble (members + combiner) is one member for `predict`: its outputs are the log of
+    the combiner's probabilities, beside any other checkpoint given."""
+    val = collect_predictions(members, digits.val.X, digits.val.y, "val", progress=False)
+    combiner = make_combiner("weighted").fit(val)
+    folder = save_fusion(members, combiner, tmp_path / "run" / "model")
+    save_member(members[2], tmp_path / "logreg")
+    out = tmp_path / "p.safetensors"
+    done = CliRunner().invoke(
+        app, ["predict", str(folder), str(tmp_path / "logreg.skops"), "--dataset", "digits", "--out", str(out)]
+    )
+    assert done.exit_code == 0, done.output
+    preds = Predictions.load(out)
+    assert preds.member_names == ("model", "logreg") and preds.split == "test"
+    test = collect_predictions(members, digits.test.X, digits.test.y, "test", progress=False)
+    expected = combiner.predict_proba(test)
+    torch.testing.assert_close(preds.outputs[0].softmax(1), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(preds.outputs[1], test.outputs[2])
+    fused = load_fusion_member(folder, name="fused")
+    assert (fused.name, fused.task, fused.classes) == ("fused", "classification", tuple(range(10)))
+    assert is_fusion_folder(folder) and not is_fusion_folder(tmp_path / "logreg.skops")
+    # torch members only: auto exports an EnsembleModule folder, which predicts as one member the same way
+    networks = members[:2]
+    combiner = make_combiner("mean").fit(collect_predictions(networks, digits.val.X, digits.val.y, "val"))
+    module_folder = EnsembleModule(networks, combiner).save(tmp_path / "networks")
+    assert is_fusion_folder(module_folder)
+    expected = combiner.predict_proba(collect_predictions(networks, digits.test.X, progress=False))
+    outputs = load_fusion_member(module_folder).predict(digits.test.X)
+    torch.testing.assert_close(outputs.softmax(1), expected, rtol=0, atol=1e-6)
 
 
 def test_merging_is_skipped_with_its_reason_and_a_spent_budget_skips_the_rest(digits, members):

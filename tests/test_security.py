@@ -809,8 +809,8 @@ def _tensors_and_header(path: Path) -> tuple[dict, dict]:
 def test_a_fusion_folder_keeps_hostile_member_names_as_data(tmp_path, trained_mlp, digits_members, digits):
     import copy
 
-    from modelfusion.auto.export import load_fusion, save_fusion
     from modelfusion.ensemble import make_combiner
+    from modelfusion.ensemble.fusion import load_fusion, save_fusion
     from modelfusion.members import TorchMember
     from modelfusion.predictions import collect_predictions
 

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from modelfusion import CheckpointError, ConfigError, InvalidInputError
 from modelfusion.auto import auto, load_fusion
-from modelfusion.auto.export import save_fusion
 from modelfusion.cli import app
 from modelfusion.datasets import Dataset, load_data, load_dataset
 from modelfusion.ensemble import make_combiner
+from modelfusion.ensemble.fusion import save_fusion
 from modelfusion.estimators import ESTIMATORS, estimators_for
 from modelfusion.io import load_member, save_member
 from modelfusion.members import SklearnMember

@@ -52,12 +52,20 @@ Estimator = Annotated[
 ]
 
 
-def _load_members(paths: Sequence[Path], **options) -> list:
+def _load_members(paths: Sequence[Path], *, fusions: bool = False, **options) -> list:
     """Load each checkpoint (`modelfusion.io.load_members`: one given twice is refused); members whose stored
-    names collide are named after their files, and told so."""
+    names collide are named after their files, and told so. With `fusions`, a folder an output fusion was saved
+    in (`save_fusion`, auto's export) is one member (`ensemble.load_fusion_member`)."""
+    from .ensemble import is_fusion_folder, load_fusion_member
     from .io import load_members
 
-    return load_members(paths, note=lambda text: err_console.print(f"note: {text}", highlight=False), **options)
+    def note(text: str) -> None:
+        err_console.print(f"note: {text}", highlight=False)
+
+    fused = {i: load_fusion_member(path) for i, path in enumerate(paths) if fusions and is_fusion_folder(path)}
+    files = [path for i, path in enumerate(paths) if i not in fused]
+    loaded = iter(load_members(files, note=note, **options) if files else [])
+    return [fused[i] if i in fused else next(loaded) for i in range(len(paths))]
 
 
 def _safetensors_out(path: Path, option: str) -> None:
@@ -178,7 +186,12 @@ def auto(
 @_command
 def predict(
     checkpoints: Annotated[
-        list[Path], typer.Argument(readable=False, help="member checkpoints (see `modelfusion.io` for formats)")
+        list[Path],
+        typer.Argument(
+            readable=False,
+            help="member checkpoints (see `modelfusion.io` for formats), or folders an output fusion was saved in "
+            "(auto's model/ when it chose an ensemble): each predicts as one member",
+        ),
     ],
     data: DataChoice = None,
     seed: Annotated[int, typer.Option(help="seed of the dataset split")] = 0,
@@ -221,7 +234,8 @@ def predict(
 ) -> None:
     """Run each member once on a split, or on new data, and save their outputs as Predictions.
 
-    Python: `load_member(...)` for each file, then `collect_predictions(members, X, y, split).save(out)`, with `X, y`
+    Python: `load_member(...)` for each file (`ensemble.load_fusion_member(folder)` for a saved fusion), then
+    `collect_predictions(members, X, y, split).save(out)`, with `X, y`
     a split of `load_data(path)` or, for new data, `read_preparation(path).prepare(new_file)` (`modelfusion.datasets`).
     Several processes: `torchrun --standalone --nproc_per_node=N -m modelfusion predict ...`.
     """
@@ -240,6 +254,7 @@ def predict(
     kwargs = parse_json_object(factory_kwargs, "--factory-kwargs")
     members = _load_members(
         checkpoints,
+        fusions=True,
         factory=factory,
         factory_kwargs=kwargs,
         task=task,

@@ -137,7 +137,7 @@ def _export_fusion(ctx: Inputs, combiner, path: Path) -> Path:
     """An `EnsembleModule` folder when every member is a torch model with a factory; otherwise the members'
     files and the combiner (`modelfusion.auto.save_fusion`, read back by `load_fusion`)."""
     from ..ensemble import EnsembleModule
-    from .export import save_fusion
+    from ..ensemble.fusion import save_fusion
 
     if all(isinstance(m, TorchMember) and m.factory for m in ctx.members):
         return EnsembleModule(ctx.members, combiner, vectorize=False).save(path)

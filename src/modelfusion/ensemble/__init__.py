@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from .base import Combiner
 from .choose import Choice, choose_combiner
+from .fusion import FusionMember, is_fusion_folder, load_fusion, load_fusion_member, save_fusion
 from .mean import Mean, MeanLogit, Median
 from .module import EnsembleModule
 from .registry import COMBINERS, combiners_for, make_combiner
@@ -46,6 +47,11 @@ __all__ = [
     "EnsembleModule",
     "save_combiner",
     "load_combiner",
+    "save_fusion",
+    "load_fusion",
+    "load_fusion_member",
+    "is_fusion_folder",
+    "FusionMember",
     "fuse_and_evaluate",
     "EnsembleRun",
     "train_members",

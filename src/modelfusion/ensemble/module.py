@@ -24,6 +24,7 @@ from .serialize import load_combiner, save_combiner
 __all__ = ["EnsembleModule", "same_architecture", "apply_guard", "ON_REJECT"]
 
 ON_REJECT = ("raise", "abstain")
+MANIFEST_FILE = "ensemble.json"
 
 # Whether members of one architecture run through torch.func.vmap by default. bench/ensemble_module.py
 # measures it on this CPU (docs/benchmarks.md): the loop was as fast or faster there, so vmap is opt-in.
@@ -163,7 +164,7 @@ class EnsembleModule(nn.Module):
                 entries.append({"name": name, "file": str(file.relative_to(tmp))})
             save_combiner(self.combiner, tmp / "combiner.safetensors")
             manifest = {"task": self.task, "members": entries, "combiner": "combiner.safetensors"}
-            (tmp / "ensemble.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         return path
 
     @classmethod
@@ -174,7 +175,7 @@ class EnsembleModule(nn.Module):
         from ..io import load_member
 
         path = Path(path)
-        manifest_path = path / "ensemble.json"
+        manifest_path = path / MANIFEST_FILE
         if not (manifest_path.exists() or manifest_path.is_symlink()):
             raise CheckpointError(f"{path} is not a saved EnsembleModule (no ensemble.json)")
         raw = read_file(manifest_path, "ensemble manifest", _MANIFEST_MAX_BYTES)
