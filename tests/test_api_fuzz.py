@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from modelfusion import ArgumentError, ModelFusionError
 from modelfusion.datasets import Split
 from modelfusion.distill import ModelTeacher, distill
-from modelfusion.ensemble import make_combiner
+from modelfusion.ensemble import load_fusion_member, make_combiner, save_fusion
 from modelfusion.evaluate import evaluate
 from modelfusion.guard import InputGuard
 from modelfusion.io import load_member, save_member
@@ -59,6 +59,7 @@ def api(tmp_path_factory) -> dict[str, tuple[Callable, dict]]:
     checkpoint = save_member(member, folder / "m.safetensors")
     preds = collect_predictions([member, load_member(checkpoint, name="n")], X, y, "val", progress=False)
     preds.save(folder / "preds.safetensors")
+    fusion = save_fusion([member, load_member(checkpoint, name="n")], make_combiner("mean").fit(preds), folder / "f")
     guard = InputGuard([member]).fit(Split("train", torch.randn(40, 4), torch.arange(40) % 3), split)
     guard.save(folder / "guard.safetensors")
     config = folder / "merge.yaml"
@@ -75,6 +76,7 @@ def api(tmp_path_factory) -> dict[str, tuple[Callable, dict]]:
         "load_member": (load_member, {"path": checkpoint, "batch_size": 8, "classes": None, "name": None}),
         "save_member": (save_member, {"member": member, "path": "saved.safetensors", "overwrite": True}),
         "Predictions.load": (Predictions.load, {"path": folder / "preds.safetensors"}),
+        "load_fusion_member": (load_fusion_member, {"path": fusion, "name": "fused"}),
         "Predictions": (
             predictions,
             {"outputs": preds.outputs, "labels": y, "member_names": ("a", "b"), "task": "classification", "split": "v"},
@@ -148,6 +150,7 @@ test_public_functions_refuse_wrong_arguments_in_one_line_slow = pytest.mark.slow
         ("load_member", {"classes": 5}, "argument 'classes' must be a Sequence or None, got int 5"),
         ("save_member", {"overwrite": "no"}, "argument 'overwrite' must be true or false, got str 'no'"),
         ("Predictions.load", {"path": None}, "Predictions.load: argument 'path'"),
+        ("load_fusion_member", {"path": 5}, "load_fusion_member: argument 'path' must be a path"),
         ("Predictions", {"outputs": [[[0.1, 0.9]]]}, "Predictions: outputs must be a torch.Tensor, got list"),
         ("Predictions", {"member_names": "ab"}, "member_names must be a list of names (text), got str 'ab'"),
         ("Combiner.fit", {"preds": None}, "Combiner.fit: argument 'preds' must be a Predictions"),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .._checks import PathArg, checked
 from .._files import unique_stems
 from ..errors import CheckpointError
 from ..io import load_member, save_member
@@ -25,7 +26,8 @@ __all__ = ["save_fusion", "load_fusion", "is_fusion_folder", "load_fusion_member
 COMBINER_FILE = "combiner.safetensors"
 
 
-def save_fusion(members: list[Member], combiner: Combiner, path: str | os.PathLike) -> Path:
+@checked
+def save_fusion(members: list[Member], combiner: Combiner, path: PathArg) -> Path:
     """Write the members and the combiner into the new folder `path` (which must not exist)."""
     path = Path(path)
     path.mkdir(parents=True)
@@ -35,7 +37,8 @@ def save_fusion(members: list[Member], combiner: Combiner, path: str | os.PathLi
     return path
 
 
-def load_fusion(path: str | os.PathLike) -> tuple[list[Member], Combiner]:
+@checked
+def load_fusion(path: PathArg) -> tuple[list[Member], Combiner]:
     """The members (in the combiner's order) and the fitted combiner of a folder written by `save_fusion`;
     fuse with `combiner.predict_proba(collect_predictions(members, X))`."""
     path = Path(path)
@@ -90,7 +93,8 @@ class FusionMember:
         return f"FusionMember({self.name!r}, {self.combiner.name}, {len(self.members)} members)"
 
 
-def load_fusion_member(path: str | os.PathLike, *, name: str | None = None) -> Member:
+@checked
+def load_fusion_member(path: PathArg, *, name: str | None = None) -> Member:
     """The output fusion saved in the folder `path` (by `save_fusion` or `EnsembleModule.save`: what `auto`
     exports when it chooses one) as one member, named `name` or after the folder."""
     name = name or Path(path).name
