@@ -1,4 +1,4 @@
-"""AutoGluon's TabularPredictor on a split given as arrays; run by bench/autogluon.py inside its own venv.
+"""AutoGluon's TabularPredictor on a split given as arrays; run by bench/auto_vs_autogluon.py inside its own venv.
 
     bench/.venv-autogluon/bin/python bench/autogluon_runner.py --split s.npz --time-limit 600 --out r.json
 

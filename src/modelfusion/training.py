@@ -324,7 +324,7 @@ def _jsonable(value):
 
 # A strong MLP for tables (Kadra et al., "Well-tuned Simple Nets Excel on Tabular Datasets", 2021): BatchNorm,
 # dropout, weight decay, a cosine schedule and early stopping on validation; settings chosen on the validation
-# split of bench/autogluon.py's make_classification task (seed 0: validation accuracy 93.9% against 92.1% for
+# split of bench/auto_vs_autogluon.py's make_classification task (seed 0: validation accuracy 93.9% against 92.1% for
 # 3 x 512 with dropout 0.2 and 91.3% for 3 x 256 with LayerNorm), never on its test split.
 TABULAR_MLP = TrainingRecipe(
     "tabular-mlp",

@@ -1,6 +1,7 @@
 """`modelfusion auto` against AutoGluon (medium_quality) on a tabular task, side by side, given the same time.
+(Not named autogluon.py: bench/ is the runner's first import path, and that name would hide the package.)
 
-    nice -n 10 .venv/bin/python bench/autogluon.py [--seeds 3] [--budget 600] [--out FILE.json]
+    nice -n 10 .venv/bin/python bench/auto_vs_autogluon.py [--seeds 3] [--budget 600] [--out FILE.json]
 
 The task (issue 24): scikit-learn's `make_classification`, 20,000 samples, 40 features of which 20 informative,
 5 classes, `class_sep=0.8`, one dataset per seed (`random_state=seed`), split 60/20/20 stratified with the seed.
