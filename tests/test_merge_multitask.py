@@ -1,6 +1,7 @@
 """WUDI-merging, EMR-merging and AdaMerging: their defining properties on small tensors and real modules."""
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -44,6 +45,28 @@ def test_wudi_lowers_the_interference_of_overlapping_task_vectors():
     longer = METHODS["wudi"]([base + d for d in deltas], base, steps=1000) - base
     assert _interference(longer, deltas) <= _interference(merged, deltas)
     torch.testing.assert_close(METHODS["wudi"]([base + d for d in deltas], base, steps=0), base + total)
+
+
+def test_wudi_gets_a_wide_matrixs_targets_from_its_rows_as_from_its_gram_matrices(monkeypatch):
+    """A matrix whose `[K, in, in]` Gram matrices would be large takes the route through the whole task vectors
+    (bounded memory at scale); both routes solve the same problem, streamed in blocks of rows or whole."""
+    wudi_module = sys.modules["modelfusion.merge.methods.wudi"]
+    generator = torch.Generator().manual_seed(2)
+    base = torch.randn(5, 12, generator=generator)
+    shared = torch.randn(5, 12, generator=generator)
+    tunes = [base + shared + 0.5 * torch.randn(5, 12, generator=generator) for _ in range(3)]
+    routes = []
+    for name in ("_targets_from_grams", "_targets_from_rows"):
+        original = getattr(wudi_module, name)
+        monkeypatch.setattr(
+            wudi_module, name, lambda *args, name=name, original=original: routes.append(name) or original(*args)
+        )
+    by_grams = METHODS["wudi"](tunes, base, steps=50)
+    monkeypatch.setattr(wudi_module, "_GRAM_ENTRIES", 3 * 12 * 12 - 1)
+    by_rows = METHODS["wudi"](tunes, base, steps=50)
+    assert routes == ["_targets_from_grams", "_targets_from_rows"]
+    torch.testing.assert_close(by_rows, by_grams, rtol=0, atol=1e-6)
+    assert not torch.allclose(by_rows, sum(tunes) - 2 * base)  # Adam moved it from the sum
 
 
 def test_wudi_averages_what_is_not_a_matrix_and_checks_its_settings():

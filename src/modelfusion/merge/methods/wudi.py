@@ -25,6 +25,12 @@ __all__ = ["wudi"]
 Steps = Annotated[int, Field(strict=True, ge=0, le=100_000, description="Adam steps (0: task arithmetic's sum)")]
 
 
+# The most entries the tasks' Gram matrices `[K, in, in]` may hold together (float64: 128 MiB). A wider matrix
+# (an MLP's down projection) gets each row's target from the whole task vectors instead (`_targets_from_rows`).
+_GRAM_ENTRIES = 2**24
+_PART_ENTRIES = 2**18  # entries of the rows Adam runs on at a time (2 MiB in float64)
+
+
 def _wudi_blocks(
     read: Callable[[int, Rows], torch.Tensor],
     read_base: Callable[[Rows], torch.Tensor] | None,
@@ -37,9 +43,9 @@ def _wudi_blocks(
     scale: float = 1.0,
 ) -> Iterator[torch.Tensor]:
     """`wudi` block by block. The loss's gradient `2 (T H - R)` couples the columns of a row of T, never two rows,
-    and Adam works entry by entry, so each block of rows is optimized on its own once a first pass has gathered
-    the Gram matrices `G_i = tau_i^T tau_i` (`[in, in]`), which give H and each row's R, and the mean absolute
-    entry of `sum_i tau_i` that sets the step: the same steps as on the whole matrix."""
+    and Adam works entry by entry, so each block of rows is optimized on its own once first passes have gathered
+    `H = sum_i G_i / n_i` (`G_i = tau_i^T tau_i`, `[in, in]`, `n_i = ||tau_i||^2`), what gives each row's R, and
+    the mean absolute entry of `sum_i tau_i` that sets the step: the same steps as on the whole matrix."""
     read_base = need_base(read_base, "wudi")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"wudi: steps is a whole number of Adam steps (0 or more), got {steps!r}")
@@ -56,21 +62,65 @@ def _wudi_blocks(
         yield from mean_update_blocks(read, read_base, blocks, count, scale)
         return
     width = size[1]
-    grams = torch.zeros(count, width, width, dtype=torch.float64)
-    absolute, entries = 0.0, 0
+    norms, absolute, entries = torch.zeros(count, dtype=torch.float64), 0.0, 0
     for rows in blocks:
-        deltas = updates(rows)[0].double()
-        grams += torch.einsum("kri,krj->kij", deltas, deltas)
-        absolute, entries = absolute + float(deltas.sum(0).abs().sum()), entries + deltas[0].numel()
-    norms = grams.diagonal(dim1=1, dim2=2).sum(-1)  # [K]: ||tau_i||^2
+        deltas = updates(rows)[0]
+        norms += torch.stack([delta.double().square().sum() for delta in deltas])
+        absolute, entries = absolute + float(deltas.double().sum(0).abs().sum()), entries + deltas[0].numel()
     active = norms > 0  # a task vector of zeros interferes with nothing
-    weights = 1 / norms[active]
-    hessian = torch.einsum("k,kij->ij", weights, grams[active])
+    weights = torch.where(active, 1 / norms.clamp_min(1e-300), 0)
+    targets = _targets_from_grams if count * width * width <= _GRAM_ENTRIES else _targets_from_rows
+    hessian, target_of = targets(updates, blocks, weights, width)
     step = lr * absolute / max(entries, 1)
+    part = max(1, _PART_ENTRIES // width)
     for rows in blocks:
         deltas, base = updates(rows)
-        merged = _least_interference(deltas.double(), active, weights, grams, hessian, steps, step)
+        target = target_of(deltas)
+        merged = torch.empty_like(target)
+        for start in range(0, len(target), part):  # Adam's state and temporaries for a few rows at a time
+            some = slice(start, start + part)
+            merged[some] = _least_interference(
+                deltas[:, some].double(), target[some], hessian, steps, step, bool(active.any())
+            )
         yield (base + scale * merged.to(base.dtype)).to(out_dtype)
+
+
+def _targets_from_grams(updates, blocks, weights, width):
+    """H, and each block's target `R = sum_i tau_i G_i / n_i`, from the tasks' Gram matrices `[K, in, in]`."""
+    grams = torch.zeros(len(weights), width, width, dtype=torch.float64)
+    for rows in blocks:
+        for gram, delta in zip(grams, updates(rows)[0], strict=True):
+            delta = delta.double()
+            gram.addmm_(delta.T, delta)
+    hessian = torch.einsum("k,kij->ij", weights, grams)
+
+    def target_of(deltas):
+        target = torch.zeros(deltas.shape[1:], dtype=torch.float64)
+        for weight, delta, gram in zip(weights.tolist(), deltas, grams, strict=True):
+            target.addmm_(delta.double(), gram, alpha=weight)
+        return target
+
+    return hessian, target_of
+
+
+def _targets_from_rows(updates, blocks, weights, width):
+    """H, and each block's target `R = sum_i (tau_i[rows] tau_i^T) tau_i / n_i` from the whole task vectors: for a
+    matrix wider than tall, whose `[in, in]` Gram matrices would hold far more than its `[out, in]` rows."""
+    hessian = torch.zeros(width, width, dtype=torch.float64)
+    for rows in blocks:
+        for weight, delta in zip(weights.tolist(), updates(rows)[0], strict=True):
+            delta = delta.double()
+            hessian.addmm_(delta.T, delta, alpha=weight)
+    whole_deltas = updates(None)[0]
+
+    def target_of(deltas):
+        target = torch.zeros(deltas.shape[1:], dtype=torch.float64)
+        for weight, delta, tau in zip(weights.tolist(), deltas, whole_deltas, strict=True):
+            tau = tau.double()
+            target.addmm_(delta.double() @ tau.T, tau, alpha=weight)
+        return target
+
+    return hessian, target_of
 
 
 @register_method(
@@ -102,26 +152,21 @@ def wudi(
 
 
 def _least_interference(
-    deltas: torch.Tensor,
-    active: torch.Tensor,
-    weights: torch.Tensor,
-    grams: torch.Tensor,
-    hessian: torch.Tensor,
-    steps: int,
-    step: float,
+    deltas: torch.Tensor, target: torch.Tensor, hessian: torch.Tensor, steps: int, step: float, interferes: bool
 ) -> torch.Tensor:
     """Adam on the WUDI loss from the sum of the task vectors, for rows `deltas` `[K, rows, in]` (float64). The
-    loss is quadratic in T, so its gradient `2 (T H - R)` needs only `H = sum_i G_i / n_i` and `R = sum_i tau_i
-    G_i / n_i`, computed once: each step costs one [rows, in] x [in, in] product, not K. In float64: at the
-    optimum the gradient is round-off, which Adam would otherwise scale up to full steps."""
+    loss is quadratic in T, so its gradient `2 (T H - R)` needs only `H = sum_i G_i / n_i` and the rows' `R =
+    sum_i tau_i G_i / n_i`, computed once: each step costs one [rows, in] x [in, in] product, not K. In float64:
+    at the optimum the gradient is round-off, which Adam would otherwise scale up to full steps."""
     merged = deltas.sum(0)
-    if steps == 0 or not bool(active.any()):
+    if steps == 0 or not interferes:
         return merged
-    target = torch.einsum("k,kri,kij->rj", weights, deltas[active], grams[active])
     parameter = merged.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([parameter], lr=step)
+    parameter.grad = torch.empty_like(merged)
+    # one tensor at a time (not foreach), the gradient written in place: no temporaries the size of the rows
+    optimizer = torch.optim.Adam([parameter], lr=step, foreach=False)
     with torch.no_grad():
         for _ in range(steps):
-            parameter.grad = 2 * (parameter @ hessian - target)
+            torch.addmm(target, parameter, hessian, beta=-2, alpha=2, out=parameter.grad)
             optimizer.step()
     return parameter.detach()
