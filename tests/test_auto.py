@@ -219,6 +219,21 @@ def test_merging_is_skipped_with_its_reason_and_a_spent_budget_skips_the_rest(di
     assert any(line.startswith("merge: skipped, members differ in architecture") for line in lines)
 
 
+def test_distillation_is_given_what_is_left_of_the_budget(digits, members, monkeypatch):
+    import modelfusion.distill
+
+    limits, real = [], modelfusion.distill.distill
+
+    def recorded(*args, time_limit_s=None, **kwargs):
+        limits.append(time_limit_s)
+        return real(*args, **{**kwargs, "epochs": 1, "patience": None}, time_limit_s=time_limit_s)
+
+    monkeypatch.setattr(modelfusion.distill, "distill", recorded)
+    auto(members, digits, families=["output", "distill"], budget_s=3600.0, progress=False, log=lambda line: None)
+    auto(members, digits, families=["output", "distill"], progress=False, log=lambda line: None)
+    assert len(limits) == 2 and 3000 < limits[0] < 3600 and limits[1] is None
+
+
 def test_bad_requests_are_one_line_errors(members, tmp_path):
     with pytest.raises(ConfigError, match="auto handles classification; diabetes is regression"):
         auto(None, load_dataset("diabetes"), progress=False)

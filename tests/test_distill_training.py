@@ -25,6 +25,17 @@ def test_distill_learns_from_the_teacher_and_is_deterministic(trained_mlp, digit
         assert torch.equal(a, b)
 
 
+def test_a_time_limit_stops_after_the_epoch_it_passes_and_keeps_the_best_epoch(trained_mlp, digits):
+    teacher = ModelTeacher(trained_mlp)
+    run = distill(_student(), teacher, digits.train, digits.val, epochs=5, time_limit_s=1e-9, progress=False)
+    assert [h["epoch"] for h in run.history] == [1] and run.best_epoch == 1
+    run = distill(_student(), teacher, digits.train, digits.val, epochs=2, time_limit_s=3600.0, progress=False)
+    assert len(run.history) == 2
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="time_limit_s must be"):
+            distill(_student(), teacher, digits.train, digits.val, epochs=1, time_limit_s=bad, progress=False)
+
+
 class FailingTeacher(ModelTeacher):
     """Stops the run after a number of batches, like a killed process."""
 

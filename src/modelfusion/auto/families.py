@@ -232,7 +232,7 @@ def distill_family(ctx: Inputs) -> FamilyResult:
     train = collect_predictions(ctx.members, ctx.data.train.X, ctx.data.train.y, "train", progress=False)
     torch.manual_seed(ctx.seed)
     student = build_named_model(factory, kwargs, "the student")
-    student = distill(
+    result = distill(
         student,
         OfflineTeacher(train, combiner=fusion),
         ctx.data.train,
@@ -240,11 +240,14 @@ def distill_family(ctx: Inputs) -> FamilyResult:
         epochs=recipe.epochs,
         lr=recipe.lr,
         patience=recipe.patience,
+        time_limit_s=ctx.seconds_left,  # the budget holds: the best epoch so far when it runs out
         seed=ctx.seed,
         progress=False,
-    ).student.eval()
+    )
+    student, trained = result.student.eval(), len(result.history)
     member = TorchMember(student, name=f"student of {fusion.name}", factory=factory, factory_kwargs=kwargs)
-    note = f"{source}, {recipe.epochs} epochs of Hinton distillation; the epoch chosen on validation"
+    ran = f"{trained} of {recipe.epochs}" if trained < recipe.epochs else f"{recipe.epochs}"
+    note = f"{source}, {ran} epochs of Hinton distillation; the epoch chosen on validation"
     return FamilyResult([_torch_candidate(ctx, "distill", member, note=note)])
 
 

@@ -50,6 +50,7 @@ class Inputs:
     test: Predictions
     seed: int
     found: Mapping[str, FamilyResult]
+    seconds_left: float | None = None  # of the time budget when the family starts (None: no budget)
 
     @property
     def torch_members(self) -> list[TorchMember]:

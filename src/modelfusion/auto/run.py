@@ -184,14 +184,15 @@ def _run_family(
 ) -> FamilyResult:
     """The family `name` run on what it requires and uses; `Skip` when the budget is spent or what it requires
     did not run."""
-    if budget_s is not None and elapsed > budget_s:
+    if budget_s is not None and elapsed >= budget_s:
         raise Skip(f"the time budget of {budget_s:.0f}s was spent ({elapsed:.0f}s)")
     family = FAMILIES[name]
     missing = [f for f in family.requires if f not in found]
     if missing:
         raise Skip(f"it needs the results of {', '.join(missing)}, which did not run")
     given = {f: found[f] for f in ("member", *family.requires, *family.uses) if f in found}
-    return family.run(dataclasses.replace(inputs, found=given))
+    seconds_left = None if budget_s is None else budget_s - elapsed
+    return family.run(dataclasses.replace(inputs, found=given, seconds_left=seconds_left))
 
 
 def _rank_key(candidate: Candidate) -> tuple:

@@ -30,6 +30,8 @@ class DistillOptions:
             teacher; 0 turns it off.
         feature_weight: weight of the FitNets hint losses in the total.
         patience: stop after this many epochs without a better validation NLL (None: run every epoch).
+        time_limit_s: stop after the epoch during which this many seconds have passed (None: no limit); as with
+            patience, the student of the best validation epoch is kept.
         seed: the same seed gives the same student, byte for byte.
         checkpoint_dir, resume, overwrite: a resumable checkpoint written each epoch, continued with `resume`,
             replaced by a fresh run only with `overwrite`.
@@ -47,6 +49,7 @@ class DistillOptions:
     mixup: float = option("Beta(m, m) mixup of transfer inputs; 0 turns it off", 0.0)
     feature_weight: float = option("weight of the hint loss in the total", 1.0)
     patience: int | None = option("stop after this many epochs without a better validation NLL")
+    time_limit_s: float | None = option("stop after the epoch during which this many seconds have passed")
     seed: int = option("seed of the split and of training", 0)
     checkpoint_dir: Path | None = option("write a resumable checkpoint here each epoch")
     resume: bool = option("continue from the checkpoint in --checkpoint-dir", False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def distill(
         teacher: a `ModelTeacher` or `OfflineTeacher`.
         train, val: the splits (an offline teacher's logits must be of `train`, in order).
         options: how to train (`DistillOptions`: loss and its parameters, epochs, learning rate, batch size,
-            mixup, patience, seed, checkpoints, progress); `changes` replace some of them
+            mixup, patience, time limit, seed, checkpoints, progress); `changes` replace some of them
             (`distill(..., epochs=20)`, or `distill(..., options, lr=3e-3)`).
         feature_hints: FitNets hint losses between the student and the (live) teacher's modules; their
             adapters train with the student, and `options.feature_weight` times their loss joins the total.
@@ -93,7 +94,7 @@ def distill(
     options = (options or DistillOptions()).training_options().updated(**changes)
     run = _setup(student, teacher, train, val, options, feature_hints)
     epochs, seed = options.epochs, options.seed
-    state = run.state
+    state, started = run.state, time.perf_counter()
     with torch.random.fork_rng(), progress_bar(options.progress and run.rank == 0) as bar:
         # Dropout draws from torch's global generator: seeded (per process, so that the processes' shares of a
         # batch get independent masks) or restored from the checkpoint; `fork_rng` gives the caller's back.
@@ -116,6 +117,8 @@ def distill(
             )
             _save_checkpoint(run)
             if options.patience is not None and state["epoch"] - state["best_epoch"] >= options.patience:
+                break
+            if _out_of_time(started, options.time_limit_s):
                 break
     student.load_state_dict(state["best_student"])
     return DistillResult(student.eval(), state["history"], state["best_epoch"])
@@ -259,6 +262,15 @@ def _open_checkpoint(run: _Run, options: DistillOptions) -> None:
         _restore(run, _wrap_load(checkpoint))
 
 
+def _out_of_time(started: float, limit_s: float | None) -> bool:
+    """Whether the time limit has passed, as the first process measured it: under torchrun every process stops
+    after the same epoch."""
+    if limit_s is None:
+        return False
+    passed = torch.tensor([float(time.perf_counter() - started >= limit_s) if process_rank()[0] == 0 else 0.0])
+    return bool(sum_over_processes(passed).item() > 0)
+
+
 def _check_numbers(options: DistillOptions) -> None:
     check_seed(options.seed)
     check_count(options.epochs, "epochs")
@@ -269,6 +281,8 @@ def _check_numbers(options: DistillOptions) -> None:
     check_number(options.feature_weight, "feature_weight", low=0.0)
     if options.patience is not None:
         check_count(options.patience, "patience")
+    if options.time_limit_s is not None:
+        check_number(options.time_limit_s, "time_limit_s", low=0.0, open_low=True)
 
 
 def _one_epoch(run: _Run) -> dict[str, float]:
