@@ -545,7 +545,8 @@ def train_plans(
     4; with one worker and no deadline, here), and return the members in plan order.
 
     With `deadline_s` (seconds from now), a plan still training then is stopped and skipped, as are the ones not
-    started, and each is logged: the budget is kept whatever a plan costs. Each process uses its share of the
+    started, and each is logged: the budget is kept whatever a plan costs. In processes, the estimators' plans
+    start before the networks'. Each process uses its share of the
     cores (torch threads), so parallel training never oversubscribes them. The members are the ones training
     here would give (same seeds). An error in a plan is raised here as it was there.
     """
@@ -578,7 +579,10 @@ def _train_in_processes(plans, data, workers: int, deadline_s: float | None, epo
     context = multiprocessing.get_context("spawn")
     threads = max(1, available_cores() // workers)
     started = time.perf_counter()
-    pending, busy, trained, processes = list(enumerate(plans)), {}, {}, {}
+    # the estimators first: they take seconds where a network takes minutes, so a budget spent on networks
+    # cannot leave out the gradient-boosted trees (the members come back in plan order all the same)
+    pending = sorted(enumerate(plans), key=lambda item: item[1].estimator is None)
+    busy, trained, processes = {}, {}, {}
     for _ in range(workers):
         here, there = context.Pipe()
         process = context.Process(target=_worker, args=(data, epochs, threads, there), name="modelfusion training")
