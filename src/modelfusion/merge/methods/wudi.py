@@ -75,7 +75,7 @@ def _wudi_blocks(
     part = max(1, _PART_ENTRIES // width)
     for rows in blocks:
         deltas, base = updates(rows)
-        target = target_of(deltas)
+        target = target_of(rows, deltas)
         merged = torch.empty_like(target)
         for start in range(0, len(target), part):  # Adam's state and temporaries for a few rows at a time
             some = slice(start, start + part)
@@ -94,7 +94,7 @@ def _targets_from_grams(updates, blocks, weights, width):
             gram.addmm_(delta.T, delta)
     hessian = torch.einsum("k,kij->ij", weights, grams)
 
-    def target_of(deltas):
+    def target_of(rows, deltas):
         target = torch.zeros(deltas.shape[1:], dtype=torch.float64)
         for weight, delta, gram in zip(weights.tolist(), deltas, grams, strict=True):
             target.addmm_(delta.double(), gram, alpha=weight)
@@ -104,21 +104,22 @@ def _targets_from_grams(updates, blocks, weights, width):
 
 
 def _targets_from_rows(updates, blocks, weights, width):
-    """H, and each block's target `R = sum_i (tau_i[rows] tau_i^T) tau_i / n_i` from the whole task vectors: for a
-    matrix wider than tall, whose `[in, in]` Gram matrices would hold far more than its `[out, in]` rows."""
+    """H, and the targets `R = sum_i (tau_i tau_i^T) tau_i / n_i` of all rows at once, from the whole task vectors:
+    for a matrix wider than tall, whose `[in, in]` Gram matrices would hold far more than its `[out, in]` rows."""
     hessian = torch.zeros(width, width, dtype=torch.float64)
     for rows in blocks:
         for weight, delta in zip(weights.tolist(), updates(rows)[0], strict=True):
             delta = delta.double()
             hessian.addmm_(delta.T, delta, alpha=weight)
     whole_deltas = updates(None)[0]
+    targets = torch.zeros(whole_deltas.shape[1:], dtype=torch.float64)  # [out, in]: R of every row, once
+    for weight, tau in zip(weights.tolist(), whole_deltas, strict=True):
+        tau = tau.double()
+        targets.addmm_(tau @ tau.T, tau, alpha=weight)  # through tau tau^T, [out, out]: small for a wide matrix
+    del whole_deltas
 
-    def target_of(deltas):
-        target = torch.zeros(deltas.shape[1:], dtype=torch.float64)
-        for weight, delta, tau in zip(weights.tolist(), deltas, whole_deltas, strict=True):
-            tau = tau.double()
-            target.addmm_(delta.double() @ tau.T, tau, alpha=weight)
-        return target
+    def target_of(rows, deltas):
+        return targets if rows is None else targets[rows]
 
     return hessian, target_of
 
