@@ -193,6 +193,10 @@ def test_a_saved_fusion_predicts_as_one_member_from_the_cli_and_python(members, 
     expected = combiner.predict_proba(test)
     torch.testing.assert_close(preds.outputs[0].softmax(1), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(preds.outputs[1], test.outputs[2])
+    # nothing is written inside the folder it reads: a new members/logreg.safetensors would make it unreadable
+    inside = folder / "members" / "logreg.safetensors"
+    done = CliRunner().invoke(app, ["predict", str(folder), "--dataset", "digits", "--out", str(inside)])
+    assert done.exit_code == 2 and "is part of an input of this run" in done.output and not inside.exists()
     fused = load_fusion_member(folder, name="fused")
     assert (fused.name, fused.task, fused.classes) == ("fused", "classification", tuple(range(10)))
     assert is_fusion_folder(folder) and not is_fusion_folder(tmp_path / "logreg.skops")

@@ -114,7 +114,7 @@ def check_output(
     """Raise an `OutputError` unless `path` may be written as a `kind` output.
 
     Refused: an existing non-empty folder or an existing file (unless `overwrite`), and always an output that
-    is one of the `inputs`, holds one of them, exists inside an input folder (part of a model folder), or
+    is one of the `inputs`, holds one of them, is inside an input folder (part of a model folder), or
     holds the working folder or the home folder (`--out . --overwrite` must not replace a project).
     """
     target = _resolved(Path(path))
@@ -129,7 +129,8 @@ def check_output(
         if source == target or source.is_relative_to(target):
             what = "is" if source == target else "holds"
             raise OutputError(f"{path} {what} an input of this run ({source}); choose another output")
-        if source.is_dir() and target.is_relative_to(source) and path.exists():
+        if source.is_dir() and target.is_relative_to(source):
+            # even a new file: a model folder reads what it holds (a fusion's members/ would hold two files)
             raise OutputError(f"{path} is part of an input of this run ({source}); choose another output")
     _check_creatable(path)
     if kind == "folder" and path.suffix.lower() in _FILE_SUFFIXES:
